@@ -1,0 +1,178 @@
+//! The call context a handler can read: who is calling, until when, and under which trace.
+//!
+//! The context is not a parameter of the service's methods (the trait stays what the user wrote);
+//! the server installs it for the duration of every poll of the handler's future, and
+//! [`Context::current`] reads it. Calls made from inside a handler inherit its deadline and trace
+//! id automatically. A task the handler spawns itself does not see the context: clone it and move
+//! it there if needed.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metadata::Metadata;
+use crate::server::Notifier;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Per-call information available to handlers and interceptors.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub(crate) service: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) received_at: Instant,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) trace_id: u64,
+    pub(crate) caller: Option<Arc<str>>,
+    pub(crate) peer_addr: Option<SocketAddr>,
+    pub(crate) metadata: Metadata,
+    pub(crate) notifier: Option<Notifier>,
+}
+
+impl Context {
+    /// A context with no caller, no deadline and no trace, for tests of handler code.
+    pub fn detached(service: &'static str, method: &'static str) -> Context {
+        Context {
+            service,
+            method,
+            received_at: Instant::now(),
+            deadline: None,
+            trace_id: 0,
+            caller: None,
+            peer_addr: None,
+            metadata: Metadata::new(),
+            notifier: None,
+        }
+    }
+
+    /// The context of the call being handled on this thread, or `None` outside a handler.
+    pub fn current() -> Option<Context> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Runs `f` with a reference to the current context without cloning it.
+    pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
+        CURRENT.with(|c| f(c.borrow().as_ref()))
+    }
+
+    /// Service name of the call.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// Method name of the call.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// When the provider received the call.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// The instant after which nobody waits for the result, if the caller set one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left before the deadline (`Some(ZERO)` once it has passed), or `None` without one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The trace id the call belongs to (0 when the caller sent none).
+    pub fn trace_id(&self) -> u64 {
+        self.trace_id
+    }
+
+    /// The authenticated identity (application id) of the caller, when the connection logged in.
+    pub fn caller(&self) -> Option<&str> {
+        self.caller.as_deref()
+    }
+
+    /// The network address of the calling connection.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// Metadata the caller attached to the call.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// A handle that sends one-way notifications to the calling connection, usable after the
+    /// call returns (for subscriptions).
+    pub fn notifier(&self) -> Option<Notifier> {
+        self.notifier.clone()
+    }
+
+    /// Sets the deadline (builder style, mostly for tests of handler code).
+    pub fn with_deadline(mut self, deadline: Instant) -> Context {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Runs `f` with `slot`'s context installed as the current one, then puts it back.
+    ///
+    /// Swapping (rather than cloning) keeps this allocation-free; nesting restores the outer
+    /// context correctly because each level swaps its own value in and out.
+    pub(crate) fn scope<R>(slot: &mut Option<Context>, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a>(&'a mut Option<Context>);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), self.0));
+            }
+        }
+        CURRENT.with(|c| std::mem::swap(&mut *c.borrow_mut(), slot));
+        let _restore = Restore(slot);
+        f()
+    }
+}
+
+/// The deadline and trace id inherited by a call made from inside a handler.
+pub(crate) fn inherited() -> (Option<Instant>, u64) {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map_or((None, 0), |c| (c.deadline, c.trace_id))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_installs_and_restores() {
+        assert!(Context::current().is_none());
+        let mut outer = Some(Context::detached("s", "outer"));
+        Context::scope(&mut outer, || {
+            assert_eq!(Context::current().unwrap().method(), "outer");
+            let mut inner = Some(Context::detached("s", "inner"));
+            Context::scope(&mut inner, || {
+                assert_eq!(Context::current().unwrap().method(), "inner");
+            });
+            assert_eq!(inner.unwrap().method(), "inner");
+            assert_eq!(Context::current().unwrap().method(), "outer");
+        });
+        assert!(Context::current().is_none());
+        assert_eq!(outer.unwrap().method(), "outer");
+    }
+
+    #[test]
+    fn scope_restores_on_panic() {
+        let mut slot = Some(Context::detached("s", "m"));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Context::scope(&mut slot, || panic!("boom"))
+        }));
+        assert!(r.is_err());
+        assert!(Context::current().is_none());
+        assert!(slot.is_some());
+    }
+}

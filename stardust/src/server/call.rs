@@ -1,0 +1,205 @@
+//! One call on the server: the handler's future with its context, and how its outcome becomes a
+//! response frame.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::time::Instant;
+
+use super::ServerShared;
+use super::connection::ServerConn;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
+use crate::protocol::message;
+use crate::service::{Call, Service};
+
+pub(crate) struct ServerCall {
+    conn: Arc<ServerConn>,
+    shared: Arc<ServerShared>,
+    /// The context, installed as the current one while the handler is polled. `None` only while
+    /// it is installed.
+    ctx: Option<Context>,
+    /// `None` when starting the call failed (the error is in `failed`).
+    call: Option<Call>,
+    failed: Option<Error>,
+    id: u64,
+    flags: u8,
+    finished: bool,
+}
+
+impl ServerCall {
+    /// Starts the handler (decoding its arguments) under the call's context.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        conn: Arc<ServerConn>,
+        shared: Arc<ServerShared>,
+        ctx: Context,
+        id: u64,
+        flags: u8,
+        service: &dyn Service,
+        method: usize,
+        args: &[u8],
+    ) -> ServerCall {
+        let mut slot = Some(ctx);
+        let started = Context::scope(&mut slot, || {
+            catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
+        });
+        let (call, failed) = match started {
+            Ok(Ok(call)) => (Some(call), None),
+            Ok(Err(e)) => (None, Some(e)),
+            Err(panic) => (None, Some(panicked(panic))),
+        };
+        ServerCall {
+            conn,
+            shared,
+            ctx: slot,
+            call,
+            failed,
+            id,
+            flags,
+            finished: false,
+        }
+    }
+
+    /// Polls the handler once; on completion the response is queued and `Ready` returned.
+    pub(crate) fn poll_once(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let outcome = match (&mut self.call, self.failed.take()) {
+            (_, Some(e)) => Err(e),
+            (Some(call), None) => {
+                let polled = Context::scope(&mut self.ctx, || {
+                    catch_unwind(AssertUnwindSafe(|| call.poll_call(cx)))
+                });
+                match polled {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(())) => Ok(()),
+                    Err(panic) => Err(panicked(panic)),
+                }
+            }
+            (None, None) => Err(Error::new(
+                ErrorKind::Internal,
+                "call polled after completion",
+            )),
+        };
+        self.finish(outcome);
+        Poll::Ready(())
+    }
+
+    /// Drives a handler that did not complete inline, as a task of its own, within the deadline.
+    pub(crate) async fn run(mut self, deadline: Option<Instant>) {
+        let done = std::future::poll_fn(|cx| self.poll_once(cx));
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    self.finish(Err(Error::new(
+                        ErrorKind::DeadlineExceeded,
+                        "the call's deadline passed while its handler was running; the handler was stopped",
+                    )));
+                }
+            }
+            None => done.await,
+        }
+        self.conn.call_done(self.id);
+    }
+
+    /// Sends the response (or the error) and tells the interceptors.
+    fn finish(&mut self, outcome: Result<(), Error>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let one_way = self.flags & FLAG_ONE_WAY != 0;
+        let result = match outcome {
+            Ok(()) if one_way => Ok(()),
+            Ok(()) => self.send_response(),
+            Err(e) => {
+                self.conn.reply_error(self.id, self.flags, &e);
+                Err(e)
+            }
+        };
+        if let Err(e) = &result {
+            if e.kind() == ErrorKind::Panicked {
+                tracing::warn!(
+                    service = self.context().service(),
+                    method = self.context().method(),
+                    error = %e,
+                    "handler panicked"
+                );
+            }
+        }
+        self.after_call(result.as_ref().map(|_| ()));
+        // Release the handler's state now rather than when the task is dropped.
+        self.call = None;
+    }
+
+    fn send_response(&mut self) -> Result<(), Error> {
+        let Some(call) = self.call.as_mut() else {
+            return Err(Error::new(ErrorKind::Internal, "no call to answer"));
+        };
+        let id = self.id;
+        let max = self.conn.out.peer_max_frame;
+        let pushed = self.conn.out.push(|buf| {
+            let start = frame::begin(buf, Kind::Response, 0, id);
+            // The user's Serialize runs under the buffer lock; a panic there must not leave half a
+            // frame behind.
+            let encoded = catch_unwind(AssertUnwindSafe(|| call.encode_output(buf)))
+                .unwrap_or_else(|p| Err(panicked(p)))
+                .and_then(|()| frame::finish(buf, start, max));
+            if let Err(e) = encoded {
+                buf.truncate(start);
+                let e = match e.kind() {
+                    ErrorKind::FrameTooLarge => Error::new(
+                        ErrorKind::FrameTooLarge,
+                        format!("the response {}", e.message()),
+                    ),
+                    _ => e,
+                };
+                message::put_error(buf, Kind::Error, id, &e);
+                return Ok(Err(e));
+            }
+            Ok(Ok(()))
+        });
+        pushed.and_then(|r| r)
+    }
+
+    fn context(&self) -> &Context {
+        self.ctx
+            .as_ref()
+            .expect("context is installed only while polling")
+    }
+
+    fn after_call(&self, outcome: Result<(), &Error>) {
+        if self.shared.interceptors.is_empty() {
+            return;
+        }
+        let ctx = self.context();
+        for i in &self.shared.interceptors {
+            i.after_call(ctx, outcome);
+        }
+    }
+}
+
+impl Drop for ServerCall {
+    fn drop(&mut self) {
+        // Dropped unfinished: cancelled by the client, or its connection went away.
+        if !self.finished {
+            self.finished = true;
+            self.after_call(Err(&Error::new(
+                ErrorKind::Cancelled,
+                "the call was cancelled",
+            )));
+        }
+    }
+}
+
+fn panicked(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    };
+    Error::new(ErrorKind::Panicked, format!("the handler panicked: {msg}"))
+}

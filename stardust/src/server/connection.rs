@@ -1,0 +1,377 @@
+//! One client connection on the server: handshake, the read loop that dispatches requests, and
+//! the bookkeeping of calls still running.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::ServerShared;
+use super::call::ServerCall;
+use super::notifier::Notifier;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind};
+use crate::protocol::message::{self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION};
+use crate::transport::{FrameReader, Liveness, Outbound};
+
+pub(crate) struct ServerConn {
+    pub(crate) out: Arc<Outbound>,
+    pub(crate) peer: SocketAddr,
+    calls: Mutex<InFlight>,
+    drained: Notify,
+    writer: AbortHandle,
+}
+
+#[derive(Default)]
+struct InFlight {
+    tasks: HashMap<u64, AbortHandle>,
+    draining: bool,
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: SocketAddr, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd, shared.config.max_frame);
+
+    let hello = match tokio::time::timeout(shared.config.handshake_timeout, read_hello(&mut reader))
+        .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            goaway_and_close(&mut wr, &e).await;
+            shared.detach(id);
+            return;
+        }
+        Err(_) => {
+            let e = Error::protocol("no handshake received in time");
+            tracing::debug!(%peer, "handshake timed out");
+            goaway_and_close(&mut wr, &e).await;
+            shared.detach(id);
+            return;
+        }
+    };
+
+    let out = Outbound::new(hello.max_frame.unwrap_or(DEFAULT_MAX_FRAME));
+    let ack = HelloAck {
+        version: PROTOCOL_VERSION.min(hello.version),
+        agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+        max_frame: shared.config.max_frame,
+    };
+    let _ = out.push(|buf| message::put_serde(buf, Kind::HelloAck, &ack));
+    let writer = tokio::spawn(out.clone().run_writer(wr));
+    let conn = Arc::new(ServerConn {
+        out: out.clone(),
+        peer,
+        calls: Mutex::new(InFlight::default()),
+        drained: Notify::new(),
+        writer: writer.abort_handle(),
+    });
+    shared.attach(id, &conn);
+
+    let live = Arc::new(Liveness::new());
+    let keepalive = shared.config.keepalive.watch(live.clone(), out.clone());
+    let result = tokio::select! {
+        biased;
+        r = conn.read_loop(&shared, &mut reader, &live) => r,
+        _ = conn.wait_drained() => Ok(()),
+        e = keepalive => Err(e),
+    };
+    match &result {
+        Ok(()) => tracing::debug!(%peer, "connection closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "connection closed with error"),
+    }
+
+    // Calls still running have nobody to answer to (the peer is gone or broke the protocol).
+    conn.abort_calls();
+    out.close();
+    // Flush what is queued (a final error or GoAway) but never wait on a peer that stopped reading.
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        conn.writer.abort();
+    }
+    shared.detach(id);
+}
+
+async fn read_hello(reader: &mut FrameReader) -> Result<Hello, Error> {
+    loop {
+        match reader.next_frame() {
+            Ok(Some(h)) => {
+                if h.kind != Kind::Hello as u8 {
+                    return Err(Error::protocol(format!(
+                        "expected a Hello frame (kind 1) first, got kind {}",
+                        h.kind
+                    )));
+                }
+                let hello: Hello = rmp_serde::from_slice(reader.body(&h))
+                    .map_err(|e| Error::protocol(format!("malformed Hello frame: {e}")))?;
+                reader.consume(&h);
+                if hello.protocol != PROTOCOL_NAME {
+                    return Err(Error::protocol(format!(
+                        "unknown protocol `{}` in Hello (expected `{PROTOCOL_NAME}`)",
+                        hello.protocol
+                    )));
+                }
+                if hello.version < 1 {
+                    return Err(Error::protocol(format!(
+                        "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
+                        hello.version
+                    )));
+                }
+                return Ok(hello);
+            }
+            Ok(None) => {
+                if !reader.fill().await? {
+                    return Err(Error::connection_closed("closed before the handshake"));
+                }
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+}
+
+/// Sends a final `GoAway` frame explaining why, then closes (used before the writer exists).
+async fn goaway_and_close(wr: &mut OwnedWriteHalf, err: &Error) {
+    let mut buf = BytesMut::new();
+    message::put_error(&mut buf, Kind::GoAway, 0, err);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = wr.write_all(&buf).await;
+        let _ = wr.shutdown().await;
+    })
+    .await;
+}
+
+impl ServerConn {
+    async fn read_loop(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        reader: &mut FrameReader,
+        live: &Liveness,
+    ) -> Result<(), Error> {
+        loop {
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(h)) => {
+                        self.on_frame(shared, &h, reader.body(&h))?;
+                        reader.consume(&h);
+                    }
+                    Ok(None) => break,
+                    Err((h, e)) => {
+                        // The stream cannot be resynchronised: answer the request if there is
+                        // one, explain, and close.
+                        if let Some(h) = h.filter(|h| h.kind == Kind::Request as u8) {
+                            self.reply_error(h.id, h.flags, &e);
+                        }
+                        self.goaway(&e);
+                        return Err(e);
+                    }
+                }
+            }
+            if !reader.fill().await? {
+                return Ok(());
+            }
+            live.touch();
+        }
+    }
+
+    fn on_frame(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        h: &Header,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        match Kind::from_u8(h.kind) {
+            Some(Kind::Request) => self.on_request(shared, h, body),
+            Some(Kind::Cancel) => self.cancel(h.id),
+            Some(Kind::Ping) => {
+                let _ = self.out.push(|buf| {
+                    frame::put_empty(buf, Kind::Pong, 0, h.id);
+                    Ok(())
+                });
+            }
+            Some(Kind::Pong) | Some(Kind::Notify) => {}
+            Some(Kind::GoAway) => {
+                let e = message::parse_error(body);
+                tracing::debug!(peer = %self.peer, reason = %e, "client is going away");
+            }
+            other => {
+                let e = Error::protocol(match other {
+                    Some(kind) => format!("unexpected {kind:?} frame from a client"),
+                    None => format!("unknown frame kind {}", h.kind),
+                });
+                self.goaway(&e);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(self: &Arc<Self>, shared: &Arc<ServerShared>, h: &Header, body: &[u8]) {
+        if let Err(e) = self.start_call(shared, h, body) {
+            self.reply_error(h.id, h.flags, &e);
+        }
+    }
+
+    /// Decodes and starts a call. The handler is polled once right here: a handler that
+    /// completes without waiting (the common case for small methods) is answered without
+    /// spawning a task or touching another thread. Only a handler that actually waits becomes a
+    /// task of its own, so it never holds up the other calls on this connection.
+    fn start_call(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        h: &Header,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        let req = message::parse_request(body)?;
+        if self.calls.lock().draining {
+            return Err(Error::new(
+                ErrorKind::ShuttingDown,
+                "the server is shutting down; retry on another connection",
+            ));
+        }
+        let service = shared.services.get(req.service).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownService,
+                format!("this server does not host service `{}`", req.service),
+            )
+        })?;
+        let desc = service.descriptor();
+        let index = desc.method_index(req.method).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownMethod,
+                format!("service `{}` has no method `{}`", desc.name, req.method),
+            )
+        })?;
+        let now = Instant::now();
+        let deadline = (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us));
+        let ctx = Context {
+            service: desc.name,
+            method: desc.methods[index].name,
+            received_at: now,
+            deadline,
+            trace_id: req.trace_id,
+            caller: None,
+            peer_addr: Some(self.peer),
+            metadata: req.meta,
+            notifier: Some(Notifier::new(&self.out, self.peer)),
+        };
+        for i in &shared.interceptors {
+            i.before_call(&ctx)?;
+        }
+        let mut call = ServerCall::start(
+            self.clone(),
+            shared.clone(),
+            ctx,
+            h.id,
+            h.flags,
+            service.as_ref(),
+            index,
+            req.args,
+        );
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        if call.poll_once(&mut cx).is_ready() {
+            return Ok(());
+        }
+        // Register before the task can run, under the lock, so its own removal cannot race ahead.
+        let mut calls = self.calls.lock();
+        let id = h.id;
+        let task = tokio::spawn(call.run(deadline));
+        if let Some(old) = calls.tasks.insert(id, task.abort_handle()) {
+            // A client reusing a live id gets both calls, but can only cancel the newest.
+            drop(old);
+        }
+        Ok(())
+    }
+
+    fn cancel(&self, id: u64) {
+        let mut calls = self.calls.lock();
+        if let Some(task) = calls.tasks.remove(&id) {
+            task.abort();
+            if calls.draining && calls.tasks.is_empty() {
+                self.drained.notify_waiters();
+            }
+        }
+    }
+
+    /// Called by a spawned call when it finished.
+    pub(crate) fn call_done(&self, id: u64) {
+        let mut calls = self.calls.lock();
+        calls.tasks.remove(&id);
+        if calls.draining && calls.tasks.is_empty() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    pub(crate) fn reply_error(&self, id: u64, flags: u8, err: &Error) {
+        if flags & FLAG_ONE_WAY != 0 {
+            tracing::debug!(peer = %self.peer, id, error = %err, "one-way call failed");
+            return;
+        }
+        let _ = self.out.push(|buf| {
+            message::put_error(buf, Kind::Error, id, err);
+            Ok(())
+        });
+    }
+
+    fn goaway(&self, err: &Error) {
+        let _ = self.out.push(|buf| {
+            message::put_error(buf, Kind::GoAway, 0, err);
+            Ok(())
+        });
+    }
+
+    /// Starts a graceful close: the client is told, new calls are refused, running ones finish.
+    pub(crate) fn begin_drain(&self) {
+        let mut calls = self.calls.lock();
+        if calls.draining {
+            return;
+        }
+        calls.draining = true;
+        self.goaway(&Error::new(
+            ErrorKind::ShuttingDown,
+            "the server is shutting down",
+        ));
+        self.drained.notify_waiters();
+    }
+
+    async fn wait_drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            {
+                let calls = self.calls.lock();
+                if calls.draining && calls.tasks.is_empty() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn abort_calls(&self) {
+        let tasks: Vec<AbortHandle> = self.calls.lock().tasks.drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    /// Cuts the connection at once (server dropped).
+    pub(crate) fn abort(&self) {
+        self.abort_calls();
+        self.out.close();
+        self.writer.abort();
+    }
+}

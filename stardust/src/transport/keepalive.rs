@@ -1,0 +1,84 @@
+//! Keepalive: each side pings when it has heard nothing for `interval`, and gives up on a peer
+//! that has been silent for `timeout`. Any frame counts as a sign of life, so a busy connection
+//! never sends pings.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Outbound;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::frame::{self, Kind};
+
+/// Keepalive settings of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keepalive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Keepalive {
+        Keepalive {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When the connection last received anything.
+pub(crate) struct Liveness {
+    start: Instant,
+    last_rx_us: AtomicU64,
+}
+
+impl Liveness {
+    pub(crate) fn new() -> Liveness {
+        Liveness {
+            start: Instant::now(),
+            last_rx_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that bytes arrived.
+    pub(crate) fn touch(&self) {
+        let us = self.start.elapsed().as_micros() as u64;
+        self.last_rx_us.store(us, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let now = self.start.elapsed().as_micros() as u64;
+        Duration::from_micros(now.saturating_sub(self.last_rx_us.load(Ordering::Relaxed)))
+    }
+}
+
+impl Keepalive {
+    /// Runs until the peer has been silent for `timeout`, then returns the error to close with.
+    pub(crate) async fn watch(self, live: Arc<Liveness>, out: Arc<Outbound>) -> Error {
+        let tick = (self.interval / 2).max(Duration::from_millis(1));
+        let mut nonce = 0u64;
+        loop {
+            tokio::time::sleep(tick).await;
+            let silent = live.silent_for();
+            if silent >= self.timeout {
+                return Error::new(
+                    ErrorKind::ConnectionClosed,
+                    format!(
+                        "keepalive: no answer from the peer for {} ms (timeout {} ms)",
+                        silent.as_millis(),
+                        self.timeout.as_millis()
+                    ),
+                );
+            }
+            if silent >= self.interval {
+                nonce += 1;
+                let _ = out.push(|buf| {
+                    frame::put_empty(buf, Kind::Ping, 0, nonce);
+                    Ok(())
+                });
+            }
+        }
+    }
+}

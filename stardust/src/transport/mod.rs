@@ -1,0 +1,16 @@
+//! Connection plumbing shared by the client and the server: the write queue with its writer task,
+//! the frame reader, and keepalive.
+//!
+//! Every connection has exactly one writer task that owns the socket's write half. Everyone else
+//! (callers, handlers, the read loop) appends whole frames to a shared buffer under a short lock
+//! and pokes the writer. The writer yields once before flushing, so all frames produced by tasks
+//! that are runnable at that moment leave in one `write` syscall: batching under load, no added
+//! latency when idle, and no thread hop (the writer is woken on the thread that queued the frame).
+
+mod keepalive;
+mod outbound;
+mod reader;
+
+pub(crate) use keepalive::{Keepalive, Liveness};
+pub(crate) use outbound::Outbound;
+pub(crate) use reader::FrameReader;

@@ -1,0 +1,117 @@
+//! The write side of a connection: a frame buffer shared by all producers, drained by one task.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+use crate::error::Error;
+
+/// Buffers above this size are not kept for reuse after a flush, so one large message does not
+/// pin megabytes per idle connection.
+const KEEP_CAPACITY: usize = 256 * 1024;
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
+pub(crate) struct Outbound {
+    state: Mutex<State>,
+    wake: Notify,
+    /// The largest frame the peer accepts (from the handshake).
+    pub(crate) peer_max_frame: u32,
+}
+
+struct State {
+    buf: BytesMut,
+    /// No more frames are accepted; the writer flushes what is buffered and stops.
+    closed: bool,
+}
+
+impl Outbound {
+    pub(crate) fn new(peer_max_frame: u32) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            state: Mutex::new(State {
+                buf: BytesMut::with_capacity(INITIAL_CAPACITY),
+                closed: false,
+            }),
+            wake: Notify::new(),
+            peer_max_frame,
+        })
+    }
+
+    /// Appends one or more frames with `f` and wakes the writer.
+    ///
+    /// `f` must leave the buffer holding whole frames (the `protocol` encoders guarantee that, also
+    /// on error). Fails with `ConnectionClosed` once the connection is closing.
+    pub(crate) fn push<R>(
+        &self,
+        f: impl FnOnce(&mut BytesMut) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let result = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(Error::connection_closed("the connection is closing"));
+            }
+            f(&mut st.buf)?
+        };
+        self.wake.notify_one();
+        Ok(result)
+    }
+
+    /// Stops accepting frames; the writer flushes what is buffered, then shuts the write half.
+    pub(crate) fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// The writer task body. Returns when the outbound is closed and drained (`Ok`) or the socket
+    /// fails. Dropping the write half on return sends FIN to the peer.
+    pub(crate) async fn run_writer(self: Arc<Self>, mut wr: OwnedWriteHalf) -> io::Result<()> {
+        let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
+        loop {
+            let closed = {
+                let mut st = self.state.lock();
+                if st.buf.is_empty() {
+                    if st.closed {
+                        break;
+                    }
+                    None
+                } else {
+                    std::mem::swap(&mut st.buf, &mut out);
+                    Some(st.closed)
+                }
+            };
+            let Some(_closed) = closed else {
+                self.wake.notified().await;
+                // Let every task that is runnable right now add its frames before we flush, so
+                // they share one syscall. When idle this costs one trip through the scheduler.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            write_all(&mut wr, &out).await?;
+            out.clear();
+            if out.capacity() > KEEP_CAPACITY {
+                out = BytesMut::with_capacity(INITIAL_CAPACITY);
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+        Ok(())
+    }
+}
+
+async fn write_all(wr: &mut OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match wr.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
