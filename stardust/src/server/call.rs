@@ -92,10 +92,13 @@ impl ServerCall {
         match deadline {
             Some(deadline) => {
                 if tokio::time::timeout_at(deadline, done).await.is_err() {
-                    self.finish(Err(Error::new(
-                        ErrorKind::DeadlineExceeded,
-                        "the call's deadline passed while its handler was running; the handler was stopped",
-                    )));
+                    let ctx = self.context();
+                    let msg = format!(
+                        "{}.{} passed its deadline while the handler was running; the provider stopped it",
+                        ctx.service(),
+                        ctx.method()
+                    );
+                    self.finish(Err(Error::new(ErrorKind::DeadlineExceeded, msg)));
                 }
             }
             None => done.await,

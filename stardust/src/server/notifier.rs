@@ -46,6 +46,13 @@ impl Notifier {
         self.out.upgrade().is_none_or(|o| o.is_closed())
     }
 
+    /// Resolves once the connection is gone or closing (to drop a subscription promptly).
+    pub async fn closed(&self) {
+        if let Some(out) = self.out.upgrade() {
+            out.closed().await;
+        }
+    }
+
     /// Queues a notification on `topic` with a MessagePack-encoded `payload`.
     ///
     /// Returns once the frame is queued (not when the client has read it); frames on one

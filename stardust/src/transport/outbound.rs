@@ -18,6 +18,8 @@ const INITIAL_CAPACITY: usize = 8 * 1024;
 pub(crate) struct Outbound {
     state: Mutex<State>,
     wake: Notify,
+    /// Signalled once when the connection starts closing.
+    on_close: Notify,
     /// The largest frame the peer accepts (from the handshake).
     pub(crate) peer_max_frame: u32,
 }
@@ -36,6 +38,7 @@ impl Outbound {
                 closed: false,
             }),
             wake: Notify::new(),
+            on_close: Notify::new(),
             peer_max_frame,
         })
     }
@@ -63,6 +66,18 @@ impl Outbound {
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
         self.wake.notify_one();
+        self.on_close.notify_waiters();
+    }
+
+    /// Resolves once [`Outbound::close`] has been called.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.on_close.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
