@@ -1,0 +1,369 @@
+//! Code generation: the rewritten trait, the `XxxServer` wrapper and the typed `XxxClient`.
+//!
+//! The generated code is meant to be read (`cargo expand`), so it stays plain: the runtime does
+//! the work, and the macro only writes the glue a person would otherwise write by hand.
+//!
+//! Rules the output follows:
+//! - Only `::stardust`, `::core` and `::std` paths, so a crate depending on nothing but
+//!   `stardust` (and `serde` for its own types) can declare services.
+//! - Every path is absolute and every trait call fully qualified, so user items named `Result`,
+//!   `Arc`, `Clone`, ... or user methods named `clone` can't change what the glue means.
+//! - Locals the macro introduces next to user arguments (`method`, `args`, `inner`) have
+//!   `Span::mixed_site()` hygiene: a user argument with the same name is a different variable.
+
+use proc_macro2::{Ident, Literal, Span, TokenStream, TokenTree};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::parse::{MethodDef, ServiceDef};
+
+/// Generates everything `#[stardust::service]` expands to.
+pub(crate) fn expand(def: &ServiceDef) -> TokenStream {
+    let names = Names::new(def);
+    let service_trait = expand_trait(def);
+    let server = expand_server(def, &names);
+    let client = expand_client(def, &names);
+    quote! {
+        #service_trait
+        #server
+        #client
+    }
+}
+
+/// Identifiers shared by the server and client halves.
+struct Names {
+    server: Ident,
+    client: Ident,
+    /// The server's type parameter (the user's implementation). Usually `T`, renamed when a
+    /// method's argument types mention a type called `T`, which the parameter would shadow.
+    implementation: Ident,
+}
+
+impl Names {
+    fn new(def: &ServiceDef) -> Names {
+        let mut used = Vec::new();
+        used.push(def.ident.to_string());
+        for arg in def.methods.iter().flat_map(|m| &m.args) {
+            collect_idents(arg.ty.to_token_stream(), &mut used);
+        }
+        let implementation = std::iter::once("T".to_owned())
+            .chain((0..).map(|i| format!("__StardustT{i}")))
+            .find(|name| !used.contains(name))
+            .expect("an unused name exists");
+        Names {
+            server: format_ident!("{}Server", def.ident),
+            client: format_ident!("{}Client", def.ident),
+            implementation: Ident::new(&implementation, Span::call_site()),
+        }
+    }
+}
+
+fn collect_idents(tokens: TokenStream, out: &mut Vec<String>) {
+    for token in tokens {
+        match token {
+            TokenTree::Ident(ident) => out.push(ident.to_string()),
+            TokenTree::Group(group) => collect_idents(group.stream(), out),
+            _ => {}
+        }
+    }
+}
+
+/// The trait, with `async fn` turned into `fn -> impl Future + Send` so the server can spawn
+/// calls on a multi-threaded runtime. Implementations still write plain `async fn`.
+fn expand_trait(def: &ServiceDef) -> TokenStream {
+    let ServiceDef {
+        attrs, vis, ident, ..
+    } = def;
+    let methods = def.methods.iter().map(|method| {
+        let MethodDef {
+            attrs,
+            receiver,
+            ident,
+            args,
+            output,
+            ..
+        } = method;
+        let args = args.iter().map(|arg| {
+            let (ident, ty) = (&arg.ident, &arg.ty);
+            quote!(#ident: #ty)
+        });
+        quote! {
+            #(#attrs)*
+            fn #ident(#receiver #(, #args)*)
+                -> impl ::core::future::Future<Output = #output> + ::core::marker::Send;
+        }
+    });
+    quote! {
+        #(#attrs)*
+        #vis trait #ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#methods)*
+        }
+    }
+}
+
+/// `XxxServer<T>`: turns `(method index, argument bytes)` into a call of the user's `T`.
+fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
+    let ServiceDef {
+        vis,
+        ident: trait_ident,
+        ..
+    } = def;
+    let Names {
+        server,
+        client,
+        implementation: t,
+    } = names;
+
+    let method = Ident::new("method", Span::mixed_site());
+    let inner = Ident::new("inner", Span::mixed_site());
+    // Unused (and so named `_args`) when no method takes arguments.
+    let takes_args = def.methods.iter().any(|m| !m.args.is_empty());
+    let args = Ident::new(
+        if takes_args { "args" } else { "_args" },
+        Span::mixed_site(),
+    );
+
+    let arms = def.methods.iter().enumerate().map(|(index, m)| {
+        let index = Literal::usize_unsuffixed(index);
+        let name = &m.ident;
+        let arg_names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
+        let decode = if m.args.is_empty() {
+            TokenStream::new()
+        } else {
+            let pattern = tuple(&arg_names, Span::call_site());
+            let types = tuple(m.args.iter().map(|a| &a.ty), types_span(m));
+            let arity = Literal::usize_unsuffixed(m.args.len());
+            // Spanned at the arguments, so "`X: Deserialize` is not satisfied" points there
+            // rather than at the attribute.
+            quote_spanned! {types_span(m)=>
+                let #pattern = ::stardust::__private::decode_args::<#types>(#args, #arity)?;
+            }
+        };
+        // Spanned at the return type, which is what must be `Serialize`.
+        let call = quote_spanned! {m.output.span()=>
+            ::stardust::Call::new(async move {
+                <#t as #trait_ident>::#name(&#inner #(, #arg_names)*).await
+            })
+        };
+        quote! {
+            #index => {
+                #decode
+                let #inner = ::std::sync::Arc::clone(&self.inner);
+                ::core::result::Result::Ok(#call)
+            }
+        }
+    });
+
+    let doc = doc_lines(&format!(
+        "Serves an implementation of [`{trait_ident}`]: pass `{server}::new(your_impl)` to a\n\
+         `stardust::Server`.\n\
+         \n\
+         Calls run concurrently on one shared instance (kept in an `Arc`), which is why the\n\
+         trait's methods take `&self`."
+    ));
+    quote! {
+        #doc
+        #vis struct #server<T> {
+            inner: ::std::sync::Arc<T>,
+        }
+
+        impl<T: #trait_ident> #server<T> {
+            /// Wraps `service` so a `stardust::Server` can host it.
+            pub fn new(service: T) -> Self {
+                Self::from_arc(::std::sync::Arc::new(service))
+            }
+
+            /// Wraps a service that is already shared, e.g. with other parts of the program.
+            pub fn from_arc(service: ::std::sync::Arc<T>) -> Self {
+                Self { inner: service }
+            }
+        }
+
+        impl<T> ::core::clone::Clone for #server<T> {
+            fn clone(&self) -> Self {
+                Self { inner: ::std::sync::Arc::clone(&self.inner) }
+            }
+        }
+
+        impl<T> ::core::fmt::Debug for #server<T> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#server)).finish_non_exhaustive()
+            }
+        }
+
+        impl<#t: #trait_ident> ::stardust::Service for #server<#t> {
+            fn descriptor(&self) -> &'static ::stardust::ServiceDescriptor {
+                #client::DESCRIPTOR
+            }
+
+            fn call(
+                &self,
+                #method: usize,
+                #args: &[u8],
+            ) -> ::core::result::Result<::stardust::Call, ::stardust::Error> {
+                match #method {
+                    #(#arms)*
+                    _ => ::core::result::Result::Err(
+                        ::stardust::__private::unknown_method(#client::DESCRIPTOR, #method),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// `XxxClient`: one `async fn` per method, each a typed wrapper over `stardust::Client::call`.
+fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
+    let ServiceDef {
+        vis,
+        ident: trait_ident,
+        name,
+        version,
+        ..
+    } = def;
+    let client = &names.client;
+
+    let method_descriptors = def.methods.iter().map(|m| {
+        let name = m.wire_name();
+        let idempotent = m.idempotent;
+        quote!(::stardust::MethodDescriptor { name: #name, idempotent: #idempotent })
+    });
+
+    let methods = def.methods.iter().enumerate().map(|(index, m)| {
+        let index = Literal::usize_unsuffixed(index);
+        let MethodDef {
+            ident,
+            args,
+            output,
+            ..
+        } = m;
+        let docs: Vec<_> = m
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .collect();
+        let default_doc = docs.is_empty().then(|| {
+            let doc = format!(" Calls `{}` on the remote service.", m.wire_name());
+            quote!(#[doc = #doc])
+        });
+        let params = args.iter().map(|arg| {
+            let (ident, ty) = (&arg.ident, &arg.ty);
+            quote!(#ident: #ty)
+        });
+        let call_args = if args.is_empty() {
+            quote!(::stardust::__private::NoArgs)
+        } else {
+            tuple(args.iter().map(|a| &a.ident), types_span(m))
+        };
+        // Spanned at the method: the bounds on `call` are about its arguments and output.
+        let call = quote_spanned! {ident.span()=>
+            self.client.call(Self::DESCRIPTOR, #index, &#call_args).await
+        };
+        quote! {
+            #(#docs)*
+            #default_doc
+            pub async fn #ident(&self #(, #params)*)
+                -> ::core::result::Result<#output, ::stardust::Error>
+            {
+                #call
+            }
+        }
+    });
+
+    let doc = doc_lines(&format!(
+        "A typed client for the [`{trait_ident}`] service (`{name}` version {version}).\n\
+         \n\
+         Each method sends one call and returns the remote method's output, or a\n\
+         `stardust::Error` when the call itself failed. Cloning is cheap and shares the\n\
+         connection."
+    ));
+    quote! {
+        #doc
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #vis struct #client {
+            client: ::stardust::Client,
+        }
+
+        impl #client {
+            /// The service's descriptor: name, version, methods.
+            pub const DESCRIPTOR: &'static ::stardust::ServiceDescriptor =
+                &::stardust::ServiceDescriptor {
+                    name: #name,
+                    version: #version,
+                    methods: &[#(#method_descriptors),*],
+                };
+
+            /// Connects to a provider of the service at `addr`.
+            pub async fn connect<A: ::stardust::ToSocketAddrs>(
+                addr: A,
+            ) -> ::core::result::Result<Self, ::stardust::Error> {
+                ::core::result::Result::Ok(Self::new(::stardust::Client::connect(addr).await?))
+            }
+
+            /// Wraps an existing `stardust::Client`, e.g. one built with `ClientBuilder`.
+            pub fn new(client: ::stardust::Client) -> Self {
+                Self { client }
+            }
+
+            /// The untyped client underneath.
+            pub fn client(&self) -> &::stardust::Client {
+                &self.client
+            }
+
+            /// A client sharing this one's connection whose calls time out after `timeout`.
+            pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
+                Self { client: self.client.with_timeout(timeout) }
+            }
+
+            #(#methods)*
+        }
+
+        impl ::stardust::ServiceClient for #client {
+            // Names the inherent constant: inherent items win over trait items in paths.
+            const DESCRIPTOR: &'static ::stardust::ServiceDescriptor = #client::DESCRIPTOR;
+
+            fn from_client(client: ::stardust::Client) -> Self {
+                Self::new(client)
+            }
+
+            fn client(&self) -> &::stardust::Client {
+                &self.client
+            }
+        }
+    }
+}
+
+/// One `#[doc]` attribute per line, which `cargo expand` shows as ordinary `///` comments.
+fn doc_lines(text: &str) -> TokenStream {
+    text.lines()
+        .map(|line| {
+            let line = if line.is_empty() {
+                String::new()
+            } else {
+                format!(" {line}")
+            };
+            quote!(#[doc = #line])
+        })
+        .collect()
+}
+
+/// Where to report a problem with a method's arguments as a whole: the only argument's type, or
+/// the method's name when there are several.
+fn types_span(method: &MethodDef) -> Span {
+    match &method.args[..] {
+        [only] => only.ty.span(),
+        _ => method.ident.span(),
+    }
+}
+
+/// `(a, b)`, or `(a,)` for one element so it stays a tuple. The parentheses get `span`, which is
+/// where rustc points when the tuple as a whole misses a trait (e.g. an element isn't `Serialize`).
+fn tuple<T: ToTokens>(items: impl IntoIterator<Item = T>, span: Span) -> TokenStream {
+    let items: Vec<T> = items.into_iter().collect();
+    if items.len() == 1 {
+        let item = &items[0];
+        quote_spanned!(span=> (#item,))
+    } else {
+        quote_spanned!(span=> (#(#items),*))
+    }
+}

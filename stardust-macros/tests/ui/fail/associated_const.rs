@@ -1,0 +1,7 @@
+#[stardust::service]
+pub trait Store {
+    const CAPACITY: usize;
+    async fn len(&self) -> u64;
+}
+
+fn main() {}

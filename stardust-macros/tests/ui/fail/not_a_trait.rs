@@ -1,0 +1,4 @@
+#[stardust::service]
+pub struct Calculator;
+
+fn main() {}

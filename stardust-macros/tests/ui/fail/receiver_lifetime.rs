@@ -1,0 +1,6 @@
+#[stardust::service]
+pub trait Counter {
+    async fn get(&'static self) -> u64;
+}
+
+fn main() {}

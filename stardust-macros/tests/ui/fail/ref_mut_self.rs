@@ -1,0 +1,6 @@
+#[stardust::service]
+pub trait Counter {
+    async fn increment(&mut self) -> u64;
+}
+
+fn main() {}

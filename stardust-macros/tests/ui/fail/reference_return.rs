@@ -1,0 +1,6 @@
+#[stardust::service]
+pub trait Greeter {
+    async fn name(&self) -> &'static str;
+}
+
+fn main() {}

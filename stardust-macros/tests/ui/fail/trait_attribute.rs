@@ -1,0 +1,7 @@
+#[stardust::service]
+#[stardust(name = "calc.Calculator")]
+pub trait Calculator {
+    async fn add(&self, a: i64, b: i64) -> i64;
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+#[stardust::service]
+pub trait Calculator
+where
+    Self: Sized,
+{
+    async fn add(&self, a: i64, b: i64) -> i64;
+}
+
+fn main() {}

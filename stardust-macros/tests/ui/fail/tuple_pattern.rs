@@ -1,0 +1,6 @@
+#[stardust::service]
+pub trait Calculator {
+    async fn add(&self, (a, b): (i64, i64)) -> i64;
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[stardust::service]
+pub trait Logger {
+    async fn log(&self, format: String, rest: ...);
+}
+
+fn main() {}
