@@ -1,4 +1,51 @@
 //! Stardust: turn a plain Rust trait into a fast networked service.
+//!
+//! Put [`#[stardust::service]`](macro@service) on a trait of `async fn`s. You get a server-side
+//! wrapper (`XxxServer`) that a [`Server`] hosts, and a typed proxy (`XxxClient`) whose methods
+//! make calls over one long-lived, multiplexed TCP connection speaking MessagePack
+//! (`docs/PROTOCOL.md` in the repository specifies the wire format).
+//!
+//! ```
+//! #[stardust::service(name = "calc.Calculator")]
+//! pub trait Calculator {
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, String>;
+//! }
+//!
+//! struct MyCalc;
+//!
+//! impl Calculator for MyCalc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//!     async fn div(&self, a: i64, b: i64) -> Result<i64, String> {
+//!         a.checked_div(b).ok_or_else(|| "division by zero".to_owned())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), stardust::Error> {
+//! let server = stardust::Server::builder()
+//!     .serve(CalculatorServer::new(MyCalc))
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//!
+//! let calc = CalculatorClient::connect(server.local_addr()).await?;
+//! assert_eq!(calc.add(1, 2).await?, 3);
+//! // Application errors arrive typed, inside the framework's `Result`.
+//! assert_eq!(calc.div(1, 0).await?, Err("division by zero".to_owned()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Where things live
+//!
+//! - [`Server`] / [`ServerBuilder`]: hosting services, limits, keepalive, graceful shutdown.
+//! - [`Client`] / [`ClientBuilder`]: connections, deadlines, metadata, notifications.
+//! - [`Context`]: what a handler knows about the call it serves.
+//! - [`Interceptor`] / [`ClientInterceptor`]: hooks around every call.
+//! - [`Error`] / [`ErrorKind`]: every framework failure, with stable wire codes.
+//! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.
 #![warn(missing_docs)]
 
 mod client;

@@ -113,13 +113,14 @@ impl ClientConn {
         });
         let writer = tokio::spawn(out.clone().run_writer(wr));
         let live = Arc::new(Liveness::new());
-        let keepalive = config.keepalive.watch(live.clone(), out);
+        let keepalive = config.keepalive.watch(live.clone(), out.clone());
         let reader_conn = conn.clone();
         let read_task = tokio::spawn(async move {
             let result = tokio::select! {
                 biased;
                 r = reader_conn.read_loop(&mut reader, &live, &notify_tx) => r,
                 e = keepalive => Err(e),
+                _ = out.closed() => Err(Error::connection_closed(format!("writing to {addr} failed"))),
             };
             let err = match result {
                 Ok(()) => {

@@ -88,6 +88,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         r = conn.read_loop(&shared, &mut reader, &live) => r,
         _ = conn.wait_drained() => Ok(()),
         e = keepalive => Err(e),
+        _ = out.closed() => Err(Error::connection_closed("writing to the client failed")),
     };
     match &result {
         Ok(()) => tracing::debug!(%peer, "connection closed"),

@@ -85,8 +85,19 @@ impl Outbound {
     }
 
     /// The writer task body. Returns when the outbound is closed and drained (`Ok`) or the socket
-    /// fails. Dropping the write half on return sends FIN to the peer.
-    pub(crate) async fn run_writer(self: Arc<Self>, mut wr: OwnedWriteHalf) -> io::Result<()> {
+    /// fails; either way the outbound is closed afterwards, so producers learn at once and the
+    /// connection's read side (which watches [`Outbound::closed`]) tears down too. Dropping the
+    /// write half on return sends FIN to the peer.
+    pub(crate) async fn run_writer(self: Arc<Self>, wr: OwnedWriteHalf) -> io::Result<()> {
+        let result = self.write_loop(wr).await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "connection write failed");
+        }
+        self.close();
+        result
+    }
+
+    async fn write_loop(&self, mut wr: OwnedWriteHalf) -> io::Result<()> {
         let mut out = BytesMut::with_capacity(INITIAL_CAPACITY);
         loop {
             let closed = {
