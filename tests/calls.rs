@@ -128,6 +128,7 @@ async fn handler_sees_its_context_and_nested_calls_inherit_it() {
     let (server, _control) = start_server().await;
     let client = Client::builder()
         .timeout(Duration::from_secs(60))
+        .handshake_metadata("app", "web")
         .connect(server.local_addr())
         .await
         .unwrap();
@@ -137,6 +138,11 @@ async fn handler_sees_its_context_and_nested_calls_inherit_it() {
     assert_eq!(info.method, "context");
     assert_ne!(info.trace_id, 0);
     assert_eq!(info.tag.as_deref(), Some("blue"));
+    assert_eq!(
+        info.app.as_deref(),
+        Some("web"),
+        "connection metadata from the handshake"
+    );
     assert!(info.peer_known);
     let remaining = info.remaining_ms.expect("calls carry a deadline");
     assert!(remaining > 0 && remaining <= 60_000, "{remaining}");
@@ -151,21 +157,11 @@ async fn handler_sees_its_context_and_nested_calls_inherit_it() {
     assert!(Context::current().is_none(), "no context outside handlers");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_id_propagates_through_nested_calls() {
-    // The relay handler's outgoing call carries the trace id of the call it handles.
-    let (server, _control) = start_server().await;
-    let calc = CalcClient::connect(server.local_addr()).await.unwrap();
-    let outer = calc.context().await.unwrap();
-    let relayed = calc.relay(server.local_addr().to_string()).await.unwrap();
-    // Two different root calls get different trace ids...
-    assert_ne!(outer.trace_id, relayed.trace_id);
-    // ...and the nested one is not a fresh id per hop: checked with an interceptor in
-    // `server_interceptor_sees_and_can_reject_calls`, which records both hops.
-}
+/// (method, trace id, outcome) of every call the interceptor saw finish.
+type Seen = Arc<parking_lot::Mutex<Vec<(String, u64, Result<(), ErrorKind>)>>>;
 
 struct Recorder {
-    seen: Arc<parking_lot::Mutex<Vec<(String, u64, Result<(), ErrorKind>)>>>,
+    seen: Seen,
     before: Arc<AtomicUsize>,
 }
 

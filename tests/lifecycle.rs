@@ -128,10 +128,10 @@ async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<TcpSt
             let n = sock.read(&mut buf[got..]).await.unwrap();
             assert!(n > 0);
             got += n;
-            if let Some(h) = frame::parse_header(&buf[..got], u32::MAX).unwrap() {
-                if got >= h.frame_len() {
-                    break;
-                }
+            if let Some(h) = frame::parse_header(&buf[..got], u32::MAX).unwrap()
+                && got >= h.frame_len()
+            {
+                break;
             }
         }
         let mut out = BytesMut::new();

@@ -31,6 +31,7 @@ pub struct Context {
     pub(crate) caller: Option<Arc<str>>,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) metadata: Metadata,
+    pub(crate) connection_metadata: Arc<Metadata>,
     pub(crate) notifier: Option<Notifier>,
 }
 
@@ -46,6 +47,7 @@ impl Context {
             caller: None,
             peer_addr: None,
             metadata: Metadata::new(),
+            connection_metadata: Arc::new(Metadata::new()),
             notifier: None,
         }
     }
@@ -104,6 +106,12 @@ impl Context {
     /// Metadata the caller attached to the call.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Metadata the client sent when it connected (see
+    /// [`ClientBuilder::handshake_metadata`](crate::ClientBuilder::handshake_metadata)).
+    pub fn connection_metadata(&self) -> &Metadata {
+        &self.connection_metadata
     }
 
     /// A handle that sends one-way notifications to the calling connection, usable after the

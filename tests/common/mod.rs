@@ -36,6 +36,7 @@ pub struct CallInfo {
     pub trace_id: u64,
     pub remaining_ms: Option<u64>,
     pub tag: Option<String>,
+    pub app: Option<String>,
     pub peer_known: bool,
 }
 
@@ -164,6 +165,7 @@ fn info() -> CallInfo {
         trace_id: ctx.trace_id(),
         remaining_ms: ctx.remaining().map(|d| d.as_millis() as u64),
         tag: ctx.metadata().get("tag").map(str::to_owned),
+        app: ctx.connection_metadata().get("app").map(str::to_owned),
         peer_known: ctx.peer_addr().is_some(),
     }
 }

@@ -102,7 +102,7 @@ impl ClientConn {
             )));
         }
 
-        let out = Outbound::new(ack.max_frame);
+        let out = Outbound::new(ack.max_frame.max(frame::MIN_MAX_FRAME));
         let conn = Arc::new(ClientConn {
             out: out.clone(),
             pending: Mutex::new(Pending::default()),

@@ -100,7 +100,7 @@ impl ClientBuilder {
     /// Largest response frame accepted, in bytes (default 16 MiB); the server is told, and
     /// answers an over-limit response with a `FrameTooLarge` error instead.
     pub fn max_frame_size(mut self, bytes: u32) -> ClientBuilder {
-        self.config.max_frame = bytes.max(1024);
+        self.config.max_frame = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
         self
     }
 

@@ -20,6 +20,8 @@ use crate::error::{Error, ErrorKind};
 pub const HEADER_LEN: usize = 14;
 /// Bytes of header covered by the length field (kind, flags, id).
 pub const LENGTH_COVERED: u32 = 10;
+/// The smallest frame limit a peer may announce: every error frame fits in it.
+pub const MIN_MAX_FRAME: u32 = 1024;
 /// Default limit on a frame's `length` field: 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
 

@@ -69,7 +69,7 @@ pub struct RequestView<'a> {
 /// Everything a request carries besides its arguments.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
-    /// Request id (never 0).
+    /// Request id (any value for one-way calls, which are never answered).
     pub id: u64,
     /// Flag bits ([`frame::FLAG_ONE_WAY`], [`frame::FLAG_IDEMPOTENT`]).
     pub flags: u8,
@@ -162,12 +162,26 @@ pub fn parse_request(body: &[u8]) -> Result<RequestView<'_>, Error> {
     })
 }
 
-/// Appends an `Error` frame (or a `GoAway` frame, same body): `[code, message]`.
+/// Longest error message sent on the wire, in bytes: with the header it stays under
+/// [`frame::MIN_MAX_FRAME`], so an error frame always fits the peer's limit.
+pub const MAX_ERROR_MESSAGE: usize = 900;
+
+/// Appends an `Error` frame (or a `GoAway` frame, same body): `[code, message]`. Messages longer
+/// than [`MAX_ERROR_MESSAGE`] bytes are cut at a character boundary and end with `…`.
 pub fn put_error(buf: &mut BytesMut, kind: Kind, id: u64, err: &Error) {
     let start = frame::begin(buf, kind, 0, id);
     let _ = rmp::encode::write_array_len(&mut w(buf), 2);
     let _ = rmp::encode::write_uint(&mut w(buf), err.kind().code() as u64);
-    let _ = rmp::encode::write_str(&mut w(buf), err.message());
+    let msg = err.message();
+    if msg.len() <= MAX_ERROR_MESSAGE {
+        let _ = rmp::encode::write_str(&mut w(buf), msg);
+    } else {
+        let mut cut = MAX_ERROR_MESSAGE - '…'.len_utf8();
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let _ = rmp::encode::write_str(&mut w(buf), &format!("{}…", &msg[..cut]));
+    }
     // Error messages are short; never over any sane limit.
     let _ = frame::finish(buf, start, u32::MAX);
 }
@@ -267,6 +281,17 @@ mod tests {
         assert_eq!(back.kind(), ErrorKind::UnknownMethod);
         assert_eq!(back.message(), "no `mul`");
         assert_eq!(parse_error(&[0xc1]).kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_to_fit() {
+        let mut buf = BytesMut::new();
+        let err = Error::new(ErrorKind::Panicked, "é".repeat(2000));
+        put_error(&mut buf, Kind::Error, 1, &err);
+        assert!(buf.len() < frame::MIN_MAX_FRAME as usize);
+        let back = parse_error(&buf[frame::HEADER_LEN..]);
+        assert!(back.message().ends_with('…'));
+        assert!(back.message().len() <= MAX_ERROR_MESSAGE);
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl ServerCall {
     }
 
     /// Drives a handler that did not complete inline, as a task of its own, within the deadline.
-    pub(crate) async fn run(mut self, deadline: Option<Instant>) {
+    pub(crate) async fn run(mut self, deadline: Option<Instant>, key: (bool, u64), task_id: u64) {
         let done = std::future::poll_fn(|cx| self.poll_once(cx));
         match deadline {
             Some(deadline) => {
@@ -103,7 +103,7 @@ impl ServerCall {
             }
             None => done.await,
         }
-        self.conn.call_done(self.id);
+        self.conn.call_done(key, task_id);
     }
 
     /// Sends the response (or the error) and tells the interceptors.

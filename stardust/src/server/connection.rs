@@ -21,21 +21,29 @@ use super::call::ServerCall;
 use super::notifier::Notifier;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
-use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind};
+use crate::metadata::Metadata;
+use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION};
 use crate::transport::{FrameReader, Liveness, Outbound};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
     pub(crate) peer: SocketAddr,
+    /// Metadata the client sent in its handshake.
+    meta: Arc<Metadata>,
     calls: Mutex<InFlight>,
     drained: Notify,
     writer: AbortHandle,
 }
 
+/// Calls running as tasks of their own, so they can be cancelled and waited for on drain.
 #[derive(Default)]
 struct InFlight {
-    tasks: HashMap<u64, AbortHandle>,
+    /// Keyed by `(one_way, request id)`: one-way calls share no id space with answered ones (their
+    /// id means nothing), and each entry remembers which task owns it, so a finished task never
+    /// removes the entry of a newer call that reused its id.
+    tasks: HashMap<(bool, u64), (u64, AbortHandle)>,
+    next_task: u64,
     draining: bool,
 }
 
@@ -64,7 +72,13 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         }
     };
 
-    let out = Outbound::new(hello.max_frame.unwrap_or(DEFAULT_MAX_FRAME));
+    // Never below 1 KiB: every error frame must fit, whatever a client announces.
+    let out = Outbound::new(
+        hello
+            .max_frame
+            .unwrap_or(DEFAULT_MAX_FRAME)
+            .max(MIN_MAX_FRAME),
+    );
     let ack = HelloAck {
         version: PROTOCOL_VERSION.min(hello.version),
         agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -75,6 +89,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     let conn = Arc::new(ServerConn {
         out: out.clone(),
         peer,
+        meta: Arc::new(hello.meta),
         calls: Mutex::new(InFlight::default()),
         drained: Notify::new(),
         writer: writer.abort_handle(),
@@ -268,6 +283,7 @@ impl ServerConn {
             caller: None,
             peer_addr: Some(self.peer),
             metadata: req.meta,
+            connection_metadata: self.meta.clone(),
             notifier: Some(Notifier::new(&self.out, self.peer)),
         };
         for i in &shared.interceptors {
@@ -289,18 +305,20 @@ impl ServerConn {
         }
         // Register before the task can run, under the lock, so its own removal cannot race ahead.
         let mut calls = self.calls.lock();
-        let id = h.id;
-        let task = tokio::spawn(call.run(deadline));
-        if let Some(old) = calls.tasks.insert(id, task.abort_handle()) {
-            // A client reusing a live id gets both calls, but can only cancel the newest.
-            drop(old);
-        }
+        let one_way = h.flags & FLAG_ONE_WAY != 0;
+        let key = (one_way, if one_way { calls.next_task } else { h.id });
+        let task_id = calls.next_task;
+        calls.next_task += 1;
+        let task = tokio::spawn(call.run(deadline, key, task_id));
+        // A client reusing the id of a call still running gets both answered, but only the newest
+        // can be cancelled.
+        calls.tasks.insert(key, (task_id, task.abort_handle()));
         Ok(())
     }
 
     fn cancel(&self, id: u64) {
         let mut calls = self.calls.lock();
-        if let Some(task) = calls.tasks.remove(&id) {
+        if let Some((_, task)) = calls.tasks.remove(&(false, id)) {
             task.abort();
             if calls.draining && calls.tasks.is_empty() {
                 self.drained.notify_waiters();
@@ -309,9 +327,15 @@ impl ServerConn {
     }
 
     /// Called by a spawned call when it finished.
-    pub(crate) fn call_done(&self, id: u64) {
+    pub(crate) fn call_done(&self, key: (bool, u64), task_id: u64) {
         let mut calls = self.calls.lock();
-        calls.tasks.remove(&id);
+        if calls
+            .tasks
+            .get(&key)
+            .is_some_and(|(owner, _)| *owner == task_id)
+        {
+            calls.tasks.remove(&key);
+        }
         if calls.draining && calls.tasks.is_empty() {
             self.drained.notify_waiters();
         }
@@ -363,7 +387,13 @@ impl ServerConn {
     }
 
     fn abort_calls(&self) {
-        let tasks: Vec<AbortHandle> = self.calls.lock().tasks.drain().map(|(_, t)| t).collect();
+        let tasks: Vec<AbortHandle> = self
+            .calls
+            .lock()
+            .tasks
+            .drain()
+            .map(|(_, (_, t))| t)
+            .collect();
         for t in tasks {
             t.abort();
         }

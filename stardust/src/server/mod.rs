@@ -82,7 +82,7 @@ impl ServerBuilder {
     /// The largest frame accepted from clients, in bytes (default 16 MiB). A larger request gets
     /// a `FrameTooLarge` error and its connection is closed.
     pub fn max_frame_size(mut self, bytes: u32) -> ServerBuilder {
-        self.config.max_frame = bytes.max(1024);
+        self.config.max_frame = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
         self
     }
 
