@@ -265,3 +265,61 @@ async fn notifications_reach_the_subscribed_client() {
         ErrorKind::ConnectionClosed
     );
 }
+
+/// Adds a tag to every call and refuses `div` locally.
+struct Tagger {
+    after: Arc<AtomicUsize>,
+}
+
+impl stardust::ClientInterceptor for Tagger {
+    fn before_call(&self, call: &mut stardust::OutgoingCall<'_>) -> Result<(), Error> {
+        if call.method.name == "div" {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                "div is disabled on this client",
+            ));
+        }
+        call.metadata.insert("tag", "from-interceptor");
+        Ok(())
+    }
+
+    fn after_call(&self, _call: &stardust::OutgoingCall<'_>, outcome: Result<(), &Error>) {
+        assert!(outcome.is_ok());
+        self.after.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_interceptor_adds_metadata_and_can_refuse_calls() {
+    let seen: Seen = Arc::default();
+    let before = Arc::new(AtomicUsize::new(0));
+    let builder = Server::builder().interceptor(Recorder {
+        seen,
+        before: before.clone(),
+    });
+    let (server, _control) = start_server_with(builder).await;
+    let after = Arc::new(AtomicUsize::new(0));
+    let client = Client::builder()
+        .interceptor(Tagger {
+            after: after.clone(),
+        })
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let calc = CalcClient::new(client);
+    let info = calc.context().await.unwrap();
+    assert_eq!(info.tag.as_deref(), Some("from-interceptor"));
+    let err = calc.div(4, 2).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    calc.record(1).await.unwrap();
+    assert_eq!(
+        before.load(Ordering::SeqCst),
+        2,
+        "the refused call never reached the provider"
+    );
+    assert_eq!(
+        after.load(Ordering::SeqCst),
+        2,
+        "after_call ran for the two calls sent"
+    );
+}
