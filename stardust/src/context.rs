@@ -29,11 +29,21 @@ pub struct Context {
     pub(crate) deadline: Option<Instant>,
     pub(crate) trace_id: u64,
     pub(crate) caller: Option<Arc<str>>,
-    pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) metadata: Metadata,
-    pub(crate) connection_metadata: Arc<Metadata>,
-    pub(crate) notifier: Option<Notifier>,
+    /// What is the same for every call on the connection: shared, so building a context costs
+    /// one reference count, not one per field.
+    pub(crate) conn: Option<Arc<ConnInfo>>,
 }
+
+/// Per-connection facts every call's context refers to.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) meta: Metadata,
+    pub(crate) notifier: Notifier,
+}
+
+static NO_METADATA: Metadata = Metadata::new();
 
 impl Context {
     /// A context with no caller, no deadline and no trace, for tests of handler code.
@@ -45,10 +55,8 @@ impl Context {
             deadline: None,
             trace_id: 0,
             caller: None,
-            peer_addr: None,
             metadata: Metadata::new(),
-            connection_metadata: Arc::new(Metadata::new()),
-            notifier: None,
+            conn: None,
         }
     }
 
@@ -100,7 +108,7 @@ impl Context {
 
     /// The network address of the calling connection.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer_addr
+        self.conn.as_ref().map(|c| c.peer)
     }
 
     /// Metadata the caller attached to the call.
@@ -111,13 +119,13 @@ impl Context {
     /// Metadata the client sent when it connected (see
     /// [`ClientBuilder::handshake_metadata`](crate::ClientBuilder::handshake_metadata)).
     pub fn connection_metadata(&self) -> &Metadata {
-        &self.connection_metadata
+        self.conn.as_ref().map_or(&NO_METADATA, |c| &c.meta)
     }
 
     /// A handle that sends one-way notifications to the calling connection, usable after the
     /// call returns (for subscriptions).
     pub fn notifier(&self) -> Option<Notifier> {
-        self.notifier.clone()
+        self.conn.as_ref().map(|c| c.notifier.clone())
     }
 
     /// Sets the deadline (builder style, mostly for tests of handler code).

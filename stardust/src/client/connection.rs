@@ -1,33 +1,51 @@
-//! One client connection: handshake, sending requests, and the read loop that completes them.
+//! One client connection: handshake, sending requests, the read loop that completes them, and
+//! the deadline sweeper.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::notifications::Notification;
-use super::pending::Pending;
+use super::pending::{CallInfo, Pending, Reply};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, Kind};
 use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
-use crate::transport::{FrameReader, Liveness, Outbound};
+use crate::transport::{Flush, FrameReader, Liveness, Outbound};
 
 pub(crate) struct ClientConn {
-    out: Arc<Outbound>,
-    pending: Mutex<Pending>,
+    /// The write queue, which also guards the pending-call table: registering a call and queueing
+    /// its request is one critical section.
+    out: Arc<Outbound<Pending>>,
+    /// Poked when a call registers a deadline earlier than the sweeper's next wake-up.
+    deadline_changed: Notify,
     /// The server sent `GoAway`: finish what is in flight, start nothing new here.
     draining: AtomicBool,
     closed: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
     pub(crate) peer: SocketAddr,
+}
+
+/// Why a call failed.
+pub(crate) enum CallError {
+    /// The connection was found closed before anything was queued: safe to try again on a new
+    /// connection.
+    Reconnect(Error),
+    /// Final.
+    Failed(Error),
 }
 
 impl ClientConn {
@@ -39,12 +57,8 @@ impl ClientConn {
     ) -> Result<Arc<ClientConn>, Error> {
         let mut last_err = None;
         for addr in addrs {
-            match tokio::time::timeout(
-                config.connect_timeout,
-                Self::connect_one(*addr, config, notify_tx.clone()),
-            )
-            .await
-            {
+            let attempt = Self::connect_one(*addr, config, notify_tx.clone());
+            match tokio::time::timeout(config.connect_timeout, attempt).await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => last_err = Some(e),
                 Err(_) => {
@@ -70,7 +84,7 @@ impl ClientConn {
             Error::new(ErrorKind::Connect, format!("cannot connect to {addr}: {e}")).with_source(e)
         })?;
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let mut reader = FrameReader::new(rd, config.max_frame);
 
         // The handshake is the only exchange done without the writer task: one frame each way.
@@ -83,17 +97,15 @@ impl ClientConn {
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
-        let handshake_err = |e: std::io::Error| {
-            Error::new(
-                ErrorKind::Connect,
-                format!("handshake with {addr} failed: {e}"),
-            )
-            .with_source(e)
-        };
-        let mut wr = wr;
         tokio::io::AsyncWriteExt::write_all(&mut wr, &buf)
             .await
-            .map_err(handshake_err)?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("handshake with {addr} failed: {e}"),
+                )
+                .with_source(e)
+            })?;
         let ack = read_ack(&mut reader, addr).await?;
         if ack.version < 1 || ack.version > PROTOCOL_VERSION {
             return Err(Error::protocol(format!(
@@ -102,16 +114,22 @@ impl ClientConn {
             )));
         }
 
-        let out = Outbound::new(ack.max_frame.max(frame::MIN_MAX_FRAME));
+        let out = Outbound::new(
+            ack.max_frame.max(frame::MIN_MAX_FRAME),
+            // Requests come from many caller tasks: gather them into one write.
+            Flush::Coalesce,
+            Pending::default(),
+        );
         let conn = Arc::new(ClientConn {
             out: out.clone(),
-            pending: Mutex::new(Pending::default()),
+            deadline_changed: Notify::new(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             peer: addr,
         });
         let writer = tokio::spawn(out.clone().run_writer(wr));
+        let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
         let live = Arc::new(Liveness::new());
         let keepalive = config.keepalive.watch(live.clone(), out.clone());
         let reader_conn = conn.clone();
@@ -132,9 +150,11 @@ impl ClientConn {
             tracing::debug!(%addr, error = %err, "client connection closed");
             reader_conn.teardown(&err);
         });
-        conn.tasks
-            .lock()
-            .extend([writer.abort_handle(), read_task.abort_handle()]);
+        conn.tasks.lock().extend([
+            writer.abort_handle(),
+            sweeper.abort_handle(),
+            read_task.abort_handle(),
+        ]);
         Ok(conn)
     }
 
@@ -144,64 +164,23 @@ impl ClientConn {
         live: &Liveness,
         notify_tx: &broadcast::Sender<Notification>,
     ) -> Result<(), Error> {
+        // Replies of one read batch are completed under one lock, and their callers woken after it
+        // is released. Both vectors are reused, so the loop does not allocate in steady state.
+        let mut replies: Vec<(u64, Reply)> = Vec::new();
+        let mut wakers: Vec<Waker> = Vec::new();
         loop {
-            loop {
-                let h = match reader.next_frame() {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err((_, e)) => return Err(e),
-                };
-                match Kind::from_u8(h.kind) {
-                    Some(Kind::Response) => {
-                        let body = reader.take_body(&h);
-                        self.complete(h.id, Ok(body));
-                    }
-                    Some(Kind::Error) => {
-                        let err = message::parse_error(reader.body(&h));
-                        reader.consume(&h);
-                        self.complete(h.id, Err(err));
-                    }
-                    Some(Kind::Notify) => {
-                        let body = reader.take_body(&h);
-                        match message::parse_notify(&body) {
-                            Ok((topic, payload)) => {
-                                let offset = body.len() - payload.len();
-                                let n = Notification::new(topic.to_owned(), body.slice(offset..));
-                                // No subscriber is not an error: notifications are best effort.
-                                let _ = notify_tx.send(n);
-                            }
-                            Err(e) => {
-                                tracing::warn!(peer = %self.peer, error = %e, "dropping malformed notification")
-                            }
-                        }
-                    }
-                    Some(Kind::Ping) => {
-                        reader.consume(&h);
-                        let _ = self.out.push(|buf| {
-                            frame::put_empty(buf, Kind::Pong, 0, h.id);
-                            Ok(())
-                        });
-                    }
-                    Some(Kind::Pong) => reader.consume(&h),
-                    Some(Kind::GoAway) => {
-                        let reason = message::parse_error(reader.body(&h));
-                        reader.consume(&h);
-                        tracing::debug!(peer = %self.peer, %reason, "server sent GoAway");
-                        self.draining.store(true, Ordering::SeqCst);
-                        if reason.kind() != ErrorKind::ShuttingDown {
-                            // Not a graceful drain: the server is closing because of an error;
-                            // every call in flight fails with its reason.
-                            return Err(reason);
-                        }
-                    }
-                    other => {
-                        return Err(Error::protocol(format!(
-                            "unexpected frame kind {} ({other:?}) from the server",
-                            h.kind
-                        )));
-                    }
-                }
+            let result = self.read_batch(reader, notify_tx, &mut replies);
+            if !replies.is_empty() {
+                self.out.with_state(|pending, _, _| {
+                    wakers.extend(
+                        replies
+                            .drain(..)
+                            .filter_map(|(id, reply)| pending.complete(id, reply)),
+                    )
+                });
+                wakers.drain(..).for_each(Waker::wake);
             }
+            result?;
             if !reader.fill().await? {
                 return Ok(());
             }
@@ -209,30 +188,115 @@ impl ClientConn {
         }
     }
 
-    fn complete(&self, id: u64, reply: super::pending::Reply) {
-        let waker = self.pending.lock().complete(id, reply);
-        if let Some(w) = waker {
-            w.wake();
+    /// Handles every complete frame in the read buffer; replies are collected into `replies`.
+    fn read_batch(
+        &self,
+        reader: &mut FrameReader,
+        notify_tx: &broadcast::Sender<Notification>,
+        replies: &mut Vec<(u64, Reply)>,
+    ) -> Result<(), Error> {
+        loop {
+            let h = match reader.next_frame() {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err((_, e)) => return Err(e),
+            };
+            match Kind::from_u8(h.kind) {
+                Some(Kind::Response) => replies.push((h.id, Ok(reader.take_body(&h)))),
+                Some(Kind::Error) => {
+                    let err = message::parse_error(reader.body(&h));
+                    reader.consume(&h);
+                    replies.push((h.id, Err(err)));
+                }
+                Some(Kind::Notify) => {
+                    let body = reader.take_body(&h);
+                    self.deliver_notification(body, notify_tx);
+                }
+                Some(Kind::Ping) => {
+                    reader.consume(&h);
+                    let _ = self.out.push(|buf| {
+                        frame::put_empty(buf, Kind::Pong, 0, h.id);
+                        Ok(())
+                    });
+                }
+                Some(Kind::Pong) => reader.consume(&h),
+                Some(Kind::GoAway) => {
+                    let reason = message::parse_error(reader.body(&h));
+                    reader.consume(&h);
+                    tracing::debug!(peer = %self.peer, %reason, "server sent GoAway");
+                    self.draining.store(true, Ordering::SeqCst);
+                    if reason.kind() != ErrorKind::ShuttingDown {
+                        // Not a graceful drain: the server is closing because of an error;
+                        // every call in flight fails with its reason.
+                        return Err(reason);
+                    }
+                }
+                other => {
+                    return Err(Error::protocol(format!(
+                        "unexpected frame kind {} ({other:?}) from the server",
+                        h.kind
+                    )));
+                }
+            }
         }
     }
 
-    /// Queues a request and registers its slot; returns the request id.
-    pub(crate) fn send_request<A: Serialize + ?Sized>(
-        &self,
-        head: RequestHead<'_>,
-        args: &A,
-    ) -> Result<u64, Error> {
-        let id = self.pending.lock().register()?;
-        let head = RequestHead { id, ..head };
-        let max = self.out.peer_max_frame;
-        match self
-            .out
-            .push(|buf| message::put_request(buf, &head, args, max))
-        {
-            Ok(()) => Ok(id),
+    fn deliver_notification(&self, body: Bytes, notify_tx: &broadcast::Sender<Notification>) {
+        match message::parse_notify(&body) {
+            Ok((topic, payload)) => {
+                let offset = body.len() - payload.len();
+                let n = Notification::new(topic.to_owned(), body.slice(offset..));
+                // No subscriber is not an error: notifications are best effort.
+                let _ = notify_tx.send(n);
+            }
             Err(e) => {
-                self.pending.lock().abandon(id);
-                Err(match e.kind() {
+                tracing::warn!(peer = %self.peer, error = %e, "dropping malformed notification")
+            }
+        }
+    }
+
+    /// Sleeps until the earliest deadline of the calls in flight, then fails the overdue ones
+    /// (telling the server to stop working on them).
+    async fn sweep_deadlines(self: Arc<Self>) {
+        loop {
+            let changed = self.deadline_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.out.with_state(|pending, _, _| pending.next_wake()) {
+                None => changed.await,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed => continue,
+                    }
+                    let now = Instant::now();
+                    let expired = self
+                        .out
+                        .with_state(|pending, buf, closed| pending.expire(now, buf, !closed));
+                    if !expired.is_empty() {
+                        self.out.wake_writer();
+                        expired.into_iter().for_each(Waker::wake);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a call: registers its slot (woken through `waker`) and queues its request.
+    fn start_call<A: Serialize + ?Sized>(
+        &self,
+        head: &RequestHead<'_>,
+        args: &A,
+        info: CallInfo,
+        waker: &Waker,
+    ) -> Result<u64, Error> {
+        let max = self.out.peer_max_frame;
+        let (id, rearm) = self.out.push_quiet(|buf, pending| {
+            let (id, rearm) = pending.register(waker, info)?;
+            let head = RequestHead { id, ..*head };
+            if let Err(e) = message::put_request(buf, &head, args, max) {
+                pending.abandon(id);
+                return Err(match e.kind() {
                     ErrorKind::FrameTooLarge => Error::new(
                         ErrorKind::FrameTooLarge,
                         format!(
@@ -243,8 +307,31 @@ impl ClientConn {
                         ),
                     ),
                     _ => e,
-                })
+                });
             }
+            Ok((id, rearm))
+        })?;
+        self.out.wake_writer();
+        if rearm {
+            self.deadline_changed.notify_one();
+        }
+        Ok(id)
+    }
+
+    /// Sends a request and waits for its reply.
+    pub(crate) fn exchange<'a, A: Serialize + ?Sized>(
+        &'a self,
+        head: RequestHead<'a>,
+        args: &'a A,
+        info: CallInfo,
+    ) -> Exchange<'a, A> {
+        Exchange {
+            conn: self,
+            head,
+            args,
+            info,
+            id: None,
+            done: false,
         }
     }
 
@@ -254,40 +341,41 @@ impl ClientConn {
         head: RequestHead<'_>,
         args: &A,
     ) -> Result<(), Error> {
-        if let Some(e) = self.pending.lock().closed_error() {
-            return Err(e.clone());
-        }
         let max = self.out.peer_max_frame;
-        self.out
-            .push(|buf| message::put_request(buf, &head, args, max))
-    }
-
-    pub(crate) fn poll_reply(
-        &self,
-        id: u64,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<super::pending::Reply> {
-        self.pending.lock().poll(id, cx)
+        self.out.push_quiet(|buf, pending| {
+            if let Some(e) = pending.closed_error() {
+                return Err(e.clone());
+            }
+            message::put_request(buf, &head, args, max)
+        })?;
+        self.out.wake_writer();
+        Ok(())
     }
 
     /// Gives up on call `id`, telling the server to stop working on it.
-    pub(crate) fn cancel(&self, id: u64) {
-        if self.pending.lock().abandon(id) {
-            let _ = self.out.push(|buf| {
+    fn cancel(&self, id: u64) {
+        let sent = self.out.with_state(|pending, buf, closed| {
+            let waiting = pending.abandon(id);
+            if waiting && !closed {
                 frame::put_empty(buf, Kind::Cancel, 0, id);
-                Ok(())
-            });
+            }
+            waiting && !closed
+        });
+        if sent {
+            self.out.wake_writer();
         }
     }
 
     /// Whether new calls may start on this connection.
     pub(crate) fn is_usable(&self) -> bool {
-        !self.closed.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        !self.closed.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && !self.out.is_closed()
     }
 
     fn teardown(&self, err: &Error) {
         self.closed.store(true, Ordering::SeqCst);
-        let wakers = self.pending.lock().close(err);
+        let wakers = self.out.with_state(|pending, _, _| pending.close(err));
         for w in wakers {
             w.wake();
         }
@@ -299,6 +387,67 @@ impl ClientConn {
         self.teardown(&Error::connection_closed("the client was dropped"));
         for t in self.tasks.lock().drain(..) {
             t.abort();
+        }
+    }
+}
+
+/// One call on the wire: queued on first poll (so the slot can hold the task's waker from the
+/// start), then completed by the read loop or the deadline sweeper. Dropped before that, it
+/// cancels the call on the server.
+pub(crate) struct Exchange<'a, A: ?Sized> {
+    conn: &'a ClientConn,
+    head: RequestHead<'a>,
+    args: &'a A,
+    info: CallInfo,
+    id: Option<u64>,
+    done: bool,
+}
+
+impl<A: Serialize + ?Sized> Future for Exchange<'_, A> {
+    type Output = Result<Bytes, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let this = &mut *self;
+                match this
+                    .conn
+                    .start_call(&this.head, this.args, this.info, cx.waker())
+                {
+                    Ok(id) => {
+                        self.id = Some(id);
+                        return Poll::Pending;
+                    }
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Err(if e.kind() == ErrorKind::ConnectionClosed {
+                            CallError::Reconnect(e)
+                        } else {
+                            CallError::Failed(e)
+                        }));
+                    }
+                }
+            }
+        };
+        let poll = self
+            .conn
+            .out
+            .with_state(|pending, _, _| pending.poll(id, cx));
+        match poll {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(reply) => {
+                self.done = true;
+                Poll::Ready(reply.map_err(CallError::Failed))
+            }
+        }
+    }
+}
+
+impl<A: ?Sized> Drop for Exchange<'_, A> {
+    fn drop(&mut self) {
+        if let (Some(id), false) = (self.id, self.done) {
+            self.conn.cancel(id);
         }
     }
 }

@@ -18,11 +18,8 @@ mod notifications;
 mod pending;
 
 use std::cell::Cell;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -42,8 +39,9 @@ use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::transport::Keepalive;
 
-use connection::ClientConn;
+use connection::{CallError, ClientConn};
 pub use notifications::{Notification, Notifications};
+use pending::CallInfo;
 
 /// Default time a call may take before it fails with `DeadlineExceeded`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -348,54 +346,62 @@ impl Client {
         meta: &Metadata,
         start: Instant,
     ) -> Result<bytes::Bytes, Error> {
-        let exchange = async {
-            // A connection found closed when queueing means nothing was sent: reconnect once.
-            let mut retried = false;
-            let (conn, id) = loop {
-                let conn = self.inner.connection().await?;
-                let timeout_us = deadline.map_or(0, |d| {
-                    (d.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
-                });
-                let head = RequestHead {
-                    id: 0,
-                    flags: if method.idempotent {
-                        FLAG_IDEMPOTENT
-                    } else {
-                        0
-                    },
-                    service: service.name,
-                    method: method.name,
-                    timeout_us,
-                    trace_id,
-                    meta,
-                };
-                match conn.send_request(head, args) {
-                    Ok(id) => break (conn, id),
-                    Err(e) if e.kind() == ErrorKind::ConnectionClosed && !retried => retried = true,
-                    Err(e) => return Err(e),
-                }
-            };
-            ReplyWaiter {
-                conn: &conn,
-                id,
-                done: false,
-            }
-            .await
+        let info = CallInfo {
+            service: service.name,
+            method: method.name,
+            deadline,
+            budget: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(start)),
         };
-        match deadline {
-            None => exchange.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, exchange).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::new(
-                    ErrorKind::DeadlineExceeded,
-                    format!(
-                        "{}.{} did not complete within {} ms",
-                        service.name,
-                        method.name,
-                        deadline.saturating_duration_since(start).as_millis()
-                    ),
-                )),
-            },
+        let deadline_error = || {
+            Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "{}.{} did not complete within {} ms",
+                    service.name,
+                    method.name,
+                    info.budget.as_millis()
+                ),
+            )
+        };
+        // A connection found closed when queueing means nothing was sent: reconnect once.
+        let mut retried = false;
+        let mut now = start;
+        loop {
+            let conn = match self.inner.usable() {
+                Some(conn) => conn,
+                None => match deadline {
+                    None => self.inner.reconnect().await?,
+                    Some(d) => tokio::time::timeout_at(d, self.inner.reconnect())
+                        .await
+                        .map_err(|_| deadline_error())??,
+                },
+            };
+            let timeout_us = match deadline {
+                None => 0,
+                Some(d) if d <= now => return Err(deadline_error()),
+                Some(d) => (d.duration_since(now).as_micros() as u64).max(1),
+            };
+            let head = RequestHead {
+                id: 0,
+                flags: if method.idempotent {
+                    FLAG_IDEMPOTENT
+                } else {
+                    0
+                },
+                service: service.name,
+                method: method.name,
+                timeout_us,
+                trace_id,
+                meta,
+            };
+            match conn.exchange(head, args, info).await {
+                Ok(reply) => return Ok(reply),
+                Err(CallError::Reconnect(_)) if !retried => {
+                    retried = true;
+                    now = Instant::now();
+                }
+                Err(CallError::Reconnect(e) | CallError::Failed(e)) => return Err(e),
+            }
         }
     }
 }
@@ -415,9 +421,14 @@ fn method_of(
 impl ClientInner {
     /// The live connection, reconnecting if the last one dropped or is draining.
     async fn connection(&self) -> Result<Arc<ClientConn>, Error> {
-        if let Some(conn) = self.usable() {
-            return Ok(conn);
+        match self.usable() {
+            Some(conn) => Ok(conn),
+            None => self.reconnect().await,
         }
+    }
+
+    /// Opens a new connection unless another task just did.
+    async fn reconnect(&self) -> Result<Arc<ClientConn>, Error> {
         let _guard = self.connecting.lock().await;
         if let Some(conn) = self.usable() {
             return Ok(conn);
@@ -429,34 +440,6 @@ impl ClientInner {
 
     fn usable(&self) -> Option<Arc<ClientConn>> {
         self.conn.lock().as_ref().filter(|c| c.is_usable()).cloned()
-    }
-}
-
-/// Waits for the reply to one request; dropped before the reply arrives (timeout, or the caller
-/// dropped its future), it cancels the call on the server.
-struct ReplyWaiter<'a> {
-    conn: &'a ClientConn,
-    id: u64,
-    done: bool,
-}
-
-impl Future for ReplyWaiter<'_> {
-    type Output = Result<bytes::Bytes, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let poll = self.conn.poll_reply(self.id, cx);
-        if poll.is_ready() {
-            self.done = true;
-        }
-        poll
-    }
-}
-
-impl Drop for ReplyWaiter<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.conn.cancel(self.id);
-        }
     }
 }
 

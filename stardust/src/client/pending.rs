@@ -1,26 +1,45 @@
-//! The table of calls waiting for their response on one connection.
+//! The table of calls waiting for their response on one connection, and their deadlines.
 //!
 //! A slab of slots instead of a map of oneshot channels: registering a call reuses a free slot
 //! (no allocation in steady state), and the request id encodes the slot index plus a generation
 //! counter, so a late response to an abandoned call can never complete the slot's next tenant.
+//!
+//! Deadlines live here too, instead of a timer per call: one sweeper task per connection sleeps
+//! until the earliest deadline it knows of ([`Pending::next_wake`]), then expires what is due.
+//! Registering a call only touches the timer when its deadline is earlier than every other, which
+//! with a uniform timeout is almost never.
 
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::frame::{self, Kind};
 
 pub(crate) type Reply = Result<Bytes, Error>;
 
 enum State {
     Free,
-    Waiting(Option<Waker>),
+    Waiting(Waker),
     Done(Reply),
+}
+
+/// What a waiting call is, for its deadline error message.
+#[derive(Clone, Copy)]
+pub(crate) struct CallInfo {
+    pub(crate) service: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) deadline: Option<Instant>,
+    /// The time budget the caller gave, for the message.
+    pub(crate) budget: Duration,
 }
 
 struct Slot {
     generation: u32,
     state: State,
+    info: Option<CallInfo>,
 }
 
 #[derive(Default)]
@@ -29,6 +48,8 @@ pub(crate) struct Pending {
     free: Vec<u32>,
     /// Set when the connection died: every later registration fails with it.
     closed: Option<Error>,
+    /// When the deadline sweeper will next look; `None` while it sleeps without a deadline.
+    next_wake: Option<Instant>,
 }
 
 fn split(id: u64) -> (usize, u32) {
@@ -36,8 +57,9 @@ fn split(id: u64) -> (usize, u32) {
 }
 
 impl Pending {
-    /// Reserves a slot and returns the request id for it.
-    pub(crate) fn register(&mut self) -> Result<u64, Error> {
+    /// Reserves a slot for a call that will be woken through `waker`. Returns the request id and
+    /// whether the deadline sweeper must be told about an earlier deadline.
+    pub(crate) fn register(&mut self, waker: &Waker, info: CallInfo) -> Result<(u64, bool), Error> {
         if let Some(e) = &self.closed {
             return Err(e.clone());
         }
@@ -48,13 +70,23 @@ impl Pending {
                     // Generations start at 1 so that no request id is ever 0.
                     generation: 1,
                     state: State::Free,
+                    info: None,
                 });
                 self.slots.len() - 1
             }
         };
         let slot = &mut self.slots[index];
-        slot.state = State::Waiting(None);
-        Ok(((slot.generation as u64) << 32) | index as u64)
+        slot.state = State::Waiting(waker.clone());
+        slot.info = Some(info);
+        let rearm = match (info.deadline, self.next_wake) {
+            (Some(d), Some(next)) if d < next => true,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if rearm {
+            self.next_wake = info.deadline;
+        }
+        Ok((((slot.generation as u64) << 32) | index as u64, rearm))
     }
 
     /// Completes the call `id`; returns its waker to wake outside the lock. Unknown or stale ids
@@ -62,15 +94,12 @@ impl Pending {
     pub(crate) fn complete(&mut self, id: u64, reply: Reply) -> Option<Waker> {
         let (index, generation) = split(id);
         let slot = self.slots.get_mut(index)?;
-        if slot.generation != generation {
+        if slot.generation != generation || !matches!(slot.state, State::Waiting(_)) {
             return None;
         }
         match std::mem::replace(&mut slot.state, State::Done(reply)) {
-            State::Waiting(waker) => waker,
-            other => {
-                slot.state = other;
-                None
-            }
+            State::Waiting(waker) => Some(waker),
+            _ => None,
         }
     }
 
@@ -86,9 +115,8 @@ impl Pending {
         };
         match &mut slot.state {
             State::Waiting(waker) => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
                 }
                 Poll::Pending
             }
@@ -103,7 +131,7 @@ impl Pending {
         }
     }
 
-    /// Abandons the call `id` (cancelled or timed out). Returns `true` if it was still waiting,
+    /// Abandons the call `id` (its future was dropped). Returns `true` if it was still waiting,
     /// i.e. the provider may still be working on it.
     pub(crate) fn abandon(&mut self, id: u64) -> bool {
         let (index, generation) = split(id);
@@ -125,7 +153,56 @@ impl Pending {
     fn release(&mut self, index: usize) {
         let slot = &mut self.slots[index];
         slot.generation = slot.generation.wrapping_add(1).max(1);
+        slot.info = None;
         self.free.push(index as u32);
+    }
+
+    /// When the deadline sweeper should look next.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        self.next_wake
+    }
+
+    /// Fails every waiting call whose deadline is at or before `now` with `DeadlineExceeded`,
+    /// queueing a `Cancel` frame for each into `buf` (when `send_cancels`), and works out the
+    /// next deadline. Returns the wakers of the expired calls.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        send_cancels: bool,
+    ) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let (State::Waiting(_), Some(info)) = (&slot.state, slot.info) else {
+                continue;
+            };
+            let Some(deadline) = info.deadline else {
+                continue;
+            };
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
+            }
+            let err = Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "{}.{} did not complete within {} ms",
+                    info.service,
+                    info.method,
+                    info.budget.as_millis()
+                ),
+            );
+            if let State::Waiting(w) = std::mem::replace(&mut slot.state, State::Done(Err(err))) {
+                wakers.push(w);
+            }
+            if send_cancels {
+                let id = ((slot.generation as u64) << 32) | index as u64;
+                frame::put_empty(buf, Kind::Cancel, 0, id);
+            }
+        }
+        self.next_wake = next;
+        wakers
     }
 
     /// Fails every waiting call with `err` and refuses new ones. Returns the wakers to wake.
@@ -135,11 +212,11 @@ impl Pending {
         }
         let mut wakers = Vec::new();
         for slot in &mut self.slots {
-            if let State::Waiting(w) = &mut slot.state {
-                if let Some(w) = w.take() {
-                    wakers.push(w);
-                }
-                slot.state = State::Done(Err(err.clone()));
+            if matches!(slot.state, State::Waiting(_))
+                && let State::Waiting(w) =
+                    std::mem::replace(&mut slot.state, State::Done(Err(err.clone())))
+            {
+                wakers.push(w);
             }
         }
         wakers
@@ -154,16 +231,24 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     fn cx() -> Context<'static> {
         Context::from_waker(Waker::noop())
     }
 
+    fn info(deadline: Option<Instant>) -> CallInfo {
+        CallInfo {
+            service: "s",
+            method: "m",
+            deadline,
+            budget: Duration::from_millis(5),
+        }
+    }
+
     #[test]
     fn complete_then_poll() {
         let mut p = Pending::default();
-        let id = p.register().unwrap();
+        let (id, _) = p.register(Waker::noop(), info(None)).unwrap();
         assert_ne!(id, 0);
         assert!(p.poll(id, &mut cx()).is_pending());
         p.complete(id, Ok(Bytes::from_static(b"x")));
@@ -172,7 +257,7 @@ mod tests {
             _ => panic!("expected reply"),
         }
         // The slot is reused with a new generation; the old id is stale.
-        let id2 = p.register().unwrap();
+        let (id2, _) = p.register(Waker::noop(), info(None)).unwrap();
         assert_eq!(id2 & 0xffff_ffff, id & 0xffff_ffff);
         assert_ne!(id2, id);
         assert!(p.complete(id, Ok(Bytes::new())).is_none());
@@ -182,22 +267,58 @@ mod tests {
     #[test]
     fn abandon_ignores_late_reply() {
         let mut p = Pending::default();
-        let id = p.register().unwrap();
+        let (id, _) = p.register(Waker::noop(), info(None)).unwrap();
         assert!(p.abandon(id));
         assert!(p.complete(id, Ok(Bytes::new())).is_none());
-        let id2 = p.register().unwrap();
+        let (id2, _) = p.register(Waker::noop(), info(None)).unwrap();
         assert!(p.poll(id2, &mut cx()).is_pending());
     }
 
     #[test]
     fn close_fails_waiting_and_new_calls() {
         let mut p = Pending::default();
-        let id = p.register().unwrap();
+        let (id, _) = p.register(Waker::noop(), info(None)).unwrap();
         p.close(&Error::connection_closed("gone"));
         match p.poll(id, &mut cx()) {
             Poll::Ready(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionClosed),
             _ => panic!("expected error"),
         }
-        assert!(p.register().is_err());
+        assert!(p.register(Waker::noop(), info(None)).is_err());
+    }
+
+    #[test]
+    fn deadlines_rearm_only_when_earlier_and_expire_with_cancel() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        let (late, rearm) = p
+            .register(Waker::noop(), info(Some(t0 + Duration::from_secs(10))))
+            .unwrap();
+        assert!(rearm, "first deadline arms the sweeper");
+        let (_, rearm) = p
+            .register(Waker::noop(), info(Some(t0 + Duration::from_secs(20))))
+            .unwrap();
+        assert!(!rearm, "a later deadline does not");
+        let (early, rearm) = p
+            .register(Waker::noop(), info(Some(t0 + Duration::from_secs(1))))
+            .unwrap();
+        assert!(rearm, "an earlier one does");
+        let (_, rearm) = p.register(Waker::noop(), info(None)).unwrap();
+        assert!(!rearm);
+        assert_eq!(p.next_wake(), Some(t0 + Duration::from_secs(1)));
+
+        let mut buf = BytesMut::new();
+        let woken = p.expire(t0 + Duration::from_secs(5), &mut buf, true);
+        assert_eq!(woken.len(), 1);
+        assert_eq!(p.next_wake(), Some(t0 + Duration::from_secs(10)));
+        let h = frame::parse_header(&buf, u32::MAX).unwrap().unwrap();
+        assert_eq!((h.kind, h.id), (Kind::Cancel as u8, early));
+        match p.poll(early, &mut cx()) {
+            Poll::Ready(Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::DeadlineExceeded);
+                assert_eq!(e.message(), "s.m did not complete within 5 ms");
+            }
+            _ => panic!("expected deadline error"),
+        }
+        assert!(p.poll(late, &mut cx()).is_pending());
     }
 }

@@ -1,5 +1,9 @@
 //! One call on the server: the handler's future with its context, and how its outcome becomes a
 //! response frame.
+//!
+//! A call is first polled inline by the read loop ([`ServerCall::poll_once`] with borrowed
+//! connection state, so the inline path costs no reference counting). Only if the handler waits
+//! does it become a [`SpawnedCall`], a task of its own that owns what it needs.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -16,12 +20,10 @@ use crate::protocol::message;
 use crate::service::{Call, Service};
 
 pub(crate) struct ServerCall {
-    conn: Arc<ServerConn>,
-    shared: Arc<ServerShared>,
     /// The context, installed as the current one while the handler is polled. `None` only while
     /// it is installed.
     ctx: Option<Context>,
-    /// `None` when starting the call failed (the error is in `failed`).
+    /// `None` when starting the call failed (the error is in `failed`) or once it finished.
     call: Option<Call>,
     failed: Option<Error>,
     id: u64,
@@ -31,10 +33,7 @@ pub(crate) struct ServerCall {
 
 impl ServerCall {
     /// Starts the handler (decoding its arguments) under the call's context.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
-        conn: Arc<ServerConn>,
-        shared: Arc<ServerShared>,
         ctx: Context,
         id: u64,
         flags: u8,
@@ -52,8 +51,6 @@ impl ServerCall {
             Err(panic) => (None, Some(panicked(panic))),
         };
         ServerCall {
-            conn,
-            shared,
             ctx: slot,
             call,
             failed,
@@ -64,7 +61,12 @@ impl ServerCall {
     }
 
     /// Polls the handler once; on completion the response is queued and `Ready` returned.
-    pub(crate) fn poll_once(&mut self, cx: &mut TaskContext<'_>) -> Poll<()> {
+    pub(crate) fn poll_once(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        conn: &ServerConn,
+        shared: &ServerShared,
+    ) -> Poll<()> {
         let outcome = match (&mut self.call, self.failed.take()) {
             (_, Some(e)) => Err(e),
             (Some(call), None) => {
@@ -82,32 +84,12 @@ impl ServerCall {
                 "call polled after completion",
             )),
         };
-        self.finish(outcome);
+        self.finish(outcome, conn, shared);
         Poll::Ready(())
     }
 
-    /// Drives a handler that did not complete inline, as a task of its own, within the deadline.
-    pub(crate) async fn run(mut self, deadline: Option<Instant>, key: (bool, u64), task_id: u64) {
-        let done = std::future::poll_fn(|cx| self.poll_once(cx));
-        match deadline {
-            Some(deadline) => {
-                if tokio::time::timeout_at(deadline, done).await.is_err() {
-                    let ctx = self.context();
-                    let msg = format!(
-                        "{}.{} passed its deadline while the handler was running; the provider stopped it",
-                        ctx.service(),
-                        ctx.method()
-                    );
-                    self.finish(Err(Error::new(ErrorKind::DeadlineExceeded, msg)));
-                }
-            }
-            None => done.await,
-        }
-        self.conn.call_done(key, task_id);
-    }
-
     /// Sends the response (or the error) and tells the interceptors.
-    fn finish(&mut self, outcome: Result<(), Error>) {
+    fn finish(&mut self, outcome: Result<(), Error>, conn: &ServerConn, shared: &ServerShared) {
         if self.finished {
             return;
         }
@@ -115,34 +97,34 @@ impl ServerCall {
         let one_way = self.flags & FLAG_ONE_WAY != 0;
         let result = match outcome {
             Ok(()) if one_way => Ok(()),
-            Ok(()) => self.send_response(),
+            Ok(()) => self.send_response(conn),
             Err(e) => {
-                self.conn.reply_error(self.id, self.flags, &e);
+                conn.reply_error(self.id, self.flags, &e);
                 Err(e)
             }
         };
-        if let Err(e) = &result {
-            if e.kind() == ErrorKind::Panicked {
-                tracing::warn!(
-                    service = self.context().service(),
-                    method = self.context().method(),
-                    error = %e,
-                    "handler panicked"
-                );
-            }
+        if let Err(e) = &result
+            && e.kind() == ErrorKind::Panicked
+        {
+            tracing::warn!(
+                service = self.context().service(),
+                method = self.context().method(),
+                error = %e,
+                "handler panicked"
+            );
         }
-        self.after_call(result.as_ref().map(|_| ()));
+        self.after_call(shared, result.as_ref().map(|_| ()));
         // Release the handler's state now rather than when the task is dropped.
         self.call = None;
     }
 
-    fn send_response(&mut self) -> Result<(), Error> {
+    fn send_response(&mut self, conn: &ServerConn) -> Result<(), Error> {
         let Some(call) = self.call.as_mut() else {
             return Err(Error::new(ErrorKind::Internal, "no call to answer"));
         };
         let id = self.id;
-        let max = self.conn.out.peer_max_frame;
-        let pushed = self.conn.out.push(|buf| {
+        let max = conn.out.peer_max_frame;
+        let pushed = conn.out.push(|buf| {
             let start = frame::begin(buf, Kind::Response, 0, id);
             // The user's Serialize runs under the buffer lock; a panic there must not leave half a
             // frame behind.
@@ -172,26 +154,60 @@ impl ServerCall {
             .expect("context is installed only while polling")
     }
 
-    fn after_call(&self, outcome: Result<(), &Error>) {
-        if self.shared.interceptors.is_empty() {
+    fn after_call(&self, shared: &ServerShared, outcome: Result<(), &Error>) {
+        if shared.interceptors.is_empty() {
             return;
         }
         let ctx = self.context();
-        for i in &self.shared.interceptors {
+        for i in &shared.interceptors {
             i.after_call(ctx, outcome);
         }
     }
 }
 
-impl Drop for ServerCall {
+/// A call whose handler waited: a task of its own, owning its connection and server state.
+pub(crate) struct SpawnedCall {
+    pub(crate) call: ServerCall,
+    pub(crate) conn: Arc<ServerConn>,
+    pub(crate) shared: Arc<ServerShared>,
+}
+
+impl SpawnedCall {
+    /// Drives the handler to completion within the deadline.
+    pub(crate) async fn run(mut self, deadline: Option<Instant>, key: (bool, u64), task_id: u64) {
+        let this = &mut self;
+        let done = std::future::poll_fn(|cx| this.call.poll_once(cx, &this.conn, &this.shared));
+        match deadline {
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    let ctx = self.call.context();
+                    let msg = format!(
+                        "{}.{} passed its deadline while the handler was running; the provider stopped it",
+                        ctx.service(),
+                        ctx.method()
+                    );
+                    self.call.finish(
+                        Err(Error::new(ErrorKind::DeadlineExceeded, msg)),
+                        &self.conn,
+                        &self.shared,
+                    );
+                }
+            }
+            None => done.await,
+        }
+        self.conn.call_done(key, task_id);
+    }
+}
+
+impl Drop for SpawnedCall {
     fn drop(&mut self) {
         // Dropped unfinished: cancelled by the client, or its connection went away.
-        if !self.finished {
-            self.finished = true;
-            self.after_call(Err(&Error::new(
-                ErrorKind::Cancelled,
-                "the call was cancelled",
-            )));
+        if !self.call.finished {
+            self.call.finished = true;
+            self.call.after_call(
+                &self.shared,
+                Err(&Error::new(ErrorKind::Cancelled, "the call was cancelled")),
+            );
         }
     }
 }

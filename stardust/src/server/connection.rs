@@ -17,20 +17,19 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::ServerShared;
-use super::call::ServerCall;
+use super::call::{ServerCall, SpawnedCall};
 use super::notifier::Notifier;
-use crate::context::Context;
+use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
-use crate::metadata::Metadata;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION};
-use crate::transport::{FrameReader, Liveness, Outbound};
+use crate::transport::{Flush, FrameReader, Liveness, Outbound};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
     pub(crate) peer: SocketAddr,
-    /// Metadata the client sent in its handshake.
-    meta: Arc<Metadata>,
+    /// Peer, handshake metadata and notifier, shared by every call's context.
+    info: Arc<ConnInfo>,
     calls: Mutex<InFlight>,
     drained: Notify,
     writer: AbortHandle,
@@ -78,6 +77,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             .max_frame
             .unwrap_or(DEFAULT_MAX_FRAME)
             .max(MIN_MAX_FRAME),
+        // The read loop queues a whole batch of responses before it waits for more input, so
+        // the writer can flush as soon as it runs.
+        Flush::Immediate,
+        (),
     );
     let ack = HelloAck {
         version: PROTOCOL_VERSION.min(hello.version),
@@ -89,7 +92,11 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     let conn = Arc::new(ServerConn {
         out: out.clone(),
         peer,
-        meta: Arc::new(hello.meta),
+        info: Arc::new(ConnInfo {
+            peer,
+            meta: hello.meta,
+            notifier: Notifier::new(&out, peer),
+        }),
         calls: Mutex::new(InFlight::default()),
         drained: Notify::new(),
         writer: writer.abort_handle(),
@@ -259,7 +266,7 @@ impl ServerConn {
                 "the server is shutting down; retry on another connection",
             ));
         }
-        let service = shared.services.get(req.service).ok_or_else(|| {
+        let service = shared.service(req.service).ok_or_else(|| {
             Error::new(
                 ErrorKind::UnknownService,
                 format!("this server does not host service `{}`", req.service),
@@ -281,28 +288,22 @@ impl ServerConn {
             deadline,
             trace_id: req.trace_id,
             caller: None,
-            peer_addr: Some(self.peer),
             metadata: req.meta,
-            connection_metadata: self.meta.clone(),
-            notifier: Some(Notifier::new(&self.out, self.peer)),
+            conn: Some(self.info.clone()),
         };
         for i in &shared.interceptors {
             i.before_call(&ctx)?;
         }
-        let mut call = ServerCall::start(
-            self.clone(),
-            shared.clone(),
-            ctx,
-            h.id,
-            h.flags,
-            service.as_ref(),
-            index,
-            req.args,
-        );
+        let mut call = ServerCall::start(ctx, h.id, h.flags, service.as_ref(), index, req.args);
         let mut cx = std::task::Context::from_waker(Waker::noop());
-        if call.poll_once(&mut cx).is_ready() {
+        if call.poll_once(&mut cx, self, shared).is_ready() {
             return Ok(());
         }
+        let call = SpawnedCall {
+            call,
+            conn: self.clone(),
+            shared: shared.clone(),
+        };
         // Register before the task can run, under the lock, so its own removal cannot race ahead.
         let mut calls = self.calls.lock();
         let one_way = h.flags & FLAG_ONE_WAY != 0;

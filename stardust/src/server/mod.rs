@@ -116,15 +116,16 @@ impl ServerBuilder {
 
     /// Starts serving on an existing listener.
     pub fn listen(self, listener: TcpListener) -> Result<Server, Error> {
-        let mut services: HashMap<&'static str, Arc<dyn Service>> = HashMap::new();
+        let mut services: Vec<(&'static str, Arc<dyn Service>)> = Vec::new();
         for s in self.services {
             let name = s.descriptor().name;
-            if services.insert(name, s).is_some() {
+            if services.iter().any(|(n, _)| *n == name) {
                 return Err(Error::new(
                     ErrorKind::Internal,
                     format!("service `{name}` is served twice by one server"),
                 ));
             }
+            services.push((name, s));
         }
         let local_addr = listener
             .local_addr()
@@ -165,7 +166,9 @@ impl std::fmt::Debug for Server {
 }
 
 pub(crate) struct ServerShared {
-    pub(crate) services: HashMap<&'static str, Arc<dyn Service>>,
+    /// A list, not a map: servers host a handful of services, and comparing a few short names
+    /// beats hashing the name on every call.
+    services: Vec<(&'static str, Arc<dyn Service>)>,
     pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
     pub(crate) config: ServerConfig,
     conns: Mutex<HashMap<u64, ConnEntry>>,
@@ -279,6 +282,14 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
 }
 
 impl ServerShared {
+    /// The hosted service called `name`.
+    pub(crate) fn service(&self, name: &str) -> Option<&Arc<dyn Service>> {
+        self.services
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s)
+    }
+
     /// Makes a handshaken connection reachable for shutdown.
     fn attach(&self, id: u64, conn: &Arc<ServerConn>) {
         if let Some(e) = self.conns.lock().get_mut(&id) {

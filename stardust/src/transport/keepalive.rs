@@ -56,7 +56,7 @@ impl Liveness {
 
 impl Keepalive {
     /// Runs until the peer has been silent for `timeout`, then returns the error to close with.
-    pub(crate) async fn watch(self, live: Arc<Liveness>, out: Arc<Outbound>) -> Error {
+    pub(crate) async fn watch<S>(self, live: Arc<Liveness>, out: Arc<Outbound<S>>) -> Error {
         let tick = (self.interval / 2).max(Duration::from_millis(1));
         let mut nonce = 0u64;
         loop {

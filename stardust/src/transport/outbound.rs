@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -15,31 +16,55 @@ use crate::error::Error;
 const KEEP_CAPACITY: usize = 256 * 1024;
 const INITIAL_CAPACITY: usize = 8 * 1024;
 
-pub(crate) struct Outbound {
-    state: Mutex<State>,
+/// The write side of one connection.
+///
+/// `S` is state that producers must update atomically with queueing their frame: the client keeps
+/// its table of pending calls here, so registering a call and queueing its request take one lock,
+/// not two. The server has none (`()`).
+pub(crate) struct Outbound<S = ()> {
+    state: Mutex<State<S>>,
     wake: Notify,
     /// Signalled once when the connection starts closing.
     on_close: Notify,
     /// The largest frame the peer accepts (from the handshake).
     pub(crate) peer_max_frame: u32,
+    /// Whether the writer yields once before each flush to gather frames from other tasks.
+    coalesce: bool,
+    /// Mirror of `State::closed`, readable without the lock.
+    closed_flag: AtomicBool,
 }
 
-struct State {
+struct State<S> {
     buf: BytesMut,
     /// No more frames are accepted; the writer flushes what is buffered and stops.
     closed: bool,
+    extra: S,
 }
 
-impl Outbound {
-    pub(crate) fn new(peer_max_frame: u32) -> Arc<Outbound> {
+/// How the writer gathers frames into one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Producers are many independent tasks (client callers): the writer yields once before
+    /// flushing so every task that is runnable right now adds its frame to the same write.
+    Coalesce,
+    /// The main producer batches by itself (the server's read loop queues a whole batch of
+    /// responses, then wakes the writer once): flush as soon as woken.
+    Immediate,
+}
+
+impl<S> Outbound<S> {
+    pub(crate) fn new(peer_max_frame: u32, flush: Flush, extra: S) -> Arc<Outbound<S>> {
         Arc::new(Outbound {
             state: Mutex::new(State {
                 buf: BytesMut::with_capacity(INITIAL_CAPACITY),
                 closed: false,
+                extra,
             }),
             wake: Notify::new(),
             on_close: Notify::new(),
             peer_max_frame,
+            coalesce: flush == Flush::Coalesce,
+            closed_flag: AtomicBool::new(false),
         })
     }
 
@@ -51,20 +76,43 @@ impl Outbound {
         &self,
         f: impl FnOnce(&mut BytesMut) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let result = {
-            let mut st = self.state.lock();
-            if st.closed {
-                return Err(Error::connection_closed("the connection is closing"));
-            }
-            f(&mut st.buf)?
-        };
+        let result = self.push_quiet(|buf, _| f(buf))?;
         self.wake.notify_one();
         Ok(result)
+    }
+
+    /// Like [`Outbound::push`] but with access to the shared state, and without waking the
+    /// writer: the caller does that with [`Outbound::wake_writer`] once it has queued a batch.
+    pub(crate) fn push_quiet<R>(
+        &self,
+        f: impl FnOnce(&mut BytesMut, &mut S) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::connection_closed("the connection is closing"));
+        }
+        let st = &mut *st;
+        f(&mut st.buf, &mut st.extra)
+    }
+
+    /// Runs `f` on the shared state (and the buffer, for frames that must be queued together
+    /// with a state change) even after the outbound closed; `closed` tells `f` whether frames
+    /// queued now will still be sent.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut S, &mut BytesMut, bool) -> R) -> R {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        f(&mut st.extra, &mut st.buf, st.closed)
+    }
+
+    /// Wakes the writer to flush what is queued.
+    pub(crate) fn wake_writer(&self) {
+        self.wake.notify_one();
     }
 
     /// Stops accepting frames; the writer flushes what is buffered, then shuts the write half.
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
+        self.closed_flag.store(true, Ordering::Release);
         self.wake.notify_one();
         self.on_close.notify_waiters();
     }
@@ -81,7 +129,7 @@ impl Outbound {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        self.closed_flag.load(Ordering::Acquire)
     }
 
     /// The writer task body. Returns when the outbound is closed and drained (`Ok`) or the socket
@@ -114,9 +162,12 @@ impl Outbound {
             };
             let Some(_closed) = closed else {
                 self.wake.notified().await;
-                // Let every task that is runnable right now add its frames before we flush, so
-                // they share one syscall. When idle this costs one trip through the scheduler.
-                tokio::task::yield_now().await;
+                if self.coalesce {
+                    // Let every task that is runnable right now add its frames before we flush,
+                    // so they share one syscall. When idle this costs one trip through the
+                    // scheduler.
+                    tokio::task::yield_now().await;
+                }
                 continue;
             };
             write_all(&mut wr, &out).await?;
