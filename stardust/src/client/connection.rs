@@ -115,6 +115,7 @@ impl ClientConn {
         }
 
         let out = Outbound::new(
+            wr,
             ack.max_frame.max(frame::MIN_MAX_FRAME),
             // Requests come from many caller tasks: gather them into one write.
             Flush::Coalesce,
@@ -128,7 +129,7 @@ impl ClientConn {
             tasks: Mutex::new(Vec::new()),
             peer: addr,
         });
-        let writer = tokio::spawn(out.clone().run_writer(wr));
+        let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
         let live = Arc::new(Liveness::new());
         let keepalive = config.keepalive.watch(live.clone(), out.clone());
@@ -291,7 +292,7 @@ impl ClientConn {
         waker: &Waker,
     ) -> Result<u64, Error> {
         let max = self.out.peer_max_frame;
-        let (id, rearm) = self.out.push_quiet(|buf, pending| {
+        let (id, rearm, alone) = self.out.push_quiet(|buf, pending| {
             let (id, rearm) = pending.register(waker, info)?;
             let head = RequestHead { id, ..*head };
             if let Err(e) = message::put_request(buf, &head, args, max) {
@@ -309,9 +310,15 @@ impl ClientConn {
                     _ => e,
                 });
             }
-            Ok((id, rearm))
+            Ok((id, rearm, pending.in_flight() == 1))
         })?;
-        self.out.wake_writer();
+        if alone {
+            // Nobody else is about to queue a request: send now, from this task, instead of
+            // waking the writer and waiting for it to gather a batch.
+            self.out.flush_inline();
+        } else {
+            self.out.wake_writer();
+        }
         if rearm {
             self.deadline_changed.notify_one();
         }

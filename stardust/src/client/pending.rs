@@ -157,6 +157,11 @@ impl Pending {
         self.free.push(index as u32);
     }
 
+    /// Calls registered and not yet taken by their caller.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     /// When the deadline sweeper should look next.
     pub(crate) fn next_wake(&self) -> Option<Instant> {
         self.next_wake

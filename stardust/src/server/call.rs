@@ -124,7 +124,9 @@ impl ServerCall {
         };
         let id = self.id;
         let max = conn.out.peer_max_frame;
-        let pushed = conn.out.push(|buf| {
+        // Queued without waking the writer: the read loop flushes at the end of its batch, and a
+        // spawned call wakes the writer itself once it is done.
+        let pushed = conn.out.push_quiet(|buf, _| {
             let start = frame::begin(buf, Kind::Response, 0, id);
             // The user's Serialize runs under the buffer lock; a panic there must not leave half a
             // frame behind.
@@ -195,6 +197,7 @@ impl SpawnedCall {
             }
             None => done.await,
         }
+        self.conn.out.wake_writer();
         self.conn.call_done(key, task_id);
     }
 }

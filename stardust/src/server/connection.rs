@@ -73,6 +73,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
 
     // Never below 1 KiB: every error frame must fit, whatever a client announces.
     let out = Outbound::new(
+        wr,
         hello
             .max_frame
             .unwrap_or(DEFAULT_MAX_FRAME)
@@ -88,7 +89,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         max_frame: shared.config.max_frame,
     };
     let _ = out.push(|buf| message::put_serde(buf, Kind::HelloAck, &ack));
-    let writer = tokio::spawn(out.clone().run_writer(wr));
+    let writer = tokio::spawn(out.clone().run_writer());
     let conn = Arc::new(ServerConn {
         out: out.clone(),
         peer,
@@ -204,6 +205,9 @@ impl ServerConn {
                     }
                 }
             }
+            // Everything this batch produced leaves in one write, from this task: no hop to the
+            // writer task unless the socket is full.
+            self.out.flush_inline();
             if !reader.fill().await? {
                 return Ok(());
             }
