@@ -1,0 +1,668 @@
+//! Stardust against tarpc, a naive hand-written RPC ("raw") and the bound of one connection
+//! ("ceiling"), on the same two-method service (see `rpc/service.rs`).
+//!
+//! ```text
+//! cargo bench --bench rpc                                  # full run: 3 rounds, medians
+//! STARDUST_BENCH_QUICK=1 cargo test --bench rpc            # CI smoke run, debug build
+//! STARDUST_BENCH_ONLY=stardust,raw STARDUST_BENCH_SCENARIOS=seq-add cargo bench --bench rpc
+//! ```
+//!
+//! How a measurement is taken:
+//! - Provider and consumer are separate processes: for every (implementation, scenario, round)
+//!   this binary re-executes itself as a server (`STARDUST_BENCH_ROLE=server`,
+//!   `STARDUST_BENCH_IMPL=...`), reads the port it prints, and asks it for "stats" on stdin
+//!   (CPU time, peak RSS, socket write syscalls) before and after the measured phase. A fresh
+//!   server per scenario makes its peak RSS that scenario's.
+//! - Both processes run a multi-threaded tokio runtime with 2 workers, on 127.0.0.1 only, with a
+//!   bounded number of calls and a timeout per phase.
+//! - Each run does a warm-up phase (10% of the calls) first, then the measured phase.
+//! - `seq-add` pins client and server to different CPUs: unpinned, this VM's latency is bimodal
+//!   (~5 µs when both land on one core, ~60 µs across cores), which would make medians of a few
+//!   rounds meaningless. Throughput scenarios run unpinned, letting the scheduler balance.
+//! - Implementations run interleaved (the order rotates each round) and every number reported
+//!   is a median over rounds, so drift of the machine hits all of them alike.
+//! - A failed call, a wrong result or a timeout makes the process exit non-zero (after the
+//!   report); nothing about speed is asserted.
+//!
+//! Environment: `STARDUST_BENCH_QUICK=1|0` (default: full under `cargo bench`, which passes
+//! `--bench`, quick otherwise, so a stray `cargo test --all-targets` stays short),
+//! `STARDUST_BENCH_ONLY`, `STARDUST_BENCH_SCENARIOS` (comma lists), `STARDUST_BENCH_ROUNDS`.
+//! Other command-line arguments (cargo passes `--bench` or test filters) are ignored.
+
+#[path = "rpc/ceiling.rs"]
+mod ceiling;
+#[path = "rpc/raw_impl.rs"]
+mod raw_impl;
+#[path = "rpc/report.rs"]
+mod report;
+#[path = "rpc/service.rs"]
+mod service;
+#[path = "rpc/stardust_impl.rs"]
+mod stardust_impl;
+#[path = "rpc/sys.rs"]
+mod sys;
+#[path = "rpc/tarpc_impl.rs"]
+mod tarpc_impl;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use report::{Row, Sample, ServerStats};
+use service::{Caller, Payload};
+
+const ROLE_ENV: &str = "STARDUST_BENCH_ROLE";
+const IMPL_ENV: &str = "STARDUST_BENCH_IMPL";
+const CPU_ENV: &str = "STARDUST_BENCH_CPU";
+
+/// The scenario whose ratio compares p50 latency instead of throughput.
+const LATENCY_SCENARIO: &str = "seq-add";
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Impl {
+    Stardust,
+    Tarpc,
+    Raw,
+    Ceiling,
+}
+
+const IMPLS: [Impl; 4] = [Impl::Stardust, Impl::Tarpc, Impl::Raw, Impl::Ceiling];
+
+impl Impl {
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Stardust => "stardust",
+            Impl::Tarpc => "tarpc",
+            Impl::Raw => "raw",
+            Impl::Ceiling => "ceiling",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Impl> {
+        IMPLS.into_iter().find(|i| i.name() == name)
+    }
+
+    /// The server process it talks to: the ceiling is a client of the raw server.
+    fn server(self) -> Impl {
+        match self {
+            Impl::Ceiling => Impl::Raw,
+            other => other,
+        }
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    /// Connections (clients); outstanding calls are spread evenly over them.
+    conns: usize,
+    /// Calls in flight at once: that many caller tasks, or the ceiling's total window.
+    outstanding: usize,
+    calls: u64,
+    warmup: u64,
+    /// `None`: `add`; `Some(n)`: `echo` of n bytes.
+    payload: Option<usize>,
+    /// Client and server on different, fixed CPUs.
+    pinned: bool,
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    // name, connections, outstanding, calls (full, quick), payload, pinned
+    type Entry = (&'static str, usize, usize, u64, u64, Option<usize>, bool);
+    let table: [Entry; 5] = [
+        ("seq-add", 1, 1, 20_000, 2_000, None, true),
+        ("pipe-add-c64", 1, 64, 200_000, 3_000, None, false),
+        ("pipe-add-c256-4conn", 4, 256, 400_000, 4_000, None, false),
+        ("echo-1k-c64", 1, 64, 200_000, 3_000, Some(1024), false),
+        ("echo-64k-c8", 1, 8, 20_000, 500, Some(64 * 1024), false),
+    ];
+    table
+        .into_iter()
+        .map(|(name, conns, outstanding, full, small, payload, pinned)| {
+            let calls = if quick { small } else { full };
+            Scenario {
+                name,
+                conns,
+                outstanding,
+                calls,
+                warmup: calls / 10,
+                payload,
+                pinned,
+            }
+        })
+        .collect()
+}
+
+struct Config {
+    quick: bool,
+    rounds: usize,
+    impls: Vec<Impl>,
+    scenarios: Vec<Scenario>,
+    phase_timeout: Duration,
+}
+
+impl Config {
+    fn from_env() -> Result<Config, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let quick = match var("STARDUST_BENCH_QUICK").as_deref() {
+            Some("1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") => false,
+            Some(other) => return Err(format!("STARDUST_BENCH_QUICK={other}: use 1 or 0")),
+            None => !std::env::args().any(|a| a == "--bench"),
+        };
+        let mut impls = IMPLS.to_vec();
+        if let Some(only) = var("STARDUST_BENCH_ONLY") {
+            let wanted = parse_list(&only, |n| Impl::from_name(n).is_some(), "implementation")?;
+            impls.retain(|i| wanted.iter().any(|w| w == i.name()));
+        }
+        let mut scenarios = scenarios(quick);
+        if let Some(only) = var("STARDUST_BENCH_SCENARIOS") {
+            let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+            let wanted = parse_list(&only, |n| known.contains(&n), "scenario")?;
+            scenarios.retain(|s| wanted.iter().any(|w| w == s.name));
+        }
+        let rounds = match var("STARDUST_BENCH_ROUNDS") {
+            Some(r) => r
+                .parse()
+                .ok()
+                .filter(|&r: &usize| r > 0)
+                .ok_or_else(|| format!("STARDUST_BENCH_ROUNDS={r}: use a positive number"))?,
+            None if quick => 1,
+            None => 3,
+        };
+        Ok(Config {
+            quick,
+            rounds,
+            impls,
+            scenarios,
+            phase_timeout: Duration::from_secs(if quick { 120 } else { 300 }),
+        })
+    }
+}
+
+fn parse_list(list: &str, known: impl Fn(&str) -> bool, what: &str) -> Result<Vec<String>, String> {
+    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+    match names.iter().find(|n| !known(n)) {
+        Some(bad) => Err(format!("unknown {what} `{bad}`")),
+        None => Ok(names),
+    }
+}
+
+fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("server") {
+        server_main();
+    }
+    let config = Config::from_env().unwrap_or_else(|e| {
+        eprintln!("rpc bench: {e}");
+        std::process::exit(2);
+    });
+    std::process::exit(run_all(&config));
+}
+
+// ---------------------------------------------------------------------------------- consumer
+
+fn run_all(cfg: &Config) -> i32 {
+    let meta = report::Meta {
+        date: sys::utc_date(),
+        nproc: sys::cpu_count(),
+        cpu_model: sys::cpu_model(),
+        load: sys::load_average(),
+        rounds: cfg.rounds,
+        quick: cfg.quick,
+    };
+    eprintln!(
+        "rpc bench: {} mode, {} round(s), {} × {} runs, {} CPUs ({})",
+        if cfg.quick { "QUICK" } else { "full" },
+        cfg.rounds,
+        cfg.scenarios.len(),
+        cfg.impls.len(),
+        meta.nproc,
+        meta.cpu_model
+    );
+    let started = Instant::now();
+    let mut samples: HashMap<(&str, Impl), Vec<Sample>> = HashMap::new();
+    let mut failures = Vec::new();
+    for round in 0..cfg.rounds {
+        for sc in &cfg.scenarios {
+            for k in 0..cfg.impls.len() {
+                let imp = cfg.impls[(k + round) % cfg.impls.len()];
+                let label = format!(
+                    "[{}/{}] {:<20} {:<9}",
+                    round + 1,
+                    cfg.rounds,
+                    sc.name,
+                    imp.name()
+                );
+                match run_one(imp, sc, cfg) {
+                    Ok(sample) => {
+                        eprintln!("{label} {}", report::sample_line(&sample));
+                        samples.entry((sc.name, imp)).or_default().push(sample);
+                    }
+                    Err(e) => {
+                        eprintln!("{label} FAILED: {e}");
+                        failures.push(format!("{} {}: {e}", sc.name, imp.name()));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "rpc bench: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    for sc in &cfg.scenarios {
+        for imp in &cfg.impls {
+            if let Some(s) = samples.get(&(sc.name, *imp)) {
+                rows.push(Row::new(sc.name, imp.name(), s));
+            }
+        }
+    }
+    println!();
+    report::print_lines(&rows);
+    println!();
+    report::print_ratios(&rows, LATENCY_SCENARIO);
+    println!();
+    report::print_markdown(&rows, LATENCY_SCENARIO, &meta);
+
+    if failures.is_empty() {
+        0
+    } else {
+        eprintln!("\nrpc bench: {} run(s) FAILED:", failures.len());
+        for f in &failures {
+            eprintln!("  {f}");
+        }
+        1
+    }
+}
+
+/// One (implementation, scenario, round): a fresh server process, a fresh client runtime.
+fn run_one(imp: Impl, sc: &Scenario, cfg: &Config) -> Result<Sample, String> {
+    let pin = sc.pinned && sys::cpu_count() >= 2;
+    let mut server = ServerProcess::start(imp.server(), pin.then_some(1))?;
+    if pin {
+        // Before the runtime exists, so its workers inherit CPU 0.
+        sys::pin_to_cpu(0).map_err(|e| format!("cannot pin the client: {e}"))?;
+    }
+    let result = measure(imp, sc, cfg, &mut server);
+    if pin {
+        let _ = sys::unpin();
+    }
+    result
+}
+
+fn measure(
+    imp: Impl,
+    sc: &Scenario,
+    cfg: &Config,
+    server: &mut ServerProcess,
+) -> Result<Sample, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build the client runtime: {e}"))?;
+    // Everything below, drops included, happens inside the runtime's context.
+    let _context = rt.enter();
+    let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let limit = cfg.phase_timeout;
+    let mut clients = rt.block_on(bounded(limit, Clients::connect(imp, addr, sc.conns)))?;
+    rt.block_on(bounded(limit, clients.phase(sc, sc.warmup, 0)))?;
+
+    let before = server.stats()?;
+    let writes_before = sys::socket_writes();
+    let cpu_before = sys::usage().cpu_us;
+    let (latencies, elapsed) =
+        rt.block_on(bounded(limit, clients.phase(sc, sc.calls, sc.warmup)))?;
+    let client_cpu_us = sys::usage().cpu_us - cpu_before;
+    let client_writes = sys::socket_writes() - writes_before;
+    let after = server.stats()?;
+    drop(clients);
+    let hist = report::histogram_of(&latencies);
+
+    Ok(Sample {
+        calls: sc.calls,
+        secs: elapsed.as_secs_f64(),
+        hist,
+        payload: sc.payload,
+        server_cpu_us: after.cpu_us - before.cpu_us,
+        client_cpu_us,
+        server_rss_kib: after.maxrss_kib,
+        client_writes,
+        server_writes: after.writes - before.writes,
+    })
+}
+
+/// Latencies of one task, in nanoseconds. Tasks append to a plain vector (a few bytes per call,
+/// written sequentially) and the histogram is built once the clocks (wall and CPU) have stopped:
+/// an hdrhistogram per task is ~200 KiB of counters, and 256 of them cost page faults and cache
+/// misses that showed up as 10% of a profile.
+type Latencies = Vec<u64>;
+
+/// What a phase measured: every task's latencies, and the wall time of the whole phase.
+type Phase = (Vec<Latencies>, Duration);
+
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| format!("timed out after {} s", limit.as_secs()))?
+}
+
+/// The connections of one run, per implementation.
+enum Clients {
+    Stardust(Vec<stardust_impl::Caller>),
+    Tarpc(Vec<tarpc_impl::Caller>),
+    Raw(Vec<raw_impl::Caller>),
+    Ceiling(Vec<TcpStream>),
+}
+
+impl Clients {
+    async fn connect(imp: Impl, addr: SocketAddr, n: usize) -> Result<Clients, String> {
+        async fn many<C, F: Future<Output = Result<C, String>>>(
+            n: usize,
+            connect: impl Fn() -> F,
+        ) -> Result<Vec<C>, String> {
+            let mut all = Vec::with_capacity(n);
+            for _ in 0..n {
+                all.push(connect().await?);
+            }
+            Ok(all)
+        }
+        Ok(match imp {
+            Impl::Stardust => Clients::Stardust(many(n, || stardust_impl::connect(addr)).await?),
+            Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
+            Impl::Raw => Clients::Raw(many(n, || raw_impl::connect(addr)).await?),
+            Impl::Ceiling => Clients::Ceiling(many(n, || ceiling::connect(addr)).await?),
+        })
+    }
+
+    /// Makes `calls` calls numbered from `seq_base`; returns their latencies and the wall time.
+    async fn phase(&mut self, sc: &Scenario, calls: u64, seq_base: u64) -> Result<Phase, String> {
+        match self {
+            Clients::Stardust(c) => drive(c, sc, calls, seq_base).await,
+            Clients::Tarpc(c) => drive(c, sc, calls, seq_base).await,
+            Clients::Raw(c) => drive(c, sc, calls, seq_base).await,
+            Clients::Ceiling(streams) => drive_ceiling(streams, sc, calls, seq_base).await,
+        }
+    }
+}
+
+/// The framework way: `outstanding` caller tasks, spread over the clients, each looping
+/// `call().await` and taking the next call number from a shared counter.
+async fn drive<C: Caller>(
+    clients: &[C],
+    sc: &Scenario,
+    calls: u64,
+    seq_base: u64,
+) -> Result<Phase, String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let payload = sc.payload.map(|n| Arc::new(Payload::new(n)));
+    let per_client = sc.outstanding / clients.len();
+    // Room for a fair share and then some, so vectors rarely grow while timed.
+    let expected = (calls as usize / sc.outstanding) * 2 + 1024;
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for client in clients {
+        for _ in 0..per_client {
+            let task = caller_loop(
+                client.clone(),
+                next.clone(),
+                calls,
+                seq_base,
+                payload.clone(),
+                expected,
+            );
+            tasks.spawn(task);
+        }
+    }
+    collect(tasks, start).await
+}
+
+async fn caller_loop<C: Caller>(
+    client: C,
+    next: Arc<AtomicU64>,
+    calls: u64,
+    seq_base: u64,
+    payload: Option<Arc<Payload>>,
+    expected: usize,
+) -> Result<Latencies, String> {
+    let mut latencies = Latencies::with_capacity(expected);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= calls {
+            return Ok(latencies);
+        }
+        let seq = seq_base + i;
+        // Building the payload is outside the timed span; checking the reply too.
+        let outcome = match &payload {
+            None => {
+                let (a, b) = service::add_args(seq);
+                let t = Instant::now();
+                let sum = client.add(a, b).await;
+                latencies.push(t.elapsed().as_nanos() as u64);
+                sum.and_then(|sum| service::check_add(seq, sum))
+            }
+            Some(p) => {
+                let data = p.for_call(seq);
+                let t = Instant::now();
+                let echoed = client.echo(data).await;
+                latencies.push(t.elapsed().as_nanos() as u64);
+                echoed.and_then(|echoed| p.check(seq, &echoed))
+            }
+        };
+        if let Err(e) = outcome {
+            // Stop the other callers: the run has failed.
+            next.store(calls, Ordering::Relaxed);
+            return Err(format!("call {seq}: {e}"));
+        }
+    }
+}
+
+/// The ceiling: one windowed loop per connection, calls split evenly.
+async fn drive_ceiling(
+    streams: &mut Vec<TcpStream>,
+    sc: &Scenario,
+    calls: u64,
+    seq_base: u64,
+) -> Result<Phase, String> {
+    let payload = sc.payload.map(|n| Arc::new(Payload::new(n)));
+    let n = streams.len() as u64;
+    let window = sc.outstanding / streams.len();
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    let mut first = seq_base;
+    for (i, stream) in streams.drain(..).enumerate() {
+        let share = calls / n + u64::from((i as u64) < calls % n);
+        let seqs = first..first + share;
+        first += share;
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            let (stream, latencies) = ceiling::run_conn(stream, window, seqs, payload).await?;
+            Ok((latencies, stream))
+        });
+    }
+    let (latencies, elapsed, returned) = collect_with(tasks, start).await?;
+    streams.extend(returned);
+    Ok((latencies, elapsed))
+}
+
+async fn collect(
+    mut tasks: JoinSet<Result<Latencies, String>>,
+    start: Instant,
+) -> Result<Phase, String> {
+    let mut all = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(latencies)) => all.push(latencies),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(format!("caller task died: {e}"))),
+        }
+    }
+    let elapsed = start.elapsed();
+    failure.map_or(Ok((all, elapsed)), Err)
+}
+
+type CeilingTask = Result<(Latencies, TcpStream), String>;
+
+async fn collect_with(
+    mut tasks: JoinSet<CeilingTask>,
+    start: Instant,
+) -> Result<(Vec<Latencies>, Duration, Vec<TcpStream>), String> {
+    let mut all = Vec::new();
+    let mut returned = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((latencies, stream))) => {
+                all.push(latencies);
+                returned.push(stream);
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(format!("ceiling task died: {e}"))),
+        }
+    }
+    let elapsed = start.elapsed();
+    failure.map_or(Ok((all, elapsed, returned)), Err)
+}
+
+/// A server child process and the pipes to talk to it.
+struct ServerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    port: u16,
+}
+
+impl ServerProcess {
+    fn start(imp: Impl, cpu: Option<usize>) -> Result<ServerProcess, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.env(ROLE_ENV, "server")
+            .env(IMPL_ENV, imp.name())
+            .env_remove(CPU_ENV)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(cpu) = cpu {
+            cmd.env(CPU_ENV, cpu.to_string());
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut server = ServerProcess {
+            child,
+            stdin,
+            stdout,
+            port: 0,
+        };
+        let line = server.read_line()?;
+        server.port = line
+            .trim()
+            .parse()
+            .map_err(|_| format!("the server printed {line:?} instead of its port"))?;
+        Ok(server)
+    }
+
+    fn read_line(&mut self) -> Result<String, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) => Err("the server process exited".to_owned()),
+            Ok(_) => Ok(line),
+            Err(e) => Err(format!("reading from the server: {e}")),
+        }
+    }
+
+    fn stats(&mut self) -> Result<ServerStats, String> {
+        let stdin = self.stdin.as_mut().expect("stdin open while running");
+        writeln!(stdin, "stats")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("asking the server for stats: {e}"))?;
+        ServerStats::parse(&self.read_line()?)
+    }
+}
+
+impl Drop for ServerProcess {
+    /// Closing stdin tells the server to exit; one that does not within 5 s is killed.
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        eprintln!(
+            "rpc bench: server {} did not exit; killing it",
+            self.child.id()
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------- provider
+
+/// The server role: start the implementation, print the port, answer "stats" until stdin closes.
+fn server_main() -> ! {
+    let die = |msg: String| -> ! {
+        eprintln!("rpc bench server: {msg}");
+        std::process::exit(1);
+    };
+    let imp = std::env::var(IMPL_ENV)
+        .ok()
+        .and_then(|n| Impl::from_name(&n))
+        .unwrap_or_else(|| die(format!("{IMPL_ENV} must name an implementation")));
+    if let Ok(cpu) = std::env::var(CPU_ENV) {
+        let cpu: usize = cpu
+            .parse()
+            .unwrap_or_else(|_| die(format!("bad {CPU_ENV}")));
+        // Before the runtime: its worker threads inherit the mask.
+        sys::pin_to_cpu(cpu).unwrap_or_else(|e| die(format!("cannot pin to CPU {cpu}: {e}")));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| die(format!("cannot build the runtime: {e}")));
+    let started = rt.block_on(async {
+        match imp.server() {
+            Impl::Stardust => stardust_impl::serve().await,
+            Impl::Tarpc => tarpc_impl::serve().await,
+            Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
+        }
+    });
+    let (port, _keep_serving) = started.unwrap_or_else(|e| die(format!("cannot serve: {e}")));
+    println!("{port}");
+    for line in std::io::stdin().lock().lines() {
+        match line {
+            Ok(l) if l.trim() == "stats" => {
+                let u = sys::usage();
+                let stats = ServerStats {
+                    cpu_us: u.cpu_us,
+                    maxrss_kib: u.maxrss_kib,
+                    writes: sys::socket_writes(),
+                };
+                println!("{}", stats.to_line());
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    // The client hung up: exit without a graceful shutdown (nothing is in flight).
+    std::process::exit(0);
+}
