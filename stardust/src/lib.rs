@@ -48,8 +48,14 @@
 //! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.
 #![warn(missing_docs)]
 
+// Lets `#[stardust::service]` (whose output names `::stardust::…`) be used inside this crate too,
+// for the registry's own API.
+extern crate self as stardust;
+
+pub mod auth;
 mod client;
 mod context;
+pub mod discovery;
 mod error;
 mod interceptor;
 mod metadata;

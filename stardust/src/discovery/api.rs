@@ -1,0 +1,181 @@
+//! The registry's API: a Stardust service like any other (the registry dogfoods the framework).
+//!
+//! The `stardust-registry` crate implements [`Registry`]; [`RegistryClient`] is what providers
+//! and consumers use to reach it. `docs/PROTOCOL.md` describes these calls for implementers in
+//! other languages.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Notification topic on which the registry pushes [`DiscoveryEvent`]s to subscribers.
+pub const DISCOVERY_TOPIC: &str = "stardust.discovery";
+
+/// A successful login: the token to present to providers, and the keys that verify tokens.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginReply {
+    /// The application logged in.
+    pub app: String,
+    /// Signed access token (`sd1.…`).
+    pub token: String,
+    /// Token expiry, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// The registry's current public keys.
+    pub keys: Vec<PublicKey>,
+}
+
+impl std::fmt::Debug for LoginReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never printed.
+        f.debug_struct("LoginReply")
+            .field("app", &self.app)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An Ed25519 public key the registry signs tokens with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    /// Key id, as found in tokens' `kid` claim.
+    pub kid: String,
+    /// The 32-byte Ed25519 public key.
+    pub key: ByteBuf,
+}
+
+/// A provider's registration of one service it hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Service name, e.g. `calc.Calculator`.
+    pub service: String,
+    /// Service version (semver).
+    pub version: String,
+    /// Address consumers should dial, `host:port`.
+    pub endpoint: String,
+    /// Relative share of traffic (default 100).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// One live provider instance of a service, as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The providing application.
+    pub app: String,
+    /// Service name.
+    pub service: String,
+    /// Service version.
+    pub version: String,
+    /// Address to dial.
+    pub endpoint: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A provider's periodic status report; also its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Calls being handled right now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// Milliseconds since the provider started.
+    #[serde(default)]
+    pub uptime_ms: u64,
+    /// Software version of the provider.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The full current list of instances of a subscribed service (pushed on every change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryEvent {
+    /// The service.
+    pub service: String,
+    /// The version requirement of the subscription this event answers.
+    pub version_req: String,
+    /// Every matching live instance.
+    pub instances: Vec<Instance>,
+}
+
+/// Why the registry refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegistryError {
+    /// Wrong or unknown credentials, or the connection has not logged in.
+    Unauthorized(String),
+    /// The app may not provide or consume that service.
+    PermissionDenied(String),
+    /// The request itself is invalid (bad version requirement, bad endpoint, ...).
+    Invalid(String),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            RegistryError::PermissionDenied(m) => write!(f, "permission denied: {m}"),
+            RegistryError::Invalid(m) => write!(f, "invalid request: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+impl From<RegistryError> for crate::Error {
+    fn from(e: RegistryError) -> crate::Error {
+        use crate::ErrorKind;
+        match e {
+            RegistryError::Unauthorized(m) => crate::Error::new(ErrorKind::Unauthorized, m),
+            RegistryError::PermissionDenied(m) => crate::Error::new(ErrorKind::PermissionDenied, m),
+            RegistryError::Invalid(m) => crate::Error::new(ErrorKind::InvalidArguments, m),
+        }
+    }
+}
+
+/// The registry service.
+///
+/// A connection starts anonymous; `login` authenticates it as the app (the registry remembers
+/// the identity for the connection), after which the other calls act on that app's behalf.
+/// Registrations are leases: they live while the provider's heartbeats arrive within the TTL,
+/// and end at once on `deregister`.
+#[crate::service(name = "stardust.Registry", version = "1.0.0")]
+pub trait Registry {
+    /// Logs the connection in as `app` with its secret and returns an access token.
+    async fn login(&self, app: String, secret: String) -> Result<LoginReply, RegistryError>;
+    /// A fresh token for the app this connection is logged in as (before the old one expires).
+    async fn renew(&self) -> Result<LoginReply, RegistryError>;
+    /// The public keys tokens are currently signed and accepted with.
+    #[stardust(idempotent)]
+    async fn public_keys(&self) -> Vec<PublicKey>;
+    /// Registers (or refreshes) an instance of a service this app provides.
+    async fn register(&self, registration: Registration) -> Result<Instance, RegistryError>;
+    /// Removes this app's instance of `service` at `endpoint`; `true` if it existed.
+    async fn deregister(&self, service: String, endpoint: String) -> Result<bool, RegistryError>;
+    /// Renews every lease of this connection and reports the provider's status.
+    async fn heartbeat(&self, status: Status) -> Result<(), RegistryError>;
+    /// The live instances of `service` matching `version_req` (semver, e.g. `^1.2`; `*` for any).
+    #[stardust(idempotent)]
+    async fn discover(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<Vec<Instance>, RegistryError>;
+    /// Like `discover`, and pushes a [`DiscoveryEvent`] on [`DISCOVERY_TOPIC`] to this connection
+    /// whenever the list changes.
+    async fn subscribe(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<Vec<Instance>, RegistryError>;
+}
