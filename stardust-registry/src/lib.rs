@@ -1,0 +1,63 @@
+//! The Stardust registry: where apps log in, providers register, and consumers discover.
+//!
+//! It implements the [`Registry`](stardust::discovery::api::Registry) service over Stardust
+//! itself. Apps log in with a name and secret (checked against argon2id hashes) and get an
+//! Ed25519-signed token that providers verify on their own; providers register leased instances
+//! of their services and keep them alive with heartbeats; consumers discover instances by
+//! semver requirement, or subscribe and get the full list pushed whenever it changes.
+//!
+//! Run it as a program (`stardust-registry serve --config registry.toml`) or embed it:
+//!
+//! ```
+//! use stardust::discovery::api::{Registration, RegistryClient};
+//! use stardust_registry::{Config, RegistryNode};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A dev-mode registry: no config, any app may log in (created on its first login).
+//! let node = RegistryNode::builder()
+//!     .config(Config::dev())
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//!
+//! let registry = RegistryClient::connect(node.local_addr()).await?;
+//! let login = registry.login("calc".into(), "calc-secret".into()).await??;
+//! assert_eq!(login.app, "calc");
+//!
+//! registry
+//!     .register(Registration {
+//!         service: "calc.Calculator".into(),
+//!         version: "1.2.0".into(),
+//!         endpoint: "127.0.0.1:9000".into(),
+//!         weight: 100,
+//!         tags: Default::default(),
+//!     })
+//!     .await??;
+//! let found = registry.discover("calc.Calculator".into(), "^1".into()).await??;
+//! assert_eq!(found[0].endpoint, "127.0.0.1:9000");
+//!
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For production, build a [`Config`] with apps and a key file (or [`Config::load`] a TOML
+//! file; its format is described in [`config`]).
+//!
+//! # Sessions
+//!
+//! A registry connection is anonymous until `login`; the registry then remembers the app for
+//! that connection and forgets it (with its registrations and subscriptions) when the
+//! connection closes. Every call except `login` and `public_keys` needs a logged-in connection.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod keys;
+mod node;
+mod secret;
+mod service;
+
+pub use config::{AppConfig, Config, ConfigError};
+pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
+pub use node::{Error, RegistryNode, RegistryNodeBuilder};
+pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};

@@ -1,0 +1,185 @@
+//! `stardust-registry`: run the registry, hash app secrets, rotate signing keys.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use stardust_registry::{Config, RegistryNode, config::DEFAULT_LISTEN};
+
+/// The Stardust registry: apps log in here, providers register their services, consumers
+/// discover them.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug or RUST_LOG=stardust_registry=debug)
+/// to change what is shown (default: info).
+#[derive(Debug, Parser)]
+#[command(name = "stardust-registry", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry until Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on, `host:port` [default: the config's `listen`, else
+        /// 127.0.0.1:7600].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// TOML config file: key file, TTLs, apps and their permissions. Required unless --dev.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Development mode: unknown apps are created on their first login (their first secret
+        /// sticks until restart). Without --config, signing keys live in memory only. Never
+        /// use it on a network others can reach.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Read a secret (from stdin, or a no-echo prompt on a terminal) and print its argon2id
+    /// PHC hash, for an app's `secret_hash` in the config.
+    ///
+    /// A single trailing newline on stdin is not part of the secret.
+    HashSecret,
+    /// Add a new signing key and make it the one that signs; older keys keep verifying until
+    /// the tokens they signed have expired, then are pruned. A running registry picks up the
+    /// change by itself.
+    RotateKey {
+        /// The key file to rotate (created if missing) [default: the config's `key_file`].
+        #[arg(long, value_name = "FILE", required_unless_present = "config")]
+        key_file: Option<PathBuf>,
+        /// Registry config to take the key file and the token TTL from.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Token lifetime the registry issues tokens with: retired keys are kept this long
+        /// [default: the config's `token_ttl`, else 1h].
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        token_ttl: Option<Duration>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            config,
+            dev,
+        } => serve(listen, config, dev),
+        Command::HashSecret => hash_secret(),
+        Command::RotateKey {
+            key_file,
+            config,
+            token_ttl,
+        } => rotate_key(key_file, config, token_ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn serve(listen: Option<String>, config: Option<PathBuf>, dev: bool) -> Result<()> {
+    let mut cfg = match (&config, dev) {
+        (Some(path), _) => Config::load(path)?,
+        (None, true) => Config::dev(),
+        (None, false) => {
+            return Err("pass --config FILE (or --dev for a throwaway development registry)".into());
+        }
+    };
+    if dev {
+        cfg.dev = true;
+    }
+    let addr = listen
+        .or_else(|| cfg.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let node = RegistryNode::builder().config(cfg).bind(addr).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn hash_secret() -> Result<()> {
+    let secret = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Secret: ")?;
+        let again = rpassword::prompt_password("Repeat: ")?;
+        if first != again {
+            return Err("the two entries differ".into());
+        }
+        first
+    } else {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the secret from stdin: {e}"))?;
+        if let Some(t) = text.strip_suffix('\n') {
+            text.truncate(t.strip_suffix('\r').unwrap_or(t).len());
+        }
+        text
+    };
+    let hash = stardust_registry::hash_secret(&secret)?;
+    println!("{hash}");
+    Ok(())
+}
+
+fn rotate_key(
+    key_file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    token_ttl: Option<Duration>,
+) -> Result<()> {
+    let cfg = config.as_ref().map(Config::load).transpose()?;
+    let path = key_file
+        .or_else(|| cfg.as_ref().and_then(|c| c.key_file.clone()))
+        .ok_or("the config has no key_file; pass --key-file FILE")?;
+    let ttl = token_ttl
+        .or_else(|| cfg.as_ref().map(|c| c.token_ttl))
+        .unwrap_or(stardust_registry::config::DEFAULT_TOKEN_TTL);
+    let kid = stardust_registry::rotate_key_file(&path, ttl)?;
+    println!("{kid}");
+    eprintln!(
+        "new signing key {kid} in {}; running registries pick it up on their next login",
+        path.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! [`RegistryNode`]: a running registry, embedded in any Tokio program.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use stardust::ToSocketAddrs;
+use stardust::discovery::api::RegistryServer;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, DEFAULT_LISTEN};
+use crate::keys::{KeyError, KeyRing};
+use crate::service::RegistryImpl;
+
+/// A running registry: a Stardust server hosting the `stardust.Registry` service.
+///
+/// Dropping it stops the registry abruptly (connections are cut); [`RegistryNode::shutdown`]
+/// stops it gracefully and releases its port.
+#[must_use = "the registry stops when this handle is dropped"]
+pub struct RegistryNode {
+    server: stardust::Server,
+    keys: KeyRing,
+    config: Config,
+    /// Sending `true` (or dropping it) stops the sweeper and the session watchers.
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for RegistryNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryNode")
+            .field("local_addr", &self.server.local_addr())
+            .field("dev", &self.config.dev)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and starts a [`RegistryNode`].
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `bind` is awaited"]
+pub struct RegistryNodeBuilder {
+    config: Option<Config>,
+    keys: Option<KeyRing>,
+}
+
+impl RegistryNode {
+    /// Starts building a registry (default config: [`Config::dev`]).
+    pub fn builder() -> RegistryNodeBuilder {
+        RegistryNodeBuilder::default()
+    }
+
+    /// The address the registry listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The signing keys (to mint tokens in tests, or rotate with [`KeyRing::rotate`]).
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The configuration the registry runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops gracefully: no new connections, clients are told (`GoAway`), calls in flight
+    /// finish; sessions, registrations and subscriptions end. Returns once the listening port is
+    /// free again, so a new registry can bind it at once.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let addr = self.server.local_addr();
+        self.server.shutdown().await;
+        wait_port_released(addr).await;
+        tracing::info!(%addr, "registry stopped");
+    }
+}
+
+impl RegistryNodeBuilder {
+    /// The configuration to run with (validated by `bind`).
+    pub fn config(mut self, config: Config) -> RegistryNodeBuilder {
+        self.config = Some(config);
+        self
+    }
+
+    /// Signs with this key ring instead of opening the config's key file (or making an
+    /// in-memory key): e.g. to share keys between registries in a test.
+    pub fn key_ring(mut self, keys: KeyRing) -> RegistryNodeBuilder {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Starts the registry on the config's `listen` address, or `127.0.0.1:7600`.
+    pub async fn bind_configured(self) -> Result<RegistryNode, Error> {
+        let addr = self
+            .config
+            .as_ref()
+            .and_then(|c| c.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        self.bind(addr).await
+    }
+
+    /// Validates the config, opens (or creates) the key file, and starts serving on `addr`
+    /// (this overrides the config's `listen`).
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RegistryNode, Error> {
+        let config = self.config.unwrap_or_else(Config::dev);
+        config.validate().map_err(Error::Config)?;
+        let keys = match (self.keys, &config.key_file) {
+            (Some(keys), _) => keys,
+            (None, Some(path)) => KeyRing::open(path, config.token_ttl).map_err(Error::Keys)?,
+            (None, None) => KeyRing::in_memory(config.token_ttl).map_err(Error::Keys)?,
+        };
+        let (stop, stopping) = watch::channel(false);
+        let registry = RegistryImpl::new(config.clone(), keys.clone(), stopping);
+        let server = stardust::Server::builder()
+            // The registry is where apps log in: its connections start anonymous, and each
+            // method checks the session itself.
+            // TODO(auth plumbing): .allow_anonymous() once ServerBuilder has it.
+            //.allow_anonymous()
+            .serve(RegistryServer::new(registry.clone()))
+            .bind(addr)
+            .await
+            .map_err(Error::Bind)?;
+        tokio::spawn(registry.run_sweeper());
+        let addr = server.local_addr();
+        if config.dev {
+            tracing::warn!(
+                %addr,
+                "DEV MODE IS ON: any app name can log in, and an unknown app is created with the \
+                 secret of its first login (kept in memory until restart). Never expose a \
+                 dev-mode registry to untrusted networks."
+            );
+        }
+        if keys.file().is_none() {
+            tracing::warn!("signing key kept in memory only: tokens become invalid when this registry stops");
+        }
+        tracing::info!(
+            %addr,
+            apps = config.apps.len(),
+            kid = %keys.signing_kid(),
+            token_ttl = ?config.token_ttl,
+            lease_ttl = ?config.lease_ttl,
+            "registry listening"
+        );
+        Ok(RegistryNode {
+            server,
+            keys,
+            config,
+            stop,
+        })
+    }
+}
+
+/// Waits (bounded) until nothing listens on `addr` any more: the server's accept task drops its
+/// listener asynchronously after shutdown.
+async fn wait_port_released(addr: SocketAddr) {
+    let probe = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        // Like the registry's own listener: TIME_WAIT leftovers do not count, a listener does.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)
+    };
+    for attempt in 0..400u32 {
+        match probe() {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            // Anything else (no such interface, ...) is not ours to wait for.
+            Err(_) => return,
+        }
+        if attempt < 50 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tracing::warn!(%addr, "the registry's port still seems in use after shutdown");
+}
+
+/// Why a registry could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The key file could not be read or created.
+    Keys(KeyError),
+    /// The listening socket could not be bound.
+    Bind(stardust::Error),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Config(e) => e.fmt(f),
+            Error::Keys(e) => e.fmt(f),
+            Error::Bind(e) => write!(f, "the registry cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Config(e) => Some(e),
+            Error::Keys(e) => Some(e),
+            Error::Bind(e) => Some(e),
+        }
+    }
+}

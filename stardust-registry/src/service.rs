@@ -1,0 +1,633 @@
+//! The [`Registry`] implementation: sessions, leases, subscriptions.
+//!
+//! All state sits behind one short, non-async lock; the only slow work (argon2) runs on the
+//! blocking pool, outside it, so logins never stall heartbeats or discovery.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use semver::{Version, VersionReq};
+use stardust::Notifier;
+use stardust::discovery::api::{
+    DISCOVERY_TOPIC, DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, Registry,
+    RegistryError, Status,
+};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::keys::KeyRing;
+use crate::secret;
+
+const WRONG_CREDENTIALS: &str = "unknown app or wrong secret";
+const LOG_IN_FIRST: &str = "log in first";
+/// Longest secret accepted (argon2 itself takes anything; this bounds the work per attempt).
+const MAX_SECRET_LEN: usize = 4096;
+const MAX_NAME_LEN: usize = 256;
+
+/// The registry service (hosted with `RegistryServer::new(..)`); cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RegistryImpl {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    config: Config,
+    keys: KeyRing,
+    state: Mutex<State>,
+    /// Argon2 runs at most this many at once (each one takes ~19 MiB and a core).
+    hash_permits: Semaphore,
+    next_session: AtomicU64,
+    /// Wakes the sweeper when a lease is added (it may be sleeping with nothing to expire).
+    sweeper_wake: Notify,
+    /// `true` once the node shuts down: watcher tasks and the sweeper stop.
+    stopping: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Logged-in connections, by peer address (unique per live connection).
+    sessions: HashMap<SocketAddr, Session>,
+    /// Live registrations by (service, endpoint): an endpoint serves a service once.
+    leases: BTreeMap<(String, String), Lease>,
+    /// Apps created by dev-mode logins: name to secret hash.
+    dev_apps: HashMap<String, String>,
+}
+
+struct Session {
+    id: u64,
+    app: Arc<str>,
+    notifier: Notifier,
+    subscriptions: Vec<Subscription>,
+    status: Option<Status>,
+}
+
+struct Subscription {
+    service: String,
+    version_req: String,
+    req: VersionReq,
+    /// What the subscriber last got (reply or push): pushes happen only on a change.
+    last: Vec<Instance>,
+}
+
+struct Lease {
+    instance: Instance,
+    version: Version,
+    session: u64,
+    expires: Instant,
+}
+
+fn unauthorized(msg: &str) -> RegistryError {
+    RegistryError::Unauthorized(msg.to_owned())
+}
+
+fn allowed(list: Option<&[String]>, service: &str) -> bool {
+    list.is_none_or(|l| l.iter().any(|s| s == service))
+}
+
+impl RegistryImpl {
+    pub(crate) fn new(config: Config, keys: KeyRing, stopping: watch::Receiver<bool>) -> Self {
+        let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+        RegistryImpl {
+            shared: Arc::new(Shared {
+                config,
+                keys,
+                state: Mutex::new(State::default()),
+                hash_permits: Semaphore::new(permits),
+                next_session: AtomicU64::new(1),
+                sweeper_wake: Notify::new(),
+                stopping,
+            }),
+        }
+    }
+
+    /// Removes expired leases until the node stops.
+    pub(crate) async fn run_sweeper(self) {
+        let shared = self.shared;
+        let mut stopping = shared.stopping.clone();
+        loop {
+            let wake = shared.sweeper_wake.notified();
+            let next = shared.sweep(Instant::now());
+            tokio::select! {
+                _ = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = wake => {}
+                // Shutdown, or the node was dropped (the sender with it).
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn peer() -> Result<(SocketAddr, Notifier), RegistryError> {
+        stardust::Context::with_current(|ctx| {
+            let ctx = ctx.ok_or_else(|| unauthorized(LOG_IN_FIRST))?;
+            match (ctx.peer_addr(), ctx.notifier()) {
+                (Some(peer), Some(notifier)) => Ok((peer, notifier)),
+                _ => Err(unauthorized(LOG_IN_FIRST)),
+            }
+        })
+    }
+
+    /// The session of the calling connection: `(peer, session id, app)`.
+    fn session(&self) -> Result<(SocketAddr, u64, Arc<str>), RegistryError> {
+        let peer = stardust::Context::with_current(|ctx| ctx.and_then(|c| c.peer_addr()))
+            .ok_or_else(|| unauthorized(LOG_IN_FIRST))?;
+        let mut state = self.shared.state.lock();
+        let (id, app, closed) = match state.sessions.get(&peer) {
+            Some(s) => (s.id, s.app.clone(), s.notifier.is_closed()),
+            None => return Err(unauthorized(LOG_IN_FIRST)),
+        };
+        if closed {
+            // A new connection from the address of one that just closed, before its watcher ran:
+            // the old session is over and must not be inherited.
+            self.shared.end_session(&mut state, peer, id, "connection closed");
+            return Err(unauthorized(LOG_IN_FIRST));
+        }
+        Ok((peer, id, app))
+    }
+
+    fn app_config(&self, app: &str) -> Option<&crate::config::AppConfig> {
+        self.shared.config.apps.get(app)
+    }
+
+    fn consume_list(&self, app: &str) -> Option<Vec<String>> {
+        self.app_config(app).and_then(|a| a.consume.clone())
+    }
+
+    /// Checks `secret` for `app` (argon2 on the blocking pool); creates the app in dev mode.
+    async fn authenticate(&self, app: &str, secret: String) -> Result<(), RegistryError> {
+        if secret.len() > MAX_SECRET_LEN {
+            return Err(unauthorized(WRONG_CREDENTIALS));
+        }
+        let _permit = self
+            .shared
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| unauthorized(WRONG_CREDENTIALS))?;
+        let known = match self.app_config(app) {
+            Some(a) => Some(a.secret_hash.clone()),
+            None => self.shared.state.lock().dev_apps.get(app).cloned(),
+        };
+        if let Some(hash) = known {
+            return if blocking(move || secret::verify_secret(&secret, &hash)).await? {
+                Ok(())
+            } else {
+                Err(unauthorized(WRONG_CREDENTIALS))
+            };
+        }
+        if !self.shared.config.dev {
+            // Same cost as a wrong secret: the reply and its timing do not reveal app names.
+            blocking(move || secret::burn_verification(&secret)).await?;
+            return Err(unauthorized(WRONG_CREDENTIALS));
+        }
+        valid_name("app name", app)?;
+        if secret.is_empty() {
+            return Err(RegistryError::Invalid("the secret must not be empty".into()));
+        }
+        let for_hash = secret.clone();
+        let hash = blocking(move || secret::hash_secret(&for_hash))
+            .await?
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let existing = {
+            let mut state = self.shared.state.lock();
+            match state.dev_apps.get(app) {
+                Some(h) => Some(h.clone()),
+                None => {
+                    state.dev_apps.insert(app.to_owned(), hash);
+                    None
+                }
+            }
+        };
+        match existing {
+            None => {
+                tracing::warn!(app = ?app, "dev mode: created app on its first login; its secret is fixed until the registry restarts");
+                Ok(())
+            }
+            // Someone created it while we were hashing: theirs counts.
+            Some(hash) => {
+                if blocking(move || secret::verify_secret(&secret, &hash)).await? {
+                    Ok(())
+                } else {
+                    Err(unauthorized(WRONG_CREDENTIALS))
+                }
+            }
+        }
+    }
+
+    /// Binds the connection to `app` (a new session, or a re-login on a live one).
+    fn bind_session(&self, peer: SocketAddr, notifier: Notifier, app: &str) {
+        let mut state = self.shared.state.lock();
+        if let Some(s) = state.sessions.get(&peer) {
+            if !s.notifier.is_closed() && &*s.app == app {
+                return;
+            }
+            // Another app on the same connection (or a dead session): start over.
+            let id = s.id;
+            self.shared
+                .end_session(&mut state, peer, id, "logged in again as another app");
+        }
+        let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
+        state.sessions.insert(
+            peer,
+            Session {
+                id,
+                app: app.into(),
+                notifier: notifier.clone(),
+                subscriptions: Vec::new(),
+                status: None,
+            },
+        );
+        drop(state);
+        tracing::info!(app = ?app, %peer, "logged in");
+        let shared = Arc::downgrade(&self.shared);
+        let mut stopping = self.shared.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = notifier.closed() => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            if let Some(shared) = Weak::upgrade(&shared) {
+                let mut state = shared.state.lock();
+                shared.end_session(&mut state, peer, id, "connection closed");
+            }
+        });
+    }
+
+    fn reply(&self, app: &str) -> LoginReply {
+        let (token, expires_at_ms) = self.shared.keys.issue(app, self.consume_list(app));
+        LoginReply {
+            app: app.to_owned(),
+            token,
+            expires_at_ms,
+            keys: self.shared.keys.public_keys(),
+        }
+    }
+
+    fn check_consume(&self, app: &str, service: &str) -> Result<(), RegistryError> {
+        let list = self.app_config(app).and_then(|a| a.consume.as_deref());
+        if allowed(list, service) {
+            Ok(())
+        } else {
+            Err(RegistryError::PermissionDenied(format!(
+                "app `{app}` may not consume service `{service}`"
+            )))
+        }
+    }
+}
+
+impl Shared {
+    /// Ends session `id` of `peer` (if still current): its leases go, its subscriptions die.
+    fn end_session(&self, state: &mut State, peer: SocketAddr, id: u64, why: &str) {
+        if state.sessions.get(&peer).is_some_and(|s| s.id == id) {
+            let s = state.sessions.remove(&peer).expect("checked");
+            tracing::info!(app = ?&*s.app, %peer, reason = why, "session ended");
+        }
+        let mut changed = BTreeSet::new();
+        state.leases.retain(|(service, endpoint), lease| {
+            if lease.session == id {
+                tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, reason = why, "registration removed");
+                changed.insert(service.clone());
+                false
+            } else {
+                true
+            }
+        });
+        publish(state, &changed);
+    }
+
+    /// Removes leases expired at `now`; returns when the next one expires.
+    fn sweep(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.state.lock();
+        let mut changed = BTreeSet::new();
+        let mut next: Option<Instant> = None;
+        state.leases.retain(|(service, endpoint), lease| {
+            if lease.expires <= now {
+                tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, "registration expired (no heartbeat within the lease TTL)");
+                changed.insert(service.clone());
+                false
+            } else {
+                next = Some(next.map_or(lease.expires, |n| n.min(lease.expires)));
+                true
+            }
+        });
+        publish(&mut state, &changed);
+        next
+    }
+}
+
+/// The live instances of `service` matching `req`, ordered by endpoint.
+fn matching(state: &State, service: &str, req: &VersionReq) -> Vec<Instance> {
+    state
+        .leases
+        .range((service.to_owned(), String::new())..)
+        .take_while(|((s, _), _)| s == service)
+        .filter(|(_, l)| req.matches(&l.version))
+        .map(|(_, l)| l.instance.clone())
+        .collect()
+}
+
+/// Pushes the new instance list to every subscription of a `changed` service whose list differs
+/// from what it last saw.
+fn publish(state: &mut State, changed: &BTreeSet<String>) {
+    if changed.is_empty() {
+        return;
+    }
+    let mut sessions = std::mem::take(&mut state.sessions);
+    for session in sessions.values_mut() {
+        for sub in &mut session.subscriptions {
+            if !changed.contains(&sub.service) {
+                continue;
+            }
+            let now = matching(state, &sub.service, &sub.req);
+            if now == sub.last {
+                continue;
+            }
+            let event = DiscoveryEvent {
+                service: sub.service.clone(),
+                version_req: sub.version_req.clone(),
+                instances: now.clone(),
+            };
+            sub.last = now;
+            if let Err(e) = session.notifier.notify(DISCOVERY_TOPIC, &event) {
+                tracing::debug!(peer = %session.notifier.peer_addr(), error = %e, "discovery push not delivered");
+            }
+        }
+    }
+    state.sessions = sessions;
+}
+
+/// Runs slow work (argon2) on the blocking pool.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, RegistryError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        tracing::error!("secret verification panicked");
+        RegistryError::Invalid("internal error while checking the secret".into())
+    })
+}
+
+fn valid_name(what: &str, name: &str) -> Result<(), RegistryError> {
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(RegistryError::Invalid(format!(
+            "{what} must be 1 to {MAX_NAME_LEN} characters without whitespace"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a version requirement; empty means any. A bare version (`1.2`) means `^1.2`.
+fn parse_req(text: &str) -> Result<VersionReq, RegistryError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(VersionReq::STAR);
+    }
+    VersionReq::parse(t).map_err(|e| {
+        RegistryError::Invalid(format!(
+            "`{text}` is not a version requirement like `^1.2`, `>=1.0, <2` or `*`: {e}"
+        ))
+    })
+}
+
+/// Checks `endpoint` is `host:port` (a host name, an IPv4 address or a bracketed IPv6 address).
+fn validate_endpoint(endpoint: &str) -> Result<(), RegistryError> {
+    let bad = |why: &str| {
+        Err(RegistryError::Invalid(format!(
+            "endpoint `{endpoint}` is not `host:port`: {why}"
+        )))
+    };
+    if endpoint.parse::<SocketAddr>().is_ok() {
+        return if endpoint.ends_with(":0") {
+            bad("port 0 cannot be dialled")
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return bad("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(0) => return bad("port 0 cannot be dialled"),
+        Ok(_) => {}
+        Err(_) => return bad("the port is not a number from 1 to 65535"),
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return bad("the host is not a valid host name or IP address");
+    }
+    Ok(())
+}
+
+impl Registry for RegistryImpl {
+    async fn login(&self, app: String, secret: String) -> Result<LoginReply, RegistryError> {
+        let (peer, notifier) = Self::peer()?;
+        if let Err(e) = self.authenticate(&app, secret).await {
+            tracing::info!(app = ?app, %peer, "login refused");
+            return Err(e);
+        }
+        self.shared.keys.refresh();
+        self.bind_session(peer, notifier, &app);
+        Ok(self.reply(&app))
+    }
+
+    async fn renew(&self) -> Result<LoginReply, RegistryError> {
+        let (_, _, app) = self.session()?;
+        self.shared.keys.refresh();
+        Ok(self.reply(&app))
+    }
+
+    async fn public_keys(&self) -> Vec<PublicKey> {
+        self.shared.keys.refresh();
+        self.shared.keys.public_keys()
+    }
+
+    async fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
+        let (_, session, app) = self.session()?;
+        let Registration {
+            service,
+            version,
+            endpoint,
+            weight,
+            tags,
+        } = registration;
+        valid_name("service name", &service)?;
+        let provide = self.app_config(&app).and_then(|a| a.provide.as_deref());
+        if !allowed(provide, &service) {
+            return Err(RegistryError::PermissionDenied(format!(
+                "app `{app}` may not provide service `{service}`"
+            )));
+        }
+        let parsed = Version::parse(version.trim()).map_err(|e| {
+            RegistryError::Invalid(format!(
+                "version `{version}` is not a semantic version like `1.2.3`: {e}"
+            ))
+        })?;
+        validate_endpoint(&endpoint)?;
+        let instance = Instance {
+            app: app.to_string(),
+            service: service.clone(),
+            version: parsed.to_string(),
+            endpoint: endpoint.clone(),
+            weight,
+            tags,
+        };
+        let key = (service.clone(), endpoint.clone());
+        let mut state = self.shared.state.lock();
+        if let Some(existing) = state.leases.get(&key)
+            && existing.instance.app != *app
+        {
+            return Err(RegistryError::PermissionDenied(format!(
+                "endpoint `{endpoint}` of service `{service}` is registered by another app"
+            )));
+        }
+        let expires = Instant::now() + self.shared.config.lease_ttl;
+        let previous = state.leases.insert(
+            key,
+            Lease {
+                instance: instance.clone(),
+                version: parsed,
+                session,
+                expires,
+            },
+        );
+        if previous.as_ref().is_none_or(|p| p.instance != instance) {
+            tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
+            publish(&mut state, &BTreeSet::from([service]));
+        }
+        drop(state);
+        self.shared.sweeper_wake.notify_one();
+        Ok(instance)
+    }
+
+    async fn deregister(&self, service: String, endpoint: String) -> Result<bool, RegistryError> {
+        let (_, _, app) = self.session()?;
+        let key = (service, endpoint);
+        let mut state = self.shared.state.lock();
+        if state
+            .leases
+            .get(&key)
+            .is_none_or(|l| l.instance.app != *app)
+        {
+            return Ok(false);
+        }
+        state.leases.remove(&key);
+        tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
+        publish(&mut state, &BTreeSet::from([key.0]));
+        Ok(true)
+    }
+
+    async fn heartbeat(&self, status: Status) -> Result<(), RegistryError> {
+        let (peer, session, _) = self.session()?;
+        let expires = Instant::now() + self.shared.config.lease_ttl;
+        let mut state = self.shared.state.lock();
+        for lease in state.leases.values_mut() {
+            if lease.session == session {
+                lease.expires = expires;
+            }
+        }
+        if let Some(s) = state.sessions.get_mut(&peer) {
+            s.status = Some(status);
+        }
+        Ok(())
+    }
+
+    async fn discover(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let (_, _, app) = self.session()?;
+        self.check_consume(&app, &service)?;
+        let req = parse_req(&version_req)?;
+        Ok(matching(&self.shared.state.lock(), &service, &req))
+    }
+
+    async fn subscribe(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<Vec<Instance>, RegistryError> {
+        let (peer, session, app) = self.session()?;
+        self.check_consume(&app, &service)?;
+        let req = parse_req(&version_req)?;
+        let mut state = self.shared.state.lock();
+        let list = matching(&state, &service, &req);
+        let Some(s) = state.sessions.get_mut(&peer).filter(|s| s.id == session) else {
+            return Err(unauthorized(LOG_IN_FIRST));
+        };
+        s.subscriptions
+            .retain(|sub| !(sub.service == service && sub.version_req == version_req));
+        s.subscriptions.push(Subscription {
+            service,
+            version_req,
+            req,
+            last: list.clone(),
+        });
+        Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_requirements() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        let caret = parse_req("^1.2").unwrap();
+        let bare = parse_req("1.2").unwrap();
+        for req in [&caret, &bare] {
+            assert!(req.matches(&v("1.2.0")));
+            assert!(req.matches(&v("1.9.3")));
+            assert!(!req.matches(&v("1.1.9")));
+            assert!(!req.matches(&v("2.0.0")));
+        }
+        for any in ["*", "", "  "] {
+            let req = parse_req(any).unwrap();
+            assert!(req.matches(&v("0.1.0")) && req.matches(&v("7.0.0")));
+        }
+        assert!(matches!(parse_req("one"), Err(RegistryError::Invalid(_))));
+    }
+
+    #[test]
+    fn endpoints() {
+        for ok in [
+            "127.0.0.1:80",
+            "[::1]:7600",
+            "calc-1.internal:9000",
+            "localhost:1",
+        ] {
+            validate_endpoint(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "host",
+            ":80",
+            "host:",
+            "host:0",
+            "host:70000",
+            "a b:80",
+            "-x:80",
+            "127.0.0.1:0",
+            "::1:80",
+        ] {
+            assert!(validate_endpoint(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
