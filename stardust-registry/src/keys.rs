@@ -63,7 +63,10 @@ impl fmt::Debug for KeyRing {
         let state = self.inner.state.read();
         f.debug_struct("KeyRing")
             .field("file", &self.inner.file)
-            .field("kids", &state.keys.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &state.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +94,12 @@ impl FileStamp {
 impl KeyRing {
     /// A ring with one fresh random key that lives only in memory (dev mode, tests).
     pub fn in_memory(token_ttl: Duration) -> Result<KeyRing, KeyError> {
-        Ok(KeyRing::from_parts(None, token_ttl, vec![Key::generate()?], None))
+        Ok(KeyRing::from_parts(
+            None,
+            token_ttl,
+            vec![Key::generate()?],
+            None,
+        ))
     }
 
     /// Opens the key file at `path`, creating it with a fresh random key (mode 0600) if it does
@@ -389,7 +397,9 @@ fn load_file(path: &Path) -> Result<Option<(Vec<Key>, FileStamp)>, KeyError> {
             .decode(r.secret_key.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("has a malformed secret_key (expected 32 bytes, URL-safe base64)"))?;
+            .ok_or_else(|| {
+                bad("has a malformed secret_key (expected 32 bytes, URL-safe base64)")
+            })?;
         let key = Key::from_secret(secret, r.created_ms, r.retired_ms);
         if key.kid != r.kid {
             return Err(bad("does not match its secret_key"));

@@ -97,7 +97,9 @@ fn serve(listen: Option<String>, config: Option<PathBuf>, dev: bool) -> Result<(
         (Some(path), _) => Config::load(path)?,
         (None, true) => Config::dev(),
         (None, false) => {
-            return Err("pass --config FILE (or --dev for a throwaway development registry)".into());
+            return Err(
+                "pass --config FILE (or --dev for a throwaway development registry)".into(),
+            );
         }
     };
     if dev {

@@ -130,7 +130,9 @@ impl RegistryNodeBuilder {
             );
         }
         if keys.file().is_none() {
-            tracing::warn!("signing key kept in memory only: tokens become invalid when this registry stops");
+            tracing::warn!(
+                "signing key kept in memory only: tokens become invalid when this registry stops"
+            );
         }
         tracing::info!(
             %addr,

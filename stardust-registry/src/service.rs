@@ -147,7 +147,8 @@ impl RegistryImpl {
         if closed {
             // A new connection from the address of one that just closed, before its watcher ran:
             // the old session is over and must not be inherited.
-            self.shared.end_session(&mut state, peer, id, "connection closed");
+            self.shared
+                .end_session(&mut state, peer, id, "connection closed");
             return Err(unauthorized(LOG_IN_FIRST));
         }
         Ok((peer, id, app))
@@ -190,7 +191,9 @@ impl RegistryImpl {
         }
         valid_name("app name", app)?;
         if secret.is_empty() {
-            return Err(RegistryError::Invalid("the secret must not be empty".into()));
+            return Err(RegistryError::Invalid(
+                "the secret must not be empty".into(),
+            ));
         }
         let for_hash = secret.clone();
         let hash = blocking(move || secret::hash_secret(&for_hash))
@@ -426,7 +429,8 @@ fn validate_endpoint(endpoint: &str) -> Result<(), RegistryError> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
         return bad("the host is not a valid host name or IP address");

@@ -279,10 +279,7 @@ async fn a_lease_without_heartbeats_expires() {
         .unwrap();
     assert_eq!(next_event(&mut pushes).await.instances.len(), 1);
     let event = next_event(&mut pushes).await;
-    assert!(
-        event.instances.is_empty(),
-        "expected expiry, got {event:?}"
-    );
+    assert!(event.instances.is_empty(), "expected expiry, got {event:?}");
     assert!(
         consumer
             .discover(CALC.into(), "*".into())

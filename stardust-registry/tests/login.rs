@@ -196,8 +196,7 @@ async fn sessions_belong_to_connections() {
     // renew: a fresh token for the session's app.
     let renewed = logged_in.renew().await.unwrap().unwrap();
     assert_eq!(renewed.app, "web");
-    let claims =
-        token::verify(&renewed.token, &key_set(&renewed.keys), SystemTime::now()).unwrap();
+    let claims = token::verify(&renewed.token, &key_set(&renewed.keys), SystemTime::now()).unwrap();
     assert_eq!(claims.app, "web");
     node.shutdown().await;
 }
