@@ -70,6 +70,7 @@ pub mod __private;
 
 pub use client::{Client, ClientBuilder, Notification, Notifications};
 pub use context::Context;
+pub use discovery::{Provider, Stardust, StardustBuilder};
 pub use error::{Error, ErrorKind};
 pub use interceptor::{ClientInterceptor, Interceptor, OutgoingCall};
 pub use metadata::Metadata;

@@ -14,6 +14,7 @@
 //! can back proxies of several services hosted by the same server.
 
 mod connection;
+mod endpoints;
 mod notifications;
 mod pending;
 
@@ -40,6 +41,8 @@ use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::transport::Keepalive;
 
 use connection::{CallError, ClientConn};
+pub(crate) use endpoints::EndpointSource;
+use endpoints::Endpoints;
 pub use notifications::{Notification, Notifications};
 use pending::CallInfo;
 
@@ -137,18 +140,34 @@ impl ClientBuilder {
             .collect();
         let (notify_tx, _) = broadcast::channel(1024);
         let conn = ClientConn::connect(&addrs, &self.config, notify_tx.clone()).await?;
-        Ok(Client {
+        Ok(self.build(Endpoints::Fixed(addrs), Some(conn), notify_tx))
+    }
+
+    /// A client whose connections go to the addresses `source` lists at the time; it connects
+    /// lazily, on the first call.
+    pub(crate) fn watching(self, source: Arc<dyn EndpointSource>) -> Client {
+        let (notify_tx, _) = broadcast::channel(1024);
+        self.build(Endpoints::Watched(source), None, notify_tx)
+    }
+
+    fn build(
+        self,
+        endpoints: Endpoints,
+        conn: Option<Arc<ClientConn>>,
+        notify_tx: broadcast::Sender<Notification>,
+    ) -> Client {
+        Client {
             timeout: self.config.timeout,
             metadata: None,
             inner: Arc::new(ClientInner {
-                addrs,
+                endpoints,
                 config: self.config,
                 interceptors: self.interceptors,
-                conn: Mutex::new(Some(conn)),
+                conn: Mutex::new(conn),
                 connecting: tokio::sync::Mutex::new(()),
                 notify_tx,
             }),
-        })
+        }
     }
 }
 
@@ -162,7 +181,7 @@ pub struct Client {
 }
 
 struct ClientInner {
-    addrs: Vec<SocketAddr>,
+    endpoints: Endpoints,
     config: ClientConfig,
     interceptors: Vec<Arc<dyn ClientInterceptor>>,
     conn: Mutex<Option<Arc<ClientConn>>>,
@@ -182,7 +201,7 @@ impl Drop for ClientInner {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("addrs", &self.inner.addrs)
+            .field("endpoints", &self.inner.endpoints)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -433,7 +452,8 @@ impl ClientInner {
         if let Some(conn) = self.usable() {
             return Ok(conn);
         }
-        let conn = ClientConn::connect(&self.addrs, &self.config, self.notify_tx.clone()).await?;
+        let addrs = self.endpoints.candidates().await?;
+        let conn = ClientConn::connect(&addrs, &self.config, self.notify_tx.clone()).await?;
         *self.conn.lock() = Some(conn.clone());
         Ok(conn)
     }

@@ -1,3 +1,9 @@
-//! Discovery: talking to the registry, and the [`Stardust`](crate::Stardust) entry point built on it.
+//! Discovery: the registry's API, the process's session with the registry, and the
+//! [`Stardust`](crate::Stardust) entry point built on them.
 
 pub mod api;
+mod session;
+mod star;
+mod watch;
+
+pub use star::{Provider, Stardust, StardustBuilder};

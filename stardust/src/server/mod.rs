@@ -73,6 +73,11 @@ impl ServerBuilder {
         self
     }
 
+    /// Descriptors of the services added so far (what a provider registers).
+    pub(crate) fn descriptors(&self) -> Vec<&'static crate::service::ServiceDescriptor> {
+        self.services.iter().map(|s| s.descriptor()).collect()
+    }
+
     /// Adds an interceptor; interceptors run in the order added.
     pub fn interceptor(mut self, interceptor: impl Interceptor) -> ServerBuilder {
         self.interceptors.push(Arc::new(interceptor));

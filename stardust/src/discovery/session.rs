@@ -1,0 +1,427 @@
+//! The process's session with the registry: login, token renewal, heartbeats, registrations,
+//! subscriptions, and getting all of that back after the registry (or the network) went away.
+//!
+//! One background task owns the session's life cycle. While connected it heartbeats (which is
+//! also how a lost registry is noticed), renews the token before it expires and pulls every
+//! watched service as a safety net behind the registry's pushes. When a call fails it reconnects
+//! with exponential backoff, trying every configured registry address in turn, logs in again,
+//! re-registers and re-subscribes. Meanwhile providers keep serving and consumers keep calling
+//! from their last known instance lists.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::api::{
+    DISCOVERY_TOPIC, DiscoveryEvent, Instance, LoginReply, Registration, RegistryClient, Status,
+};
+use super::watch::ServiceWatch;
+use crate::auth::token::KeySet;
+use crate::auth::{BoxFuture, Credentials, KeyFetcher, TokenVerifier};
+use crate::client::Client;
+use crate::error::{Error, ErrorKind};
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) heartbeat: Duration,
+    pub(crate) pull: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) registry_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            heartbeat: Duration::from_secs(3),
+            pull: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            registry_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An app secret: kept in memory only to log in again, never printed.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+struct Current {
+    registry: Option<RegistryClient>,
+    token: Option<(String, SystemTime)>,
+    renew_at: Option<Instant>,
+}
+
+pub(crate) struct Session {
+    registries: Vec<String>,
+    app: String,
+    secret: Secret,
+    pub(crate) cfg: SessionConfig,
+    current: Mutex<Current>,
+    /// Verifies consumers' tokens on this process's providers; its keys come with every login.
+    pub(crate) verifier: Arc<TokenVerifier>,
+    registrations: Mutex<Vec<Registration>>,
+    watches: Mutex<Vec<Arc<ServiceWatch>>>,
+    started: std::time::Instant,
+}
+
+impl Session {
+    pub(crate) fn new(
+        registries: Vec<String>,
+        app: String,
+        secret: Secret,
+        cfg: SessionConfig,
+    ) -> Arc<Session> {
+        Arc::new_cyclic(|weak: &std::sync::Weak<Session>| {
+            let fetcher: Arc<dyn KeyFetcher> = Arc::new(SessionKeys(weak.clone()));
+            Session {
+                registries,
+                app,
+                secret,
+                cfg,
+                current: Mutex::new(Current {
+                    registry: None,
+                    token: None,
+                    renew_at: None,
+                }),
+                verifier: Arc::new(TokenVerifier::new(KeySet::new()).with_fetcher(fetcher)),
+                registrations: Mutex::new(Vec::new()),
+                watches: Mutex::new(Vec::new()),
+                started: std::time::Instant::now(),
+            }
+        })
+    }
+
+    pub(crate) fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// The registry client of the current connection, if connected.
+    fn registry(&self) -> Result<RegistryClient, Error> {
+        self.current.lock().registry.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Connect,
+                "not connected to the registry right now (reconnecting in the background)",
+            )
+        })
+    }
+
+    /// The current access token.
+    pub(crate) fn token(&self) -> Result<(String, SystemTime), Error> {
+        self.current
+            .lock()
+            .token
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "not logged in to the registry yet"))
+    }
+
+    /// Connects to the first registry that answers and logs in. A refused login ends the attempt
+    /// at once (every registry node shares the same apps).
+    pub(crate) async fn establish(self: &Arc<Self>) -> Result<RegistryClient, Error> {
+        let mut last = None;
+        for addr in &self.registries {
+            let client = match Client::builder()
+                .timeout(self.cfg.registry_timeout)
+                .connect(addr.as_str())
+                .await
+            {
+                Ok(c) => RegistryClient::new(c),
+                Err(e) => {
+                    tracing::debug!(registry = %addr, error = %e, "registry unreachable");
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let reply = client
+                .login(self.app.clone(), self.secret.0.clone())
+                .await?
+                .map_err(Error::from)?;
+            self.accept_login(&client, reply);
+            tracing::info!(registry = %addr, app = %self.app, "logged in to the registry");
+            return Ok(client);
+        }
+        Err(last
+            .unwrap_or_else(|| Error::new(ErrorKind::Connect, "no registry address configured")))
+    }
+
+    fn accept_login(&self, client: &RegistryClient, reply: LoginReply) {
+        self.verifier.set_keys(keyset(&reply));
+        let expires = crate::auth::token::unix_ms(SystemTime::now());
+        let lifetime = Duration::from_millis(reply.expires_at_ms.saturating_sub(expires));
+        let mut cur = self.current.lock();
+        cur.registry = Some(client.clone());
+        cur.token = Some((
+            reply.token,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(reply.expires_at_ms),
+        ));
+        // Renew when two thirds of the lifetime have passed.
+        cur.renew_at = Some(Instant::now() + lifetime * 2 / 3);
+    }
+
+    /// Registers everything this process provides and subscribes to everything it consumes, on
+    /// a freshly logged-in connection; the pushes then flow into the watches.
+    pub(crate) async fn resync(self: &Arc<Self>, client: &RegistryClient) -> Result<(), Error> {
+        let mut notes = client.client().notifications();
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(n) = notes.recv().await {
+                if n.topic() != DISCOVERY_TOPIC {
+                    continue;
+                }
+                let Some(session) = weak.upgrade() else {
+                    return;
+                };
+                match n.decode::<DiscoveryEvent>() {
+                    Ok(event) => session.apply(event),
+                    Err(e) => tracing::warn!(error = %e, "malformed discovery event"),
+                }
+            }
+        });
+        let registrations = self.registrations.lock().clone();
+        for r in registrations {
+            client.register(r).await?.map_err(Error::from)?;
+        }
+        let watches = self.watches.lock().clone();
+        for w in watches {
+            let list = client
+                .subscribe(w.service.clone(), w.version_req.clone())
+                .await?
+                .map_err(Error::from)?;
+            w.update(list);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, event: DiscoveryEvent) {
+        for w in self.watches.lock().iter() {
+            if w.service == event.service && w.version_req == event.version_req {
+                w.update(event.instances.clone());
+            }
+        }
+    }
+
+    /// The session's life: steady state, and reconnection whenever it breaks.
+    pub(crate) async fn run(self: Arc<Self>) {
+        loop {
+            let err = self.steady().await;
+            tracing::warn!(error = %err, "lost the registry session; reconnecting");
+            self.current.lock().registry = None;
+            let mut backoff = self.cfg.backoff_min;
+            loop {
+                let attempt = async {
+                    let client = self.establish().await?;
+                    self.resync(&client).await
+                };
+                match attempt.await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.current.lock().registry = None;
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "registry reconnect failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.cfg.backoff_max);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Heartbeats, renews and pulls until a registry call fails; returns that failure.
+    async fn steady(&self) -> Error {
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        let mut pull = tokio::time::interval(self.cfg.pull);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pull.tick().await; // the first tick is immediate; resync just pulled everything
+        loop {
+            let result = tokio::select! {
+                _ = heartbeat.tick() => self.beat().await,
+                _ = pull.tick() => self.pull_all().await,
+            };
+            if let Err(e) = result {
+                return e;
+            }
+        }
+    }
+
+    async fn beat(&self) -> Result<(), Error> {
+        let client = self.registry()?;
+        let status = Status {
+            in_flight: 0,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        client.heartbeat(status).await?.map_err(Error::from)?;
+        let due = self
+            .current
+            .lock()
+            .renew_at
+            .is_some_and(|at| Instant::now() >= at);
+        if due {
+            let reply = client.renew().await?.map_err(Error::from)?;
+            self.accept_login(&client, reply);
+            tracing::debug!(app = %self.app, "access token renewed");
+        }
+        Ok(())
+    }
+
+    async fn pull_all(&self) -> Result<(), Error> {
+        let client = self.registry()?;
+        let watches = self.watches.lock().clone();
+        for w in watches {
+            let list = client
+                .discover(w.service.clone(), w.version_req.clone())
+                .await?
+                .map_err(Error::from)?;
+            w.update(list);
+        }
+        Ok(())
+    }
+
+    /// Asks the registry for the instances of a service (used on a watch's first use).
+    pub(crate) async fn discover(
+        &self,
+        service: &str,
+        version_req: &str,
+    ) -> Result<Vec<Instance>, Error> {
+        let client = self.registry()?;
+        Ok(client
+            .discover(service.to_owned(), version_req.to_owned())
+            .await?
+            .map_err(Error::from)?)
+    }
+
+    /// The watch for `service`/`version_req`, subscribing on first use.
+    pub(crate) fn watch(self: &Arc<Self>, service: &str, version_req: &str) -> Arc<ServiceWatch> {
+        let mut watches = self.watches.lock();
+        if let Some(w) = watches
+            .iter()
+            .find(|w| w.service == service && w.version_req == version_req)
+        {
+            return w.clone();
+        }
+        let w = Arc::new(ServiceWatch::new(
+            service.to_owned(),
+            version_req.to_owned(),
+            self,
+        ));
+        watches.push(w.clone());
+        drop(watches);
+        // Subscribe now if connected (otherwise the next resync does).
+        if let Ok(client) = self.registry() {
+            let w2 = w.clone();
+            tokio::spawn(async move {
+                match client
+                    .subscribe(w2.service.clone(), w2.version_req.clone())
+                    .await
+                {
+                    Ok(Ok(list)) => w2.update(list),
+                    Ok(Err(e)) => {
+                        tracing::warn!(service = %w2.service, error = %e, "subscribe refused")
+                    }
+                    Err(e) => {
+                        tracing::debug!(service = %w2.service, error = %e, "subscribe failed; retried on reconnect")
+                    }
+                }
+            });
+        }
+        w
+    }
+
+    /// Registers an instance now and remembers it for re-registration after reconnects.
+    pub(crate) async fn register(&self, registration: Registration) -> Result<Instance, Error> {
+        let client = self.registry()?;
+        let instance = client
+            .register(registration.clone())
+            .await?
+            .map_err(Error::from)?;
+        self.registrations.lock().push(registration);
+        Ok(instance)
+    }
+
+    /// Forgets a registration and removes it from the registry.
+    pub(crate) async fn deregister(&self, service: &str, endpoint: &str) -> Result<(), Error> {
+        self.forget(service, endpoint);
+        let client = self.registry()?;
+        client
+            .deregister(service.to_owned(), endpoint.to_owned())
+            .await?
+            .map_err(Error::from)?;
+        Ok(())
+    }
+
+    /// Stops re-registering (and heartbeating for) an instance.
+    pub(crate) fn forget(&self, service: &str, endpoint: &str) {
+        self.registrations
+            .lock()
+            .retain(|r| !(r.service == service && r.endpoint == endpoint));
+    }
+
+    /// Drops the registry connection (the handle was dropped): the registry ends this process's
+    /// leases at once.
+    pub(crate) fn close(&self) {
+        let mut cur = self.current.lock();
+        cur.registry = None;
+        cur.token = None;
+    }
+}
+
+fn keyset(reply: &LoginReply) -> KeySet {
+    reply
+        .keys
+        .iter()
+        .filter_map(|k| {
+            let bytes: [u8; 32] = k.key.as_slice().try_into().ok()?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+            Some((k.kid.clone(), key))
+        })
+        .collect()
+}
+
+/// Fetches the registry's keys through the session (for tokens signed after a key rotation).
+struct SessionKeys(std::sync::Weak<Session>);
+
+impl KeyFetcher for SessionKeys {
+    fn fetch(&self) -> BoxFuture<'_, Result<KeySet, Error>> {
+        Box::pin(async move {
+            let session = self
+                .0
+                .upgrade()
+                .ok_or_else(|| Error::connection_closed("the Stardust handle was dropped"))?;
+            let client = session.registry()?;
+            let keys = client.public_keys().await?;
+            let reply = LoginReply {
+                app: String::new(),
+                token: String::new(),
+                expires_at_ms: 0,
+                keys,
+            };
+            Ok(keyset(&reply))
+        })
+    }
+}
+
+/// The session's token, as credentials for connections to providers.
+pub(crate) struct SessionCredentials(pub(crate) std::sync::Weak<Session>);
+
+impl Credentials for SessionCredentials {
+    fn token(&self) -> BoxFuture<'_, Result<(String, Option<SystemTime>), Error>> {
+        Box::pin(async move {
+            let session = self
+                .0
+                .upgrade()
+                .ok_or_else(|| Error::connection_closed("the Stardust handle was dropped"))?;
+            let (token, exp) = session.token()?;
+            Ok((token, Some(exp)))
+        })
+    }
+}

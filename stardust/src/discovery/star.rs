@@ -1,0 +1,316 @@
+//! [`Stardust`]: the one handle a process builds to join a Stardust deployment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::ToSocketAddrs;
+use tokio::task::AbortHandle;
+
+use super::api::Registration;
+use super::session::{Secret, Session, SessionConfig, SessionCredentials};
+use crate::auth::{Authenticator, BoxFuture, Identity};
+use crate::client::{Client, DEFAULT_TIMEOUT};
+use crate::error::{Error, ErrorKind};
+use crate::server::{Server, ServerBuilder};
+use crate::service::ServiceClient;
+
+/// Builds a [`Stardust`] handle: where the registry is and who this process is.
+#[must_use = "a builder does nothing until `connect` is awaited"]
+#[derive(Debug)]
+pub struct StardustBuilder {
+    registries: Vec<String>,
+    app: Option<(String, Secret)>,
+    cfg: SessionConfig,
+    timeout: Duration,
+}
+
+impl StardustBuilder {
+    /// Adds a registry address (`host:port`). Several may be given: they are tried in turn, at
+    /// start and whenever the session has to reconnect.
+    pub fn registry(mut self, addr: impl Into<String>) -> StardustBuilder {
+        self.registries.push(addr.into());
+        self
+    }
+
+    /// The application id and secret this process logs in with.
+    pub fn app(mut self, id: impl Into<String>, secret: impl Into<String>) -> StardustBuilder {
+        self.app = Some((id.into(), Secret(secret.into())));
+        self
+    }
+
+    /// How often providers report their status (their heartbeat; default 3 s). Keep it well
+    /// under the registry's lease TTL.
+    pub fn heartbeat(mut self, every: Duration) -> StardustBuilder {
+        self.cfg.heartbeat = every;
+        self
+    }
+
+    /// How often watched services are pulled from the registry, as a safety net behind its
+    /// pushes (default 30 s).
+    pub fn pull_interval(mut self, every: Duration) -> StardustBuilder {
+        self.cfg.pull = every;
+        self
+    }
+
+    /// Bounds of the exponential backoff between registry reconnection attempts
+    /// (default 100 ms to 5 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> StardustBuilder {
+        self.cfg.backoff_min = min;
+        self.cfg.backoff_max = max.max(min);
+        self
+    }
+
+    /// Default deadline of calls made through [`Stardust::client`] (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> StardustBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects to a registry and logs in. Fails if no registry answers or the login is refused;
+    /// after that, registry outages are handled in the background.
+    pub async fn connect(self) -> Result<Stardust, Error> {
+        let (app, secret) = self.app.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unauthorized,
+                "no app credentials: call .app(id, secret)",
+            )
+        })?;
+        if self.registries.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Connect,
+                "no registry address: call .registry(\"host:port\")",
+            ));
+        }
+        let session = Session::new(self.registries, app, secret, self.cfg);
+        let client = session.establish().await?;
+        session.resync(&client).await?;
+        let task = tokio::spawn(session.clone().run());
+        Ok(Stardust {
+            inner: Arc::new(StarInner {
+                session,
+                task: task.abort_handle(),
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+/// A process's membership in a Stardust deployment: logged in to the registry, it hosts
+/// services ([`Stardust::serve`]) and hands out typed proxies that find providers through the
+/// registry ([`Stardust::client`]).
+///
+/// ```no_run
+/// # #[stardust::service] pub trait Calculator { async fn add(&self, a: i64, b: i64) -> i64; }
+/// # struct MyCalc;
+/// # impl Calculator for MyCalc { async fn add(&self, a: i64, b: i64) -> i64 { a + b } }
+/// # async fn run() -> Result<(), stardust::Error> {
+/// let star = stardust::Stardust::builder()
+///     .registry("127.0.0.1:6600")
+///     .app("calc-provider", "s3cret")
+///     .connect()
+///     .await?;
+/// // Provider: serve and register.
+/// let provider = star
+///     .serve(stardust::Server::builder().serve(CalculatorServer::new(MyCalc)), "127.0.0.1:0")
+///     .await?;
+/// // Consumer: a typed proxy that resolves providers through the registry.
+/// let calc = star.client::<CalculatorClient>();
+/// assert_eq!(calc.add(1, 2).await?, 3);
+/// provider.shutdown().await;
+/// # Ok(()) }
+/// ```
+///
+/// Cloning is cheap; the session ends (and this process's registrations with it) when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Stardust {
+    inner: Arc<StarInner>,
+}
+
+struct StarInner {
+    session: Arc<Session>,
+    task: AbortHandle,
+    timeout: Duration,
+}
+
+impl Drop for StarInner {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.session.close();
+    }
+}
+
+impl std::fmt::Debug for Stardust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stardust")
+            .field("app", &self.inner.session.app())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stardust {
+    /// Starts building a handle.
+    pub fn builder() -> StardustBuilder {
+        StardustBuilder {
+            registries: Vec::new(),
+            app: None,
+            cfg: SessionConfig::default(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The application this process logged in as.
+    pub fn app(&self) -> &str {
+        self.inner.session.app()
+    }
+
+    /// Binds `builder`'s server on `addr`, requiring registry tokens from callers, and registers
+    /// each of its services with the registry under the bound address.
+    pub async fn serve(
+        &self,
+        builder: ServerBuilder,
+        addr: impl ToSocketAddrs,
+    ) -> Result<Provider, Error> {
+        self.serve_advertised(builder, addr, None).await
+    }
+
+    /// Like [`Stardust::serve`], registering `advertise` as the address consumers should dial
+    /// (for a server bound to `0.0.0.0` or behind a NAT).
+    pub async fn serve_advertised(
+        &self,
+        builder: ServerBuilder,
+        addr: impl ToSocketAddrs,
+        advertise: Option<SocketAddr>,
+    ) -> Result<Provider, Error> {
+        let descriptors = builder.descriptors();
+        let server = builder
+            // TODO(auth): .authenticator(SessionVerifier(self.inner.session.clone()))
+            .bind(addr)
+            .await?;
+        let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
+        let mut provider = Provider {
+            server: Some(server),
+            star: self.clone(),
+            endpoint,
+            services: Vec::new(),
+        };
+        for d in descriptors {
+            let registration = Registration {
+                service: d.name.to_owned(),
+                version: d.version.to_owned(),
+                endpoint: provider.endpoint.clone(),
+                weight: 100,
+                tags: BTreeMap::new(),
+            };
+            self.inner.session.register(registration).await?;
+            provider.services.push(d.name);
+        }
+        Ok(provider)
+    }
+
+    /// A typed proxy for service `C` whose calls go to providers the registry lists for it
+    /// (versions compatible with the one `C` was generated from: `^MAJOR.MINOR.PATCH`).
+    ///
+    /// Resolution is lazy: the first call waits for the registry's answer. The list is kept
+    /// fresh by pushes and pulls; while the registry is unreachable the last list is used.
+    pub fn client<C: ServiceClient>(&self) -> C {
+        self.client_matching::<C>(&format!("^{}", C::DESCRIPTOR.version))
+    }
+
+    /// Like [`Stardust::client`] with an explicit version requirement (`^1.2`, `*`).
+    pub fn client_matching<C: ServiceClient>(&self, version_req: &str) -> C {
+        let watch = self.inner.session.watch(C::DESCRIPTOR.name, version_req);
+        let client = Client::builder()
+            .timeout(self.inner.timeout)
+            // TODO(auth): .credentials(SessionCredentials(Arc::downgrade(&self.inner.session)))
+            .watching(watch);
+        C::from_client(client)
+    }
+}
+
+/// Verifies consumers' tokens with the registry's keys (fetched at login, refreshed when a token
+/// names a key id not seen yet).
+struct SessionVerifier(Arc<Session>);
+
+impl Authenticator for SessionVerifier {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, Error>> {
+        self.0.verifier.authenticate(token)
+    }
+}
+
+/// A server registered with the registry. [`Provider::shutdown`] deregisters first (consumers
+/// stop sending new calls at once) and then shuts the server down gracefully.
+#[must_use = "the provider stops when this handle is dropped"]
+pub struct Provider {
+    server: Option<Server>,
+    star: Stardust,
+    endpoint: String,
+    services: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("endpoint", &self.endpoint)
+            .field("services", &self.services)
+            .finish()
+    }
+}
+
+impl Provider {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .expect("present until shutdown")
+            .local_addr()
+    }
+
+    /// The address registered for consumers.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Deregisters every service, then shuts the server down gracefully (in-flight calls finish).
+    pub async fn shutdown(mut self) {
+        for service in std::mem::take(&mut self.services) {
+            if let Err(e) = self
+                .star
+                .inner
+                .session
+                .deregister(service, &self.endpoint)
+                .await
+            {
+                tracing::warn!(service, error = %e, "deregistration failed; the lease will expire");
+            }
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        // Dropped without shutdown: stop heartbeating for these registrations and remove them
+        // in the background, so consumers are not sent to a server that no longer exists.
+        let session = self.star.inner.session.clone();
+        let endpoint = self.endpoint.clone();
+        let services = std::mem::take(&mut self.services);
+        if services.is_empty() {
+            return;
+        }
+        for s in &services {
+            session.forget(s, &endpoint);
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for s in services {
+                    let _ = session.deregister(s, &endpoint).await;
+                }
+            });
+        }
+    }
+}
