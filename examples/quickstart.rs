@@ -1,67 +1,54 @@
-//! Quickstart: a provider and a consumer of one service, in one process, on loopback.
+//! Quickstart: a registry, a provider and a consumer in one process, on loopback, with no
+//! configuration to write.
 //!
 //! ```text
 //! cargo run --example quickstart
 //! ```
+//!
+//! The flow is the real one: the provider logs in to the registry and registers its service; the
+//! consumer logs in, gets a token, asks the registry who provides the service, connects to the
+//! provider directly and presents its token; the provider checks it and serves the calls.
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// An application error, delivered to the caller typed.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum DivError {
-    DivideByZero,
-}
-
-/// The service: a plain trait with `async fn`s.
-#[stardust::service(name = "calc.Calculator", version = "1.0.0")]
-pub trait Calculator {
-    /// Adds two numbers.
-    async fn add(&self, a: i64, b: i64) -> i64;
-    /// Divides, failing on a zero divisor.
-    async fn div(&self, a: i64, b: i64) -> Result<i64, DivError>;
-    /// Tells the caller who it is, as the provider sees it.
-    async fn whoami(&self) -> String;
-}
-
-struct MyCalc;
-
-impl Calculator for MyCalc {
-    async fn add(&self, a: i64, b: i64) -> i64 {
-        a + b
-    }
-
-    async fn div(&self, a: i64, b: i64) -> Result<i64, DivError> {
-        if b == 0 {
-            Err(DivError::DivideByZero)
-        } else {
-            Ok(a / b)
-        }
-    }
-
-    async fn whoami(&self) -> String {
-        let ctx = stardust::Context::current().expect("handlers run with a context");
-        format!(
-            "peer {}, trace {:016x}, {} ms left",
-            ctx.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-            ctx.trace_id(),
-            ctx.remaining().map(|d| d.as_millis()).unwrap_or(0)
-        )
-    }
-}
+use stardust::{Server, Stardust};
+use stardust_registry::{Config, RegistryNode};
+use stardust_workspace::calc::{CalculatorClient, CalculatorServer, MyCalc};
 
 #[tokio::main]
-async fn main() -> Result<(), stardust::Error> {
-    // Provider: host the service on an OS-chosen loopback port.
-    let server = stardust::Server::builder()
-        .serve(CalculatorServer::new(MyCalc))
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The registry, embedded, in dev mode: apps are created on their first login.
+    let registry = RegistryNode::builder()
+        .config(Config::dev())
         .bind("127.0.0.1:0")
         .await?;
-    println!("provider listening on {}", server.local_addr());
+    let registry_addr = registry.local_addr().to_string();
+    println!("registry (dev mode) listening on {registry_addr}");
 
-    // Consumer: a typed proxy over one multiplexed connection.
-    let calc = CalculatorClient::connect(server.local_addr()).await?;
+    // Provider: log in, serve the calculator, register it.
+    let provider_star = Stardust::builder()
+        .registry(&registry_addr)
+        .app("calc-provider", "provider-secret")
+        .connect()
+        .await?;
+    let provider = provider_star
+        .serve(
+            Server::builder().serve(CalculatorServer::new(MyCalc)),
+            "127.0.0.1:0",
+        )
+        .await?;
+    println!(
+        "provider `calc-provider` serving calc.Calculator on {}",
+        provider.endpoint()
+    );
+
+    // Consumer: log in, and get a typed proxy that finds providers through the registry.
+    let consumer = Stardust::builder()
+        .registry(&registry_addr)
+        .app("web", "web-secret")
+        .connect()
+        .await?;
+    let calc = consumer.client::<CalculatorClient>();
     println!("add(1, 2)       = {}", calc.add(1, 2).await?);
     println!("div(10, 4)      = {:?}", calc.div(10, 4).await?);
     println!("div(1, 0)       = {:?}", calc.div(1, 0).await?);
@@ -70,7 +57,7 @@ async fn main() -> Result<(), stardust::Error> {
         calc.with_timeout(Duration::from_secs(2)).whoami().await?
     );
 
-    // Many calls in flight at once share the connection.
+    // Many calls in flight at once share one connection to the provider.
     let started = Instant::now();
     let calls = (0..10_000).map(|i| {
         let calc = calc.clone();
@@ -84,23 +71,17 @@ async fn main() -> Result<(), stardust::Error> {
     );
 
     // Framework errors are typed and say what happened.
-    let missing = stardust::Client::connect(server.local_addr()).await?;
-    let err = missing
-        .call::<_, i64>(&MISSING, 0, &(1, 2))
+    let nobody = Stardust::builder()
+        .registry(&registry_addr)
+        .app("web", "wrong-secret")
+        .connect()
         .await
-        .expect_err("no such service");
-    println!("unknown service -> {err}");
+        .expect_err("wrong secret");
+    println!("login with a wrong secret -> {nobody}");
 
-    server.shutdown().await;
-    println!("provider shut down gracefully");
+    // Deregister first (consumers stop sending), then finish in-flight calls and stop.
+    provider.shutdown().await;
+    println!("provider deregistered and shut down gracefully");
+    registry.shutdown().await;
     Ok(())
 }
-
-static MISSING: stardust::ServiceDescriptor = stardust::ServiceDescriptor {
-    name: "calc.Missing",
-    version: "1.0.0",
-    methods: &[stardust::MethodDescriptor {
-        name: "add",
-        idempotent: false,
-    }],
-};
