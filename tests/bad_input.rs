@@ -147,7 +147,9 @@ async fn truncated_frame_then_close_does_not_disturb_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_length_prefix_is_answered_and_closed() {
-    let builder = Server::builder().max_frame_size(64 * 1024);
+    let builder = Server::builder()
+        .allow_anonymous()
+        .max_frame_size(64 * 1024);
     let (server, _control) = start_server_with(builder).await;
     let good = CalcClient::connect(server.local_addr()).await.unwrap();
     let mut sock = handshaken(server.local_addr()).await;
@@ -303,7 +305,9 @@ async fn panicking_handler_is_a_typed_error_and_the_server_lives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused_with_frame_too_large() {
-    let builder = Server::builder().max_frame_size(64 * 1024);
+    let builder = Server::builder()
+        .allow_anonymous()
+        .max_frame_size(64 * 1024);
     let (server, _control) = start_server_with(builder).await;
     let client = Client::builder()
         .max_frame_size(32 * 1024)

@@ -190,7 +190,7 @@ impl Interceptor for Recorder {
 async fn server_interceptor_sees_and_can_reject_calls() {
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let before = Arc::new(AtomicUsize::new(0));
-    let builder = Server::builder().interceptor(Recorder {
+    let builder = Server::builder().allow_anonymous().interceptor(Recorder {
         seen: seen.clone(),
         before: before.clone(),
     });
@@ -293,7 +293,7 @@ impl stardust::ClientInterceptor for Tagger {
 async fn client_interceptor_adds_metadata_and_can_refuse_calls() {
     let seen: Seen = Arc::default();
     let before = Arc::new(AtomicUsize::new(0));
-    let builder = Server::builder().interceptor(Recorder {
+    let builder = Server::builder().allow_anonymous().interceptor(Recorder {
         seen,
         before: before.clone(),
     });

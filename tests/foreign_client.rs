@@ -632,7 +632,7 @@ async fn foreign_client_talks_to_a_stardust_server() {
         server,
         shared: _shared,
         events,
-    } = start(Server::builder()).await;
+    } = start(Server::builder().allow_anonymous()).await;
     let addr = server.local_addr();
 
     client(move || {
@@ -836,9 +836,14 @@ async fn foreign_client_talks_to_a_stardust_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_handshakes_get_a_goaway() {
-    let t = start(Server::builder().max_frame_size(1024)).await;
+    let t = start(Server::builder().allow_anonymous().max_frame_size(1024)).await;
     let addr = t.server.local_addr();
-    let slow = start(Server::builder().handshake_timeout(Duration::from_millis(200))).await;
+    let slow = start(
+        Server::builder()
+            .allow_anonymous()
+            .handshake_timeout(Duration::from_millis(200)),
+    )
+    .await;
     let slow_addr = slow.server.local_addr();
 
     client(move || {
@@ -926,7 +931,7 @@ async fn bad_handshakes_get_a_goaway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_violations_close_the_connection() {
-    let t = start(Server::builder().max_frame_size(1024)).await;
+    let t = start(Server::builder().allow_anonymous().max_frame_size(1024)).await;
     let addr = t.server.local_addr();
 
     client(move || {
@@ -992,7 +997,7 @@ async fn protocol_violations_close_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_respects_the_clients_frame_limit() {
-    let t = start(Server::builder()).await;
+    let t = start(Server::builder().allow_anonymous()).await;
     let addr = t.server.local_addr();
 
     client(move || {
@@ -1018,7 +1023,7 @@ async fn graceful_shutdown_drains_in_flight_calls() {
         server,
         shared,
         events,
-    } = start(Server::builder()).await;
+    } = start(Server::builder().allow_anonymous()).await;
     let addr = server.local_addr();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
 
@@ -1058,9 +1063,12 @@ async fn graceful_shutdown_drains_in_flight_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_keepalive_pings_and_gives_up_on_silence() {
-    let t =
-        start(Server::builder().keepalive(Duration::from_millis(100), Duration::from_millis(1500)))
-            .await;
+    let t = start(
+        Server::builder()
+            .allow_anonymous()
+            .keepalive(Duration::from_millis(100), Duration::from_millis(1500)),
+    )
+    .await;
     let addr = t.server.local_addr();
 
     client(move || {

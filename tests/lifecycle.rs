@@ -167,8 +167,9 @@ async fn client_keepalive_detects_a_silent_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_keepalive_drops_a_silent_client() {
-    let builder =
-        Server::builder().keepalive(Duration::from_millis(50), Duration::from_millis(400));
+    let builder = Server::builder()
+        .allow_anonymous()
+        .keepalive(Duration::from_millis(50), Duration::from_millis(400));
     let (server, _control) = start_server_with(builder).await;
     let mut sock = TcpStream::connect(server.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
@@ -204,7 +205,9 @@ async fn server_keepalive_drops_a_silent_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_calls() {
-    let builder = Server::builder().shutdown_grace(Duration::from_secs(30));
+    let builder = Server::builder()
+        .allow_anonymous()
+        .shutdown_grace(Duration::from_secs(30));
     let (server, mut control) = start_server_with(builder).await;
     let addr = server.local_addr();
     let calc = CalcClient::connect(addr).await.unwrap();
@@ -261,6 +264,7 @@ async fn consumer_reconnects_after_provider_restart() {
     // The provider comes back on the same port; the next call reconnects by itself.
     let (calc_impl, _control2) = CalcImpl::new();
     let _server = Server::builder()
+        .allow_anonymous()
         .serve(CalcServer::new(calc_impl))
         .bind(addr)
         .await

@@ -113,8 +113,7 @@ impl RegistryNodeBuilder {
         let server = stardust::Server::builder()
             // The registry is where apps log in: its connections start anonymous, and each
             // method checks the session itself.
-            // TODO(auth plumbing): .allow_anonymous() once ServerBuilder has it.
-            //.allow_anonymous()
+            .allow_anonymous()
             .serve(RegistryServer::new(registry.clone()))
             .bind(addr)
             .await

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::auth::{ConnAuth, Identity};
 use crate::metadata::Metadata;
 use crate::server::Notifier;
 
@@ -28,10 +29,9 @@ pub struct Context {
     pub(crate) received_at: Instant,
     pub(crate) deadline: Option<Instant>,
     pub(crate) trace_id: u64,
-    pub(crate) caller: Option<Arc<str>>,
     pub(crate) metadata: Metadata,
-    /// What is the same for every call on the connection: shared, so building a context costs
-    /// one reference count, not one per field.
+    /// What is the same for every call on the connection (including who is calling): shared, so
+    /// building a context costs one reference count, not one per field.
     pub(crate) conn: Option<Arc<ConnInfo>>,
 }
 
@@ -39,8 +39,11 @@ pub struct Context {
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
+    /// Handshake metadata, without the token (which never leaves the handshake).
     pub(crate) meta: Metadata,
     pub(crate) notifier: Notifier,
+    /// Who the connection belongs to; replaced when the client presents a renewed token.
+    pub(crate) auth: ConnAuth,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -54,7 +57,6 @@ impl Context {
             received_at: Instant::now(),
             deadline: None,
             trace_id: 0,
-            caller: None,
             metadata: Metadata::new(),
             conn: None,
         }
@@ -101,9 +103,19 @@ impl Context {
         self.trace_id
     }
 
-    /// The authenticated identity (application id) of the caller, when the connection logged in.
+    /// The application id of the caller, proven by the token its connection presented; `None`
+    /// for an anonymous connection (a server built with
+    /// [`allow_anonymous`](crate::ServerBuilder::allow_anonymous)).
+    ///
+    /// Costs no locking: a connection belongs to one app for its whole life.
     pub fn caller(&self) -> Option<&str> {
-        self.caller.as_deref()
+        self.conn.as_ref().and_then(|c| c.auth.app())
+    }
+
+    /// The caller's full identity (app, token expiry, services it may call), if its connection
+    /// authenticated. It reflects the latest token the connection presented.
+    pub fn identity(&self) -> Option<Identity> {
+        self.conn.as_ref().and_then(|c| c.auth.identity())
     }
 
     /// The network address of the calling connection.
@@ -117,7 +129,8 @@ impl Context {
     }
 
     /// Metadata the client sent when it connected (see
-    /// [`ClientBuilder::handshake_metadata`](crate::ClientBuilder::handshake_metadata)).
+    /// [`ClientBuilder::handshake_metadata`](crate::ClientBuilder::handshake_metadata)), without
+    /// the access token: use [`Context::caller`] for who is calling.
     pub fn connection_metadata(&self) -> &Metadata {
         self.conn.as_ref().map_or(&NO_METADATA, |c| &c.meta)
     }

@@ -27,6 +27,7 @@
 //! # async fn main() -> Result<(), stardust::Error> {
 //! let server = stardust::Server::builder()
 //!     .serve(CalculatorServer::new(MyCalc))
+//!     .allow_anonymous() // or `.authenticator(..)` to require registry tokens
 //!     .bind("127.0.0.1:0")
 //!     .await?;
 //!
@@ -42,7 +43,9 @@
 //!
 //! - [`Server`] / [`ServerBuilder`]: hosting services, limits, keepalive, graceful shutdown.
 //! - [`Client`] / [`ClientBuilder`]: connections, deadlines, metadata, notifications.
-//! - [`Context`]: what a handler knows about the call it serves.
+//! - [`Context`]: what a handler knows about the call it serves, including who is calling.
+//! - [`auth`]: tokens, [`Authenticator`](auth::Authenticator)s for servers and
+//!   [`Credentials`](auth::Credentials) for clients.
 //! - [`Interceptor`] / [`ClientInterceptor`]: hooks around every call.
 //! - [`Error`] / [`ErrorKind`]: every framework failure, with stable wire codes.
 //! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.

@@ -38,6 +38,12 @@ pub struct CallInfo {
     pub tag: Option<String>,
     pub app: Option<String>,
     pub peer_known: bool,
+    /// The calling connection's address, to tell connections apart.
+    pub peer: Option<String>,
+    /// The authenticated caller (`Context::caller`).
+    pub caller: Option<String>,
+    /// Whether the handshake token is visible in the connection metadata (it must not be).
+    pub token_visible: bool,
 }
 
 /// The test service: arithmetic, payloads, and handlers whose progress the test controls.
@@ -167,6 +173,12 @@ fn info() -> CallInfo {
         tag: ctx.metadata().get("tag").map(str::to_owned),
         app: ctx.connection_metadata().get("app").map(str::to_owned),
         peer_known: ctx.peer_addr().is_some(),
+        peer: ctx.peer_addr().map(|a| a.to_string()),
+        caller: ctx.caller().map(str::to_owned),
+        token_visible: ctx
+            .connection_metadata()
+            .get(stardust::auth::TOKEN_KEY)
+            .is_some(),
     }
 }
 
@@ -250,7 +262,7 @@ impl Greeter for GreeterImpl {
 
 /// Starts a server hosting [`CalcImpl`] and [`GreeterImpl`] on an OS-chosen loopback port.
 pub async fn start_server() -> (stardust::Server, Control) {
-    start_server_with(stardust::Server::builder()).await
+    start_server_with(stardust::Server::builder().allow_anonymous()).await
 }
 
 pub async fn start_server_with(builder: stardust::ServerBuilder) -> (stardust::Server, Control) {

@@ -9,17 +9,24 @@
 //!   expiry and its list of services it may call.
 //!
 //! Servers refuse connections without a valid token unless their builder explicitly allows
-//! anonymous callers.
+//! anonymous callers: [`ServerBuilder::authenticator`](crate::ServerBuilder::authenticator) and
+//! [`ServerBuilder::allow_anonymous`](crate::ServerBuilder::allow_anonymous); a server with neither
+//! does not start. Clients present tokens with
+//! [`ClientBuilder::credentials`](crate::ClientBuilder::credentials).
+//!
+//! Tokens are secrets: they never appear in logs, error messages or `Debug` output of this crate.
 
 pub mod token;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use parking_lot::RwLock;
+use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
 use token::KeySet;
@@ -31,6 +38,15 @@ pub const TOKEN_KEY: &str = "token";
 pub const CONNECTION_SERVICE: &str = "stardust.Connection";
 /// Method of [`CONNECTION_SERVICE`] that presents a (renewed) token: `authenticate(token: str)`.
 pub const AUTHENTICATE_METHOD: &str = "authenticate";
+
+/// What a server without an [`Authenticator`] answers to `stardust.Connection/authenticate`
+/// (error code 8). A client seeing it stops renewing its token on that connection: the server
+/// never looked at it.
+pub const NO_AUTHENTICATOR: &str = "this server does not accept tokens";
+
+/// The reason a server requiring tokens refuses a handshake without one.
+pub const TOKEN_REQUIRED: &str =
+    "this provider requires an access token; log in to the registry first";
 
 /// A boxed future, as returned by the authentication traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -230,5 +246,360 @@ impl Authenticator for TokenVerifier {
                 Err(e) => Err(e),
             }
         })
+    }
+}
+
+/// `err` without `token` in it: if its message quotes the token, the message is withheld.
+pub(crate) fn redact(err: Error, token: &str) -> Error {
+    if !token.is_empty() && err.message().contains(token) {
+        return Error::new(
+            err.kind(),
+            "the access token was refused (the reason quoted the token and is withheld)",
+        );
+    }
+    err
+}
+
+/// An authentication failure that is safe to send and log: an authenticator's error is passed
+/// on as `Unauthorized` (or `PermissionDenied` when it said so), never quoting the token.
+pub(crate) fn refusal(err: Error, token: &str) -> Error {
+    let err = redact(err, token);
+    match err.kind() {
+        ErrorKind::Unauthorized | ErrorKind::PermissionDenied => err,
+        _ => Error::new(ErrorKind::Unauthorized, err.message().to_owned()),
+    }
+}
+
+/// How a server treats tokens (its builder's choice).
+#[derive(Clone)]
+pub(crate) struct ServerAuth {
+    pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
+    pub(crate) allow_anonymous: bool,
+}
+
+impl fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerAuth")
+            .field("authenticator", &self.authenticator.is_some())
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+impl ServerAuth {
+    /// Fails unless the builder chose between tokens and anonymous callers.
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.authenticator.is_none() && !self.allow_anonymous {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "no authentication configured: call .authenticator(..) to require registry \\
+                 tokens, or .allow_anonymous() to accept any caller",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decides whether a handshake presenting `token` is accepted, and as whom (`None`:
+    /// anonymous). Errors are `Unauthorized` (or `PermissionDenied`) and never quote the token.
+    pub(crate) async fn admit(&self, token: Option<String>) -> Result<Option<Identity>, Error> {
+        match (token, &self.authenticator) {
+            (Some(token), Some(auth)) => auth
+                .authenticate(&token)
+                .await
+                .map(Some)
+                .map_err(|e| refusal(e, &token)),
+            (None, Some(_)) if !self.allow_anonymous => {
+                Err(Error::new(ErrorKind::Unauthorized, TOKEN_REQUIRED))
+            }
+            // Nothing to verify it with: the connection is anonymous, as configured.
+            (Some(_), None) => Ok(None),
+            (None, _) => Ok(None),
+        }
+    }
+}
+
+/// The identity of one server connection: set by the handshake, replaced by renewals, read by
+/// every call.
+///
+/// The app id never changes once known (a renewal for another app is refused), so handlers
+/// borrow it without locking. The rest (expiry, services allowed) is only read when the identity
+/// restricts anything: an anonymous or unrestricted connection pays one atomic load per call.
+#[derive(Default)]
+pub(crate) struct ConnAuth {
+    app: OnceLock<Arc<str>>,
+    /// Whether calls must be checked against `grant`.
+    restricted: AtomicBool,
+    grant: RwLock<Option<Grant>>,
+}
+
+struct Grant {
+    identity: Identity,
+    /// The expiry on the monotonic clock (converted once, when the identity is set), which is
+    /// what every call compares with the time it already read.
+    deadline: Option<Instant>,
+}
+
+impl fmt::Debug for ConnAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnAuth")
+            .field("app", &self.app.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `at` on the monotonic clock; `None` if it is too far away to represent.
+fn to_instant(at: SystemTime) -> Option<Instant> {
+    let (wall, mono) = (SystemTime::now(), Instant::now());
+    match at.duration_since(wall) {
+        Ok(ahead) => mono.checked_add(ahead),
+        Err(past) => Some(mono.checked_sub(past.duration()).unwrap_or(mono)),
+    }
+}
+
+impl ConnAuth {
+    /// A connection that starts with `identity` (`None`: anonymous).
+    pub(crate) fn new(identity: Option<Identity>) -> ConnAuth {
+        let auth = ConnAuth::default();
+        if let Some(identity) = identity {
+            auth.set(identity).expect("a new connection has no app yet");
+        }
+        auth
+    }
+
+    /// The app the connection belongs to, if it authenticated.
+    #[inline]
+    pub(crate) fn app(&self) -> Option<&str> {
+        self.app.get().map(|a| &**a)
+    }
+
+    /// The current identity, if the connection authenticated.
+    pub(crate) fn identity(&self) -> Option<Identity> {
+        self.grant.read().as_ref().map(|g| g.identity.clone())
+    }
+
+    /// Installs `identity` (a renewal, or the first token of an anonymous connection). A token of
+    /// another app than the connection's is refused: a connection belongs to one app for life.
+    pub(crate) fn set(&self, identity: Identity) -> Result<(), Error> {
+        let deadline = identity.expires_at().and_then(to_instant);
+        let restricted = identity.expires_at().is_some() || identity.consume().is_some();
+        let mut grant = self.grant.write();
+        match self.app.get() {
+            Some(app) if **app != *identity.app() => {
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    format!(
+                        "the token is for app `{}` but this connection belongs to app `{app}`; \\
+                         open a new connection to act as another app",
+                        identity.app()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let _ = self.app.set(identity.app_arc().clone());
+            }
+        }
+        *grant = Some(Grant { identity, deadline });
+        self.restricted.store(restricted, Ordering::Release);
+        Ok(())
+    }
+
+    /// Checks a call to `service` received at `now`: `Unauthorized` once the token expired,
+    /// `PermissionDenied` for a service the identity may not call.
+    #[inline]
+    pub(crate) fn check(&self, service: &str, now: Instant) -> Result<(), Error> {
+        if !self.restricted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_grant(service, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_grant_failed(identity: &Identity, expired: bool, service: &str) -> Error {
+        if expired {
+            Error::new(
+                ErrorKind::Unauthorized,
+                format!(
+                    "the access token of app `{}` expired; present a renewed token on this \\
+                     connection (stardust.Connection/authenticate) or reconnect with a new one",
+                    identity.app()
+                ),
+            )
+        } else {
+            Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "app `{}` is not allowed to call service `{service}`",
+                    identity.app()
+                ),
+            )
+        }
+    }
+
+    fn check_grant(&self, service: &str, now: Instant) -> Result<(), Error> {
+        let grant = self.grant.read();
+        let Some(grant) = grant.as_ref() else {
+            return Ok(());
+        };
+        if let Some(deadline) = grant.deadline
+            && now >= deadline
+        {
+            return Err(Self::check_grant_failed(&grant.identity, true, service));
+        }
+        if let Some(allowed) = grant.identity.consume()
+            && !allowed.iter().any(|s| s == service)
+        {
+            return Err(Self::check_grant_failed(&grant.identity, false, service));
+        }
+        Ok(())
+    }
+}
+
+/// A client's [`Credentials`], shared by its connections; `Debug` prints nothing of them.
+#[derive(Clone)]
+pub(crate) struct SharedCredentials(pub(crate) Arc<dyn Credentials>);
+
+impl fmt::Debug for SharedCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ident(app: &str) -> Identity {
+        Identity::new(app)
+    }
+
+    #[test]
+    fn anonymous_connections_are_unrestricted() {
+        let auth = ConnAuth::new(None);
+        assert_eq!(auth.app(), None);
+        assert!(auth.identity().is_none());
+        assert!(auth.check("any.Service", Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn expiry_and_consume_list_are_checked() {
+        let now = Instant::now();
+        let auth = ConnAuth::new(Some(
+            ident("web")
+                .with_expiry(SystemTime::now() + Duration::from_secs(60))
+                .with_consume(vec!["calc.Calculator".into()]),
+        ));
+        assert_eq!(auth.app(), Some("web"));
+        assert!(auth.check("calc.Calculator", now).is_ok());
+        let e = auth.check("admin.Admin", now).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        assert!(e.message().contains("admin.Admin"), "{e}");
+        let later = now + Duration::from_secs(61);
+        let e = auth.check("calc.Calculator", later).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+        assert!(e.message().contains("expired"), "{e}");
+
+        // A renewal moves the deadline.
+        auth.set(
+            ident("web")
+                .with_expiry(SystemTime::now() + Duration::from_secs(120))
+                .with_consume(vec!["calc.Calculator".into()]),
+        )
+        .unwrap();
+        assert!(auth.check("calc.Calculator", later).is_ok());
+    }
+
+    #[test]
+    fn renewal_for_another_app_is_refused() {
+        let auth = ConnAuth::new(Some(ident("web")));
+        let e = auth.set(ident("admin")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+        assert_eq!(auth.app(), Some("web"));
+        // An anonymous connection may log in once, then is bound to that app.
+        let anon = ConnAuth::new(None);
+        anon.set(ident("web")).unwrap();
+        assert_eq!(anon.app(), Some("web"));
+        assert!(anon.set(ident("admin")).is_err());
+    }
+
+    #[test]
+    fn refusals_never_quote_the_token() {
+        let token = "sd1.secret.sig";
+        let e = refusal(
+            Error::new(ErrorKind::Internal, format!("bad token {token}")),
+            token,
+        );
+        assert_eq!(e.kind(), ErrorKind::Unauthorized);
+        assert!(!e.message().contains(token));
+        let e = refusal(Error::new(ErrorKind::Internal, "registry down"), token);
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::Unauthorized, "registry down")
+        );
+        assert!(!format!("{:?}", StaticToken(token.into())).contains("secret"));
+    }
+
+    #[tokio::test]
+    async fn admission_follows_the_configuration() {
+        let none = ServerAuth {
+            authenticator: None,
+            allow_anonymous: false,
+        };
+        assert!(
+            none.validate()
+                .unwrap_err()
+                .message()
+                .contains(".allow_anonymous()")
+        );
+
+        struct AcceptAll;
+        impl Authenticator for AcceptAll {
+            fn authenticate<'a>(
+                &'a self,
+                token: &'a str,
+            ) -> BoxFuture<'a, Result<Identity, Error>> {
+                Box::pin(async move {
+                    if token == "good" {
+                        Ok(Identity::new("web"))
+                    } else {
+                        Err(Error::new(ErrorKind::Unauthorized, "bad"))
+                    }
+                })
+            }
+        }
+        let strict = ServerAuth {
+            authenticator: Some(Arc::new(AcceptAll)),
+            allow_anonymous: false,
+        };
+        let e = strict.admit(None).await.unwrap_err();
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::Unauthorized, TOKEN_REQUIRED)
+        );
+        let id = strict.admit(Some("good".into())).await.unwrap().unwrap();
+        assert_eq!(id.app(), "web");
+        assert!(strict.admit(Some("evil".into())).await.is_err());
+
+        let both = ServerAuth {
+            allow_anonymous: true,
+            ..strict
+        };
+        assert!(both.admit(None).await.unwrap().is_none());
+        assert!(both.admit(Some("evil".into())).await.is_err());
+
+        let anonymous = ServerAuth {
+            authenticator: None,
+            allow_anonymous: true,
+        };
+        anonymous.validate().unwrap();
+        assert!(
+            anonymous
+                .admit(Some("anything".into()))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

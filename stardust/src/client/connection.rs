@@ -1,5 +1,5 @@
-//! One client connection: handshake, sending requests, the read loop that completes them, and
-//! the deadline sweeper.
+//! One client connection: handshake, sending requests, the read loop that completes them, the
+//! deadline sweeper, and the renewal of its access token.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -19,8 +20,10 @@ use tokio::time::Instant;
 use super::ClientConfig;
 use super::notifications::Notification;
 use super::pending::{CallInfo, Pending, Reply};
+use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, SharedCredentials, TOKEN_KEY};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::frame::{self, Kind};
+use crate::metadata::Metadata;
+use crate::protocol::frame::{self, FLAG_IDEMPOTENT, Kind};
 use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
@@ -35,8 +38,57 @@ pub(crate) struct ClientConn {
     /// The server sent `GoAway`: finish what is in flight, start nothing new here.
     draining: AtomicBool,
     closed: AtomicBool,
+    /// Poked when the last call in flight finishes on a draining connection.
+    idle: Notify,
+    /// Every task of the connection, aborted when the client drops it.
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Tasks that would otherwise outlive a closed connection (the deadline sweeper and the token
+    /// renewal), aborted when it closes.
+    background: Mutex<Vec<AbortHandle>>,
     pub(crate) peer: SocketAddr,
+}
+
+/// How long renewing a token (fetching it, and the `authenticate` call) may take.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// First and longest wait before retrying a failed renewal.
+const RENEW_RETRY_MIN: Duration = Duration::from_millis(250);
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(30);
+
+static NO_METADATA: Metadata = Metadata::new();
+
+const NO_NEWER_TOKEN: &str = "the credentials offered no token newer than the current one";
+
+/// A token from the client's credentials and its expiry. The text is a secret: it goes into the
+/// handshake or an `authenticate` request and nowhere else (no logs, no errors, no `Debug`).
+struct Token {
+    text: String,
+    expires_at: Option<SystemTime>,
+}
+
+/// Asks `credentials` for the current token, within `bound`.
+async fn fetch_token(credentials: &SharedCredentials, bound: Duration) -> Result<Token, Error> {
+    match tokio::time::timeout(bound, credentials.0.token()).await {
+        Ok(Ok((text, expires_at))) => Ok(Token { text, expires_at }),
+        Ok(Err(e)) => {
+            // Not being able to prove who we are is `Unauthorized` when the credentials say so;
+            // anything else (the registry is unreachable, ...) means no connection was made.
+            let kind = match e.kind() {
+                ErrorKind::Unauthorized | ErrorKind::PermissionDenied => e.kind(),
+                _ => ErrorKind::Connect,
+            };
+            Err(Error::new(
+                kind,
+                format!("cannot get an access token: {}", e.message()),
+            ))
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "getting an access token took longer than {} ms",
+                bound.as_millis()
+            ),
+        )),
+    }
 }
 
 /// Why a call failed.
@@ -55,11 +107,24 @@ impl ClientConn {
         config: &ClientConfig,
         notify_tx: broadcast::Sender<Notification>,
     ) -> Result<Arc<ClientConn>, Error> {
+        // One fresh token per connection attempt: a reconnect never presents a stale one.
+        let token = match &config.credentials {
+            Some(credentials) => Some(fetch_token(credentials, config.connect_timeout).await?),
+            None => None,
+        };
         let mut last_err = None;
         for addr in addrs {
-            let attempt = Self::connect_one(*addr, config, notify_tx.clone());
+            let attempt = Self::connect_one(*addr, config, token.as_ref(), notify_tx.clone());
             match tokio::time::timeout(config.connect_timeout, attempt).await {
-                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Ok(conn)) => {
+                    if let (Some(credentials), Some(expires_at)) = (
+                        &config.credentials,
+                        token.as_ref().and_then(|t| t.expires_at),
+                    ) {
+                        conn.start_renewal(credentials.clone(), expires_at);
+                    }
+                    return Ok(conn);
+                }
                 Ok(Err(e)) => last_err = Some(e),
                 Err(_) => {
                     last_err = Some(Error::new(
@@ -78,6 +143,7 @@ impl ClientConn {
     async fn connect_one(
         addr: SocketAddr,
         config: &ClientConfig,
+        token: Option<&Token>,
         notify_tx: broadcast::Sender<Notification>,
     ) -> Result<Arc<ClientConn>, Error> {
         let stream = TcpStream::connect(addr).await.map_err(|e| {
@@ -88,12 +154,16 @@ impl ClientConn {
         let mut reader = FrameReader::new(rd, config.max_frame);
 
         // The handshake is the only exchange done without the writer task: one frame each way.
+        let mut meta = config.hello_meta.clone();
+        if let Some(token) = token {
+            meta.insert(TOKEN_KEY, token.text.as_str());
+        }
         let hello = Hello {
             protocol: PROTOCOL_NAME.to_owned(),
             version: PROTOCOL_VERSION,
             agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_frame: Some(config.max_frame),
-            meta: config.hello_meta.clone(),
+            meta,
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
@@ -126,7 +196,9 @@ impl ClientConn {
             deadline_changed: Notify::new(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            idle: Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            background: Mutex::new(Vec::new()),
             peer: addr,
         });
         let writer = tokio::spawn(out.clone().run_writer());
@@ -156,7 +228,152 @@ impl ClientConn {
             sweeper.abort_handle(),
             read_task.abort_handle(),
         ]);
+        conn.background.lock().push(sweeper.abort_handle());
+        if conn.closed.load(Ordering::SeqCst) {
+            // Closed before the sweeper was registered: stop it now.
+            sweeper.abort();
+        }
         Ok(conn)
+    }
+
+    /// Starts the task that renews the connection's token before `expires_at`.
+    fn start_renewal(self: &Arc<Self>, credentials: SharedCredentials, expires_at: SystemTime) {
+        let conn = self.clone();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = conn.out.closed() => {}
+                _ = conn.renew_tokens(&credentials, expires_at) => {}
+            }
+        });
+        self.tasks.lock().push(task.abort_handle());
+        self.background.lock().push(task.abort_handle());
+    }
+
+    /// Renews the token at about two thirds of its remaining lifetime, again and again. Failures
+    /// are retried with backoff until the token expires; then the connection is retired (new
+    /// calls go to a new connection, which presents a fresh token).
+    async fn renew_tokens(&self, credentials: &SharedCredentials, mut expires_at: SystemTime) {
+        loop {
+            let left = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left * 2 / 3).await;
+            let mut retry = RENEW_RETRY_MIN;
+            loop {
+                match self.renew_once(credentials, expires_at).await {
+                    Ok(Some(next)) => {
+                        tracing::debug!(peer = %self.peer, "access token renewed");
+                        expires_at = next;
+                        break;
+                    }
+                    // A token that does not expire needs no more renewals.
+                    Ok(None) => return,
+                    Err(e)
+                        if e.kind() == ErrorKind::Unauthorized
+                            && e.message() == auth::NO_AUTHENTICATOR =>
+                    {
+                        tracing::debug!(
+                            peer = %self.peer,
+                            "the server does not verify tokens; not renewing on this connection"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        let left = expires_at
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        if left.is_zero() {
+                            tracing::warn!(
+                                peer = %self.peer,
+                                error = %e,
+                                "the access token expired before it could be renewed; new calls \
+                                 will use a new connection"
+                            );
+                            self.retire(Error::connection_closed(
+                                "the connection's access token expired and could not be renewed",
+                            ))
+                            .await;
+                            return;
+                        }
+                        let wait = retry.min(left);
+                        if e.message() == NO_NEWER_TOKEN {
+                            // Usual while the credentials' own source has not renewed yet.
+                            tracing::debug!(
+                                peer = %self.peer,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "no newer access token yet; retrying"
+                            );
+                        } else {
+                            tracing::warn!(
+                                peer = %self.peer,
+                                error = %e,
+                                retry_in_ms = wait.as_millis() as u64,
+                                "renewing the access token failed; retrying"
+                            );
+                        }
+                        tokio::time::sleep(wait).await;
+                        retry = (retry * 2).min(RENEW_RETRY_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches a new token and presents it on this connection (`stardust.Connection/
+    /// authenticate`). Returns its expiry.
+    async fn renew_once(
+        &self,
+        credentials: &SharedCredentials,
+        current: SystemTime,
+    ) -> Result<Option<SystemTime>, Error> {
+        let token = fetch_token(credentials, RENEW_TIMEOUT).await?;
+        if token.expires_at.is_some_and(|at| at <= current) {
+            return Err(Error::new(ErrorKind::Unauthorized, NO_NEWER_TOKEN));
+        }
+        let head = RequestHead {
+            id: 0,
+            flags: FLAG_IDEMPOTENT,
+            service: CONNECTION_SERVICE,
+            method: AUTHENTICATE_METHOD,
+            timeout_us: RENEW_TIMEOUT.as_micros() as u64,
+            trace_id: 0,
+            meta: &NO_METADATA,
+        };
+        let info = CallInfo {
+            service: CONNECTION_SERVICE,
+            method: AUTHENTICATE_METHOD,
+            deadline: Some(Instant::now() + RENEW_TIMEOUT),
+            budget: RENEW_TIMEOUT,
+        };
+        match self.exchange(head, &(token.text.as_str(),), info).await {
+            Ok(_) => Ok(token.expires_at),
+            Err(CallError::Reconnect(e) | CallError::Failed(e)) => {
+                Err(auth::redact(e, &token.text))
+            }
+        }
+    }
+
+    /// Stops new calls on this connection and closes it once the calls in flight are done.
+    async fn retire(&self, reason: Error) {
+        self.draining.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.out.with_state(|pending, _, _| pending.in_flight()) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        self.teardown(&reason);
+    }
+
+    /// Called when a call left the pending table, with the number still in it.
+    #[inline]
+    fn released(&self, in_flight: usize) {
+        if in_flight == 0 && self.draining.load(Ordering::Relaxed) {
+            self.idle.notify_waiters();
+        }
     }
 
     async fn read_loop(
@@ -361,16 +578,17 @@ impl ClientConn {
 
     /// Gives up on call `id`, telling the server to stop working on it.
     fn cancel(&self, id: u64) {
-        let sent = self.out.with_state(|pending, buf, closed| {
+        let (sent, in_flight) = self.out.with_state(|pending, buf, closed| {
             let waiting = pending.abandon(id);
             if waiting && !closed {
                 frame::put_empty(buf, Kind::Cancel, 0, id);
             }
-            waiting && !closed
+            (waiting && !closed, pending.in_flight())
         });
         if sent {
             self.out.wake_writer();
         }
+        self.released(in_flight);
     }
 
     /// Whether new calls may start on this connection.
@@ -387,6 +605,11 @@ impl ClientConn {
             w.wake();
         }
         self.out.close();
+        // Without this the sweeper would wait forever for a deadline that never comes, keeping
+        // the dead connection (and its socket) alive.
+        for t in self.background.lock().drain(..) {
+            t.abort();
+        }
     }
 
     /// Closes the connection at once (the client was dropped).
@@ -437,14 +660,15 @@ impl<A: Serialize + ?Sized> Future for Exchange<'_, A> {
                 }
             }
         };
-        let poll = self
+        let (poll, in_flight) = self
             .conn
             .out
-            .with_state(|pending, _, _| pending.poll(id, cx));
+            .with_state(|pending, _, _| (pending.poll(id, cx), pending.in_flight()));
         match poll {
             Poll::Pending => Poll::Pending,
             Poll::Ready(reply) => {
                 self.done = true;
+                self.conn.released(in_flight);
                 Poll::Ready(reply.map_err(CallError::Failed))
             }
         }

@@ -30,6 +30,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use crate::auth::{Credentials, SharedCredentials};
 use crate::context;
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::{ClientInterceptor, OutgoingCall};
@@ -56,6 +57,8 @@ pub(crate) struct ClientConfig {
     pub(crate) max_frame: u32,
     pub(crate) keepalive: Keepalive,
     pub(crate) hello_meta: Metadata,
+    /// Where connections get the token they present (and renew).
+    pub(crate) credentials: Option<SharedCredentials>,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +69,7 @@ impl Default for ClientConfig {
             max_frame: DEFAULT_MAX_FRAME,
             keepalive: Keepalive::default(),
             hello_meta: Metadata::new(),
+            credentials: None,
         }
     }
 }
@@ -119,6 +123,20 @@ impl ClientBuilder {
         value: impl Into<String>,
     ) -> ClientBuilder {
         self.config.hello_meta.insert(key, value);
+        self
+    }
+
+    /// Presents a token from `credentials` on every connection: fetched when connecting (so a
+    /// reconnect presents a fresh one) and, when it expires, renewed on the live connection at
+    /// about two thirds of its remaining lifetime. A server that refuses the token fails the
+    /// connect (and the calls waiting for it) with `Unauthorized` and the server's reason.
+    pub fn credentials(self, credentials: impl Credentials) -> ClientBuilder {
+        self.credentials_arc(Arc::new(credentials))
+    }
+
+    /// [`credentials`](ClientBuilder::credentials) with already shared credentials.
+    pub fn credentials_arc(mut self, credentials: Arc<dyn Credentials>) -> ClientBuilder {
+        self.config.credentials = Some(SharedCredentials(credentials));
         self
     }
 

@@ -2,6 +2,7 @@
 //! the bookkeeping of calls still running.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Waker;
@@ -19,10 +20,14 @@ use tokio::time::Instant;
 use super::ServerShared;
 use super::call::{ServerCall, SpawnedCall};
 use super::notifier::Notifier;
+use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN_KEY};
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
+use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
-use crate::protocol::message::{self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION};
+use crate::protocol::message::{
+    self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestView,
+};
 use crate::transport::{Flush, FrameReader, Liveness, Outbound};
 
 pub(crate) struct ServerConn {
@@ -52,8 +57,9 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     let (rd, mut wr) = stream.into_split();
     let mut reader = FrameReader::new(rd, shared.config.max_frame);
 
-    let hello = match tokio::time::timeout(shared.config.handshake_timeout, read_hello(&mut reader))
-        .await
+    // Reading the Hello and verifying its token share one budget: the handshake timeout.
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+    let mut hello = match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader)).await
     {
         Ok(Ok(hello)) => hello,
         Ok(Err(e)) => {
@@ -70,6 +76,32 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             return;
         }
     };
+    // The token never goes further than this: handlers see the identity it proves, not the
+    // token, and connection metadata holds no secret.
+    let token = hello.meta.remove(TOKEN_KEY);
+    let identity = match tokio::time::timeout_at(handshake_deadline, shared.auth.admit(token)).await
+    {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, reason = %e, "handshake refused");
+            refuse(&mut wr, &mut reader, &e).await;
+            shared.detach(id);
+            return;
+        }
+        Err(_) => {
+            let e = Error::new(
+                ErrorKind::Unauthorized,
+                "verifying the access token took longer than the handshake timeout",
+            );
+            tracing::debug!(%peer, "token verification timed out");
+            refuse(&mut wr, &mut reader, &e).await;
+            shared.detach(id);
+            return;
+        }
+    };
+    if let Some(identity) = &identity {
+        tracing::debug!(%peer, app = identity.app(), "client authenticated");
+    }
 
     // Never below 1 KiB: every error frame must fit, whatever a client announces.
     let out = Outbound::new(
@@ -97,6 +129,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             peer,
             meta: hello.meta,
             notifier: Notifier::new(&out, peer),
+            auth: ConnAuth::new(identity),
         }),
         calls: Mutex::new(InFlight::default()),
         drained: Notify::new(),
@@ -175,6 +208,30 @@ async fn goaway_and_close(wr: &mut OwnedWriteHalf, err: &Error) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = wr.write_all(&buf).await;
         let _ = wr.shutdown().await;
+    })
+    .await;
+}
+
+/// Refuses a handshake: the `GoAway` explaining why, then a lingering close. Frames the client
+/// pipelined after its `Hello` are read and dropped (never run) until it closes its side, so the
+/// kernel does not answer them with a reset that could destroy the `GoAway` before the client
+/// reads it.
+async fn refuse(wr: &mut OwnedWriteHalf, reader: &mut FrameReader, err: &Error) {
+    goaway_and_close(wr, err).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(h)) => reader.consume(&h),
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            match reader.fill().await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            }
+        }
     })
     .await;
 }
@@ -270,6 +327,13 @@ impl ServerConn {
                 "the server is shutting down; retry on another connection",
             ));
         }
+        if req.service == CONNECTION_SERVICE {
+            return self.connection_request(shared, h, &req);
+        }
+        let now = Instant::now();
+        // Before the service lookup: a caller that may not call learns nothing about what is
+        // hosted. Free for anonymous and unrestricted connections (one atomic load).
+        self.info.auth.check(req.service, now)?;
         let service = shared.service(req.service).ok_or_else(|| {
             Error::new(
                 ErrorKind::UnknownService,
@@ -283,7 +347,6 @@ impl ServerConn {
                 format!("service `{}` has no method `{}`", desc.name, req.method),
             )
         })?;
-        let now = Instant::now();
         let deadline = (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us));
         let ctx = Context {
             service: desc.name,
@@ -291,7 +354,6 @@ impl ServerConn {
             received_at: now,
             deadline,
             trace_id: req.trace_id,
-            caller: None,
             metadata: req.meta,
             conn: Some(self.info.clone()),
         };
@@ -308,16 +370,94 @@ impl ServerConn {
             conn: self.clone(),
             shared: shared.clone(),
         };
+        self.track(h, |key, task_id| call.run(deadline, key, task_id));
+        Ok(())
+    }
+
+    /// Runs the future `make` builds as a task of its own, registered (for cancellation and
+    /// drain) under the request's id. The future must report `call_done(key, task_id)` itself.
+    fn track<F>(&self, h: &Header, make: impl FnOnce((bool, u64), u64) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         // Register before the task can run, under the lock, so its own removal cannot race ahead.
         let mut calls = self.calls.lock();
         let one_way = h.flags & FLAG_ONE_WAY != 0;
         let key = (one_way, if one_way { calls.next_task } else { h.id });
         let task_id = calls.next_task;
         calls.next_task += 1;
-        let task = tokio::spawn(call.run(deadline, key, task_id));
+        let task = tokio::spawn(make(key, task_id));
         // A client reusing the id of a call still running gets both answered, but only the newest
         // can be cancelled.
         calls.tasks.insert(key, (task_id, task.abort_handle()));
+    }
+
+    /// A request to the built-in `stardust.Connection` service, answered by the runtime itself:
+    /// `authenticate(token)` replaces the connection's identity with the one a renewed token
+    /// proves.
+    fn connection_request(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        h: &Header,
+        req: &RequestView<'_>,
+    ) -> Result<(), Error> {
+        if req.method != AUTHENTICATE_METHOD {
+            return Err(Error::new(
+                ErrorKind::UnknownMethod,
+                format!(
+                    "service `{CONNECTION_SERVICE}` has no method `{}`",
+                    req.method
+                ),
+            ));
+        }
+        let Some(authenticator) = shared.auth.authenticator.clone() else {
+            return Err(Error::new(ErrorKind::Unauthorized, auth::NO_AUTHENTICATOR));
+        };
+        let (token,): (String,) = codec::decode_args(req.args, 1)?;
+        let deadline =
+            (req.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(req.timeout_us));
+        let (id, flags) = (h.id, h.flags);
+        let conn = self.clone();
+        // Verification may fetch keys from the registry: never on the read loop.
+        self.track(h, move |key, task_id| async move {
+            let verify = async {
+                match authenticator.authenticate(&token).await {
+                    Ok(identity) => {
+                        let app = identity.app_arc().clone();
+                        conn.info.auth.set(identity).map(|()| app)
+                    }
+                    Err(e) => Err(auth::refusal(e, &token)),
+                }
+            };
+            let outcome = match deadline {
+                Some(d) => tokio::time::timeout_at(d, verify)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::DeadlineExceeded,
+                            "verifying the access token took longer than the request's deadline",
+                        ))
+                    }),
+                None => verify.await,
+            };
+            match outcome {
+                Ok(app) => {
+                    tracing::debug!(peer = %conn.peer, app = &*app, "token renewed");
+                    if flags & FLAG_ONE_WAY == 0 {
+                        let _ = conn.out.push(|buf| {
+                            let start = frame::begin(buf, Kind::Response, 0, id);
+                            buf.extend_from_slice(&[0xc0]); // nil: `authenticate` returns ()
+                            frame::finish(buf, start, u32::MAX)
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, reason = %e, "renewed token refused");
+                    conn.reply_error(id, flags, &e);
+                }
+            }
+            conn.call_done(key, task_id);
+        });
         Ok(())
     }
 

@@ -3,7 +3,11 @@
 //! ```no_run
 //! # use stardust::Server;
 //! # async fn run(svc: impl stardust::Service) -> Result<(), stardust::Error> {
-//! let server = Server::builder().serve(svc).bind("127.0.0.1:0").await?;
+//! let server = Server::builder()
+//!     .serve(svc)
+//!     .allow_anonymous() // or .authenticator(..) to require registry tokens
+//!     .bind("127.0.0.1:0")
+//!     .await?;
 //! println!("listening on {}", server.local_addr());
 //! server.shutdown().await; // graceful: in-flight calls finish first
 //! # Ok(()) }
@@ -24,6 +28,7 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::auth::{Authenticator, ServerAuth};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::Interceptor;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
@@ -54,11 +59,17 @@ impl Default for ServerConfig {
 }
 
 /// Builds a [`Server`]: the services it hosts and how it behaves.
+///
+/// Secure by default: a server must be told who may call it, with
+/// [`authenticator`](ServerBuilder::authenticator) (callers present a token the authenticator
+/// verifies) and/or [`allow_anonymous`](ServerBuilder::allow_anonymous) (anyone may call);
+/// [`bind`](ServerBuilder::bind) fails with neither.
 #[must_use = "a builder does nothing until `bind` is awaited"]
 pub struct ServerBuilder {
     services: Vec<Arc<dyn Service>>,
     interceptors: Vec<Arc<dyn Interceptor>>,
     config: ServerConfig,
+    auth: ServerAuth,
 }
 
 impl ServerBuilder {
@@ -81,6 +92,32 @@ impl ServerBuilder {
     /// Adds an interceptor; interceptors run in the order added.
     pub fn interceptor(mut self, interceptor: impl Interceptor) -> ServerBuilder {
         self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Requires callers to prove who they are: every connection presents a token in its
+    /// handshake, which `authenticator` (usually a [`TokenVerifier`](crate::auth::TokenVerifier)
+    /// holding the registry's keys) verifies. Connections without a valid token are refused
+    /// (unless [`allow_anonymous`](ServerBuilder::allow_anonymous) is also set, which admits
+    /// callers presenting no token at all). Every call is then checked against the caller's
+    /// identity: an expired token gets `Unauthorized`, a service outside the token's consume list
+    /// `PermissionDenied`. Handlers see the caller as [`Context::caller`](crate::Context::caller).
+    pub fn authenticator(self, authenticator: impl Authenticator) -> ServerBuilder {
+        self.authenticator_arc(Arc::new(authenticator))
+    }
+
+    /// [`authenticator`](ServerBuilder::authenticator) with an already shared authenticator.
+    pub fn authenticator_arc(mut self, authenticator: Arc<dyn Authenticator>) -> ServerBuilder {
+        self.auth.authenticator = Some(authenticator);
+        self
+    }
+
+    /// Accepts callers that present no token (their [`Context::caller`](crate::Context::caller)
+    /// is `None`): the direct, registry-less way to serve. With an
+    /// [`authenticator`](ServerBuilder::authenticator) as well, tokens that are presented are
+    /// still verified (and a bad one is refused).
+    pub fn allow_anonymous(mut self) -> ServerBuilder {
+        self.auth.allow_anonymous = true;
         self
     }
 
@@ -112,15 +149,20 @@ impl ServerBuilder {
     }
 
     /// Binds a listener and starts serving in the background.
+    ///
+    /// Fails without binding if neither [`authenticator`](ServerBuilder::authenticator) nor
+    /// [`allow_anonymous`](ServerBuilder::allow_anonymous) was called.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        self.auth.validate()?;
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             Error::new(ErrorKind::Connect, format!("cannot listen: {e}")).with_source(e)
         })?;
         self.listen(listener)
     }
 
-    /// Starts serving on an existing listener.
+    /// Starts serving on an existing listener (the same checks as [`bind`](ServerBuilder::bind)).
     pub fn listen(self, listener: TcpListener) -> Result<Server, Error> {
+        self.auth.validate()?;
         let mut services: Vec<(&'static str, Arc<dyn Service>)> = Vec::new();
         for s in self.services {
             let name = s.descriptor().name;
@@ -139,6 +181,7 @@ impl ServerBuilder {
             services,
             interceptors: self.interceptors,
             config: self.config,
+            auth: self.auth,
             conns: Mutex::new(HashMap::new()),
             conns_changed: Notify::new(),
             next_conn: AtomicU64::new(1),
@@ -176,6 +219,7 @@ pub(crate) struct ServerShared {
     services: Vec<(&'static str, Arc<dyn Service>)>,
     pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
     pub(crate) config: ServerConfig,
+    pub(crate) auth: ServerAuth,
     conns: Mutex<HashMap<u64, ConnEntry>>,
     conns_changed: Notify,
     next_conn: AtomicU64,
@@ -194,6 +238,10 @@ impl Server {
             services: Vec::new(),
             interceptors: Vec::new(),
             config: ServerConfig::default(),
+            auth: ServerAuth {
+                authenticator: None,
+                allow_anonymous: false,
+            },
         }
     }
 
