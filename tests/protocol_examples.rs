@@ -384,6 +384,99 @@ fn goaway_shutting_down() {
 }
 
 #[test]
+fn goaway_token_required() {
+    // The exact refusal a server requiring tokens sends for a `Hello` without one.
+    let err = Error::new(ErrorKind::Unauthorized, stardust::auth::TOKEN_REQUIRED);
+    let mut buf = BytesMut::new();
+    message::put_error(&mut buf, frame::Kind::GoAway, 0, &err);
+    check(
+        "goaway_token_required",
+        &buf,
+        "
+        00 00 00 52                     # length = 82 = 10 + 72
+        0a                              # kind = 10 GoAway
+        00                              # flags = 0
+        00 00 00 00 00 00 00 00         # id = 0
+        92                              # fixarray, 2 elements
+        08                              #   code = 8 Unauthorized
+        d9 44                           #   str8, 68 bytes:
+        74 68 69 73 20 70 72 6f 76 69   #     \"this provi\"
+        64 65 72 20 72 65 71 75 69 72   #     \"der requir\"
+        65 73 20 61 6e 20 61 63 63 65   #     \"es an acce\"
+        73 73 20 74 6f 6b 65 6e 3b 20   #     \"ss token; \"
+        6c 6f 67 20 69 6e 20 74 6f 20   #     \"log in to \"
+        74 68 65 20 72 65 67 69 73 74   #     \"the regist\"
+        72 79 20 66 69 72 73 74         #     \"ry first\"
+        ",
+    );
+}
+
+#[test]
+fn request_and_response_authenticate() {
+    // What the Rust client's token renewal sends (see `ClientConn::renew_once`).
+    let meta = Metadata::new();
+    let head = message::RequestHead {
+        id: 5,
+        flags: frame::FLAG_IDEMPOTENT,
+        service: stardust::auth::CONNECTION_SERVICE,
+        method: stardust::auth::AUTHENTICATE_METHOD,
+        timeout_us: 10_000_000,
+        trace_id: 0,
+        meta: &meta,
+    };
+    let mut buf = BytesMut::new();
+    message::put_request(
+        &mut buf,
+        &head,
+        &("sd1.AAAA.BBBB",),
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    check(
+        "request_authenticate",
+        &buf,
+        "
+        00 00 00 42                     # length = 66 = 10 + 56
+        03                              # kind = 3 Request
+        02                              # flags = 0x02 IDEMPOTENT
+        00 00 00 00 00 00 00 05         # id = 5
+        96                              # fixarray, 6 elements
+        b3 73 74 61 72 64 75 73 74 2e   #   [0] service: fixstr(19) \"stardust.\"
+           43 6f 6e 6e 65 63 74 69 6f   #       \"Connectio\"
+           6e                           #       \"n\"
+        ac 61 75 74 68 65 6e 74 69 63   #   [1] method: fixstr(12) \"authentic\"
+           61 74 65                     #       \"ate\"
+        ce 00 98 96 80                  #   [2] timeout_us: uint32 10000000 (10 s)
+        00                              #   [3] trace_id: 0 (none)
+        80                              #   [4] meta: fixmap, 0 entries
+        91                              #   [5] args: fixarray, 1 element
+        ad 73 64 31 2e 41 41 41 41 2e   #       token: fixstr(13) \"sd1.AAAA.\"
+           42 42 42 42                  #       \"BBBB\"
+        ",
+    );
+    let req = message::parse_request(&buf[frame::HEADER_LEN..]).unwrap();
+    let (token,): (String,) = codec::decode_args(req.args, 1).unwrap();
+    assert_eq!(token, "sd1.AAAA.BBBB");
+
+    // The answer: `()` is nil.
+    let mut buf = BytesMut::new();
+    let start = frame::begin(&mut buf, frame::Kind::Response, 0, 5);
+    codec::encode_value(&mut buf, &()).unwrap();
+    frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).unwrap();
+    check(
+        "response_authenticate",
+        &buf,
+        "
+        00 00 00 0b                     # length = 11 = 10 + 1
+        04                              # kind = 4 Response
+        00                              # flags = 0
+        00 00 00 00 00 00 00 05         # id = 5
+        c0                              # nil: authenticate returns ()
+        ",
+    );
+}
+
+#[test]
 fn every_doc_dump_is_tested() {
     // A dump added to the document without a test here would go unchecked.
     let tested = [
@@ -397,6 +490,9 @@ fn every_doc_dump_is_tested() {
         "pong",
         "notify",
         "goaway_shutting_down",
+        "goaway_token_required",
+        "request_authenticate",
+        "response_authenticate",
     ];
     let in_doc: Vec<&str> = DOC
         .match_indices("<!-- frame: ")
