@@ -186,7 +186,7 @@ impl Stardust {
     ) -> Result<Provider, Error> {
         let descriptors = builder.descriptors();
         let server = builder
-            // TODO(auth): .authenticator(SessionVerifier(self.inner.session.clone()))
+            .authenticator(SessionVerifier(self.inner.session.clone()))
             .bind(addr)
             .await?;
         let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
@@ -224,7 +224,7 @@ impl Stardust {
         let watch = self.inner.session.watch(C::DESCRIPTOR.name, version_req);
         let client = Client::builder()
             .timeout(self.inner.timeout)
-            // TODO(auth): .credentials(SessionCredentials(Arc::downgrade(&self.inner.session)))
+            .credentials(SessionCredentials(Arc::downgrade(&self.inner.session)))
             .watching(watch);
         C::from_client(client)
     }
