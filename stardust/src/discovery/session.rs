@@ -294,10 +294,10 @@ impl Session {
         version_req: &str,
     ) -> Result<Vec<Instance>, Error> {
         let client = self.registry()?;
-        Ok(client
+        client
             .discover(service.to_owned(), version_req.to_owned())
             .await?
-            .map_err(Error::from)?)
+            .map_err(Error::from)
     }
 
     /// The watch for `service`/`version_req`, subscribing on first use.

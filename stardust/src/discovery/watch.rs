@@ -51,11 +51,6 @@ impl ServiceWatch {
         *known = Some(instances);
     }
 
-    /// The instances known now (empty before the first answer).
-    pub(crate) fn instances(&self) -> Vec<Instance> {
-        self.instances.read().clone().unwrap_or_default()
-    }
-
     fn no_provider(&self) -> Error {
         Error::new(
             ErrorKind::NoProvider,
