@@ -53,6 +53,7 @@ async fn many_concurrent_calls_complete_out_of_order_on_one_connection() {
         }
     }
     assert!(gated.iter().all(|(_, h)| !h.is_finished()));
+    assert_eq!(server.in_flight(), 50, "every gated handler is running");
     // Release in reverse order; each response must reach its own caller.
     for key in (0..50u64).rev() {
         control.release(key);
@@ -60,6 +61,12 @@ async fn many_concurrent_calls_complete_out_of_order_on_one_connection() {
     for (key, h) in gated {
         assert_eq!(within("gated call", h).await.unwrap().unwrap(), key);
     }
+    within("in-flight count to drop", async {
+        while server.in_flight() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     assert_eq!(
         server.connection_count(),
         1,

@@ -384,3 +384,29 @@ async fn tokens_are_renewed_on_live_connections() {
     }
     assert!(calls > 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_addresses_are_tried_in_turn() {
+    let node = registry(config()).await;
+    // A port nobody listens on: bind one, note it, free it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let star = Stardust::builder()
+        .registry(dead.to_string())
+        .registry(node.local_addr().to_string())
+        .app(CONSUMER.0, CONSUMER.1)
+        .connect()
+        .await
+        .expect("the second address answers");
+    assert_eq!(star.app(), CONSUMER.0);
+
+    let err = Stardust::builder()
+        .registry(dead.to_string())
+        .app(CONSUMER.0, CONSUMER.1)
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+}

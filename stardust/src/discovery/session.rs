@@ -23,6 +23,7 @@ use crate::auth::token::KeySet;
 use crate::auth::{BoxFuture, Credentials, KeyFetcher, TokenVerifier};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
+use crate::server::InFlightProbe;
 
 /// Tunables of a session.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub(crate) struct Session {
     pub(crate) verifier: Arc<TokenVerifier>,
     registrations: Mutex<Vec<Registration>>,
     watches: Mutex<Vec<Arc<ServiceWatch>>>,
+    /// This process's servers, for the in-flight count in status reports.
+    servers: Mutex<Vec<InFlightProbe>>,
     started: std::time::Instant,
 }
 
@@ -97,6 +100,7 @@ impl Session {
                 verifier: Arc::new(TokenVerifier::new(KeySet::new()).with_fetcher(fetcher)),
                 registrations: Mutex::new(Vec::new()),
                 watches: Mutex::new(Vec::new()),
+                servers: Mutex::new(Vec::new()),
                 started: std::time::Instant::now(),
             }
         })
@@ -255,8 +259,14 @@ impl Session {
 
     async fn beat(&self) -> Result<(), Error> {
         let client = self.registry()?;
+        let in_flight = {
+            let mut servers = self.servers.lock();
+            let mut total = 0;
+            servers.retain(|probe| probe.get().inspect(|n| total += n).is_some());
+            total as u64
+        };
         let status = Status {
-            in_flight: 0,
+            in_flight,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
@@ -335,6 +345,11 @@ impl Session {
             });
         }
         w
+    }
+
+    /// Includes `server`'s in-flight calls in this process's status reports.
+    pub(crate) fn report_server(&self, probe: InFlightProbe) {
+        self.servers.lock().push(probe);
     }
 
     /// Registers an instance now and remembers it for re-registration after reconnects.

@@ -471,6 +471,11 @@ impl ServerConn {
         }
     }
 
+    /// Calls of this connection running as tasks.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.calls.lock().tasks.len()
+    }
+
     /// Called by a spawned call when it finished.
     pub(crate) fn call_done(&self, key: (bool, u64), task_id: u64) {
         let mut calls = self.calls.lock();

@@ -255,6 +255,18 @@ impl Server {
         self.shared.conns.lock().len()
     }
 
+    /// Calls whose handlers are running right now (handlers that complete without waiting are
+    /// answered inline and never counted).
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight()
+    }
+
+    /// A handle that counts this server's in-flight calls without keeping it alive (status
+    /// reports).
+    pub(crate) fn in_flight_probe(&self) -> InFlightProbe {
+        InFlightProbe(Arc::downgrade(&self.shared))
+    }
+
     /// Graceful shutdown: stop accepting, tell every client (a `GoAway` frame), let in-flight
     /// calls finish within the configured grace period, then close.
     pub async fn shutdown(self) {
@@ -334,7 +346,28 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
     }
 }
 
+/// Counts a server's in-flight calls while it exists.
+#[derive(Clone)]
+pub(crate) struct InFlightProbe(std::sync::Weak<ServerShared>);
+
+impl InFlightProbe {
+    /// The server's in-flight calls, or `None` once it is gone.
+    pub(crate) fn get(&self) -> Option<usize> {
+        self.0.upgrade().map(|s| s.in_flight())
+    }
+}
+
 impl ServerShared {
+    fn in_flight(&self) -> usize {
+        let conns: Vec<Arc<ServerConn>> = self
+            .conns
+            .lock()
+            .values()
+            .filter_map(|e| e.conn.clone())
+            .collect();
+        conns.iter().map(|c| c.in_flight()).sum()
+    }
+
     /// The hosted service called `name`.
     pub(crate) fn service(&self, name: &str) -> Option<&Arc<dyn Service>> {
         self.services
