@@ -285,6 +285,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+
     /// What is wrong, and where.
     pub fn message(&self) -> &str {
         &self.message

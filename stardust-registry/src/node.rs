@@ -42,7 +42,8 @@ pub struct RegistryNodeBuilder {
 }
 
 impl RegistryNode {
-    /// Starts building a registry (default config: [`Config::dev`]).
+    /// Starts building a registry. A config is required: [`Config::dev`] for development,
+    /// so dev mode is always an explicit choice.
     pub fn builder() -> RegistryNodeBuilder {
         RegistryNodeBuilder::default()
     }
@@ -101,7 +102,13 @@ impl RegistryNodeBuilder {
     /// Validates the config, opens (or creates) the key file, and starts serving on `addr`
     /// (this overrides the config's `listen`).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RegistryNode, Error> {
-        let config = self.config.unwrap_or_else(Config::dev);
+        // Secure by default: dev mode is never implied by a missing config.
+        let config = self.config.ok_or_else(|| {
+            Error::Config(ConfigError::new(
+                "no config given: call .config(..) with your apps, or .config(Config::dev()) for \
+                 an explicit development registry",
+            ))
+        })?;
         config.validate().map_err(Error::Config)?;
         let keys = match (self.keys, &config.key_file) {
             (Some(keys), _) => keys,

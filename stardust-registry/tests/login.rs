@@ -200,3 +200,13 @@ async fn sessions_belong_to_connections() {
     assert_eq!(claims.app, "web");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_without_config_refuses_to_start() {
+    // Dev mode is never implied: it must be asked for with `Config::dev()`.
+    let err = stardust_registry::RegistryNode::builder()
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Config::dev()"), "{err}");
+}
