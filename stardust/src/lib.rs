@@ -41,6 +41,8 @@
 //!
 //! # Where things live
 //!
+//! - [`Stardust`]: a process's membership in a deployment: log in to the registry, serve and
+//!   register providers, get proxies that find providers through the registry.
 //! - [`Server`] / [`ServerBuilder`]: hosting services, limits, keepalive, graceful shutdown.
 //! - [`Client`] / [`ClientBuilder`]: connections, deadlines, metadata, notifications.
 //! - [`Context`]: what a handler knows about the call it serves, including who is calling.
@@ -48,6 +50,7 @@
 //!   [`Credentials`](auth::Credentials) for clients.
 //! - [`Interceptor`] / [`ClientInterceptor`]: hooks around every call.
 //! - [`Error`] / [`ErrorKind`]: every framework failure, with stable wire codes.
+//! - [`discovery`]: the registry's API and the client side of discovery.
 //! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.
 #![warn(missing_docs)]
 
