@@ -52,6 +52,11 @@ pub enum ErrorKind {
     /// The connection could not be established.
     Connect,
     /// The connection closed (or was found dead by keepalive) while the call was in flight.
+    ///
+    /// The call may or may not have run. A balancing client (from
+    /// [`Stardust::client`](crate::Stardust::client)) retries such a call on another provider
+    /// only when its method is idempotent; otherwise it fails with this kind and a message
+    /// starting with `outcome unknown`.
     ConnectionClosed,
     /// No provider of the service is available.
     NoProvider,

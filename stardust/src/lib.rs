@@ -59,6 +59,7 @@
 extern crate self as stardust;
 
 pub mod auth;
+pub mod balance;
 mod client;
 mod context;
 pub mod discovery;

@@ -354,13 +354,15 @@ impl ClientConn {
     }
 
     /// Stops new calls on this connection and closes it once the calls in flight are done.
-    async fn retire(&self, reason: Error) {
+    pub(crate) async fn retire(&self, reason: Error) {
         self.draining.store(true, Ordering::SeqCst);
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if self.out.with_state(|pending, _, _| pending.in_flight()) == 0 {
+            if self.closed.load(Ordering::SeqCst)
+                || self.out.with_state(|pending, _, _| pending.in_flight()) == 0
+            {
                 break;
             }
             idle.await;
@@ -600,6 +602,8 @@ impl ClientConn {
 
     fn teardown(&self, err: &Error) {
         self.closed.store(true, Ordering::SeqCst);
+        // A drain waiting for the calls in flight has nothing left to wait for.
+        self.idle.notify_waiters();
         let wakers = self.out.with_state(|pending, _, _| pending.close(err));
         for w in wakers {
             w.wake();

@@ -17,6 +17,7 @@ mod connection;
 mod endpoints;
 mod notifications;
 mod pending;
+mod pool;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -41,11 +42,13 @@ use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::transport::Keepalive;
 
+use crate::balance::{Balancer, Target};
 use connection::{CallError, ClientConn};
 pub(crate) use endpoints::EndpointSource;
-use endpoints::Endpoints;
+use endpoints::{Balanced, Endpoints};
 pub use notifications::{Notification, Notifications};
 use pending::CallInfo;
+pub(crate) use pool::Pool;
 
 /// Default time a call may take before it fails with `DeadlineExceeded`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -161,11 +164,24 @@ impl ClientBuilder {
         Ok(self.build(Endpoints::Fixed(addrs), Some(conn), notify_tx))
     }
 
-    /// A client whose connections go to the addresses `source` lists at the time; it connects
-    /// lazily, on the first call.
-    pub(crate) fn watching(self, source: Arc<dyn EndpointSource>) -> Client {
-        let (notify_tx, _) = broadcast::channel(1024);
-        self.build(Endpoints::Watched(source), None, notify_tx)
+    /// A client whose calls go to the providers `source` lists at the time, one chosen per call
+    /// by `balancer`, over `pool`'s connections (opened lazily, on first use).
+    pub(crate) fn balanced(
+        self,
+        source: Arc<dyn EndpointSource>,
+        pool: Arc<Pool>,
+        balancer: Arc<dyn Balancer>,
+    ) -> Client {
+        let notify_tx = pool.notify_sender();
+        self.build(
+            Endpoints::Balanced(Balanced {
+                source,
+                pool,
+                balancer,
+            }),
+            None,
+            notify_tx,
+        )
     }
 
     fn build(
@@ -191,6 +207,12 @@ impl ClientBuilder {
 
 /// A handle to a provider: cheap to clone, safe to share; all clones multiplex their calls over
 /// one connection.
+///
+/// A client from [`Stardust::client`](crate::Stardust::client) instead spreads its calls over
+/// every provider the registry lists (see [`balance`](crate::balance)): a call that never
+/// reached a provider is retried on another one within its deadline; a call lost after it was
+/// sent is retried only if its method is idempotent (`#[stardust(idempotent)]`), and otherwise
+/// fails with `ConnectionClosed` and a message saying its outcome is unknown.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
@@ -264,7 +286,8 @@ impl Client {
         Notifications::new(self.inner.notify_tx.subscribe())
     }
 
-    /// The address of the current connection, if one is open.
+    /// The address of the current connection, if one is open (always `None` for a client that
+    /// balances over several providers).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.inner.conn.lock().as_ref().map(|c| c.peer)
     }
@@ -368,6 +391,9 @@ impl Client {
             trace_id,
             meta,
         };
+        if let Endpoints::Balanced(b) = &self.inner.endpoints {
+            return Box::pin(one_way_balanced(b, service, method, head, args)).await;
+        }
         let conn = self.inner.connection().await?;
         conn.send_one_way(head, args)
     }
@@ -383,6 +409,17 @@ impl Client {
         meta: &Metadata,
         start: Instant,
     ) -> Result<bytes::Bytes, Error> {
+        if let Endpoints::Balanced(b) = &self.inner.endpoints {
+            let call = BalancedCall {
+                service,
+                method,
+                deadline,
+                trace_id,
+                meta,
+                start,
+            };
+            return Box::pin(call.run(b, args)).await;
+        }
         let info = CallInfo {
             service: service.name,
             method: method.name,
@@ -470,14 +507,236 @@ impl ClientInner {
         if let Some(conn) = self.usable() {
             return Ok(conn);
         }
-        let addrs = self.endpoints.candidates().await?;
-        let conn = ClientConn::connect(&addrs, &self.config, self.notify_tx.clone()).await?;
+        let addrs = match &self.endpoints {
+            Endpoints::Fixed(addrs) => addrs,
+            Endpoints::Balanced(b) => {
+                return Err(b
+                    .source
+                    .no_provider("a balanced client has no single connection"));
+            }
+        };
+        let conn = ClientConn::connect(addrs, &self.config, self.notify_tx.clone()).await?;
         *self.conn.lock() = Some(conn.clone());
         Ok(conn)
     }
 
     fn usable(&self) -> Option<Arc<ClientConn>> {
         self.conn.lock().as_ref().filter(|c| c.is_usable()).cloned()
+    }
+}
+
+/// Sends a one-way call to one provider chosen by the balancer, trying the next one when a
+/// provider cannot be reached (nothing was queued there).
+async fn one_way_balanced<A: Serialize + ?Sized>(
+    b: &Balanced,
+    service: &'static ServiceDescriptor,
+    method: &'static MethodDescriptor,
+    head: RequestHead<'_>,
+    args: &A,
+) -> Result<(), Error> {
+    let targets = providers(b).await?;
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    loop {
+        let Some(target) = choose(b, &targets, &tried) else {
+            return Err(exhausted(b, service, method, tried.len(), None));
+        };
+        let result = match b.pool.connection(&target.endpoint).await {
+            Ok(conn) => conn.send_one_way(head, args),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
+                tracing::debug!(endpoint = %target.endpoint, error = %e, "one-way call not sent; trying another provider");
+                tried.push(target.endpoint);
+                if tried.len() >= targets.len() {
+                    return Err(exhausted(b, service, method, tried.len(), Some(e)));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The providers `b`'s source lists (asking the registry on first use); `NoProvider` when empty.
+async fn providers(b: &Balanced) -> Result<Arc<[Target]>, Error> {
+    let targets = match b.source.known() {
+        Some(targets) => targets,
+        None => b.source.fetch().await?,
+    };
+    if targets.is_empty() {
+        return Err(b.source.no_provider(""));
+    }
+    Ok(targets)
+}
+
+/// The balancer's choice among the providers not tried yet by this call.
+fn choose(b: &Balanced, targets: &[Target], tried: &[Arc<str>]) -> Option<Target> {
+    if tried.is_empty() {
+        let i = b.balancer.pick(targets) % targets.len();
+        return Some(targets[i].clone());
+    }
+    let left: Vec<Target> = targets
+        .iter()
+        .filter(|t| !tried.contains(&t.endpoint))
+        .cloned()
+        .collect();
+    if left.is_empty() {
+        return None;
+    }
+    let i = b.balancer.pick(&left) % left.len();
+    Some(left[i].clone())
+}
+
+/// Every listed provider was tried and none could take the call.
+fn exhausted(
+    b: &Balanced,
+    service: &'static ServiceDescriptor,
+    method: &'static MethodDescriptor,
+    tried: usize,
+    last: Option<Error>,
+) -> Error {
+    let detail = match &last {
+        Some(e) => format!(
+            "none of the {tried} tried could take {}.{} (last: {e})",
+            service.name, method.name
+        ),
+        None => format!("none could take {}.{}", service.name, method.name),
+    };
+    let err = b.source.no_provider(&detail);
+    match last {
+        Some(e) => err.with_source(e),
+        None => err,
+    }
+}
+
+/// A call routed by a balancer: tried on one provider after another while it is safe to.
+struct BalancedCall<'a> {
+    service: &'static ServiceDescriptor,
+    method: &'static MethodDescriptor,
+    deadline: Option<Instant>,
+    trace_id: u64,
+    meta: &'a Metadata,
+    start: Instant,
+}
+
+impl BalancedCall<'_> {
+    fn deadline_error(&self, budget: Duration) -> Error {
+        Error::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "{}.{} did not complete within {} ms",
+                self.service.name,
+                self.method.name,
+                budget.as_millis()
+            ),
+        )
+    }
+
+    async fn run<A: Serialize + ?Sized>(
+        &self,
+        b: &Balanced,
+        args: &A,
+    ) -> Result<bytes::Bytes, Error> {
+        let (service, method) = (self.service, self.method);
+        let budget = self
+            .deadline
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(self.start));
+        let info = CallInfo {
+            service: service.name,
+            method: method.name,
+            deadline: self.deadline,
+            budget,
+        };
+        let targets = match self.deadline {
+            None => providers(b).await?,
+            Some(d) => tokio::time::timeout_at(d, providers(b))
+                .await
+                .map_err(|_| self.deadline_error(budget))??,
+        };
+        let mut tried: Vec<Arc<str>> = Vec::new();
+        let mut last: Option<Error> = None;
+        loop {
+            let Some(target) = choose(b, &targets, &tried) else {
+                return Err(exhausted(b, service, method, tried.len(), last));
+            };
+            let conn = match self.deadline {
+                None => b.pool.connection(&target.endpoint).await,
+                Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target.endpoint))
+                    .await
+                    .map_err(|_| self.deadline_error(budget))?,
+            };
+            let conn = match conn {
+                Ok(conn) => conn,
+                // Nothing was sent: another provider may take it.
+                Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "provider unreachable; trying another");
+                    tried.push(target.endpoint);
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let now = if tried.is_empty() {
+                self.start
+            } else {
+                Instant::now()
+            };
+            let timeout_us = match self.deadline {
+                None => 0,
+                Some(d) if d <= now => return Err(self.deadline_error(budget)),
+                Some(d) => (d.duration_since(now).as_micros() as u64).max(1),
+            };
+            let head = RequestHead {
+                id: 0,
+                flags: if method.idempotent {
+                    FLAG_IDEMPOTENT
+                } else {
+                    0
+                },
+                service: service.name,
+                method: method.name,
+                timeout_us,
+                trace_id: self.trace_id,
+                meta: self.meta,
+            };
+            match conn.exchange(head, args, info).await {
+                Ok(reply) => return Ok(reply),
+                // Found closed before the request was queued: it never left this process.
+                Err(CallError::Reconnect(e)) => {
+                    tried.push(target.endpoint);
+                    last = Some(e);
+                }
+                // Refused before reaching a handler (overloaded, shutting down, ...).
+                Err(CallError::Failed(e)) if e.is_not_delivered() => {
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "provider refused the call; trying another");
+                    tried.push(target.endpoint);
+                    last = Some(e);
+                }
+                // Sent, then the connection was lost: the provider may have run it.
+                Err(CallError::Failed(e)) if e.kind() == ErrorKind::ConnectionClosed => {
+                    if !method.idempotent {
+                        return Err(Error::new(
+                            ErrorKind::ConnectionClosed,
+                            format!(
+                                "outcome unknown: {}.{} was sent to {} but the connection was lost \
+                                 before its answer ({}); it may or may not have run, and it is not \
+                                 retried because the method is not idempotent",
+                                service.name,
+                                method.name,
+                                target.endpoint,
+                                e.message()
+                            ),
+                        )
+                        .with_source(e));
+                    }
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "connection lost; retrying an idempotent call on another provider");
+                    tried.push(target.endpoint);
+                    last = Some(e);
+                }
+                Err(CallError::Failed(e)) => return Err(e),
+            }
+        }
     }
 }
 

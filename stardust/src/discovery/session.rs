@@ -20,8 +20,8 @@ use super::api::{
 };
 use super::watch::ServiceWatch;
 use crate::auth::token::KeySet;
-use crate::auth::{BoxFuture, Credentials, KeyFetcher, TokenVerifier};
-use crate::client::Client;
+use crate::auth::{BoxFuture, Credentials, KeyFetcher, SharedCredentials, TokenVerifier};
+use crate::client::{Client, ClientConfig, Pool};
 use crate::error::{Error, ErrorKind};
 use crate::server::InFlightProbe;
 
@@ -76,6 +76,8 @@ pub(crate) struct Session {
     /// This process's servers, for the in-flight count in status reports.
     servers: Mutex<Vec<InFlightProbe>>,
     started: std::time::Instant,
+    /// One connection per provider endpoint, shared by every consumer proxy of this process.
+    pub(crate) pool: Arc<Pool>,
 }
 
 impl Session {
@@ -87,6 +89,12 @@ impl Session {
     ) -> Arc<Session> {
         Arc::new_cyclic(|weak: &std::sync::Weak<Session>| {
             let fetcher: Arc<dyn KeyFetcher> = Arc::new(SessionKeys(weak.clone()));
+            let pool_config = ClientConfig {
+                credentials: Some(SharedCredentials(Arc::new(SessionCredentials(
+                    weak.clone(),
+                )))),
+                ..ClientConfig::default()
+            };
             Session {
                 registries,
                 app,
@@ -102,6 +110,7 @@ impl Session {
                 watches: Mutex::new(Vec::new()),
                 servers: Mutex::new(Vec::new()),
                 started: std::time::Instant::now(),
+                pool: Arc::new(Pool::new(pool_config)),
             }
         })
     }
@@ -203,6 +212,7 @@ impl Session {
                 .map_err(Error::from)?;
             w.update(list);
         }
+        self.drain_removed();
         Ok(())
     }
 
@@ -212,6 +222,15 @@ impl Session {
                 w.update(event.instances.clone());
             }
         }
+        self.drain_removed();
+    }
+
+    /// Drains pooled connections to providers no watch lists any more: no new calls go there,
+    /// the calls in flight finish, then the connection closes.
+    pub(crate) fn drain_removed(&self) {
+        let watches = self.watches.lock().clone();
+        self.pool
+            .retain(|endpoint| watches.iter().any(|w| w.lists(endpoint)));
     }
 
     /// The session's life: steady state, and reconnection whenever it breaks.
@@ -294,6 +313,7 @@ impl Session {
                 .map_err(Error::from)?;
             w.update(list);
         }
+        self.drain_removed();
         Ok(())
     }
 

@@ -9,8 +9,9 @@ use tokio::net::ToSocketAddrs;
 use tokio::task::AbortHandle;
 
 use super::api::Registration;
-use super::session::{Secret, Session, SessionConfig, SessionCredentials};
+use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
+use crate::balance::{Balancer, RoundRobin};
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, ServerBuilder};
@@ -222,11 +223,29 @@ impl Stardust {
 
     /// Like [`Stardust::client`] with an explicit version requirement (`^1.2`, `*`).
     pub fn client_matching<C: ServiceClient>(&self, version_req: &str) -> C {
-        let watch = self.inner.session.watch(C::DESCRIPTOR.name, version_req);
-        let client = Client::builder()
-            .timeout(self.inner.timeout)
-            .credentials(SessionCredentials(Arc::downgrade(&self.inner.session)))
-            .watching(watch);
+        self.client_matching_with::<C>(version_req, RoundRobin::new())
+    }
+
+    /// Like [`Stardust::client`], with `balancer` choosing the provider of each call.
+    pub fn client_with<C: ServiceClient>(&self, balancer: impl Balancer) -> C {
+        self.client_matching_with::<C>(&format!("^{}", C::DESCRIPTOR.version), balancer)
+    }
+
+    /// Like [`Stardust::client_matching`], with `balancer` choosing the provider of each call.
+    ///
+    /// Every proxy of this handle shares one connection per provider, whatever its balancer.
+    pub fn client_matching_with<C: ServiceClient>(
+        &self,
+        version_req: &str,
+        balancer: impl Balancer,
+    ) -> C {
+        let session = &self.inner.session;
+        let watch = session.watch(C::DESCRIPTOR.name, version_req);
+        let client = Client::builder().timeout(self.inner.timeout).balanced(
+            watch,
+            session.pool.clone(),
+            Arc::new(balancer),
+        );
         C::from_client(client)
     }
 }

@@ -1,14 +1,13 @@
 //! The consumer's live view of one service: the instances the registry reported last.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 
 use super::api::Instance;
 use super::session::Session;
 use crate::auth::BoxFuture;
+use crate::balance::Target;
 use crate::client::EndpointSource;
 use crate::error::{Error, ErrorKind};
 
@@ -18,8 +17,8 @@ pub(crate) struct ServiceWatch {
     pub(crate) version_req: String,
     /// `None` until the first answer from the registry.
     instances: RwLock<Option<Vec<Instance>>>,
-    /// Rotates the starting point so reconnecting clients spread over the instances.
-    next: AtomicUsize,
+    /// The same instances as balancing targets, handed to calls without copying.
+    targets: RwLock<Option<Arc<[Target]>>>,
     session: std::sync::Weak<Session>,
 }
 
@@ -33,7 +32,7 @@ impl ServiceWatch {
             service,
             version_req,
             instances: RwLock::new(None),
-            next: AtomicUsize::new(0),
+            targets: RwLock::new(None),
             session: Arc::downgrade(session),
         }
     }
@@ -41,63 +40,62 @@ impl ServiceWatch {
     /// Replaces the known instances (a push or a pull arrived).
     pub(crate) fn update(&self, instances: Vec<Instance>) {
         let mut known = self.instances.write();
-        if known.as_ref() != Some(&instances) {
-            tracing::debug!(
-                service = %self.service,
-                count = instances.len(),
-                "discovery: instances changed"
-            );
+        if known.as_ref() == Some(&instances) {
+            return;
         }
+        tracing::debug!(
+            service = %self.service,
+            count = instances.len(),
+            "discovery: instances changed"
+        );
+        let targets: Arc<[Target]> = instances
+            .iter()
+            .map(|i| Target::new(i.endpoint.as_str(), i.weight))
+            .collect();
+        *self.targets.write() = Some(targets);
         *known = Some(instances);
     }
 
-    fn no_provider(&self) -> Error {
-        Error::new(
-            ErrorKind::NoProvider,
-            format!(
-                "no live provider of service `{}` matching `{}`",
-                self.service, self.version_req
-            ),
-        )
+    /// Whether the registry currently lists a provider at `endpoint`.
+    pub(crate) fn lists(&self, endpoint: &str) -> bool {
+        self.instances
+            .read()
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|i| i.endpoint == endpoint))
     }
 }
 
 impl EndpointSource for ServiceWatch {
-    fn candidates(&self) -> BoxFuture<'_, Result<Vec<SocketAddr>, Error>> {
+    fn known(&self) -> Option<Arc<[Target]>> {
+        self.targets.read().clone()
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Arc<[Target]>, Error>> {
         Box::pin(async move {
-            let known = self.instances.read().clone();
-            let instances = match known {
-                Some(list) => list,
-                None => {
-                    // First use before the subscription answered: ask the registry now.
-                    let session = self.session.upgrade().ok_or_else(|| {
-                        Error::connection_closed("the Stardust handle was dropped")
-                    })?;
-                    let list = session.discover(&self.service, &self.version_req).await?;
-                    self.update(list.clone());
-                    list
-                }
-            };
-            if instances.is_empty() {
-                return Err(self.no_provider());
+            if let Some(targets) = self.known() {
+                return Ok(targets);
             }
-            let start = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
-            let mut addrs = Vec::with_capacity(instances.len());
-            for inst in instances[start..].iter().chain(&instances[..start]) {
-                match tokio::net::lookup_host(inst.endpoint.as_str()).await {
-                    Ok(resolved) => addrs.extend(resolved),
-                    Err(e) => tracing::warn!(
-                        endpoint = %inst.endpoint,
-                        error = %e,
-                        "discovery: cannot resolve a provider's endpoint"
-                    ),
-                }
-            }
-            if addrs.is_empty() {
-                return Err(self.no_provider());
-            }
-            Ok(addrs)
+            // First use before the subscription answered: ask the registry now.
+            let session = self
+                .session
+                .upgrade()
+                .ok_or_else(|| Error::connection_closed("the Stardust handle was dropped"))?;
+            let list = session.discover(&self.service, &self.version_req).await?;
+            self.update(list);
+            Ok(self.known().unwrap_or_else(|| Arc::from(Vec::new())))
         })
+    }
+
+    fn no_provider(&self, detail: &str) -> Error {
+        let mut message = format!(
+            "no live provider of service `{}` matching `{}`",
+            self.service, self.version_req
+        );
+        if !detail.is_empty() {
+            message.push_str(": ");
+            message.push_str(detail);
+        }
+        Error::new(ErrorKind::NoProvider, message)
     }
 
     fn describe(&self) -> String {

@@ -1,0 +1,135 @@
+//! The connections of discovery-backed clients: one long-lived connection per provider endpoint,
+//! shared by every proxy of a [`Stardust`](crate::Stardust) handle.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::ClientConfig;
+use super::connection::ClientConn;
+use super::notifications::Notification;
+use crate::error::{Error, ErrorKind};
+
+/// Connections keyed by provider endpoint, opened on first use and reopened on the next use
+/// after a drop.
+pub(crate) struct Pool {
+    config: ClientConfig,
+    notify_tx: broadcast::Sender<Notification>,
+    slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+}
+
+/// One endpoint's connection.
+struct Slot {
+    endpoint: Arc<str>,
+    conn: Mutex<Option<Arc<ClientConn>>>,
+    /// Serialises connecting so a burst of calls opens one connection, not many.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn usable(&self) -> Option<Arc<ClientConn>> {
+        self.conn.lock().as_ref().filter(|c| c.is_usable()).cloned()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The endpoint left the pool (its provider is gone from the registry, or the pool was
+        // dropped): no new calls go there; the ones in flight finish, then it closes.
+        if let Some(conn) = self.conn.get_mut().take() {
+            retire(conn, &self.endpoint);
+        }
+    }
+}
+
+fn retire(conn: Arc<ClientConn>, endpoint: &str) {
+    let reason = Error::connection_closed(format!(
+        "the provider at {endpoint} is no longer listed by the registry"
+    ));
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move { conn.retire(reason).await });
+        }
+        Err(_) => conn.shutdown(),
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(config: ClientConfig) -> Pool {
+        let (notify_tx, _) = broadcast::channel(1024);
+        Pool {
+            config,
+            notify_tx,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where notifications pushed on any pooled connection go.
+    pub(crate) fn notify_sender(&self) -> broadcast::Sender<Notification> {
+        self.notify_tx.clone()
+    }
+
+    /// The live connection to `endpoint`, opening one if there is none (or it dropped, or its
+    /// server is draining it).
+    pub(crate) async fn connection(&self, endpoint: &Arc<str>) -> Result<Arc<ClientConn>, Error> {
+        let slot = {
+            let mut slots = self.slots.lock();
+            match slots.get(endpoint) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(Slot {
+                        endpoint: endpoint.clone(),
+                        conn: Mutex::new(None),
+                        connecting: tokio::sync::Mutex::new(()),
+                    });
+                    slots.insert(endpoint.clone(), slot.clone());
+                    slot
+                }
+            }
+        };
+        if let Some(conn) = slot.usable() {
+            return Ok(conn);
+        }
+        let _guard = slot.connecting.lock().await;
+        if let Some(conn) = slot.usable() {
+            return Ok(conn);
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&**endpoint)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("cannot resolve provider endpoint {endpoint}: {e}"),
+                )
+                .with_source(e)
+            })?
+            .collect();
+        let conn = ClientConn::connect(&addrs, &self.config, self.notify_tx.clone()).await?;
+        let old = slot.conn.lock().replace(conn.clone());
+        if let Some(old) = old {
+            // Dropped or draining already: let whatever is still in flight on it finish.
+            retire(old, endpoint);
+        }
+        Ok(conn)
+    }
+
+    /// Drains the connections to endpoints for which `listed` is false: no new calls, calls in
+    /// flight finish, then the connection closes.
+    pub(crate) fn retain(&self, listed: impl Fn(&str) -> bool) {
+        let removed: Vec<Arc<Slot>> = {
+            let mut slots = self.slots.lock();
+            let gone: Vec<Arc<str>> = slots.keys().filter(|e| !listed(e)).cloned().collect();
+            gone.iter().filter_map(|e| slots.remove(e)).collect()
+        };
+        for slot in removed {
+            let conn = slot.conn.lock().take();
+            if let Some(conn) = conn {
+                tracing::debug!(endpoint = %slot.endpoint, "draining the connection to a removed provider");
+                retire(conn, &slot.endpoint);
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Load balancing and failover of discovery-backed clients, over loopback with an embedded
+//! registry: calls are spread over every provider, providers come and go under load, and a
+//! provider's death is hidden from callers wherever that is safe. Everything is counted, never
+//! timed; waits are bounded.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::within;
+use stardust::{ErrorKind, Server, Stardust};
+use stardust_registry::{AppConfig, Config, RegistryNode};
+use tokio::sync::{Semaphore, mpsc};
+
+const PROVIDER: (&str, &str) = ("where-provider", "provider-secret");
+const CONSUMER: (&str, &str) = ("web", "web-secret");
+
+/// A service whose answers say which provider took the call.
+#[stardust::service(name = "test.Where", version = "1.0.0")]
+pub trait Where {
+    /// The provider's number (idempotent: safe to retry).
+    #[stardust(idempotent)]
+    async fn whoami(&self) -> u32;
+    /// The provider's number, counted as a side effect (not idempotent).
+    async fn bump(&self) -> u32;
+    /// Waits until the test opens the provider's gate (idempotent).
+    #[stardust(idempotent)]
+    async fn hold(&self) -> u32;
+    /// Waits until the test opens the provider's gate (not idempotent).
+    async fn hold_once(&self) -> u32;
+}
+
+#[derive(Clone)]
+struct WhereImpl {
+    id: u32,
+    calls: Arc<AtomicU64>,
+    gate: Arc<Semaphore>,
+    entered: mpsc::UnboundedSender<(u32, &'static str)>,
+}
+
+impl WhereImpl {
+    async fn held(&self, kind: &'static str) -> u32 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let _ = self.entered.send((self.id, kind));
+        self.gate.acquire().await.expect("gate").forget();
+        self.id
+    }
+}
+
+impl Where for WhereImpl {
+    async fn whoami(&self) -> u32 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.id
+    }
+
+    async fn bump(&self) -> u32 {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.id
+    }
+
+    async fn hold(&self) -> u32 {
+        self.held("hold").await
+    }
+
+    async fn hold_once(&self) -> u32 {
+        self.held("hold_once").await
+    }
+}
+
+fn config() -> Config {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("stardust-balance-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Config::new()
+        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
+        .with_lease_ttl(Duration::from_secs(30))
+        .with_key_file(dir.join("keys.toml"))
+}
+
+async fn registry() -> RegistryNode {
+    RegistryNode::builder()
+        .config(config())
+        .bind("127.0.0.1:0")
+        .await
+        .expect("registry")
+}
+
+async fn star(node: &RegistryNode, app: (&str, &str)) -> Stardust {
+    Stardust::builder()
+        .registry(node.local_addr().to_string())
+        .app(app.0, app.1)
+        .heartbeat(Duration::from_millis(200))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .expect("login")
+}
+
+/// One provider process: its own registry session, server and counters.
+struct Node {
+    star: Option<Stardust>,
+    provider: Option<stardust::Provider>,
+    calls: Arc<AtomicU64>,
+    gate: Arc<Semaphore>,
+}
+
+impl Node {
+    async fn start(
+        node: &RegistryNode,
+        id: u32,
+        entered: &mpsc::UnboundedSender<(u32, &'static str)>,
+    ) -> Node {
+        let star = star(node, PROVIDER).await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let service = WhereImpl {
+            id,
+            calls: calls.clone(),
+            gate: gate.clone(),
+            entered: entered.clone(),
+        };
+        let provider = star
+            .serve(
+                Server::builder().serve(WhereServer::new(service)),
+                "127.0.0.1:0",
+            )
+            .await
+            .expect("serve");
+        Node {
+            star: Some(star),
+            provider: Some(provider),
+            calls,
+            gate,
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn open_gate(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// The process dies: its server stops at once (connections cut, no drain) and its registry
+    /// session ends, without deregistering first.
+    fn crash(&mut self) {
+        let star = self.star.take();
+        drop(self.provider.take());
+        drop(star);
+    }
+}
+
+/// Calls `whoami` until every one of `ids` has answered (the consumer knows all providers).
+async fn wait_for_providers(client: &WhereClient, ids: &[u32]) {
+    within("every provider to be discovered", async {
+        let mut seen = std::collections::BTreeSet::new();
+        while !ids.iter().all(|i| seen.contains(i)) {
+            seen.insert(client.whoami().await.expect("call"));
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_calls_exactly() {
+    let node = registry().await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client::<WhereClient>();
+    wait_for_providers(&client, &[0, 1, 2]).await;
+
+    let before: Vec<u64> = nodes.iter().map(Node::calls).collect();
+    let mut answers: BTreeMap<u32, u64> = BTreeMap::new();
+    for _ in 0..300 {
+        *answers.entry(client.whoami().await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(answers, BTreeMap::from([(0, 100), (1, 100), (2, 100)]));
+    for (n, b) in nodes.iter().zip(before) {
+        assert_eq!(n.calls() - b, 100);
+    }
+
+    // Another proxy of the same handle takes the providers in turn too (its own rotation, the
+    // handle's shared connections).
+    let other = consumer.client::<WhereClient>();
+    let mut answers: BTreeMap<u32, u64> = BTreeMap::new();
+    for _ in 0..30 {
+        *answers.entry(other.whoami().await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(answers, BTreeMap::from([(0, 10), (1, 10), (2, 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_provider_fails_at_once_naming_the_service() {
+    let node = registry().await;
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client::<WhereClient>();
+    let err = within("a call with no provider", client.whoami())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoProvider, "{err}");
+    assert!(err.to_string().contains("test.Where"), "{err}");
+
+    // Providers that all crash: the consumer is told there is none, not left waiting.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut a = Node::start(&node, 0, &tx).await;
+    wait_for_providers(&client, &[0]).await;
+    a.crash();
+    let err = within("a call after the only provider died", async {
+        loop {
+            match client.whoami().await {
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(err.kind(), ErrorKind::NoProvider, "{err}");
+    assert!(err.to_string().contains("test.Where"), "{err}");
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Tally {
+    idempotent_ok: u64,
+    idempotent_failed: Vec<String>,
+    once_ok: u64,
+    once_unknown: u64,
+    once_other: Vec<String>,
+    by_provider: HashMap<u32, u64>,
+}
+
+/// Callers that alternate idempotent and non-idempotent calls until `stop`.
+fn load(
+    client: &WhereClient,
+    callers: usize,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
+    (0..callers)
+        .map(|_| {
+            let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut t = Tally::default();
+                while !stop.load(Ordering::SeqCst) {
+                    match client.whoami().await {
+                        Ok(id) => {
+                            t.idempotent_ok += 1;
+                            *t.by_provider.entry(id).or_default() += 1;
+                        }
+                        Err(e) => t.idempotent_failed.push(e.to_string()),
+                    }
+                    match client.bump().await {
+                        Ok(id) => {
+                            t.once_ok += 1;
+                            *t.by_provider.entry(id).or_default() += 1;
+                        }
+                        Err(e)
+                            if e.kind() == ErrorKind::ConnectionClosed
+                                && e.message().starts_with("outcome unknown") =>
+                        {
+                            t.once_unknown += 1
+                        }
+                        Err(e) => t.once_other.push(e.to_string()),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                t
+            })
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+async fn total(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut all = Tally::default();
+    for t in tasks {
+        let t = within("a caller to stop", t).await.unwrap();
+        all.idempotent_ok += t.idempotent_ok;
+        all.idempotent_failed.extend(t.idempotent_failed);
+        all.once_ok += t.once_ok;
+        all.once_unknown += t.once_unknown;
+        all.once_other.extend(t.once_other);
+        for (k, v) in t.by_provider {
+            *all.by_provider.entry(k).or_default() += v;
+        }
+    }
+    all
+}
+
+/// Starts held calls one at a time until provider `victim` holds one of each kind; returns the
+/// calls held there and the ones held elsewhere.
+#[allow(clippy::type_complexity)]
+async fn hold_on(
+    client: &WhereClient,
+    victim: u32,
+    entered: &mut mpsc::UnboundedReceiver<(u32, &'static str)>,
+) -> (
+    Vec<(
+        &'static str,
+        tokio::task::JoinHandle<Result<u32, stardust::Error>>,
+    )>,
+    Vec<tokio::task::JoinHandle<Result<u32, stardust::Error>>>,
+) {
+    let mut on_victim = Vec::new();
+    let mut elsewhere = Vec::new();
+    for kind in ["hold", "hold_once"] {
+        loop {
+            let c = client.clone();
+            let call = tokio::spawn(async move {
+                if kind == "hold" {
+                    c.hold().await
+                } else {
+                    c.hold_once().await
+                }
+            });
+            let (id, k) = within("a held call to start", entered.recv())
+                .await
+                .unwrap();
+            assert_eq!(k, kind);
+            if id == victim {
+                on_victim.push((kind, call));
+                break;
+            }
+            elsewhere.push(call);
+        }
+    }
+    (on_victim, elsewhere)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_crash_under_load_is_hidden_where_safe() {
+    let node = registry().await;
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client::<WhereClient>();
+    wait_for_providers(&client, &[0, 1, 2]).await;
+
+    // Calls in flight on the victim when it dies: one idempotent, one not.
+    let (on_victim, elsewhere) = hold_on(&client, 0, &mut entered).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let callers = load(&client, 16, &stop, &done);
+    wait_until("load before the crash", || {
+        done.load(Ordering::SeqCst) >= 300
+    })
+    .await;
+
+    nodes[0].crash();
+    let at_crash = done.load(Ordering::SeqCst);
+    wait_until("load after the crash", || {
+        done.load(Ordering::SeqCst) >= at_crash + 300
+    })
+    .await;
+
+    // A fourth provider registering mid-load gets calls.
+    nodes.push(Node::start(&node, 3, &tx).await);
+    wait_until("the new provider to receive calls", || {
+        nodes[3].calls() >= 20
+    })
+    .await;
+
+    stop.store(true, Ordering::SeqCst);
+    for n in &nodes[1..] {
+        n.open_gate();
+    }
+    let tally = total(callers).await;
+    assert!(
+        tally.idempotent_failed.is_empty(),
+        "idempotent calls failed: {:?}",
+        tally.idempotent_failed
+    );
+    assert!(
+        tally.once_other.is_empty(),
+        "non-idempotent calls failed other than with outcome unknown: {:?}",
+        tally.once_other
+    );
+    assert!(tally.idempotent_ok >= 600 && tally.once_ok > 0);
+    assert!(tally.by_provider.get(&3).copied().unwrap_or(0) > 0);
+
+    for (kind, call) in on_victim {
+        let result = within("a held call on the victim", call).await.unwrap();
+        match kind {
+            // Retried on a survivor, which answered once its gate opened.
+            "hold" => assert!(matches!(result, Ok(1..=3)), "{result:?}"),
+            _ => {
+                let err = result.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::ConnectionClosed, "{err}");
+                assert!(err.message().starts_with("outcome unknown"), "{err}");
+                assert!(err.message().contains("hold_once"), "{err}");
+            }
+        }
+    }
+    for call in elsewhere {
+        within("a held call on a survivor", call)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregistering_provider_finishes_its_calls_in_flight() {
+    let node = registry().await;
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client::<WhereClient>();
+    wait_for_providers(&client, &[0, 1, 2]).await;
+    let (on_victim, elsewhere) = hold_on(&client, 0, &mut entered).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let callers = load(&client, 8, &stop, &done);
+    wait_until("load before the deregistration", || {
+        done.load(Ordering::SeqCst) >= 200
+    })
+    .await;
+
+    // Deregisters, then drains: the held calls keep the server (and the consumer's connection
+    // to it) open until they finish.
+    let provider = nodes[0].provider.take().unwrap();
+    let shutdown = tokio::spawn(provider.shutdown());
+    let at = done.load(Ordering::SeqCst);
+    wait_until("load after the deregistration", || {
+        done.load(Ordering::SeqCst) >= at + 200
+    })
+    .await;
+    let served = nodes[0].calls();
+    wait_until("more load", || done.load(Ordering::SeqCst) >= at + 400).await;
+    assert_eq!(
+        nodes[0].calls(),
+        served,
+        "no new calls after the drain began"
+    );
+    assert!(!shutdown.is_finished(), "held calls keep the drain going");
+
+    nodes[0].open_gate();
+    for (_, call) in on_victim {
+        assert_eq!(within("a held call", call).await.unwrap().unwrap(), 0);
+    }
+    within("the provider's shutdown", shutdown).await.unwrap();
+
+    stop.store(true, Ordering::SeqCst);
+    for n in &nodes[1..] {
+        n.open_gate();
+    }
+    let tally = total(callers).await;
+    assert!(
+        tally.idempotent_failed.is_empty(),
+        "{:?}",
+        tally.idempotent_failed
+    );
+    assert!(tally.once_other.is_empty(), "{:?}", tally.once_other);
+    assert_eq!(tally.once_unknown, 0, "a graceful drain loses no call");
+    for call in elsewhere {
+        within("a held call elsewhere", call)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
