@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::within;
+use stardust::balance::{ConsistentHash, RoundRobin};
 use stardust::{ErrorKind, Server, Stardust};
 use stardust_registry::{AppConfig, Config, RegistryNode};
 use tokio::sync::{Semaphore, mpsc};
@@ -39,6 +40,8 @@ struct WhereImpl {
     calls: Arc<AtomicU64>,
     gate: Arc<Semaphore>,
     entered: mpsc::UnboundedSender<(u32, &'static str)>,
+    /// `whoami` waits for the gate too: a provider that has stalled.
+    slow: bool,
 }
 
 impl WhereImpl {
@@ -52,6 +55,9 @@ impl WhereImpl {
 
 impl Where for WhereImpl {
     async fn whoami(&self) -> u32 {
+        if self.slow {
+            return self.held("whoami").await;
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.id
     }
@@ -115,6 +121,15 @@ impl Node {
         id: u32,
         entered: &mpsc::UnboundedSender<(u32, &'static str)>,
     ) -> Node {
+        Node::start_with(node, id, entered, false).await
+    }
+
+    async fn start_with(
+        node: &RegistryNode,
+        id: u32,
+        entered: &mpsc::UnboundedSender<(u32, &'static str)>,
+        slow: bool,
+    ) -> Node {
         let star = star(node, PROVIDER).await;
         let calls = Arc::new(AtomicU64::new(0));
         let gate = Arc::new(Semaphore::new(0));
@@ -123,6 +138,7 @@ impl Node {
             calls: calls.clone(),
             gate: gate.clone(),
             entered: entered.clone(),
+            slow,
         };
         let provider = star
             .serve(
@@ -161,7 +177,16 @@ async fn wait_for_providers(client: &WhereClient, ids: &[u32]) {
     within("every provider to be discovered", async {
         let mut seen = std::collections::BTreeSet::new();
         while !ids.iter().all(|i| seen.contains(i)) {
-            seen.insert(client.whoami().await.expect("call"));
+            match client.whoami().await {
+                Ok(id) => {
+                    seen.insert(id);
+                }
+                // The registry's push of a new provider may not have arrived yet.
+                Err(e) if e.kind() == ErrorKind::NoProvider => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("call failed: {e}"),
+            }
             tokio::task::yield_now().await;
         }
     })
@@ -177,7 +202,7 @@ async fn round_robin_spreads_calls_exactly() {
         nodes.push(Node::start(&node, id, &tx).await);
     }
     let consumer = star(&node, CONSUMER).await;
-    let client = consumer.client::<WhereClient>();
+    let client = consumer.client_with::<WhereClient>(RoundRobin::new());
     wait_for_providers(&client, &[0, 1, 2]).await;
 
     let before: Vec<u64> = nodes.iter().map(Node::calls).collect();
@@ -192,7 +217,7 @@ async fn round_robin_spreads_calls_exactly() {
 
     // Another proxy of the same handle takes the providers in turn too (its own rotation, the
     // handle's shared connections).
-    let other = consumer.client::<WhereClient>();
+    let other = consumer.client_with::<WhereClient>(RoundRobin::new());
     let mut answers: BTreeMap<u32, u64> = BTreeMap::new();
     for _ in 0..30 {
         *answers.entry(other.whoami().await.unwrap()).or_default() += 1;
@@ -485,4 +510,90 @@ async fn deregistering_provider_finishes_its_calls_in_flight() {
             .unwrap()
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_keeps_keys_and_moves_only_a_leavers() {
+    let node = registry().await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..5 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client_with::<WhereClient>(ConsistentHash::new());
+    wait_for_providers(&client, &[0, 1, 2, 3, 4]).await;
+
+    let keyed = |k: u32| WhereClient::new(client.client().with_hash_key(format!("user-{k}")));
+    let mut owner = HashMap::new();
+    for k in 0..100 {
+        let c = keyed(k);
+        let first = c.whoami().await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                c.whoami().await.unwrap(),
+                first,
+                "key {k} stays on one provider"
+            );
+        }
+        owner.insert(k, first);
+    }
+    let used: std::collections::BTreeSet<u32> = owner.values().copied().collect();
+    assert_eq!(used.len(), 5, "keys spread over every provider: {owner:?}");
+
+    // Provider 2 leaves: only its keys move.
+    nodes[2].provider.take().unwrap().shutdown().await;
+    for k in 0..100 {
+        let now = keyed(k).whoami().await.unwrap();
+        if owner[&k] == 2 {
+            assert_ne!(now, 2, "key {k} left the provider that left");
+        } else {
+            assert_eq!(now, owner[&k], "key {k} moved although its provider stayed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_provider_gets_few_calls_under_the_default_strategy() {
+    let node = registry().await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..2 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    // The third provider stalls: it answers nothing until the test releases it.
+    nodes.push(Node::start_with(&node, 2, &tx, true).await);
+    let consumer = star(&node, CONSUMER).await;
+    let client = consumer.client::<WhereClient>();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, stop, done) = (client.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    client.whoami().await.unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    wait_until("1000 calls answered", || {
+        done.load(Ordering::SeqCst) >= 1000
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let slow = nodes[2].calls();
+    let fast = nodes[0].calls() + nodes[1].calls();
+    nodes[2].open_gate();
+    for c in callers {
+        within("a caller to stop", c).await.unwrap();
+    }
+    assert!(slow >= 1, "the stalled provider was tried");
+    assert!(
+        slow * 10 <= slow + fast,
+        "the stalled provider got {slow} of {} calls",
+        slow + fast
+    );
 }

@@ -42,7 +42,7 @@ use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::transport::Keepalive;
 
-use crate::balance::{Balancer, Target};
+use crate::balance::{Balancer, Pick, Target};
 use connection::{CallError, ClientConn};
 pub(crate) use endpoints::EndpointSource;
 use endpoints::{Balanced, Endpoints};
@@ -193,6 +193,7 @@ impl ClientBuilder {
         Client {
             timeout: self.config.timeout,
             metadata: None,
+            hash_key: None,
             inner: Arc::new(ClientInner {
                 endpoints,
                 config: self.config,
@@ -218,6 +219,8 @@ pub struct Client {
     inner: Arc<ClientInner>,
     timeout: Option<Duration>,
     metadata: Option<Arc<Metadata>>,
+    /// Routes this handle's calls under [`ConsistentHash`](crate::balance::ConsistentHash).
+    hash_key: Option<u64>,
 }
 
 struct ClientInner {
@@ -277,6 +280,19 @@ impl Client {
         meta.insert(key, value);
         Client {
             metadata: Some(Arc::new(meta)),
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose calls carry `key` for the balancer: under
+    /// [`ConsistentHash`](crate::balance::ConsistentHash) every call with the same key goes to
+    /// the same provider while it is listed. The key is hashed with a stable hash (FNV-1a), so
+    /// every process maps it alike. No effect on a client of a single server.
+    ///
+    /// A typed proxy takes one with `CalcClient::new(calc.client().with_hash_key("user-42"))`.
+    pub fn with_hash_key(&self, key: impl AsRef<[u8]>) -> Client {
+        Client {
+            hash_key: Some(crate::balance::stable_hash(key.as_ref())),
             ..self.clone()
         }
     }
@@ -392,7 +408,10 @@ impl Client {
             meta,
         };
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
-            return Box::pin(one_way_balanced(b, service, method, head, args)).await;
+            let pick = Pick {
+                hash_key: self.hash_key,
+            };
+            return Box::pin(one_way_balanced(b, &pick, service, method, head, args)).await;
         }
         let conn = self.inner.connection().await?;
         conn.send_one_way(head, args)
@@ -411,6 +430,9 @@ impl Client {
     ) -> Result<bytes::Bytes, Error> {
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
             let call = BalancedCall {
+                pick: Pick {
+                    hash_key: self.hash_key,
+                },
                 service,
                 method,
                 deadline,
@@ -529,6 +551,7 @@ impl ClientInner {
 /// provider cannot be reached (nothing was queued there).
 async fn one_way_balanced<A: Serialize + ?Sized>(
     b: &Balanced,
+    pick: &Pick,
     service: &'static ServiceDescriptor,
     method: &'static MethodDescriptor,
     head: RequestHead<'_>,
@@ -537,7 +560,7 @@ async fn one_way_balanced<A: Serialize + ?Sized>(
     let targets = providers(b).await?;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
-        let Some(target) = choose(b, &targets, &tried) else {
+        let Some(target) = choose(b, pick, &targets, &tried) else {
             return Err(exhausted(b, service, method, tried.len(), None));
         };
         let result = match b.pool.connection(&target.endpoint).await {
@@ -571,9 +594,9 @@ async fn providers(b: &Balanced) -> Result<Arc<[Target]>, Error> {
 }
 
 /// The balancer's choice among the providers not tried yet by this call.
-fn choose(b: &Balanced, targets: &[Target], tried: &[Arc<str>]) -> Option<Target> {
+fn choose(b: &Balanced, pick: &Pick, targets: &[Target], tried: &[Arc<str>]) -> Option<Target> {
     if tried.is_empty() {
-        let i = b.balancer.pick(targets) % targets.len();
+        let i = b.balancer.pick(targets, pick) % targets.len();
         return Some(targets[i].clone());
     }
     let left: Vec<Target> = targets
@@ -584,7 +607,7 @@ fn choose(b: &Balanced, targets: &[Target], tried: &[Arc<str>]) -> Option<Target
     if left.is_empty() {
         return None;
     }
-    let i = b.balancer.pick(&left) % left.len();
+    let i = b.balancer.pick(&left, pick) % left.len();
     Some(left[i].clone())
 }
 
@@ -612,6 +635,7 @@ fn exhausted(
 
 /// A call routed by a balancer: tried on one provider after another while it is safe to.
 struct BalancedCall<'a> {
+    pick: Pick,
     service: &'static ServiceDescriptor,
     method: &'static MethodDescriptor,
     deadline: Option<Instant>,
@@ -657,9 +681,11 @@ impl BalancedCall<'_> {
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<Error> = None;
         loop {
-            let Some(target) = choose(b, &targets, &tried) else {
+            let Some(target) = choose(b, &self.pick, &targets, &tried) else {
                 return Err(exhausted(b, service, method, tried.len(), last));
             };
+            // Counted from the choice on, so calls waiting for a connection weigh too.
+            let in_flight = target.load().start();
             let conn = match self.deadline {
                 None => b.pool.connection(&target.endpoint).await,
                 Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target.endpoint))
@@ -700,8 +726,14 @@ impl BalancedCall<'_> {
                 trace_id: self.trace_id,
                 meta: self.meta,
             };
-            match conn.exchange(head, args, info).await {
-                Ok(reply) => return Ok(reply),
+            let sent = Instant::now();
+            let result = conn.exchange(head, args, info).await;
+            drop(in_flight);
+            match result {
+                Ok(reply) => {
+                    target.load().record(sent.elapsed());
+                    return Ok(reply);
+                }
                 // Found closed before the request was queued: it never left this process.
                 Err(CallError::Reconnect(e)) => {
                     tried.push(target.endpoint);

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use super::ClientConfig;
 use super::connection::ClientConn;
 use super::notifications::Notification;
+use crate::balance::Load;
 use crate::error::{Error, ErrorKind};
 
 /// Connections keyed by provider endpoint, opened on first use and reopened on the next use
@@ -24,6 +25,8 @@ pub(crate) struct Pool {
 /// One endpoint's connection.
 struct Slot {
     endpoint: Arc<str>,
+    /// This process's calls in flight there and their latency, for the balancers.
+    load: Arc<Load>,
     conn: Mutex<Option<Arc<ClientConn>>>,
     /// Serialises connecting so a burst of calls opens one connection, not many.
     connecting: tokio::sync::Mutex<()>,
@@ -75,21 +78,7 @@ impl Pool {
     /// The live connection to `endpoint`, opening one if there is none (or it dropped, or its
     /// server is draining it).
     pub(crate) async fn connection(&self, endpoint: &Arc<str>) -> Result<Arc<ClientConn>, Error> {
-        let slot = {
-            let mut slots = self.slots.lock();
-            match slots.get(endpoint) {
-                Some(slot) => slot.clone(),
-                None => {
-                    let slot = Arc::new(Slot {
-                        endpoint: endpoint.clone(),
-                        conn: Mutex::new(None),
-                        connecting: tokio::sync::Mutex::new(()),
-                    });
-                    slots.insert(endpoint.clone(), slot.clone());
-                    slot
-                }
-            }
-        };
+        let slot = self.slot(endpoint);
         if let Some(conn) = slot.usable() {
             return Ok(conn);
         }
@@ -114,6 +103,28 @@ impl Pool {
             retire(old, endpoint);
         }
         Ok(conn)
+    }
+
+    fn slot(&self, endpoint: &Arc<str>) -> Arc<Slot> {
+        let mut slots = self.slots.lock();
+        match slots.get(endpoint) {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(Slot {
+                    endpoint: endpoint.clone(),
+                    load: Arc::new(Load::default()),
+                    conn: Mutex::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                });
+                slots.insert(endpoint.clone(), slot.clone());
+                slot
+            }
+        }
+    }
+
+    /// The load record of `endpoint`, shared by every proxy of the handle.
+    pub(crate) fn load(&self, endpoint: &Arc<str>) -> Arc<Load> {
+        self.slot(endpoint).load.clone()
     }
 
     /// Drains the connections to endpoints for which `listed` is false: no new calls, calls in

@@ -11,7 +11,7 @@ use tokio::task::AbortHandle;
 use super::api::Registration;
 use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
-use crate::balance::{Balancer, RoundRobin};
+use crate::balance::{Balancer, LeastLoaded};
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, ServerBuilder};
@@ -223,10 +223,11 @@ impl Stardust {
 
     /// Like [`Stardust::client`] with an explicit version requirement (`^1.2`, `*`).
     pub fn client_matching<C: ServiceClient>(&self, version_req: &str) -> C {
-        self.client_matching_with::<C>(version_req, RoundRobin::new())
+        self.client_matching_with::<C>(version_req, LeastLoaded::new())
     }
 
-    /// Like [`Stardust::client`], with `balancer` choosing the provider of each call.
+    /// Like [`Stardust::client`], with `balancer` choosing the provider of each call instead of
+    /// the default [`LeastLoaded`] (see [`balance`](crate::balance) for the strategies).
     pub fn client_with<C: ServiceClient>(&self, balancer: impl Balancer) -> C {
         self.client_matching_with::<C>(&format!("^{}", C::DESCRIPTOR.version), balancer)
     }

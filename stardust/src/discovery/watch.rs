@@ -48,9 +48,19 @@ impl ServiceWatch {
             count = instances.len(),
             "discovery: instances changed"
         );
+        let session = self.session.upgrade();
         let targets: Arc<[Target]> = instances
             .iter()
-            .map(|i| Target::new(i.endpoint.as_str(), i.weight))
+            .map(|i| {
+                let endpoint: Arc<str> = Arc::from(i.endpoint.as_str());
+                match &session {
+                    Some(s) => {
+                        let load = s.pool.load(&endpoint);
+                        Target::with_load(endpoint, i.weight, load)
+                    }
+                    None => Target::new(endpoint, i.weight),
+                }
+            })
             .collect();
         *self.targets.write() = Some(targets);
         *known = Some(instances);
