@@ -42,6 +42,8 @@ struct WhereImpl {
     entered: mpsc::UnboundedSender<(u32, &'static str)>,
     /// `whoami` waits for the gate too: a provider that has stalled.
     slow: bool,
+    /// While set, `whoami` panics: a provider failing every call.
+    fail: Arc<AtomicBool>,
 }
 
 impl WhereImpl {
@@ -59,6 +61,9 @@ impl Where for WhereImpl {
             return self.held("whoami").await;
         }
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            panic!("provider {} fails on purpose", self.id);
+        }
         self.id
     }
 
@@ -97,7 +102,15 @@ async fn registry() -> RegistryNode {
 }
 
 async fn star(node: &RegistryNode, app: (&str, &str)) -> Stardust {
-    Stardust::builder()
+    star_with(node, app, |b| b).await
+}
+
+async fn star_with(
+    node: &RegistryNode,
+    app: (&str, &str),
+    tune: impl FnOnce(stardust::StardustBuilder) -> stardust::StardustBuilder,
+) -> Stardust {
+    tune(Stardust::builder())
         .registry(node.local_addr().to_string())
         .app(app.0, app.1)
         .heartbeat(Duration::from_millis(200))
@@ -113,6 +126,7 @@ struct Node {
     provider: Option<stardust::Provider>,
     calls: Arc<AtomicU64>,
     gate: Arc<Semaphore>,
+    fail: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -133,12 +147,14 @@ impl Node {
         let star = star(node, PROVIDER).await;
         let calls = Arc::new(AtomicU64::new(0));
         let gate = Arc::new(Semaphore::new(0));
+        let fail = Arc::new(AtomicBool::new(false));
         let service = WhereImpl {
             id,
             calls: calls.clone(),
             gate: gate.clone(),
             entered: entered.clone(),
             slow,
+            fail: fail.clone(),
         };
         let provider = star
             .serve(
@@ -152,6 +168,7 @@ impl Node {
             provider: Some(provider),
             calls,
             gate,
+            fail,
         }
     }
 
@@ -596,4 +613,96 @@ async fn a_stalled_provider_gets_few_calls_under_the_default_strategy() {
         "the stalled provider got {slow} of {} calls",
         slow + fast
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_is_ejected_then_probed_back_in() {
+    let node = registry().await;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    let consumer = star_with(&node, CONSUMER, |b| {
+        b.outlier_ejection(3, Duration::from_secs(3))
+    })
+    .await;
+    let client = consumer.client_with::<WhereClient>(RoundRobin::new());
+    wait_for_providers(&client, &[0, 1, 2]).await;
+
+    // Provider 0 fails every call: its callers see the failures until it is ejected.
+    let before = nodes[0].calls();
+    nodes[0].fail.store(true, Ordering::SeqCst);
+    let mut failed = 0;
+    within("provider 0 to be ejected", async {
+        while nodes[0].calls() < before + 3 {
+            if let Err(e) = client.whoami().await {
+                assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+                failed += 1;
+            }
+        }
+    })
+    .await;
+    assert_eq!(failed, 3);
+    let ejected_at = nodes[0].calls();
+    for _ in 0..30 {
+        assert_ne!(client.whoami().await.unwrap(), 0);
+    }
+    assert_eq!(
+        nodes[0].calls(),
+        ejected_at,
+        "an ejected provider gets no calls"
+    );
+
+    // It recovers; after the ejection a probe finds it healthy and it is back in the rotation.
+    nodes[0].fail.store(false, Ordering::SeqCst);
+    within("provider 0 to be probed back in", async {
+        while nodes[0].calls() == ejected_at {
+            client.whoami().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut answers: BTreeMap<u32, u64> = BTreeMap::new();
+    for _ in 0..30 {
+        *answers.entry(client.whoami().await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(answers, BTreeMap::from([(0, 10), (1, 10), (2, 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_when_the_retry_budget_is_spent() {
+    let node = registry().await;
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(Node::start(&node, id, &tx).await);
+    }
+    // No floor and no share: no call is ever retried.
+    let consumer = star_with(&node, CONSUMER, |b| b.retry_budget(0, 0.0)).await;
+    let client = consumer.client::<WhereClient>();
+    wait_for_providers(&client, &[0, 1, 2]).await;
+    let (on_victim, elsewhere) = hold_on(&client, 0, &mut entered).await;
+    nodes[0].crash();
+    for (kind, call) in on_victim {
+        let err = within("a held call on the victim", call)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionClosed, "{err}");
+        if kind == "hold" {
+            assert!(err.message().contains("retry budget"), "{err}");
+        } else {
+            assert!(err.message().starts_with("outcome unknown"), "{err}");
+        }
+    }
+    for n in &nodes[1..] {
+        n.open_gate();
+    }
+    for call in elsewhere {
+        within("a held call elsewhere", call)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -110,12 +110,54 @@ pub(crate) struct Load {
     in_flight: AtomicU32,
     /// Latency EWMA in nanoseconds; 0 until the first answer.
     ewma_ns: AtomicU64,
+    /// Provider faults in a row (see [`Outliers`]).
+    failures: AtomicU32,
+    /// Ejected until this time ([`clock_ns`]); 0 when not ejected.
+    ejected_until: AtomicU64,
 }
 
 /// Weight of a new sample in the latency average.
 const EWMA_ALPHA: f64 = 0.3;
 
+/// Nanoseconds since the first call of this process's balancers (a monotonic clock that fits in
+/// an atomic).
+pub(crate) fn clock_ns(now: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    (now.saturating_duration_since(epoch).as_nanos() as u64).max(1)
+}
+
 impl Load {
+    /// Whether the provider is ejected at `now_ns`.
+    pub(crate) fn is_ejected(&self, now_ns: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ns
+    }
+
+    /// The provider answered: it is healthy again.
+    pub(crate) fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The provider failed a call. Returns whether this ejected it.
+    pub(crate) fn failed(&self, policy: &Outliers, now_ns: u64) -> bool {
+        if policy.consecutive == 0 {
+            return false;
+        }
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < policy.consecutive || self.is_ejected(now_ns) {
+            return false;
+        }
+        // Back in after the ejection as a probe: one more fault ejects it again at once, an
+        // answer clears the count.
+        self.failures
+            .store(policy.consecutive - 1, Ordering::Relaxed);
+        let until = now_ns.saturating_add(policy.ejection.as_nanos() as u64);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        true
+    }
+
     /// Counts a call in flight until the returned guard drops.
     pub(crate) fn start(self: &Arc<Load>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -137,6 +179,113 @@ impl Load {
                 })
             });
     }
+}
+
+/// Outlier ejection: a provider that fails `consecutive` calls in a row (connection refused or
+/// lost, overloaded, shutting down, panicked, internal error, deadline exceeded) takes no calls
+/// for `ejection`; then it is probed back in: its next call decides (an answer clears it, one
+/// more fault ejects it again). When every provider is ejected, ejection is ignored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outliers {
+    pub(crate) consecutive: u32,
+    pub(crate) ejection: Duration,
+}
+
+impl Default for Outliers {
+    fn default() -> Outliers {
+        Outliers {
+            consecutive: 5,
+            ejection: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits retries so a failing deployment is not flooded with them: a retry spends a token;
+/// tokens come at `min_per_sec` per second (the floor) plus `ratio` per call made (the share of
+/// traffic), and at most `10 × min_per_sec + 100 × ratio` are kept.
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    /// Thousandths of a token per second (the floor) and per call (the share).
+    floor_milli: u64,
+    share_milli: u64,
+    cap_milli: u64,
+    /// Thousandths of a token, and when the floor was last added.
+    state: Mutex<(u64, std::time::Instant)>,
+}
+
+const TOKEN: u64 = 1000;
+
+impl RetryBudget {
+    pub(crate) fn new(min_per_sec: u32, ratio: f64) -> RetryBudget {
+        let floor_milli = u64::from(min_per_sec) * TOKEN;
+        let share_milli = (ratio.clamp(0.0, 1.0) * TOKEN as f64).round() as u64;
+        RetryBudget {
+            floor_milli,
+            share_milli,
+            cap_milli: 10 * floor_milli + 100 * share_milli,
+            // Starts with one second of the floor.
+            state: Mutex::new((floor_milli, std::time::Instant::now())),
+        }
+    }
+
+    fn refill(&self, state: &mut (u64, std::time::Instant), now: std::time::Instant) {
+        let elapsed = now.saturating_duration_since(state.1);
+        let earned = (elapsed.as_nanos() * u128::from(self.floor_milli) / 1_000_000_000) as u64;
+        if earned > 0 {
+            state.0 = (state.0 + earned).min(self.cap_milli);
+            state.1 = now;
+        }
+    }
+
+    /// A call was made (its first attempt).
+    pub(crate) fn deposit(&self, now: std::time::Instant) {
+        let mut state = self.state.lock();
+        self.refill(&mut state, now);
+        state.0 = (state.0 + self.share_milli).min(self.cap_milli);
+    }
+
+    /// Spends a token for a retry, if there is one.
+    pub(crate) fn withdraw(&self, now: std::time::Instant) -> bool {
+        let mut state = self.state.lock();
+        self.refill(&mut state, now);
+        if state.0 >= TOKEN {
+            state.0 -= TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> RetryBudget {
+        RetryBudget::new(10, 0.2)
+    }
+}
+
+/// How a `Stardust` handle's balanced clients retry and eject: shared by all its proxies.
+#[derive(Debug, Default)]
+pub(crate) struct Policy {
+    pub(crate) budget: RetryBudget,
+    pub(crate) outliers: Outliers,
+}
+
+/// Whether an error counts against the provider for outlier ejection: it could not be reached,
+/// lost the connection, refused the call, or failed inside (not the caller's fault, and not a
+/// deadline the caller chose).
+pub(crate) fn is_provider_fault(kind: crate::ErrorKind) -> bool {
+    use crate::ErrorKind::*;
+    matches!(
+        kind,
+        Connect
+            | ConnectionClosed
+            | Overloaded
+            | ShuttingDown
+            | UnknownService
+            | Internal
+            | Panicked
+            | Protocol
+    )
 }
 
 /// A call in flight on a provider (see [`Load::start`]).
@@ -384,6 +533,57 @@ mod tests {
         (0..n)
             .map(|i| Target::new(format!("10.0.0.{i}:1"), 100))
             .collect()
+    }
+
+    #[test]
+    fn retry_budget_has_a_floor_and_a_share_of_traffic() {
+        let t0 = std::time::Instant::now();
+        let budget = RetryBudget::new(10, 0.2);
+        {
+            budget.state.lock().1 = t0;
+        }
+        // One second of the floor to start with.
+        assert_eq!((0..20).filter(|_| budget.withdraw(t0)).count(), 10);
+        // 100 calls earn 20 retries.
+        for _ in 0..100 {
+            budget.deposit(t0);
+        }
+        assert_eq!((0..50).filter(|_| budget.withdraw(t0)).count(), 20);
+        // Half a second later, half a second of the floor.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!((0..50).filter(|_| budget.withdraw(t1)).count(), 5);
+        // A long quiet period fills up to the cap only (10 s of floor + 100 × 0.2).
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!((0..500).filter(|_| budget.withdraw(t2)).count(), 120);
+        // No floor, no share: no retries at all.
+        let none = RetryBudget::new(0, 0.0);
+        none.deposit(t2);
+        assert!(!none.withdraw(t2 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn outliers_are_ejected_then_probed_back_in() {
+        let policy = Outliers {
+            consecutive: 3,
+            ejection: Duration::from_secs(10),
+        };
+        let load = Load::default();
+        let sec = 1_000_000_000;
+        assert!(!load.failed(&policy, sec));
+        load.succeeded();
+        assert!(!load.failed(&policy, sec));
+        assert!(!load.failed(&policy, sec));
+        assert!(load.failed(&policy, sec), "third fault in a row");
+        assert!(load.is_ejected(5 * sec));
+        assert!(!load.is_ejected(11 * sec), "back in after the ejection");
+        // The probe fails: out again at once.
+        assert!(load.failed(&policy, 11 * sec));
+        assert!(load.is_ejected(12 * sec));
+        // The next probe answers: healthy, three faults needed again.
+        load.succeeded();
+        assert!(!load.failed(&policy, 30 * sec));
+        assert!(!load.failed(&policy, 30 * sec));
+        assert!(load.failed(&policy, 30 * sec));
     }
 
     #[test]

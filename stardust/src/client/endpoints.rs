@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::pool::Pool;
 use crate::auth::BoxFuture;
-use crate::balance::{Balancer, Target};
+use crate::balance::{Balancer, Policy, Target};
 use crate::error::Error;
 
 /// The addresses a client may connect to.
@@ -22,6 +22,7 @@ pub(crate) struct Balanced {
     pub(crate) source: Arc<dyn EndpointSource>,
     pub(crate) pool: Arc<Pool>,
     pub(crate) balancer: Arc<dyn Balancer>,
+    pub(crate) policy: Arc<Policy>,
 }
 
 /// A changing set of providers (the registry's view of a service).

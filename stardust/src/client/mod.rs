@@ -42,7 +42,7 @@ use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::transport::Keepalive;
 
-use crate::balance::{Balancer, Pick, Target};
+use crate::balance::{Balancer, Pick, Policy, Target, clock_ns, is_provider_fault};
 use connection::{CallError, ClientConn};
 pub(crate) use endpoints::EndpointSource;
 use endpoints::{Balanced, Endpoints};
@@ -171,6 +171,7 @@ impl ClientBuilder {
         source: Arc<dyn EndpointSource>,
         pool: Arc<Pool>,
         balancer: Arc<dyn Balancer>,
+        policy: Arc<Policy>,
     ) -> Client {
         let notify_tx = pool.notify_sender();
         self.build(
@@ -178,6 +179,7 @@ impl ClientBuilder {
                 source,
                 pool,
                 balancer,
+                policy,
             }),
             None,
             notify_tx,
@@ -560,7 +562,8 @@ async fn one_way_balanced<A: Serialize + ?Sized>(
     let targets = providers(b).await?;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
-        let Some(target) = choose(b, pick, &targets, &tried) else {
+        let Some(target) = choose(b, pick, &targets, &tried, clock_ns(Instant::now().into()))
+        else {
             return Err(exhausted(b, service, method, tried.len(), None));
         };
         let result = match b.pool.connection(&target.endpoint).await {
@@ -593,17 +596,25 @@ async fn providers(b: &Balanced) -> Result<Arc<[Target]>, Error> {
     Ok(targets)
 }
 
-/// The balancer's choice among the providers not tried yet by this call.
-fn choose(b: &Balanced, pick: &Pick, targets: &[Target], tried: &[Arc<str>]) -> Option<Target> {
-    if tried.is_empty() {
+/// The balancer's choice among the providers not tried yet by this call and not ejected (or,
+/// when every untried one is ejected, among those).
+fn choose(
+    b: &Balanced,
+    pick: &Pick,
+    targets: &[Target],
+    tried: &[Arc<str>],
+    now_ns: u64,
+) -> Option<Target> {
+    let ejected = |t: &Target| t.load().is_ejected(now_ns);
+    if tried.is_empty() && !targets.iter().any(ejected) {
         let i = b.balancer.pick(targets, pick) % targets.len();
         return Some(targets[i].clone());
     }
-    let left: Vec<Target> = targets
-        .iter()
-        .filter(|t| !tried.contains(&t.endpoint))
-        .cloned()
-        .collect();
+    let untried = || targets.iter().filter(|t| !tried.contains(&t.endpoint));
+    let mut left: Vec<Target> = untried().filter(|t| !ejected(t)).cloned().collect();
+    if left.is_empty() {
+        left = untried().cloned().collect();
+    }
     if left.is_empty() {
         return None;
     }
@@ -645,6 +656,23 @@ struct BalancedCall<'a> {
 }
 
 impl BalancedCall<'_> {
+    /// Counts `e` against `target` for outlier ejection when it is the provider's fault.
+    fn fault(&self, b: &Balanced, target: &Target, e: &Error) {
+        if is_provider_fault(e.kind())
+            && target
+                .load()
+                .failed(&b.policy.outliers, clock_ns(Instant::now().into()))
+        {
+            tracing::warn!(
+                endpoint = %target.endpoint,
+                service = self.service.name,
+                error = %e,
+                ejection_ms = b.policy.outliers.ejection.as_millis() as u64,
+                "provider ejected after repeated failures"
+            );
+        }
+    }
+
     fn deadline_error(&self, budget: Duration) -> Error {
         Error::new(
             ErrorKind::DeadlineExceeded,
@@ -678,12 +706,31 @@ impl BalancedCall<'_> {
                 .await
                 .map_err(|_| self.deadline_error(budget))??,
         };
+        b.policy.budget.deposit(self.start.into());
         let mut tried: Vec<Arc<str>> = Vec::new();
         let mut last: Option<Error> = None;
         loop {
-            let Some(target) = choose(b, &self.pick, &targets, &tried) else {
+            let now = if tried.is_empty() {
+                self.start
+            } else {
+                Instant::now()
+            };
+            let Some(target) = choose(b, &self.pick, &targets, &tried, clock_ns(now.into())) else {
                 return Err(exhausted(b, service, method, tried.len(), last));
             };
+            if let Some(e) = last.take() {
+                // A retry: only within the budget.
+                if !b.policy.budget.withdraw(now.into()) {
+                    return Err(Error::new(
+                        e.kind(),
+                        format!(
+                            "{} (not retried on another provider: the retry budget is spent)",
+                            e.message()
+                        ),
+                    )
+                    .with_source(e));
+                }
+            }
             // Counted from the choice on, so calls waiting for a connection weigh too.
             let in_flight = target.load().start();
             let conn = match self.deadline {
@@ -697,16 +744,12 @@ impl BalancedCall<'_> {
                 // Nothing was sent: another provider may take it.
                 Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
                     tracing::debug!(endpoint = %target.endpoint, error = %e, "provider unreachable; trying another");
+                    self.fault(b, &target, &e);
                     tried.push(target.endpoint);
                     last = Some(e);
                     continue;
                 }
                 Err(e) => return Err(e),
-            };
-            let now = if tried.is_empty() {
-                self.start
-            } else {
-                Instant::now()
             };
             let timeout_us = match self.deadline {
                 None => 0,
@@ -729,9 +772,13 @@ impl BalancedCall<'_> {
             let sent = Instant::now();
             let result = conn.exchange(head, args, info).await;
             drop(in_flight);
+            if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
+                self.fault(b, &target, e);
+            }
             match result {
                 Ok(reply) => {
                     target.load().record(sent.elapsed());
+                    target.load().succeeded();
                     return Ok(reply);
                 }
                 // Found closed before the request was queued: it never left this process.

@@ -11,7 +11,7 @@ use tokio::task::AbortHandle;
 use super::api::Registration;
 use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
-use crate::balance::{Balancer, LeastLoaded};
+use crate::balance::{Balancer, LeastLoaded, Outliers, Policy, RetryBudget};
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, ServerBuilder};
@@ -25,6 +25,8 @@ pub struct StardustBuilder {
     app: Option<(String, Secret)>,
     cfg: SessionConfig,
     timeout: Duration,
+    budget: (u32, f64),
+    outliers: Outliers,
 }
 
 impl StardustBuilder {
@@ -69,6 +71,32 @@ impl StardustBuilder {
         self
     }
 
+    /// Retry budget of the handle's proxies: retrying a call on another provider spends a token;
+    /// tokens come at `min_per_sec` per second plus `ratio` per call made (default 10/s and 0.2:
+    /// retries add at most about 20% to the traffic once the floor is spent). A call that may
+    /// not be retried fails with the error of its last attempt, saying the budget is spent.
+    pub fn retry_budget(mut self, min_per_sec: u32, ratio: f64) -> StardustBuilder {
+        self.budget = (min_per_sec, ratio);
+        self
+    }
+
+    /// Outlier ejection of the handle's proxies: a provider that fails `consecutive_failures`
+    /// calls in a row (unreachable, connection lost, overloaded, shutting down, panicked, internal
+    /// error) takes no calls for `ejection`, then is probed back in: its next call decides (an
+    /// answer clears it, a fault ejects it again). Default 5 and 10 s; 0 failures disables it.
+    /// When every provider is ejected, ejection is ignored.
+    pub fn outlier_ejection(
+        mut self,
+        consecutive_failures: u32,
+        ejection: Duration,
+    ) -> StardustBuilder {
+        self.outliers = Outliers {
+            consecutive: consecutive_failures,
+            ejection,
+        };
+        self
+    }
+
     /// Connects to a registry and logs in. Fails if no registry answers or the login is refused;
     /// after that, registry outages are handled in the background.
     pub async fn connect(self) -> Result<Stardust, Error> {
@@ -93,6 +121,10 @@ impl StardustBuilder {
                 session,
                 task: task.abort_handle(),
                 timeout: self.timeout,
+                policy: Arc::new(Policy {
+                    budget: RetryBudget::new(self.budget.0, self.budget.1),
+                    outliers: self.outliers,
+                }),
             }),
         })
     }
@@ -134,6 +166,8 @@ struct StarInner {
     session: Arc<Session>,
     task: AbortHandle,
     timeout: Duration,
+    /// Retry budget and outlier ejection, shared by every proxy of the handle.
+    policy: Arc<Policy>,
 }
 
 impl Drop for StarInner {
@@ -159,6 +193,8 @@ impl Stardust {
             app: None,
             cfg: SessionConfig::default(),
             timeout: DEFAULT_TIMEOUT,
+            budget: (10, 0.2),
+            outliers: Outliers::default(),
         }
     }
 
@@ -246,6 +282,7 @@ impl Stardust {
             watch,
             session.pool.clone(),
             Arc::new(balancer),
+            self.inner.policy.clone(),
         );
         C::from_client(client)
     }
