@@ -33,8 +33,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-
 /// A provider a call may go to, as the registry lists it, with its live load as seen by this
 /// process.
 #[derive(Debug, Clone)]
@@ -209,8 +207,10 @@ pub(crate) struct RetryBudget {
     floor_milli: u64,
     share_milli: u64,
     cap_milli: u64,
-    /// Thousandths of a token, and when the floor was last added.
-    state: Mutex<(u64, std::time::Instant)>,
+    /// Thousandths of a token.
+    tokens: AtomicU64,
+    /// When the floor was last added ([`clock_ns`]).
+    refilled_ns: AtomicU64,
 }
 
 const TOKEN: u64 = 1000;
@@ -224,36 +224,58 @@ impl RetryBudget {
             share_milli,
             cap_milli: 10 * floor_milli + 100 * share_milli,
             // Starts with one second of the floor.
-            state: Mutex::new((floor_milli, std::time::Instant::now())),
+            tokens: AtomicU64::new(floor_milli),
+            refilled_ns: AtomicU64::new(clock_ns(std::time::Instant::now())),
         }
     }
 
-    fn refill(&self, state: &mut (u64, std::time::Instant), now: std::time::Instant) {
-        let elapsed = now.saturating_duration_since(state.1);
-        let earned = (elapsed.as_nanos() * u128::from(self.floor_milli) / 1_000_000_000) as u64;
-        if earned > 0 {
-            state.0 = (state.0 + earned).min(self.cap_milli);
-            state.1 = now;
+    fn add(&self, milli: u64) {
+        if milli > 0 {
+            let cap = self.cap_milli;
+            let _ = self
+                .tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some((t + milli).min(cap))
+                });
+        }
+    }
+
+    /// Adds the floor earned since the last refill (whole thousandths; the rest stays pending).
+    fn refill(&self, now_ns: u64) {
+        if self.floor_milli == 0 {
+            return;
+        }
+        let last = self.refilled_ns.load(Ordering::Relaxed);
+        let earned = (u128::from(now_ns.saturating_sub(last)) * u128::from(self.floor_milli)
+            / 1_000_000_000) as u64;
+        if earned == 0 {
+            return;
+        }
+        // Whoever moves the refill time adds what was earned; the others see it done.
+        let spent_ns = (u128::from(earned) * 1_000_000_000 / u128::from(self.floor_milli)) as u64;
+        if self
+            .refilled_ns
+            .compare_exchange(last, last + spent_ns, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.add(earned);
         }
     }
 
     /// A call was made (its first attempt).
     pub(crate) fn deposit(&self, now: std::time::Instant) {
-        let mut state = self.state.lock();
-        self.refill(&mut state, now);
-        state.0 = (state.0 + self.share_milli).min(self.cap_milli);
+        self.add(self.share_milli);
+        self.refill(clock_ns(now));
     }
 
     /// Spends a token for a retry, if there is one.
     pub(crate) fn withdraw(&self, now: std::time::Instant) -> bool {
-        let mut state = self.state.lock();
-        self.refill(&mut state, now);
-        if state.0 >= TOKEN {
-            state.0 -= TOKEN;
-            true
-        } else {
-            false
-        }
+        self.refill(clock_ns(now));
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_sub(TOKEN)
+            })
+            .is_ok()
     }
 }
 
@@ -317,27 +339,35 @@ impl Balancer for RoundRobin {
     }
 }
 
-/// A small seeded generator (SplitMix64). Written here rather than taken from `rand`: its
-/// output for a seed is fixed by this code, so seeded tests stay valid across dependency
-/// upgrades, and the runtime gains no dependency for a few lines.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
+/// A small seeded generator (SplitMix64), lock-free: its state is a counter, so concurrent
+/// callers each take the next step with one atomic add. Written here rather than taken from
+/// `rand`/`rand_chacha`: its output for a seed is fixed by this code, so seeded tests stay valid
+/// across dependency upgrades, and the runtime gains no dependency for a few lines.
+#[derive(Debug)]
+pub(crate) struct SplitMix64(AtomicU64);
+
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 impl SplitMix64 {
     pub(crate) fn new(seed: u64) -> SplitMix64 {
-        SplitMix64(seed)
+        SplitMix64(AtomicU64::new(seed))
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    pub(crate) fn next_u64(&self) -> u64 {
+        mix(self
+            .0
+            .fetch_add(GOLDEN, Ordering::Relaxed)
+            .wrapping_add(GOLDEN))
     }
 
     /// Uniform in `0..n` (`n > 0`), by multiply-shift.
-    fn below(&mut self, n: usize) -> usize {
+    fn below(&self, n: usize) -> usize {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 }
@@ -351,7 +381,7 @@ fn random_seed() -> u64 {
 /// weight of 0 gets no calls unless every weight is 0, then all are equally likely).
 #[derive(Debug)]
 pub struct WeightedRandom {
-    rng: Mutex<SplitMix64>,
+    rng: SplitMix64,
 }
 
 impl Default for WeightedRandom {
@@ -369,7 +399,7 @@ impl WeightedRandom {
     /// A weighted random balancer whose sequence of picks is fixed by `seed` (for tests).
     pub fn with_seed(seed: u64) -> WeightedRandom {
         WeightedRandom {
-            rng: Mutex::new(SplitMix64::new(seed)),
+            rng: SplitMix64::new(seed),
         }
     }
 }
@@ -392,7 +422,7 @@ pub fn weighted_index(weights: &[u32], r: u64) -> usize {
 
 impl Balancer for WeightedRandom {
     fn pick(&self, targets: &[Target], _call: &Pick) -> usize {
-        let r = self.rng.lock().next_u64();
+        let r = self.rng.next_u64();
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         weighted_index(&weights, r)
     }
@@ -405,7 +435,7 @@ impl Balancer for WeightedRandom {
 /// default strategy.
 #[derive(Debug)]
 pub struct LeastLoaded {
-    rng: Mutex<SplitMix64>,
+    rng: SplitMix64,
 }
 
 impl Default for LeastLoaded {
@@ -423,7 +453,7 @@ impl LeastLoaded {
     /// A least-loaded balancer whose random draws are fixed by `seed` (for tests).
     pub fn with_seed(seed: u64) -> LeastLoaded {
         LeastLoaded {
-            rng: Mutex::new(SplitMix64::new(seed)),
+            rng: SplitMix64::new(seed),
         }
     }
 }
@@ -457,7 +487,7 @@ impl Balancer for LeastLoaded {
             return 0;
         }
         let (a, b) = {
-            let mut rng = self.rng.lock();
+            let rng = &self.rng;
             let a = rng.below(n);
             let b = (a + 1 + rng.below(n - 1)) % n;
             (a, b)
@@ -473,7 +503,7 @@ impl Balancer for LeastLoaded {
 /// Calls without a key go to a random provider.
 #[derive(Debug)]
 pub struct ConsistentHash {
-    rng: Mutex<SplitMix64>,
+    rng: SplitMix64,
 }
 
 impl Default for ConsistentHash {
@@ -486,7 +516,7 @@ impl ConsistentHash {
     /// A consistent-hash balancer.
     pub fn new() -> ConsistentHash {
         ConsistentHash {
-            rng: Mutex::new(SplitMix64::new(random_seed())),
+            rng: SplitMix64::new(random_seed()),
         }
     }
 }
@@ -505,7 +535,7 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
 pub fn rendezvous(endpoints: &[&str], key: u64) -> usize {
     let mut best = (0, 0u64);
     for (i, e) in endpoints.iter().enumerate() {
-        let score = SplitMix64::new(stable_hash(e.as_bytes()) ^ key).next_u64();
+        let score = mix((stable_hash(e.as_bytes()) ^ key).wrapping_add(GOLDEN));
         if i == 0 || score > best.1 {
             best = (i, score);
         }
@@ -520,7 +550,7 @@ impl Balancer for ConsistentHash {
                 let endpoints: Vec<&str> = targets.iter().map(|t| &*t.endpoint).collect();
                 rendezvous(&endpoints, key)
             }
-            None => self.rng.lock().below(targets.len().max(1)),
+            None => self.rng.below(targets.len().max(1)),
         }
     }
 }
@@ -537,11 +567,11 @@ mod tests {
 
     #[test]
     fn retry_budget_has_a_floor_and_a_share_of_traffic() {
+        // The clock's epoch is set before t0.
+        let _ = clock_ns(std::time::Instant::now());
         let t0 = std::time::Instant::now();
         let budget = RetryBudget::new(10, 0.2);
-        {
-            budget.state.lock().1 = t0;
-        }
+        budget.refilled_ns.store(clock_ns(t0), Ordering::Relaxed);
         // One second of the floor to start with.
         assert_eq!((0..20).filter(|_| budget.withdraw(t0)).count(), 10);
         // 100 calls earn 20 retries.
