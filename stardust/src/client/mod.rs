@@ -644,6 +644,16 @@ fn exhausted(
     }
 }
 
+/// After a connection failure at `endpoint`: the first time in a call it stays eligible (a new
+/// connection may work), the second time it is skipped.
+fn retry_or_skip(endpoint: Arc<str>, tried: &mut Vec<Arc<str>>, reconnected: &mut Vec<Arc<str>>) {
+    if reconnected.contains(&endpoint) {
+        tried.push(endpoint);
+    } else {
+        reconnected.push(endpoint);
+    }
+}
+
 /// A call routed by a balancer: tried on one provider after another while it is safe to.
 struct BalancedCall<'a> {
     pick: Pick,
@@ -708,9 +718,12 @@ impl BalancedCall<'_> {
         };
         b.policy.budget.deposit(self.start.into());
         let mut tried: Vec<Arc<str>> = Vec::new();
+        // Endpoints whose connection failed once during this call: they may be chosen once
+        // more (on a new connection, e.g. to a provider restarted at the same address).
+        let mut reconnected: Vec<Arc<str>> = Vec::new();
         let mut last: Option<Error> = None;
         loop {
-            let now = if tried.is_empty() {
+            let now = if tried.is_empty() && last.is_none() {
                 self.start
             } else {
                 Instant::now()
@@ -783,7 +796,7 @@ impl BalancedCall<'_> {
                 }
                 // Found closed before the request was queued: it never left this process.
                 Err(CallError::Reconnect(e)) => {
-                    tried.push(target.endpoint);
+                    retry_or_skip(target.endpoint, &mut tried, &mut reconnected);
                     last = Some(e);
                 }
                 // Refused before reaching a handler (overloaded, shutting down, ...).
@@ -809,8 +822,8 @@ impl BalancedCall<'_> {
                         )
                         .with_source(e));
                     }
-                    tracing::debug!(endpoint = %target.endpoint, error = %e, "connection lost; retrying an idempotent call on another provider");
-                    tried.push(target.endpoint);
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "connection lost; retrying an idempotent call");
+                    retry_or_skip(target.endpoint, &mut tried, &mut reconnected);
                     last = Some(e);
                 }
                 Err(CallError::Failed(e)) => return Err(e),
