@@ -386,20 +386,26 @@ async fn hold_on(
 ) {
     let mut on_victim = Vec::new();
     let mut elsewhere = Vec::new();
-    for kind in ["hold", "hold_once"] {
+    // `hold_once_retry` is the non-idempotent method called through a handle whose policy
+    // retries lost calls anyway.
+    for kind in ["hold", "hold_once", "hold_once_retry"] {
         loop {
             let c = client.clone();
             let call = tokio::spawn(async move {
-                if kind == "hold" {
-                    c.hold().await
-                } else {
-                    c.hold_once().await
+                match kind {
+                    "hold" => c.hold().await,
+                    "hold_once" => c.hold_once().await,
+                    _ => {
+                        WhereClient::new(c.client().retry_lost_calls())
+                            .hold_once()
+                            .await
+                    }
                 }
             });
             let (id, k) = within("a held call to start", entered.recv())
                 .await
                 .unwrap();
-            assert_eq!(k, kind);
+            assert_eq!(k, if kind == "hold" { "hold" } else { "hold_once" });
             if id == victim {
                 on_victim.push((kind, call));
                 break;
@@ -422,7 +428,8 @@ async fn provider_crash_under_load_is_hidden_where_safe() {
     let client = consumer.client::<WhereClient>();
     wait_for_providers(&client, &[0, 1, 2]).await;
 
-    // Calls in flight on the victim when it dies: one idempotent, one not.
+    // Calls in flight on the victim when it dies: one idempotent, one not, and one not
+    // idempotent but retried by the caller's policy.
     let (on_victim, elsewhere) = hold_on(&client, 0, &mut entered).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -469,7 +476,9 @@ async fn provider_crash_under_load_is_hidden_where_safe() {
         let result = within("a held call on the victim", call).await.unwrap();
         match kind {
             // Retried on a survivor, which answered once its gate opened.
-            "hold" => assert!(matches!(result, Ok(1..=3)), "{result:?}"),
+            "hold" | "hold_once_retry" => {
+                assert!(matches!(result, Ok(1..=3)), "{kind}: {result:?}")
+            }
             _ => {
                 let err = result.unwrap_err();
                 assert_eq!(err.kind(), ErrorKind::ConnectionClosed, "{err}");
@@ -712,8 +721,9 @@ async fn retries_stop_when_the_retry_budget_is_spent() {
             .unwrap()
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionClosed, "{err}");
-        if kind == "hold" {
-            assert!(err.message().contains("retry budget"), "{err}");
+        if kind != "hold_once" {
+            // Retryable (idempotent, or by the caller's policy), but the budget says no.
+            assert!(err.message().contains("retry budget"), "{kind}: {err}");
         } else {
             assert!(err.message().starts_with("outcome unknown"), "{err}");
         }

@@ -196,6 +196,7 @@ impl ClientBuilder {
             timeout: self.config.timeout,
             metadata: None,
             hash_key: None,
+            retry_lost: false,
             inner: Arc::new(ClientInner {
                 endpoints,
                 config: self.config,
@@ -223,6 +224,8 @@ pub struct Client {
     metadata: Option<Arc<Metadata>>,
     /// Routes this handle's calls under [`ConsistentHash`](crate::balance::ConsistentHash).
     hash_key: Option<u64>,
+    /// Retry calls lost after they were sent even for methods not marked idempotent.
+    retry_lost: bool,
 }
 
 struct ClientInner {
@@ -295,6 +298,17 @@ impl Client {
     pub fn with_hash_key(&self, key: impl AsRef<[u8]>) -> Client {
         Client {
             hash_key: Some(crate::balance::stable_hash(key.as_ref())),
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose calls are retried on another provider even when the connection was lost
+    /// after the request was sent, for every method: the caller's policy that repeating any of
+    /// them is harmless (normally only `#[stardust(idempotent)]` methods are). Retries still
+    /// count against the retry budget. No effect on a client of a single server.
+    pub fn retry_lost_calls(&self) -> Client {
+        Client {
+            retry_lost: true,
             ..self.clone()
         }
     }
@@ -435,6 +449,7 @@ impl Client {
                 pick: Pick {
                     hash_key: self.hash_key,
                 },
+                retry_lost: self.retry_lost || method.idempotent,
                 service,
                 method,
                 deadline,
@@ -657,6 +672,9 @@ fn retry_or_skip(endpoint: Arc<str>, tried: &mut Vec<Arc<str>>, reconnected: &mu
 /// A call routed by a balancer: tried on one provider after another while it is safe to.
 struct BalancedCall<'a> {
     pick: Pick,
+    /// Whether a call lost after it was sent may be sent again (idempotent method, or the
+    /// caller's policy).
+    retry_lost: bool,
     service: &'static ServiceDescriptor,
     method: &'static MethodDescriptor,
     deadline: Option<Instant>,
@@ -807,13 +825,14 @@ impl BalancedCall<'_> {
                 }
                 // Sent, then the connection was lost: the provider may have run it.
                 Err(CallError::Failed(e)) if e.kind() == ErrorKind::ConnectionClosed => {
-                    if !method.idempotent {
+                    if !self.retry_lost {
                         return Err(Error::new(
                             ErrorKind::ConnectionClosed,
                             format!(
                                 "outcome unknown: {}.{} was sent to {} but the connection was lost \
                                  before its answer ({}); it may or may not have run, and it is not \
-                                 retried because the method is not idempotent",
+                                 retried because the method is not idempotent (see \
+                                 `Client::retry_lost_calls`)",
                                 service.name,
                                 method.name,
                                 target.endpoint,
