@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -36,8 +37,22 @@ pub(crate) struct ServerConn {
     /// Peer, handshake metadata and notifier, shared by every call's context.
     info: Arc<ConnInfo>,
     calls: Mutex<InFlight>,
+    /// Mirror of `InFlight::draining`, read on every request without the lock.
+    draining: AtomicBool,
+    /// Calls running as tasks of their own (what the in-flight cap counts).
+    running: Arc<AtomicUsize>,
     drained: Notify,
     writer: AbortHandle,
+}
+
+/// Decrements a connection's running-call count when a spawned call's task ends, however it
+/// ends (finished, cancelled, aborted with its connection).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Calls running as tasks of their own, so they can be cancelled and waited for on drain.
@@ -132,6 +147,8 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             auth: ConnAuth::new(identity),
         }),
         calls: Mutex::new(InFlight::default()),
+        draining: AtomicBool::new(false),
+        running: Arc::new(AtomicUsize::new(0)),
         drained: Notify::new(),
         writer: writer.abort_handle(),
     });
@@ -236,6 +253,13 @@ async fn refuse(wr: &mut OwnedWriteHalf, reader: &mut FrameReader, err: &Error) 
     .await;
 }
 
+/// Turns away a connection the server has no room for (connection cap), with a reason.
+pub(crate) async fn turn_away(stream: TcpStream, max_frame: u32, err: Error) {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd, max_frame);
+    refuse(&mut wr, &mut reader, &err).await;
+}
+
 impl ServerConn {
     async fn read_loop(
         self: &Arc<Self>,
@@ -321,10 +345,22 @@ impl ServerConn {
         body: &[u8],
     ) -> Result<(), Error> {
         let req = message::parse_request(body)?;
-        if self.calls.lock().draining {
+        if self.draining.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::ShuttingDown,
                 "the server is shutting down; retry on another connection",
+            ));
+        }
+        // Overload protection: a connection may not pile up calls without bound. Refused calls
+        // never reach a handler, so clients may retry them elsewhere.
+        let limit = shared.config.max_in_flight;
+        if self.running.load(Ordering::Acquire) >= limit {
+            return Err(Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "this connection already has {limit} calls running (the provider's limit); \
+                     retry later or on another provider"
+                ),
             ));
         }
         if req.service == CONNECTION_SERVICE {
@@ -386,7 +422,13 @@ impl ServerConn {
         let key = (one_way, if one_way { calls.next_task } else { h.id });
         let task_id = calls.next_task;
         calls.next_task += 1;
-        let task = tokio::spawn(make(key, task_id));
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let running = Running(self.running.clone());
+        let call = make(key, task_id);
+        let task = tokio::spawn(async move {
+            let _running = running;
+            call.await
+        });
         // A client reusing the id of a call still running gets both answered, but only the newest
         // can be cancelled.
         calls.tasks.insert(key, (task_id, task.abort_handle()));
@@ -473,7 +515,7 @@ impl ServerConn {
 
     /// Calls of this connection running as tasks.
     pub(crate) fn in_flight(&self) -> usize {
-        self.calls.lock().tasks.len()
+        self.running.load(Ordering::Acquire)
     }
 
     /// Called by a spawned call when it finished.
@@ -516,6 +558,7 @@ impl ServerConn {
             return;
         }
         calls.draining = true;
+        self.draining.store(true, Ordering::Release);
         self.goaway(&Error::new(
             ErrorKind::ShuttingDown,
             "the server is shutting down",

@@ -42,6 +42,8 @@ pub use notifier::Notifier;
 #[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
     pub(crate) max_frame: u32,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_connections: usize,
     pub(crate) keepalive: Keepalive,
     pub(crate) handshake_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
@@ -51,6 +53,8 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
+            max_in_flight: 4096,
+            max_connections: 10_000,
             keepalive: Keepalive::default(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
@@ -125,6 +129,22 @@ impl ServerBuilder {
     /// a `FrameTooLarge` error and its connection is closed.
     pub fn max_frame_size(mut self, bytes: u32) -> ServerBuilder {
         self.config.max_frame = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
+        self
+    }
+
+    /// Most calls one connection may have running at once (default 4096). While a connection
+    /// is at the limit, its new calls are answered `Overloaded` at once without reaching a
+    /// handler (clients may retry them elsewhere); other connections are unaffected. Handlers
+    /// that complete without waiting are never counted as running.
+    pub fn max_in_flight_per_connection(mut self, calls: usize) -> ServerBuilder {
+        self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// Most client connections open at once (default 10 000). Connections over it are told
+    /// `GoAway(Overloaded)` and closed.
+    pub fn max_connections(mut self, connections: usize) -> ServerBuilder {
+        self.config.max_connections = connections.max(1);
         self
     }
 
@@ -335,6 +355,19 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         // Register before the task can finish, under the lock, so its removal never races ahead.
         let mut conns = shared.conns.lock();
+        let limit = shared.config.max_connections;
+        if conns.len() >= limit {
+            drop(conns);
+            tracing::warn!(%peer, limit, "connection refused: the server is at its connection limit");
+            let err = Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the provider is at its limit of {limit} connections; retry later or elsewhere"
+                ),
+            );
+            tokio::spawn(connection::turn_away(stream, shared.config.max_frame, err));
+            continue;
+        }
         let task = tokio::spawn(connection::serve(shared.clone(), stream, peer, id));
         conns.insert(
             id,
