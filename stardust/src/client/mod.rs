@@ -489,23 +489,8 @@ impl Client {
                         .map_err(|_| deadline_error())??,
                 },
             };
-            let timeout_us = match deadline {
-                None => 0,
-                Some(d) if d <= now => return Err(deadline_error()),
-                Some(d) => (d.duration_since(now).as_micros() as u64).max(1),
-            };
-            let head = RequestHead {
-                id: 0,
-                flags: if method.idempotent {
-                    FLAG_IDEMPOTENT
-                } else {
-                    0
-                },
-                service: service.name,
-                method: method.name,
-                timeout_us,
-                trace_id,
-                meta,
+            let Some(head) = request_head(service, method, deadline, now, trace_id, meta) else {
+                return Err(deadline_error());
             };
             match conn.exchange(head, args, info).await {
                 Ok(reply) => return Ok(reply),
@@ -517,6 +502,36 @@ impl Client {
             }
         }
     }
+}
+
+/// The head of a request sent at `now`, or `None` when its deadline has already passed.
+fn request_head<'a>(
+    service: &'static ServiceDescriptor,
+    method: &'static MethodDescriptor,
+    deadline: Option<Instant>,
+    now: Instant,
+    trace_id: u64,
+    meta: &'a Metadata,
+) -> Option<RequestHead<'a>> {
+    let timeout_us = match deadline {
+        None => 0,
+        Some(d) if d <= now => return None,
+        // Never 0 with a deadline: 0 means "none" on the wire.
+        Some(d) => (d.duration_since(now).as_micros() as u64).max(1),
+    };
+    Some(RequestHead {
+        id: 0,
+        flags: if method.idempotent {
+            FLAG_IDEMPOTENT
+        } else {
+            0
+        },
+        service: service.name,
+        method: method.name,
+        timeout_us,
+        trace_id,
+        meta,
+    })
 }
 
 fn method_of(
@@ -782,23 +797,15 @@ impl BalancedCall<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            let timeout_us = match self.deadline {
-                None => 0,
-                Some(d) if d <= now => return Err(self.deadline_error(budget)),
-                Some(d) => (d.duration_since(now).as_micros() as u64).max(1),
-            };
-            let head = RequestHead {
-                id: 0,
-                flags: if method.idempotent {
-                    FLAG_IDEMPOTENT
-                } else {
-                    0
-                },
-                service: service.name,
-                method: method.name,
-                timeout_us,
-                trace_id: self.trace_id,
-                meta: self.meta,
+            let Some(head) = request_head(
+                service,
+                method,
+                self.deadline,
+                now,
+                self.trace_id,
+                self.meta,
+            ) else {
+                return Err(self.deadline_error(budget));
             };
             let sent = Instant::now();
             let result = conn.exchange(head, args, info).await;
