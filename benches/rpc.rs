@@ -1,5 +1,6 @@
 //! Stardust against tarpc, a naive hand-written RPC ("raw") and the bound of one connection
-//! ("ceiling"), on the same two-method service (see `rpc/service.rs`).
+//! ("ceiling"), on the same two-method service (see `rpc/service.rs`); `stardust-tls` is
+//! Stardust over TLS 1.3 (rustls) with a self-signed certificate made at start-up.
 //!
 //! ```text
 //! cargo bench --bench rpc                                  # full run: 3 rounds, medians
@@ -69,17 +70,26 @@ const LATENCY_SCENARIO: &str = "seq-add";
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Impl {
     Stardust,
+    /// Stardust over TLS 1.3 (rustls, AES-GCM or ChaCha20 as negotiated).
+    StardustTls,
     Tarpc,
     Raw,
     Ceiling,
 }
 
-const IMPLS: [Impl; 4] = [Impl::Stardust, Impl::Tarpc, Impl::Raw, Impl::Ceiling];
+const IMPLS: [Impl; 5] = [
+    Impl::Stardust,
+    Impl::StardustTls,
+    Impl::Tarpc,
+    Impl::Raw,
+    Impl::Ceiling,
+];
 
 impl Impl {
     fn name(self) -> &'static str {
         match self {
             Impl::Stardust => "stardust",
+            Impl::StardustTls => "stardust-tls",
             Impl::Tarpc => "tarpc",
             Impl::Raw => "raw",
             Impl::Ceiling => "ceiling",
@@ -380,7 +390,12 @@ impl Clients {
             Ok(all)
         }
         Ok(match imp {
-            Impl::Stardust => Clients::Stardust(many(n, || stardust_impl::connect(addr)).await?),
+            Impl::Stardust => {
+                Clients::Stardust(many(n, || stardust_impl::connect(addr, false)).await?)
+            }
+            Impl::StardustTls => {
+                Clients::Stardust(many(n, || stardust_impl::connect(addr, true)).await?)
+            }
             Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
             Impl::Raw => Clients::Raw(many(n, || raw_impl::connect(addr)).await?),
             Impl::Ceiling => Clients::Ceiling(many(n, || ceiling::connect(addr)).await?),
@@ -552,6 +567,7 @@ impl ServerProcess {
         cmd.env(ROLE_ENV, "server")
             .env(IMPL_ENV, imp.name())
             .env_remove(CPU_ENV)
+            .envs(stardust_impl::tls_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -641,7 +657,8 @@ fn server_main() -> ! {
         .unwrap_or_else(|e| die(format!("cannot build the runtime: {e}")));
     let started = rt.block_on(async {
         match imp.server() {
-            Impl::Stardust => stardust_impl::serve().await,
+            Impl::Stardust => stardust_impl::serve(false).await,
+            Impl::StardustTls => stardust_impl::serve(true).await,
             Impl::Tarpc => tarpc_impl::serve().await,
             Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
         }

@@ -273,6 +273,7 @@ async fn crashed_provider_is_removed_within_the_ttl() {
         endpoint: "127.0.0.1:9".into(),
         weight: 100,
         tags: Default::default(),
+        tls: false,
     })
     .await
     .unwrap()

@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use serde_bytes::ByteBuf;
 
@@ -27,11 +28,42 @@ impl Bench for Provider {
     }
 }
 
+const CERT_ENV: &str = "STARDUST_BENCH_TLS_CERT";
+const KEY_ENV: &str = "STARDUST_BENCH_TLS_KEY";
+
+/// The TLS row's certificate (self-signed for 127.0.0.1) and key, as PEM: made once by the
+/// client process, handed to the server process through its environment.
+fn tls_material() -> &'static (String, String) {
+    static MATERIAL: OnceLock<(String, String)> = OnceLock::new();
+    MATERIAL.get_or_init(|| match (std::env::var(CERT_ENV), std::env::var(KEY_ENV)) {
+        (Ok(cert), Ok(key)) => (cert, key),
+        _ => {
+            let key = rcgen::KeyPair::generate().expect("TLS key");
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+                .expect("certificate parameters");
+            let cert = params.self_signed(&key).expect("certificate");
+            (cert.pem(), key.serialize_pem())
+        }
+    })
+}
+
+/// The environment a server process needs for the TLS row.
+pub fn tls_env() -> [(&'static str, String); 2] {
+    let (cert, key) = tls_material();
+    [(CERT_ENV, cert.clone()), (KEY_ENV, key.clone())]
+}
+
 /// Starts the provider on an OS-chosen loopback port; the returned guard keeps it running.
-pub async fn serve() -> Result<(u16, Box<dyn Any>), String> {
-    let server = stardust::Server::builder()
+pub async fn serve(tls: bool) -> Result<(u16, Box<dyn Any>), String> {
+    let mut builder = stardust::Server::builder()
         .serve(BenchServer::new(Provider))
-        .allow_anonymous()
+        .allow_anonymous();
+    if tls {
+        let (cert, key) = tls_material();
+        builder =
+            builder.tls(stardust::tls::ServerTls::from_pem(cert, key).map_err(|e| e.to_string())?);
+    }
+    let server = builder
         .bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -42,11 +74,14 @@ pub async fn serve() -> Result<(u16, Box<dyn Any>), String> {
 pub struct Caller(BenchClient);
 
 /// One client, hence one connection.
-pub async fn connect(addr: SocketAddr) -> Result<Caller, String> {
-    let client = stardust::Client::builder()
-        .connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Caller, String> {
+    let mut builder = stardust::Client::builder();
+    if tls {
+        let (cert, _) = tls_material();
+        builder =
+            builder.tls(stardust::tls::ClientTls::from_ca_pem(cert).map_err(|e| e.to_string())?);
+    }
+    let client = builder.connect(addr).await.map_err(|e| e.to_string())?;
     Ok(Caller(BenchClient::new(client)))
 }
 

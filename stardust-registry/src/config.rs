@@ -11,6 +11,11 @@
 //! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"   # `stardust-registry hash-secret`
 //! provide = ["billing.Invoices"]      # absent: may provide any service
 //! consume = ["calc.Calculator"]       # absent: may consume any service
+//!
+//! [tls]                               # absent: plaintext (fine on loopback only)
+//! cert_file = "registry.crt"          # PEM chain, leaf first; relative to this file's directory
+//! key_file = "registry.key"           # PEM private key
+//! client_ca_file = "clients-ca.crt"   # optional: require client certificates (mutual TLS)
 //! ```
 //!
 //! Unknown keys are rejected, naming the key and its line.
@@ -49,6 +54,31 @@ pub struct Config {
     pub dev: bool,
     /// The applications that may log in, by name.
     pub apps: BTreeMap<String, AppConfig>,
+    /// TLS certificate and key files; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the registry's TLS certificate and key are (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The certificate's private key.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate issued by a CA in this bundle (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Loads the files into a server TLS config.
+    pub fn load(&self) -> Result<stardust::tls::ServerTls, stardust::Error> {
+        match &self.client_ca_file {
+            None => stardust::tls::ServerTls::from_pem_files(&self.cert_file, &self.key_file),
+            Some(ca) => {
+                stardust::tls::ServerTls::mutual_from_pem_files(&self.cert_file, &self.key_file, ca)
+            }
+        }
+    }
 }
 
 /// One application allowed to log in.
@@ -120,6 +150,7 @@ impl Config {
             lease_ttl: DEFAULT_LEASE_TTL,
             dev: false,
             apps: BTreeMap::new(),
+            tls: None,
         }
     }
 
@@ -131,6 +162,20 @@ impl Config {
             dev: true,
             ..Config::new()
         }
+    }
+
+    /// Serves over TLS with the certificate chain and key in these PEM files.
+    pub fn with_tls(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Config {
+        self.tls = Some(TlsFiles {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file: None,
+        });
+        self
     }
 
     /// Sets the listen address.
@@ -179,11 +224,22 @@ impl Config {
         let mut cfg = Config::from_toml(&text).map_err(|e| ConfigError {
             message: format!("{}: {}", path.display(), e.message),
         })?;
-        if let Some(key_file) = &cfg.key_file
-            && key_file.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            cfg.key_file = Some(dir.join(key_file));
+        if let Some(dir) = path.parent() {
+            let rebase = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            if let Some(key_file) = &mut cfg.key_file {
+                rebase(key_file);
+            }
+            if let Some(tls) = &mut cfg.tls {
+                rebase(&mut tls.cert_file);
+                rebase(&mut tls.key_file);
+                if let Some(ca) = &mut tls.client_ca_file {
+                    rebase(ca);
+                }
+            }
         }
         Ok(cfg)
     }
@@ -213,6 +269,11 @@ impl Config {
             cfg.lease_ttl = parse_duration("lease_ttl", &t)?;
         }
         cfg.dev = raw.dev.unwrap_or(false);
+        cfg.tls = raw.tls.map(|t| TlsFiles {
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+            client_ca_file: t.client_ca_file,
+        });
         for (name, app) in raw.apps {
             cfg.apps.insert(
                 name,
@@ -315,6 +376,15 @@ struct RawConfig {
     dev: Option<bool>,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -31,6 +31,7 @@
 //!         endpoint: "127.0.0.1:9000".into(),
 //!         weight: 100,
 //!         tags: Default::default(),
+//!         tls: false,
 //!     })
 //!     .await??;
 //! let found = registry.discover("calc.Calculator".into(), "^1".into()).await??;
@@ -57,7 +58,7 @@ mod node;
 mod secret;
 mod service;
 
-pub use config::{AppConfig, Config, ConfigError};
+pub use config::{AppConfig, Config, ConfigError, TlsFiles};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};

@@ -39,6 +39,7 @@ impl std::fmt::Debug for RegistryNode {
 pub struct RegistryNodeBuilder {
     config: Option<Config>,
     keys: Option<KeyRing>,
+    tls: Option<stardust::tls::ServerTls>,
 }
 
 impl RegistryNode {
@@ -89,6 +90,12 @@ impl RegistryNodeBuilder {
         self
     }
 
+    /// Serves over TLS with `tls` (instead of the config's `[tls]` files, if any).
+    pub fn tls(mut self, tls: stardust::tls::ServerTls) -> RegistryNodeBuilder {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Starts the registry on the config's `listen` address, or `127.0.0.1:7600`.
     pub async fn bind_configured(self) -> Result<RegistryNode, Error> {
         let addr = self
@@ -115,16 +122,22 @@ impl RegistryNodeBuilder {
             (None, Some(path)) => KeyRing::open(path, config.token_ttl).map_err(Error::Keys)?,
             (None, None) => KeyRing::in_memory(config.token_ttl).map_err(Error::Keys)?,
         };
+        let tls = match (self.tls, &config.tls) {
+            (Some(tls), _) => Some(tls),
+            (None, Some(files)) => Some(files.load().map_err(Error::Tls)?),
+            (None, None) => None,
+        };
         let (stop, stopping) = watch::channel(false);
         let registry = RegistryImpl::new(config.clone(), keys.clone(), stopping);
-        let server = stardust::Server::builder()
+        let mut server = stardust::Server::builder()
             // The registry is where apps log in: its connections start anonymous, and each
             // method checks the session itself.
             .allow_anonymous()
-            .serve(RegistryServer::new(registry.clone()))
-            .bind(addr)
-            .await
-            .map_err(Error::Bind)?;
+            .serve(RegistryServer::new(registry.clone()));
+        if let Some(tls) = tls {
+            server = server.tls(tls);
+        }
+        let server = server.bind(addr).await.map_err(Error::Bind)?;
         tokio::spawn(registry.run_sweeper());
         let addr = server.local_addr();
         if config.dev {
@@ -196,6 +209,8 @@ pub enum Error {
     Keys(KeyError),
     /// The listening socket could not be bound.
     Bind(stardust::Error),
+    /// The TLS certificate or key could not be loaded.
+    Tls(stardust::Error),
 }
 
 impl std::fmt::Display for Error {
@@ -204,6 +219,7 @@ impl std::fmt::Display for Error {
             Error::Config(e) => e.fmt(f),
             Error::Keys(e) => e.fmt(f),
             Error::Bind(e) => write!(f, "the registry cannot listen: {e}"),
+            Error::Tls(e) => write!(f, "the registry cannot load its TLS files: {e}"),
         }
     }
 }
@@ -214,6 +230,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::Keys(e) => Some(e),
             Error::Bind(e) => Some(e),
+            Error::Tls(e) => Some(e),
         }
     }
 }

@@ -469,6 +469,7 @@ impl Registry for RegistryImpl {
             endpoint,
             weight,
             tags,
+            tls,
         } = registration;
         valid_name("service name", &service)?;
         let provide = self.app_config(&app).and_then(|a| a.provide.as_deref());
@@ -490,6 +491,7 @@ impl Registry for RegistryImpl {
             endpoint: endpoint.clone(),
             weight,
             tags,
+            tls,
         };
         let key = (service.clone(), endpoint.clone());
         let mut state = self.shared.state.lock();

@@ -42,12 +42,15 @@ pub struct Target {
     pub endpoint: Arc<str>,
     /// The provider's registry weight (100 unless registered otherwise).
     pub weight: u32,
+    /// The provider speaks TLS (as registered): its connection uses the handle's
+    /// [`ClientTls`](crate::tls::ClientTls).
+    pub tls: bool,
     load: Arc<Load>,
 }
 
 impl PartialEq for Target {
     fn eq(&self, other: &Target) -> bool {
-        self.endpoint == other.endpoint && self.weight == other.weight
+        self.endpoint == other.endpoint && self.weight == other.weight && self.tls == other.tls
     }
 }
 
@@ -61,6 +64,7 @@ impl Target {
         Target {
             endpoint,
             weight,
+            tls: false,
             load,
         }
     }

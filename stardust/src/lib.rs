@@ -51,6 +51,7 @@
 //! - [`Interceptor`] / [`ClientInterceptor`]: hooks around every call.
 //! - [`Error`] / [`ErrorKind`]: every framework failure, with stable wire codes.
 //! - [`discovery`]: the registry's API and the client side of discovery.
+//! - [`tls`]: TLS for providers, the registry and clients (rustls).
 //! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.
 #![warn(missing_docs)]
 
@@ -69,6 +70,7 @@ mod metadata;
 pub mod protocol;
 mod server;
 mod service;
+pub mod tls;
 mod transport;
 
 #[doc(hidden)]

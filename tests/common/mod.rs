@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 
+pub mod pki;
+
 /// Generous bound for anything a test waits on: far above what the event needs on a loaded
 /// 2-core machine, so hitting it means a real hang.
 pub const BOUND: Duration = Duration::from_secs(20);

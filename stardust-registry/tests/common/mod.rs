@@ -56,6 +56,7 @@ pub fn registration(service: &str, version: &str, endpoint: &str) -> Registratio
         endpoint: endpoint.into(),
         weight: 100,
         tags: Default::default(),
+        tls: false,
     }
 }
 

@@ -27,7 +27,8 @@ use crate::protocol::frame::{self, FLAG_IDEMPOTENT, Kind};
 use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
-use crate::transport::{Flush, FrameReader, Liveness, Outbound};
+use crate::tls::ClientTls;
+use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream};
 
 pub(crate) struct ClientConn {
     /// The write queue, which also guards the pending-call table: registering a call and queueing
@@ -91,6 +92,14 @@ async fn fetch_token(credentials: &SharedCredentials, bound: Duration) -> Result
     }
 }
 
+/// How to secure a new connection: the TLS config, and the host name the server's certificate
+/// should carry when it is known (a registered `host:port` endpoint).
+#[derive(Clone, Copy)]
+pub(crate) struct Secure<'a> {
+    pub(crate) tls: &'a ClientTls,
+    pub(crate) host: Option<&'a str>,
+}
+
 /// Why a call failed.
 pub(crate) enum CallError {
     /// The connection was found closed before anything was queued: safe to try again on a new
@@ -105,6 +114,7 @@ impl ClientConn {
     pub(crate) async fn connect(
         addrs: &[SocketAddr],
         config: &ClientConfig,
+        secure: Option<Secure<'_>>,
         notify_tx: broadcast::Sender<Notification>,
     ) -> Result<Arc<ClientConn>, Error> {
         // One fresh token per connection attempt: a reconnect never presents a stale one.
@@ -114,7 +124,8 @@ impl ClientConn {
         };
         let mut last_err = None;
         for addr in addrs {
-            let attempt = Self::connect_one(*addr, config, token.as_ref(), notify_tx.clone());
+            let attempt =
+                Self::connect_one(*addr, config, secure, token.as_ref(), notify_tx.clone());
             match tokio::time::timeout(config.connect_timeout, attempt).await {
                 Ok(Ok(conn)) => {
                     if let (Some(credentials), Some(expires_at)) = (
@@ -143,14 +154,19 @@ impl ClientConn {
     async fn connect_one(
         addr: SocketAddr,
         config: &ClientConfig,
+        secure: Option<Secure<'_>>,
         token: Option<&Token>,
         notify_tx: broadcast::Sender<Notification>,
     ) -> Result<Arc<ClientConn>, Error> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
             Error::new(ErrorKind::Connect, format!("cannot connect to {addr}: {e}")).with_source(e)
         })?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let _ = tcp.set_nodelay(true);
+        let stream = match secure {
+            None => Stream::Tcp(tcp),
+            Some(s) => s.tls.connect(tcp, s.host, addr).await?,
+        };
+        let (rd, wr) = stream.split();
         let mut reader = FrameReader::new(rd, config.max_frame);
 
         // The handshake is the only exchange done without the writer task: one frame each way.
@@ -167,15 +183,13 @@ impl ClientConn {
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
-        tokio::io::AsyncWriteExt::write_all(&mut wr, &buf)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Connect,
-                    format!("handshake with {addr} failed: {e}"),
-                )
-                .with_source(e)
-            })?;
+        wr.write_all(&buf).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("handshake with {addr} failed: {e}"),
+            )
+            .with_source(e)
+        })?;
         let ack = read_ack(&mut reader, addr).await?;
         if ack.version < 1 || ack.version > PROTOCOL_VERSION {
             return Err(Error::protocol(format!(

@@ -40,10 +40,11 @@ use crate::protocol::codec;
 use crate::protocol::frame::{DEFAULT_MAX_FRAME, FLAG_IDEMPOTENT, FLAG_ONE_WAY};
 use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
+use crate::tls::ClientTls;
 use crate::transport::Keepalive;
 
 use crate::balance::{Balancer, Pick, Policy, Target, clock_ns, is_provider_fault};
-use connection::{CallError, ClientConn};
+use connection::{CallError, ClientConn, Secure};
 pub(crate) use endpoints::EndpointSource;
 use endpoints::{Balanced, Endpoints};
 pub use notifications::{Notification, Notifications};
@@ -62,6 +63,9 @@ pub(crate) struct ClientConfig {
     pub(crate) hello_meta: Metadata,
     /// Where connections get the token they present (and renew).
     pub(crate) credentials: Option<SharedCredentials>,
+    /// TLS for connections that use it (all of a direct client's; providers that advertise it
+    /// for a pool).
+    pub(crate) tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +77,7 @@ impl Default for ClientConfig {
             keepalive: Keepalive::default(),
             hello_meta: Metadata::new(),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -143,6 +148,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects over TLS, verifying the server's certificate with `tls`'s CA bundle against the
+    /// IP address dialled (or [`ClientTls::server_name`]). A certificate that does not verify
+    /// fails the connect with a `Connect` error naming the problem.
+    pub fn tls(mut self, tls: ClientTls) -> ClientBuilder {
+        self.config.tls = Some(tls);
+        self
+    }
+
     /// Adds an interceptor; interceptors run in the order added.
     pub fn interceptor(mut self, interceptor: impl ClientInterceptor) -> ClientBuilder {
         self.interceptors.push(Arc::new(interceptor));
@@ -160,7 +173,12 @@ impl ClientBuilder {
             })?
             .collect();
         let (notify_tx, _) = broadcast::channel(1024);
-        let conn = ClientConn::connect(&addrs, &self.config, notify_tx.clone()).await?;
+        let secure = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| Secure { tls, host: None });
+        let conn = ClientConn::connect(&addrs, &self.config, secure, notify_tx.clone()).await?;
         Ok(self.build(Endpoints::Fixed(addrs), Some(conn), notify_tx))
     }
 
@@ -569,7 +587,12 @@ impl ClientInner {
                     .no_provider("a balanced client has no single connection"));
             }
         };
-        let conn = ClientConn::connect(addrs, &self.config, self.notify_tx.clone()).await?;
+        let secure = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| Secure { tls, host: None });
+        let conn = ClientConn::connect(addrs, &self.config, secure, self.notify_tx.clone()).await?;
         *self.conn.lock() = Some(conn.clone());
         Ok(conn)
     }
@@ -596,7 +619,7 @@ async fn one_way_balanced<A: Serialize + ?Sized>(
         else {
             return Err(exhausted(b, service, method, tried.len(), None));
         };
-        let result = match b.pool.connection(&target.endpoint).await {
+        let result = match b.pool.connection(&target).await {
             Ok(conn) => conn.send_one_way(head, args),
             Err(e) => Err(e),
         };
@@ -780,8 +803,8 @@ impl BalancedCall<'_> {
             // Counted from the choice on, so calls waiting for a connection weigh too.
             let in_flight = target.load().start();
             let conn = match self.deadline {
-                None => b.pool.connection(&target.endpoint).await,
-                Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target.endpoint))
+                None => b.pool.connection(&target).await,
+                Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target))
                     .await
                     .map_err(|_| self.deadline_error(budget))?,
             };

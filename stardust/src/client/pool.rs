@@ -9,9 +9,9 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::ClientConfig;
-use super::connection::ClientConn;
+use super::connection::{ClientConn, Secure};
 use super::notifications::Notification;
-use crate::balance::Load;
+use crate::balance::{Load, Target};
 use crate::error::{Error, ErrorKind};
 
 /// Connections keyed by provider endpoint, opened on first use and reopened on the next use
@@ -77,7 +77,8 @@ impl Pool {
 
     /// The live connection to `endpoint`, opening one if there is none (or it dropped, or its
     /// server is draining it).
-    pub(crate) async fn connection(&self, endpoint: &Arc<str>) -> Result<Arc<ClientConn>, Error> {
+    pub(crate) async fn connection(&self, target: &Target) -> Result<Arc<ClientConn>, Error> {
+        let endpoint = &target.endpoint;
         let slot = self.slot(endpoint);
         if let Some(conn) = slot.usable() {
             return Ok(conn);
@@ -96,7 +97,25 @@ impl Pool {
                 .with_source(e)
             })?
             .collect();
-        let conn = ClientConn::connect(&addrs, &self.config, self.notify_tx.clone()).await?;
+        // Each provider is dialled the way the registry says it speaks.
+        let secure = match (target.tls, &self.config.tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(Secure {
+                tls,
+                host: crate::tls::dns_host(endpoint),
+            }),
+            (true, None) => {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "provider {endpoint} speaks TLS only and this process has no TLS \
+                         configuration: give StardustBuilder::tls the CA bundle to trust"
+                    ),
+                ));
+            }
+        };
+        let conn =
+            ClientConn::connect(&addrs, &self.config, secure, self.notify_tx.clone()).await?;
         let old = slot.conn.lock().replace(conn.clone());
         if let Some(old) = old {
             // Dropped or draining already: let whatever is still in flight on it finish.

@@ -60,6 +60,9 @@ pub struct Registration {
     /// Free-form tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The provider speaks TLS at `endpoint` (consumers connect with TLS); plaintext otherwise.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_weight() -> u32 {
@@ -82,6 +85,9 @@ pub struct Instance {
     /// Free-form tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The provider speaks TLS at `endpoint`: connect with TLS.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// A provider's periodic status report; also its heartbeat.

@@ -24,6 +24,7 @@ use crate::auth::{BoxFuture, Credentials, KeyFetcher, SharedCredentials, TokenVe
 use crate::client::{Client, ClientConfig, Pool};
 use crate::error::{Error, ErrorKind};
 use crate::server::InFlightProbe;
+use crate::tls::ClientTls;
 
 /// Tunables of a session.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub(crate) struct SessionConfig {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) registry_timeout: Duration,
+    /// TLS for the registry connection and for providers that advertise it.
+    pub(crate) tls: Option<ClientTls>,
 }
 
 impl Default for SessionConfig {
@@ -43,6 +46,7 @@ impl Default for SessionConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             registry_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -93,6 +97,7 @@ impl Session {
                 credentials: Some(SharedCredentials(Arc::new(SessionCredentials(
                     weak.clone(),
                 )))),
+                tls: cfg.tls.clone(),
                 ..ClientConfig::default()
             };
             Session {
@@ -143,11 +148,11 @@ impl Session {
     pub(crate) async fn establish(self: &Arc<Self>) -> Result<RegistryClient, Error> {
         let mut last = None;
         for addr in &self.registries {
-            let client = match Client::builder()
-                .timeout(self.cfg.registry_timeout)
-                .connect(addr.as_str())
-                .await
-            {
+            let mut builder = Client::builder().timeout(self.cfg.registry_timeout);
+            if let Some(tls) = &self.cfg.tls {
+                builder = builder.tls(tls.for_endpoint(addr));
+            }
+            let client = match builder.connect(addr.as_str()).await {
                 Ok(c) => RegistryClient::new(c),
                 Err(e) => {
                     tracing::debug!(registry = %addr, error = %e, "registry unreachable");

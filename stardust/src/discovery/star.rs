@@ -43,6 +43,16 @@ impl StardustBuilder {
         self
     }
 
+    /// Speaks TLS to the registry, trusting `tls`'s CA bundle, and to every provider the
+    /// registry lists as speaking TLS (providers served with
+    /// [`ServerBuilder::tls`](crate::ServerBuilder::tls) are registered that way). A host name in
+    /// a registry or provider address is the name its certificate must carry; an IP address is
+    /// checked as dialled.
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
+        self.cfg.tls = Some(tls);
+        self
+    }
+
     /// How often providers report their status (their heartbeat; default 3 s). Keep it well
     /// under the registry's lease TTL.
     pub fn heartbeat(mut self, every: Duration) -> StardustBuilder {
@@ -222,6 +232,7 @@ impl Stardust {
         advertise: Option<SocketAddr>,
     ) -> Result<Provider, Error> {
         let descriptors = builder.descriptors();
+        let tls = builder.speaks_tls();
         let server = builder
             .authenticator(SessionVerifier(self.inner.session.clone()))
             .bind(addr)
@@ -241,6 +252,7 @@ impl Stardust {
                 endpoint: provider.endpoint.clone(),
                 weight: 100,
                 tags: BTreeMap::new(),
+                tls,
             };
             self.inner.session.register(registration).await?;
             provider.services.push(d.name);

@@ -53,13 +53,15 @@ impl ServiceWatch {
             .iter()
             .map(|i| {
                 let endpoint: Arc<str> = Arc::from(i.endpoint.as_str());
-                match &session {
+                let mut target = match &session {
                     Some(s) => {
                         let load = s.pool.load(&endpoint);
                         Target::with_load(endpoint, i.weight, load)
                     }
                     None => Target::new(endpoint, i.weight),
-                }
+                };
+                target.tls = i.tls;
+                target
             })
             .collect();
         *self.targets.write() = Some(targets);

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -29,7 +27,8 @@ use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind
 use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestView,
 };
-use crate::transport::{Flush, FrameReader, Liveness, Outbound};
+use crate::tls::ServerTls;
+use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteHalf};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
@@ -69,11 +68,28 @@ struct InFlight {
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: SocketAddr, id: u64) {
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    // The TLS handshake, reading the Hello and verifying its token share one budget: the
+    // handshake timeout.
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+    let stream = match &shared.config.tls {
+        None => Stream::Tcp(stream),
+        Some(tls) => match tokio::time::timeout_at(handshake_deadline, tls.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                shared.detach(id);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                shared.detach(id);
+                return;
+            }
+        },
+    };
+    let (rd, mut wr) = stream.split();
     let mut reader = FrameReader::new(rd, shared.config.max_frame);
 
-    // Reading the Hello and verifying its token share one budget: the handshake timeout.
-    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
     let mut hello = match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader)).await
     {
         Ok(Ok(hello)) => hello,
@@ -219,12 +235,12 @@ async fn read_hello(reader: &mut FrameReader) -> Result<Hello, Error> {
 }
 
 /// Sends a final `GoAway` frame explaining why, then closes (used before the writer exists).
-async fn goaway_and_close(wr: &mut OwnedWriteHalf, err: &Error) {
+async fn goaway_and_close(wr: &mut WriteHalf, err: &Error) {
     let mut buf = BytesMut::new();
     message::put_error(&mut buf, Kind::GoAway, 0, err);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = wr.write_all(&buf).await;
-        let _ = wr.shutdown().await;
+        wr.shutdown().await;
     })
     .await;
 }
@@ -233,7 +249,7 @@ async fn goaway_and_close(wr: &mut OwnedWriteHalf, err: &Error) {
 /// pipelined after its `Hello` are read and dropped (never run) until it closes its side, so the
 /// kernel does not answer them with a reset that could destroy the `GoAway` before the client
 /// reads it.
-async fn refuse(wr: &mut OwnedWriteHalf, reader: &mut FrameReader, err: &Error) {
+async fn refuse(wr: &mut WriteHalf, reader: &mut FrameReader, err: &Error) {
     goaway_and_close(wr, err).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         loop {
@@ -254,8 +270,23 @@ async fn refuse(wr: &mut OwnedWriteHalf, reader: &mut FrameReader, err: &Error) 
 }
 
 /// Turns away a connection the server has no room for (connection cap), with a reason.
-pub(crate) async fn turn_away(stream: TcpStream, max_frame: u32, err: Error) {
-    let (rd, mut wr) = stream.into_split();
+///
+/// Over TLS the refusal needs a handshake first, bounded tightly: a server this busy does not
+/// wait on slow handshakes.
+pub(crate) async fn turn_away(
+    stream: TcpStream,
+    tls: Option<ServerTls>,
+    max_frame: u32,
+    err: Error,
+) {
+    let stream = match tls {
+        None => Stream::Tcp(stream),
+        Some(tls) => match tokio::time::timeout(Duration::from_secs(1), tls.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            _ => return,
+        },
+    };
+    let (rd, mut wr) = stream.split();
     let mut reader = FrameReader::new(rd, max_frame);
     refuse(&mut wr, &mut reader, &err).await;
 }

@@ -33,6 +33,7 @@ use crate::error::{Error, ErrorKind};
 use crate::interceptor::Interceptor;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
 use crate::service::Service;
+use crate::tls::ServerTls;
 use crate::transport::Keepalive;
 
 use connection::ServerConn;
@@ -47,6 +48,7 @@ pub(crate) struct ServerConfig {
     pub(crate) keepalive: Keepalive,
     pub(crate) handshake_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) tls: Option<ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             keepalive: Keepalive::default(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -168,6 +171,20 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves over TLS with `tls`'s certificate (and, for mutual TLS, requires client
+    /// certificates). The TLS handshake counts toward the
+    /// [`handshake_timeout`](ServerBuilder::handshake_timeout). Without it the server speaks
+    /// plaintext, and warns at start-up when listening on anything but loopback.
+    pub fn tls(mut self, tls: ServerTls) -> ServerBuilder {
+        self.config.tls = Some(tls);
+        self
+    }
+
+    /// Whether the server will speak TLS (what a provider advertises to the registry).
+    pub(crate) fn speaks_tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
     /// Binds a listener and starts serving in the background.
     ///
     /// Fails without binding if neither [`authenticator`](ServerBuilder::authenticator) nor
@@ -197,6 +214,13 @@ impl ServerBuilder {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::new(ErrorKind::Connect, format!("listener has no address: {e}")))?;
+        if self.config.tls.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local_addr,
+                "serving PLAINTEXT on a non-loopback address: access tokens and calls cross the \
+                 network unencrypted; configure ServerBuilder::tls for anything but a trusted network"
+            );
+        }
         let shared = Arc::new(ServerShared {
             services,
             interceptors: self.interceptors,
@@ -365,7 +389,12 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
                     "the provider is at its limit of {limit} connections; retry later or elsewhere"
                 ),
             );
-            tokio::spawn(connection::turn_away(stream, shared.config.max_frame, err));
+            tokio::spawn(connection::turn_away(
+                stream,
+                shared.config.tls.clone(),
+                shared.config.max_frame,
+                err,
+            ));
             continue;
         }
         let task = tokio::spawn(connection::serve(shared.clone(), stream, peer, id));

@@ -10,7 +10,9 @@
 mod keepalive;
 mod outbound;
 mod reader;
+mod stream;
 
 pub(crate) use keepalive::{Keepalive, Liveness};
 pub(crate) use outbound::{Flush, Outbound};
 pub(crate) use reader::FrameReader;
+pub(crate) use stream::{ReadHalf, Stream, WriteHalf};

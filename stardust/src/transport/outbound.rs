@@ -16,15 +16,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use super::WriteHalf;
 use crate::error::Error;
 
 /// Buffers above this size are not kept for reuse after a flush, so one large message does not
 /// pin megabytes per idle connection.
 const KEEP_CAPACITY: usize = 256 * 1024;
 const INITIAL_CAPACITY: usize = 8 * 1024;
+/// How long closing the write side (TLS `close_notify`, then FIN) may take.
+const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The write side of one connection.
 ///
@@ -32,7 +34,7 @@ const INITIAL_CAPACITY: usize = 8 * 1024;
 /// its table of pending calls here, so registering a call and queueing its request take one lock,
 /// not two. The server has none (`()`).
 pub(crate) struct Outbound<S = ()> {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     state: Mutex<State<S>>,
     wake: Notify,
     /// Signalled once when the connection starts closing.
@@ -77,7 +79,7 @@ enum Job {
 
 impl<S> Outbound<S> {
     pub(crate) fn new(
-        wr: OwnedWriteHalf,
+        wr: WriteHalf,
         peer_max_frame: u32,
         flush: Flush,
         extra: S,
@@ -169,8 +171,11 @@ impl<S> Outbound<S> {
                     }
                 }
             }
+            // TLS keeps encrypted bytes in its session until flushed; if the socket did not take
+            // them all, the writer task must finish (it flushes after every write).
+            let pushed = written == out.len() && self.wr.try_flush().unwrap_or(false);
             let mut st = self.state.lock();
-            if written < out.len() {
+            if !pushed {
                 // Hand over, still flushing: the writer sends this before anything queued later.
                 out.advance(written);
                 st.stalled = Some(out);
@@ -226,8 +231,9 @@ impl<S> Outbound<S> {
             tracing::debug!(error = %e, "connection write failed");
         }
         self.close();
-        // Send FIN: the peer sees a clean end of stream after the last frame.
-        let _ = socket2::SockRef::from(self.wr.as_ref()).shutdown(std::net::Shutdown::Write);
+        // Send FIN (after TLS's close_notify): the peer sees a clean end of stream after the
+        // last frame. Bounded: a peer that stopped reading must not keep the writer alive.
+        let _ = tokio::time::timeout(SHUTDOWN_BOUND, self.wr.shutdown()).await;
         result
     }
 
@@ -277,16 +283,7 @@ impl<S> Outbound<S> {
     }
 
     async fn write_all(&self, out: &BytesMut) -> io::Result<()> {
-        let mut written = 0;
-        while written < out.len() {
-            match self.wr.try_write(&out[written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wr.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.wr.write_all(out).await
     }
 }
 
@@ -304,6 +301,8 @@ fn recycle(spare: &mut BytesMut, mut used: BytesMut) {
 mod tests {
     use super::*;
     use crate::protocol::frame::{self, Kind};
+    use crate::transport::{ReadHalf, Stream};
+    use std::any::Any;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -315,18 +314,54 @@ mod tests {
         // Interleavings vary from run to run; a few rounds make the rare ones (a flusher finding
         // the buffer refilled while it wrote) show up reliably.
         for _ in 0..8 {
-            producers_round().await;
+            producers_round(false).await;
         }
     }
 
-    async fn producers_round() {
-        const PRODUCERS: u64 = 8;
-        const FRAMES: u64 = 2000;
+    /// The same over TLS, where an inline flush can leave encrypted bytes inside the session
+    /// for the writer task to push out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_producers_never_interleave_or_repeat_frames_over_tls() {
+        for _ in 0..4 {
+            producers_round(true).await;
+        }
+    }
+
+    /// A connected pair: the producer's write half and the peer's read half.
+    async fn pair(tls: bool) -> (WriteHalf, Box<dyn Any>, ReadHalf, Box<dyn Any>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (_rd, wr) = client.unwrap().into_split();
-        let (mut peer, _) = server.unwrap();
+        let (client, server) = (client.unwrap(), server.unwrap().0);
+        let (client, server) = if tls {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            let cert = params.self_signed(&key).unwrap().pem();
+            let server_tls = crate::tls::ServerTls::from_pem(&cert, key.serialize_pem()).unwrap();
+            let client_tls = crate::tls::ClientTls::from_ca_pem(&cert).unwrap();
+            let (c, s) = tokio::join!(
+                client_tls.connect(client, None, addr),
+                server_tls.accept(server)
+            );
+            (c.unwrap(), s.unwrap())
+        } else {
+            (Stream::Tcp(client), Stream::Tcp(server))
+        };
+        let (client_rd, client_wr) = client.split();
+        let (server_rd, server_wr) = server.split();
+        (
+            client_wr,
+            Box::new(client_rd),
+            server_rd,
+            Box::new(server_wr),
+        )
+    }
+
+    async fn producers_round(tls: bool) {
+        const PRODUCERS: u64 = 8;
+        const FRAMES: u64 = 2000;
+        // The halves not used must stay open for the test's duration.
+        let (wr, _client_rd, mut peer, _peer_wr) = pair(tls).await;
         let out = Outbound::new(wr, u32::MAX, Flush::Coalesce, ());
         let writer = tokio::spawn(out.clone().run_writer());
 

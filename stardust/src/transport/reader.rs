@@ -2,21 +2,21 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 
+use super::ReadHalf;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, HEADER_LEN, Header};
 
 const READ_CHUNK: usize = 64 * 1024;
 
 pub(crate) struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     max_frame: u32,
 }
 
 impl FrameReader {
-    pub(crate) fn new(rd: OwnedReadHalf, max_frame: u32) -> FrameReader {
+    pub(crate) fn new(rd: ReadHalf, max_frame: u32) -> FrameReader {
         FrameReader {
             rd,
             buf: BytesMut::with_capacity(READ_CHUNK),

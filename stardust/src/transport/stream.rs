@@ -1,0 +1,143 @@
+//! The byte stream under a connection: plain TCP, or TLS over TCP.
+//!
+//! Both halves are enums rather than trait objects so the plaintext path stays what it was: a
+//! non-blocking `try_write` straight on the socket, no lock, no vtable. A TLS stream's halves
+//! share one rustls session (encrypting and decrypting both touch it), so its write half sits
+//! behind a lock; only the flusher of the moment takes it, so it is never contended.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsStream;
+
+type Tls = TlsStream<TcpStream>;
+
+/// An established connection's stream, before it is split.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<Tls>),
+}
+
+impl Stream {
+    /// Splits the stream into a read half (owned by the read loop) and a write half (shared by
+    /// whoever flushes).
+    pub(crate) fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(s) => {
+                let (rd, wr) = s.into_split();
+                (ReadHalf::Tcp(rd), WriteHalf::Tcp(wr))
+            }
+            Stream::Tls(s) => {
+                let (rd, wr) = tokio::io::split(*s);
+                (ReadHalf::Tls(rd), WriteHalf::Tls(Mutex::new(wr)))
+            }
+        }
+    }
+}
+
+/// The read side of a [`Stream`].
+pub(crate) enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<Tls>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
+            ReadHalf::Tls(rd) => Pin::new(rd).poll_read(cx, buf),
+        }
+    }
+}
+
+/// The write side of a [`Stream`], usable through `&self` by whoever owns the right to flush.
+pub(crate) enum WriteHalf {
+    Tcp(OwnedWriteHalf),
+    Tls(Mutex<tokio::io::WriteHalf<Tls>>),
+}
+
+impl WriteHalf {
+    /// Writes what the stream takes right now without waiting (`WouldBlock` if nothing).
+    ///
+    /// For TLS, bytes taken are in the session's buffer, not necessarily on the wire yet:
+    /// [`WriteHalf::try_flush`] pushes them out.
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(wr) => wr.try_write(buf),
+            WriteHalf::Tls(wr) => {
+                // A waker that does nothing: if the socket is full, whoever takes over (the
+                // writer task) polls again with a real one.
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut *wr.lock()).poll_write(&mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+
+    /// Pushes bytes buffered inside the TLS session to the socket without waiting. `Ok(true)`
+    /// once nothing is left (always, for plain TCP).
+    pub(crate) fn try_flush(&self) -> io::Result<bool> {
+        match self {
+            WriteHalf::Tcp(_) => Ok(true),
+            WriteHalf::Tls(wr) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut *wr.lock()).poll_flush(&mut cx) {
+                    Poll::Ready(r) => r.map(|()| true),
+                    Poll::Pending => Ok(false),
+                }
+            }
+        }
+    }
+
+    /// Writes all of `buf` and flushes it to the socket, waiting for room as needed.
+    pub(crate) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < buf.len() {
+            let n = match self {
+                WriteHalf::Tcp(wr) => match wr.try_write(&buf[written..]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wr.writable().await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+                WriteHalf::Tls(wr) => {
+                    poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_write(cx, &buf[written..])).await?
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += n;
+        }
+        if let WriteHalf::Tls(wr) = self {
+            poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_flush(cx)).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the write direction: a TLS `close_notify`, then FIN. The read half stays open.
+    pub(crate) async fn shutdown(&self) {
+        match self {
+            WriteHalf::Tcp(wr) => {
+                let _ = socket2::SockRef::from(wr.as_ref()).shutdown(std::net::Shutdown::Write);
+            }
+            WriteHalf::Tls(wr) => {
+                let _ = poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_shutdown(cx)).await;
+            }
+        }
+    }
+}
