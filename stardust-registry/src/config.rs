@@ -16,6 +16,18 @@
 //! cert_file = "registry.crt"          # PEM chain, leaf first; relative to this file's directory
 //! key_file = "registry.key"           # PEM private key
 //! client_ca_file = "clients-ca.crt"   # optional: require client certificates (mutual TLS)
+//! # Every key optional; these are the defaults (see [`LoginThrottle`]).
+//! [login_throttle]
+//! free_failures = 5           # failed logins per app, per address, per app-and-address before backoff
+//! backoff_min = "1s"          # the first backoff; doubles with every further failure
+//! backoff_max = "5m"          # the longest backoff
+//! forget_after = "1h"         # failures (and addresses an app logged in from) are forgotten after this
+//! attempt_burst = 20          # logins one address may start at once...
+//! attempts_per_second = 5.0   # ...and then per second
+//! max_tracked = 10000         # apps, addresses and pairs remembered (each table; oldest go first)
+//! # max_concurrent_hashes = 1 # secrets checked at once; default: half the CPUs, at least 1
+//! max_queued = 64             # logins that may wait for a check; more are refused at once
+//! queue_timeout = "2s"        # longest wait for a check before the login is refused
 //! ```
 //!
 //! Unknown keys are rejected, naming the key and its line.
@@ -34,6 +46,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// Listen address when neither the config nor the command line names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+/// Longest app name (bytes): longer names are refused at login without any work.
+pub const MAX_APP_NAME_LEN: usize = 256;
 
 /// Registry configuration.
 ///
@@ -56,6 +70,8 @@ pub struct Config {
     pub apps: BTreeMap<String, AppConfig>,
     /// TLS certificate and key files; `None` serves plaintext.
     pub tls: Option<TlsFiles>,
+    /// How logins are throttled and how many secrets are checked at once (`[login_throttle]`).
+    pub login_throttle: LoginThrottle,
 }
 
 /// Where the registry's TLS certificate and key are (PEM files).
@@ -78,6 +94,127 @@ impl TlsFiles {
                 stardust::tls::ServerTls::mutual_from_pem_files(&self.cert_file, &self.key_file, ca)
             }
         }
+    }
+}
+
+/// Login throttling: checking a secret is deliberately slow (argon2id), so the registry limits
+/// who may make it check one.
+///
+/// * **Failed logins back off**, counted per app, per source address and per app-and-address:
+///   the first [`free_failures`](Self::free_failures) cost nothing; the failure that uses them
+///   up blocks further logins for [`backoff_min`](Self::backoff_min), and every further one
+///   doubles the wait, up to [`backoff_max`](Self::backoff_max). While free failures remain,
+///   only as many logins as remain are checked at once; once they are used up, one at a time.
+///   A successful login clears the failures of its app-and-address, and of its app unless it
+///   came from a known address (below); an address's own failures are only forgotten,
+///   [`forget_after`](Self::forget_after) after the last one.
+///   Unknown app names are counted exactly like real ones, so throttling reveals nothing about
+///   which apps exist. (IPv6 addresses count by their /64 prefix.)
+/// * **Known addresses keep working.** An address an app logged in from (or had a session
+///   from) within [`forget_after`](Self::forget_after) is not held back by that app's failures
+///   from elsewhere, nor by its own address's failures for other apps: a flood of bad logins
+///   for an app cannot lock its running instances out. Its own app-and-address failures still
+///   count.
+/// * **Login attempts per address are rate limited** (a token bucket of
+///   [`attempt_burst`](Self::attempt_burst), refilled at
+///   [`attempts_per_second`](Self::attempts_per_second)), so even right secrets cannot keep the
+///   hasher busy.
+/// * **Checking is bounded**: at most [`max_concurrent_hashes`](Self::max_concurrent_hashes)
+///   secrets are checked at once (on the blocking thread pool, so heartbeats and discovery never
+///   wait behind them), at most [`max_queued`](Self::max_queued) logins wait for a check, none
+///   longer than [`queue_timeout`](Self::queue_timeout).
+///
+/// A login refused by any of these gets `RegistryError::Throttled` at once, without its secret
+/// being checked, with the time after which a retry may succeed. Refusals that are not a
+/// backoff (checks in progress, a busy registry) suggest retrying after `backoff_min`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoginThrottle {
+    /// Failed logins (per app, per address, per app-and-address) before backoff starts.
+    /// Default 5.
+    pub free_failures: u32,
+    /// The backoff after the failure that uses up the free ones; each further failure doubles
+    /// it. Default 1 s.
+    pub backoff_min: Duration,
+    /// The longest backoff. Default 5 min.
+    pub backoff_max: Duration,
+    /// Failures are forgotten this long after the last one; an address an app logged in from is
+    /// remembered as known for as long. At least `backoff_max`. Default 1 h.
+    pub forget_after: Duration,
+    /// Logins one source address may start at once (the token bucket's size). Default 20.
+    pub attempt_burst: u32,
+    /// Logins one source address may start per second once its burst is used. Default 5.
+    pub attempts_per_second: f64,
+    /// Entries each table (apps, addresses, app-and-address pairs, known addresses, rate
+    /// buckets) may hold; when one is full, expired entries go, then the oldest. Default 10 000.
+    pub max_tracked: usize,
+    /// Secrets checked at once (each check takes a core and about 19 MiB for tens of
+    /// milliseconds). `None` (the default): half the CPUs, at least 1, so the async worker
+    /// threads serving heartbeats and discovery keep CPU.
+    pub max_concurrent_hashes: Option<usize>,
+    /// Logins that may wait for a check; more are refused at once. Default 64.
+    pub max_queued: usize,
+    /// Longest a login waits for a check before it is refused. Default 2 s.
+    pub queue_timeout: Duration,
+}
+
+impl Default for LoginThrottle {
+    fn default() -> LoginThrottle {
+        LoginThrottle {
+            free_failures: 5,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            forget_after: Duration::from_secs(3600),
+            attempt_burst: 20,
+            attempts_per_second: 5.0,
+            max_tracked: 10_000,
+            max_concurrent_hashes: None,
+            max_queued: 64,
+            queue_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl LoginThrottle {
+    /// The number of secrets checked at once: [`max_concurrent_hashes`](Self::max_concurrent_hashes),
+    /// or half the CPUs (at least 1).
+    pub fn concurrent_hashes(&self) -> usize {
+        self.max_concurrent_hashes.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cpus / 2).max(1)
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| {
+            Err(ConfigError {
+                message: format!("login_throttle.{m}"),
+            })
+        };
+        if self.backoff_min.is_zero() {
+            return err("backoff_min must be longer than zero");
+        }
+        if self.backoff_max < self.backoff_min {
+            return err("backoff_max must be at least backoff_min");
+        }
+        if self.forget_after < self.backoff_max {
+            return err("forget_after must be at least backoff_max");
+        }
+        if self.attempt_burst == 0 {
+            return err("attempt_burst must be at least 1");
+        }
+        if !(self.attempts_per_second.is_finite() && self.attempts_per_second > 0.0) {
+            return err("attempts_per_second must be a number above zero");
+        }
+        if self.max_tracked == 0 {
+            return err("max_tracked must be at least 1");
+        }
+        if self.max_concurrent_hashes == Some(0) {
+            return err("max_concurrent_hashes must be at least 1");
+        }
+        if self.queue_timeout.is_zero() {
+            return err("queue_timeout must be longer than zero");
+        }
+        Ok(())
     }
 }
 
@@ -141,7 +278,7 @@ impl Default for Config {
 
 impl Config {
     /// Production defaults: no apps, no key file (set one), token TTL 1 h, lease TTL 10 s,
-    /// dev mode off.
+    /// dev mode off, login throttling with [`LoginThrottle::default`].
     pub fn new() -> Config {
         Config {
             listen: None,
@@ -151,12 +288,14 @@ impl Config {
             dev: false,
             apps: BTreeMap::new(),
             tls: None,
+            login_throttle: LoginThrottle::default(),
         }
     }
 
     /// A development registry that needs no configuration: dev mode on (any app name can log
     /// in; its first secret becomes its secret until restart) and an in-memory signing key.
-    /// Never use it where untrusted clients can reach the registry.
+    /// Logins are throttled as in production. Never use it where untrusted clients can reach
+    /// the registry.
     pub fn dev() -> Config {
         Config {
             dev: true,
@@ -205,6 +344,12 @@ impl Config {
     /// Turns dev mode on or off.
     pub fn with_dev(mut self, dev: bool) -> Config {
         self.dev = dev;
+        self
+    }
+
+    /// Sets how logins are throttled.
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Config {
+        self.login_throttle = throttle;
         self
     }
 
@@ -274,6 +419,9 @@ impl Config {
             key_file: t.key_file,
             client_ca_file: t.client_ca_file,
         });
+        if let Some(t) = raw.login_throttle {
+            t.apply(&mut cfg.login_throttle)?;
+        }
         for (name, app) in raw.apps {
             cfg.apps.insert(
                 name,
@@ -288,8 +436,8 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks the config for mistakes: TTLs, app names, secret hashes, service lists, and a key
-    /// file outside dev mode. [`RegistryNode`](crate::RegistryNode) runs it before starting.
+    /// Checks the config for mistakes: TTLs, app names, secret hashes, service lists, login
+    /// throttling, and a key file outside dev mode. [`RegistryNode`](crate::RegistryNode) runs it before starting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |message: String| Err(ConfigError { message });
         if self.token_ttl.is_zero() {
@@ -298,6 +446,7 @@ impl Config {
         if self.lease_ttl.is_zero() {
             return err("lease_ttl must be longer than zero".into());
         }
+        self.login_throttle.validate()?;
         if let Some(listen) = &self.listen
             && listen.trim().is_empty()
         {
@@ -311,9 +460,12 @@ impl Config {
             );
         }
         for (name, app) in &self.apps {
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if name.is_empty()
+                || name.len() > MAX_APP_NAME_LEN
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return err(format!(
-                    "apps.{name:?}: app names must be non-empty, without whitespace"
+                    "apps.{name:?}: app names must be 1 to {MAX_APP_NAME_LEN} bytes, without whitespace"
                 ));
             }
             if let Err(e) = secret::validate_hash(&app.secret_hash) {
@@ -377,6 +529,7 @@ struct RawConfig {
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
     tls: Option<RawTls>,
+    login_throttle: Option<RawThrottle>,
 }
 
 #[derive(Deserialize)]
@@ -385,6 +538,66 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    free_failures: Option<u32>,
+    backoff_min: Option<String>,
+    backoff_max: Option<String>,
+    forget_after: Option<String>,
+    attempt_burst: Option<u32>,
+    attempts_per_second: Option<Number>,
+    max_tracked: Option<usize>,
+    max_concurrent_hashes: Option<usize>,
+    max_queued: Option<usize>,
+    queue_timeout: Option<String>,
+}
+
+/// A TOML number: `5` and `5.0` both mean five.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawThrottle {
+    fn apply(self, t: &mut LoginThrottle) -> Result<(), ConfigError> {
+        let duration = |field: &str, text: Option<String>, into: &mut Duration| {
+            if let Some(text) = text {
+                *into = parse_duration(&format!("login_throttle.{field}"), &text)?;
+            }
+            Ok::<(), ConfigError>(())
+        };
+        duration("backoff_min", self.backoff_min, &mut t.backoff_min)?;
+        duration("backoff_max", self.backoff_max, &mut t.backoff_max)?;
+        duration("forget_after", self.forget_after, &mut t.forget_after)?;
+        duration("queue_timeout", self.queue_timeout, &mut t.queue_timeout)?;
+        if let Some(n) = self.free_failures {
+            t.free_failures = n;
+        }
+        if let Some(n) = self.attempt_burst {
+            t.attempt_burst = n;
+        }
+        if let Some(n) = self.attempts_per_second {
+            t.attempts_per_second = match n {
+                Number::Int(i) => i as f64,
+                Number::Float(f) => f,
+            };
+        }
+        if let Some(n) = self.max_tracked {
+            t.max_tracked = n;
+        }
+        if self.max_concurrent_hashes.is_some() {
+            t.max_concurrent_hashes = self.max_concurrent_hashes;
+        }
+        if let Some(n) = self.max_queued {
+            t.max_queued = n;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -479,6 +692,113 @@ secret_hash = "{h}"
     }
 
     #[test]
+    fn login_throttle_table() {
+        let cfg = Config::from_toml(
+            r#"
+key_file = "k"
+[login_throttle]
+free_failures = 3
+backoff_min = "200ms"
+backoff_max = "30s"
+forget_after = "10m"
+attempt_burst = 50
+attempts_per_second = 2
+max_tracked = 500
+max_concurrent_hashes = 3
+max_queued = 8
+queue_timeout = "500ms"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.login_throttle,
+            LoginThrottle {
+                free_failures: 3,
+                backoff_min: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(30),
+                forget_after: Duration::from_secs(600),
+                attempt_burst: 50,
+                attempts_per_second: 2.0,
+                max_tracked: 500,
+                max_concurrent_hashes: Some(3),
+                max_queued: 8,
+                queue_timeout: Duration::from_millis(500),
+            }
+        );
+        assert_eq!(cfg.login_throttle.concurrent_hashes(), 3);
+        // Partial tables keep the other defaults; fractional rates are fine.
+        let cfg =
+            Config::from_toml("key_file = \"k\"\n[login_throttle]\nattempts_per_second = 0.5")
+                .unwrap();
+        assert_eq!(cfg.login_throttle.attempts_per_second, 0.5);
+        assert_eq!(cfg.login_throttle.free_failures, 5);
+        // No table: the defaults, also in dev mode.
+        let d = LoginThrottle::default();
+        assert_eq!(
+            Config::from_toml("key_file = \"k\"")
+                .unwrap()
+                .login_throttle,
+            d
+        );
+        assert_eq!(Config::dev().login_throttle, d);
+        assert_eq!(
+            (
+                d.free_failures,
+                d.backoff_min,
+                d.backoff_max,
+                d.forget_after
+            ),
+            (
+                5,
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+                Duration::from_secs(3600)
+            )
+        );
+        assert!(d.concurrent_hashes() >= 1);
+    }
+
+    #[test]
+    fn bad_login_throttle_values() {
+        let bad = |table: &str, expect: &str| {
+            let text = format!("key_file = \"k\"\n[login_throttle]\n{table}\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.message().contains(expect), "{table}: {e}");
+        };
+        bad("backof_min = \"1s\"", "unknown field `backof_min`");
+        bad("backoff_min = \"soon\"", "login_throttle.backoff_min");
+        bad(
+            "backoff_min = \"0s\"",
+            "backoff_min must be longer than zero",
+        );
+        bad(
+            "backoff_min = \"10s\"\nbackoff_max = \"5s\"",
+            "backoff_max must be at least backoff_min",
+        );
+        bad(
+            "forget_after = \"1m\"",
+            "forget_after must be at least backoff_max",
+        );
+        bad("attempt_burst = 0", "attempt_burst must be at least 1");
+        bad("attempts_per_second = 0", "attempts_per_second");
+        bad("attempts_per_second = -1.5", "attempts_per_second");
+        bad("max_tracked = 0", "max_tracked");
+        bad("max_concurrent_hashes = 0", "max_concurrent_hashes");
+        bad("queue_timeout = \"0s\"", "queue_timeout");
+        bad("free_failures = -1", "line 3");
+    }
+
+    #[test]
+    fn app_names_are_bounded() {
+        let long = "a".repeat(MAX_APP_NAME_LEN + 1);
+        let cfg = Config::new()
+            .with_key_file("k")
+            .with_app(long, AppConfig::new(hash()));
+        let e = cfg.validate().unwrap_err();
+        assert!(e.message().contains("1 to 256 bytes"), "{e}");
+    }
+
+    #[test]
     fn relative_key_file_follows_the_config() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
@@ -487,5 +807,28 @@ secret_hash = "{h}"
         assert_eq!(cfg.key_file, Some(dir.path().join("keys.toml")));
         let e = Config::load(dir.path().join("missing.toml")).unwrap_err();
         assert!(e.message().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_follow_the_config_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(
+            &path,
+            "dev = true\n[tls]\ncert_file = \"r.crt\"\nkey_file = \"/etc/r.key\"\nclient_ca_file = \"ca.crt\"\n",
+        )
+        .unwrap();
+        let tls = Config::load(&path).unwrap().tls.unwrap();
+        assert_eq!(tls.cert_file, dir.path().join("r.crt"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/r.key"));
+        assert_eq!(tls.client_ca_file, Some(dir.path().join("ca.crt")));
+        // Loading names the file that is missing.
+        let e = tls.load().unwrap_err();
+        assert!(e.to_string().contains("r.crt"), "{e}");
+
+        let e = Config::from_toml("[tls]\ncert_file = \"a\"\nkey_file = \"b\"\ncert = \"c\"\n")
+            .unwrap_err();
+        assert!(e.message().contains("cert"), "{e}");
+        assert!(Config::from_toml("[tls]\ncert_file = \"a\"\n").is_err());
     }
 }

@@ -50,6 +50,16 @@
 //! A registry connection is anonymous until `login`; the registry then remembers the app for
 //! that connection and forgets it (with its registrations and subscriptions) when the
 //! connection closes. Every call except `login` and `public_keys` needs a logged-in connection.
+//!
+//! # Login throttling
+//!
+//! Secrets are checked with argon2id, which is slow on purpose; the registry therefore decides
+//! before checking whether to check at all. Failed logins back off per app, per source address
+//! and per app-and-address, logins are rate limited per address, and few secrets are checked at
+//! once behind a bounded queue; a refused login gets `RegistryError::Throttled` at once, saying
+//! when to retry. Heartbeats, discovery and registrations never wait behind secret checks. The
+//! knobs and their defaults are on [`LoginThrottle`]; [`RegistryNode::login_stats`] counts what
+//! happened.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -57,8 +67,10 @@ pub mod keys;
 mod node;
 mod secret;
 mod service;
+mod throttle;
 
-pub use config::{AppConfig, Config, ConfigError, TlsFiles};
+pub use config::{AppConfig, Config, ConfigError, LoginThrottle, TlsFiles};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};
+pub use service::LoginStats;

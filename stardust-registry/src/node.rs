@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, DEFAULT_LISTEN};
 use crate::keys::{KeyError, KeyRing};
-use crate::service::RegistryImpl;
+use crate::service::{LoginStats, RegistryImpl};
 
 /// A running registry: a Stardust server hosting the `stardust.Registry` service.
 ///
@@ -18,6 +18,7 @@ use crate::service::RegistryImpl;
 #[must_use = "the registry stops when this handle is dropped"]
 pub struct RegistryNode {
     server: stardust::Server,
+    registry: RegistryImpl,
     keys: KeyRing,
     config: Config,
     /// Sending `true` (or dropping it) stops the sweeper and the session watchers.
@@ -62,6 +63,12 @@ impl RegistryNode {
     /// The configuration the registry runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Counters of logins since the registry started: succeeded, failed, throttled, refused as
+    /// busy, and argon2 computations run.
+    pub fn login_stats(&self) -> LoginStats {
+        self.registry.login_stats()
     }
 
     /// Stops gracefully: no new connections, clients are told (`GoAway`), calls in flight
@@ -138,7 +145,7 @@ impl RegistryNodeBuilder {
             server = server.tls(tls);
         }
         let server = server.bind(addr).await.map_err(Error::Bind)?;
-        tokio::spawn(registry.run_sweeper());
+        tokio::spawn(registry.clone().run_sweeper());
         let addr = server.local_addr();
         if config.dev {
             tracing::warn!(
@@ -159,10 +166,12 @@ impl RegistryNodeBuilder {
             kid = %keys.signing_kid(),
             token_ttl = ?config.token_ttl,
             lease_ttl = ?config.lease_ttl,
+            concurrent_hashes = config.login_throttle.concurrent_hashes(),
             "registry listening"
         );
         Ok(RegistryNode {
             server,
+            registry,
             keys,
             config,
             stop,

@@ -124,6 +124,15 @@ pub enum RegistryError {
     PermissionDenied(String),
     /// The request itself is invalid (bad version requirement, bad endpoint, ...).
     Invalid(String),
+    /// The login was refused before its secret was checked: too many failed logins for the app
+    /// or from the caller's address, too many logins from that address, or the registry is busy
+    /// checking others. Retrying sooner than `retry_after_ms` is refused the same way.
+    Throttled {
+        /// What was throttled, and when to retry (`...; retry in 3.2s`).
+        message: String,
+        /// Milliseconds after which a retry may succeed.
+        retry_after_ms: u64,
+    },
 }
 
 impl std::fmt::Display for RegistryError {
@@ -132,6 +141,7 @@ impl std::fmt::Display for RegistryError {
             RegistryError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             RegistryError::PermissionDenied(m) => write!(f, "permission denied: {m}"),
             RegistryError::Invalid(m) => write!(f, "invalid request: {m}"),
+            RegistryError::Throttled { message, .. } => write!(f, "throttled: {message}"),
         }
     }
 }
@@ -145,6 +155,10 @@ impl From<RegistryError> for crate::Error {
             RegistryError::Unauthorized(m) => crate::Error::new(ErrorKind::Unauthorized, m),
             RegistryError::PermissionDenied(m) => crate::Error::new(ErrorKind::PermissionDenied, m),
             RegistryError::Invalid(m) => crate::Error::new(ErrorKind::InvalidArguments, m),
+            // Nothing was checked: like an overloaded provider, retrying later is safe.
+            RegistryError::Throttled { message, .. } => {
+                crate::Error::new(ErrorKind::Overloaded, format!("throttled: {message}"))
+            }
         }
     }
 }
