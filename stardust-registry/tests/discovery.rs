@@ -326,6 +326,7 @@ async fn heartbeats_keep_a_lease_alive() {
                 in_flight: beats,
                 uptime_ms: beats * 40,
                 version: "test".into(),
+                ..Status::default()
             })
             .await
             .unwrap()

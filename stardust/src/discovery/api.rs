@@ -102,6 +102,104 @@ pub struct Status {
     /// Software version of the provider.
     #[serde(default)]
     pub version: String,
+    /// How long the window the figures below cover was: milliseconds since the previous report
+    /// (since start for the first).
+    #[serde(default)]
+    pub window_ms: u64,
+    /// CPU time (user + system) the process used during the window, in milliseconds; 0 where
+    /// the platform does not tell cheaply.
+    #[serde(default)]
+    pub cpu_ms: u64,
+    /// The process's resident memory at report time, in bytes; 0 where unknown.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// What this process served during the window, per service and method (providers).
+    #[serde(default)]
+    pub served: Vec<MethodFigures>,
+    /// What this process called during the window, per provider endpoint and service
+    /// (consumers): how the providers look from the outside.
+    #[serde(default)]
+    pub called: Vec<CallFigures>,
+}
+
+/// Upper bounds, in microseconds, of the latency buckets of [`Latency::buckets`]; a last,
+/// unbounded bucket follows them.
+pub const LATENCY_BOUNDS_US: [u64; 18] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Calls of one method a provider served during a report window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodFigures {
+    /// Service name.
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Calls that completed (successfully or not) during the window.
+    pub calls: u64,
+    /// Of those, the ones that failed, by kind.
+    #[serde(default)]
+    pub errors: Vec<ErrorCount>,
+    /// Calls running at report time.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// How long the completed calls took, from request to response.
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+/// Calls a consumer made to one service at one provider during a report window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallFigures {
+    /// The provider's endpoint, as registered.
+    pub endpoint: String,
+    /// Service name.
+    pub service: String,
+    /// Calls that completed during the window, including those that could not reach the
+    /// provider.
+    pub calls: u64,
+    /// Of those, the ones that failed, by kind (`Connect` for a provider that cannot be
+    /// reached).
+    #[serde(default)]
+    pub errors: Vec<ErrorCount>,
+    /// How long the calls took as the consumer saw them.
+    #[serde(default)]
+    pub latency: Latency,
+}
+
+/// A number of failed calls of one [`ErrorKind`](crate::ErrorKind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    /// The kind's stable code ([`ErrorKind::code`](crate::ErrorKind::code)).
+    pub code: u16,
+    /// How many calls failed with it.
+    pub count: u64,
+}
+
+/// A latency distribution over a report window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    /// Calls per bucket: `buckets[i]` counts calls that took at most [`LATENCY_BOUNDS_US`]`[i]`
+    /// microseconds (and more than the bound before); the last entry counts the rest. Empty
+    /// when there were no calls.
+    #[serde(default)]
+    pub buckets: Vec<u64>,
+    /// Sum of all latencies, in microseconds.
+    #[serde(default)]
+    pub sum_us: u64,
+    /// Median, in microseconds.
+    #[serde(default)]
+    pub p50_us: u64,
+    /// 90th percentile, in microseconds.
+    #[serde(default)]
+    pub p90_us: u64,
+    /// 99th percentile, in microseconds.
+    #[serde(default)]
+    pub p99_us: u64,
+    /// The slowest call, in microseconds.
+    #[serde(default)]
+    pub max_us: u64,
 }
 
 /// The full current list of instances of a subscribed service (pushed on every change).

@@ -293,6 +293,7 @@ impl Session {
             in_flight,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Status::default()
         };
         client.heartbeat(status).await?.map_err(Error::from)?;
         let due = self
