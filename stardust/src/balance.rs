@@ -46,6 +46,8 @@ pub struct Target {
     /// [`ClientTls`](crate::tls::ClientTls).
     pub tls: bool,
     load: Arc<Load>,
+    /// Where this process counts its calls to the provider's service (status reports).
+    pub(crate) figures: Option<Arc<crate::monitor::Figures>>,
 }
 
 impl PartialEq for Target {
@@ -66,6 +68,7 @@ impl Target {
             weight,
             tls: false,
             load,
+            figures: None,
         }
     }
 

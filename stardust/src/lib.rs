@@ -67,6 +67,7 @@ pub mod discovery;
 mod error;
 mod interceptor;
 mod metadata;
+mod monitor;
 pub mod protocol;
 mod server;
 mod service;

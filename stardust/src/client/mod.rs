@@ -808,6 +808,9 @@ impl BalancedCall<'_> {
                     .await
                     .map_err(|_| self.deadline_error(budget))?,
             };
+            if let (Err(e), Some(f)) = (&conn, &target.figures) {
+                f.completed(now.elapsed(), Some(e.kind()));
+            }
             let conn = match conn {
                 Ok(conn) => conn,
                 // Nothing was sent: another provider may take it.
@@ -833,6 +836,13 @@ impl BalancedCall<'_> {
             let sent = Instant::now();
             let result = conn.exchange(head, args, info).await;
             drop(in_flight);
+            if let Some(f) = &target.figures {
+                let error = match &result {
+                    Ok(_) => None,
+                    Err(CallError::Reconnect(e) | CallError::Failed(e)) => Some(e.kind()),
+                };
+                f.completed(sent.elapsed(), error);
+            }
             if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
                 self.fault(b, &target, e);
             }

@@ -12,7 +12,9 @@ use super::ClientConfig;
 use super::connection::{ClientConn, Secure};
 use super::notifications::Notification;
 use crate::balance::{Load, Target};
+use crate::discovery::api::CallFigures;
 use crate::error::{Error, ErrorKind};
+use crate::monitor::Figures;
 
 /// Connections keyed by provider endpoint, opened on first use and reopened on the next use
 /// after a drop.
@@ -20,6 +22,8 @@ pub(crate) struct Pool {
     config: ClientConfig,
     notify_tx: broadcast::Sender<Notification>,
     slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
+    /// What this process's calls saw of each (provider endpoint, service), for status reports.
+    calls: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<Figures>>>,
 }
 
 /// One endpoint's connection.
@@ -67,6 +71,7 @@ impl Pool {
             config,
             notify_tx,
             slots: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,6 +144,36 @@ impl Pool {
                 slot
             }
         }
+    }
+
+    /// The figures of calls to `service` at `endpoint` (taken when a watch lists the provider,
+    /// not per call).
+    pub(crate) fn call_figures(&self, endpoint: &Arc<str>, service: &str) -> Arc<Figures> {
+        self.calls
+            .lock()
+            .entry((endpoint.clone(), Arc::from(service)))
+            .or_default()
+            .clone()
+    }
+
+    /// Every (provider, service)'s figures since the previous call. Entries no target uses any
+    /// more are dropped once they have nothing left to tell.
+    pub(crate) fn take_call_windows(&self, into: &mut Vec<CallFigures>) {
+        let mut calls = self.calls.lock();
+        calls.retain(|(endpoint, service), figures| {
+            let w = figures.take_window();
+            let idle = w.calls == 0 && w.errors.is_empty();
+            if !idle {
+                into.push(CallFigures {
+                    endpoint: endpoint.to_string(),
+                    service: service.to_string(),
+                    calls: w.calls,
+                    errors: w.errors,
+                    latency: w.latency,
+                });
+            }
+            !(idle && Arc::strong_count(figures) == 1)
+        });
     }
 
     /// The load record of `endpoint`, shared by every proxy of the handle.

@@ -125,8 +125,8 @@ pub struct Status {
 /// Upper bounds, in microseconds, of the latency buckets of [`Latency::buckets`]; a last,
 /// unbounded bucket follows them.
 pub const LATENCY_BOUNDS_US: [u64; 18] = [
-    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// Calls of one method a provider served during a report window.

@@ -23,7 +23,8 @@ use crate::auth::token::KeySet;
 use crate::auth::{BoxFuture, Credentials, KeyFetcher, SharedCredentials, TokenVerifier};
 use crate::client::{Client, ClientConfig, Pool};
 use crate::error::{Error, ErrorKind};
-use crate::server::InFlightProbe;
+use crate::monitor::process;
+use crate::server::ServerProbe;
 use crate::tls::ClientTls;
 
 /// Tunables of a session.
@@ -78,8 +79,10 @@ pub(crate) struct Session {
     registrations: Mutex<Vec<Registration>>,
     watches: Mutex<Vec<Arc<ServiceWatch>>>,
     /// This process's servers, for the in-flight count in status reports.
-    servers: Mutex<Vec<InFlightProbe>>,
+    servers: Mutex<Vec<ServerProbe>>,
     started: std::time::Instant,
+    /// When the previous status report was made, and the process's CPU time then.
+    last_report: Mutex<(std::time::Instant, Option<u64>)>,
     /// One connection per provider endpoint, shared by every consumer proxy of this process.
     pub(crate) pool: Arc<Pool>,
 }
@@ -115,6 +118,7 @@ impl Session {
                 watches: Mutex::new(Vec::new()),
                 servers: Mutex::new(Vec::new()),
                 started: std::time::Instant::now(),
+                last_report: Mutex::new((std::time::Instant::now(), process::cpu_time_ms())),
                 pool: Arc::new(Pool::new(pool_config)),
             }
         })
@@ -281,20 +285,51 @@ impl Session {
         }
     }
 
-    async fn beat(&self) -> Result<(), Error> {
-        let client = self.registry()?;
+    /// This process's status, with the figures of the window since the previous report.
+    fn status(&self) -> Status {
+        let mut served = Vec::new();
         let in_flight = {
             let mut servers = self.servers.lock();
             let mut total = 0;
-            servers.retain(|probe| probe.get().inspect(|n| total += n).is_some());
+            servers.retain(|probe| {
+                probe.get().inspect(|n| total += n).is_some() && probe.take_windows(&mut served)
+            });
             total as u64
         };
-        let status = Status {
+        let mut called = Vec::new();
+        self.pool.take_call_windows(&mut called);
+        let now = std::time::Instant::now();
+        let cpu_now = process::cpu_time_ms();
+        let (window, cpu) = {
+            let mut last = self.last_report.lock();
+            let window = now.duration_since(last.0);
+            let cpu = match (cpu_now, last.1) {
+                (Some(now), Some(before)) => now.saturating_sub(before),
+                _ => 0,
+            };
+            *last = (now, cpu_now);
+            (window, cpu)
+        };
+        Status {
             in_flight,
             uptime_ms: self.started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            ..Status::default()
-        };
+            window_ms: window.as_millis() as u64,
+            cpu_ms: cpu,
+            rss_bytes: process::rss_bytes().unwrap_or(0),
+            served,
+            called,
+        }
+    }
+
+    async fn beat(&self) -> Result<(), Error> {
+        let client = self.registry()?;
+        let status = self.status();
+        tracing::trace!(
+            served = status.served.len(),
+            called = status.called.len(),
+            "status report"
+        );
         client.heartbeat(status).await?.map_err(Error::from)?;
         let due = self
             .current
@@ -374,7 +409,7 @@ impl Session {
     }
 
     /// Includes `server`'s in-flight calls in this process's status reports.
-    pub(crate) fn report_server(&self, probe: InFlightProbe) {
+    pub(crate) fn report_server(&self, probe: ServerProbe) {
         self.servers.lock().push(probe);
     }
 

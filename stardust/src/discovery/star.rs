@@ -238,7 +238,7 @@ impl Stardust {
             .bind(addr)
             .await?;
         let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
-        self.inner.session.report_server(server.in_flight_probe());
+        self.inner.session.report_server(server.probe());
         let mut provider = Provider {
             server: Some(server),
             star: self.clone(),

@@ -56,7 +56,10 @@ impl ServiceWatch {
                 let mut target = match &session {
                     Some(s) => {
                         let load = s.pool.load(&endpoint);
-                        Target::with_load(endpoint, i.weight, load)
+                        let figures = s.pool.call_figures(&endpoint, &self.service);
+                        let mut t = Target::with_load(endpoint, i.weight, load);
+                        t.figures = Some(figures);
+                        t
                     }
                     None => Target::new(endpoint, i.weight),
                 };

@@ -29,6 +29,9 @@ pub(crate) struct ServerCall {
     id: u64,
     flags: u8,
     finished: bool,
+    /// Where the call's outcome is counted: (service index, method index) in the server's
+    /// figures; `None` for calls not counted.
+    figures: Option<(u32, u32)>,
 }
 
 impl ServerCall {
@@ -57,6 +60,22 @@ impl ServerCall {
             id,
             flags,
             finished: false,
+            figures: None,
+        }
+    }
+
+    /// Counts the call's outcome in the figures of method `method` of service `service` (the
+    /// caller counted it as started there).
+    pub(crate) fn count_in(&mut self, service: usize, method: usize) {
+        self.figures = Some((service as u32, method as u32));
+    }
+
+    /// Adds the call's outcome to its method's figures.
+    fn count(&mut self, shared: &ServerShared, error: Option<ErrorKind>) {
+        if let (Some((service, method)), Some(ctx)) = (self.figures.take(), self.ctx.as_ref()) {
+            shared.figures[service as usize]
+                .method(method as usize)
+                .completed(ctx.received_at.elapsed(), error);
         }
     }
 
@@ -113,6 +132,7 @@ impl ServerCall {
                 "handler panicked"
             );
         }
+        self.count(shared, result.as_ref().err().map(Error::kind));
         self.after_call(shared, result.as_ref().map(|_| ()));
         // Release the handler's state now rather than when the task is dropped.
         self.call = None;
@@ -207,6 +227,7 @@ impl Drop for SpawnedCall {
         // Dropped unfinished: cancelled by the client, or its connection went away.
         if !self.call.finished {
             self.call.finished = true;
+            self.call.count(&self.shared, Some(ErrorKind::Cancelled));
             self.call.after_call(
                 &self.shared,
                 Err(&Error::new(ErrorKind::Cancelled, "the call was cancelled")),

@@ -401,7 +401,7 @@ impl ServerConn {
         // Before the service lookup: a caller that may not call learns nothing about what is
         // hosted. Free for anonymous and unrestricted connections (one atomic load).
         self.info.auth.check(req.service, now)?;
-        let service = shared.service(req.service).ok_or_else(|| {
+        let (service_index, service) = shared.service(req.service).ok_or_else(|| {
             Error::new(
                 ErrorKind::UnknownService,
                 format!("this server does not host service `{}`", req.service),
@@ -427,7 +427,10 @@ impl ServerConn {
         for i in &shared.interceptors {
             i.before_call(&ctx)?;
         }
+        let figures = shared.figures[service_index].method(index);
+        figures.started();
         let mut call = ServerCall::start(ctx, h.id, h.flags, service.as_ref(), index, req.args);
+        call.count_in(service_index, index);
         let mut cx = std::task::Context::from_waker(Waker::noop());
         if call.poll_once(&mut cx, self, shared).is_ready() {
             return Ok(());

@@ -31,6 +31,7 @@ use tokio::task::AbortHandle;
 use crate::auth::{Authenticator, ServerAuth};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::Interceptor;
+use crate::monitor::ServiceFigures;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
 use crate::service::Service;
 use crate::tls::ServerTls;
@@ -221,8 +222,13 @@ impl ServerBuilder {
                  network unencrypted; configure ServerBuilder::tls for anything but a trusted network"
             );
         }
+        let figures = services
+            .iter()
+            .map(|(_, s)| ServiceFigures::new(s.descriptor()))
+            .collect();
         let shared = Arc::new(ServerShared {
             services,
+            figures,
             interceptors: self.interceptors,
             config: self.config,
             auth: self.auth,
@@ -261,6 +267,8 @@ pub(crate) struct ServerShared {
     /// A list, not a map: servers host a handful of services, and comparing a few short names
     /// beats hashing the name on every call.
     services: Vec<(&'static str, Arc<dyn Service>)>,
+    /// Call figures of each hosted service, indexed like `services`.
+    pub(crate) figures: Box<[ServiceFigures]>,
     pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
     pub(crate) config: ServerConfig,
     pub(crate) auth: ServerAuth,
@@ -307,8 +315,8 @@ impl Server {
 
     /// A handle that counts this server's in-flight calls without keeping it alive (status
     /// reports).
-    pub(crate) fn in_flight_probe(&self) -> InFlightProbe {
-        InFlightProbe(Arc::downgrade(&self.shared))
+    pub(crate) fn probe(&self) -> ServerProbe {
+        ServerProbe(Arc::downgrade(&self.shared))
     }
 
     /// Graceful shutdown: stop accepting, tell every client (a `GoAway` frame), let in-flight
@@ -408,14 +416,31 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
     }
 }
 
-/// Counts a server's in-flight calls while it exists.
+/// Reads a server's figures for status reports while it exists.
 #[derive(Clone)]
-pub(crate) struct InFlightProbe(std::sync::Weak<ServerShared>);
+pub(crate) struct ServerProbe(std::sync::Weak<ServerShared>);
 
-impl InFlightProbe {
+impl ServerProbe {
     /// The server's in-flight calls, or `None` once it is gone.
     pub(crate) fn get(&self) -> Option<usize> {
         self.0.upgrade().map(|s| s.in_flight())
+    }
+
+    /// Appends the server's per-method figures since the previous call; `false` once the server
+    /// is gone.
+    pub(crate) fn take_windows(
+        &self,
+        into: &mut Vec<crate::discovery::api::MethodFigures>,
+    ) -> bool {
+        match self.0.upgrade() {
+            Some(s) => {
+                for figures in s.figures.iter() {
+                    figures.take_windows(into);
+                }
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -430,12 +455,13 @@ impl ServerShared {
         conns.iter().map(|c| c.in_flight()).sum()
     }
 
-    /// The hosted service called `name`.
-    pub(crate) fn service(&self, name: &str) -> Option<&Arc<dyn Service>> {
+    /// The hosted service called `name`, and its index (for its figures).
+    pub(crate) fn service(&self, name: &str) -> Option<(usize, &Arc<dyn Service>)> {
         self.services
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, s)| s)
+            .enumerate()
+            .find(|(_, (n, _))| *n == name)
+            .map(|(i, (_, s))| (i, s))
     }
 
     /// Makes a handshaken connection reachable for shutdown.

@@ -1,0 +1,246 @@
+//! Call figures of one method (or of one provider as a consumer sees it): completed calls with
+//! their latency, failures by kind, calls started. Recorded on the call path, read once per
+//! status report as the figures of the window since the previous one.
+//!
+//! Recording costs one uncontended lock of a shard picked by thread (so the runtime's worker
+//! threads never fight over one lock) plus one histogram increment; failures add one atomic.
+//! Nothing allocates after the first call a thread records.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::discovery::api::{ErrorCount, LATENCY_BOUNDS_US, Latency};
+use crate::error::ErrorKind;
+
+/// Shards per figure set: enough for the worker threads of a typical runtime to rarely share.
+const SHARDS: usize = 4;
+/// Error codes counted separately; higher codes (from newer peers) count as the last one.
+const CODES: usize = 24;
+/// Longest latency told apart (60 s); slower calls count as this.
+const MAX_US: u64 = 60_000_000;
+
+/// Picks a shard per thread, round robin over the threads that record.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+fn new_histogram() -> Histogram<u32> {
+    // Two significant digits (1% precision) from 1 µs to a minute: about 10 KiB.
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("valid histogram bounds")
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Created on the first call this shard records.
+    latency: Option<Histogram<u32>>,
+    sum_us: u64,
+}
+
+/// The figures of one method (provider side) or one provider's service (consumer side).
+pub(crate) struct Figures {
+    shards: [Mutex<Shard>; SHARDS],
+    errors: [AtomicU64; CODES],
+    started: AtomicU64,
+    /// Calls completed before the current window, for `in_flight` (only the reporter writes it).
+    completed: AtomicU64,
+}
+
+impl Default for Figures {
+    fn default() -> Figures {
+        Figures {
+            shards: Default::default(),
+            errors: Default::default(),
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Figures")
+            .field("started", &self.started.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a window held: see [`Figures::take_window`].
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Window {
+    pub(crate) calls: u64,
+    pub(crate) errors: Vec<ErrorCount>,
+    pub(crate) in_flight: u64,
+    pub(crate) latency: Latency,
+}
+
+impl Figures {
+    /// A call started (provider side: its handler is about to run).
+    pub(crate) fn started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call completed after `elapsed`, failing with `error` if it failed.
+    pub(crate) fn completed(&self, elapsed: Duration, error: Option<ErrorKind>) {
+        if let Some(kind) = error {
+            let i = (kind.code() as usize).min(CODES - 1);
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let mut shard = self.shards[shard_index()].lock();
+        shard.sum_us = shard.sum_us.saturating_add(us);
+        shard
+            .latency
+            .get_or_insert_with(new_histogram)
+            .saturating_record(us.clamp(1, MAX_US));
+    }
+
+    /// The figures since the previous call (the window), resetting them for the next one.
+    pub(crate) fn take_window(&self) -> Window {
+        let mut merged: Option<Histogram<u32>> = None;
+        let mut sum_us = 0u64;
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            sum_us = sum_us.saturating_add(std::mem::take(&mut shard.sum_us));
+            let Some(h) = shard.latency.as_mut() else {
+                continue;
+            };
+            if h.is_empty() {
+                continue;
+            }
+            match merged.as_mut() {
+                Some(m) => {
+                    // Same bounds on both sides: adding cannot fail.
+                    let _ = m.add(&*h);
+                }
+                None => merged = Some(h.clone()),
+            }
+            h.reset();
+        }
+        let errors = self
+            .errors
+            .iter()
+            .enumerate()
+            .filter_map(|(code, n)| {
+                let count = n.swap(0, Ordering::Relaxed);
+                (count > 0).then_some(ErrorCount {
+                    code: code as u16,
+                    count,
+                })
+            })
+            .collect();
+        let calls = merged.as_ref().map_or(0, |h| h.len());
+        let completed = self.completed.fetch_add(calls, Ordering::Relaxed) + calls;
+        let in_flight = self
+            .started
+            .load(Ordering::Relaxed)
+            .saturating_sub(completed);
+        Window {
+            calls,
+            errors,
+            in_flight,
+            latency: merged.map_or_else(Latency::default, |h| summarize(&h, sum_us)),
+        }
+    }
+}
+
+/// The report form of a window's histogram.
+fn summarize(h: &Histogram<u32>, sum_us: u64) -> Latency {
+    let mut buckets = vec![0u64; LATENCY_BOUNDS_US.len() + 1];
+    for v in h.iter_recorded() {
+        // Each recorded value stands for a range 1% wide; it is placed by its low end.
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        let i = LATENCY_BOUNDS_US.partition_point(|&bound| bound < value);
+        buckets[i] += v.count_since_last_iteration();
+    }
+    Latency {
+        buckets,
+        sum_us,
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_every_call_once_with_errors_and_buckets() {
+        let f = Figures::default();
+        assert_eq!(f.take_window(), Window::default());
+        for _ in 0..10 {
+            f.started();
+        }
+        for i in 0..8u64 {
+            f.completed(Duration::from_micros(40 + i), None);
+        }
+        f.completed(Duration::from_millis(3), Some(ErrorKind::DeadlineExceeded));
+        let w = f.take_window();
+        assert_eq!(w.calls, 9);
+        assert_eq!(w.in_flight, 1);
+        assert_eq!(
+            w.errors,
+            vec![ErrorCount {
+                code: ErrorKind::DeadlineExceeded.code(),
+                count: 1
+            }]
+        );
+        assert_eq!(w.latency.buckets.len(), LATENCY_BOUNDS_US.len() + 1);
+        assert_eq!(w.latency.buckets.iter().sum::<u64>(), 9);
+        assert_eq!(w.latency.buckets[1], 8, "40-47 µs fall in the 50 µs bucket");
+        assert_eq!(w.latency.buckets[7], 1, "3 ms falls in the 5 ms bucket");
+        assert_eq!(w.latency.sum_us, (40..48).sum::<u64>() + 3000);
+        assert!((40..=48).contains(&w.latency.p50_us), "{:?}", w.latency);
+        assert!(w.latency.max_us >= 3000 && w.latency.max_us <= 3030);
+
+        // The next window starts empty; the call still running is still counted as such.
+        let w = f.take_window();
+        assert_eq!((w.calls, w.in_flight), (0, 1));
+        assert!(w.errors.is_empty() && w.latency.buckets.is_empty());
+        f.completed(Duration::from_secs(100), None);
+        let w = f.take_window();
+        assert_eq!((w.calls, w.in_flight), (1, 0));
+        assert_eq!(*w.latency.buckets.last().unwrap(), 1, "overflow bucket");
+    }
+
+    #[test]
+    fn threads_recording_at_once_lose_nothing() {
+        let f = std::sync::Arc::new(Figures::default());
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000u64 {
+                        f.started();
+                        let err = (i % 100 == 0).then_some(ErrorKind::Overloaded);
+                        f.completed(Duration::from_micros(t * 100 + i % 50), err);
+                    }
+                })
+            })
+            .collect();
+        let mut calls = 0;
+        let mut errors = 0;
+        for t in threads {
+            // Windows taken while recording go on must still add up.
+            let w = f.take_window();
+            calls += w.calls;
+            errors += w.errors.iter().map(|e| e.count).sum::<u64>();
+            t.join().unwrap();
+        }
+        let w = f.take_window();
+        calls += w.calls;
+        errors += w.errors.iter().map(|e| e.count).sum::<u64>();
+        assert_eq!(calls, 30_000);
+        assert_eq!(errors, 300);
+        assert_eq!(w.in_flight, 0);
+    }
+}
