@@ -23,8 +23,11 @@ pub(crate) struct Pool {
     notify_tx: broadcast::Sender<Notification>,
     slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
     /// What this process's calls saw of each (provider endpoint, service), for status reports.
-    calls: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<Figures>>>,
+    calls: Mutex<HashMap<EndpointService, Arc<Figures>>>,
 }
+
+/// A provider endpoint and one of its services.
+type EndpointService = (Arc<str>, Arc<str>);
 
 /// One endpoint's connection.
 struct Slot {
