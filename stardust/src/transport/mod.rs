@@ -12,5 +12,5 @@ mod outbound;
 mod reader;
 
 pub(crate) use keepalive::{Keepalive, Liveness};
-pub(crate) use outbound::{Flush, Outbound};
+pub(crate) use outbound::{Flush, Outbound, WriteLimits};
 pub(crate) use reader::FrameReader;
