@@ -28,7 +28,7 @@ use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
 use crate::tls::ClientTls;
-use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream};
+use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 pub(crate) struct ClientConn {
     /// The write queue, which also guards the pending-call table: registering a call and queueing
@@ -204,6 +204,11 @@ impl ClientConn {
             // Requests come from many caller tasks: gather them into one write.
             Flush::Coalesce,
             Pending::default(),
+            WriteLimits {
+                // Callers wait for their own responses; the queue needs no bound of its own.
+                max_queued: usize::MAX,
+                stall_timeout: Some(config.write_stall_timeout),
+            },
         );
         let conn = Arc::new(ClientConn {
             out: out.clone(),
@@ -415,11 +420,52 @@ impl ClientConn {
                 wakers.drain(..).for_each(Waker::wake);
             }
             result?;
-            if !reader.fill().await? {
+            let filled = if self.draining.load(Ordering::Relaxed) {
+                match self.fill_while_used(reader).await {
+                    Some(filled) => filled?,
+                    None => return Ok(()),
+                }
+            } else {
+                reader.fill().await?
+            };
+            if !filled {
                 return Ok(());
             }
             live.touch();
         }
+    }
+
+    /// Reads more on a draining connection (the server sent `GoAway(ShuttingDown)`, or the pool
+    /// retired it) until no call is left on it: then closes it (`None`), so the server need not
+    /// wait for us to go.
+    async fn fill_while_used(&self, reader: &mut FrameReader) -> Option<Result<bool, Error>> {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.close_if_unused() {
+                return None;
+            }
+            tokio::select! {
+                filled = reader.fill() => return Some(filled),
+                _ = idle => {}
+            }
+        }
+    }
+
+    /// Closes the pending table if no call is in flight. In the same critical section as the
+    /// check, so a call that starts from now on finds the connection closed before anything is
+    /// queued, and goes to a new connection.
+    fn close_if_unused(&self) -> bool {
+        self.out.with_state(|pending, _, _| {
+            let unused = pending.in_flight() == 0;
+            if unused {
+                pending.close(&Error::connection_closed(
+                    "the connection is draining; the call goes to a new one",
+                ));
+            }
+            unused
+        })
     }
 
     /// Handles every complete frame in the read buffer; replies are collected into `replies`.

@@ -60,6 +60,7 @@ pub(crate) struct ClientConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_frame: u32,
     pub(crate) keepalive: Keepalive,
+    pub(crate) write_stall_timeout: Duration,
     pub(crate) hello_meta: Metadata,
     /// Where connections get the token they present (and renew).
     pub(crate) credentials: Option<SharedCredentials>,
@@ -75,6 +76,7 @@ impl Default for ClientConfig {
             timeout: Some(DEFAULT_TIMEOUT),
             max_frame: DEFAULT_MAX_FRAME,
             keepalive: Keepalive::default(),
+            write_stall_timeout: Duration::from_secs(30),
             hello_meta: Metadata::new(),
             credentials: None,
             tls: None,
@@ -121,6 +123,15 @@ impl ClientBuilder {
     /// without any frame, failing its calls (defaults 10 s and 30 s).
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> ClientBuilder {
         self.config.keepalive = Keepalive { interval, timeout };
+        self
+    }
+
+    /// How long requests may wait to be sent while the server takes none of them (default
+    /// 30 s): then the server stopped reading, and the connection is closed, failing its calls
+    /// with `ConnectionClosed` (the next call connects again). The clock runs only while the
+    /// socket is full; any progress restarts it.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.config.write_stall_timeout = timeout;
         self
     }
 
@@ -496,16 +507,23 @@ impl Client {
         };
         // A connection found closed when queueing means nothing was sent: reconnect once.
         let mut retried = false;
+        // Why the call is being sent again after the server refused it unrun.
+        let mut refused: Option<Error> = None;
         let mut now = start;
         loop {
             let conn = match self.inner.usable() {
                 Some(conn) => conn,
-                None => match deadline {
-                    None => self.inner.reconnect().await?,
-                    Some(d) => tokio::time::timeout_at(d, self.inner.reconnect())
-                        .await
-                        .map_err(|_| deadline_error())??,
-                },
+                None => {
+                    let reconnected = match deadline {
+                        None => self.inner.reconnect().await,
+                        Some(d) => tokio::time::timeout_at(d, self.inner.reconnect())
+                            .await
+                            .map_err(|_| deadline_error())?,
+                    };
+                    // A server that refused the call because it is shutting down is usually
+                    // gone by now: its refusal explains more than the failed connect.
+                    reconnected.map_err(|e| refused.take().unwrap_or(e))?
+                }
             };
             let Some(head) = request_head(service, method, deadline, now, trace_id, meta) else {
                 return Err(deadline_error());
@@ -515,6 +533,14 @@ impl Client {
                 Err(CallError::Reconnect(_)) if !retried => {
                     retried = true;
                     now = Instant::now();
+                }
+                // Refused unrun by a draining connection (the request crossed the server's
+                // `GoAway`: it is shutting down or closed the connection as idle). A new
+                // connection may take it.
+                Err(CallError::Failed(e)) if e.kind() == ErrorKind::ShuttingDown && !retried => {
+                    retried = true;
+                    now = Instant::now();
+                    refused = Some(e);
                 }
                 Err(CallError::Reconnect(e) | CallError::Failed(e)) => return Err(e),
             }
@@ -860,7 +886,14 @@ impl BalancedCall<'_> {
                 // Refused before reaching a handler (overloaded, shutting down, ...).
                 Err(CallError::Failed(e)) if e.is_not_delivered() => {
                     tracing::debug!(endpoint = %target.endpoint, error = %e, "provider refused the call; trying another");
-                    tried.push(target.endpoint);
+                    if e.kind() == ErrorKind::ShuttingDown {
+                        // The connection was draining (an idle close or a shutdown): a new
+                        // connection to the same provider may take it, and one that is really
+                        // stopping refuses the connection.
+                        retry_or_skip(target.endpoint, &mut tried, &mut reconnected);
+                    } else {
+                        tried.push(target.endpoint);
+                    }
                     last = Some(e);
                 }
                 // Sent, then the connection was lost: the provider may have run it.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::protocol::message::{
     self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestView,
 };
 use crate::tls::ServerTls;
-use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteHalf};
+use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteHalf, WriteLimits};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
@@ -40,6 +40,8 @@ pub(crate) struct ServerConn {
     draining: AtomicBool,
     /// Calls running as tasks of their own (what the in-flight cap counts).
     running: Arc<AtomicUsize>,
+    /// Requests received so far; only the read loop writes it (see [`ServerConn::idle_close`]).
+    requests: AtomicU64,
     drained: Notify,
     writer: AbortHandle,
 }
@@ -64,6 +66,10 @@ struct InFlight {
     next_task: u64,
     draining: bool,
 }
+
+/// How long a connection closed for idleness waits for the client to close its side after the
+/// `GoAway` (answering requests that crossed it with `ShuttingDown`) before closing anyway.
+const IDLE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: SocketAddr, id: u64) {
@@ -145,6 +151,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         // the writer can flush as soon as it runs.
         Flush::Immediate,
         (),
+        WriteLimits {
+            max_queued: shared.config.max_write_buffer,
+            stall_timeout: Some(shared.config.write_stall_timeout),
+        },
     );
     let ack = HelloAck {
         version: PROTOCOL_VERSION.min(hello.version),
@@ -165,6 +175,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         calls: Mutex::new(InFlight::default()),
         draining: AtomicBool::new(false),
         running: Arc::new(AtomicUsize::new(0)),
+        requests: AtomicU64::new(0),
         drained: Notify::new(),
         writer: writer.abort_handle(),
     });
@@ -177,6 +188,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         r = conn.read_loop(&shared, &mut reader, &live) => r,
         _ = conn.wait_drained() => Ok(()),
         e = keepalive => Err(e),
+        r = conn.idle_close(shared.config.idle_timeout) => r,
         _ = out.closed() => Err(Error::connection_closed("writing to the client failed")),
     };
     match &result {
@@ -188,11 +200,12 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     conn.abort_calls();
     out.close();
     // Flush what is queued (a final error or GoAway) but never wait on a peer that stopped reading.
-    if tokio::time::timeout(Duration::from_secs(5), writer)
-        .await
-        .is_err()
-    {
-        conn.writer.abort();
+    match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Err(_) => conn.writer.abort(),
+        Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::TimedOut => {
+            tracing::info!(%peer, error = %e, "disconnected a client that stopped reading");
+        }
+        Ok(_) => {}
     }
     shared.detach(id);
 }
@@ -298,12 +311,18 @@ impl ServerConn {
         reader: &mut FrameReader,
         live: &Liveness,
     ) -> Result<(), Error> {
+        let max_queued = shared.config.max_write_buffer;
         loop {
             loop {
                 match reader.next_frame() {
                     Ok(Some(h)) => {
                         self.on_frame(shared, &h, reader.body(&h))?;
                         reader.consume(&h);
+                        // Checked per frame: one batch of small requests may ask for any amount
+                        // of response bytes.
+                        if self.out.queued() > max_queued {
+                            self.backpressure(max_queued, live).await?;
+                        }
                     }
                     Ok(None) => break,
                     Err((h, e)) => {
@@ -325,6 +344,68 @@ impl ServerConn {
             }
             live.touch();
         }
+    }
+
+    /// The client sends requests faster than it reads their responses: stop reading from it
+    /// (TCP then pushes back on its sends) until it has taken half of what is queued. A client
+    /// that takes nothing at all is cut by the writer's stall timeout, which ends this wait.
+    async fn backpressure(&self, max_queued: usize, live: &Liveness) -> Result<(), Error> {
+        self.out.flush_inline();
+        if self.out.queued() <= max_queued {
+            return Ok(());
+        }
+        tracing::debug!(
+            peer = %self.peer,
+            queued = self.out.queued(),
+            max_queued,
+            "the client is not reading its responses; pausing reads from it"
+        );
+        // Not reading, we cannot hear the client: keepalive must not take that for silence.
+        let _paused = live.hold();
+        self.out.drained_to(max_queued / 2).await
+    }
+
+    /// Resolves once the connection has been idle for `timeout` (never with `None`): no request
+    /// received, no call running, and no [`Notifier`] held by the application. It then tells the
+    /// client (`GoAway(ShuttingDown)`: calls that cross it are refused unrun) and waits briefly
+    /// for the client to close its side, which ends the read loop; whatever happens first ends
+    /// the connection.
+    async fn idle_close(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let Some(timeout) = timeout else {
+            return std::future::pending().await;
+        };
+        let tick = (timeout / 4).max(Duration::from_millis(1));
+        let mut seen = self.requests.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let requests = self.requests.load(Ordering::Relaxed);
+            if requests != seen || self.in_flight() > 0 || self.has_subscribers() {
+                seen = requests;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= timeout {
+                break;
+            }
+        }
+        tracing::debug!(peer = %self.peer, idle_ms = timeout.as_millis() as u64, "closing an idle connection");
+        self.draining.store(true, Ordering::Release);
+        self.goaway(&Error::new(
+            ErrorKind::ShuttingDown,
+            format!(
+                "the connection was idle for {} ms; connect again for new calls",
+                timeout.as_millis()
+            ),
+        ));
+        self.out.wake_writer();
+        tokio::time::sleep(IDLE_LINGER).await;
+        Ok(())
+    }
+
+    /// Whether the application holds a [`Notifier`] of this connection (beyond the one in its
+    /// `ConnInfo`): it means to push to the client, which may be waiting for nothing else.
+    /// Notifiers are the only weak references to the outbound.
+    fn has_subscribers(&self) -> bool {
+        Arc::weak_count(&self.out) > 1
     }
 
     fn on_frame(
@@ -360,6 +441,9 @@ impl ServerConn {
     }
 
     fn on_request(self: &Arc<Self>, shared: &Arc<ServerShared>, h: &Header, body: &[u8]) {
+        // Only the read loop writes the counter: no atomic read-modify-write needed.
+        let n = self.requests.load(Ordering::Relaxed);
+        self.requests.store(n.wrapping_add(1), Ordering::Relaxed);
         if let Err(e) = self.start_call(shared, h, body) {
             self.reply_error(h.id, h.flags, &e);
         }
@@ -379,7 +463,8 @@ impl ServerConn {
         if self.draining.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::ShuttingDown,
-                "the server is shutting down; retry on another connection",
+                "this connection is closing (the server is shutting down or the connection was \
+                 idle); the call did not run: retry on another connection",
             ));
         }
         // Overload protection: a connection may not pile up calls without bound. Refused calls

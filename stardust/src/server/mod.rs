@@ -20,11 +20,11 @@ mod notifier;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -46,6 +46,10 @@ pub(crate) struct ServerConfig {
     pub(crate) max_frame: u32,
     pub(crate) max_in_flight: usize,
     pub(crate) max_connections: usize,
+    pub(crate) max_pending_handshakes: usize,
+    pub(crate) max_write_buffer: usize,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) keepalive: Keepalive,
     pub(crate) handshake_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
@@ -58,6 +62,10 @@ impl Default for ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_in_flight: 4096,
             max_connections: 10_000,
+            max_pending_handshakes: 256,
+            max_write_buffer: 8 * 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(300)),
             keepalive: Keepalive::default(),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
@@ -145,10 +153,61 @@ impl ServerBuilder {
         self
     }
 
-    /// Most client connections open at once (default 10 000). Connections over it are told
-    /// `GoAway(Overloaded)` and closed.
+    /// Most client connections open at once (default 10 000), counting those still in their
+    /// handshake. Connections over it are told `GoAway(Overloaded)` and closed.
     pub fn max_connections(mut self, connections: usize) -> ServerBuilder {
         self.config.max_connections = connections.max(1);
+        self
+    }
+
+    /// Most connections that may be in their handshake at once (default 256): accepted but not
+    /// yet through their `Hello` and its token check. Connections over it are told
+    /// `GoAway(Overloaded)` and closed at once, so clients that connect and then say nothing (or
+    /// dribble their `Hello`) cannot tie up more than this many sockets for the
+    /// [`handshake_timeout`](ServerBuilder::handshake_timeout) each. It is counted apart from
+    /// [`max_connections`](ServerBuilder::max_connections), which such connections count
+    /// towards as well. Set it above the burst of clients that may connect at the same moment
+    /// (all consumers reconnecting after a restart). Refusals are bounded alike: beyond this
+    /// many being sent at once, further connections are closed without a `GoAway`.
+    pub fn max_pending_handshakes(mut self, handshakes: usize) -> ServerBuilder {
+        self.config.max_pending_handshakes = handshakes.max(1);
+        self
+    }
+
+    /// Bytes of responses one connection may have waiting to be sent before the server stops
+    /// reading its requests (default 8 MiB). A client that sends requests faster than it reads
+    /// the answers is not read from until it has taken half of them, so TCP pushes back on its
+    /// sends and the provider's memory stays bounded. Handlers already running still answer (at
+    /// most [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection)
+    /// responses more), a single response may be larger than the limit, and notifications to a
+    /// connection over the limit are refused with `Overloaded`. A client that reads nothing at
+    /// all is disconnected after the [`write_stall_timeout`](ServerBuilder::write_stall_timeout).
+    pub fn max_write_buffer(mut self, bytes: usize) -> ServerBuilder {
+        self.config.max_write_buffer = bytes.max(crate::protocol::frame::MIN_MAX_FRAME as usize);
+        self
+    }
+
+    /// How long a connection may have data waiting for the client while the client takes none
+    /// of it (default 30 s): then the client stopped reading and is disconnected (without a
+    /// `GoAway`; it would not read it). The clock runs only while the socket is full, and any
+    /// progress restarts it, so a slow but steady reader is never cut. While reads from the
+    /// client are paused (see [`max_write_buffer`](ServerBuilder::max_write_buffer)), keepalive
+    /// waits and this timeout alone decides.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> ServerBuilder {
+        self.config.write_stall_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection that has been idle this long (default 5 minutes; `None` keeps idle
+    /// connections open for as long as keepalive finds them alive). Idle means no call was
+    /// received, none is running, and the application holds no [`Notifier`] for the connection
+    /// (a subscription). The client is told with `GoAway(ShuttingDown)`; the Rust client then
+    /// closes the connection and opens a new one on its next call, so an idle close is invisible
+    /// to callers (a call that crosses the `GoAway` is refused unrun and sent again on the new
+    /// connection). The check runs every quarter of the timeout, so a connection is closed
+    /// between `timeout` and `1.25 × timeout` after it became idle.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> ServerBuilder {
+        self.config.idle_timeout = timeout;
         self
     }
 
@@ -159,7 +218,9 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a new connection may take to send its handshake (default 10 s).
+    /// How long a new connection may take to send its handshake (default 10 s). The bound is on
+    /// the whole `Hello` and its token check, however slowly its bytes arrive; a connection that
+    /// misses it is told why (`GoAway`) and closed.
     pub fn handshake_timeout(mut self, timeout: Duration) -> ServerBuilder {
         self.config.handshake_timeout = timeout;
         self
@@ -233,6 +294,8 @@ impl ServerBuilder {
             config: self.config,
             auth: self.auth,
             conns: Mutex::new(HashMap::new()),
+            handshakes: AtomicUsize::new(0),
+            turning_away: AtomicUsize::new(0),
             conns_changed: Notify::new(),
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
@@ -273,6 +336,10 @@ pub(crate) struct ServerShared {
     pub(crate) config: ServerConfig,
     pub(crate) auth: ServerAuth,
     conns: Mutex<HashMap<u64, ConnEntry>>,
+    /// Entries of `conns` still in their handshake (`conn` is `None`); changed under its lock.
+    handshakes: AtomicUsize,
+    /// Connections being told why they are refused (see [`turn_away`]).
+    turning_away: AtomicUsize,
     conns_changed: Notify,
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
@@ -397,14 +464,24 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
                     "the provider is at its limit of {limit} connections; retry later or elsewhere"
                 ),
             );
-            tokio::spawn(connection::turn_away(
-                stream,
-                shared.config.tls.clone(),
-                shared.config.max_frame,
-                err,
-            ));
+            turn_away(&shared, stream, err);
             continue;
         }
+        let pending = shared.config.max_pending_handshakes;
+        if shared.handshakes.load(Ordering::Relaxed) >= pending {
+            drop(conns);
+            tracing::warn!(%peer, limit = pending, "connection refused: too many handshakes in progress");
+            let err = Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the provider has {pending} connections in their handshake (its limit); retry \
+                     later or elsewhere"
+                ),
+            );
+            turn_away(&shared, stream, err);
+            continue;
+        }
+        shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(connection::serve(shared.clone(), stream, peer, id));
         conns.insert(
             id,
@@ -414,6 +491,29 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
             },
         );
     }
+}
+
+/// Tells a connection the server has no room for why, then closes it. The refusal takes a
+/// moment (the reason is written, then the client's pipelined frames are drained so they do not
+/// reset it); at most [`ServerConfig::max_pending_handshakes`] refusals run at once, and beyond
+/// that a flood of connections is closed without a word rather than held open to be told.
+fn turn_away(shared: &Arc<ServerShared>, stream: TcpStream, err: Error) {
+    if shared.turning_away.fetch_add(1, Ordering::Relaxed) >= shared.config.max_pending_handshakes {
+        shared.turning_away.fetch_sub(1, Ordering::Relaxed);
+        drop(stream);
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        connection::turn_away(
+            stream,
+            shared.config.tls.clone(),
+            shared.config.max_frame,
+            err,
+        )
+        .await;
+        shared.turning_away.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// Reads a server's figures for status reports while it exists.
@@ -466,8 +566,10 @@ impl ServerShared {
 
     /// Makes a handshaken connection reachable for shutdown.
     fn attach(&self, id: u64, conn: &Arc<ServerConn>) {
-        if let Some(e) = self.conns.lock().get_mut(&id) {
-            e.conn = Some(conn.clone());
+        if let Some(e) = self.conns.lock().get_mut(&id)
+            && e.conn.replace(conn.clone()).is_none()
+        {
+            self.handshakes.fetch_sub(1, Ordering::Relaxed);
         }
         if self.shutting_down.load(Ordering::SeqCst) {
             conn.begin_drain();
@@ -475,7 +577,11 @@ impl ServerShared {
     }
 
     fn detach(&self, id: u64) {
-        self.conns.lock().remove(&id);
+        if let Some(e) = self.conns.lock().remove(&id)
+            && e.conn.is_none()
+        {
+            self.handshakes.fetch_sub(1, Ordering::Relaxed);
+        }
         self.conns_changed.notify_waiters();
     }
 }

@@ -1,9 +1,13 @@
 //! Keepalive: each side pings when it has heard nothing for `interval`, and gives up on a peer
 //! that has been silent for `timeout`. Any frame counts as a sign of life, so a busy connection
 //! never sends pings.
+//!
+//! While the server has stopped reading from a client that does not read its responses
+//! ([`Liveness::hold`]), silence means nothing and keepalive waits; the write side's stall
+//! timeout watches that peer instead.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,6 +36,19 @@ impl Default for Keepalive {
 pub(crate) struct Liveness {
     start: Instant,
     last_rx_us: AtomicU64,
+    /// Reading is paused: the peer cannot be heard, so its silence is not held against it.
+    held: AtomicBool,
+}
+
+/// Keepalive's clock stands still while this lives (see [`Liveness::hold`]).
+pub(crate) struct Hold<'a>(&'a Liveness);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        // Silence counts again from now, not from before the pause.
+        self.0.touch();
+        self.0.held.store(false, Ordering::Release);
+    }
 }
 
 impl Liveness {
@@ -39,7 +56,15 @@ impl Liveness {
         Liveness {
             start: Instant::now(),
             last_rx_us: AtomicU64::new(0),
+            held: AtomicBool::new(false),
         }
+    }
+
+    /// Pauses keepalive while the connection deliberately does not read (backpressure on a peer
+    /// that does not read what it is sent), until the guard is dropped.
+    pub(crate) fn hold(&self) -> Hold<'_> {
+        self.held.store(true, Ordering::Relaxed);
+        Hold(self)
     }
 
     /// Records that bytes arrived.
@@ -61,6 +86,9 @@ impl Keepalive {
         let mut nonce = 0u64;
         loop {
             tokio::time::sleep(tick).await;
+            if live.held.load(Ordering::Acquire) {
+                continue;
+            }
             let silent = live.silent_for();
             if silent >= self.timeout {
                 return Error::new(

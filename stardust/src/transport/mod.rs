@@ -13,6 +13,6 @@ mod reader;
 mod stream;
 
 pub(crate) use keepalive::{Keepalive, Liveness};
-pub(crate) use outbound::{Flush, Outbound};
+pub(crate) use outbound::{Flush, Outbound, WriteLimits};
 pub(crate) use reader::FrameReader;
 pub(crate) use stream::{ReadHalf, Stream, WriteHalf};

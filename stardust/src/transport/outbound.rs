@@ -9,14 +9,23 @@
 //!   at the end of a batch) flushes **inline** with a non-blocking write, saving the hop to the
 //!   writer task. If the socket cannot take everything, the rest is handed to the writer task,
 //!   which waits for the socket to become writable.
+//!
+//! The queue is bounded by its producers, not here: [`Outbound::queued`] tells a producer that can
+//! wait (the server's read loop) when to stop adding work until [`Outbound::drained_to`] says the
+//! peer caught up, and best-effort frames are refused over [`WriteLimits::max_queued`]. A peer that
+//! accepts no bytes at all for [`WriteLimits::stall_timeout`] fails the writer, which closes the
+//! connection.
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::WriteHalf;
 use crate::error::Error;
@@ -27,6 +36,17 @@ const KEEP_CAPACITY: usize = 256 * 1024;
 const INITIAL_CAPACITY: usize = 8 * 1024;
 /// How long closing the write side (TLS `close_notify`, then FIN) may take.
 const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bounds of a connection's write queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteLimits {
+    /// Queued bytes above which producers that can wait stop adding (see
+    /// [`Outbound::drained_to`]) and best-effort frames are refused ([`Outbound::over_limit`]).
+    pub(crate) max_queued: usize,
+    /// The writer fails (closing the connection) when the socket accepted no byte of what is
+    /// queued for this long: the peer stopped reading. `None`: wait forever.
+    pub(crate) stall_timeout: Option<Duration>,
+}
 
 /// The write side of one connection.
 ///
@@ -45,6 +65,13 @@ pub(crate) struct Outbound<S = ()> {
     coalesce: bool,
     /// Mirror of `State::closed`, readable without the lock.
     closed_flag: AtomicBool,
+    limits: WriteLimits,
+    /// Mirror of the bytes queued and not yet written (`State::buf` plus `State::taken`), readable
+    /// without the lock. Exact after a write completes; while one is under way it still counts
+    /// the bytes being written.
+    queued: AtomicUsize,
+    /// Signalled when the queue drained to `State::drain_below`.
+    drained: Notify,
 }
 
 struct State<S> {
@@ -56,6 +83,10 @@ struct State<S> {
     flushing: bool,
     /// Bytes an inline flush could not write: the writer task must send them first.
     stalled: Option<BytesMut>,
+    /// Bytes a flusher took out of `buf` and has not finished writing (including `stalled`).
+    taken: usize,
+    /// A producer waits in [`Outbound::drained_to`] for the queue to shrink to this many bytes.
+    drain_below: Option<usize>,
     /// No more frames are accepted; the writer flushes what is buffered and stops.
     closed: bool,
     extra: S,
@@ -83,6 +114,7 @@ impl<S> Outbound<S> {
         peer_max_frame: u32,
         flush: Flush,
         extra: S,
+        limits: WriteLimits,
     ) -> Arc<Outbound<S>> {
         Arc::new(Outbound {
             wr,
@@ -91,6 +123,8 @@ impl<S> Outbound<S> {
                 spare: BytesMut::with_capacity(INITIAL_CAPACITY),
                 flushing: false,
                 stalled: None,
+                taken: 0,
+                drain_below: None,
                 closed: false,
                 extra,
             }),
@@ -99,6 +133,9 @@ impl<S> Outbound<S> {
             peer_max_frame,
             coalesce: flush == Flush::Coalesce,
             closed_flag: AtomicBool::new(false),
+            limits,
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
         })
     }
 
@@ -126,7 +163,10 @@ impl<S> Outbound<S> {
             return Err(Error::connection_closed("the connection is closing"));
         }
         let st = &mut *st;
-        f(&mut st.buf, &mut st.extra)
+        let result = f(&mut st.buf, &mut st.extra);
+        self.queued
+            .store(st.buf.len() + st.taken, Ordering::Relaxed);
+        result
     }
 
     /// Runs `f` on the shared state (and the buffer, for frames that must be queued together
@@ -135,7 +175,51 @@ impl<S> Outbound<S> {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut S, &mut BytesMut, bool) -> R) -> R {
         let mut st = self.state.lock();
         let st = &mut *st;
-        f(&mut st.extra, &mut st.buf, st.closed)
+        let result = f(&mut st.extra, &mut st.buf, st.closed);
+        self.queued
+            .store(st.buf.len() + st.taken, Ordering::Relaxed);
+        result
+    }
+
+    /// Bytes queued and not yet written (a snapshot, without the lock).
+    #[inline]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether more than [`WriteLimits::max_queued`] bytes are waiting: the peer is not reading
+    /// as fast as frames are produced for it.
+    pub(crate) fn over_limit(&self) -> bool {
+        self.queued() > self.limits.max_queued
+    }
+
+    /// Waits until at most `low` bytes are queued. Fails once the connection is closing.
+    pub(crate) async fn drained_to(&self, low: usize) -> Result<(), Error> {
+        loop {
+            {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return Err(Error::connection_closed("the connection is closing"));
+                }
+                if st.buf.len() + st.taken <= low {
+                    return Ok(());
+                }
+                st.drain_below = Some(low);
+            }
+            // A signal sent since the lock was released is kept as a permit: none is lost.
+            self.drained.notified().await;
+        }
+    }
+
+    /// Publishes the queue's length after bytes left it, waking a producer waiting for it to
+    /// drain. Called under the lock.
+    fn settle(&self, st: &mut State<S>) {
+        let queued = st.buf.len() + st.taken;
+        self.queued.store(queued, Ordering::Relaxed);
+        if st.drain_below.is_some_and(|low| queued <= low) {
+            st.drain_below = None;
+            self.drained.notify_one();
+        }
     }
 
     /// Wakes the writer to flush what is queued.
@@ -154,7 +238,9 @@ impl<S> Outbound<S> {
             }
             st.flushing = true;
             let spare = std::mem::take(&mut st.spare);
-            std::mem::replace(&mut st.buf, spare)
+            let out = std::mem::replace(&mut st.buf, spare);
+            st.taken = out.len();
+            out
         };
         loop {
             // Written bytes are counted rather than `advance`d away, so the buffer keeps its
@@ -178,13 +264,17 @@ impl<S> Outbound<S> {
             if !pushed {
                 // Hand over, still flushing: the writer sends this before anything queued later.
                 out.advance(written);
+                st.taken = out.len();
                 st.stalled = Some(out);
+                self.settle(&mut st);
                 drop(st);
                 self.wake.notify_one();
                 return;
             }
             if st.buf.is_empty() {
                 st.flushing = false;
+                st.taken = 0;
+                self.settle(&mut st);
                 recycle(&mut st.spare, out);
                 if st.closed {
                     // The writer may be waiting for us to finish before it shuts down.
@@ -195,6 +285,8 @@ impl<S> Outbound<S> {
             }
             out.clear();
             let next = std::mem::replace(&mut st.buf, out);
+            st.taken = next.len();
+            self.settle(&mut st);
             out = next;
         }
     }
@@ -205,6 +297,8 @@ impl<S> Outbound<S> {
         self.closed_flag.store(true, Ordering::Release);
         self.wake.notify_one();
         self.on_close.notify_waiters();
+        // A producer waiting for the queue to drain learns it never will.
+        self.drained.notify_one();
     }
 
     /// Resolves once [`Outbound::close`] has been called.
@@ -249,7 +343,9 @@ impl<S> Outbound<S> {
                 } else if !st.buf.is_empty() {
                     st.flushing = true;
                     let spare = std::mem::take(&mut st.spare);
-                    Job::Write(std::mem::replace(&mut st.buf, spare))
+                    let out = std::mem::replace(&mut st.buf, spare);
+                    st.taken = out.len();
+                    Job::Write(out)
                 } else if st.closed {
                     Job::Stop
                 } else {
@@ -272,18 +368,70 @@ impl<S> Outbound<S> {
                     let mut st = self.state.lock();
                     if st.buf.is_empty() {
                         st.flushing = false;
+                        st.taken = 0;
+                        self.settle(&mut st);
                         recycle(&mut st.spare, out);
                         break;
                     }
                     out.clear();
                     out = std::mem::replace(&mut st.buf, out);
+                    st.taken = out.len();
+                    self.settle(&mut st);
                 },
             }
         }
     }
 
     async fn write_all(&self, out: &BytesMut) -> io::Result<()> {
-        self.wr.write_all(out).await
+        let mut written = 0;
+        // When the socket last refused bytes without having taken any since.
+        let mut stuck_since = None;
+        while written < out.len() {
+            let taken = match self.wr.try_write(&out[written..]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.unless_stalled(&mut stuck_since, self.wr.write_some(&out[written..]))
+                        .await?
+                }
+                other => other?,
+            };
+            if taken == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += taken;
+            stuck_since = None;
+        }
+        // TLS: the encrypted bytes must reach the socket too, under the same stall rule.
+        self.unless_stalled(&mut stuck_since, self.wr.flush()).await
+    }
+
+    /// Awaits `writable` unless the socket has taken nothing for the stall timeout since
+    /// `stuck_since` (set here on the first wait): then the peer stopped reading, and waiting on
+    /// would only keep its queue in memory. Only reached when the socket is full, so the clock
+    /// is never read on the fast path.
+    async fn unless_stalled<T>(
+        &self,
+        stuck_since: &mut Option<Instant>,
+        writable: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        let Some(stall) = self.limits.stall_timeout else {
+            return writable.await;
+        };
+        let since = *stuck_since.get_or_insert_with(Instant::now);
+        let Some(deadline) = since.checked_add(stall) else {
+            return writable.await;
+        };
+        match tokio::time::timeout_at(deadline, writable).await {
+            Ok(ready) => ready,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the peer stopped reading: it accepted no data for {} ms with {} bytes queued \
+                     for it (write stall timeout)",
+                    stall.as_millis(),
+                    self.queued()
+                ),
+            )),
+        }
     }
 }
 
@@ -305,6 +453,11 @@ mod tests {
     use std::any::Any;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
+
+    const UNLIMITED: WriteLimits = WriteLimits {
+        max_queued: usize::MAX,
+        stall_timeout: None,
+    };
 
     /// Many producers queue frames concurrently, flushing inline or through the writer, with a
     /// reader that drains slowly enough for the socket to fill up: every frame arrives exactly
@@ -362,7 +515,7 @@ mod tests {
         const FRAMES: u64 = 2000;
         // The halves not used must stay open for the test's duration.
         let (wr, _client_rd, mut peer, _peer_wr) = pair(tls).await;
-        let out = Outbound::new(wr, u32::MAX, Flush::Coalesce, ());
+        let out = Outbound::new(wr, u32::MAX, Flush::Coalesce, (), UNLIMITED);
         let writer = tokio::spawn(out.clone().run_writer());
 
         let producers: Vec<_> = (0..PRODUCERS)

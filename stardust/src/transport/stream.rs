@@ -101,32 +101,38 @@ impl WriteHalf {
         }
     }
 
+    /// Writes some of `buf`, waiting until the stream takes at least one byte.
+    pub(crate) async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(wr) => loop {
+                match wr.try_write(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+                    other => return other,
+                }
+            },
+            WriteHalf::Tls(wr) => poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_write(cx, buf)).await,
+        }
+    }
+
+    /// Waits until bytes buffered inside the TLS session are on the socket (nothing to do for
+    /// plain TCP).
+    pub(crate) async fn flush(&self) -> io::Result<()> {
+        match self {
+            WriteHalf::Tcp(_) => Ok(()),
+            WriteHalf::Tls(wr) => poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_flush(cx)).await,
+        }
+    }
+
     /// Writes all of `buf` and flushes it to the socket, waiting for room as needed.
     pub(crate) async fn write_all(&self, buf: &[u8]) -> io::Result<()> {
         let mut written = 0;
         while written < buf.len() {
-            let n = match self {
-                WriteHalf::Tcp(wr) => match wr.try_write(&buf[written..]) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        wr.writable().await?;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                },
-                WriteHalf::Tls(wr) => {
-                    poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_write(cx, &buf[written..])).await?
-                }
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            match self.write_some(&buf[written..]).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => written += n,
             }
-            written += n;
         }
-        if let WriteHalf::Tls(wr) = self {
-            poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_flush(cx)).await?;
-        }
-        Ok(())
+        self.flush().await
     }
 
     /// Ends the write direction: a TLS `close_notify`, then FIN. The read half stays open.
