@@ -205,3 +205,12 @@ mod tests {
         assert!(slot.is_some());
     }
 }
+
+/// A trace id as logs show it: 16 hex digits, the same in every process the request crosses.
+pub(crate) struct TraceId(pub(crate) u64);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}

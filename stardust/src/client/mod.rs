@@ -32,7 +32,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::auth::{Credentials, SharedCredentials};
-use crate::context;
+use crate::context::{self, TraceId};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::{ClientInterceptor, OutgoingCall};
 use crate::metadata::Metadata;
@@ -42,6 +42,7 @@ use crate::protocol::message::RequestHead;
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::tls::ClientTls;
 use crate::transport::Keepalive;
+use tracing::Instrument;
 
 use crate::balance::{Balancer, Pick, Policy, Target, clock_ns, is_provider_fault};
 use connection::{CallError, ClientConn, Secure};
@@ -378,10 +379,18 @@ impl Client {
             new_trace_id()
         };
         let base_meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
+        // Disabled, and free, unless a subscriber wants debug spans.
+        let span = tracing::debug_span!(
+            "stardust.call",
+            service = service.name,
+            method = method.name,
+            trace_id = %TraceId(trace_id),
+        );
 
         if self.inner.interceptors.is_empty() {
             let reply = self
                 .send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
+                .instrument(span)
                 .await?;
             return codec::decode_value(&reply);
         }
@@ -400,6 +409,7 @@ impl Client {
         let meta = call.metadata.clone();
         let result = match self
             .send_and_wait(service, method, args, deadline, trace_id, &meta, start)
+            .instrument(span)
             .await
         {
             Ok(reply) => codec::decode_value(&reply),

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::ServerShared;
 use super::connection::ServerConn;
-use crate::context::Context;
+use crate::context::{Context, TraceId};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
 use crate::protocol::message;
@@ -32,6 +32,9 @@ pub(crate) struct ServerCall {
     /// Where the call's outcome is counted: (service index, method index) in the server's
     /// figures; `None` for calls not counted.
     figures: Option<(u32, u32)>,
+    /// The call's `tracing` span (service, method, peer, trace id): events the handler logs
+    /// carry them. Disabled, and free, unless a subscriber wants debug spans.
+    span: tracing::Span,
 }
 
 impl ServerCall {
@@ -44,9 +47,18 @@ impl ServerCall {
         method: usize,
         args: &[u8],
     ) -> ServerCall {
+        let span = tracing::debug_span!(
+            "stardust.serve",
+            service = ctx.service,
+            method = ctx.method,
+            peer = ?ctx.peer_addr(),
+            trace_id = %TraceId(ctx.trace_id),
+        );
         let mut slot = Some(ctx);
-        let started = Context::scope(&mut slot, || {
-            catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
+        let started = span.in_scope(|| {
+            Context::scope(&mut slot, || {
+                catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
+            })
         });
         let (call, failed) = match started {
             Ok(Ok(call)) => (Some(call), None),
@@ -61,6 +73,7 @@ impl ServerCall {
             flags,
             finished: false,
             figures: None,
+            span,
         }
     }
 
@@ -89,6 +102,7 @@ impl ServerCall {
         let outcome = match (&mut self.call, self.failed.take()) {
             (_, Some(e)) => Err(e),
             (Some(call), None) => {
+                let _entered = self.span.enter();
                 let polled = Context::scope(&mut self.ctx, || {
                     catch_unwind(AssertUnwindSafe(|| call.poll_call(cx)))
                 });
@@ -126,6 +140,7 @@ impl ServerCall {
             && e.kind() == ErrorKind::Panicked
         {
             tracing::warn!(
+                parent: &self.span,
                 service = self.context().service(),
                 method = self.context().method(),
                 error = %e,
