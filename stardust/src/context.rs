@@ -173,6 +173,15 @@ pub(crate) fn inherited() -> (Option<Instant>, u64) {
     })
 }
 
+/// A trace id as logs show it: 16 hex digits, the same in every process the request crosses.
+pub(crate) struct TraceId(pub(crate) u64);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,14 +212,5 @@ mod tests {
         assert!(r.is_err());
         assert!(Context::current().is_none());
         assert!(slot.is_some());
-    }
-}
-
-/// A trace id as logs show it: 16 hex digits, the same in every process the request crosses.
-pub(crate) struct TraceId(pub(crate) u64);
-
-impl std::fmt::Display for TraceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
     }
 }
