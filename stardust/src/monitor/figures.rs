@@ -47,9 +47,9 @@ struct Shard {
 pub(crate) struct Figures {
     shards: [Mutex<Shard>; SHARDS],
     errors: [AtomicU64; CODES],
-    started: AtomicU64,
-    /// Calls completed before the current window, for `in_flight` (only the reporter writes it).
-    completed: AtomicU64,
+    /// Calls running as tasks of their own (a call that completes inline is never counted:
+    /// it is not in flight at any moment a report could see).
+    running: AtomicU64,
 }
 
 impl Default for Figures {
@@ -57,8 +57,7 @@ impl Default for Figures {
         Figures {
             shards: Default::default(),
             errors: Default::default(),
-            started: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
+            running: AtomicU64::new(0),
         }
     }
 }
@@ -66,7 +65,7 @@ impl Default for Figures {
 impl std::fmt::Debug for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Figures")
-            .field("started", &self.started.load(Ordering::Relaxed))
+            .field("running", &self.running.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -81,24 +80,39 @@ pub(crate) struct Window {
 }
 
 impl Figures {
-    /// A call started (provider side: its handler is about to run).
-    pub(crate) fn started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+    /// A call became a task of its own (it is in flight until [`Figures::finished`]).
+    pub(crate) fn running(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call counted by [`Figures::running`] completed after `elapsed`.
+    pub(crate) fn finished(&self, elapsed: Duration, error: Option<ErrorKind>) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.completed(elapsed, error);
     }
 
     /// A call completed after `elapsed`, failing with `error` if it failed.
     pub(crate) fn completed(&self, elapsed: Duration, error: Option<ErrorKind>) {
-        if let Some(kind) = error {
-            let i = (kind.code() as usize).min(CODES - 1);
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.completed_many(std::iter::once((elapsed, error)));
+    }
+
+    /// Several calls completed (one lock for all of them).
+    pub(crate) fn completed_many(
+        &self,
+        calls: impl IntoIterator<Item = (Duration, Option<ErrorKind>)>,
+    ) {
         let mut shard = self.shards[shard_index()].lock();
-        shard.sum_us = shard.sum_us.saturating_add(us);
-        shard
-            .latency
-            .get_or_insert_with(new_histogram)
-            .saturating_record(us.clamp(1, MAX_US));
+        let shard = &mut *shard;
+        let latency = shard.latency.get_or_insert_with(new_histogram);
+        for (elapsed, error) in calls {
+            if let Some(kind) = error {
+                let i = (kind.code() as usize).min(CODES - 1);
+                self.errors[i].fetch_add(1, Ordering::Relaxed);
+            }
+            let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            shard.sum_us = shard.sum_us.saturating_add(us);
+            latency.saturating_record(us.clamp(1, MAX_US));
+        }
     }
 
     /// The figures since the previous call (the window), resetting them for the next one.
@@ -136,11 +150,10 @@ impl Figures {
             })
             .collect();
         let calls = merged.as_ref().map_or(0, |h| h.len());
-        let completed = self.completed.fetch_add(calls, Ordering::Relaxed) + calls;
-        let in_flight = self
-            .started
-            .load(Ordering::Relaxed)
-            .saturating_sub(completed);
+        // Decremented by a call that may finish between the increment and our read: never
+        // report that as a huge number.
+        let running = self.running.load(Ordering::Relaxed);
+        let in_flight = if running > u64::MAX / 2 { 0 } else { running };
         Window {
             calls,
             errors,
@@ -177,13 +190,10 @@ mod tests {
     fn windows_count_every_call_once_with_errors_and_buckets() {
         let f = Figures::default();
         assert_eq!(f.take_window(), Window::default());
-        for _ in 0..10 {
-            f.started();
-        }
-        for i in 0..8u64 {
-            f.completed(Duration::from_micros(40 + i), None);
-        }
-        f.completed(Duration::from_millis(3), Some(ErrorKind::DeadlineExceeded));
+        f.running();
+        f.running();
+        f.completed_many((0..8u64).map(|i| (Duration::from_micros(40 + i), None)));
+        f.finished(Duration::from_millis(3), Some(ErrorKind::DeadlineExceeded));
         let w = f.take_window();
         assert_eq!(w.calls, 9);
         assert_eq!(w.in_flight, 1);
@@ -206,7 +216,7 @@ mod tests {
         let w = f.take_window();
         assert_eq!((w.calls, w.in_flight), (0, 1));
         assert!(w.errors.is_empty() && w.latency.buckets.is_empty());
-        f.completed(Duration::from_secs(100), None);
+        f.finished(Duration::from_secs(100), None);
         let w = f.take_window();
         assert_eq!((w.calls, w.in_flight), (1, 0));
         assert_eq!(*w.latency.buckets.last().unwrap(), 1, "overflow bucket");
@@ -220,9 +230,9 @@ mod tests {
                 let f = f.clone();
                 std::thread::spawn(move || {
                     for i in 0..5000u64 {
-                        f.started();
+                        f.running();
                         let err = (i % 100 == 0).then_some(ErrorKind::Overloaded);
-                        f.completed(Duration::from_micros(t * 100 + i % 50), err);
+                        f.finished(Duration::from_micros(t * 100 + i % 50), err);
                     }
                 })
             })

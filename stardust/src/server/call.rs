@@ -30,8 +30,13 @@ pub(crate) struct ServerCall {
     flags: u8,
     finished: bool,
     /// Where the call's outcome is counted: (service index, method index) in the server's
-    /// figures; `None` for calls not counted.
+    /// figures; `None` for calls not counted (or once counted).
     figures: Option<(u32, u32)>,
+    /// The call became a task of its own: it counts itself when it ends. Otherwise the read
+    /// loop counts it with the rest of its batch ([`ServerCall::take_done`]).
+    spawned: bool,
+    /// How an inline call ended, waiting to be counted with its batch.
+    done: Option<Done>,
     /// The call's `tracing` span (service, method, peer, trace id): events the handler logs
     /// carry them. Disabled, and free, unless a subscriber wants debug spans.
     span: tracing::Span,
@@ -73,6 +78,8 @@ impl ServerCall {
             flags,
             finished: false,
             figures: None,
+            spawned: false,
+            done: None,
             span,
         }
     }
@@ -83,12 +90,38 @@ impl ServerCall {
         self.figures = Some((service as u32, method as u32));
     }
 
-    /// Adds the call's outcome to its method's figures.
-    fn count(&mut self, shared: &ServerShared, error: Option<ErrorKind>) {
-        if let (Some((service, method)), Some(ctx)) = (self.figures.take(), self.ctx.as_ref()) {
+    /// The call is about to become a task of its own: it is in flight until it counts itself.
+    pub(crate) fn spawning(&mut self, shared: &ServerShared) {
+        self.spawned = true;
+        if let Some((service, method)) = self.figures {
             shared.figures[service as usize]
                 .method(method as usize)
-                .completed(ctx.received_at.elapsed(), error);
+                .running();
+        }
+    }
+
+    /// How a call that completed inline ended, for its batch to count.
+    pub(crate) fn take_done(&mut self) -> Option<Done> {
+        self.done.take()
+    }
+
+    /// Adds the call's outcome to its method's figures (now, for a task; with its batch, for an
+    /// inline call: one clock read and one lock per batch instead of per call).
+    fn count(&mut self, shared: &ServerShared, error: Option<ErrorKind>) {
+        let (Some((service, method)), Some(ctx)) = (self.figures.take(), self.ctx.as_ref()) else {
+            return;
+        };
+        if self.spawned {
+            shared.figures[service as usize]
+                .method(method as usize)
+                .finished(ctx.received_at.elapsed(), error);
+        } else {
+            self.done = Some(Done {
+                service,
+                method,
+                received: ctx.received_at,
+                error,
+            });
         }
     }
 
@@ -199,6 +232,55 @@ impl ServerCall {
         for i in &shared.interceptors {
             i.after_call(ctx, outcome);
         }
+    }
+}
+
+/// How a call that completed inline ended.
+pub(crate) struct Done {
+    service: u32,
+    method: u32,
+    received: Instant,
+    error: Option<ErrorKind>,
+}
+
+/// What one turn of a connection's read loop handles: the time its bytes were read (the
+/// calls' receive time) and the calls that completed inline, counted together at its end.
+pub(crate) struct Batch {
+    pub(crate) now: Instant,
+    done: Vec<Done>,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Batch {
+        Batch {
+            now: Instant::now(),
+            done: Vec::with_capacity(64),
+        }
+    }
+
+    pub(crate) fn push(&mut self, done: Done) {
+        self.done.push(done);
+    }
+
+    /// Counts the batch's calls, as completed now (their responses were just flushed), one
+    /// lock per run of calls to the same method.
+    pub(crate) fn count(&mut self, shared: &ServerShared) {
+        if self.done.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for run in self
+            .done
+            .chunk_by(|a, b| (a.service, a.method) == (b.service, b.method))
+        {
+            shared.figures[run[0].service as usize]
+                .method(run[0].method as usize)
+                .completed_many(
+                    run.iter()
+                        .map(|d| (now.saturating_duration_since(d.received), d.error)),
+                );
+        }
+        self.done.clear();
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::ServerShared;
-use super::call::{ServerCall, SpawnedCall};
+use super::call::{Batch, ServerCall, SpawnedCall};
 use super::notifier::Notifier;
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN_KEY};
 use crate::context::{ConnInfo, Context};
@@ -312,11 +312,27 @@ impl ServerConn {
         live: &Liveness,
     ) -> Result<(), Error> {
         let max_queued = shared.config.max_write_buffer;
+        let mut batch = Batch::new();
+        let result = self
+            .read_batches(shared, reader, live, max_queued, &mut batch)
+            .await;
+        batch.count(shared);
+        result
+    }
+
+    async fn read_batches(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        reader: &mut FrameReader,
+        live: &Liveness,
+        max_queued: usize,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
         loop {
             loop {
                 match reader.next_frame() {
                     Ok(Some(h)) => {
-                        self.on_frame(shared, &h, reader.body(&h))?;
+                        self.on_frame(shared, &h, reader.body(&h), batch)?;
                         reader.consume(&h);
                         // Checked per frame: one batch of small requests may ask for any amount
                         // of response bytes.
@@ -339,9 +355,11 @@ impl ServerConn {
             // Everything this batch produced leaves in one write, from this task: no hop to the
             // writer task unless the socket is full.
             self.out.flush_inline();
+            batch.count(shared);
             if !reader.fill().await? {
                 return Ok(());
             }
+            batch.now = Instant::now();
             live.touch();
         }
     }
@@ -413,9 +431,10 @@ impl ServerConn {
         shared: &Arc<ServerShared>,
         h: &Header,
         body: &[u8],
+        batch: &mut Batch,
     ) -> Result<(), Error> {
         match Kind::from_u8(h.kind) {
-            Some(Kind::Request) => self.on_request(shared, h, body),
+            Some(Kind::Request) => self.on_request(shared, h, body, batch),
             Some(Kind::Cancel) => self.cancel(h.id),
             Some(Kind::Ping) => {
                 let _ = self.out.push(|buf| {
@@ -440,11 +459,17 @@ impl ServerConn {
         Ok(())
     }
 
-    fn on_request(self: &Arc<Self>, shared: &Arc<ServerShared>, h: &Header, body: &[u8]) {
+    fn on_request(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        h: &Header,
+        body: &[u8],
+        batch: &mut Batch,
+    ) {
         // Only the read loop writes the counter: no atomic read-modify-write needed.
         let n = self.requests.load(Ordering::Relaxed);
         self.requests.store(n.wrapping_add(1), Ordering::Relaxed);
-        if let Err(e) = self.start_call(shared, h, body) {
+        if let Err(e) = self.start_call(shared, h, body, batch) {
             self.reply_error(h.id, h.flags, &e);
         }
     }
@@ -458,6 +483,7 @@ impl ServerConn {
         shared: &Arc<ServerShared>,
         h: &Header,
         body: &[u8],
+        batch: &mut Batch,
     ) -> Result<(), Error> {
         let req = message::parse_request(body)?;
         if self.draining.load(Ordering::Acquire) {
@@ -482,7 +508,8 @@ impl ServerConn {
         if req.service == CONNECTION_SERVICE {
             return self.connection_request(shared, h, &req);
         }
-        let now = Instant::now();
+        // When the batch was read: one clock read per batch, not per call.
+        let now = batch.now;
         // Before the service lookup: a caller that may not call learns nothing about what is
         // hosted. Free for anonymous and unrestricted connections (one atomic load).
         self.info.auth.check(req.service, now)?;
@@ -512,14 +539,16 @@ impl ServerConn {
         for i in &shared.interceptors {
             i.before_call(&ctx)?;
         }
-        let figures = shared.figures[service_index].method(index);
-        figures.started();
         let mut call = ServerCall::start(ctx, h.id, h.flags, service.as_ref(), index, req.args);
         call.count_in(service_index, index);
         let mut cx = std::task::Context::from_waker(Waker::noop());
         if call.poll_once(&mut cx, self, shared).is_ready() {
+            if let Some(done) = call.take_done() {
+                batch.push(done);
+            }
             return Ok(());
         }
+        call.spawning(shared);
         let call = SpawnedCall {
             call,
             conn: self.clone(),
