@@ -388,10 +388,14 @@ impl Client {
         );
 
         if self.inner.interceptors.is_empty() {
-            let reply = self
-                .send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
-                .instrument(span)
-                .await?;
+            let call =
+                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start);
+            // Entering even a disabled span costs a call per poll: only instrument live ones.
+            let reply = if span.is_disabled() {
+                call.await?
+            } else {
+                call.instrument(span).await?
+            };
             return codec::decode_value(&reply);
         }
 
@@ -407,11 +411,13 @@ impl Client {
             i.before_call(&mut call)?;
         }
         let meta = call.metadata.clone();
-        let result = match self
-            .send_and_wait(service, method, args, deadline, trace_id, &meta, start)
-            .instrument(span)
-            .await
-        {
+        let call = self.send_and_wait(service, method, args, deadline, trace_id, &meta, start);
+        let reply = if span.is_disabled() {
+            call.await
+        } else {
+            call.instrument(span).await
+        };
+        let result = match reply {
             Ok(reply) => codec::decode_value(&reply),
             Err(e) => Err(e),
         };

@@ -60,11 +60,12 @@ impl ServerCall {
             trace_id = %TraceId(ctx.trace_id),
         );
         let mut slot = Some(ctx);
-        let started = span.in_scope(|| {
-            Context::scope(&mut slot, || {
-                catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
-            })
+        // Entering even a disabled span costs a call: only enter live ones.
+        let entered = (!span.is_disabled()).then(|| span.enter());
+        let started = Context::scope(&mut slot, || {
+            catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
         });
+        drop(entered);
         let (call, failed) = match started {
             Ok(Ok(call)) => (Some(call), None),
             Ok(Err(e)) => (None, Some(e)),
@@ -135,7 +136,7 @@ impl ServerCall {
         let outcome = match (&mut self.call, self.failed.take()) {
             (_, Some(e)) => Err(e),
             (Some(call), None) => {
-                let _entered = self.span.enter();
+                let _entered = (!self.span.is_disabled()).then(|| self.span.enter());
                 let polled = Context::scope(&mut self.ctx, || {
                     catch_unwind(AssertUnwindSafe(|| call.poll_call(cx)))
                 });
