@@ -379,22 +379,25 @@ impl Client {
             new_trace_id()
         };
         let base_meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
-        // Disabled, and free, unless a subscriber wants debug spans.
-        let span = tracing::debug_span!(
-            "stardust.call",
-            service = service.name,
-            method = method.name,
-            trace_id = %TraceId(trace_id),
-        );
+        // A span only when a subscriber may want it; each branch builds its future in place
+        // (moving a call's future into a wrapper afterwards costs a copy of it).
+        let span = || {
+            tracing::debug_span!(
+                "stardust.call",
+                service = service.name,
+                method = method.name,
+                trace_id = %TraceId(trace_id),
+            )
+        };
 
         if self.inner.interceptors.is_empty() {
-            let call =
-                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start);
-            // Entering even a disabled span costs a call per poll: only instrument live ones.
-            let reply = if span.is_disabled() {
-                call.await?
+            let reply = if crate::monitor::spans_enabled() {
+                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
+                    .instrument(span())
+                    .await?
             } else {
-                call.instrument(span).await?
+                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
+                    .await?
             };
             return codec::decode_value(&reply);
         }
@@ -411,11 +414,13 @@ impl Client {
             i.before_call(&mut call)?;
         }
         let meta = call.metadata.clone();
-        let call = self.send_and_wait(service, method, args, deadline, trace_id, &meta, start);
-        let reply = if span.is_disabled() {
-            call.await
+        let reply = if crate::monitor::spans_enabled() {
+            self.send_and_wait(service, method, args, deadline, trace_id, &meta, start)
+                .instrument(span())
+                .await
         } else {
-            call.instrument(span).await
+            self.send_and_wait(service, method, args, deadline, trace_id, &meta, start)
+                .await
         };
         let result = match reply {
             Ok(reply) => codec::decode_value(&reply),

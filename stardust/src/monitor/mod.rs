@@ -13,6 +13,15 @@ use crate::discovery::api::MethodFigures;
 use crate::service::ServiceDescriptor;
 pub(crate) use figures::Figures;
 
+/// Whether a `tracing` subscriber may want the per-call debug spans: two loads, so the call
+/// path builds no span at all (not even a disabled one, which with `tracing`'s `log` feature
+/// still records its fields) when nobody listens.
+#[inline]
+pub(crate) fn spans_enabled() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    STATIC_MAX_LEVEL >= LevelFilter::DEBUG && LevelFilter::current() >= LevelFilter::DEBUG
+}
+
 /// The figures of each method of one hosted service, indexed like its descriptor's methods.
 pub(crate) struct ServiceFigures {
     descriptor: &'static ServiceDescriptor,

@@ -52,13 +52,17 @@ impl ServerCall {
         method: usize,
         args: &[u8],
     ) -> ServerCall {
-        let span = tracing::debug_span!(
-            "stardust.serve",
-            service = ctx.service,
-            method = ctx.method,
-            peer = ?ctx.peer_addr(),
-            trace_id = %TraceId(ctx.trace_id),
-        );
+        let span = if crate::monitor::spans_enabled() {
+            tracing::debug_span!(
+                "stardust.serve",
+                service = ctx.service,
+                method = ctx.method,
+                peer = ?ctx.peer_addr(),
+                trace_id = %TraceId(ctx.trace_id),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let mut slot = Some(ctx);
         // Entering even a disabled span costs a call: only enter live ones.
         let entered = (!span.is_disabled()).then(|| span.enter());
