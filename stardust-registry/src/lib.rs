@@ -64,12 +64,13 @@
 
 pub mod config;
 pub mod keys;
+mod monitor;
 mod node;
 mod secret;
 mod service;
 mod throttle;
 
-pub use config::{AppConfig, Config, ConfigError, LoginThrottle, TlsFiles};
+pub use config::{AppConfig, Config, ConfigError, HttpListen, LoginThrottle, TlsFiles};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};
