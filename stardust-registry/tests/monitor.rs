@@ -556,3 +556,46 @@ async fn http_is_off_unless_configured() {
     assert_eq!(node.http_addr(), None);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_clients_cannot_take_the_registry_down() {
+    use tokio::io::AsyncReadExt;
+    let (node, http) = start_monitored(Config::dev()).await;
+    // More idle connections than the server takes: the extra ones are closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..70 {
+        idle.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    let mut last = idle.pop().unwrap();
+    let mut buf = [0u8; 16];
+    let read = within("the extra connection being closed", last.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The registry itself is unaffected.
+    let calc = provider(&node, EP).await;
+    beat(&calc, report(vec![served("add", 1, 300, &[])])).await;
+    // Once they go, HTTP answers again.
+    drop(idle);
+    within("HTTP answering again", async {
+        loop {
+            let ok = async {
+                let mut s = tokio::net::TcpStream::connect(http).await.ok()?;
+                use tokio::io::AsyncWriteExt;
+                s.write_all(
+                    b"GET /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                )
+                .await
+                .ok()?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.ok()?;
+                Some(out.starts_with(b"HTTP/1.1 200"))
+            }
+            .await;
+            if ok == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    node.shutdown().await;
+}

@@ -114,6 +114,8 @@ pub(crate) struct InstanceStats {
     pub reported: Option<Instant>,
     /// The last report's window.
     pub window_ms: u64,
+    /// Calls/s and errors/s over the last window (kept up to date by `fold`).
+    pub rate: (f64, f64),
     pub methods: BTreeMap<String, MethodStats>,
     /// What consumers saw of it, by consumer app.
     pub consumers: BTreeMap<String, ConsumerStats>,
@@ -308,6 +310,7 @@ impl Monitor {
                         renewed: now,
                         reported: None,
                         window_ms: 0,
+                        rate: (0.0, 0.0),
                         methods: BTreeMap::new(),
                         consumers: BTreeMap::new(),
                     },
@@ -495,7 +498,17 @@ impl Monitor {
             );
         }
 
-        // The history of every service this session provides.
+        // The instances' rates, then the history of every service this session provides.
+        for (service, endpoint) in &facts.instances {
+            if let Some(stats) = inner
+                .services
+                .get_mut(service)
+                .and_then(|e| e.instances.get_mut(endpoint))
+                && stats.session == session
+            {
+                stats.rate = stats.window_rate();
+            }
+        }
         let mut touched: Vec<&str> = facts.instances.iter().map(|(s, _)| s.as_str()).collect();
         touched.sort_unstable();
         touched.dedup();
@@ -563,11 +576,11 @@ impl Monitor {
 }
 
 /// The service's current calls/s and errors/s: the sum of its instances' last windows.
-fn service_rate(entry: &ServiceEntry) -> (f64, f64) {
-    entry.instances.values().fold((0.0, 0.0), |(c, e), i| {
-        let (ic, ie) = i.last_rate();
-        (c + ic, e + ie)
-    })
+pub(crate) fn service_rate(entry: &ServiceEntry) -> (f64, f64) {
+    entry
+        .instances
+        .values()
+        .fold((0.0, 0.0), |(c, e), i| (c + i.rate.0, e + i.rate.1))
 }
 
 fn add_errors(into: &mut BTreeMap<u16, u64>, errors: &[ErrorCount]) -> u64 {
@@ -602,8 +615,8 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 impl InstanceStats {
-    /// Calls/s and errors/s over the last window.
-    pub fn last_rate(&self) -> (f64, f64) {
+    /// Calls/s and errors/s over the last window, from its methods.
+    fn window_rate(&self) -> (f64, f64) {
         if self.window_ms == 0 {
             return (0.0, 0.0);
         }
@@ -746,7 +759,7 @@ mod tests {
         assert_eq!(add.sum_us, 300 * 12);
         assert_eq!(add.last.calls, 0);
         assert_eq!(stats.methods["sub"].last.calls, 2);
-        assert_eq!(stats.last_rate(), (2.0, 0.0));
+        assert_eq!(stats.rate, (2.0, 0.0));
         // Figures for services it did not register, or for instances not its own, are ignored.
         m.session_started(2, "other".into(), peer(), t0);
         m.fold(

@@ -94,7 +94,7 @@ fn health(stats: &InstanceStats, snap: &Snapshot) -> (Health, Vec<String>) {
         None => reasons.push("awaiting its first report".into()),
         Some(at) => {
             let age = now.saturating_duration_since(at);
-            if age > interval * 2 + Duration::from_secs(1) {
+            if age > interval * 2 + Duration::from_secs(2) {
                 health = health.min(Health::Stale);
                 reasons.push(format!("no report for {:.1} s", age.as_secs_f64()));
             }
@@ -118,7 +118,9 @@ fn health(stats: &InstanceStats, snap: &Snapshot) -> (Health, Vec<String>) {
         .flat_map(|c| c.sessions.values())
         .filter(|w| now.saturating_duration_since(w.at) < UNREACHABLE_HOLD)
         .fold((0u64, 0u64), |(c, e), w| {
-            (c.saturating_add(w.calls), e.saturating_add(w.errors))
+            // Connect failures already make it `unreachable`.
+            let errors = w.errors.saturating_sub(w.connect_errors);
+            (c.saturating_add(w.calls), e.saturating_add(errors))
         });
     if c_calls > 0 && c_errors as f64 >= c_calls as f64 * ERRORING_RATE {
         health = health.min(Health::Erroring);
