@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:7600"             # the CLI's --listen overrides it
+//! http_listen = "127.0.0.1:7601"      # monitoring: /metrics, /api, console; "off" disables it
 //! key_file = "registry-keys.toml"     # relative to this file's directory
 //! token_ttl = "1h"                    # default 1 h
 //! lease_ttl = "10s"                   # default 10 s
@@ -46,6 +47,9 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// Listen address when neither the config nor the command line names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+/// Where the binary serves monitoring over HTTP (`/metrics`, `/api/...`, the console) when
+/// neither the config nor the command line says.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7601";
 /// Longest app name (bytes): longer names are refused at login without any work.
 pub const MAX_APP_NAME_LEN: usize = 256;
 
@@ -57,6 +61,12 @@ pub const MAX_APP_NAME_LEN: usize = 256;
 pub struct Config {
     /// Address to listen on (`host:port`); the binary's `--listen` overrides it.
     pub listen: Option<String>,
+    /// Where to serve monitoring over HTTP: `/metrics` (Prometheus), `/api/...` (JSON) and the
+    /// web console at `/`. `None` (not set): the `stardust-registry` binary serves it on
+    /// [`DEFAULT_HTTP_LISTEN`], an embedded [`RegistryNode`](crate::RegistryNode) serves none
+    /// (unless its builder says [`http_listen`](crate::RegistryNodeBuilder::http_listen)).
+    /// The binary's `--http-listen` overrides it.
+    pub http_listen: Option<HttpListen>,
     /// Where the Ed25519 signing keys are kept (created on first start). Required outside dev
     /// mode; without it (dev mode) keys live in memory and tokens die with the process.
     pub key_file: Option<PathBuf>,
@@ -72,6 +82,40 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How logins are throttled and how many secrets are checked at once (`[login_throttle]`).
     pub login_throttle: LoginThrottle,
+}
+
+/// Whether and where the registry serves monitoring over HTTP ([`Config::http_listen`]).
+///
+/// The server is read-only and unauthenticated: keep it on loopback (the default) or behind
+/// something that controls access. The registry logs a warning at start-up when it listens
+/// anywhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpListen {
+    /// No HTTP server.
+    Off,
+    /// Serve on this address (`host:port`; port 0 picks a free port, see
+    /// [`RegistryNode::http_addr`](crate::RegistryNode::http_addr)).
+    On(String),
+}
+
+impl HttpListen {
+    /// `"off"` (any case) is [`HttpListen::Off`], anything else an address.
+    pub fn parse(text: &str) -> HttpListen {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("off") {
+            HttpListen::Off
+        } else {
+            HttpListen::On(t.to_owned())
+        }
+    }
+
+    /// The address, unless off.
+    pub fn addr(&self) -> Option<&str> {
+        match self {
+            HttpListen::Off => None,
+            HttpListen::On(a) => Some(a),
+        }
+    }
 }
 
 /// Where the registry's TLS certificate and key are (PEM files).
@@ -282,6 +326,7 @@ impl Config {
     pub fn new() -> Config {
         Config {
             listen: None,
+            http_listen: None,
             key_file: None,
             token_ttl: DEFAULT_TOKEN_TTL,
             lease_ttl: DEFAULT_LEASE_TTL,
@@ -320,6 +365,13 @@ impl Config {
     /// Sets the listen address.
     pub fn with_listen(mut self, addr: impl Into<String>) -> Config {
         self.listen = Some(addr.into());
+        self
+    }
+
+    /// Sets where monitoring is served over HTTP: an address (`"127.0.0.1:7601"`, port 0 for
+    /// any free port), or `"off"`.
+    pub fn with_http_listen(mut self, addr: impl AsRef<str>) -> Config {
+        self.http_listen = Some(HttpListen::parse(addr.as_ref()));
         self
     }
 
@@ -406,6 +458,7 @@ impl Config {
         })?;
         let mut cfg = Config::new();
         cfg.listen = raw.listen;
+        cfg.http_listen = raw.http_listen.as_deref().map(HttpListen::parse);
         cfg.key_file = raw.key_file;
         if let Some(t) = raw.token_ttl {
             cfg.token_ttl = parse_duration("token_ttl", &t)?;
@@ -451,6 +504,13 @@ impl Config {
             && listen.trim().is_empty()
         {
             return err("listen must be an address like `0.0.0.0:7600`".into());
+        }
+        if let Some(HttpListen::On(addr)) = &self.http_listen
+            && (addr.is_empty() || !addr.contains(':'))
+        {
+            return err(format!(
+                "http_listen must be an address like `127.0.0.1:7601`, or \"off\" (got {addr:?})"
+            ));
         }
         if !self.dev && self.key_file.is_none() {
             return err(
@@ -522,6 +582,7 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    http_listen: Option<String>,
     key_file: Option<PathBuf>,
     token_ttl: Option<String>,
     lease_ttl: Option<String>,
@@ -655,6 +716,7 @@ secret_hash = "{h}"
         assert_eq!(cfg.token_ttl, DEFAULT_TOKEN_TTL);
         assert_eq!(cfg.lease_ttl, DEFAULT_LEASE_TTL);
         assert!(!cfg.dev && cfg.apps.is_empty() && cfg.listen.is_none());
+        assert_eq!(cfg.http_listen, None);
         let dev = Config::from_toml("dev = true").unwrap();
         assert!(dev.dev && dev.key_file.is_none());
     }
@@ -786,6 +848,25 @@ queue_timeout = "500ms"
         bad("max_concurrent_hashes = 0", "max_concurrent_hashes");
         bad("queue_timeout = \"0s\"", "queue_timeout");
         bad("free_failures = -1", "line 3");
+    }
+
+    #[test]
+    fn http_listen() {
+        let cfg = Config::from_toml("dev = true\nhttp_listen = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(cfg.http_listen, Some(HttpListen::On("0.0.0.0:9100".into())));
+        let cfg = Config::from_toml("dev = true\nhttp_listen = \"off\"").unwrap();
+        assert_eq!(cfg.http_listen, Some(HttpListen::Off));
+        assert_eq!(cfg.http_listen.unwrap().addr(), None);
+        let e = Config::from_toml("dev = true\nhttp_listen = \"nowhere\"").unwrap_err();
+        assert!(e.message().contains("http_listen"), "{e}");
+        assert_eq!(
+            Config::dev().with_http_listen("127.0.0.1:0").http_listen,
+            Some(HttpListen::On("127.0.0.1:0".into()))
+        );
+        assert_eq!(
+            Config::dev().with_http_listen("OFF").http_listen,
+            Some(HttpListen::Off)
+        );
     }
 
     #[test]

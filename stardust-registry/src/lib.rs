@@ -60,16 +60,35 @@
 //! when to retry. Heartbeats, discovery and registrations never wait behind secret checks. The
 //! knobs and their defaults are on [`LoginThrottle`]; [`RegistryNode::login_stats`] counts what
 //! happened.
+//!
+//! # Monitoring
+//!
+//! Every heartbeat carries the sender's status report: per service and method, what it served
+//! since its last report (calls, errors by kind, in flight, a latency histogram), what it called
+//! of each provider (consumers), and process facts. The registry adds them up per instance and
+//! serves them over HTTP on a port of its own ([`Config::http_listen`]; the binary's default is
+//! `127.0.0.1:7601`, an embedded node serves none unless asked with
+//! [`RegistryNodeBuilder::http_listen`]):
+//!
+//! * `/` — a live web console (one self-contained page);
+//! * `/metrics` — Prometheus text format (`stardust_calls_total`, `stardust_errors_total`,
+//!   `stardust_call_duration_seconds`, `stardust_consumer_calls_total`, `stardust_instances`,
+//!   ...), labelled by service, method and instance (the registered endpoint);
+//! * `/api/services`, `/api/services/{name}`, `/api/instances`, `/api/history` — JSON.
+//!
+//! Instances leave with their lease. The server is read-only and unauthenticated: keep it on
+//! loopback (the default), where it only answers requests addressed to a loopback host.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod keys;
+mod monitor;
 mod node;
 mod secret;
 mod service;
 mod throttle;
 
-pub use config::{AppConfig, Config, ConfigError, LoginThrottle, TlsFiles};
+pub use config::{AppConfig, Config, ConfigError, HttpListen, LoginThrottle, TlsFiles};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};

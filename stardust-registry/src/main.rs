@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use stardust_registry::{Config, RegistryNode, config::DEFAULT_LISTEN};
+use stardust_registry::config::{DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
+use stardust_registry::{Config, HttpListen, RegistryNode};
 
 /// The Stardust registry: apps log in here, providers register their services, consumers
 /// discover them.
@@ -28,6 +29,12 @@ enum Command {
         /// 127.0.0.1:7600].
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Where to serve monitoring over HTTP: the web console at `/`, Prometheus metrics at
+        /// `/metrics`, JSON at `/api/...`; `off` to serve none. Unauthenticated: keep it on
+        /// loopback or restrict access [default: the config's `http_listen`, else
+        /// 127.0.0.1:7601].
+        #[arg(long, value_name = "ADDR|off")]
+        http_listen: Option<String>,
         /// TOML config file: key file, TTLs, apps and their permissions. Required unless --dev.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -71,9 +78,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             listen,
+            http_listen,
             config,
             dev,
-        } => serve(listen, config, dev),
+        } => serve(listen, http_listen, config, dev),
         Command::HashSecret => hash_secret(),
         Command::RotateKey {
             key_file,
@@ -92,7 +100,12 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn serve(listen: Option<String>, config: Option<PathBuf>, dev: bool) -> Result<()> {
+fn serve(
+    listen: Option<String>,
+    http_listen: Option<String>,
+    config: Option<PathBuf>,
+    dev: bool,
+) -> Result<()> {
     let mut cfg = match (&config, dev) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => Config::dev(),
@@ -105,6 +118,11 @@ fn serve(listen: Option<String>, config: Option<PathBuf>, dev: bool) -> Result<(
     if dev {
         cfg.dev = true;
     }
+    if let Some(http) = http_listen {
+        cfg = cfg.with_http_listen(http);
+    }
+    cfg.http_listen
+        .get_or_insert_with(|| HttpListen::On(DEFAULT_HTTP_LISTEN.to_owned()));
     let addr = listen
         .or_else(|| cfg.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());

@@ -7,8 +7,9 @@ use stardust::ToSocketAddrs;
 use stardust::discovery::api::RegistryServer;
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, DEFAULT_LISTEN};
+use crate::config::{Config, ConfigError, DEFAULT_LISTEN, HttpListen};
 use crate::keys::{KeyError, KeyRing};
+use crate::monitor::http::{self, HttpContext, HttpServer};
 use crate::service::{LoginStats, RegistryImpl};
 
 /// A running registry: a Stardust server hosting the `stardust.Registry` service.
@@ -21,7 +22,10 @@ pub struct RegistryNode {
     registry: RegistryImpl,
     keys: KeyRing,
     config: Config,
-    /// Sending `true` (or dropping it) stops the sweeper and the session watchers.
+    /// The monitoring HTTP server, if any.
+    http: Option<HttpServer>,
+    /// Sending `true` (or dropping it) stops the sweeper, the session watchers and the HTTP
+    /// server.
     stop: watch::Sender<bool>,
 }
 
@@ -29,6 +33,7 @@ impl std::fmt::Debug for RegistryNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryNode")
             .field("local_addr", &self.server.local_addr())
+            .field("http_addr", &self.http_addr())
             .field("dev", &self.config.dev)
             .finish_non_exhaustive()
     }
@@ -41,6 +46,7 @@ pub struct RegistryNodeBuilder {
     config: Option<Config>,
     keys: Option<KeyRing>,
     tls: Option<stardust::tls::ServerTls>,
+    http_listen: Option<HttpListen>,
 }
 
 impl RegistryNode {
@@ -53,6 +59,12 @@ impl RegistryNode {
     /// The address the registry listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The address the monitoring HTTP server (`/metrics`, `/api/...`, the console at `/`)
+    /// listens on, or `None` when it serves none (see [`Config::http_listen`]).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// The signing keys (to mint tokens in tests, or rotate with [`KeyRing::rotate`]).
@@ -78,6 +90,11 @@ impl RegistryNode {
         let _ = self.stop.send(true);
         let addr = self.server.local_addr();
         self.server.shutdown().await;
+        if let Some(http) = self.http {
+            let http_addr = http.local_addr();
+            http.stopped().await;
+            wait_port_released(http_addr).await;
+        }
         wait_port_released(addr).await;
         tracing::info!(%addr, "registry stopped");
     }
@@ -103,6 +120,14 @@ impl RegistryNodeBuilder {
         self
     }
 
+    /// Serves monitoring over HTTP (`/metrics`, `/api/...`, the console at `/`) on `addr`
+    /// (`"127.0.0.1:0"` for any free port; [`RegistryNode::http_addr`] tells which), or not at
+    /// all with `"off"`. Overrides the config's [`http_listen`](Config::http_listen).
+    pub fn http_listen(mut self, addr: impl AsRef<str>) -> RegistryNodeBuilder {
+        self.http_listen = Some(HttpListen::parse(addr.as_ref()));
+        self
+    }
+
     /// Starts the registry on the config's `listen` address, or `127.0.0.1:7600`.
     pub async fn bind_configured(self) -> Result<RegistryNode, Error> {
         let addr = self
@@ -114,7 +139,7 @@ impl RegistryNodeBuilder {
     }
 
     /// Validates the config, opens (or creates) the key file, and starts serving on `addr`
-    /// (this overrides the config's `listen`).
+    /// (this overrides the config's `listen`), and monitoring over HTTP if configured.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RegistryNode, Error> {
         // Secure by default: dev mode is never implied by a missing config.
         let config = self.config.ok_or_else(|| {
@@ -134,19 +159,50 @@ impl RegistryNodeBuilder {
             (None, Some(files)) => Some(files.load().map_err(Error::Tls)?),
             (None, None) => None,
         };
+        let http_addr = match self.http_listen.as_ref().or(config.http_listen.as_ref()) {
+            Some(HttpListen::On(addr)) => Some(addr.clone()),
+            Some(HttpListen::Off) | None => None,
+        };
+        let http_listener = match &http_addr {
+            Some(addr) => Some(http::bind(addr).await.map_err(|e| Error::HttpBind {
+                addr: addr.clone(),
+                source: e,
+            })?),
+            None => None,
+        };
         let (stop, stopping) = watch::channel(false);
-        let registry = RegistryImpl::new(config.clone(), keys.clone(), stopping);
+        let registry = RegistryImpl::new(config.clone(), keys.clone(), stopping.clone());
         let mut server = stardust::Server::builder()
             // The registry is where apps log in: its connections start anonymous, and each
             // method checks the session itself.
             .allow_anonymous()
             .serve(RegistryServer::new(registry.clone()));
+        let tls_on = tls.is_some();
         if let Some(tls) = tls {
             server = server.tls(tls);
         }
         let server = server.bind(addr).await.map_err(Error::Bind)?;
         tokio::spawn(registry.clone().run_sweeper());
         let addr = server.local_addr();
+        let http = http_listener.map(|(listener, http_addr)| {
+            let context = HttpContext {
+                registry: registry.clone(),
+                rpc_addr: addr,
+                dev: config.dev,
+                tls: tls_on,
+                started: std::time::Instant::now(),
+            };
+            if !http_addr.ip().is_loopback() {
+                tracing::warn!(
+                    %http_addr,
+                    "the monitoring HTTP server (metrics, API, console) listens on a non-loopback \
+                     address without authentication: anyone who can reach it sees every service, \
+                     instance and figure; restrict access to it"
+                );
+            }
+            tracing::info!(%http_addr, "monitoring console on http://{http_addr}/ (metrics at /metrics, JSON at /api)");
+            http::serve(listener, http_addr, context, stopping)
+        });
         if config.dev {
             tracing::warn!(
                 %addr,
@@ -174,6 +230,7 @@ impl RegistryNodeBuilder {
             registry,
             keys,
             config,
+            http,
             stop,
         })
     }
@@ -220,6 +277,13 @@ pub enum Error {
     Bind(stardust::Error),
     /// The TLS certificate or key could not be loaded.
     Tls(stardust::Error),
+    /// The monitoring HTTP server could not listen.
+    HttpBind {
+        /// The address it was to listen on.
+        addr: String,
+        /// Why it could not.
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for Error {
@@ -229,6 +293,11 @@ impl std::fmt::Display for Error {
             Error::Keys(e) => e.fmt(f),
             Error::Bind(e) => write!(f, "the registry cannot listen: {e}"),
             Error::Tls(e) => write!(f, "the registry cannot load its TLS files: {e}"),
+            Error::HttpBind { addr, source } => write!(
+                f,
+                "the registry's monitoring HTTP server cannot listen on {addr}: {source} \
+                 (set http_listen to another address, or \"off\")"
+            ),
         }
     }
 }
@@ -240,6 +309,7 @@ impl std::error::Error for Error {
             Error::Keys(e) => Some(e),
             Error::Bind(e) => Some(e),
             Error::Tls(e) => Some(e),
+            Error::HttpBind { source, .. } => Some(source),
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, MAX_APP_NAME_LEN};
 use crate::keys::KeyRing;
+use crate::monitor::Monitor;
 use crate::secret;
 use crate::throttle::{self, Scope, Throttle, Ticket, Window};
 
@@ -88,6 +89,10 @@ pub(crate) struct Shared {
     sweeper_wake: Notify,
     /// `true` once the node shuts down: watcher tasks and the sweeper stop.
     stopping: watch::Receiver<bool>,
+    /// Status reports folded into figures, for `/metrics`, `/api` and the console. Lock order:
+    /// `state`, then `monitor` (registrations and removals update it under `state`, so its
+    /// instances are exactly the live leases); heartbeats fold reports after releasing `state`.
+    monitor: Monitor,
 }
 
 #[derive(Default)]
@@ -105,7 +110,6 @@ struct Session {
     app: Arc<str>,
     notifier: Notifier,
     subscriptions: Vec<Subscription>,
-    status: Option<Status>,
 }
 
 struct Subscription {
@@ -134,6 +138,7 @@ fn allowed(list: Option<&[String]>, service: &str) -> bool {
 impl RegistryImpl {
     pub(crate) fn new(config: Config, keys: KeyRing, stopping: watch::Receiver<bool>) -> Self {
         let permits = config.login_throttle.concurrent_hashes();
+        let monitor = Monitor::new(config.lease_ttl);
         RegistryImpl {
             shared: Arc::new(Shared {
                 throttle: Mutex::new(Throttle::new(config.login_throttle.clone())),
@@ -147,6 +152,7 @@ impl RegistryImpl {
                 next_session: AtomicU64::new(1),
                 sweeper_wake: Notify::new(),
                 stopping,
+                monitor,
             }),
         }
     }
@@ -207,6 +213,11 @@ impl RegistryImpl {
 
     fn consume_list(&self, app: &str) -> Option<Vec<String>> {
         self.app_config(app).and_then(|a| a.consume.clone())
+    }
+
+    /// The monitoring figures.
+    pub(crate) fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
     }
 
     /// The login counters so far.
@@ -457,9 +468,11 @@ impl RegistryImpl {
                 app: app.into(),
                 notifier: notifier.clone(),
                 subscriptions: Vec::new(),
-                status: None,
             },
         );
+        self.shared
+            .monitor
+            .session_started(id, app.into(), peer, std::time::Instant::now());
         drop(state);
         tracing::info!(app = ?app, %peer, "logged in");
         let shared = Arc::downgrade(&self.shared);
@@ -503,6 +516,7 @@ impl Shared {
     fn end_session(&self, state: &mut State, peer: SocketAddr, id: u64, why: &str) {
         if state.sessions.get(&peer).is_some_and(|s| s.id == id) {
             let s = state.sessions.remove(&peer).expect("checked");
+            self.monitor.session_ended(id);
             tracing::info!(app = ?&*s.app, %peer, reason = why, "session ended");
             // Its address stays known for the app: reconnecting is not held back by others'
             // failed logins.
@@ -511,9 +525,11 @@ impl Shared {
                 .session_ended(&s.app, peer.ip(), std::time::Instant::now());
         }
         let mut changed = BTreeSet::new();
+        let now = std::time::Instant::now();
         state.leases.retain(|(service, endpoint), lease| {
             if lease.session == id {
                 tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, reason = why, "registration removed");
+                self.monitor.removed(service, endpoint, now);
                 changed.insert(service.clone());
                 false
             } else {
@@ -528,9 +544,11 @@ impl Shared {
         let mut state = self.state.lock();
         let mut changed = BTreeSet::new();
         let mut next: Option<Instant> = None;
+        let wall = std::time::Instant::now();
         state.leases.retain(|(service, endpoint), lease| {
             if lease.expires <= now {
                 tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, "registration expired (no heartbeat within the lease TTL)");
+                self.monitor.removed(service, endpoint, wall);
                 changed.insert(service.clone());
                 false
             } else {
@@ -835,6 +853,9 @@ impl Registry for RegistryImpl {
                 expires,
             },
         );
+        self.shared
+            .monitor
+            .registered(&instance, session, std::time::Instant::now());
         if previous.as_ref().is_none_or(|p| p.instance != instance) {
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
             publish(&mut state, &BTreeSet::from([service]));
@@ -856,13 +877,16 @@ impl Registry for RegistryImpl {
             return Ok(false);
         }
         state.leases.remove(&key);
+        self.shared
+            .monitor
+            .removed(&key.0, &key.1, std::time::Instant::now());
         tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
         publish(&mut state, &BTreeSet::from([key.0]));
         Ok(true)
     }
 
     async fn heartbeat(&self, status: Status) -> Result<(), RegistryError> {
-        let (peer, session, _) = self.session()?;
+        let (_, session, _) = self.session()?;
         let expires = Instant::now() + self.shared.config.lease_ttl;
         let mut state = self.shared.state.lock();
         for lease in state.leases.values_mut() {
@@ -870,9 +894,12 @@ impl Registry for RegistryImpl {
                 lease.expires = expires;
             }
         }
-        if let Some(s) = state.sessions.get_mut(&peer) {
-            s.status = Some(status);
-        }
+        drop(state);
+        // The report's figures, outside the state lock (the monitor ignores a session or
+        // instances that ended meanwhile).
+        self.shared
+            .monitor
+            .fold(session, &status, std::time::Instant::now());
         Ok(())
     }
 

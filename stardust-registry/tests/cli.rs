@@ -37,7 +37,12 @@ fn help_explains_every_command_and_flag() {
     }
     let out = run(&["serve", "--help"], "");
     let help = text(&out.stdout);
-    for flag in ["--listen <ADDR>", "--config <FILE>", "--dev"] {
+    for flag in [
+        "--listen <ADDR>",
+        "--http-listen <ADDR|off>",
+        "--config <FILE>",
+        "--dev",
+    ] {
         assert!(help.contains(flag), "`{flag}` missing from:\n{help}");
     }
     let out = run(&["rotate-key", "--help"], "");
@@ -125,7 +130,14 @@ fn serve_refuses_a_bad_config_clearly() {
 #[test]
 fn serve_dev_starts_and_says_so() {
     let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -136,9 +148,11 @@ fn serve_dev_starts_and_says_so() {
     let mut seen = Vec::new();
     let mut dev_warning = false;
     let mut listening = false;
-    // Bounded by the process's own output: it logs both lines at start-up.
+    let mut console = false;
+    // Bounded by the process's own output: it logs these lines at start-up.
     while let Some(Ok(line)) = lines.next() {
         dev_warning |= line.contains("DEV MODE IS ON");
+        console |= line.contains("monitoring console on http://127.0.0.1:");
         listening |= line.contains("registry listening") && line.contains("127.0.0.1:");
         seen.push(line);
         if listening || seen.len() > 50 {
@@ -148,7 +162,7 @@ fn serve_dev_starts_and_says_so() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        dev_warning && listening,
+        dev_warning && listening && console,
         "start-up log:\n{}",
         seen.join("\n")
     );

@@ -77,3 +77,81 @@ pub async fn next_event(notifications: &mut Notifications) -> DiscoveryEvent {
 pub fn endpoints(instances: &[stardust::discovery::api::Instance]) -> Vec<&str> {
     instances.iter().map(|i| i.endpoint.as_str()).collect()
 }
+
+/// An HTTP response, as the raw helpers below read it.
+pub struct HttpReply {
+    pub status: u16,
+    /// Header lines, lower-cased names (`content-type: text/html`).
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), with `Host` set to
+/// `host` or the address itself.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+) -> HttpReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("an HTTP request", async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let host = host.map_or_else(|| addr.to_string(), str::to_owned);
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        let raw = String::from_utf8(raw).expect("UTF-8 response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        HttpReply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    })
+    .await
+}
+
+/// `GET path`, expecting 200.
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
+    let reply = http_request(addr, "GET", path, None).await;
+    assert_eq!(reply.status, 200, "GET {path}: {}", reply.body);
+    reply
+}
+
+/// Starts a dev registry with monitoring over HTTP on an OS-chosen loopback port.
+pub async fn start_monitored(config: Config) -> (RegistryNode, SocketAddr) {
+    let node = RegistryNode::builder()
+        .config(config)
+        .http_listen("127.0.0.1:0")
+        .bind("127.0.0.1:0")
+        .await
+        .expect("registry starts");
+    let http = node.http_addr().expect("HTTP is on");
+    (node, http)
+}
