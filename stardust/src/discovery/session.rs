@@ -23,7 +23,7 @@ use crate::auth::token::KeySet;
 use crate::auth::{BoxFuture, Credentials, KeyFetcher, SharedCredentials, TokenVerifier};
 use crate::client::{Client, ClientConfig, Pool};
 use crate::error::{Error, ErrorKind};
-use crate::monitor::process;
+use crate::monitor::{self, process};
 use crate::server::ServerProbe;
 use crate::tls::ClientTls;
 
@@ -83,6 +83,8 @@ pub(crate) struct Session {
     started: std::time::Instant,
     /// When the previous status report was made, and the process's CPU time then.
     last_report: Mutex<(std::time::Instant, Option<u64>)>,
+    /// The figures of a status report the registry did not take, for the next one.
+    unsent: Mutex<Option<Status>>,
     /// One connection per provider endpoint, shared by every consumer proxy of this process.
     pub(crate) pool: Arc<Pool>,
 }
@@ -119,6 +121,7 @@ impl Session {
                 servers: Mutex::new(Vec::new()),
                 started: std::time::Instant::now(),
                 last_report: Mutex::new((std::time::Instant::now(), process::cpu_time_ms())),
+                unsent: Mutex::new(None),
                 pool: Arc::new(Pool::new(pool_config)),
             }
         })
@@ -324,13 +327,22 @@ impl Session {
 
     async fn beat(&self) -> Result<(), Error> {
         let client = self.registry()?;
-        let status = self.status();
+        let mut status = self.status();
+        if let Some(earlier) = self.unsent.lock().take() {
+            monitor::carry_over(&mut status, earlier);
+        }
         tracing::trace!(
             served = status.served.len(),
             called = status.called.len(),
             "status report"
         );
-        client.heartbeat(status).await?.map_err(Error::from)?;
+        let sent = client.heartbeat(status.clone()).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            // Counted in the next report instead. (A heartbeat the registry took whose answer
+            // was lost is counted twice: rare, and only ever an overcount.)
+            *self.unsent.lock() = Some(status);
+        }
+        sent?.map_err(Error::from)?;
         let due = self
             .current
             .lock()

@@ -9,7 +9,7 @@
 pub(crate) mod figures;
 pub(crate) mod process;
 
-use crate::discovery::api::MethodFigures;
+use crate::discovery::api::{ErrorCount, Latency, MethodFigures, Status};
 use crate::service::ServiceDescriptor;
 pub(crate) use figures::Figures;
 
@@ -61,5 +61,120 @@ impl ServiceFigures {
                 latency: w.latency,
             });
         }
+    }
+}
+
+/// Folds the figures of a report that could not be sent (`earlier`) into the next one, so no
+/// call goes uncounted across a registry outage. Process facts stay the newer report's; the
+/// merged percentiles are the larger of the two windows' (an upper bound).
+pub(crate) fn carry_over(status: &mut Status, earlier: Status) {
+    status.window_ms += earlier.window_ms;
+    status.cpu_ms += earlier.cpu_ms;
+    for old in earlier.served {
+        match status
+            .served
+            .iter_mut()
+            .find(|m| m.service == old.service && m.method == old.method)
+        {
+            Some(m) => {
+                m.calls += old.calls;
+                add_errors(&mut m.errors, &old.errors);
+                add_latency(&mut m.latency, &old.latency);
+            }
+            None => status.served.push(old),
+        }
+    }
+    for old in earlier.called {
+        match status
+            .called
+            .iter_mut()
+            .find(|c| c.endpoint == old.endpoint && c.service == old.service)
+        {
+            Some(c) => {
+                c.calls += old.calls;
+                add_errors(&mut c.errors, &old.errors);
+                add_latency(&mut c.latency, &old.latency);
+            }
+            None => status.called.push(old),
+        }
+    }
+}
+
+fn add_errors(into: &mut Vec<ErrorCount>, more: &[ErrorCount]) {
+    for e in more {
+        match into.iter_mut().find(|x| x.code == e.code) {
+            Some(x) => x.count += e.count,
+            None => into.push(*e),
+        }
+    }
+}
+
+fn add_latency(into: &mut Latency, more: &Latency) {
+    if more.buckets.is_empty() {
+        return;
+    }
+    if into.buckets.is_empty() {
+        *into = more.clone();
+        return;
+    }
+    for (a, b) in into.buckets.iter_mut().zip(&more.buckets) {
+        *a += b;
+    }
+    into.sum_us += more.sum_us;
+    into.p50_us = into.p50_us.max(more.p50_us);
+    into.p90_us = into.p90_us.max(more.p90_us);
+    into.p99_us = into.p99_us.max(more.p99_us);
+    into.max_us = into.max_us.max(more.max_us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(calls: u64, us: u64) -> Latency {
+        let mut buckets = vec![0; crate::discovery::api::LATENCY_BOUNDS_US.len() + 1];
+        buckets[3] = calls;
+        Latency {
+            buckets,
+            sum_us: calls * us,
+            p50_us: us,
+            p90_us: us,
+            p99_us: us,
+            max_us: us,
+        }
+    }
+
+    #[test]
+    fn an_unsent_report_is_carried_into_the_next() {
+        let figures = |method: &str, calls: u64, us: u64| MethodFigures {
+            service: "s".into(),
+            method: method.into(),
+            calls,
+            errors: vec![ErrorCount { code: 7, count: 1 }],
+            in_flight: 0,
+            latency: latency(calls, us),
+        };
+        let earlier = Status {
+            window_ms: 1000,
+            cpu_ms: 5,
+            served: vec![figures("a", 3, 200), figures("b", 1, 100)],
+            ..Status::default()
+        };
+        let mut next = Status {
+            window_ms: 500,
+            cpu_ms: 2,
+            rss_bytes: 9,
+            served: vec![figures("a", 4, 150)],
+            ..Status::default()
+        };
+        carry_over(&mut next, earlier);
+        assert_eq!((next.window_ms, next.cpu_ms, next.rss_bytes), (1500, 7, 9));
+        let a = &next.served[0];
+        assert_eq!(a.calls, 7);
+        assert_eq!(a.errors, vec![ErrorCount { code: 7, count: 2 }]);
+        assert_eq!(a.latency.buckets[3], 7);
+        assert_eq!(a.latency.sum_us, 4 * 150 + 3 * 200);
+        assert_eq!(a.latency.p99_us, 200);
+        assert_eq!(next.served[1].method, "b");
     }
 }
