@@ -418,6 +418,12 @@ def main():
     parser.add_argument("address", help="HOST:PORT of the provider or agent")
     parser.add_argument("--keepalive-check-ms", type=int, default=None)
     parser.add_argument("-k", dest="only", default=None, help="run checks whose name has this")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        help="leave out the check of this name (repeatable)",
+    )
     options = parser.parse_args()
     host, _, port = options.address.rpartition(":")
     address = (host.strip("[]"), int(port))
@@ -426,6 +432,10 @@ def main():
         checks.append(keepalive_check(options.keepalive_check_ms))
     if options.only:
         checks = [fn for fn in checks if options.only in fn.__name__]
+    unknown = set(options.skip) - {fn.__name__ for fn in checks}
+    if unknown:
+        parser.error(f"--skip names no check: {', '.join(sorted(unknown))}")
+    checks = [fn for fn in checks if fn.__name__ not in options.skip]
 
     client = Client.connect(*address, timeout=10)
     passed, failed = 0, []
