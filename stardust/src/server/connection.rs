@@ -9,17 +9,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::ServerShared;
 use super::call::{Batch, ServerCall, SpawnedCall};
 use super::notifier::Notifier;
+use super::{Forward, Forwarded, ServerShared};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN_KEY};
+use crate::client::CallName;
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::codec;
@@ -513,12 +514,18 @@ impl ServerConn {
         // Before the service lookup: a caller that may not call learns nothing about what is
         // hosted. Free for anonymous and unrestricted connections (one atomic load).
         self.info.auth.check(req.service, now)?;
-        let (service_index, service) = shared.service(req.service).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnknownService,
-                format!("this server does not host service `{}`", req.service),
-            )
-        })?;
+        let Some((service_index, service)) = shared.service(req.service) else {
+            return match &shared.forward {
+                Some(forward) => {
+                    self.forward(forward.as_ref(), h, req, now);
+                    Ok(())
+                }
+                None => Err(Error::new(
+                    ErrorKind::UnknownService,
+                    format!("this server does not host service `{}`", req.service),
+                )),
+            };
+        };
         let desc = service.descriptor();
         let index = desc.method_index(req.method).ok_or_else(|| {
             Error::new(
@@ -556,6 +563,51 @@ impl ServerConn {
         };
         self.track(h, |key, task_id| call.run(deadline, key, task_id));
         Ok(())
+    }
+
+    /// Hands a request for a service not hosted here to the server's [`Forward`] and answers
+    /// with what it returns: the raw response body, or an `Error` frame with the error's code.
+    /// The forwarding runs as a task tracked like a handler's, so a `Cancel` (or the connection
+    /// closing) drops it, a drain waits for it, and it counts toward the in-flight cap.
+    fn forward(
+        self: &Arc<Self>,
+        forward: &dyn Forward,
+        h: &Header,
+        req: RequestView<'_>,
+        now: Instant,
+    ) {
+        let call = Forwarded {
+            name: CallName::shared(req.service, req.method),
+            flags: h.flags,
+            deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
+            trace_id: req.trace_id,
+            meta: req.meta,
+            args: Bytes::copy_from_slice(req.args),
+        };
+        let reply = forward.forward(call);
+        let (id, flags) = (h.id, h.flags);
+        let conn = self.clone();
+        self.track(h, move |key, task_id| async move {
+            let outcome = reply.await;
+            match outcome {
+                Ok(_) if flags & FLAG_ONE_WAY != 0 => {}
+                Ok(body) => {
+                    let max = conn.out.peer_max_frame;
+                    let _ = conn.out.push(|buf| {
+                        let start = frame::begin(buf, Kind::Response, 0, id);
+                        buf.extend_from_slice(&body);
+                        // On error the partial frame is gone: answer with the error instead.
+                        if let Err(e) = frame::finish(buf, start, max) {
+                            let e = Error::new(e.kind(), format!("the response {}", e.message()));
+                            message::put_error(buf, Kind::Error, id, &e);
+                        }
+                        Ok(())
+                    });
+                }
+                Err(e) => conn.reply_error(id, flags, &e),
+            }
+            conn.call_done(key, task_id);
+        });
     }
 
     /// Runs the future `make` builds as a task of its own, registered (for cancellation and
