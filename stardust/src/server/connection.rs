@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -149,8 +149,13 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             .unwrap_or(DEFAULT_MAX_FRAME)
             .max(MIN_MAX_FRAME),
         // The read loop queues a whole batch of responses before it waits for more input, so
-        // the writer can flush as soon as it runs.
-        Flush::Immediate,
+        // the writer can flush as soon as it runs. Forwarded calls (an agent) are answered by
+        // many tasks instead: the writer gathers what they queue together.
+        if shared.forward.is_some() {
+            Flush::Coalesce
+        } else {
+            Flush::Immediate
+        },
         (),
         WriteLimits {
             max_queued: shared.config.max_write_buffer,
@@ -567,8 +572,12 @@ impl ServerConn {
 
     /// Hands a request for a service not hosted here to the server's [`Forward`] and answers
     /// with what it returns: the raw response body, or an `Error` frame with the error's code.
-    /// The forwarding runs as a task tracked like a handler's, so a `Cancel` (or the connection
-    /// closing) drops it, a drain waits for it, and it counts toward the in-flight cap.
+    ///
+    /// Like a handler, the forwarding is polled once right here, so the request is on its way to
+    /// a provider before any task exists (and one answered at once, such as a service nobody
+    /// provides, needs none). Otherwise it becomes a task tracked like a handler's: a `Cancel`
+    /// (or the connection closing) drops it, a drain waits for it, and it counts toward the
+    /// in-flight cap.
     fn forward(
         self: &Arc<Self>,
         forward: &dyn Forward,
@@ -584,29 +593,52 @@ impl ServerConn {
             meta: req.meta,
             args: Bytes::copy_from_slice(req.args),
         };
-        let reply = forward.forward(call);
+        let mut reply = forward.forward(call);
         let (id, flags) = (h.id, h.flags);
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        if let Poll::Ready(outcome) = reply.as_mut().poll(&mut cx) {
+            // The read loop flushes at the end of its batch.
+            self.queue_forwarded(id, flags, outcome);
+            return;
+        }
         let conn = self.clone();
         self.track(h, move |key, task_id| async move {
             let outcome = reply.await;
-            match outcome {
-                Ok(_) if flags & FLAG_ONE_WAY != 0 => {}
-                Ok(body) => {
-                    let max = conn.out.peer_max_frame;
-                    let _ = conn.out.push(|buf| {
-                        let start = frame::begin(buf, Kind::Response, 0, id);
-                        buf.extend_from_slice(&body);
-                        // On error the partial frame is gone: answer with the error instead.
-                        if let Err(e) = frame::finish(buf, start, max) {
-                            let e = Error::new(e.kind(), format!("the response {}", e.message()));
-                            message::put_error(buf, Kind::Error, id, &e);
-                        }
-                        Ok(())
-                    });
-                }
-                Err(e) => conn.reply_error(id, flags, &e),
+            conn.queue_forwarded(id, flags, outcome);
+            // Alone, send it now from here; with other calls finishing too, the writer gathers
+            // their answers into one write.
+            if conn.running.load(Ordering::Acquire) <= 1 {
+                conn.out.flush_inline();
+            } else {
+                conn.out.wake_writer();
             }
             conn.call_done(key, task_id);
+        });
+    }
+
+    /// Queues the answer to a forwarded request (nothing for a one-way one), without flushing.
+    fn queue_forwarded(&self, id: u64, flags: u8, outcome: Result<Bytes, Error>) {
+        if flags & FLAG_ONE_WAY != 0 {
+            if let Err(e) = outcome {
+                tracing::debug!(peer = %self.peer, id, error = %e, "forwarded one-way call failed");
+            }
+            return;
+        }
+        let max = self.out.peer_max_frame;
+        let _ = self.out.push_quiet(|buf, _| {
+            match outcome {
+                Ok(body) => {
+                    let start = frame::begin(buf, Kind::Response, 0, id);
+                    buf.extend_from_slice(&body);
+                    // On error the partial frame is gone: answer with the error instead.
+                    if let Err(e) = frame::finish(buf, start, max) {
+                        let e = Error::new(e.kind(), format!("the response {}", e.message()));
+                        message::put_error(buf, Kind::Error, id, &e);
+                    }
+                }
+                Err(e) => message::put_error(buf, Kind::Error, id, &e),
+            }
+            Ok(())
         });
     }
 
