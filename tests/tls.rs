@@ -50,14 +50,10 @@ async fn star(registry: std::net::SocketAddr, app: (&str, &str), tls: ClientTls)
         .expect("login over TLS")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickstart_flow_runs_over_tls_end_to_end() {
-    let ca = TestCa::new("stardust test CA");
-    let (node, _dir) = tls_registry(&ca).await;
-
-    let provider_star = star(node.local_addr(), PROVIDER, ca.client_tls()).await;
-    let (calc, _control) = CalcImpl::new();
-    let _provider = provider_star
+/// Serves `test.Calc` over TLS with a certificate from `ca`, registered through `star`.
+async fn serve_over_tls(star: &Stardust, ca: &TestCa) -> (stardust::Provider, Control) {
+    let (calc, control) = CalcImpl::new();
+    let provider = star
         .serve(
             Server::builder()
                 .serve(CalcServer::new(calc))
@@ -66,6 +62,16 @@ async fn quickstart_flow_runs_over_tls_end_to_end() {
         )
         .await
         .expect("serve over TLS");
+    (provider, control)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_flow_runs_over_tls_end_to_end() {
+    let ca = TestCa::new("stardust test CA");
+    let (node, _dir) = tls_registry(&ca).await;
+
+    let provider_star = star(node.local_addr(), PROVIDER, ca.client_tls()).await;
+    let (_provider, _control) = serve_over_tls(&provider_star, &ca).await;
 
     let consumer = star(node.local_addr(), CONSUMER, ca.client_tls()).await;
     let calc = consumer.client::<CalcClient>();
@@ -292,16 +298,7 @@ async fn a_consumer_without_tls_gets_a_clear_error_from_a_tls_provider() {
             .connect()
     };
     let provider_star = plain("provider").await.unwrap();
-    let (calc, _control) = CalcImpl::new();
-    let _provider = provider_star
-        .serve(
-            Server::builder()
-                .serve(CalcServer::new(calc))
-                .tls(ca.server_tls()),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let (_provider, _control) = serve_over_tls(&provider_star, &ca).await;
     let consumer = plain("consumer").await.unwrap();
     let err = within("the call", consumer.client::<CalcClient>().add(1, 1))
         .await

@@ -5,7 +5,7 @@
 //! [`Throttle`] (its own short lock) before any secret is checked, and at most a few checks run
 //! at once, with a bounded queue in front of them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -103,6 +103,9 @@ struct State {
     leases: BTreeMap<(String, String), Lease>,
     /// Apps created by dev-mode logins: name to secret hash.
     dev_apps: HashMap<String, String>,
+    /// Live sessions that lost a registration to lease expiry: their next heartbeat is refused,
+    /// so their process reconnects and registers again instead of staying invisible.
+    expired: HashSet<u64>,
 }
 
 struct Session {
@@ -519,6 +522,7 @@ impl RegistryImpl {
 impl Shared {
     /// Ends session `id` of `peer` (if still current): its leases go, its subscriptions die.
     fn end_session(&self, state: &mut State, peer: SocketAddr, id: u64, why: &str) {
+        state.expired.remove(&id);
         if state.sessions.get(&peer).is_some_and(|s| s.id == id) {
             let s = state.sessions.remove(&peer).expect("checked");
             self.monitor.session_ended(id);
@@ -550,17 +554,24 @@ impl Shared {
         let mut changed = BTreeSet::new();
         let mut next: Option<Instant> = None;
         let wall = std::time::Instant::now();
+        let mut expired = Vec::new();
         state.leases.retain(|(service, endpoint), lease| {
             if lease.expires <= now {
                 tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, "registration expired (no heartbeat within the lease TTL)");
                 self.monitor.removed(service, endpoint, wall);
                 changed.insert(service.clone());
+                expired.push(lease.session);
                 false
             } else {
                 next = Some(next.map_or(lease.expires, |n| n.min(lease.expires)));
                 true
             }
         });
+        // Only sessions still connected need telling (an ended one is gone for good).
+        let live: HashSet<u64> = state.sessions.values().map(|s| s.id).collect();
+        state
+            .expired
+            .extend(expired.into_iter().filter(|id| live.contains(id)));
         publish(&mut state, &changed);
         next
     }
@@ -894,6 +905,13 @@ impl Registry for RegistryImpl {
         let (_, session, _) = self.session()?;
         let expires = Instant::now() + self.shared.config.lease_ttl;
         let mut state = self.shared.state.lock();
+        if state.expired.remove(&session) {
+            return Err(RegistryError::Invalid(
+                "this connection's registrations expired (no heartbeat within the lease TTL); \
+                 log in and register again"
+                    .into(),
+            ));
+        }
         for lease in state.leases.values_mut() {
             if lease.session == session {
                 lease.expires = expires;

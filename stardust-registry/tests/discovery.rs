@@ -288,7 +288,23 @@ async fn a_lease_without_heartbeats_expires() {
             .unwrap()
             .is_empty()
     );
-    // The provider's session survives its lease: it can register again.
+    // Its next heartbeat is refused, saying why, so a real provider reconnects and registers
+    // again instead of heartbeating on, invisible.
+    let refused = provider
+        .heartbeat(Status::default())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&refused, RegistryError::Invalid(m) if m.contains("expired")),
+        "{refused:?}"
+    );
+    // Told once, and the session survives its lease: it can register again.
+    provider
+        .heartbeat(Status::default())
+        .await
+        .unwrap()
+        .unwrap();
     provider
         .register(registration(CALC, "1.0.0", "127.0.0.1:9001"))
         .await

@@ -94,6 +94,19 @@ struct Inner {
     sessions: HashMap<u64, SessionFacts>,
 }
 
+/// The instance `endpoint` of `service`, if `session` holds its lease.
+fn own_instance<'a>(
+    services: &'a mut BTreeMap<String, ServiceEntry>,
+    service: &str,
+    endpoint: &str,
+    session: u64,
+) -> Option<&'a mut InstanceStats> {
+    services
+        .get_mut(service)
+        .and_then(|e| e.instances.get_mut(endpoint))
+        .filter(|stats| stats.session == session)
+}
+
 /// One service: its live instances, its history, and when it lost its last instance.
 #[derive(Clone, Default)]
 pub(crate) struct ServiceEntry {
@@ -373,12 +386,7 @@ impl Monitor {
 
         // The session's own instances: renewed, and their last window starts from zero.
         for (service, endpoint) in &facts.instances {
-            if let Some(stats) = inner
-                .services
-                .get_mut(service)
-                .and_then(|e| e.instances.get_mut(endpoint))
-                && stats.session == session
-            {
+            if let Some(stats) = own_instance(&mut inner.services, service, endpoint, session) {
                 stats.renewed = now;
                 stats.reported = Some(now);
                 stats.window_ms = status.window_ms;
@@ -500,12 +508,7 @@ impl Monitor {
 
         // The instances' rates, then the history of every service this session provides.
         for (service, endpoint) in &facts.instances {
-            if let Some(stats) = inner
-                .services
-                .get_mut(service)
-                .and_then(|e| e.instances.get_mut(endpoint))
-                && stats.session == session
-            {
+            if let Some(stats) = own_instance(&mut inner.services, service, endpoint, session) {
                 stats.rate = stats.window_rate();
             }
         }

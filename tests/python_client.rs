@@ -1,0 +1,340 @@
+//! A non-Rust application calling a Rust provider: the Python client in `tests/python/`
+//! (standard library + `msgpack`, written from `docs/PROTOCOL.md` alone) runs
+//! `tests/python/test_against.py` against a real provider hosting the shared test services plus
+//! [`Types`] below, and `tests/python/test_offline.py` against a scripted fake server (frames a
+//! correct server never sends: malformed, oversized, unknown kinds).
+//!
+//! Needs `python3` with the `msgpack` module (Debian's `python3-msgpack`). The interpreter is
+//! `STARDUST_PYTHON` if set, otherwise the first of `python3` on `PATH` and `/usr/bin/python3`
+//! that can import `msgpack` (a `python3` from pyenv or a virtualenv may lack Debian's module).
+//! Without one the tests print `SKIPPED` and pass, unless `STARDUST_REQUIRE_EXTERNAL=1` (CI),
+//! where they fail.
+//!
+//! The provider here is a plain one that accepts anonymous callers; the scripts only take the
+//! address to call, so the same script can be pointed at the local agent instead.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+
+/// Bound on one script run: a loaded 2-core machine runs each in a few seconds.
+const SCRIPT_BOUND: Duration = Duration::from_secs(180);
+
+/// How long `sleep` runs in the keepalive check, against a server that pings after 200 ms of
+/// silence and hangs up after 2 s: only a client that answers pings keeps the connection.
+const KEEPALIVE_CHECK_MS: u64 = 2500;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub x: i64,
+    pub y: i64,
+}
+
+/// Every enum shape of PROTOCOL.md §12: unit, newtype, tuple and struct variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Shape {
+    Empty,
+    Circle(f64),
+    Rect(u32, u32),
+    Poly {
+        points: Vec<Point>,
+        label: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Color {
+    Red,
+    Green,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub kind: String,
+    pub area: f64,
+    pub corners: u32,
+    pub label: Option<String>,
+    pub points: Vec<Point>,
+    /// The shape itself, sent back: a nested enum inside a struct.
+    pub shape: Shape,
+}
+
+/// Extreme and assorted scalar values, and a struct with bytes and nested collections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Extremes {
+    pub u64_max: u64,
+    pub i64_min: i64,
+    pub u8_max: u8,
+    pub f32_half: f32,
+    pub f64_third: f64,
+    pub yes: bool,
+    pub letter: char,
+    pub text: String,
+    pub color: Color,
+    pub nothing: Option<u32>,
+    #[serde(with = "serde_bytes")]
+    pub raw: Vec<u8>,
+    pub plain_bytes: Vec<u8>,
+    pub pair: (u16, String),
+    pub nested: BTreeMap<String, Vec<Option<i32>>>,
+    pub unit: (),
+}
+
+/// A service made for foreign clients: value shapes, optional parameters, and handlers the
+/// caller itself controls (`hold` waits until someone calls `release` with the same key), so
+/// that ordering tests need no sleeps.
+#[stardust::service(name = "test.Types")]
+pub trait Types {
+    /// Describes a shape (enum in, struct out).
+    async fn describe(&self, shape: Shape) -> Summary;
+    /// `Some(2x)`, or `None` for `None` (also when the argument is left out).
+    async fn maybe_double(&self, x: Option<i64>) -> Option<i64>;
+    /// Fixed extreme values.
+    async fn extremes(&self) -> Extremes;
+    /// Swaps keys and values: a map with integer keys comes back.
+    async fn invert(&self, map: HashMap<String, u32>) -> BTreeMap<u32, String>;
+    /// A trailing optional parameter, as a service grows one (PROTOCOL.md §13).
+    async fn greet(&self, name: String, title: Option<String>) -> String;
+    /// Waits until `release(key)`, then returns `key`.
+    async fn hold(&self, key: String) -> String;
+    /// Lets one `hold(key)` (present or future) return.
+    async fn release(&self, key: String) -> bool;
+    /// Sleeps `ms` milliseconds, then returns `ms`.
+    async fn sleep(&self, ms: u64) -> u64;
+    /// Takes bytes and returns their length and sum.
+    async fn checksum(&self, data: ByteBuf) -> (u64, u64);
+}
+
+#[derive(Default, Clone)]
+pub struct TypesImpl {
+    holds: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl TypesImpl {
+    fn gate(&self, key: &str) -> Arc<Semaphore> {
+        self.holds
+            .lock()
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(0)))
+            .clone()
+    }
+}
+
+impl Types for TypesImpl {
+    async fn describe(&self, shape: Shape) -> Summary {
+        let (kind, area, corners, label, points) = match &shape {
+            Shape::Empty => ("empty", 0.0, 0, None, vec![]),
+            Shape::Circle(r) => ("circle", std::f64::consts::PI * r * r, 0, None, vec![]),
+            Shape::Rect(w, h) => ("rect", f64::from(*w) * f64::from(*h), 4, None, vec![]),
+            Shape::Poly { points, label } => (
+                "poly",
+                0.0,
+                points.len() as u32,
+                label.clone(),
+                points.clone(),
+            ),
+        };
+        Summary {
+            kind: kind.to_owned(),
+            area,
+            corners,
+            label,
+            points,
+            shape,
+        }
+    }
+
+    async fn maybe_double(&self, x: Option<i64>) -> Option<i64> {
+        x.map(|x| x * 2)
+    }
+
+    async fn extremes(&self) -> Extremes {
+        Extremes {
+            u64_max: u64::MAX,
+            i64_min: i64::MIN,
+            u8_max: u8::MAX,
+            f32_half: 0.5,
+            f64_third: 1.0 / 3.0,
+            yes: true,
+            letter: 'λ',
+            text: "grüße, 世界".to_owned(),
+            color: Color::Green,
+            nothing: None,
+            raw: vec![0, 1, 2, 255],
+            plain_bytes: vec![1, 2, 3],
+            pair: (7, "seven".to_owned()),
+            nested: BTreeMap::from([
+                ("a".to_owned(), vec![Some(1), None, Some(-3)]),
+                ("b".to_owned(), vec![]),
+            ]),
+            unit: (),
+        }
+    }
+
+    async fn invert(&self, map: HashMap<String, u32>) -> BTreeMap<u32, String> {
+        map.into_iter().map(|(k, v)| (v, k)).collect()
+    }
+
+    async fn greet(&self, name: String, title: Option<String>) -> String {
+        match title {
+            Some(title) => format!("hello, {title} {name}"),
+            None => format!("hello, {name}"),
+        }
+    }
+
+    async fn hold(&self, key: String) -> String {
+        self.gate(&key)
+            .acquire()
+            .await
+            .expect("gate closed")
+            .forget();
+        key
+    }
+
+    async fn release(&self, key: String) -> bool {
+        self.gate(&key).add_permits(1);
+        true
+    }
+
+    async fn sleep(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+
+    async fn checksum(&self, data: ByteBuf) -> (u64, u64) {
+        (data.len() as u64, data.iter().map(|&b| u64::from(b)).sum())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_calls_a_rust_provider() {
+    let Some(python) = find_python().await else {
+        return;
+    };
+    let (calc, _control) = CalcImpl::new();
+    let server = stardust::Server::builder()
+        .allow_anonymous()
+        // Pings after 200 ms of silence; hangs up after 2 s without a frame (see
+        // KEEPALIVE_CHECK_MS).
+        .keepalive(Duration::from_millis(200), Duration::from_secs(2))
+        .serve(CalcServer::new(calc))
+        .serve(GreeterServer::new(GreeterImpl))
+        .serve(TypesServer::new(TypesImpl::default()))
+        .bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = server.local_addr().to_string();
+    let keepalive = KEEPALIVE_CHECK_MS.to_string();
+    let output = run_script(
+        &python,
+        "test_against.py",
+        &[&addr, "--keepalive-check-ms", &keepalive],
+    )
+    .await;
+    server.shutdown().await;
+    check("test_against.py", &output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_survives_malformed_frames() {
+    let Some(python) = find_python().await else {
+        return;
+    };
+    let output = run_script(&python, "test_offline.py", &[]).await;
+    check("test_offline.py", &output);
+}
+
+fn script_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python")
+}
+
+/// Runs `tests/python/<script>` with a bound; the child is killed if it outlives it.
+async fn run_script(python: &Path, script: &str, args: &[&str]) -> Output {
+    let child = Command::new(python)
+        .arg("-u")
+        .arg(script_dir().join(script))
+        .args(args)
+        .current_dir(script_dir())
+        // Keep the source tree clean: no __pycache__ next to the scripts.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
+    match tokio::time::timeout(SCRIPT_BOUND, child.wait_with_output()).await {
+        Ok(output) => output.expect("waiting for the script"),
+        Err(_) => panic!("{script} did not finish within {SCRIPT_BOUND:?} (killed)"),
+    }
+}
+
+fn check(script: &str, output: &Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n---- stdout ----\n{stdout}\n---- stderr ----\n{stderr}",
+        output.status
+    );
+    // Shown with --nocapture; a passing test's output is swallowed otherwise.
+    println!("{stdout}");
+}
+
+/// A Python that can import `msgpack`, or `None` after saying why the test is skipped (a
+/// failure under `STARDUST_REQUIRE_EXTERNAL=1`).
+async fn find_python() -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("STARDUST_PYTHON") {
+        Some(named) => vec![PathBuf::from(named)],
+        None => vec![PathBuf::from("python3"), PathBuf::from("/usr/bin/python3")],
+    };
+    for candidate in &candidates {
+        if has_msgpack(candidate).await {
+            return Some(candidate.clone());
+        }
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    let why = format!(
+        "python3 with msgpack not found (tried {}; install Debian's `python3-msgpack`, e.g. \
+         `apt-get install -y python3 python3-msgpack`, or set STARDUST_PYTHON)",
+        tried.join(", ")
+    );
+    if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+        panic!("{why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
+    }
+    // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==== SKIPPED: {why}: the Python client test did not run ====\n"
+    );
+    None
+}
+
+async fn has_msgpack(python: &Path) -> bool {
+    let Ok(child) = Command::new(python)
+        .args(["-c", "import msgpack"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(BOUND, child.wait_with_output()).await,
+        Ok(Ok(output)) if output.status.success()
+    )
+}
