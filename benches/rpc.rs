@@ -1,6 +1,9 @@
 //! Stardust against tarpc, a naive hand-written RPC ("raw") and the bound of one connection
 //! ("ceiling"), on the same two-method service (see `rpc/service.rs`); `stardust-tls` is
-//! Stardust over TLS 1.3 (rustls) with a self-signed certificate made at start-up.
+//! Stardust over TLS 1.3 (rustls) with a self-signed certificate made at start-up, and
+//! `stardust-agent` the same client as `stardust` calling through a sidecar agent (its server
+//! process hosts a development registry, the provider registered there and the agent; the
+//! report prints the latency the agent hop adds).
 //!
 //! ```text
 //! cargo bench --bench rpc                                  # full run: 3 rounds, medians
@@ -72,14 +75,17 @@ enum Impl {
     Stardust,
     /// Stardust over TLS 1.3 (rustls, AES-GCM or ChaCha20 as negotiated).
     StardustTls,
+    /// The `stardust` client through a local agent (`stardust::agent`) to the provider.
+    StardustAgent,
     Tarpc,
     Raw,
     Ceiling,
 }
 
-const IMPLS: [Impl; 5] = [
+const IMPLS: [Impl; 6] = [
     Impl::Stardust,
     Impl::StardustTls,
+    Impl::StardustAgent,
     Impl::Tarpc,
     Impl::Raw,
     Impl::Ceiling,
@@ -90,6 +96,7 @@ impl Impl {
         match self {
             Impl::Stardust => "stardust",
             Impl::StardustTls => "stardust-tls",
+            Impl::StardustAgent => "stardust-agent",
             Impl::Tarpc => "tarpc",
             Impl::Raw => "raw",
             Impl::Ceiling => "ceiling",
@@ -244,7 +251,7 @@ fn run_all(cfg: &Config) -> i32 {
             for k in 0..cfg.impls.len() {
                 let imp = cfg.impls[(k + round) % cfg.impls.len()];
                 let label = format!(
-                    "[{}/{}] {:<20} {:<9}",
+                    "[{}/{}] {:<20} {:<14}",
                     round + 1,
                     cfg.rounds,
                     sc.name,
@@ -280,6 +287,8 @@ fn run_all(cfg: &Config) -> i32 {
     report::print_lines(&rows);
     println!();
     report::print_ratios(&rows, LATENCY_SCENARIO);
+    println!();
+    report::print_agent_hop(&rows);
     println!();
     report::print_markdown(&rows, LATENCY_SCENARIO, &meta);
 
@@ -395,6 +404,10 @@ impl Clients {
             }
             Impl::StardustTls => {
                 Clients::Stardust(many(n, || stardust_impl::connect(addr, true)).await?)
+            }
+            // A plain client pointed at the agent: what `via_agent` proxies use.
+            Impl::StardustAgent => {
+                Clients::Stardust(many(n, || stardust_impl::connect(addr, false)).await?)
             }
             Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
             Impl::Raw => Clients::Raw(many(n, || raw_impl::connect(addr)).await?),
@@ -659,6 +672,7 @@ fn server_main() -> ! {
         match imp.server() {
             Impl::Stardust => stardust_impl::serve(false).await,
             Impl::StardustTls => stardust_impl::serve(true).await,
+            Impl::StardustAgent => stardust_impl::serve_agent().await,
             Impl::Tarpc => tarpc_impl::serve().await,
             Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
         }

@@ -158,7 +158,7 @@ pub fn sample_line(s: &Sample) -> String {
 /// One plain line per implementation and scenario.
 pub fn print_lines(rows: &[Row]) {
     println!(
-        "{:<20} {:<9} {:>10} {:>8} {:>8} {:>9} {:>7} {:>12} {:>12} {:>8} {:>14}",
+        "{:<20} {:<14} {:>10} {:>8} {:>8} {:>9} {:>7} {:>12} {:>12} {:>8} {:>14}",
         "scenario",
         "impl",
         "calls/s",
@@ -173,7 +173,7 @@ pub fn print_lines(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<20} {:<9} {:>10.0} {:>8.1} {:>8.1} {:>9.1} {:>7} {:>12.2} {:>12.2} {:>8.1} {:>7}/{}",
+            "{:<20} {:<14} {:>10.0} {:>8.1} {:>8.1} {:>9.1} {:>7} {:>12.2} {:>12.2} {:>8.1} {:>7}/{}",
             r.scenario,
             r.imp,
             r.calls_per_sec,
@@ -218,6 +218,45 @@ pub fn print_ratios(rows: &[Row], latency_scenario: &str) {
     for (scenario, vs) in ratios(rows, latency_scenario) {
         let [t, r, c] = vs.map(|v| opt(v, 2));
         println!("{scenario:<20} {t:>9} {r:>9} {c:>10}");
+    }
+}
+
+/// What the agent hop adds, per scenario where both `stardust` (direct) and `stardust-agent`
+/// (the same client through a local agent) ran: `(scenario, p50 added µs, p99 added µs,
+/// throughput agent ÷ direct)`.
+fn agent_hop(rows: &[Row]) -> Vec<(&'static str, f64, f64, f64)> {
+    rows.iter()
+        .filter(|r| r.imp == "stardust")
+        .filter_map(|direct| {
+            let agent = rows
+                .iter()
+                .find(|r| r.scenario == direct.scenario && r.imp == "stardust-agent")?;
+            Some((
+                direct.scenario,
+                agent.p50_us - direct.p50_us,
+                agent.p99_us - direct.p99_us,
+                agent.calls_per_sec / direct.calls_per_sec,
+            ))
+        })
+        .collect()
+}
+
+const AGENT_LEGEND: &str = "The agent hop: stardust-agent (consumer → local agent → provider) against \
+     stardust (consumer → provider), same client. Latency added in µs; throughput agent ÷ direct.";
+
+/// The agent hop's cost, if both rows ran.
+pub fn print_agent_hop(rows: &[Row]) {
+    let hop = agent_hop(rows);
+    if hop.is_empty() {
+        return;
+    }
+    println!("{AGENT_LEGEND}");
+    println!(
+        "{:<20} {:>12} {:>12} {:>12}",
+        "scenario", "p50 added", "p99 added", "throughput"
+    );
+    for (scenario, p50, p99, ratio) in hop {
+        println!("{scenario:<20} {p50:>+12.1} {p99:>+12.1} {ratio:>12.2}");
     }
 }
 
@@ -282,5 +321,16 @@ pub fn print_markdown(rows: &[Row], latency_scenario: &str, meta: &Meta) {
     for (scenario, vs) in ratios(rows, latency_scenario) {
         let [t, r, c] = vs.map(|v| opt(v, 2));
         println!("| {scenario} | {t} | {r} | {c} |");
+    }
+    let hop = agent_hop(rows);
+    if !hop.is_empty() {
+        println!();
+        println!("{AGENT_LEGEND}");
+        println!();
+        println!("| scenario | p50 added µs | p99 added µs | throughput agent ÷ direct |");
+        println!("|---|--:|--:|--:|");
+        for (scenario, p50, p99, ratio) in hop {
+            println!("| {scenario} | {p50:+.1} | {p99:+.1} | {ratio:.2} |");
+        }
     }
 }

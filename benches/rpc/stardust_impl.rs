@@ -70,6 +70,41 @@ pub async fn serve(tls: bool) -> Result<(u16, Box<dyn Any>), String> {
     Ok((server.local_addr().port(), Box::new(server)))
 }
 
+/// The agent row's server side, in one process: a development registry, the provider registered
+/// there through its own `Stardust` handle, and an agent logged in as the consumer's app. The
+/// port returned is the agent's, so the consumer is the `stardust` row's client, one hop away
+/// from the provider.
+pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
+    let registry = stardust_registry::RegistryNode::builder()
+        .config(stardust_registry::Config::dev())
+        .bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("registry: {e}"))?;
+    let at = registry.local_addr().to_string();
+    let star = stardust::Stardust::builder()
+        .registry(at.as_str())
+        .app("bench-provider", "bench-provider-secret")
+        .connect()
+        .await
+        .map_err(|e| format!("provider login: {e}"))?;
+    let provider = star
+        .serve(
+            stardust::Server::builder().serve(BenchServer::new(Provider)),
+            "127.0.0.1:0",
+        )
+        .await
+        .map_err(|e| format!("provider: {e}"))?;
+    let agent = stardust::agent::Agent::builder()
+        .registry(at.as_str())
+        .app("bench-consumer", "bench-consumer-secret")
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .map_err(|e| format!("agent: {e}"))?;
+    let port = agent.local_addr().port();
+    Ok((port, Box::new((registry, star, provider, agent))))
+}
+
 #[derive(Clone)]
 pub struct Caller(BenchClient);
 

@@ -1,11 +1,13 @@
-//! `stardust-registry`: run the registry, hash app secrets, rotate signing keys.
+//! `stardust-registry`: run the registry, hash app secrets, rotate signing keys, run a sidecar
+//! agent.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use stardust::agent::{Agent, DEFAULT_LISTEN as AGENT_LISTEN, DEFAULT_MAX_SERVICES};
 use stardust_registry::config::{DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
 use stardust_registry::{Config, HttpListen, RegistryNode};
 
@@ -64,6 +66,63 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         token_ttl: Option<Duration>,
     },
+    /// Run a sidecar agent until Ctrl-C or SIGTERM: applications on this host call every
+    /// service their app may use through it, over loopback, without credentials
+    /// (`Stardust::builder().via_agent(ADDR)` in Rust). The agent logs in to the registry as
+    /// the app, resolves providers, presents the app's token to them, balances, fails over and
+    /// reports status.
+    ///
+    /// Security: any process on this host can call through the agent with the app's rights.
+    /// It listens on loopback only and turns away connections from other addresses; keep the
+    /// secret file readable by the agent's user alone.
+    Agent {
+        /// Registry address, `host:port`; repeat the flag for several (tried in turn).
+        #[arg(long = "registry", value_name = "ADDR", required = true)]
+        registries: Vec<String>,
+        /// The app to log in as.
+        #[arg(long, value_name = "ID")]
+        app: String,
+        /// File holding the app's secret; whitespace around it (a trailing newline) is ignored.
+        /// The secret is never logged.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// Where local applications connect: a loopback address, `host:port`.
+        #[arg(long, value_name = "ADDR", default_value = AGENT_LISTEN)]
+        listen: String,
+        /// CA bundle (PEM) to verify the registry's and TLS providers' certificates with, for
+        /// registries and providers that speak TLS.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// How each service's calls are spread over its providers.
+        #[arg(long, value_enum, default_value_t = BalancerArg::LeastLoaded)]
+        balancer: BalancerArg,
+        /// Most services tracked at once; beyond it the least recently called one is dropped
+        /// (and looked up again when called again).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SERVICES)]
+        max_services: usize,
+    },
+}
+
+/// The balancers an agent can use (`stardust::balance`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalancerArg {
+    /// The less loaded of two random providers (calls in flight × latency).
+    LeastLoaded,
+    /// Each provider in turn.
+    RoundRobin,
+    /// At random, in proportion to registry weights.
+    WeightedRandom,
+}
+
+/// Everything `stardust-registry agent` is told.
+struct AgentArgs {
+    registries: Vec<String>,
+    app: String,
+    secret_file: PathBuf,
+    listen: String,
+    tls_ca: Option<PathBuf>,
+    balancer: BalancerArg,
+    max_services: usize,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +147,23 @@ fn main() -> ExitCode {
             config,
             token_ttl,
         } => rotate_key(key_file, config, token_ttl),
+        Command::Agent {
+            registries,
+            app,
+            secret_file,
+            listen,
+            tls_ca,
+            balancer,
+            max_services,
+        } => agent(AgentArgs {
+            registries,
+            app,
+            secret_file,
+            listen,
+            tls_ca,
+            balancer,
+            max_services,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +234,59 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn agent(args: AgentArgs) -> Result<()> {
+    let secret = read_secret_file(&args.secret_file)?;
+    let mut builder = Agent::builder()
+        .app(args.app, secret)
+        .listen(args.listen)
+        .max_services(args.max_services);
+    for registry in args.registries {
+        builder = builder.registry(registry);
+    }
+    if let Some(ca) = &args.tls_ca {
+        builder = builder.tls(stardust::tls::ClientTls::from_ca_pem_file(ca)?);
+    }
+    builder = match args.balancer {
+        BalancerArg::LeastLoaded => builder.balancer(stardust::balance::LeastLoaded::new),
+        BalancerArg::RoundRobin => builder.balancer(stardust::balance::RoundRobin::new),
+        BalancerArg::WeightedRandom => builder.balancer(stardust::balance::WeightedRandom::new),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let agent = builder.start().await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        agent.shutdown().await;
+        Ok(())
+    })
+}
+
+/// An app secret from a file: trimmed, not empty. Warns when others may read the file.
+fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("the secret file {} is empty", path.display()).into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %path.display(),
+                "the secret file is readable by other users; make it readable by the agent's \
+                 user only (chmod 600)"
+            );
+        }
+    }
+    Ok(secret.to_owned())
 }
 
 fn hash_secret() -> Result<()> {

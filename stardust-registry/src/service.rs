@@ -482,8 +482,13 @@ impl RegistryImpl {
         let mut stopping = self.shared.stopping.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = notifier.closed() => {}
+                // Stopping first: a registry shutting down closes every connection, and a
+                // watcher that runs only then must not end its session (publishing the
+                // removal of its leases to subscribers still connected, which would empty
+                // the lists consumers keep using through the outage).
+                biased;
                 _ = stopping.wait_for(|s| *s) => return,
+                _ = notifier.closed() => {}
             }
             if let Some(shared) = Weak::upgrade(&shared) {
                 let mut state = shared.state.lock();

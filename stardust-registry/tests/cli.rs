@@ -1,4 +1,4 @@
-//! The `stardust-registry` binary: help, hash-secret, rotate-key, config errors, serve.
+//! The `stardust-registry` binary: help, hash-secret, rotate-key, config errors, serve, agent.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -32,7 +32,7 @@ fn help_explains_every_command_and_flag() {
     let out = run(&["--help"], "");
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for word in ["serve", "hash-secret", "rotate-key", "RUST_LOG"] {
+    for word in ["serve", "hash-secret", "rotate-key", "agent", "RUST_LOG"] {
         assert!(help.contains(word), "`{word}` missing from:\n{help}");
     }
     let out = run(&["serve", "--help"], "");
@@ -51,6 +51,22 @@ fn help_explains_every_command_and_flag() {
         "--key-file <FILE>",
         "--config <FILE>",
         "--token-ttl <DURATION>",
+    ] {
+        assert!(help.contains(flag), "`{flag}` missing from:\n{help}");
+    }
+    let out = run(&["agent", "--help"], "");
+    let help = text(&out.stdout);
+    for flag in [
+        "--registry <ADDR>",
+        "--app <ID>",
+        "--secret-file <FILE>",
+        "--listen <ADDR>",
+        "127.0.0.1:7700",
+        "--tls-ca <FILE>",
+        "--balancer <BALANCER>",
+        "round-robin",
+        "--max-services <N>",
+        "loopback",
     ] {
         assert!(help.contains(flag), "`{flag}` missing from:\n{help}");
     }
@@ -167,3 +183,169 @@ fn serve_dev_starts_and_says_so() {
         seen.join("\n")
     );
 }
+
+/// The value of `key=` in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split_whitespace().next()
+}
+
+/// Spawns the binary with `args`, logging at info, and returns it with the first stderr line
+/// containing `wanted` (bounded by the process's own start-up output).
+fn spawn_until(
+    args: &[&str],
+    wanted: &str,
+) -> (
+    std::process::Child,
+    String,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        if line.contains(wanted) {
+            return (child, line, lines);
+        }
+        seen.push(line);
+        if seen.len() > 50 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("`{wanted}` not logged; output:\n{}", seen.join("\n"));
+}
+
+#[test]
+fn agent_refuses_bad_settings_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = run(
+        &[
+            "agent",
+            "--registry",
+            "127.0.0.1:1",
+            "--app",
+            "web",
+            "--secret-file",
+            empty.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is empty"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2-agent\n").unwrap();
+    let out = run(
+        &[
+            "agent",
+            "--registry",
+            "127.0.0.1:1",
+            "--app",
+            "web",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:7700",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+    assert!(!err.contains("hunter2"), "the secret leaked: {err}");
+
+    let out = run(&["agent", "--app", "web"], "");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--registry"));
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_logs_in_and_serves_local_applications() {
+    let (mut registry, line, _registry_log) = spawn_until(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+        ],
+        "registry listening",
+    );
+    let registry_addr = field(&line, "addr")
+        .expect("the address is logged")
+        .to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "  agent-secret-42\n").unwrap();
+    let (mut agent, line, mut agent_log) = spawn_until(
+        &[
+            "agent",
+            "--registry",
+            &registry_addr,
+            "--app",
+            "web",
+            "--secret-file",
+            secret.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "agent listening",
+    );
+    let agent_addr: std::net::SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+
+    // A local application, no credentials: the agent resolved the service through the registry
+    // (logged in with the trimmed secret) and says nobody provides it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(async {
+        let client = stardust::Client::connect(agent_addr).await?;
+        client.call::<_, u32>(&NOBODY, 0, &()).await.map(|_| ())
+    });
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), stardust::ErrorKind::NoProvider, "{err}");
+    assert!(err.message().contains("`test.Nobody`"), "{err}");
+
+    // Ctrl-C: a graceful stop.
+    let sent = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = agent_log.by_ref().map_while(Result::ok).collect();
+    let all = format!("{line}\n{}", rest.join("\n"));
+    assert!(all.contains("shutting down"), "{all}");
+    assert!(!all.contains("agent-secret-42"), "the secret leaked: {all}");
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
+
+static NOBODY: stardust::ServiceDescriptor = stardust::ServiceDescriptor {
+    name: "test.Nobody",
+    version: "1.0.0",
+    methods: &[stardust::MethodDescriptor {
+        name: "ping",
+        idempotent: false,
+    }],
+};

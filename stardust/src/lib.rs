@@ -42,7 +42,10 @@
 //! # Where things live
 //!
 //! - [`Stardust`]: a process's membership in a deployment: log in to the registry, serve and
-//!   register providers, get proxies that find providers through the registry.
+//!   register providers, get proxies that find providers through the registry (or, with
+//!   [`StardustBuilder::via_agent`], through a local [`agent`]).
+//! - [`agent`]: the sidecar agent that does discovery, authentication, balancing and failover
+//!   for the applications on its host.
 //! - [`Server`] / [`ServerBuilder`]: hosting services, limits, keepalive, graceful shutdown.
 //! - [`Client`] / [`ClientBuilder`]: connections, deadlines, metadata, notifications.
 //! - [`Context`]: what a handler knows about the call it serves, including who is calling.
@@ -59,6 +62,7 @@
 // for the registry's own API.
 extern crate self as stardust;
 
+pub mod agent;
 pub mod auth;
 pub mod balance;
 mod client;

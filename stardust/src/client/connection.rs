@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
@@ -19,13 +18,13 @@ use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::notifications::Notification;
-use super::pending::{CallInfo, Pending, Reply};
+use super::pending::{CallInfo, CallName, Pending, Reply};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, SharedCredentials, TOKEN_KEY};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::Metadata;
 use crate::protocol::frame::{self, FLAG_IDEMPOTENT, Kind};
 use crate::protocol::message::{
-    self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
+    self, Args, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
 use crate::tls::ClientTls;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
@@ -359,8 +358,10 @@ impl ClientConn {
             meta: &NO_METADATA,
         };
         let info = CallInfo {
-            service: CONNECTION_SERVICE,
-            method: AUTHENTICATE_METHOD,
+            name: CallName::Static {
+                service: CONNECTION_SERVICE,
+                method: AUTHENTICATE_METHOD,
+            },
             deadline: Some(Instant::now() + RENEW_TIMEOUT),
             budget: RENEW_TIMEOUT,
         };
@@ -563,7 +564,7 @@ impl ClientConn {
     }
 
     /// Starts a call: registers its slot (woken through `waker`) and queues its request.
-    fn start_call<A: Serialize + ?Sized>(
+    fn start_call<A: Args + ?Sized>(
         &self,
         head: &RequestHead<'_>,
         args: &A,
@@ -574,7 +575,7 @@ impl ClientConn {
         let (id, rearm, alone) = self.out.push_quiet(|buf, pending| {
             let (id, rearm) = pending.register(waker, info)?;
             let head = RequestHead { id, ..*head };
-            if let Err(e) = message::put_request(buf, &head, args, max) {
+            if let Err(e) = message::put_request_args(buf, &head, args, max) {
                 pending.abandon(id);
                 return Err(match e.kind() {
                     ErrorKind::FrameTooLarge => Error::new(
@@ -605,7 +606,7 @@ impl ClientConn {
     }
 
     /// Sends a request and waits for its reply.
-    pub(crate) fn exchange<'a, A: Serialize + ?Sized>(
+    pub(crate) fn exchange<'a, A: Args + ?Sized>(
         &'a self,
         head: RequestHead<'a>,
         args: &'a A,
@@ -615,14 +616,14 @@ impl ClientConn {
             conn: self,
             head,
             args,
-            info,
+            info: Some(info),
             id: None,
             done: false,
         }
     }
 
     /// Queues a one-way request (no response slot).
-    pub(crate) fn send_one_way<A: Serialize + ?Sized>(
+    pub(crate) fn send_one_way<A: Args + ?Sized>(
         &self,
         head: RequestHead<'_>,
         args: &A,
@@ -632,7 +633,7 @@ impl ClientConn {
             if let Some(e) = pending.closed_error() {
                 return Err(e.clone());
             }
-            message::put_request(buf, &head, args, max)
+            message::put_request_args(buf, &head, args, max)
         })?;
         self.out.wake_writer();
         Ok(())
@@ -692,12 +693,13 @@ pub(crate) struct Exchange<'a, A: ?Sized> {
     conn: &'a ClientConn,
     head: RequestHead<'a>,
     args: &'a A,
-    info: CallInfo,
+    /// Taken when the call starts.
+    info: Option<CallInfo>,
     id: Option<u64>,
     done: bool,
 }
 
-impl<A: Serialize + ?Sized> Future for Exchange<'_, A> {
+impl<A: Args + ?Sized> Future for Exchange<'_, A> {
     type Output = Result<Bytes, CallError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -705,9 +707,15 @@ impl<A: Serialize + ?Sized> Future for Exchange<'_, A> {
             Some(id) => id,
             None => {
                 let this = &mut *self;
+                let Some(info) = this.info.take() else {
+                    return Poll::Ready(Err(CallError::Failed(Error::new(
+                        ErrorKind::Internal,
+                        "call polled after it completed",
+                    ))));
+                };
                 match this
                     .conn
-                    .start_call(&this.head, this.args, this.info, cx.waker())
+                    .start_call(&this.head, this.args, info, cx.waker())
                 {
                     Ok(id) => {
                         self.id = Some(id);

@@ -38,7 +38,7 @@ use crate::interceptor::{ClientInterceptor, OutgoingCall};
 use crate::metadata::Metadata;
 use crate::protocol::codec;
 use crate::protocol::frame::{DEFAULT_MAX_FRAME, FLAG_IDEMPOTENT, FLAG_ONE_WAY};
-use crate::protocol::message::RequestHead;
+use crate::protocol::message::{Args, RawArgs, RequestHead};
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::tls::ClientTls;
 use crate::transport::Keepalive;
@@ -46,10 +46,12 @@ use tracing::Instrument;
 
 use crate::balance::{Balancer, Pick, Policy, Target, clock_ns, is_provider_fault};
 use connection::{CallError, ClientConn, Secure};
+pub(crate) use endpoints::Balanced;
 pub(crate) use endpoints::EndpointSource;
-use endpoints::{Balanced, Endpoints};
+use endpoints::Endpoints;
 pub use notifications::{Notification, Notifications};
 use pending::CallInfo;
+pub(crate) use pending::CallName;
 pub(crate) use pool::Pool;
 
 /// Default time a call may take before it fails with `DeadlineExceeded`.
@@ -477,7 +479,11 @@ impl Client {
             let pick = Pick {
                 hash_key: self.hash_key,
             };
-            return Box::pin(one_way_balanced(b, &pick, service, method, head, args)).await;
+            let name = CallName::Static {
+                service: service.name,
+                method: method.name,
+            };
+            return Box::pin(one_way_balanced(b, &pick, &name, head, args)).await;
         }
         let conn = self.inner.connection().await?;
         conn.send_one_way(head, args)
@@ -500,8 +506,11 @@ impl Client {
                     hash_key: self.hash_key,
                 },
                 retry_lost: self.retry_lost || method.idempotent,
-                service,
-                method,
+                name: CallName::Static {
+                    service: service.name,
+                    method: method.name,
+                },
+                idempotent: method.idempotent,
                 deadline,
                 trace_id,
                 meta,
@@ -510,8 +519,10 @@ impl Client {
             return Box::pin(call.run(b, args)).await;
         }
         let info = CallInfo {
-            service: service.name,
-            method: method.name,
+            name: CallName::Static {
+                service: service.name,
+                method: method.name,
+            },
             deadline,
             budget: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(start)),
         };
@@ -546,10 +557,18 @@ impl Client {
                     reconnected.map_err(|e| refused.take().unwrap_or(e))?
                 }
             };
-            let Some(head) = request_head(service, method, deadline, now, trace_id, meta) else {
+            let Some(head) = request_head(
+                service.name,
+                method.name,
+                method.idempotent,
+                deadline,
+                now,
+                trace_id,
+                meta,
+            ) else {
                 return Err(deadline_error());
             };
-            match conn.exchange(head, args, info).await {
+            match conn.exchange(head, args, info.clone()).await {
                 Ok(reply) => return Ok(reply),
                 Err(CallError::Reconnect(_)) if !retried => {
                     retried = true;
@@ -571,8 +590,9 @@ impl Client {
 
 /// The head of a request sent at `now`, or `None` when its deadline has already passed.
 fn request_head<'a>(
-    service: &'static ServiceDescriptor,
-    method: &'static MethodDescriptor,
+    service: &'a str,
+    method: &'a str,
+    idempotent: bool,
     deadline: Option<Instant>,
     now: Instant,
     trace_id: u64,
@@ -586,13 +606,9 @@ fn request_head<'a>(
     };
     Some(RequestHead {
         id: 0,
-        flags: if method.idempotent {
-            FLAG_IDEMPOTENT
-        } else {
-            0
-        },
-        service: service.name,
-        method: method.name,
+        flags: if idempotent { FLAG_IDEMPOTENT } else { 0 },
+        service,
+        method,
         timeout_us,
         trace_id,
         meta,
@@ -651,11 +667,10 @@ impl ClientInner {
 
 /// Sends a one-way call to one provider chosen by the balancer, trying the next one when a
 /// provider cannot be reached (nothing was queued there).
-async fn one_way_balanced<A: Serialize + ?Sized>(
+async fn one_way_balanced<A: Args + ?Sized>(
     b: &Balanced,
     pick: &Pick,
-    service: &'static ServiceDescriptor,
-    method: &'static MethodDescriptor,
+    name: &CallName,
     head: RequestHead<'_>,
     args: &A,
 ) -> Result<(), Error> {
@@ -664,7 +679,7 @@ async fn one_way_balanced<A: Serialize + ?Sized>(
     loop {
         let Some(target) = choose(b, pick, &targets, &tried, clock_ns(Instant::now().into()))
         else {
-            return Err(exhausted(b, service, method, tried.len(), None));
+            return Err(exhausted(b, name, tried.len(), None));
         };
         let result = match b.pool.connection(&target).await {
             Ok(conn) => conn.send_one_way(head, args),
@@ -676,7 +691,7 @@ async fn one_way_balanced<A: Serialize + ?Sized>(
                 tracing::debug!(endpoint = %target.endpoint, error = %e, "one-way call not sent; trying another provider");
                 tried.push(target.endpoint);
                 if tried.len() >= targets.len() {
-                    return Err(exhausted(b, service, method, tried.len(), Some(e)));
+                    return Err(exhausted(b, name, tried.len(), Some(e)));
                 }
             }
             Err(e) => return Err(e),
@@ -723,19 +738,10 @@ fn choose(
 }
 
 /// Every listed provider was tried and none could take the call.
-fn exhausted(
-    b: &Balanced,
-    service: &'static ServiceDescriptor,
-    method: &'static MethodDescriptor,
-    tried: usize,
-    last: Option<Error>,
-) -> Error {
+fn exhausted(b: &Balanced, name: &CallName, tried: usize, last: Option<Error>) -> Error {
     let detail = match &last {
-        Some(e) => format!(
-            "none of the {tried} tried could take {}.{} (last: {e})",
-            service.name, method.name
-        ),
-        None => format!("none could take {}.{}", service.name, method.name),
+        Some(e) => format!("none of the {tried} tried could take {name} (last: {e})"),
+        None => format!("none could take {name}"),
     };
     let err = b.source.no_provider(&detail);
     match last {
@@ -754,14 +760,73 @@ fn retry_or_skip(endpoint: Arc<str>, tried: &mut Vec<Arc<str>>, reconnected: &mu
     }
 }
 
+/// A request to forward as it arrived: names known only at run time and arguments already
+/// encoded (what an agent receives from a local application).
+pub(crate) struct RawCall<'a> {
+    pub(crate) name: CallName,
+    /// The request's idempotent flag: forwarded as is, and whether a call lost after it was
+    /// sent may be sent again.
+    pub(crate) idempotent: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) trace_id: u64,
+    pub(crate) meta: &'a Metadata,
+    /// The MessagePack argument array, as received.
+    pub(crate) args: &'a [u8],
+}
+
+impl Balanced {
+    /// Sends `call` to a provider the balancer picks and returns the raw body of its response:
+    /// the same [`BalancedCall`] as a typed proxy's call (retry budget, ejection, failover, lost
+    /// calls retried only when idempotent), with the names and arguments given.
+    pub(crate) async fn call_raw(&self, call: RawCall<'_>) -> Result<bytes::Bytes, Error> {
+        let balanced = BalancedCall {
+            pick: Pick::default(),
+            retry_lost: call.idempotent,
+            name: call.name,
+            idempotent: call.idempotent,
+            deadline: call.deadline,
+            trace_id: call.trace_id,
+            meta: call.meta,
+            start: Instant::now(),
+        };
+        balanced.run(self, &RawArgs(call.args)).await
+    }
+
+    /// Sends `call` one-way to a provider the balancer picks (as [`Client::call_one_way`]).
+    pub(crate) async fn one_way_raw(&self, call: RawCall<'_>) -> Result<(), Error> {
+        let name = &call.name;
+        let head = request_head(
+            name.service(),
+            name.method(),
+            call.idempotent,
+            call.deadline,
+            Instant::now(),
+            call.trace_id,
+            call.meta,
+        )
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("one-way call {name} arrived after its deadline"),
+            )
+        })?;
+        let head = RequestHead {
+            flags: head.flags | FLAG_ONE_WAY,
+            ..head
+        };
+        one_way_balanced(self, &Pick::default(), name, head, &RawArgs(call.args)).await
+    }
+}
+
 /// A call routed by a balancer: tried on one provider after another while it is safe to.
 struct BalancedCall<'a> {
     pick: Pick,
     /// Whether a call lost after it was sent may be sent again (idempotent method, or the
     /// caller's policy).
     retry_lost: bool,
-    service: &'static ServiceDescriptor,
-    method: &'static MethodDescriptor,
+    name: CallName,
+    /// Sent as the request's idempotent flag.
+    idempotent: bool,
     deadline: Option<Instant>,
     trace_id: u64,
     meta: &'a Metadata,
@@ -778,7 +843,7 @@ impl BalancedCall<'_> {
         {
             tracing::warn!(
                 endpoint = %target.endpoint,
-                service = self.service.name,
+                service = self.name.service(),
                 error = %e,
                 ejection_ms = b.policy.outliers.ejection.as_millis() as u64,
                 "provider ejected after repeated failures"
@@ -790,26 +855,20 @@ impl BalancedCall<'_> {
         Error::new(
             ErrorKind::DeadlineExceeded,
             format!(
-                "{}.{} did not complete within {} ms",
-                self.service.name,
-                self.method.name,
+                "{} did not complete within {} ms",
+                self.name,
                 budget.as_millis()
             ),
         )
     }
 
-    async fn run<A: Serialize + ?Sized>(
-        &self,
-        b: &Balanced,
-        args: &A,
-    ) -> Result<bytes::Bytes, Error> {
-        let (service, method) = (self.service, self.method);
+    async fn run<A: Args + ?Sized>(&self, b: &Balanced, args: &A) -> Result<bytes::Bytes, Error> {
+        let name = &self.name;
         let budget = self
             .deadline
             .map_or(Duration::ZERO, |d| d.saturating_duration_since(self.start));
         let info = CallInfo {
-            service: service.name,
-            method: method.name,
+            name: name.clone(),
             deadline: self.deadline,
             budget,
         };
@@ -832,7 +891,7 @@ impl BalancedCall<'_> {
                 Instant::now()
             };
             let Some(target) = choose(b, &self.pick, &targets, &tried, clock_ns(now.into())) else {
-                return Err(exhausted(b, service, method, tried.len(), last));
+                return Err(exhausted(b, name, tried.len(), last));
             };
             if let Some(e) = last.take() {
                 // A retry: only within the budget.
@@ -871,8 +930,9 @@ impl BalancedCall<'_> {
                 Err(e) => return Err(e),
             };
             let Some(head) = request_head(
-                service,
-                method,
+                name.service(),
+                name.method(),
+                self.idempotent,
                 self.deadline,
                 now,
                 self.trace_id,
@@ -881,7 +941,7 @@ impl BalancedCall<'_> {
                 return Err(self.deadline_error(budget));
             };
             let sent = Instant::now();
-            let result = conn.exchange(head, args, info).await;
+            let result = conn.exchange(head, args, info.clone()).await;
             drop(in_flight);
             if let Some(f) = &target.figures {
                 let error = match &result {
@@ -923,12 +983,11 @@ impl BalancedCall<'_> {
                         return Err(Error::new(
                             ErrorKind::ConnectionClosed,
                             format!(
-                                "outcome unknown: {}.{} was sent to {} but the connection was lost \
+                                "outcome unknown: {} was sent to {} but the connection was lost \
                                  before its answer ({}); it may or may not have run, and it is not \
                                  retried because the method is not idempotent (see \
                                  `Client::retry_lost_calls`)",
-                                service.name,
-                                method.name,
+                                name,
                                 target.endpoint,
                                 e.message()
                             ),

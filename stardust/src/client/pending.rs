@@ -9,6 +9,8 @@
 //! Registering a call only touches the timer when its deadline is earlier than every other, which
 //! with a uniform timeout is almost never.
 
+use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -27,13 +29,58 @@ enum State {
 }
 
 /// What a waiting call is, for its deadline error message.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct CallInfo {
-    pub(crate) service: &'static str,
-    pub(crate) method: &'static str,
+    pub(crate) name: CallName,
     pub(crate) deadline: Option<Instant>,
     /// The time budget the caller gave, for the message.
     pub(crate) budget: Duration,
+}
+
+/// The service and method a call is to: the static names of a generated proxy (free to copy),
+/// or names that arrived at run time (an agent forwarding a request), shared by the call's
+/// attempts.
+#[derive(Clone, Debug)]
+pub(crate) enum CallName {
+    Static {
+        service: &'static str,
+        method: &'static str,
+    },
+    /// `service.method`, and where the service name ends.
+    Shared { full: Arc<str>, split: usize },
+}
+
+impl CallName {
+    /// Names known only at run time (one allocation, shared by every attempt of the call).
+    pub(crate) fn shared(service: &str, method: &str) -> CallName {
+        CallName::Shared {
+            full: Arc::from(format!("{service}.{method}")),
+            split: service.len(),
+        }
+    }
+
+    pub(crate) fn service(&self) -> &str {
+        match self {
+            CallName::Static { service, .. } => service,
+            CallName::Shared { full, split } => &full[..*split],
+        }
+    }
+
+    pub(crate) fn method(&self) -> &str {
+        match self {
+            CallName::Static { method, .. } => method,
+            CallName::Shared { full, split } => &full[*split + 1..],
+        }
+    }
+}
+
+impl fmt::Display for CallName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallName::Static { service, method } => write!(f, "{service}.{method}"),
+            CallName::Shared { full, .. } => f.write_str(full),
+        }
+    }
 }
 
 struct Slot {
@@ -75,16 +122,17 @@ impl Pending {
                 self.slots.len() - 1
             }
         };
+        let deadline = info.deadline;
         let slot = &mut self.slots[index];
         slot.state = State::Waiting(waker.clone());
         slot.info = Some(info);
-        let rearm = match (info.deadline, self.next_wake) {
+        let rearm = match (deadline, self.next_wake) {
             (Some(d), Some(next)) if d < next => true,
             (Some(_), None) => true,
             _ => false,
         };
         if rearm {
-            self.next_wake = info.deadline;
+            self.next_wake = deadline;
         }
         Ok((((slot.generation as u64) << 32) | index as u64, rearm))
     }
@@ -179,7 +227,7 @@ impl Pending {
         let mut wakers = Vec::new();
         let mut next: Option<Instant> = None;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let (State::Waiting(_), Some(info)) = (&slot.state, slot.info) else {
+            let (State::Waiting(_), Some(info)) = (&slot.state, &slot.info) else {
                 continue;
             };
             let Some(deadline) = info.deadline else {
@@ -192,9 +240,8 @@ impl Pending {
             let err = Error::new(
                 ErrorKind::DeadlineExceeded,
                 format!(
-                    "{}.{} did not complete within {} ms",
-                    info.service,
-                    info.method,
+                    "{} did not complete within {} ms",
+                    info.name,
                     info.budget.as_millis()
                 ),
             );
@@ -243,11 +290,35 @@ mod tests {
 
     fn info(deadline: Option<Instant>) -> CallInfo {
         CallInfo {
-            service: "s",
-            method: "m",
+            name: CallName::Static {
+                service: "s",
+                method: "m",
+            },
             deadline,
             budget: Duration::from_millis(5),
         }
+    }
+
+    #[test]
+    fn call_names_static_and_shared() {
+        let shared = CallName::shared("calc.Calculator", "add");
+        assert_eq!(shared.service(), "calc.Calculator");
+        assert_eq!(shared.method(), "add");
+        assert_eq!(shared.to_string(), "calc.Calculator.add");
+        let fixed = CallName::Static {
+            service: "calc.Calculator",
+            method: "add",
+        };
+        assert_eq!(
+            (fixed.service(), fixed.method()),
+            (shared.service(), shared.method())
+        );
+        assert_eq!(fixed.to_string(), shared.to_string());
+        let odd = CallName::shared("", "");
+        assert_eq!(
+            (odd.service(), odd.method(), odd.to_string().as_str()),
+            ("", "", ".")
+        );
     }
 
     #[test]

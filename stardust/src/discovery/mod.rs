@@ -2,8 +2,8 @@
 //! [`Stardust`](crate::Stardust) entry point built on them.
 
 pub mod api;
-mod session;
+pub(crate) mod session;
 mod star;
-mod watch;
+pub(crate) mod watch;
 
 pub use star::{Provider, Stardust, StardustBuilder};

@@ -420,6 +420,14 @@ impl Session {
         w
     }
 
+    /// Stops keeping `watch` fresh (an agent evicting a service it no longer routes): it is no
+    /// longer pulled nor re-subscribed after a reconnect, and connections to providers no other
+    /// watch lists are drained. Calls still holding it finish with its last list.
+    pub(crate) fn unwatch(&self, watch: &Arc<ServiceWatch>) {
+        self.watches.lock().retain(|w| !Arc::ptr_eq(w, watch));
+        self.drain_removed();
+    }
+
     /// Includes `server`'s in-flight calls in this process's status reports.
     pub(crate) fn report_server(&self, probe: ServerProbe) {
         self.servers.lock().push(probe);

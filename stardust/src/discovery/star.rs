@@ -27,6 +27,7 @@ pub struct StardustBuilder {
     timeout: Duration,
     budget: (u32, f64),
     outliers: Outliers,
+    agent: Option<String>,
 }
 
 impl StardustBuilder {
@@ -107,9 +108,63 @@ impl StardustBuilder {
         self
     }
 
-    /// Connects to a registry and logs in. Fails if no registry answers or the login is refused;
-    /// after that, registry outages are handled in the background.
+    /// Consumes through the local agent ([`stardust::agent`](crate::agent)) listening at `addr`
+    /// (`127.0.0.1:7700` for `stardust-registry agent` by default) instead of logging in to the
+    /// registry: the handle holds no credentials and opens one connection, to the agent, which
+    /// logs in, resolves providers, balances, fails over and presents its app's token to them.
+    ///
+    /// [`Stardust::client`] proxies then send every call to the agent and work unchanged; their
+    /// balancer and version requirement are the agent's business (it balances with
+    /// [`LeastLoaded`] over every registered version). The handle only consumes:
+    /// [`Stardust::serve`] fails, as providers register themselves. [`app`](Self::app) is
+    /// optional here and only names the handle ([`Stardust::app`]); its secret is not used.
+    /// [`registry`](Self::registry) must not be set.
+    ///
+    /// ```no_run
+    /// # #[stardust::service] pub trait Calculator { async fn add(&self, a: i64, b: i64) -> i64; }
+    /// # async fn run() -> Result<(), stardust::Error> {
+    /// let star = stardust::Stardust::builder().via_agent("127.0.0.1:7700").connect().await?;
+    /// let calc = star.client::<CalculatorClient>();
+    /// assert_eq!(calc.add(1, 2).await?, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn via_agent(mut self, addr: impl Into<String>) -> StardustBuilder {
+        self.agent = Some(addr.into());
+        self
+    }
+
+    /// Connects to a registry and logs in (or, with [`via_agent`](Self::via_agent), connects
+    /// to the agent). Fails if no registry answers or the login is refused; after that,
+    /// registry outages are handled in the background.
     pub async fn connect(self) -> Result<Stardust, Error> {
+        let policy = Arc::new(Policy {
+            budget: RetryBudget::new(self.budget.0, self.budget.1),
+            outliers: self.outliers,
+        });
+        if let Some(addr) = self.agent {
+            if !self.registries.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    "both .registry(..) and .via_agent(..) were given: through an agent, the \
+                     agent talks to the registry; drop one of them",
+                ));
+            }
+            let client = Client::builder()
+                .timeout(self.timeout)
+                .connect(addr.as_str())
+                .await?;
+            tracing::debug!(agent = %addr, "consuming through a local agent");
+            return Ok(Stardust {
+                inner: Arc::new(StarInner {
+                    mode: Mode::Agent {
+                        client,
+                        app: self.app.map(|(app, _)| app).unwrap_or_default(),
+                    },
+                    timeout: self.timeout,
+                    policy,
+                }),
+            });
+        }
         let (app, secret) = self.app.ok_or_else(|| {
             Error::new(
                 ErrorKind::Unauthorized,
@@ -128,13 +183,12 @@ impl StardustBuilder {
         let task = tokio::spawn(session.clone().run());
         Ok(Stardust {
             inner: Arc::new(StarInner {
-                session,
-                task: task.abort_handle(),
+                mode: Mode::Registry {
+                    session,
+                    task: task.abort_handle(),
+                },
                 timeout: self.timeout,
-                policy: Arc::new(Policy {
-                    budget: RetryBudget::new(self.budget.0, self.budget.1),
-                    outliers: self.outliers,
-                }),
+                policy,
             }),
         })
     }
@@ -173,24 +227,37 @@ pub struct Stardust {
 }
 
 struct StarInner {
-    session: Arc<Session>,
-    task: AbortHandle,
+    mode: Mode,
     timeout: Duration,
     /// Retry budget and outlier ejection, shared by every proxy of the handle.
     policy: Arc<Policy>,
 }
 
+/// How the handle reaches providers.
+enum Mode {
+    /// Logged in to the registry itself.
+    Registry {
+        session: Arc<Session>,
+        task: AbortHandle,
+    },
+    /// Through a local agent: one connection, shared by every proxy.
+    Agent { client: Client, app: String },
+}
+
 impl Drop for StarInner {
     fn drop(&mut self) {
-        self.task.abort();
-        self.session.close();
+        if let Mode::Registry { session, task } = &self.mode {
+            task.abort();
+            session.close();
+        }
     }
 }
 
 impl std::fmt::Debug for Stardust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stardust")
-            .field("app", &self.inner.session.app())
+            .field("app", &self.app())
+            .field("via_agent", &matches!(self.inner.mode, Mode::Agent { .. }))
             .finish_non_exhaustive()
     }
 }
@@ -205,12 +272,35 @@ impl Stardust {
             timeout: DEFAULT_TIMEOUT,
             budget: (10, 0.2),
             outliers: Outliers::default(),
+            agent: None,
         }
     }
 
-    /// The application this process logged in as.
+    /// The application this process logged in as (through an agent: the id given to
+    /// [`StardustBuilder::app`], if any; the agent logged in).
     pub fn app(&self) -> &str {
-        self.inner.session.app()
+        match &self.inner.mode {
+            Mode::Registry { session, .. } => session.app(),
+            Mode::Agent { app, .. } => app,
+        }
+    }
+
+    /// The registry session, unless the handle consumes through an agent.
+    pub(crate) fn session(&self) -> Result<&Arc<Session>, Error> {
+        match &self.inner.mode {
+            Mode::Registry { session, .. } => Ok(session),
+            Mode::Agent { .. } => Err(Error::new(
+                ErrorKind::Unauthorized,
+                "this handle consumes through an agent (via_agent) and holds no registry \
+                 credentials; a provider logs in to the registry itself: build its handle with \
+                 .registry(..).app(..)",
+            )),
+        }
+    }
+
+    /// Retry budget and outlier ejection of the handle's balanced calls.
+    pub(crate) fn policy(&self) -> &Arc<Policy> {
+        &self.inner.policy
     }
 
     /// Binds `builder`'s server on `addr`, requiring registry tokens from callers, and registers
@@ -231,17 +321,19 @@ impl Stardust {
         addr: impl ToSocketAddrs,
         advertise: Option<SocketAddr>,
     ) -> Result<Provider, Error> {
+        let session = self.session()?.clone();
         let descriptors = builder.descriptors();
         let tls = builder.speaks_tls();
         let server = builder
-            .authenticator(SessionVerifier(self.inner.session.clone()))
+            .authenticator(SessionVerifier(session.clone()))
             .bind(addr)
             .await?;
         let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
-        self.inner.session.report_server(server.probe());
+        session.report_server(server.probe());
         let mut provider = Provider {
             server: Some(server),
-            star: self.clone(),
+            _star: self.clone(),
+            session: session.clone(),
             endpoint,
             services: Vec::new(),
         };
@@ -254,7 +346,7 @@ impl Stardust {
                 tags: BTreeMap::new(),
                 tls,
             };
-            self.inner.session.register(registration).await?;
+            session.register(registration).await?;
             provider.services.push(d.name);
         }
         Ok(provider)
@@ -265,6 +357,9 @@ impl Stardust {
     ///
     /// Resolution is lazy: the first call waits for the registry's answer. The list is kept
     /// fresh by pushes and pulls; while the registry is unreachable the last list is used.
+    ///
+    /// Through an agent ([`StardustBuilder::via_agent`]) the proxy sends its calls to the agent,
+    /// which does all of that.
     pub fn client<C: ServiceClient>(&self) -> C {
         self.client_matching::<C>(&format!("^{}", C::DESCRIPTOR.version))
     }
@@ -288,7 +383,10 @@ impl Stardust {
         version_req: &str,
         balancer: impl Balancer,
     ) -> C {
-        let session = &self.inner.session;
+        let session = match &self.inner.mode {
+            Mode::Registry { session, .. } => session,
+            Mode::Agent { client, .. } => return C::from_client(client.clone()),
+        };
         let watch = session.watch(C::DESCRIPTOR.name, version_req);
         let client = Client::builder().timeout(self.inner.timeout).balanced(
             watch,
@@ -315,7 +413,9 @@ impl Authenticator for SessionVerifier {
 #[must_use = "the provider stops when this handle is dropped"]
 pub struct Provider {
     server: Option<Server>,
-    star: Stardust,
+    /// Keeps the session (and the registration's heartbeats) alive.
+    _star: Stardust,
+    session: Arc<Session>,
     endpoint: String,
     services: Vec<&'static str>,
 }
@@ -346,13 +446,7 @@ impl Provider {
     /// Deregisters every service, then shuts the server down gracefully (in-flight calls finish).
     pub async fn shutdown(mut self) {
         for service in std::mem::take(&mut self.services) {
-            if let Err(e) = self
-                .star
-                .inner
-                .session
-                .deregister(service, &self.endpoint)
-                .await
-            {
+            if let Err(e) = self.session.deregister(service, &self.endpoint).await {
                 tracing::warn!(service, error = %e, "deregistration failed; the lease will expire");
             }
         }
@@ -366,7 +460,7 @@ impl Drop for Provider {
     fn drop(&mut self) {
         // Dropped without shutdown: stop heartbeating for these registrations and remove them
         // in the background, so consumers are not sent to a server that no longer exists.
-        let session = self.star.inner.session.clone();
+        let session = self.session.clone();
         let endpoint = self.endpoint.clone();
         let services = std::mem::take(&mut self.services);
         if services.is_empty() {

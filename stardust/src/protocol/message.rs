@@ -99,6 +99,40 @@ pub fn put_request<A: Serialize + ?Sized>(
     args: &A,
     max_frame: u32,
 ) -> Result<(), Error> {
+    put_request_args(buf, head, args, max_frame)
+}
+
+/// The arguments of a request as they are written: any serde value (what proxies send), or
+/// bytes already encoded ([`RawArgs`], what an agent forwards).
+pub(crate) trait Args {
+    /// Appends the MessagePack argument array to `buf`.
+    fn put_args(&self, buf: &mut BytesMut) -> Result<(), Error>;
+}
+
+impl<T: Serialize + ?Sized> Args for T {
+    #[inline]
+    fn put_args(&self, buf: &mut BytesMut) -> Result<(), Error> {
+        codec::encode_value(buf, self)
+    }
+}
+
+/// An argument array already encoded as MessagePack, sent as it is.
+pub(crate) struct RawArgs<'a>(pub(crate) &'a [u8]);
+
+impl Args for RawArgs<'_> {
+    fn put_args(&self, buf: &mut BytesMut) -> Result<(), Error> {
+        buf.extend_from_slice(self.0);
+        Ok(())
+    }
+}
+
+/// [`put_request`] for any [`Args`].
+pub(crate) fn put_request_args<A: Args + ?Sized>(
+    buf: &mut BytesMut,
+    head: &RequestHead<'_>,
+    args: &A,
+    max_frame: u32,
+) -> Result<(), Error> {
     let start = frame::begin(buf, Kind::Request, head.flags, head.id);
     // Writing into a BytesMut cannot fail, so the rmp results are infallible here.
     let _ = rmp::encode::write_array_len(&mut w(buf), 6);
@@ -107,7 +141,7 @@ pub fn put_request<A: Serialize + ?Sized>(
     let _ = rmp::encode::write_uint(&mut w(buf), head.timeout_us);
     let _ = rmp::encode::write_uint(&mut w(buf), head.trace_id);
     put_meta(buf, head.meta);
-    if let Err(e) = codec::encode_value(buf, args) {
+    if let Err(e) = args.put_args(buf) {
         buf.truncate(start);
         return Err(e);
     }

@@ -18,17 +18,19 @@ mod connection;
 mod notifier;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::auth::{Authenticator, ServerAuth};
+use crate::auth::{Authenticator, BoxFuture, ServerAuth};
+use crate::client::CallName;
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::Interceptor;
 use crate::monitor::ServiceFigures;
@@ -54,6 +56,8 @@ pub(crate) struct ServerConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) tls: Option<ServerTls>,
+    /// Refuse connections from anything but loopback addresses (an agent's listener).
+    pub(crate) local_only: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,42 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             tls: None,
+            local_only: false,
+        }
+    }
+}
+
+/// Where a server sends requests for services it does not host, instead of answering
+/// `UnknownService`: an agent forwarding them to providers. Only consulted when the service
+/// lookup fails, so hosted services never pay for it.
+pub(crate) trait Forward: Send + Sync + 'static {
+    /// Starts forwarding `call`; the future gives the raw body of the response (sent back in a
+    /// `Response` frame as it is) or the error to answer with. The future runs as a task of its
+    /// own, tracked like a handler's (cancellation, drain, the in-flight cap). For a one-way
+    /// request its output is dropped.
+    fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>>;
+}
+
+/// A request as it arrived, for a [`Forward`].
+pub(crate) struct Forwarded {
+    pub(crate) name: CallName,
+    /// The request's flags ([`FLAG_ONE_WAY`](crate::protocol::frame::FLAG_ONE_WAY),
+    /// [`FLAG_IDEMPOTENT`](crate::protocol::frame::FLAG_IDEMPOTENT)).
+    pub(crate) flags: u8,
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) trace_id: u64,
+    pub(crate) meta: crate::Metadata,
+    /// The MessagePack argument array, as received.
+    pub(crate) args: Bytes,
+}
+
+/// Whether `ip` is this host's loopback, including an IPv4 loopback address mapped into IPv6
+/// (`::ffff:127.0.0.1`, how a dual-stack listener sees an IPv4 peer).
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
 }
@@ -86,6 +126,7 @@ pub struct ServerBuilder {
     interceptors: Vec<Arc<dyn Interceptor>>,
     config: ServerConfig,
     auth: ServerAuth,
+    forward: Option<Arc<dyn Forward>>,
 }
 
 impl ServerBuilder {
@@ -242,6 +283,18 @@ impl ServerBuilder {
         self
     }
 
+    /// Sends requests for services this server does not host to `forward` (the agent).
+    pub(crate) fn forward(mut self, forward: Arc<dyn Forward>) -> ServerBuilder {
+        self.forward = Some(forward);
+        self
+    }
+
+    /// Refuses connections from non-loopback peers with `GoAway(PermissionDenied)`.
+    pub(crate) fn local_only(mut self) -> ServerBuilder {
+        self.config.local_only = true;
+        self
+    }
+
     /// Whether the server will speak TLS (what a provider advertises to the registry).
     pub(crate) fn speaks_tls(&self) -> bool {
         self.config.tls.is_some()
@@ -293,6 +346,7 @@ impl ServerBuilder {
             interceptors: self.interceptors,
             config: self.config,
             auth: self.auth,
+            forward: self.forward,
             conns: Mutex::new(HashMap::new()),
             handshakes: AtomicUsize::new(0),
             turning_away: AtomicUsize::new(0),
@@ -335,6 +389,8 @@ pub(crate) struct ServerShared {
     pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
     pub(crate) config: ServerConfig,
     pub(crate) auth: ServerAuth,
+    /// Where requests for services not hosted here go, if anywhere.
+    pub(crate) forward: Option<Arc<dyn Forward>>,
     conns: Mutex<HashMap<u64, ConnEntry>>,
     /// Entries of `conns` still in their handshake (`conn` is `None`); changed under its lock.
     handshakes: AtomicUsize,
@@ -361,6 +417,7 @@ impl Server {
                 authenticator: None,
                 allow_anonymous: false,
             },
+            forward: None,
         }
     }
 
@@ -451,6 +508,19 @@ async fn accept_loop(shared: Arc<ServerShared>, listener: TcpListener) {
                 continue;
             }
         };
+        if shared.config.local_only && !is_loopback(peer.ip()) {
+            tracing::warn!(%peer, "connection refused: only local applications may connect here");
+            let err = Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "this agent serves applications on its own host only; {} is not a loopback \
+                     address",
+                    peer.ip()
+                ),
+            );
+            turn_away(&shared, stream, err);
+            continue;
+        }
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         // Register before the task can finish, under the lock, so its removal never races ahead.
         let mut conns = shared.conns.lock();
@@ -583,5 +653,28 @@ impl ServerShared {
             self.handshakes.fetch_sub(1, Ordering::Relaxed);
         }
         self.conns_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_peers_count_as_local() {
+        for local in ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1",
+            "192.168.1.20",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.1",
+            "fe80::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_loopback(remote.parse().unwrap()), "{remote}");
+        }
     }
 }

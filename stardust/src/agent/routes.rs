@@ -1,0 +1,149 @@
+//! The agent's routing: requests for any service, forwarded by name through the same balanced
+//! client path a typed proxy uses, with one registry watch per service name in a bounded table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::auth::BoxFuture;
+use crate::balance::{Balancer, Policy};
+use crate::client::{Balanced, RawCall};
+use crate::discovery::session::Session;
+use crate::discovery::watch::ServiceWatch;
+use crate::error::{Error, ErrorKind};
+use crate::protocol::frame::{FLAG_IDEMPOTENT, FLAG_ONE_WAY};
+use crate::server::{Forward, Forwarded};
+
+/// Longest service name the agent routes, in bytes (the registry's limit on names): a longer
+/// one cannot be registered, so it is refused without asking the registry.
+pub(crate) const MAX_SERVICE_NAME: usize = 256;
+
+/// Makes the balancer of each service the agent routes.
+pub(crate) type MakeBalancer = Arc<dyn Fn() -> Arc<dyn Balancer> + Send + Sync>;
+
+/// The services the agent routes, each with its registry watch and balancer.
+pub(crate) struct Routes {
+    session: Arc<Session>,
+    policy: Arc<Policy>,
+    balancer: MakeBalancer,
+    /// At most this many services are tracked; the least recently used one makes room.
+    max: usize,
+    table: RwLock<HashMap<Arc<str>, Route>>,
+    /// Orders uses, for eviction.
+    clock: AtomicU64,
+}
+
+struct Route {
+    balanced: Arc<Balanced>,
+    watch: Arc<ServiceWatch>,
+    /// The clock when the route was last used.
+    used: AtomicU64,
+}
+
+impl Routes {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        policy: Arc<Policy>,
+        balancer: MakeBalancer,
+        max: usize,
+    ) -> Routes {
+        Routes {
+            session,
+            policy,
+            balancer,
+            max: max.max(1),
+            table: RwLock::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// Services tracked right now.
+    pub(crate) fn len(&self) -> usize {
+        self.table.read().len()
+    }
+
+    /// The balanced path to `service`'s providers, watching it (any version) on first use. A
+    /// name nobody provides gets a route too (its list is empty: calls fail with `NoProvider`
+    /// naming it) and takes a place in the table like any other, so a client sending endless
+    /// bogus names only ever evicts the least recently used.
+    fn route(&self, service: &str) -> Result<Arc<Balanced>, Error> {
+        if service.len() > MAX_SERVICE_NAME {
+            return Err(Error::new(
+                ErrorKind::NoProvider,
+                format!(
+                    "no provider of a service whose name is {} bytes long: the registry accepts \
+                     names of at most {MAX_SERVICE_NAME} bytes",
+                    service.len()
+                ),
+            ));
+        }
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(route) = self.table.read().get(service) {
+            route.used.store(now, Ordering::Relaxed);
+            return Ok(route.balanced.clone());
+        }
+        let mut table = self.table.write();
+        if let Some(route) = table.get(service) {
+            route.used.store(now, Ordering::Relaxed);
+            return Ok(route.balanced.clone());
+        }
+        let mut evicted = None;
+        if table.len() >= self.max {
+            let oldest = table
+                .iter()
+                .min_by_key(|(_, r)| r.used.load(Ordering::Relaxed))
+                .map(|(name, _)| name.clone());
+            evicted = oldest.and_then(|name| table.remove(&name));
+        }
+        let watch = self.session.watch(service, "*");
+        let balanced = Arc::new(Balanced {
+            source: watch.clone(),
+            pool: self.session.pool.clone(),
+            balancer: (self.balancer)(),
+            policy: self.policy.clone(),
+        });
+        table.insert(
+            Arc::from(service),
+            Route {
+                balanced: balanced.clone(),
+                watch,
+                used: AtomicU64::new(now),
+            },
+        );
+        drop(table);
+        if let Some(old) = evicted {
+            tracing::debug!(
+                service = %old.watch.service,
+                limit = self.max,
+                "agent: no longer routing the least recently used service"
+            );
+            self.session.unwatch(&old.watch);
+        }
+        Ok(balanced)
+    }
+}
+
+impl Forward for Routes {
+    fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>> {
+        let route = self.route(call.name.service());
+        Box::pin(async move {
+            let balanced = route?;
+            let raw = RawCall {
+                name: call.name,
+                idempotent: call.flags & FLAG_IDEMPOTENT != 0,
+                deadline: call.deadline,
+                trace_id: call.trace_id,
+                meta: &call.meta,
+                args: &call.args,
+            };
+            if call.flags & FLAG_ONE_WAY != 0 {
+                balanced.one_way_raw(raw).await.map(|()| Bytes::new())
+            } else {
+                balanced.call_raw(raw).await
+            }
+        })
+    }
+}
