@@ -10,8 +10,9 @@
 //! Without one the tests print `SKIPPED` and pass, unless `STARDUST_REQUIRE_EXTERNAL=1` (CI),
 //! where they fail.
 //!
-//! The provider here is a plain one that accepts anonymous callers; the scripts only take the
-//! address to call, so the same script can be pointed at the local agent instead.
+//! The same script runs twice: against a plain provider that accepts anonymous callers, and
+//! through the sidecar agent (`stardust::agent`) to a provider registered with a registry, the
+//! way a non-Rust application joins a deployment.
 
 mod common;
 
@@ -244,6 +245,64 @@ async fn python_client_calls_a_rust_provider() {
     .await;
     server.shutdown().await;
     check("test_against.py", &output);
+}
+
+/// The Sidecar issue's proof: the Python client, with no credentials, calls a registered Rust
+/// provider through the local agent, which logs in, discovers, authenticates and balances for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_calls_a_rust_provider_through_the_agent() {
+    let Some(python) = find_python().await else {
+        return;
+    };
+    let registry = stardust_registry::RegistryNode::builder()
+        .config(stardust_registry::Config::dev())
+        .bind("127.0.0.1:0")
+        .await
+        .expect("registry");
+    let provider_star = stardust::Stardust::builder()
+        .registry(registry.local_addr().to_string())
+        .app("py-provider", "provider-secret")
+        .connect()
+        .await
+        .expect("provider login");
+    let (calc, _control) = CalcImpl::new();
+    let provider = provider_star
+        .serve(
+            stardust::Server::builder()
+                .serve(CalcServer::new(calc))
+                .serve(GreeterServer::new(GreeterImpl))
+                .serve(TypesServer::new(TypesImpl::default())),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("serve");
+    let agent = stardust::agent::Agent::builder()
+        .registry(registry.local_addr().to_string())
+        .app("py-app", "app-secret")
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .expect("agent");
+    let addr = agent.local_addr().to_string();
+    let output = run_script(
+        &python,
+        "test_against.py",
+        &[
+            &addr,
+            // What an agent answers differently from a provider, by design (PROTOCOL.md §18):
+            // a service nobody provides is `NoProvider`, not `UnknownService`, and provider
+            // notifications are not relayed to local apps.
+            "--skip",
+            "unknown_service",
+            "--skip",
+            "notifications",
+        ],
+    )
+    .await;
+    agent.shutdown().await;
+    provider.shutdown().await;
+    registry.shutdown().await;
+    check("test_against.py via the agent", &output);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
