@@ -97,6 +97,8 @@ impl Target {
 pub struct Pick {
     /// The key given with [`Client::with_hash_key`](crate::Client::with_hash_key), hashed.
     pub hash_key: Option<u64>,
+    /// When the pick happens ([`clock_ns`]; 0 when unknown).
+    pub(crate) now_ns: u64,
 }
 
 /// Picks the provider that takes a call.
@@ -115,6 +117,8 @@ pub(crate) struct Load {
     in_flight: AtomicU32,
     /// Latency EWMA in nanoseconds; 0 until the first answer.
     ewma_ns: AtomicU64,
+    /// When the last answer was folded in ([`clock_ns`]).
+    sampled_ns: AtomicU64,
     /// Provider faults in a row (see [`Outliers`]).
     failures: AtomicU32,
     /// Ejected until this time ([`clock_ns`]); 0 when not ejected.
@@ -123,6 +127,19 @@ pub(crate) struct Load {
 
 /// Weight of a new sample in the latency average.
 const EWMA_ALPHA: f64 = 0.3;
+/// A provider's latency estimate halves for every this many nanoseconds without an answer
+/// (2 s): a provider that was slow once and then lost every draw would otherwise keep its bad
+/// estimate forever; decayed, it soon wins a draw and gets measured again.
+const EWMA_HALF_LIFE_NS: u64 = 2_000_000_000;
+
+/// `ewma` as it counts at `now_ns` when its last sample was at `sampled_ns`.
+fn decayed(ewma: u64, sampled_ns: u64, now_ns: u64) -> u64 {
+    if ewma == 0 {
+        return 0;
+    }
+    let halvings = now_ns.saturating_sub(sampled_ns) / EWMA_HALF_LIFE_NS;
+    (ewma >> halvings.min(63)).max(1)
+}
 
 /// Nanoseconds since the first call of this process's balancers (a monotonic clock that fits in
 /// an atomic).
@@ -169,13 +186,14 @@ impl Load {
         InFlight(self.clone())
     }
 
-    /// Folds an answer's latency into the average.
-    pub(crate) fn record(&self, latency: Duration) {
+    /// Folds an answer's latency, received at `now_ns`, into the average.
+    pub(crate) fn record(&self, latency: Duration, now_ns: u64) {
         let sample = (latency.as_nanos() as u64).max(1);
+        let sampled = self.sampled_ns.swap(now_ns, Ordering::Relaxed);
         let _ = self
             .ewma_ns
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(match old {
+                Some(match decayed(old, sampled, now_ns) {
                     0 => sample,
                     old => {
                         ((old as f64) * (1.0 - EWMA_ALPHA) + (sample as f64) * EWMA_ALPHA) as u64
@@ -183,6 +201,15 @@ impl Load {
                     .max(1),
                 })
             });
+    }
+
+    /// The latency estimate as it counts at `now_ns` (decayed while no answers come).
+    fn estimate(&self, now_ns: u64) -> u64 {
+        decayed(
+            self.ewma_ns.load(Ordering::Relaxed),
+            self.sampled_ns.load(Ordering::Relaxed),
+            now_ns,
+        )
     }
 }
 
@@ -465,15 +492,13 @@ impl LeastLoaded {
     }
 }
 
-/// The costs of two providers, `(in flight + 1) × latency EWMA`. A provider that has not
+/// The costs of two providers, `(in flight + 1) × latency EWMA` (the EWMA decayed while a
+/// provider gets no answers, see [`EWMA_HALF_LIFE_NS`]). A provider that has not
 /// answered yet is given the other's latency (so a new provider gets tried), but while it has a
 /// call in flight it loses to any provider that has answered: it takes one call at a time until
 /// its first answer, and one whose calls never come back stops being chosen.
-fn costs(a: &Target, b: &Target) -> (u128, u128) {
-    let (la, lb) = match (
-        a.load.ewma_ns.load(Ordering::Relaxed),
-        b.load.ewma_ns.load(Ordering::Relaxed),
-    ) {
+fn costs(a: &Target, b: &Target, now_ns: u64) -> (u128, u128) {
+    let (la, lb) = match (a.load.estimate(now_ns), b.load.estimate(now_ns)) {
         (0, 0) => (1, 1),
         (0, _) if a.in_flight() > 0 => return (u128::MAX, 0),
         (_, 0) if b.in_flight() > 0 => return (0, u128::MAX),
@@ -488,7 +513,7 @@ fn costs(a: &Target, b: &Target) -> (u128, u128) {
 }
 
 impl Balancer for LeastLoaded {
-    fn pick(&self, targets: &[Target], _call: &Pick) -> usize {
+    fn pick(&self, targets: &[Target], call: &Pick) -> usize {
         let n = targets.len();
         if n < 2 {
             return 0;
@@ -499,7 +524,7 @@ impl Balancer for LeastLoaded {
             let b = (a + 1 + rng.below(n - 1)) % n;
             (a, b)
         };
-        let (ca, cb) = costs(&targets[a], &targets[b]);
+        let (ca, cb) = costs(&targets[a], &targets[b], call.now_ns);
         if cb < ca { b } else { a }
     }
 }
@@ -665,9 +690,9 @@ mod tests {
     fn least_loaded_avoids_busy_and_slow_providers() {
         let t = targets(3);
         for _ in 0..5 {
-            t[0].load().record(Duration::from_micros(100));
-            t[1].load().record(Duration::from_micros(100));
-            t[2].load().record(Duration::from_millis(50));
+            t[0].load().record(Duration::from_micros(100), 0);
+            t[1].load().record(Duration::from_micros(100), 0);
+            t[2].load().record(Duration::from_millis(50), 0);
         }
         let _busy: Vec<InFlight> = (0..10).map(|_| t[1].load().start()).collect();
         let ll = LeastLoaded::with_seed(7);
@@ -678,6 +703,31 @@ mod tests {
         // Provider 0 wins every draw it is in; 1 (busy) and 2 (slow) only meet each other.
         assert!(counts[0] > 1800, "{counts:?}");
         assert_eq!(t[1].in_flight(), 10);
+    }
+
+    #[test]
+    fn a_provider_that_was_slow_once_is_measured_again_later() {
+        let t = targets(2);
+        let s = |secs: u64| secs * 1_000_000_000;
+        // Provider 1 was slow once; provider 0 keeps answering fast.
+        t[1].load().record(Duration::from_millis(50), s(1));
+        t[0].load().record(Duration::from_micros(100), s(1));
+        let ll = LeastLoaded::with_seed(3);
+        let at = |now_ns| Pick {
+            hash_key: None,
+            now_ns,
+        };
+        assert!((0..100).all(|_| ll.pick(&t, &at(s(1))) == 0));
+        // Twenty seconds on, provider 0 answering all along: provider 1's estimate has decayed
+        // (50 ms halved ten times is under 100 µs), so it gets a call and a new measurement.
+        for second in 2..=21 {
+            t[0].load().record(Duration::from_micros(100), s(second));
+        }
+        assert_eq!(ll.pick(&t, &at(s(21))), 1);
+        // Its new answer counts from the decayed estimate, not from the stale 50 ms.
+        t[1].load().record(Duration::from_micros(80), s(21));
+        assert!(t[1].latency().unwrap() < Duration::from_micros(100));
+        assert_eq!(decayed(0, 0, s(100)), 0, "no answer yet stays unknown");
     }
 
     #[test]

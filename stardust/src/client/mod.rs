@@ -478,6 +478,7 @@ impl Client {
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
             let pick = Pick {
                 hash_key: self.hash_key,
+                ..Pick::default()
             };
             let name = CallName::Static {
                 service: service.name,
@@ -504,6 +505,7 @@ impl Client {
             let call = BalancedCall {
                 pick: Pick {
                     hash_key: self.hash_key,
+                    ..Pick::default()
                 },
                 retry_lost: self.retry_lost || method.idempotent,
                 name: CallName::Static {
@@ -721,6 +723,7 @@ fn choose(
     now_ns: u64,
 ) -> Option<Target> {
     let ejected = |t: &Target| t.load().is_ejected(now_ns);
+    let pick = &Pick { now_ns, ..*pick };
     if tried.is_empty() && !targets.iter().any(ejected) {
         let i = b.balancer.pick(targets, pick) % targets.len();
         return Some(targets[i].clone());
@@ -955,7 +958,10 @@ impl BalancedCall<'_> {
             }
             match result {
                 Ok(reply) => {
-                    target.load().record(sent.elapsed());
+                    let answered = Instant::now();
+                    target
+                        .load()
+                        .record(answered - sent, clock_ns(answered.into()));
                     target.load().succeeded();
                     return Ok(reply);
                 }
