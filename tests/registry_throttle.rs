@@ -356,3 +356,34 @@ async fn right_secrets_are_rate_limited_per_address() {
     assert_eq!((stats.hashes, stats.succeeded, stats.throttled), (3, 3, 7));
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_starting_while_its_host_is_rate_limited_waits_its_turn() {
+    // One login at once per address, then five a second: a second process starting right after
+    // the first is throttled, and `connect` waits the time the registry names instead of failing.
+    let node = registry(LoginThrottle {
+        attempt_burst: 1,
+        attempts_per_second: 5.0,
+        ..throttle()
+    })
+    .await;
+    let first = connect(node.local_addr()).await;
+    first
+        .login(CONSUMER.0.into(), CONSUMER.1.into())
+        .await
+        .unwrap()
+        .unwrap();
+    let star = within(
+        "the throttled process to log in",
+        Stardust::builder()
+            .registry(node.local_addr().to_string())
+            .app(PROVIDER.0, PROVIDER.1)
+            .connect(),
+    )
+    .await
+    .expect("logged in after waiting its turn");
+    assert_eq!(star.app(), PROVIDER.0);
+    let stats = node.login_stats();
+    assert!(stats.throttled >= 1, "{stats:?}");
+    assert_eq!(stats.succeeded, 2, "{stats:?}");
+}

@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::api::{
-    DISCOVERY_TOPIC, DiscoveryEvent, Instance, LoginReply, Registration, RegistryClient, Status,
+    DISCOVERY_TOPIC, DiscoveryEvent, Instance, LoginReply, Registration, RegistryClient,
+    RegistryError, Status,
 };
 use super::watch::ServiceWatch;
 use crate::auth::token::KeySet;
@@ -167,16 +168,35 @@ impl Session {
                     continue;
                 }
             };
-            let reply = client
-                .login(self.app.clone(), self.secret.0.clone())
-                .await?
-                .map_err(Error::from)?;
+            let reply = self.login(&client, addr).await?;
             self.accept_login(&client, reply);
             tracing::info!(registry = %addr, app = %self.app, "logged in to the registry");
             return Ok(client);
         }
         Err(last
             .unwrap_or_else(|| Error::new(ErrorKind::Connect, "no registry address configured")))
+    }
+
+    /// Logs in on `client`. A login the registry throttles (too many logins from this host at
+    /// once, e.g. many processes starting together) is retried after the wait the registry
+    /// names, for up to the registry timeout; any other refusal is final.
+    async fn login(&self, client: &RegistryClient, addr: &str) -> Result<LoginReply, Error> {
+        let give_up = Instant::now() + self.cfg.registry_timeout;
+        loop {
+            match client
+                .login(self.app.clone(), self.secret.0.clone())
+                .await?
+            {
+                Ok(reply) => return Ok(reply),
+                Err(RegistryError::Throttled { retry_after_ms, .. })
+                    if Instant::now() + Duration::from_millis(retry_after_ms) < give_up =>
+                {
+                    tracing::info!(registry = %addr, retry_in_ms = retry_after_ms, "login throttled by the registry; retrying");
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.max(10))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn accept_login(&self, client: &RegistryClient, reply: LoginReply) {
