@@ -18,7 +18,8 @@ import threading
 import time
 import traceback
 
-from stardust_client import ApplicationError, Client, StardustError, unwrap_result
+from stardust_client import ApplicationError, Client, unwrap_result
+from checks import Failure, equal, expect, raises
 
 CALC = "test.Calc"
 GREETER = "test.Greeter"
@@ -32,31 +33,6 @@ CHECKS = []
 def check(fn):
     CHECKS.append(fn)
     return fn
-
-
-class Failure(Exception):
-    pass
-
-
-def expect(condition, what):
-    if not condition:
-        raise Failure(what)
-
-
-def equal(actual, expected, what="value"):
-    if actual != expected:
-        raise Failure(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-def raises(kind, fn, *args, **kwargs):
-    """Runs fn and returns the StardustError of the given kind it must raise."""
-    try:
-        value = fn(*args, **kwargs)
-    except StardustError as e:
-        if e.kind != kind:
-            raise Failure(f"expected a {kind} error, got {e.kind} ({e.code}): {e.message}")
-        return e
-    raise Failure(f"expected a {kind} error, got the value {value!r}")
 
 
 # --- typed results -------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import traceback
 
 import msgpack
 
-from stardust_client import Client, StardustError
+from stardust_client import Client
+from checks import Failure, equal, expect, raises
 
 WAIT = 20.0  # bound on any single wait; far above what a loaded machine needs
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "PROTOCOL.md")
@@ -41,30 +42,6 @@ def doc_frames():
 
 
 FRAMES = doc_frames()
-
-
-class Failure(Exception):
-    pass
-
-
-def expect(condition, what):
-    if not condition:
-        raise Failure(what)
-
-
-def equal(actual, expected, what="value"):
-    if actual != expected:
-        raise Failure(f"{what}: expected {expected!r}, got {actual!r}")
-
-
-def raises(kind, fn, *args, **kwargs):
-    try:
-        value = fn(*args, **kwargs)
-    except StardustError as e:
-        if e.kind != kind:
-            raise Failure(f"expected a {kind} error, got {e.kind} ({e.code}): {e.message}")
-        return e
-    raise Failure(f"expected a {kind} error, got the value {value!r}")
 
 
 # --- the fake server -----------------------------------------------------------------------
