@@ -1,6 +1,8 @@
 //! Helpers shared by the registry's integration tests.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

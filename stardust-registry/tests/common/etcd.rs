@@ -1,0 +1,345 @@
+//! A real etcd for the registry's etcd-store tests (`--features etcd`).
+//!
+//! [`Etcd::start`] hands a test either the shared etcd named by `STARDUST_ETCD` (what `.ci/run`
+//! starts and exports) or a private one it starts from the `etcd` binary (Debian's
+//! `etcd-server`), and gives each test its own key prefix so tests sharing one etcd never see
+//! each other's keys. Without any etcd the test prints `SKIPPED` and passes, unless
+//! `STARDUST_REQUIRE_EXTERNAL=1` (CI), where it fails.
+//!
+//! Only std, tokio and tempfile: no etcd client crate, so the fixture checks health with a
+//! hand-written HTTP/1.1 `GET /health`. Included both as `common::etcd` and, on its own, with
+//! `#[path = "common/etcd.rs"] mod etcd;`, so it must not depend on the rest of `common`.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// How long [`Etcd::start`] waits for an etcd to answer healthy. A local etcd 3.4 is healthy
+/// in about half a second; the rest is room for a loaded 2-core machine.
+const STARTUP_BOUND: Duration = Duration::from_secs(20);
+
+/// How often the fixture polls an etcd (an external process: there is nothing to await).
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long one health probe may take before it counts as "not answering yet".
+const PROBE_BOUND: Duration = Duration::from_secs(2);
+
+/// Attempts at starting a private etcd: its ports are chosen by binding port 0 and letting go,
+/// so another process may take one before etcd binds it (etcd then exits at once).
+const SPAWN_ATTEMPTS: usize = 3;
+
+/// Where Debian's `etcd-server` puts the binary, tried after `PATH` (which may not include
+/// `/usr/bin` under some test runners).
+const DEBIAN_ETCD: &str = "/usr/bin/etcd";
+
+/// A reachable etcd for one test: either the shared one named by `STARDUST_ETCD`
+/// (comma-separated endpoints like `http://127.0.0.1:2379`; what `.ci/run` exports) or one this
+/// fixture started (an `etcd` binary found on `PATH` or at `/usr/bin/etcd`, on OS-chosen
+/// loopback ports with a temporary data dir, killed and cleaned up on drop).
+///
+/// Hold it for the whole test: dropping it stops a private etcd. Keep one per test rather than
+/// in a `static`, where it would never be dropped and its etcd would outlive the test binary.
+pub struct Etcd {
+    /// Client URLs with their scheme, e.g. `http://127.0.0.1:41234`.
+    endpoints: Vec<String>,
+    /// The etcd this fixture started, if it did (`None` for a shared one).
+    child: Option<Child>,
+    /// The private etcd's data dir and log, removed after the child is killed (fields drop
+    /// after [`Drop::drop`] runs).
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Etcd {
+    /// `None` (after printing a loud `SKIPPED: <test>: no etcd ...` message to stderr saying how
+    /// to get one: `apt-get install etcd-server`, or set `STARDUST_ETCD`) when no etcd is
+    /// available; panics instead when `STARDUST_REQUIRE_EXTERNAL=1`, so CI cannot pass by
+    /// skipping.
+    ///
+    /// Otherwise waits (bounded, about 20 s) until every endpoint answers `GET /health` with
+    /// `{"health":"true"}`, so the test's first request does not race etcd's leader election.
+    /// Panics when an etcd that exists does not get there (a `STARDUST_ETCD` that does not
+    /// answer, or a binary that will not start): that is a broken setup, not a missing one,
+    /// and skipping would hide it.
+    pub async fn start(test: &str) -> Option<Etcd> {
+        if let Some(named) = std::env::var("STARDUST_ETCD")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            return Some(Self::shared(test, &named).await);
+        }
+        let Some(binary) = find_etcd() else {
+            let why = format!(
+                "no etcd (STARDUST_ETCD is unset and there is no `etcd` on PATH or at \
+                 {DEBIAN_ETCD}; install Debian's `etcd-server`, e.g. `apt-get install -y \
+                 etcd-server`, or set STARDUST_ETCD=http://127.0.0.1:2379 to use a running one)"
+            );
+            if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+                panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
+            }
+            // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
+            );
+            return None;
+        };
+        Some(Self::spawn(test, &binary).await)
+    }
+
+    /// Client endpoints with their scheme, e.g. `["http://127.0.0.1:41234"]`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
+    /// A key prefix unique to this test, process and call, e.g.
+    /// `stardust-test/leases_expire-4242-0-1764115694123456789`: tests sharing one etcd (CI
+    /// runs all of them against one) never see each other's keys, nor keys left by an earlier
+    /// run. The test name is reduced to `[A-Za-z0-9_-]` (`::` and the like become `-`) so the
+    /// prefix is safe in a store URL's path. No trailing `/`.
+    pub fn prefix(&self, test: &str) -> String {
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name: String = test
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("stardust-test/{name}-{}-{n}-{nanos}", std::process::id())
+    }
+
+    /// A store URL for the registry, `etcd://<host:port>[,<host:port>...]/<prefix>`: the
+    /// endpoints without their `http://` scheme, joined by commas, then `/` and a fresh
+    /// [`prefix`](Self::prefix) (each call gives a new one).
+    pub fn store_url(&self, test: &str) -> String {
+        let hosts: Vec<&str> = self.endpoints.iter().map(|e| host_port(e)).collect();
+        format!("etcd://{}/{}", hosts.join(","), self.prefix(test))
+    }
+
+    /// The etcd named by `STARDUST_ETCD`, once every endpoint is healthy.
+    async fn shared(test: &str, named: &str) -> Etcd {
+        let endpoints: Vec<String> = named
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{}", e.trim_end_matches('/'))
+                }
+            })
+            .collect();
+        for endpoint in &endpoints {
+            assert!(
+                endpoint.starts_with("http://"),
+                "{test}: STARDUST_ETCD={named}: only plain http:// endpoints are supported, \
+                 not {endpoint}"
+            );
+        }
+        let deadline = Instant::now() + STARTUP_BOUND;
+        for endpoint in &endpoints {
+            loop {
+                match health(endpoint).await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => panic!(
+                        "{test}: STARDUST_ETCD={named}: {endpoint} not healthy after \
+                         {STARTUP_BOUND:?}: {e}"
+                    ),
+                    Err(_) => tokio::time::sleep(POLL).await,
+                }
+            }
+        }
+        Etcd {
+            endpoints,
+            child: None,
+            dir: None,
+        }
+    }
+
+    /// A private single-member etcd on fresh loopback ports, once it is healthy.
+    async fn spawn(test: &str, binary: &Path) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("stardust-etcd-")
+            .tempdir()
+            .expect("temporary dir for etcd");
+        let log = dir.path().join("etcd.log");
+        let deadline = Instant::now() + STARTUP_BOUND;
+        let mut failures = Vec::new();
+        for attempt in 1..=SPAWN_ATTEMPTS {
+            let (client_port, peer_port) = free_ports();
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            // A fresh data dir per attempt: a half-started member leaves its cluster ID behind.
+            let data = dir.path().join(format!("data-{attempt}"));
+            let mut command = Command::new(binary);
+            command
+                .arg("--name")
+                .arg("stardust-test")
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("stardust-test={peer}")])
+                // zap: the default capnslog logger prints a deprecation warning at any level.
+                .args(["--logger", "zap", "--log-level", "error"])
+                .stdin(Stdio::null())
+                .stdout(log_file(&log))
+                .stderr(log_file(&log));
+            // etcd reads any ETCD_<FLAG> variable as a flag; a developer's ETCD_NAME or
+            // ETCD_DATA_DIR must not leak in. ETCD_UNSUPPORTED_ARCH is kept: non-amd64/arm64
+            // machines need it to start at all.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key.starts_with("ETCD_") && key != "ETCD_UNSUPPORTED_ARCH" {
+                    command.env_remove(&*key);
+                }
+            }
+            let mut child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", binary.display()));
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    // Most likely one of its ports was taken meanwhile: try new ones.
+                    failures.push(format!("attempt {attempt}: etcd exited early ({status})"));
+                    break;
+                }
+                if health(&client).await.is_ok() {
+                    return Etcd {
+                        endpoints: vec![client],
+                        child: Some(child),
+                        dir: Some(dir),
+                    };
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "{test}: etcd ({}) on {client} not healthy after {STARTUP_BOUND:?}; \
+                         its log ends with:\n{}",
+                        binary.display(),
+                        tail(&log)
+                    );
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        panic!(
+            "{test}: etcd ({}) would not start: {}; its log ends with:\n{}",
+            binary.display(),
+            failures.join(", "),
+            tail(&log)
+        );
+    }
+}
+
+impl Drop for Etcd {
+    /// Kills a private etcd and reaps it before its data dir is removed (a shared one is left
+    /// alone: its owner stops it).
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `etcd` binary: the first on `PATH`, else Debian's [`DEBIAN_ETCD`].
+fn find_etcd() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| Some(PathBuf::from(DEBIAN_ETCD)).filter(|p| p.is_file()))
+}
+
+/// Two distinct loopback ports the OS says are free right now. Both listeners are held until
+/// both ports are known so they differ; etcd binds them a moment later (the race that
+/// [`SPAWN_ATTEMPTS`] covers).
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let ports = (
+        a.local_addr().expect("local address").port(),
+        b.local_addr().expect("local address").port(),
+    );
+    drop((a, b));
+    ports
+}
+
+/// The etcd's log, appended to by each start attempt (stdout and stderr alike).
+fn log_file(path: &Path) -> File {
+    File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("etcd log file")
+}
+
+/// The last lines of the etcd's log, for a failure message.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// `host:port` of an endpoint: `http://127.0.0.1:2379` gives `127.0.0.1:2379`.
+fn host_port(endpoint: &str) -> &str {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// `Ok` when the etcd at `endpoint` answers `GET /health` with 200 and `"health":"true"`
+/// (etcd 3.4 says `{"health":"false"}` with a 503 while it has no leader); the reason otherwise.
+async fn health(endpoint: &str) -> Result<(), String> {
+    let addr = host_port(endpoint);
+    let probe = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(PROBE_BOUND, probe)
+        .await
+        .map_err(|_| format!("no answer from {addr} within {PROBE_BOUND:?}"))??;
+    let status = response.lines().next().unwrap_or("");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    if status.split_whitespace().nth(1) == Some("200") && compact.contains(r#""health":"true""#) {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", body.trim()))
+    }
+}
