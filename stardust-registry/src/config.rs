@@ -7,6 +7,7 @@
 //! token_ttl = "1h"                    # default 1 h
 //! lease_ttl = "10s"                   # default 10 s
 //! dev = false                         # default false
+//! store = "memory"                    # or "etcd://127.0.0.1:2379/stardust": nodes sharing state
 //!
 //! [apps.billing]
 //! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"   # `stardust-registry hash-secret`
@@ -40,6 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::secret::{self, SecretError};
+use crate::store::StoreConfig;
 
 /// Default token lifetime: one hour.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -82,6 +84,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How logins are throttled and how many secrets are checked at once (`[login_throttle]`).
     pub login_throttle: LoginThrottle,
+    /// Where registrations, dev apps and public keys are kept: this process (the default), or
+    /// an etcd shared by several registry nodes (`store = "etcd://127.0.0.1:2379/stardust"`;
+    /// needs the `etcd` cargo feature). The binary's `--store` overrides it.
+    pub store: StoreConfig,
 }
 
 /// Whether and where the registry serves monitoring over HTTP ([`Config::http_listen`]).
@@ -334,6 +340,7 @@ impl Config {
             apps: BTreeMap::new(),
             tls: None,
             login_throttle: LoginThrottle::default(),
+            store: StoreConfig::Memory,
         }
     }
 
@@ -359,6 +366,12 @@ impl Config {
             key_file: key_file.into(),
             client_ca_file: None,
         });
+        self
+    }
+
+    /// Keeps registrations, dev apps and public keys in `store` (see [`Config::store`]).
+    pub fn with_store(mut self, store: StoreConfig) -> Config {
+        self.store = store;
         self
     }
 
@@ -475,6 +488,9 @@ impl Config {
         if let Some(t) = raw.login_throttle {
             t.apply(&mut cfg.login_throttle)?;
         }
+        if let Some(store) = raw.store {
+            cfg.store = StoreConfig::parse(&store)?;
+        }
         for (name, app) in raw.apps {
             cfg.apps.insert(
                 name,
@@ -510,6 +526,13 @@ impl Config {
         {
             return err(format!(
                 "http_listen must be an address like `127.0.0.1:7601`, or \"off\" (got {addr:?})"
+            ));
+        }
+        if self.store.is_shared() && !cfg!(feature = "etcd") {
+            return err(format!(
+                "store `{}` needs a registry built with the `etcd` feature \
+                 (cargo install stardust-registry --features etcd)",
+                self.store
             ));
         }
         if !self.dev && self.key_file.is_none() {
@@ -591,6 +614,7 @@ struct RawConfig {
     apps: BTreeMap<String, RawApp>,
     tls: Option<RawTls>,
     login_throttle: Option<RawThrottle>,
+    store: Option<String>,
 }
 
 #[derive(Deserialize)]

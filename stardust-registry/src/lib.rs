@@ -86,10 +86,12 @@ mod monitor;
 mod node;
 mod secret;
 mod service;
+mod store;
 mod throttle;
 
 pub use config::{AppConfig, Config, ConfigError, HttpListen, LoginThrottle, TlsFiles};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
-pub use node::{Error, RegistryNode, RegistryNodeBuilder};
+pub use node::{Error, Registered, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};
 pub use service::LoginStats;
+pub use store::{DEFAULT_ETCD_PREFIX, StoreConfig};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use stardust::agent::{Agent, DEFAULT_LISTEN as AGENT_LISTEN, DEFAULT_MAX_SERVICES};
 use stardust_registry::config::{DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN};
-use stardust_registry::{Config, HttpListen, RegistryNode};
+use stardust_registry::{Config, HttpListen, RegistryNode, StoreConfig};
 
 /// The Stardust registry: apps log in here, providers register their services, consumers
 /// discover them.
@@ -45,6 +45,12 @@ enum Command {
         /// use it on a network others can reach.
         #[arg(long)]
         dev: bool,
+        /// Where registrations, dev apps and public keys live: `memory` (one node), or
+        /// `etcd://host:port[,host:port...][/prefix]` to share them with every registry node on
+        /// that etcd and prefix (needs a build with `--features etcd`) [default: the config's
+        /// `store`, else memory].
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Read a secret (from stdin, or a no-echo prompt on a terminal) and print its argon2id
     /// PHC hash, for an app's `secret_hash` in the config.
@@ -140,7 +146,8 @@ fn main() -> ExitCode {
             http_listen,
             config,
             dev,
-        } => serve(listen, http_listen, config, dev),
+            store,
+        } => serve(listen, http_listen, config, dev, store),
         Command::HashSecret => hash_secret(),
         Command::RotateKey {
             key_file,
@@ -181,6 +188,7 @@ fn serve(
     http_listen: Option<String>,
     config: Option<PathBuf>,
     dev: bool,
+    store: Option<String>,
 ) -> Result<()> {
     let mut cfg = match (&config, dev) {
         (Some(path), _) => Config::load(path)?,
@@ -196,6 +204,9 @@ fn serve(
     }
     if let Some(http) = http_listen {
         cfg = cfg.with_http_listen(http);
+    }
+    if let Some(store) = store {
+        cfg = cfg.with_store(StoreConfig::parse(&store)?);
     }
     cfg.http_listen
         .get_or_insert_with(|| HttpListen::On(DEFAULT_HTTP_LISTEN.to_owned()));

@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, DEFAULT_LISTEN, HttpListen};
 use crate::keys::{KeyError, KeyRing};
 use crate::monitor::http::{self, HttpContext, HttpServer};
 use crate::service::{LoginStats, RegistryImpl};
+use crate::store::{Store, StoreConfig};
 
 /// A running registry: a Stardust server hosting the `stardust.Registry` service.
 ///
@@ -18,15 +19,19 @@ use crate::service::{LoginStats, RegistryImpl};
 /// stops it gracefully and releases its port.
 #[must_use = "the registry stops when this handle is dropped"]
 pub struct RegistryNode {
+    /// Sending `true` (or dropping it) stops the sweeper, the session watchers, the store's
+    /// tasks and the HTTP server. First field, so a dropped node stops them *before* its
+    /// connections are cut: a node that dies must not end its sessions (which would remove
+    /// their registrations from a shared store; other nodes take over, or leases expire).
+    stop: watch::Sender<bool>,
     server: stardust::Server,
     registry: RegistryImpl,
     keys: KeyRing,
     config: Config,
     /// The monitoring HTTP server, if any.
     http: Option<HttpServer>,
-    /// Sending `true` (or dropping it) stops the sweeper, the session watchers and the HTTP
-    /// server.
-    stop: watch::Sender<bool>,
+    /// This node's name in the entries it owns in a shared store.
+    node_id: String,
 }
 
 impl std::fmt::Debug for RegistryNode {
@@ -37,6 +42,17 @@ impl std::fmt::Debug for RegistryNode {
             .field("dev", &self.config.dev)
             .finish_non_exhaustive()
     }
+}
+
+/// One registration in a node's table ([`RegistryNode::registrations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Registered {
+    /// What consumers discover.
+    pub instance: stardust::discovery::api::Instance,
+    /// Whether it was made through this node (whose provider session keeps its lease alive);
+    /// `false`: through another node of a shared store.
+    pub local: bool,
 }
 
 /// Configures and starts a [`RegistryNode`].
@@ -70,6 +86,18 @@ impl RegistryNode {
     /// The signing keys (to mint tokens in tests, or rotate with [`KeyRing::rotate`]).
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    /// This node's name in a shared store (a random `node-…` per start): the owner written into
+    /// the registrations made through it.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The registrations this node knows, ordered by service and endpoint: with a shared store,
+    /// the whole registry's (made through any node).
+    pub fn registrations(&self) -> Vec<Registered> {
+        self.registry.registrations()
     }
 
     /// The configuration the registry runs with.
@@ -171,7 +199,20 @@ impl RegistryNodeBuilder {
             None => None,
         };
         let (stop, stopping) = watch::channel(false);
-        let registry = RegistryImpl::new(config.clone(), keys.clone(), stopping.clone());
+        let node_id = node_id();
+        let store = open_store(&config, &keys, &node_id, &stopping).await?;
+        let registry = RegistryImpl::new(
+            config.clone(),
+            keys.clone(),
+            store.clone(),
+            node_id.clone(),
+            stopping.clone(),
+        );
+        // A shared store reports the whole registry's registrations before this node serves.
+        store
+            .attach(registry.view())
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
         let mut server = stardust::Server::builder()
             // The registry is where apps log in: its connections start anonymous, and each
             // method checks the session itself.
@@ -218,6 +259,8 @@ impl RegistryNodeBuilder {
         }
         tracing::info!(
             %addr,
+            store = %store.describe(),
+            node = %node_id,
             apps = config.apps.len(),
             kid = %keys.signing_kid(),
             token_ttl = ?config.token_ttl,
@@ -226,6 +269,7 @@ impl RegistryNodeBuilder {
             "registry listening"
         );
         Ok(RegistryNode {
+            node_id,
             server,
             registry,
             keys,
@@ -233,6 +277,57 @@ impl RegistryNodeBuilder {
             http,
             stop,
         })
+    }
+}
+
+/// A random name for this node's run, found in the entries it owns in a shared store.
+fn node_id() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Uniqueness matters, secrecy does not: the time will do.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("node-{hex}")
+}
+
+/// Opens the configured store (connecting to etcd, bounded).
+async fn open_store(
+    config: &Config,
+    keys: &KeyRing,
+    node_id: &str,
+    stopping: &watch::Receiver<bool>,
+) -> Result<std::sync::Arc<dyn Store>, Error> {
+    match &config.store {
+        StoreConfig::Memory => Ok(std::sync::Arc::new(
+            crate::store::memory::MemoryStore::default(),
+        )),
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd { endpoints, prefix } => {
+            let store = crate::store::etcd::EtcdStore::connect(crate::store::etcd::EtcdOptions {
+                endpoints: endpoints.clone(),
+                prefix: prefix.clone(),
+                node: node_id.to_owned(),
+                lease_ttl: config.lease_ttl,
+                keys: keys.clone(),
+                apps: config.apps.clone(),
+                stopping: stopping.clone(),
+            })
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
+            Ok(std::sync::Arc::new(store))
+        }
+        #[cfg(not(feature = "etcd"))]
+        StoreConfig::Etcd { .. } => {
+            let _ = (keys, node_id, stopping);
+            Err(Error::Config(ConfigError::new(format!(
+                "store `{}` needs a registry built with the `etcd` feature",
+                config.store
+            ))))
+        }
     }
 }
 
@@ -277,6 +372,8 @@ pub enum Error {
     Bind(stardust::Error),
     /// The TLS certificate or key could not be loaded.
     Tls(stardust::Error),
+    /// The shared store (etcd) could not be reached or read.
+    Store(String),
     /// The monitoring HTTP server could not listen.
     HttpBind {
         /// The address it was to listen on.
@@ -293,6 +390,7 @@ impl std::fmt::Display for Error {
             Error::Keys(e) => e.fmt(f),
             Error::Bind(e) => write!(f, "the registry cannot listen: {e}"),
             Error::Tls(e) => write!(f, "the registry cannot load its TLS files: {e}"),
+            Error::Store(e) => write!(f, "the registry cannot use its store: {e}"),
             Error::HttpBind { addr, source } => write!(
                 f,
                 "the registry's monitoring HTTP server cannot listen on {addr}: {source} \
@@ -309,6 +407,7 @@ impl std::error::Error for Error {
             Error::Keys(e) => Some(e),
             Error::Bind(e) => Some(e),
             Error::Tls(e) => Some(e),
+            Error::Store(_) => None,
             Error::HttpBind { source, .. } => Some(source),
         }
     }

@@ -25,6 +25,7 @@ use crate::config::{Config, MAX_APP_NAME_LEN};
 use crate::keys::KeyRing;
 use crate::monitor::Monitor;
 use crate::secret;
+use crate::store::{Record, Store, StoreError, View, Written};
 use crate::throttle::{self, Scope, Throttle, Ticket, Window};
 
 const WRONG_CREDENTIALS: &str = "unknown app or wrong secret";
@@ -34,6 +35,13 @@ const MAX_SECRET_LEN: usize = 4096;
 const MAX_NAME_LEN: usize = MAX_APP_NAME_LEN;
 /// "The registry is busy" is logged at most this often (with the number of logins refused).
 const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A write racing with other registry nodes on one entry is retried this many times.
+const STORE_RETRIES: u32 = 5;
+/// The monitor's session for instances registered through other registry nodes.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read by the etcd store
+const REMOTE_SESSION: u64 = 0;
+const LEASE_EXPIRED: &str = "this connection's registrations expired (no heartbeat within the lease TTL); \
+                             log in and register again";
 
 /// Counters of a registry's logins since it started ([`RegistryNode::login_stats`]).
 ///
@@ -73,6 +81,12 @@ pub(crate) struct RegistryImpl {
 pub(crate) struct Shared {
     config: Config,
     keys: KeyRing,
+    /// Where registrations, dev apps and shared keys live (see `store`). Lock order: the store's
+    /// own locks are never held while calling back into `state`.
+    store: Arc<dyn Store>,
+    /// This node in the entries it owns in a shared store.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read by the etcd store
+    node_id: String,
     state: Mutex<State>,
     /// Who may have a secret checked. Lock order: `state`, then `throttle` (a session ending
     /// updates it), never the other way round.
@@ -99,10 +113,9 @@ pub(crate) struct Shared {
 struct State {
     /// Logged-in connections, by peer address (unique per live connection).
     sessions: HashMap<SocketAddr, Session>,
-    /// Live registrations by (service, endpoint): an endpoint serves a service once.
+    /// Live registrations by (service, endpoint): an endpoint serves a service once. With a
+    /// shared store, the whole registry's, as its watch reports them.
     leases: BTreeMap<(String, String), Lease>,
-    /// Apps created by dev-mode logins: name to secret hash.
-    dev_apps: HashMap<String, String>,
     /// Live sessions that lost a registration to lease expiry: their next heartbeat is refused,
     /// so their process reconnects and registers again instead of staying invisible.
     expired: HashSet<u64>,
@@ -126,8 +139,28 @@ struct Subscription {
 struct Lease {
     instance: Instance,
     version: Version,
+    /// The session of this node that registered it ([`REMOTE_SESSION`]: another node's).
     session: u64,
-    expires: Instant,
+    /// When it expires without a heartbeat; `None` in a shared store, whose leases expire there.
+    expires: Option<Instant>,
+    /// The shared store's revision of this entry (0 in memory).
+    revision: i64,
+}
+
+/// A store failure as the caller sees it.
+fn store_error(e: StoreError) -> RegistryError {
+    match e {
+        StoreError::Unavailable(m) => RegistryError::Unavailable(m),
+        StoreError::Conflict(_) => RegistryError::Unavailable(format!(
+            "the registration kept changing concurrently on other registry nodes ({STORE_RETRIES} tries)"
+        )),
+    }
+}
+
+fn other_app(service: &str, endpoint: &str) -> RegistryError {
+    RegistryError::PermissionDenied(format!(
+        "endpoint `{endpoint}` of service `{service}` is registered by another app"
+    ))
 }
 
 fn unauthorized(msg: &str) -> RegistryError {
@@ -139,7 +172,13 @@ fn allowed(list: Option<&[String]>, service: &str) -> bool {
 }
 
 impl RegistryImpl {
-    pub(crate) fn new(config: Config, keys: KeyRing, stopping: watch::Receiver<bool>) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        keys: KeyRing,
+        store: Arc<dyn Store>,
+        node_id: String,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         let permits = config.login_throttle.concurrent_hashes();
         let monitor = Monitor::new(config.lease_ttl);
         RegistryImpl {
@@ -147,6 +186,8 @@ impl RegistryImpl {
                 throttle: Mutex::new(Throttle::new(config.login_throttle.clone())),
                 config,
                 keys,
+                store,
+                node_id,
                 state: Mutex::new(State::default()),
                 hash_permits: Semaphore::new(permits),
                 hash_waiting: AtomicUsize::new(0),
@@ -210,12 +251,48 @@ impl RegistryImpl {
         Ok((peer, id, app))
     }
 
-    fn app_config(&self, app: &str) -> Option<&crate::config::AppConfig> {
-        self.shared.config.apps.get(app)
+    /// The app's definition: this node's config first, then one shared by another node.
+    fn app_config(&self, app: &str) -> Option<crate::config::AppConfig> {
+        match self.shared.config.apps.get(app) {
+            Some(a) => Some(a.clone()),
+            None => self.shared.store.shared_app(app),
+        }
+    }
+
+    /// The table as a shared store reports it (the store's watch task holds it weakly).
+    pub(crate) fn view(&self) -> std::sync::Weak<dyn View> {
+        let weak: std::sync::Weak<dyn View> = Arc::downgrade(&self.shared) as _;
+        weak
+    }
+
+    /// Every public key tokens of this registry may be signed with: this node's, and (with a
+    /// shared store) the other nodes'.
+    fn all_public_keys(&self) -> Vec<PublicKey> {
+        let mut keys = self.shared.keys.public_keys();
+        for key in self.shared.store.shared_keys() {
+            if !keys.iter().any(|k| k.kid == key.kid) {
+                keys.push(key);
+            }
+        }
+        keys
     }
 
     fn consume_list(&self, app: &str) -> Option<Vec<String>> {
         self.app_config(app).and_then(|a| a.consume.clone())
+    }
+
+    /// The table of registrations, for [`RegistryNode::registrations`](crate::RegistryNode::registrations).
+    pub(crate) fn registrations(&self) -> Vec<crate::node::Registered> {
+        self.shared
+            .state
+            .lock()
+            .leases
+            .values()
+            .map(|l| crate::node::Registered {
+                instance: l.instance.clone(),
+                local: l.session != REMOTE_SESSION,
+            })
+            .collect()
     }
 
     /// The monitoring figures.
@@ -392,8 +469,9 @@ impl RegistryImpl {
     /// Checks `secret` for `app` (the caller holds a hash permit); creates the app in dev mode.
     async fn check_secret(&self, app: &str, secret: String) -> Result<(), RegistryError> {
         let known = match self.app_config(app) {
-            Some(a) => Some(a.secret_hash.clone()),
-            None => self.shared.state.lock().dev_apps.get(app).cloned(),
+            Some(a) => Some(a.secret_hash),
+            None if self.shared.config.dev => self.shared.store.dev_app(app),
+            None => None,
         };
         if let Some(hash) = known {
             return if self
@@ -422,16 +500,12 @@ impl RegistryImpl {
             .hash(move || secret::hash_secret(&for_hash))
             .await?
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let existing = {
-            let mut state = self.shared.state.lock();
-            match state.dev_apps.get(app) {
-                Some(h) => Some(h.clone()),
-                None => {
-                    state.dev_apps.insert(app.to_owned(), hash);
-                    None
-                }
-            }
-        };
+        let existing = self
+            .shared
+            .store
+            .create_dev_app(app, hash)
+            .await
+            .map_err(store_error)?;
         match existing {
             None => {
                 tracing::warn!(app = ?app, "dev mode: created app on its first login; its secret is fixed until the registry restarts");
@@ -497,18 +571,48 @@ impl RegistryImpl {
         });
     }
 
+    /// Writes a registration to the store, retrying (bounded) while other nodes change the same
+    /// entry; refuses an endpoint another app holds.
+    async fn store_put(
+        &self,
+        session: u64,
+        app: &str,
+        instance: &Instance,
+    ) -> Result<Written, RegistryError> {
+        let key = (instance.service.clone(), instance.endpoint.clone());
+        let mut seen = match self.shared.state.lock().leases.get(&key) {
+            Some(l) if l.instance.app != app => {
+                return Err(other_app(&instance.service, &instance.endpoint));
+            }
+            Some(l) => Some(l.revision),
+            None => None,
+        };
+        for _ in 0..STORE_RETRIES {
+            match self.shared.store.put(session, instance, seen).await {
+                Ok(written) => return Ok(written),
+                Err(StoreError::Conflict(Some((now, _)))) if now.app != app => {
+                    return Err(other_app(&instance.service, &instance.endpoint));
+                }
+                Err(StoreError::Conflict(now)) => seen = now.map(|(_, revision)| revision),
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(store_error(StoreError::Conflict(None)))
+    }
+
     fn reply(&self, app: &str) -> LoginReply {
         let (token, expires_at_ms) = self.shared.keys.issue(app, self.consume_list(app));
         LoginReply {
             app: app.to_owned(),
             token,
             expires_at_ms,
-            keys: self.shared.keys.public_keys(),
+            keys: self.all_public_keys(),
         }
     }
 
     fn check_consume(&self, app: &str, service: &str) -> Result<(), RegistryError> {
-        let list = self.app_config(app).and_then(|a| a.consume.as_deref());
+        let config = self.app_config(app);
+        let list = config.as_ref().and_then(|a| a.consume.as_deref());
         if allowed(list, service) {
             Ok(())
         } else {
@@ -533,6 +637,12 @@ impl Shared {
                 .lock()
                 .session_ended(&s.app, peer.ip(), std::time::Instant::now());
         }
+        if self.store.is_shared() {
+            // Revoking the session's lease removes its entries; every node's watch (this one's
+            // included) then takes them out of its table and tells its subscribers.
+            self.store.release(id);
+            return;
+        }
         let mut changed = BTreeSet::new();
         let now = std::time::Instant::now();
         state.leases.retain(|(service, endpoint), lease| {
@@ -556,14 +666,17 @@ impl Shared {
         let wall = std::time::Instant::now();
         let mut expired = Vec::new();
         state.leases.retain(|(service, endpoint), lease| {
-            if lease.expires <= now {
+            let Some(expires) = lease.expires else {
+                return true; // a shared store's lease: it expires there
+            };
+            if expires <= now {
                 tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, "registration expired (no heartbeat within the lease TTL)");
                 self.monitor.removed(service, endpoint, wall);
                 changed.insert(service.clone());
                 expired.push(lease.session);
                 false
             } else {
-                next = Some(next.map_or(lease.expires, |n| n.min(lease.expires)));
+                next = Some(next.map_or(expires, |n| n.min(expires)));
                 true
             }
         });
@@ -574,6 +687,107 @@ impl Shared {
             .extend(expired.into_iter().filter(|id| live.contains(id)));
         publish(&mut state, &changed);
         next
+    }
+}
+
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // the View is fed by the etcd store
+impl Shared {
+    /// A shared store's record as a lease of the table; `None` if its version is malformed
+    /// (another node wrote it; it validated versions the same way).
+    fn lease_of(&self, record: Record) -> Option<Lease> {
+        let version = match Version::parse(&record.instance.version) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(service = ?record.instance.service, endpoint = ?record.instance.endpoint, error = %e, "ignoring a stored registration with a malformed version");
+                return None;
+            }
+        };
+        let session = if record.node == self.node_id {
+            record.session
+        } else {
+            REMOTE_SESSION
+        };
+        Some(Lease {
+            instance: record.instance,
+            version,
+            session,
+            expires: None,
+            revision: record.revision,
+        })
+    }
+}
+
+/// A shared store's watch keeps the table: every change reaches this node's subscribers.
+impl View for Shared {
+    fn reset(&self, records: Vec<Record>) {
+        let mut fresh = BTreeMap::new();
+        for record in records {
+            let key = (
+                record.instance.service.clone(),
+                record.instance.endpoint.clone(),
+            );
+            if let Some(lease) = self.lease_of(record) {
+                fresh.insert(key, lease);
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock();
+        let mut changed = BTreeSet::new();
+        for (key, old) in &state.leases {
+            if fresh.get(key).is_none_or(|l| l.instance != old.instance) {
+                changed.insert(key.0.clone());
+            }
+            if !fresh.contains_key(key) {
+                self.monitor.removed(&key.0, &key.1, now);
+            }
+        }
+        for (key, lease) in &fresh {
+            if state
+                .leases
+                .get(key)
+                .is_none_or(|l| l.instance != lease.instance)
+            {
+                changed.insert(key.0.clone());
+            }
+            self.monitor.registered(&lease.instance, lease.session, now);
+        }
+        state.leases = fresh;
+        publish(&mut state, &changed);
+    }
+
+    fn put(&self, record: Record) {
+        let Some(lease) = self.lease_of(record) else {
+            return;
+        };
+        let key = (
+            lease.instance.service.clone(),
+            lease.instance.endpoint.clone(),
+        );
+        let mut state = self.state.lock();
+        self.monitor
+            .registered(&lease.instance, lease.session, std::time::Instant::now());
+        let changed = state
+            .leases
+            .get(&key)
+            .is_none_or(|l| l.instance != lease.instance);
+        if lease.session == REMOTE_SESSION && changed {
+            tracing::debug!(service = ?key.0, endpoint = ?key.1, app = ?lease.instance.app, "registered through another registry node");
+        }
+        state.leases.insert(key.clone(), lease);
+        if changed {
+            publish(&mut state, &BTreeSet::from([key.0]));
+        }
+    }
+
+    fn delete(&self, service: &str, endpoint: &str) {
+        let key = (service.to_owned(), endpoint.to_owned());
+        let mut state = self.state.lock();
+        if let Some(lease) = state.leases.remove(&key) {
+            tracing::info!(service = ?service, endpoint = ?endpoint, app = ?lease.instance.app, "registration removed");
+            self.monitor
+                .removed(service, endpoint, std::time::Instant::now());
+            publish(&mut state, &BTreeSet::from([key.0]));
+        }
     }
 }
 
@@ -815,7 +1029,7 @@ impl Registry for RegistryImpl {
 
     async fn public_keys(&self) -> Vec<PublicKey> {
         self.shared.keys.refresh();
-        self.shared.keys.public_keys()
+        self.all_public_keys()
     }
 
     async fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
@@ -829,7 +1043,8 @@ impl Registry for RegistryImpl {
             tls,
         } = registration;
         valid_name("service name", &service)?;
-        let provide = self.app_config(&app).and_then(|a| a.provide.as_deref());
+        let config = self.app_config(&app);
+        let provide = config.as_ref().and_then(|a| a.provide.as_deref());
         if !allowed(provide, &service) {
             return Err(RegistryError::PermissionDenied(format!(
                 "app `{app}` may not provide service `{service}`"
@@ -851,13 +1066,22 @@ impl Registry for RegistryImpl {
             tls,
         };
         let key = (service.clone(), endpoint.clone());
+        let written = self.store_put(session, &app, &instance).await?;
+        if let Written::At(revision) = written {
+            // The store's watch brings it into the table (and to subscribers everywhere).
+            self.shared
+                .store
+                .wait_applied(revision)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
+            return Ok(instance);
+        }
         let mut state = self.shared.state.lock();
         if let Some(existing) = state.leases.get(&key)
             && existing.instance.app != *app
         {
-            return Err(RegistryError::PermissionDenied(format!(
-                "endpoint `{endpoint}` of service `{service}` is registered by another app"
-            )));
+            return Err(other_app(&service, &endpoint));
         }
         let expires = Instant::now() + self.shared.config.lease_ttl;
         let previous = state.leases.insert(
@@ -866,7 +1090,8 @@ impl Registry for RegistryImpl {
                 instance: instance.clone(),
                 version: parsed,
                 session,
-                expires,
+                expires: Some(expires),
+                revision: 0,
             },
         );
         self.shared
@@ -884,6 +1109,35 @@ impl Registry for RegistryImpl {
     async fn deregister(&self, service: String, endpoint: String) -> Result<bool, RegistryError> {
         let (_, _, app) = self.session()?;
         let key = (service, endpoint);
+        let mut seen = match self.shared.state.lock().leases.get(&key) {
+            Some(l) if l.instance.app == *app => l.revision,
+            _ => return Ok(false),
+        };
+        let mut tries = 0;
+        let written = loop {
+            match self.shared.store.delete(&key.0, &key.1, seen).await {
+                Ok(w) => break w,
+                Err(StoreError::Conflict(Some((now, revision)))) if now.app == *app => {
+                    seen = revision;
+                }
+                // Gone already, or someone else's by now.
+                Err(StoreError::Conflict(_)) => return Ok(false),
+                Err(e) => return Err(store_error(e)),
+            }
+            tries += 1;
+            if tries >= STORE_RETRIES {
+                return Err(store_error(StoreError::Conflict(None)));
+            }
+        };
+        if let Written::At(revision) = written {
+            self.shared
+                .store
+                .wait_applied(revision)
+                .await
+                .map_err(store_error)?;
+            tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
+            return Ok(true);
+        }
         let mut state = self.shared.state.lock();
         if state
             .leases
@@ -903,21 +1157,29 @@ impl Registry for RegistryImpl {
 
     async fn heartbeat(&self, status: Status) -> Result<(), RegistryError> {
         let (_, session, _) = self.session()?;
-        let expires = Instant::now() + self.shared.config.lease_ttl;
-        let mut state = self.shared.state.lock();
-        if state.expired.remove(&session) {
-            return Err(RegistryError::Invalid(
-                "this connection's registrations expired (no heartbeat within the lease TTL); \
-                 log in and register again"
-                    .into(),
-            ));
-        }
-        for lease in state.leases.values_mut() {
-            if lease.session == session {
-                lease.expires = expires;
+        if self.shared.store.is_shared() {
+            // The store keeps the session's lease; it says whether it had already expired.
+            if !self
+                .shared
+                .store
+                .renew(session)
+                .await
+                .map_err(store_error)?
+            {
+                return Err(RegistryError::Invalid(LEASE_EXPIRED.into()));
+            }
+        } else {
+            let expires = Instant::now() + self.shared.config.lease_ttl;
+            let mut state = self.shared.state.lock();
+            if state.expired.remove(&session) {
+                return Err(RegistryError::Invalid(LEASE_EXPIRED.into()));
+            }
+            for lease in state.leases.values_mut() {
+                if lease.session == session {
+                    lease.expires = Some(expires);
+                }
             }
         }
-        drop(state);
         // The report's figures, outside the state lock (the monitor ignores a session or
         // instances that ended meanwhile).
         self.shared

@@ -231,6 +231,9 @@ pub enum RegistryError {
         /// Milliseconds after which a retry may succeed.
         retry_after_ms: u64,
     },
+    /// The registry node cannot reach the store it shares with other nodes (etcd), so it could
+    /// not do this now; nothing was changed. Retry, or use another registry node.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for RegistryError {
@@ -240,6 +243,7 @@ impl std::fmt::Display for RegistryError {
             RegistryError::PermissionDenied(m) => write!(f, "permission denied: {m}"),
             RegistryError::Invalid(m) => write!(f, "invalid request: {m}"),
             RegistryError::Throttled { message, .. } => write!(f, "throttled: {message}"),
+            RegistryError::Unavailable(m) => write!(f, "registry unavailable: {m}"),
         }
     }
 }
@@ -256,6 +260,11 @@ impl From<RegistryError> for crate::Error {
             // Nothing was checked: like an overloaded provider, retrying later is safe.
             RegistryError::Throttled { message, .. } => {
                 crate::Error::new(ErrorKind::Overloaded, format!("throttled: {message}"))
+            }
+            // The node, not the request, is the problem: like a registry that cannot be reached
+            // (the session moves on to another node).
+            RegistryError::Unavailable(m) => {
+                crate::Error::new(ErrorKind::Connect, format!("registry unavailable: {m}"))
             }
         }
     }

@@ -71,6 +71,9 @@ struct Current {
 
 pub(crate) struct Session {
     registries: Vec<String>,
+    /// Which registry address to try first on the next (re)connection: the one after the
+    /// node the session just lost, so a dead node is tried last, not first every time.
+    first_registry: std::sync::atomic::AtomicUsize,
     app: String,
     secret: Secret,
     pub(crate) cfg: SessionConfig,
@@ -108,6 +111,7 @@ impl Session {
             };
             Session {
                 registries,
+                first_registry: std::sync::atomic::AtomicUsize::new(0),
                 app,
                 secret,
                 cfg,
@@ -151,11 +155,16 @@ impl Session {
             .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "not logged in to the registry yet"))
     }
 
-    /// Connects to the first registry that answers and logs in. A refused login ends the attempt
-    /// at once (every registry node shares the same apps).
+    /// Connects to the first registry that answers and logs in, trying the addresses in turn
+    /// from the one after the node last lost. A refused login ends the attempt at once (every
+    /// registry node shares the same apps).
     pub(crate) async fn establish(self: &Arc<Self>) -> Result<RegistryClient, Error> {
+        use std::sync::atomic::Ordering;
         let mut last = None;
-        for addr in &self.registries {
+        let n = self.registries.len();
+        let start = self.first_registry.load(Ordering::Relaxed);
+        for i in (0..n).map(|k| (start + k) % n) {
+            let addr = &self.registries[i];
             let mut builder = Client::builder().timeout(self.cfg.registry_timeout);
             if let Some(tls) = &self.cfg.tls {
                 builder = builder.tls(tls.for_endpoint(addr));
@@ -170,6 +179,8 @@ impl Session {
             };
             let reply = self.login(&client, addr).await?;
             self.accept_login(&client, reply);
+            // Lost later, this node is tried last next time.
+            self.first_registry.store((i + 1) % n, Ordering::Relaxed);
             tracing::info!(registry = %addr, app = %self.app, "logged in to the registry");
             return Ok(client);
         }

@@ -1,0 +1,441 @@
+//! Registry HA: several registry nodes sharing one etcd (`--features etcd`).
+//!
+//! Every test runs against a real etcd on loopback: the one `STARDUST_ETCD` names (CI starts
+//! one), else one the fixture starts from Debian's `etcd-server`; with neither the tests say
+//! `SKIPPED` loudly and pass, unless `STARDUST_REQUIRE_EXTERNAL=1`. Each test uses a key prefix
+//! of its own, so tests sharing one etcd never see each other.
+
+mod common;
+
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_tests_need_the_etcd_feature() {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==== SKIPPED: the registry's etcd tests need the `etcd` feature: \
+         cargo test -p stardust-registry --features etcd ====\n"
+    );
+}
+
+#[cfg(feature = "etcd")]
+mod with_etcd {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use stardust::auth::StaticToken;
+    use stardust::auth::token;
+    use stardust::discovery::api::{RegistryClient, RegistryError};
+    use stardust::{Client, Server, Stardust};
+    use stardust_registry::{AppConfig, Config, RegistryNode, StoreConfig, key_set};
+
+    use super::common::etcd::Etcd;
+    use super::common::*;
+
+    const PROVIDER: (&str, &str) = ("calc-provider", "provider-secret");
+    const CONSUMER: (&str, &str) = ("web", "web-secret");
+    const OTHER: (&str, &str) = ("other-provider", "other-secret");
+    const SERVICE: &str = "ha.Calc";
+
+    /// The service the failover test calls.
+    #[stardust::service(name = "ha.Calc", version = "1.0.0")]
+    pub trait Calc {
+        /// `a + b` (idempotent: safe to retry on another provider).
+        #[stardust(idempotent)]
+        async fn add(&self, a: i64, b: i64) -> i64;
+        /// The provider's number.
+        #[stardust(idempotent)]
+        async fn who(&self) -> u32;
+    }
+
+    #[derive(Clone)]
+    struct CalcImpl {
+        id: u32,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl Calc for CalcImpl {
+        async fn add(&self, a: i64, b: i64) -> i64 {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            a + b
+        }
+        async fn who(&self) -> u32 {
+            self.id
+        }
+    }
+
+    /// A node's config: its own key file (nodes sign with different keys), and the apps only
+    /// when `with_apps` (a node without them learns them from the others through etcd).
+    fn config(dir: &tempfile::TempDir, name: &str, with_apps: bool, lease_ttl: Duration) -> Config {
+        let mut config = Config::new()
+            .with_key_file(dir.path().join(format!("{name}-keys.toml")))
+            .with_lease_ttl(lease_ttl);
+        if with_apps {
+            for (app, secret) in [PROVIDER, CONSUMER, OTHER] {
+                config = config.with_app(app, AppConfig::with_secret(secret).unwrap());
+            }
+        }
+        config
+    }
+
+    async fn node(store: &str, config: Config) -> RegistryNode {
+        within(
+            "a registry node to start on etcd",
+            RegistryNode::builder()
+                .config(config.with_store(StoreConfig::parse(store).unwrap()))
+                .bind("127.0.0.1:0"),
+        )
+        .await
+        .expect("registry node")
+    }
+
+    async fn register_ok(client: &RegistryClient, endpoint: &str) {
+        within(
+            "register",
+            client.register(registration(SERVICE, "1.0.0", endpoint)),
+        )
+        .await
+        .expect("register call")
+        .expect("registered");
+    }
+
+    /// Waits (bounded) until `node`'s table satisfies `pred`.
+    async fn table_until(
+        node: &RegistryNode,
+        what: &str,
+        pred: impl Fn(&[stardust_registry::Registered]) -> bool,
+    ) {
+        within(what, async {
+            loop {
+                if pred(&node.registrations()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registrations_through_one_node_reach_subscribers_of_another() {
+        let test = "registrations_through_one_node_reach_subscribers_of_another";
+        let Some(etcd) = Etcd::start(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(30);
+        let a = node(&store, config(&dir, "a", true, ttl)).await;
+        // B has no apps of its own: it knows them from A's config, through etcd.
+        let b = node(&store, config(&dir, "b", false, ttl)).await;
+        assert_ne!(a.node_id(), b.node_id());
+
+        let (provider, _) = login(a.local_addr(), PROVIDER.0, PROVIDER.1).await;
+        let (consumer, _) = login(b.local_addr(), CONSUMER.0, CONSUMER.1).await;
+        let mut pushes = consumer.client().notifications();
+        let initial = within("subscribe", consumer.subscribe(SERVICE.into(), "^1".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(initial.is_empty(), "{initial:?}");
+
+        register_ok(&provider, "127.0.0.1:9001").await;
+        let event = next_event(&mut pushes).await;
+        assert_eq!(endpoints(&event.instances), ["127.0.0.1:9001"]);
+        assert_eq!(event.instances[0].app, PROVIDER.0);
+        let found = within("discover", consumer.discover(SERVICE.into(), "".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(endpoints(&found), ["127.0.0.1:9001"]);
+        // A holds it (its provider session keeps the lease); B only knows it.
+        assert!(a.registrations().iter().all(|r| r.local));
+        assert_eq!(b.registrations().len(), 1);
+        assert!(!b.registrations()[0].local);
+
+        // Another app cannot take that endpoint through the other node.
+        let (other, _) = login(b.local_addr(), OTHER.0, OTHER.1).await;
+        let refused = within(
+            "register a taken endpoint",
+            other.register(registration(SERVICE, "1.0.0", "127.0.0.1:9001")),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(&refused, RegistryError::PermissionDenied(m) if m.contains("another app")),
+            "{refused}"
+        );
+
+        // A second instance through B reaches A's table too.
+        register_ok(&other, "127.0.0.1:9002").await;
+        let event = next_event(&mut pushes).await;
+        assert_eq!(
+            endpoints(&event.instances),
+            ["127.0.0.1:9001", "127.0.0.1:9002"]
+        );
+        table_until(&a, "A to learn B's registration", |t| t.len() == 2).await;
+
+        // A deregistration through A is pushed to B's subscriber.
+        let removed = within(
+            "deregister",
+            provider.deregister(SERVICE.into(), "127.0.0.1:9001".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(removed);
+        let event = next_event(&mut pushes).await;
+        assert_eq!(endpoints(&event.instances), ["127.0.0.1:9002"]);
+
+        // A session that ends takes its registrations with it, everywhere.
+        drop(other);
+        let event = next_event(&mut pushes).await;
+        assert!(event.instances.is_empty(), "{:?}", event.instances);
+        table_until(&a, "A's table to empty", |t| t.is_empty()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dev_apps_and_signing_keys_are_shared() {
+        let test = "dev_apps_and_signing_keys_are_shared";
+        let Some(etcd) = Etcd::start(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let a = node(&store, Config::dev()).await;
+        let b = node(&store, Config::dev()).await;
+
+        // Created on A by its first login; B knows its secret.
+        let (_, on_a) = login(a.local_addr(), "calc", "first-secret").await;
+        let (on_b_client, _) = login(b.local_addr(), "calc", "first-secret").await;
+        let other = connect(b.local_addr()).await;
+        let refused = within(
+            "a login with another secret",
+            other.login("calc".into(), "second-secret".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert!(
+            matches!(refused, RegistryError::Unauthorized(_)),
+            "{refused}"
+        );
+
+        // B lists A's public key: A's token verifies with what B hands out.
+        assert_ne!(a.keys().signing_kid(), b.keys().signing_kid());
+        let keys = within("public keys", on_b_client.public_keys())
+            .await
+            .unwrap();
+        assert!(keys.iter().any(|k| k.kid == a.keys().signing_kid()));
+        let claims = token::verify(&on_a.token, &key_set(&keys), SystemTime::now())
+            .expect("A's token verifies with B's keys");
+        assert_eq!(claims.app, "calc");
+    }
+
+    async fn star(registries: &[std::net::SocketAddr], app: (&str, &str)) -> Stardust {
+        let mut builder = Stardust::builder()
+            .app(app.0, app.1)
+            .heartbeat(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200));
+        for addr in registries {
+            builder = builder.registry(addr.to_string());
+        }
+        within("a registry session", builder.connect())
+            .await
+            .expect("connect to the registry")
+    }
+
+    struct Provider {
+        _star: Stardust,
+        provider: stardust::Provider,
+        calls: Arc<AtomicU64>,
+    }
+
+    async fn provider(registries: &[std::net::SocketAddr], id: u32) -> Provider {
+        let star = star(registries, PROVIDER).await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let service = CalcImpl {
+            id,
+            calls: calls.clone(),
+        };
+        let provider = within(
+            "serve",
+            star.serve(
+                Server::builder().serve(CalcServer::new(service)),
+                "127.0.0.1:0",
+            ),
+        )
+        .await
+        .expect("serve");
+        Provider {
+            _star: star,
+            provider,
+            calls,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn losing_a_node_loses_no_call() {
+        let test = "losing_a_node_loses_no_call";
+        let Some(etcd) = Etcd::start(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let dir = tempfile::tempdir().unwrap();
+        // Far above the 200 ms heartbeats; short enough that a lease the dead node held
+        // would run out while the test watches.
+        let ttl = Duration::from_secs(3);
+        let a = node(&store, config(&dir, "a", true, ttl)).await;
+        let b = node(&store, config(&dir, "b", true, ttl)).await;
+        let both = [a.local_addr(), b.local_addr()];
+
+        // Provider 1 knows both nodes and logs in through A (the first); provider 2 knows
+        // only B; provider 3 knows only A, so its registration dies with A's leases (the
+        // event that shows they ran out while calls went on). The consumer logs in through
+        // A: its token is A's.
+        let p1 = provider(&both, 1).await;
+        let p2 = provider(&[b.local_addr()], 2).await;
+        let p3 = provider(&[a.local_addr()], 3).await;
+        table_until(&b, "every provider in B's table", |t| t.len() == 3).await;
+        let consumer = star(&both, CONSUMER).await;
+        let client = consumer.client::<CalcClient>();
+
+        // Provider 2 (logged in only through B) accepts a token A issued.
+        let (a_token, _) = a.keys().issue(CONSUMER.0, None);
+        let direct = Client::builder()
+            .credentials(StaticToken(a_token.clone()))
+            .connect(p2.provider.local_addr())
+            .await
+            .expect("connect to provider 2 with A's token");
+        assert_eq!(CalcClient::new(direct).who().await.unwrap(), 2);
+
+        // Calls run throughout; every one must succeed.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let caller = {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut i = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    match client.add(i, 1).await {
+                        Ok(sum) if sum == i + 1 => ok += 1,
+                        Ok(sum) => failed.push(format!("{i} + 1 = {sum}?")),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    i += 1;
+                    // Paced, so the loop does not starve the nodes on a 2-core machine.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failed)
+            })
+        };
+        within("calls to reach both providers", async {
+            while p1.calls.load(Ordering::Relaxed) == 0 || p2.calls.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+
+        // Node A dies: no goodbye, no cleanup.
+        let a_node = a.node_id().to_owned();
+        drop(a);
+
+        // Provider 1 registers again through B (B now holds its lease), and provider 3's
+        // registration goes when the lease A held for it expires: provider 1's, moved to B,
+        // does not.
+        table_until(
+            &b,
+            "provider 1 to re-register through B and provider 3's lease to expire",
+            |t| t.len() == 2 && t.iter().all(|r| r.local),
+        )
+        .await;
+        let endpoints_now: Vec<String> = b
+            .registrations()
+            .into_iter()
+            .map(|r| r.instance.endpoint)
+            .collect();
+        assert!(!endpoints_now.contains(&p3.provider.endpoint().to_owned()));
+        assert!(endpoints_now.contains(&p1.provider.endpoint().to_owned()));
+        // Calls keep flowing to both providers after the move.
+        let (c1, c2) = (
+            p1.calls.load(Ordering::Relaxed),
+            p2.calls.load(Ordering::Relaxed),
+        );
+        within("calls to both providers after the failover", async {
+            while p1.calls.load(Ordering::Relaxed) < c1 + 20
+                || p2.calls.load(Ordering::Relaxed) < c2 + 20
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        // A's token still opens provider 2 after A died (its key outlives its tokens).
+        let direct = Client::builder()
+            .credentials(StaticToken(a_token))
+            .connect(p2.provider.local_addr())
+            .await
+            .expect("A's token after A died");
+        assert_eq!(CalcClient::new(direct).who().await.unwrap(), 2);
+
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = within("the caller to stop", caller).await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of {} calls failed: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)]
+        );
+        assert!(ok > 40, "only {ok} calls");
+        assert_ne!(b.node_id(), a_node);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provider_of_a_dead_node_goes_when_its_lease_expires() {
+        let test = "a_provider_of_a_dead_node_goes_when_its_lease_expires";
+        let Some(etcd) = Etcd::start(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(2);
+        let a = node(&store, config(&dir, "a", true, ttl)).await;
+        let b = node(&store, config(&dir, "b", true, ttl)).await;
+
+        // The provider knows only A: when A dies it has nowhere to register again.
+        let orphan = provider(&[a.local_addr()], 1).await;
+        // One through B that stays.
+        let kept = provider(&[b.local_addr()], 2).await;
+        let (consumer, _) = login(b.local_addr(), CONSUMER.0, CONSUMER.1).await;
+        let mut pushes = consumer.client().notifications();
+        let orphan_ep = orphan.provider.endpoint().to_owned();
+        let kept_ep = kept.provider.endpoint().to_owned();
+        let initial = within("subscribe", consumer.subscribe(SERVICE.into(), "".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut listed: Vec<String> = initial.iter().map(|i| i.endpoint.clone()).collect();
+        while listed.len() < 2 {
+            let event = next_event(&mut pushes).await;
+            listed = event.instances.iter().map(|i| i.endpoint.clone()).collect();
+        }
+        assert!(listed.contains(&orphan_ep) && listed.contains(&kept_ep));
+
+        // A dies without cleanup. Its provider's heartbeats kept the lease alive until now;
+        // nobody renews it any more, and etcd expires it.
+        drop(a);
+        let event = within("the orphan's lease to expire", async {
+            loop {
+                let event = next_event(&mut pushes).await;
+                if event.instances.len() < 2 {
+                    return event;
+                }
+            }
+        })
+        .await;
+        assert_eq!(endpoints(&event.instances), [kept_ep.as_str()]);
+        table_until(&b, "B's table to drop the orphan", |t| t.len() == 1).await;
+    }
+}
