@@ -7,21 +7,18 @@
 //! cargo run --example consumer                           # terminal 3
 //! ```
 //!
-//! Options: `--registry ADDR` (default 127.0.0.1:7600), `--app ID` and the secret in the
+//! Options: `--registry ADDR` (default 127.0.0.1:7600; repeat it, or give a comma-separated
+//! list, for the nodes of a registry sharing one etcd), `--app ID` and the secret in the
 //! `STARDUST_SECRET` environment variable (defaults suit a dev-mode registry).
 
-use stardust::{Server, Stardust};
+use stardust::Server;
 use stardust_workspace::calc::{CalculatorServer, MyCalc};
 use stardust_workspace::cli::Args;
 
 #[tokio::main]
 async fn main() -> Result<(), stardust::Error> {
     let args = Args::parse("calc-provider");
-    let star = Stardust::builder()
-        .registry(&args.registry)
-        .app(&args.app, &args.secret)
-        .connect()
-        .await?;
+    let star = args.stardust().connect().await?;
     let provider = star
         .serve(
             Server::builder().serve(CalculatorServer::new(MyCalc)),
@@ -32,7 +29,7 @@ async fn main() -> Result<(), stardust::Error> {
         "provider `{}` serving calc.Calculator on {} (registered with {}); Ctrl-C to stop",
         star.app(),
         provider.endpoint(),
-        args.registry
+        args.registries.join(", ")
     );
     let _ = tokio::signal::ctrl_c().await;
     provider.shutdown().await;

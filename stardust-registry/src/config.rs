@@ -894,6 +894,35 @@ queue_timeout = "500ms"
     }
 
     #[test]
+    fn store() {
+        assert_eq!(Config::new().store, StoreConfig::Memory);
+        let cfg = Config::from_toml("dev = true\nstore = \"memory\"\n").unwrap();
+        assert_eq!(cfg.store, StoreConfig::Memory);
+        let text = "dev = true\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379/prod\"\n";
+        match Config::from_toml(text) {
+            Ok(cfg) => {
+                assert!(cfg!(feature = "etcd"));
+                assert_eq!(
+                    cfg.store,
+                    StoreConfig::Etcd {
+                        endpoints: vec![
+                            "http://10.0.0.1:2379".into(),
+                            "http://10.0.0.2:2379".into()
+                        ],
+                        prefix: "prod".into(),
+                    }
+                );
+            }
+            Err(e) => {
+                assert!(!cfg!(feature = "etcd"));
+                assert!(e.message().contains("`etcd` feature"), "{e}");
+            }
+        }
+        let e = Config::from_toml("dev = true\nstore = \"etcd://nowhere\"\n").unwrap_err();
+        assert!(e.message().contains("not an etcd endpoint"), "{e}");
+    }
+
+    #[test]
     fn app_names_are_bounded() {
         let long = "a".repeat(MAX_APP_NAME_LEN + 1);
         let cfg = Config::new()

@@ -51,6 +51,17 @@
 //! that connection and forgets it (with its registrations and subscriptions) when the
 //! connection closes. Every call except `login` and `public_keys` needs a logged-in connection.
 //!
+//! # Several nodes (etcd)
+//!
+//! By default a node keeps everything in memory. With the `etcd` cargo feature and
+//! [`Config::store`] set to `etcd://host:port[,host:port...][/prefix]` ([`StoreConfig`]),
+//! several nodes share one registry: registrations are etcd keys under leases the node a
+//! provider is connected to keeps alive with its heartbeats, every node watches them and pushes
+//! changes to its own subscribers, and app definitions, dev-mode apps and public signing keys
+//! are shared, so a token from any node is accepted everywhere. A node that dies stops renewing;
+//! its providers register again through another node (or vanish when their leases expire).
+//! [`RegistryNode::registrations`] shows a node's table and which entries it holds.
+//!
 //! # Login throttling
 //!
 //! Secrets are checked with argon2id, which is slow on purpose; the registry therefore decides

@@ -42,6 +42,8 @@ fn help_explains_every_command_and_flag() {
         "--http-listen <ADDR|off>",
         "--config <FILE>",
         "--dev",
+        "--store <URL>",
+        "etcd://",
     ] {
         assert!(help.contains(flag), "`{flag}` missing from:\n{help}");
     }
@@ -141,6 +143,40 @@ fn serve_refuses_a_bad_config_clearly() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn serve_refuses_a_store_it_cannot_use_clearly() {
+    let out = run(&["serve", "--dev", "--store", "redis://127.0.0.1:6379"], "");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("neither `memory` nor `etcd://"), "{err}");
+
+    // An etcd store needs the `etcd` feature; with it, an etcd that does not answer is named.
+    // (Port 1 on loopback: nothing listens there.)
+    let out = run(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--store",
+            "etcd://127.0.0.1:1/team",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    if cfg!(feature = "etcd") {
+        assert!(
+            err.contains("cannot use its store") && err.contains("etcd://127.0.0.1:1/team"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("built with the `etcd` feature"), "{err}");
+    }
 }
 
 #[test]

@@ -253,12 +253,7 @@ impl Inner {
 
     /// The session's lease, granted now if it has none.
     async fn session_lease(&self, session: u64) -> Result<i64, StoreError> {
-        let slot = self
-            .sessions
-            .lock()
-            .entry(session)
-            .or_default()
-            .clone();
+        let slot = self.sessions.lock().entry(session).or_default().clone();
         let mut slot = slot.lock().await;
         if let Some(id) = *slot {
             return Ok(id);
@@ -301,9 +296,7 @@ impl Inner {
 
     /// Decodes one key of the prefix into the table (registrations) or what was learnt.
     fn decode(&self, kv: &KeyValue) -> Option<Decoded> {
-        let key = std::str::from_utf8(kv.key()).ok()?;
-        let rest = key.strip_prefix(&self.root)?;
-        let (kind, name) = rest.split_once('/')?;
+        let (key, kind, name) = split_key(&self.root, kv.key())?;
         let parsed = match kind {
             "instances" => serde_json::from_slice::<StoredInstance>(kv.value())
                 .map(|s| {
@@ -355,20 +348,7 @@ impl Inner {
 
     /// Which registration or learnt entry a deleted key was.
     fn deleted(&self, key: &[u8]) -> Option<Deleted> {
-        let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(&self.root)?;
-        let (kind, name) = rest.split_once('/')?;
-        Some(match kind {
-            "instances" => {
-                // Endpoints are `host:port` (no `/`); service names may hold `/`.
-                let (service, endpoint) = name.rsplit_once('/')?;
-                Deleted::Instance(service.to_owned(), endpoint.to_owned())
-            }
-            "apps" => Deleted::App(name.to_owned()),
-            "dev-apps" => Deleted::DevApp(name.to_owned()),
-            "keys" => Deleted::Key(name.to_owned()),
-            _ => return None,
-        })
+        deleted(&self.root, key)
     }
 
     /// Lists the prefix into `view` and what was learnt; returns the revision listed at.
@@ -614,6 +594,32 @@ impl Inner {
     }
 }
 
+/// A key under `root` as `(key, kind, name)`: `kind` is `instances`, `apps`, `dev-apps` or
+/// `keys`; `name` the rest.
+fn split_key<'a>(root: &str, key: &'a [u8]) -> Option<(&'a str, &'a str, &'a str)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(root)?;
+    let (kind, name) = rest.split_once('/')?;
+    Some((key, kind, name))
+}
+
+/// Which registration or learnt entry a deleted key under `root` was (a delete event carries
+/// the key only).
+fn deleted(root: &str, key: &[u8]) -> Option<Deleted> {
+    let (_, kind, name) = split_key(root, key)?;
+    Some(match kind {
+        "instances" => {
+            // Endpoints are `host:port` (no `/`); service names may hold `/`.
+            let (service, endpoint) = name.rsplit_once('/')?;
+            Deleted::Instance(service.to_owned(), endpoint.to_owned())
+        }
+        "apps" => Deleted::App(name.to_owned()),
+        "dev-apps" => Deleted::DevApp(name.to_owned()),
+        "keys" => Deleted::Key(name.to_owned()),
+        _ => return None,
+    })
+}
+
 enum Decoded {
     Instance(Record),
     App(String, AppConfig),
@@ -621,6 +627,7 @@ enum Decoded {
     Key(PublicKey, String),
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Deleted {
     Instance(String, String),
     App(String),
@@ -842,5 +849,72 @@ impl Store for EtcdStore {
             .values()
             .map(|(key, _)| key.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_what_they_hold() {
+        let root = "team/registry/";
+        assert_eq!(
+            deleted(
+                root,
+                b"team/registry/instances/calc.Calculator/10.0.0.1:9000"
+            ),
+            Some(Deleted::Instance(
+                "calc.Calculator".into(),
+                "10.0.0.1:9000".into()
+            ))
+        );
+        // A service name with `/` in it: the endpoint never has one.
+        assert_eq!(
+            deleted(root, b"team/registry/instances/a/b/[::1]:7"),
+            Some(Deleted::Instance("a/b".into(), "[::1]:7".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/apps/web"),
+            Some(Deleted::App("web".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/dev-apps/web"),
+            Some(Deleted::DevApp("web".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/keys/kid1"),
+            Some(Deleted::Key("kid1".into()))
+        );
+        // Another registry's prefix, an unknown kind, or a key that is not UTF-8: not ours.
+        assert_eq!(deleted(root, b"team/other/apps/web"), None);
+        assert_eq!(deleted(root, b"team/registry/leader"), None);
+        assert_eq!(deleted(root, b"team/registry/queues/x"), None);
+        assert_eq!(deleted(root, b"team/registry/apps/\xff"), None);
+    }
+
+    #[test]
+    fn values_are_readable_json() {
+        let stored = StoredInstance {
+            instance: Instance {
+                app: "calc".into(),
+                service: "calc.Calculator".into(),
+                version: "1.2.0".into(),
+                endpoint: "127.0.0.1:9000".into(),
+                weight: 100,
+                tags: Default::default(),
+                tls: false,
+            },
+            node: "node-1".into(),
+            session: 7,
+        };
+        let json = serde_json::to_string(&stored).unwrap();
+        assert!(json.contains("\"endpoint\":\"127.0.0.1:9000\""), "{json}");
+        let back: StoredInstance = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.instance, stored.instance);
+        assert_eq!((back.node.as_str(), back.session), ("node-1", 7));
+        // App definitions are the config file's fields; absent lists stay absent.
+        let app: StoredApp = serde_json::from_str(r#"{"secret_hash":"h"}"#).unwrap();
+        assert_eq!((app.provide, app.consume), (None, None));
     }
 }
