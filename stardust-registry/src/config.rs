@@ -899,9 +899,10 @@ queue_timeout = "500ms"
         let cfg = Config::from_toml("dev = true\nstore = \"memory\"\n").unwrap();
         assert_eq!(cfg.store, StoreConfig::Memory);
         let text = "dev = true\nstore = \"etcd://10.0.0.1:2379,10.0.0.2:2379/prod\"\n";
-        match Config::from_toml(text) {
+        let parsed = Config::from_toml(text);
+        assert_eq!(parsed.is_ok(), cfg!(feature = "etcd"), "{parsed:?}");
+        match parsed {
             Ok(cfg) => {
-                assert!(cfg!(feature = "etcd"));
                 assert_eq!(
                     cfg.store,
                     StoreConfig::Etcd {
@@ -913,10 +914,7 @@ queue_timeout = "500ms"
                     }
                 );
             }
-            Err(e) => {
-                assert!(!cfg!(feature = "etcd"));
-                assert!(e.message().contains("`etcd` feature"), "{e}");
-            }
+            Err(e) => assert!(e.message().contains("`etcd` feature"), "{e}"),
         }
         let e = Config::from_toml("dev = true\nstore = \"etcd://nowhere\"\n").unwrap_err();
         assert!(e.message().contains("not an etcd endpoint"), "{e}");
