@@ -438,4 +438,72 @@ mod with_etcd {
         assert_eq!(endpoints(&event.instances), [kept_ep.as_str()]);
         table_until(&b, "B's table to drop the orphan", |t| t.len() == 1).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_etcd_crash_loses_no_call_and_the_registry_recovers() {
+        let test = "an_etcd_crash_loses_no_call_and_the_registry_recovers";
+        // Its own etcd, even where a shared one is named: this test kills it.
+        let Some(mut etcd) = Etcd::private(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let dir = tempfile::tempdir().unwrap();
+        let a = node(&store, config(&dir, "a", true, Duration::from_secs(5))).await;
+        let p1 = provider(&[a.local_addr()], 1).await;
+        let consumer = star(&[a.local_addr()], CONSUMER).await;
+        let client = consumer.client::<CalcClient>();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let caller = {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match client.add(2, 2).await {
+                        Ok(4) => ok += 1,
+                        Ok(other) => failed.push(format!("2 + 2 = {other}?")),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failed)
+            })
+        };
+        let calls_reach = |p: &Provider, more: u64, what: &'static str| {
+            let calls = p.calls.clone();
+            let from = calls.load(Ordering::Relaxed);
+            within(what, async move {
+                while calls.load(Ordering::Relaxed) < from + more {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        calls_reach(&p1, 20, "calls to provider 1").await;
+
+        // etcd crashes: the node keeps serving its last table, consumers their lists.
+        etcd.kill();
+        calls_reach(&p1, 20, "calls while etcd is down").await;
+
+        // etcd comes back: the node's watch lists again, the provider's registration is
+        // renewed or made again, and a provider registering now reaches the consumer.
+        etcd.restart(test).await;
+        let p2 = provider(&[a.local_addr()], 2).await;
+        calls_reach(&p2, 20, "calls to a provider registered after the restart").await;
+        calls_reach(&p1, 20, "calls to provider 1 after the restart").await;
+        table_until(&a, "both providers in the table", |t| {
+            t.len() == 2 && t.iter().all(|r| r.local)
+        })
+        .await;
+
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = within("the caller to stop", caller).await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of {} calls failed: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)]
+        );
+    }
 }

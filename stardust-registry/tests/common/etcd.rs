@@ -54,6 +54,58 @@ pub struct Etcd {
     /// The private etcd's data dir and log, removed after the child is killed (fields drop
     /// after [`Drop::drop`] runs).
     dir: Option<tempfile::TempDir>,
+    /// How a private etcd was started, to start it again ([`Etcd::restart`]).
+    launch: Option<Launch>,
+}
+
+/// One private etcd member: its binary, data dir, ports and log.
+#[derive(Clone)]
+struct Launch {
+    binary: PathBuf,
+    data: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn client(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts the member (stdout and stderr appended to its log).
+    fn run(&self, test: &str) -> Child {
+        let client = self.client();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--name")
+            .arg("stardust-test")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("stardust-test={peer}")])
+            // zap: the default capnslog logger prints a deprecation warning at any level.
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(log_file(&self.log))
+            .stderr(log_file(&self.log));
+        // etcd reads any ETCD_<FLAG> variable as a flag; a developer's ETCD_NAME or
+        // ETCD_DATA_DIR must not leak in. ETCD_UNSUPPORTED_ARCH is kept: non-amd64/arm64
+        // machines need it to start at all.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("ETCD_") && key != "ETCD_UNSUPPORTED_ARCH" {
+                command.env_remove(&*key);
+            }
+        }
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", self.binary.display()))
+    }
 }
 
 impl Etcd {
@@ -92,6 +144,76 @@ impl Etcd {
             return None;
         };
         Some(Self::spawn(test, &binary).await)
+    }
+
+    /// A private etcd even where `STARDUST_ETCD` names a shared one: for tests that stop and
+    /// restart it ([`Etcd::kill`], [`Etcd::restart`]). `None` (loudly), or a panic under
+    /// `STARDUST_REQUIRE_EXTERNAL=1`, without an `etcd` binary.
+    pub async fn private(test: &str) -> Option<Etcd> {
+        let Some(binary) = find_etcd() else {
+            let why = format!(
+                "no `etcd` binary on PATH or at {DEBIAN_ETCD} (this test starts and stops its own \
+                 etcd; install Debian's `etcd-server`, e.g. `apt-get install -y etcd-server`)"
+            );
+            if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+                panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
+            }
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
+            );
+            return None;
+        };
+        Some(Self::spawn(test, &binary).await)
+    }
+
+    /// Kills a private etcd at once (SIGKILL: a crash, no goodbye to its clients).
+    pub fn kill(&mut self) {
+        let child = self
+            .child
+            .as_mut()
+            .expect("only a private etcd can be killed");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.child = None;
+    }
+
+    /// Starts a killed private etcd again on the same ports and data dir (its keys and leases
+    /// come back), once it is healthy.
+    pub async fn restart(&mut self, test: &str) {
+        assert!(
+            self.child.is_none(),
+            "{test}: kill the etcd before restarting it"
+        );
+        let launch = self
+            .launch
+            .clone()
+            .expect("only a private etcd can be restarted");
+        let deadline = Instant::now() + STARTUP_BOUND;
+        let mut child = launch.run(test);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{test}: the restarted etcd exited ({status}); its log ends with:\n{}",
+                    tail(&launch.log)
+                );
+            }
+            if health(&launch.client()).await.is_ok() {
+                self.child = Some(child);
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{test}: the restarted etcd not healthy after {STARTUP_BOUND:?}; its log \
+                     ends with:\n{}",
+                    tail(&launch.log)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Client endpoints with their scheme, e.g. `["http://127.0.0.1:41234"]`.
@@ -169,6 +291,7 @@ impl Etcd {
             endpoints,
             child: None,
             dir: None,
+            launch: None,
         }
     }
 
@@ -183,38 +306,17 @@ impl Etcd {
         let mut failures = Vec::new();
         for attempt in 1..=SPAWN_ATTEMPTS {
             let (client_port, peer_port) = free_ports();
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            // A fresh data dir per attempt: a half-started member leaves its cluster ID behind.
-            let data = dir.path().join(format!("data-{attempt}"));
-            let mut command = Command::new(binary);
-            command
-                .arg("--name")
-                .arg("stardust-test")
-                .arg("--data-dir")
-                .arg(&data)
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("stardust-test={peer}")])
-                // zap: the default capnslog logger prints a deprecation warning at any level.
-                .args(["--logger", "zap", "--log-level", "error"])
-                .stdin(Stdio::null())
-                .stdout(log_file(&log))
-                .stderr(log_file(&log));
-            // etcd reads any ETCD_<FLAG> variable as a flag; a developer's ETCD_NAME or
-            // ETCD_DATA_DIR must not leak in. ETCD_UNSUPPORTED_ARCH is kept: non-amd64/arm64
-            // machines need it to start at all.
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                if key.starts_with("ETCD_") && key != "ETCD_UNSUPPORTED_ARCH" {
-                    command.env_remove(&*key);
-                }
-            }
-            let mut child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("{test}: cannot run {}: {e}", binary.display()));
+            let launch = Launch {
+                binary: binary.to_owned(),
+                // A fresh data dir per attempt: a half-started member leaves its cluster ID
+                // behind.
+                data: dir.path().join(format!("data-{attempt}")),
+                client_port,
+                peer_port,
+                log: log.clone(),
+            };
+            let client = launch.client();
+            let mut child = launch.run(test);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
                     // Most likely one of its ports was taken meanwhile: try new ones.
@@ -226,6 +328,7 @@ impl Etcd {
                         endpoints: vec![client],
                         child: Some(child),
                         dir: Some(dir),
+                        launch: Some(launch),
                     };
                 }
                 if Instant::now() >= deadline {
