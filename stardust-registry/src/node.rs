@@ -231,6 +231,8 @@ impl RegistryNodeBuilder {
                 rpc_addr: addr,
                 dev: config.dev,
                 tls: tls_on,
+                store: store.describe(),
+                node: node_id.clone(),
                 started: std::time::Instant::now(),
             };
             if !http_addr.ip().is_loopback() {

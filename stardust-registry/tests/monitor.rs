@@ -150,6 +150,13 @@ async fn reported_calls_show_exactly_in_the_api_and_metrics() {
     // The overview and the flat list say the same.
     let overview = http_get(http, "/api/services").await.json();
     assert_eq!(overview["registry"]["instances"], 1);
+    assert_eq!(overview["registry"]["store"], "memory");
+    assert!(
+        overview["registry"]["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("node-")),
+        "{overview}"
+    );
     assert_eq!(
         overview["registry"]["listen"],
         node.local_addr().to_string()

@@ -49,6 +49,10 @@ pub(crate) struct HttpContext {
     pub rpc_addr: SocketAddr,
     pub dev: bool,
     pub tls: bool,
+    /// The store, as `Store::describe` says.
+    pub store: String,
+    /// This node's id.
+    pub node: String,
     pub started: Instant,
 }
 
@@ -204,6 +208,8 @@ fn facts(ctx: &Ctx) -> RegistryFacts {
         rpc_addr: c.rpc_addr,
         dev: c.dev,
         tls: c.tls,
+        store: c.store.clone(),
+        node: c.node.clone(),
         started: c.started,
         logins: c.registry.login_stats(),
     }

@@ -19,6 +19,10 @@ pub(crate) struct RegistryFacts {
     pub rpc_addr: SocketAddr,
     pub dev: bool,
     pub tls: bool,
+    /// Where registrations live: `memory`, or the etcd URL of a registry with several nodes.
+    pub store: String,
+    /// This node's name in a shared store's entries.
+    pub node: String,
     pub started: Instant,
     pub logins: LoginStats,
 }
@@ -146,6 +150,8 @@ struct RegistryView {
     listen: String,
     dev: bool,
     tls: bool,
+    store: String,
+    node: String,
     uptime_ms: u64,
     now_ms: u64,
     lease_ttl_ms: u64,
@@ -534,6 +540,8 @@ pub(crate) fn overview(snap: &Snapshot, facts: &RegistryFacts) -> Overview {
             listen: facts.rpc_addr.to_string(),
             dev: facts.dev,
             tls: facts.tls,
+            store: facts.store.clone(),
+            node: facts.node.clone(),
             uptime_ms: age_ms(snap.now, facts.started),
             now_ms: snap.now_ms,
             lease_ttl_ms: ms(snap.lease_ttl),
