@@ -600,6 +600,17 @@ impl RegistryImpl {
         Err(store_error(StoreError::Conflict(None)))
     }
 
+    /// Waits until the table shows a shared store's write at `revision`: the store's watch
+    /// brings it in (and to the subscribers of every node), so the caller's next `discover`
+    /// on this node sees it.
+    async fn shown(&self, revision: i64) -> Result<(), RegistryError> {
+        self.shared
+            .store
+            .wait_applied(revision)
+            .await
+            .map_err(store_error)
+    }
+
     fn reply(&self, app: &str) -> LoginReply {
         let (token, expires_at_ms) = self.shared.keys.issue(app, self.consume_list(app));
         LoginReply {
@@ -1068,12 +1079,7 @@ impl Registry for RegistryImpl {
         let key = (service.clone(), endpoint.clone());
         let written = self.store_put(session, &app, &instance).await?;
         if let Written::At(revision) = written {
-            // The store's watch brings it into the table (and to subscribers everywhere).
-            self.shared
-                .store
-                .wait_applied(revision)
-                .await
-                .map_err(store_error)?;
+            self.shown(revision).await?;
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
             return Ok(instance);
         }
@@ -1130,11 +1136,7 @@ impl Registry for RegistryImpl {
             }
         };
         if let Written::At(revision) = written {
-            self.shared
-                .store
-                .wait_applied(revision)
-                .await
-                .map_err(store_error)?;
+            self.shown(revision).await?;
             tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
             return Ok(true);
         }

@@ -275,6 +275,62 @@ mod with_etcd {
         }
     }
 
+    impl Provider {
+        /// Waits (bounded) until this provider has taken `more` calls beyond what it has now.
+        async fn takes_calls(&self, more: u64, what: &str) {
+            let from = self.calls.load(Ordering::Relaxed);
+            within(what, async {
+                while self.calls.load(Ordering::Relaxed) < from + more {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+        }
+    }
+
+    /// Calls `add` in a loop (paced, so it does not starve the nodes on a 2-core machine)
+    /// until stopped; every call must succeed.
+    struct Caller {
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+    }
+
+    impl Caller {
+        fn start(client: CalcClient) -> Caller {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stop.clone();
+            let task = tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut i = 0i64;
+                while !flag.load(Ordering::Relaxed) {
+                    match client.add(i, 1).await {
+                        Ok(sum) if sum == i + 1 => ok += 1,
+                        Ok(sum) => failed.push(format!("{i} + 1 = {sum}?")),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failed)
+            });
+            Caller { stop, task }
+        }
+
+        /// Stops the loop and asserts that no call failed.
+        async fn no_call_failed(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            let (ok, failed) = within("the caller to stop", self.task).await.unwrap();
+            assert!(
+                failed.is_empty(),
+                "{} of {} calls failed: {:?}",
+                failed.len(),
+                ok + failed.len() as u64,
+                &failed[..failed.len().min(5)]
+            );
+            assert!(ok > 40, "only {ok} calls");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn losing_a_node_loses_no_call() {
         let test = "losing_a_node_loses_no_call";
@@ -311,32 +367,9 @@ mod with_etcd {
         assert_eq!(CalcClient::new(direct).who().await.unwrap(), 2);
 
         // Calls run throughout; every one must succeed.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let caller = {
-            let client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                let mut i = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    match client.add(i, 1).await {
-                        Ok(sum) if sum == i + 1 => ok += 1,
-                        Ok(sum) => failed.push(format!("{i} + 1 = {sum}?")),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    i += 1;
-                    // Paced, so the loop does not starve the nodes on a 2-core machine.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                (ok, failed)
-            })
-        };
-        within("calls to reach both providers", async {
-            while p1.calls.load(Ordering::Relaxed) == 0 || p2.calls.load(Ordering::Relaxed) == 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        let caller = Caller::start(client.clone());
+        p1.takes_calls(1, "calls to reach provider 1").await;
+        p2.takes_calls(1, "calls to reach provider 2").await;
 
         // Node A dies: no goodbye, no cleanup.
         let a_node = a.node_id().to_owned();
@@ -359,18 +392,10 @@ mod with_etcd {
         assert!(!endpoints_now.contains(&p3.provider.endpoint().to_owned()));
         assert!(endpoints_now.contains(&p1.provider.endpoint().to_owned()));
         // Calls keep flowing to both providers after the move.
-        let (c1, c2) = (
-            p1.calls.load(Ordering::Relaxed),
-            p2.calls.load(Ordering::Relaxed),
-        );
-        within("calls to both providers after the failover", async {
-            while p1.calls.load(Ordering::Relaxed) < c1 + 20
-                || p2.calls.load(Ordering::Relaxed) < c2 + 20
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        p1.takes_calls(20, "calls to provider 1 after the failover")
+            .await;
+        p2.takes_calls(20, "calls to provider 2 after the failover")
+            .await;
         // A's token still opens provider 2 after A died (its key outlives its tokens).
         let direct = Client::builder()
             .credentials(StaticToken(a_token))
@@ -379,16 +404,7 @@ mod with_etcd {
             .expect("A's token after A died");
         assert_eq!(CalcClient::new(direct).who().await.unwrap(), 2);
 
-        stop.store(true, Ordering::Relaxed);
-        let (ok, failed) = within("the caller to stop", caller).await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} of {} calls failed: {:?}",
-            failed.len(),
-            ok + failed.len() as u64,
-            &failed[..failed.len().min(5)]
-        );
-        assert!(ok > 40, "only {ok} calls");
+        caller.no_call_failed().await;
         assert_ne!(b.node_id(), a_node);
     }
 
@@ -453,57 +469,26 @@ mod with_etcd {
         let consumer = star(&[a.local_addr()], CONSUMER).await;
         let client = consumer.client::<CalcClient>();
 
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let caller = {
-            let client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut ok, mut failed) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match client.add(2, 2).await {
-                        Ok(4) => ok += 1,
-                        Ok(other) => failed.push(format!("2 + 2 = {other}?")),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                (ok, failed)
-            })
-        };
-        let calls_reach = |p: &Provider, more: u64, what: &'static str| {
-            let calls = p.calls.clone();
-            let from = calls.load(Ordering::Relaxed);
-            within(what, async move {
-                while calls.load(Ordering::Relaxed) < from + more {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        };
-        calls_reach(&p1, 20, "calls to provider 1").await;
+        let caller = Caller::start(client);
+        p1.takes_calls(20, "calls to provider 1").await;
 
         // etcd crashes: the node keeps serving its last table, consumers their lists.
         etcd.kill();
-        calls_reach(&p1, 20, "calls while etcd is down").await;
+        p1.takes_calls(20, "calls while etcd is down").await;
 
         // etcd comes back: the node's watch lists again, the provider's registration is
         // renewed or made again, and a provider registering now reaches the consumer.
         etcd.restart(test).await;
         let p2 = provider(&[a.local_addr()], 2).await;
-        calls_reach(&p2, 20, "calls to a provider registered after the restart").await;
-        calls_reach(&p1, 20, "calls to provider 1 after the restart").await;
+        p2.takes_calls(20, "calls to a provider registered after the restart")
+            .await;
+        p1.takes_calls(20, "calls to provider 1 after the restart")
+            .await;
         table_until(&a, "both providers in the table", |t| {
             t.len() == 2 && t.iter().all(|r| r.local)
         })
         .await;
 
-        stop.store(true, Ordering::Relaxed);
-        let (ok, failed) = within("the caller to stop", caller).await.unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} of {} calls failed: {:?}",
-            failed.len(),
-            ok + failed.len() as u64,
-            &failed[..failed.len().min(5)]
-        );
+        caller.no_call_failed().await;
     }
 }

@@ -127,21 +127,14 @@ impl Etcd {
             return Some(Self::shared(test, &named).await);
         }
         let Some(binary) = find_etcd() else {
-            let why = format!(
-                "no etcd (STARDUST_ETCD is unset and there is no `etcd` on PATH or at \
-                 {DEBIAN_ETCD}; install Debian's `etcd-server`, e.g. `apt-get install -y \
-                 etcd-server`, or set STARDUST_ETCD=http://127.0.0.1:2379 to use a running one)"
+            return missing(
+                test,
+                &format!(
+                    "no etcd (STARDUST_ETCD is unset and there is no `etcd` on PATH or at \
+                     {DEBIAN_ETCD}; install Debian's `etcd-server`, e.g. `apt-get install -y \
+                     etcd-server`, or set STARDUST_ETCD=http://127.0.0.1:2379 to use a running one)"
+                ),
             );
-            if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-                panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
-            }
-            // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
-            );
-            return None;
         };
         Some(Self::spawn(test, &binary).await)
     }
@@ -151,19 +144,14 @@ impl Etcd {
     /// `STARDUST_REQUIRE_EXTERNAL=1`, without an `etcd` binary.
     pub async fn private(test: &str) -> Option<Etcd> {
         let Some(binary) = find_etcd() else {
-            let why = format!(
-                "no `etcd` binary on PATH or at {DEBIAN_ETCD} (this test starts and stops its own \
-                 etcd; install Debian's `etcd-server`, e.g. `apt-get install -y etcd-server`)"
+            return missing(
+                test,
+                &format!(
+                    "no `etcd` binary on PATH or at {DEBIAN_ETCD} (this test starts and stops \
+                     its own etcd; install Debian's `etcd-server`, e.g. `apt-get install -y \
+                     etcd-server`)"
+                ),
             );
-            if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-                panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
-            }
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
-            );
-            return None;
         };
         Some(Self::spawn(test, &binary).await)
     }
@@ -362,6 +350,21 @@ impl Drop for Etcd {
             let _ = child.wait();
         }
     }
+}
+
+/// No etcd for `test`: `None` after a loud `SKIPPED` on stderr, or a panic under
+/// `STARDUST_REQUIRE_EXTERNAL=1` (CI), so CI cannot pass by skipping.
+fn missing(test: &str, why: &str) -> Option<Etcd> {
+    if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
+        panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
+    }
+    // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
+    );
+    None
 }
 
 /// The `etcd` binary: the first on `PATH`, else Debian's [`DEBIAN_ETCD`].
