@@ -53,6 +53,8 @@ pub struct Registered {
     /// Whether it was made through this node (whose provider session keeps its lease alive);
     /// `false`: through another node of a shared store.
     pub local: bool,
+    /// The [node id](RegistryNode::node_id) of the node it was made through.
+    pub node: String,
 }
 
 /// Configures and starts a [`RegistryNode`].

@@ -38,7 +38,6 @@ const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A write racing with other registry nodes on one entry is retried this many times.
 const STORE_RETRIES: u32 = 5;
 /// The monitor's session for instances registered through other registry nodes.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read by the etcd store
 const REMOTE_SESSION: u64 = 0;
 const LEASE_EXPIRED: &str = "this connection's registrations expired (no heartbeat within the lease TTL); \
                              log in and register again";
@@ -85,7 +84,6 @@ pub(crate) struct Shared {
     /// own locks are never held while calling back into `state`.
     store: Arc<dyn Store>,
     /// This node in the entries it owns in a shared store.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))] // read by the etcd store
     node_id: String,
     state: Mutex<State>,
     /// Who may have a secret checked. Lock order: `state`, then `throttle` (a session ending
@@ -145,6 +143,8 @@ struct Lease {
     expires: Option<Instant>,
     /// The shared store's revision of this entry (0 in memory).
     revision: i64,
+    /// The node holding it in a shared store (`None` in memory: this one).
+    node: Option<String>,
 }
 
 /// A store failure as the caller sees it.
@@ -291,6 +291,10 @@ impl RegistryImpl {
             .map(|l| crate::node::Registered {
                 instance: l.instance.clone(),
                 local: l.session != REMOTE_SESSION,
+                node: l
+                    .node
+                    .clone()
+                    .unwrap_or_else(|| self.shared.node_id.clone()),
             })
             .collect()
     }
@@ -724,6 +728,7 @@ impl Shared {
             session,
             expires: None,
             revision: record.revision,
+            node: Some(record.node),
         })
     }
 }
@@ -1098,6 +1103,7 @@ impl Registry for RegistryImpl {
                 session,
                 expires: Some(expires),
                 revision: 0,
+                node: None,
             },
         );
         self.shared

@@ -20,6 +20,8 @@ fn etcd_tests_need_the_etcd_feature() {
 
 #[cfg(feature = "etcd")]
 mod with_etcd {
+    use std::io::BufRead as _;
+    use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, SystemTime};
@@ -153,6 +155,7 @@ mod with_etcd {
         assert!(a.registrations().iter().all(|r| r.local));
         assert_eq!(b.registrations().len(), 1);
         assert!(!b.registrations()[0].local);
+        assert_eq!(b.registrations()[0].node, a.node_id());
 
         // Another app cannot take that endpoint through the other node.
         let (other, _) = login(b.local_addr(), OTHER.0, OTHER.1).await;
@@ -489,6 +492,122 @@ mod with_etcd {
         })
         .await;
 
+        caller.no_call_failed().await;
+    }
+
+    /// A `stardust-registry serve` process (built with the `etcd` feature, like this test).
+    struct RegistryProcess {
+        child: std::process::Child,
+        addr: SocketAddr,
+        node: String,
+    }
+
+    impl RegistryProcess {
+        /// Starts `serve --config config` on an OS-chosen loopback port; returns once it logs
+        /// that it listens (its address and node id are read from that line).
+        fn start(config: &std::path::Path) -> RegistryProcess {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stardust-registry"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "off"])
+                .arg("--config")
+                .arg(config)
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the registry binary runs");
+            let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+            let mut seen = Vec::new();
+            // Bounded by the process's own start-up output (or its exit).
+            let listening = tokio::task::block_in_place(|| {
+                for line in lines.by_ref().take(200) {
+                    let line = line.ok()?;
+                    if line.contains("registry listening") {
+                        return Some(line);
+                    }
+                    seen.push(line);
+                }
+                None
+            })
+            .unwrap_or_else(|| panic!("the registry did not start:\n{}", seen.join("\n")));
+            // Keep reading its log, so it never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            let field = |key: &str| {
+                let at = listening.find(&format!(" {key}=")).expect(key) + key.len() + 2;
+                listening[at..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            };
+            RegistryProcess {
+                addr: field("addr").parse().unwrap(),
+                node: field("node"),
+                child,
+            }
+        }
+
+        /// SIGKILL: the process dies without a word to anyone.
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for RegistryProcess {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killing_a_registry_process_loses_no_call() {
+        let test = "killing_a_registry_process_loses_no_call";
+        let Some(etcd) = Etcd::start(test).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("registry.toml");
+        std::fs::write(
+            &config,
+            format!("dev = true\nlease_ttl = \"3s\"\nstore = \"{store}\"\n"),
+        )
+        .unwrap();
+        let mut a = RegistryProcess::start(&config);
+        let b = RegistryProcess::start(&config);
+        // An embedded node on the same store, to watch the shared table.
+        let observer = node(&store, Config::dev()).await;
+
+        // As in `losing_a_node_loses_no_call`: provider 1 moves, provider 3 cannot.
+        let p1 = provider(&[a.addr, b.addr], 1).await;
+        let p2 = provider(&[b.addr], 2).await;
+        let p3 = provider(&[a.addr], 3).await;
+        table_until(&observer, "every provider registered", |t| t.len() == 3).await;
+        let consumer = star(&[a.addr, b.addr], CONSUMER).await;
+        let caller = Caller::start(consumer.client::<CalcClient>());
+        p1.takes_calls(1, "calls to reach provider 1").await;
+        p2.takes_calls(1, "calls to reach provider 2").await;
+
+        a.kill();
+        // Provider 1 registers again through B; provider 3's lease, which only A renewed,
+        // expires.
+        table_until(
+            &observer,
+            "provider 1 to move to B and provider 3 to expire",
+            |t| t.len() == 2 && t.iter().all(|r| r.node == b.node),
+        )
+        .await;
+        assert!(
+            !observer
+                .registrations()
+                .iter()
+                .any(|r| r.instance.endpoint == p3.provider.endpoint())
+        );
+        p1.takes_calls(20, "calls to provider 1 after the kill")
+            .await;
+        p2.takes_calls(20, "calls to provider 2 after the kill")
+            .await;
         caller.no_call_failed().await;
     }
 }

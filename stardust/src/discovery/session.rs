@@ -28,6 +28,9 @@ use crate::monitor::{self, process};
 use crate::server::ServerProbe;
 use crate::tls::ClientTls;
 
+/// Registry connections kept open while reconnecting (make before break, see `Session::run`).
+const MAX_HELD: usize = 4;
+
 /// Tunables of a session.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -281,14 +284,29 @@ impl Session {
         loop {
             let err = self.steady().await;
             tracing::warn!(error = %err, "lost the registry session; reconnecting");
-            self.current.lock().registry = None;
+            // Make before break: connections that may still hold this process's registrations
+            // stay open until a new session has registered everything again. A registry ends a
+            // session (removing what it registered) when its connection closes; closing first
+            // would make the providers vanish from consumers' lists until they are back.
+            let mut held: Vec<RegistryClient> =
+                self.current.lock().registry.take().into_iter().collect();
             let mut backoff = self.cfg.backoff_min;
             loop {
-                let attempt = async {
-                    let client = self.establish().await?;
-                    self.resync(&client).await
+                let attempt = match self.establish().await {
+                    Ok(client) => {
+                        let result = self.resync(&client).await;
+                        if result.is_err() && !self.registrations.lock().is_empty() {
+                            // It may have registered some before failing.
+                            if held.len() >= MAX_HELD {
+                                held.remove(0);
+                            }
+                            held.push(client);
+                        }
+                        result
+                    }
+                    Err(e) => Err(e),
                 };
-                match attempt.await {
+                match attempt {
                     Ok(()) => break,
                     Err(e) => {
                         self.current.lock().registry = None;
@@ -298,6 +316,7 @@ impl Session {
                     }
                 }
             }
+            drop(held);
         }
     }
 
