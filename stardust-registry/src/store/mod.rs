@@ -39,6 +39,18 @@ pub(crate) mod memory;
 /// HTTP/2; keep etcd on a trusted network or loopback) and the key prefix every node of one
 /// registry shares (default `stardust`). Different prefixes are independent registries on one
 /// etcd.
+///
+/// ```
+/// use stardust_registry::{Config, StoreConfig};
+///
+/// let store = StoreConfig::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/prod")?;
+/// assert!(store.is_shared());
+/// assert_eq!(store.to_string(), "etcd://10.0.0.1:2379,10.0.0.2:2379/prod");
+/// // Three nodes started with this config share one registry (with the `etcd` feature).
+/// let config = Config::dev().with_store(store);
+/// # let _ = config;
+/// # Ok::<(), stardust_registry::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StoreConfig {
