@@ -31,8 +31,11 @@ pub struct StardustBuilder {
 }
 
 impl StardustBuilder {
-    /// Adds a registry address (`host:port`). Several may be given: they are tried in turn, at
-    /// start and whenever the session has to reconnect.
+    /// Adds a registry address (`host:port`). Several may be given (the nodes of a registry
+    /// sharing one etcd): they are tried in turn, at start and whenever the session has to
+    /// reconnect, beginning after the node just lost. On reconnection the session logs in,
+    /// registers and subscribes again by itself, keeping the old connection open until that is
+    /// done so its providers never drop out of consumers' lists.
     pub fn registry(mut self, addr: impl Into<String>) -> StardustBuilder {
         self.registries.push(addr.into());
         self
