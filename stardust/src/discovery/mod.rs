@@ -1,5 +1,5 @@
 //! Discovery: the registry's API, the process's session with the registry, and the
-//! [`Stardust`](crate::Stardust) entry point built on them.
+//! [`Stardust`] entry point built on them.
 
 pub mod api;
 pub(crate) mod session;
