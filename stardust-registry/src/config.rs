@@ -8,6 +8,7 @@
 //! lease_ttl = "10s"                   # default 10 s
 //! dev = false                         # default false
 //! store = "memory"                    # or "etcd://127.0.0.1:2379/stardust": nodes sharing state
+//!                                     # ("etcds://..." over TLS, with [etcd] below)
 //!
 //! [apps.billing]
 //! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"   # `stardust-registry hash-secret`
@@ -30,6 +31,13 @@
 //! # max_concurrent_hashes = 1 # secrets checked at once; default: half the CPUs, at least 1
 //! max_queued = 64             # logins that may wait for a check; more are refused at once
 //! queue_timeout = "2s"        # longest wait for a check before the login is refused
+//!
+//! [etcd]                      # how to reach a shared etcd store (all optional)
+//! ca_file = "etcd-ca.crt"     # etcds:// only: the CA bundle etcd's certificate is checked against
+//! cert_file = "etcd-client.crt"   # a client certificate, for etcd's --client-cert-auth
+//! key_file = "etcd-client.key"
+//! user = "stardust"           # etcd authentication (a role with read-write on the prefix)
+//! password_file = "etcd-password" # the password, alone in a file (never in this one)
 //! ```
 //!
 //! Unknown keys are rejected, naming the key and its line.
@@ -88,6 +96,103 @@ pub struct Config {
     /// an etcd shared by several registry nodes (`store = "etcd://127.0.0.1:2379/stardust"`;
     /// needs the `etcd` cargo feature). The binary's `--store` overrides it.
     pub store: StoreConfig,
+    /// How to reach an etcd store: TLS files and credentials (`[etcd]`).
+    pub etcd: EtcdAccess,
+}
+
+/// How a registry node reaches a shared etcd store ([`Config::etcd`], `[etcd]` in the file).
+///
+/// TLS (an `etcds://` store URL) needs [`ca_file`](Self::ca_file); a client certificate is for
+/// an etcd started with `--client-cert-auth`; `user` and `password_file` for one with
+/// authentication enabled (the user's role needs read-write access to the store's prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdAccess {
+    /// CA bundle (PEM) that etcd's server certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// etcd user name.
+    pub user: Option<String>,
+    /// File holding the user's password (one trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        *self != EtcdAccess::default()
+    }
+
+    /// Trusts `ca_file` for etcd's certificate (use with an `etcds://` store).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> EtcdAccess {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents this client certificate and key to etcd.
+    pub fn with_client_cert(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> EtcdAccess {
+        self.cert_file = Some(cert_file.into());
+        self.key_file = Some(key_file.into());
+        self
+    }
+
+    /// Authenticates to etcd as `user`, with the password in `password_file`.
+    pub fn with_user(
+        mut self,
+        user: impl Into<String>,
+        password_file: impl Into<PathBuf>,
+    ) -> EtcdAccess {
+        self.user = Some(user.into());
+        self.password_file = Some(password_file.into());
+        self
+    }
+
+    fn validate(&self, store: &StoreConfig) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError::new(m));
+        let tls = match store {
+            StoreConfig::Etcd { endpoints, .. } => {
+                endpoints.iter().any(|e| e.starts_with("https://"))
+            }
+            _ if self.is_set() => {
+                return err(
+                    "[etcd] settings are only used with an etcd store (store = \"etcd://...\")"
+                        .into(),
+                );
+            }
+            _ => return Ok(()),
+        };
+        if tls && self.ca_file.is_none() {
+            return err(format!(
+                "store `{store}` speaks TLS: set [etcd] ca_file to the CA bundle etcd's certificate is issued by"
+            ));
+        }
+        if !tls && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            return err(format!(
+                "[etcd] ca_file and cert_file need TLS: write the store as `etcds://...` (not `{store}`)"
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return err("[etcd] cert_file and key_file go together".into());
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return err("[etcd] user and password_file go together".into());
+        }
+        if self
+            .user
+            .as_deref()
+            .is_some_and(|u| u.is_empty() || u.chars().any(char::is_whitespace))
+        {
+            return err("[etcd] user must be a non-empty name without whitespace".into());
+        }
+        Ok(())
+    }
 }
 
 /// Whether and where the registry serves monitoring over HTTP ([`Config::http_listen`]).
@@ -341,6 +446,7 @@ impl Config {
             tls: None,
             login_throttle: LoginThrottle::default(),
             store: StoreConfig::Memory,
+            etcd: EtcdAccess::default(),
         }
     }
 
@@ -372,6 +478,12 @@ impl Config {
     /// Keeps registrations, dev apps and public keys in `store` (see [`Config::store`]).
     pub fn with_store(mut self, store: StoreConfig) -> Config {
         self.store = store;
+        self
+    }
+
+    /// Reaches the etcd store with these TLS files and credentials (see [`Config::etcd`]).
+    pub fn with_etcd_access(mut self, access: EtcdAccess) -> Config {
+        self.etcd = access;
         self
     }
 
@@ -443,6 +555,18 @@ impl Config {
             if let Some(key_file) = &mut cfg.key_file {
                 rebase(key_file);
             }
+            let etcd = &mut cfg.etcd;
+            for file in [
+                &mut etcd.ca_file,
+                &mut etcd.cert_file,
+                &mut etcd.key_file,
+                &mut etcd.password_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                rebase(file);
+            }
             if let Some(tls) = &mut cfg.tls {
                 rebase(&mut tls.cert_file);
                 rebase(&mut tls.key_file);
@@ -491,6 +615,15 @@ impl Config {
         if let Some(store) = raw.store {
             cfg.store = StoreConfig::parse(&store)?;
         }
+        if let Some(e) = raw.etcd {
+            cfg.etcd = EtcdAccess {
+                ca_file: e.ca_file,
+                cert_file: e.cert_file,
+                key_file: e.key_file,
+                user: e.user,
+                password_file: e.password_file,
+            };
+        }
         for (name, app) in raw.apps {
             cfg.apps.insert(
                 name,
@@ -535,6 +668,7 @@ impl Config {
                 self.store
             ));
         }
+        self.etcd.validate(&self.store)?;
         if !self.dev && self.key_file.is_none() {
             return err(
                 "key_file is required (where the registry keeps its signing keys); \
@@ -615,6 +749,17 @@ struct RawConfig {
     tls: Option<RawTls>,
     login_throttle: Option<RawThrottle>,
     store: Option<String>,
+    etcd: Option<RawEtcd>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -918,6 +1063,78 @@ queue_timeout = "500ms"
         }
         let e = Config::from_toml("dev = true\nstore = \"etcd://nowhere\"\n").unwrap_err();
         assert!(e.message().contains("not an etcd endpoint"), "{e}");
+    }
+
+    #[test]
+    fn etcd_access() {
+        if !cfg!(feature = "etcd") {
+            return; // an etcd store is refused before [etcd] is looked at
+        }
+        let toml = |store: &str, etcd: &str| {
+            Config::from_toml(&format!("dev = true\nstore = \"{store}\"\n[etcd]\n{etcd}"))
+        };
+        let cfg = toml(
+            "etcds://10.0.0.1:2379/prod",
+            "ca_file = \"ca.crt\"\ncert_file = \"c.crt\"\nkey_file = \"c.key\"\n\
+             user = \"stardust\"\npassword_file = \"pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.etcd,
+            EtcdAccess::default()
+                .with_ca_file("ca.crt")
+                .with_client_cert("c.crt", "c.key")
+                .with_user("stardust", "pw")
+        );
+        for (store, etcd, says) in [
+            ("etcds://h:1", "", "ca_file"),
+            ("etcd://h:1", "ca_file = \"ca\"", "etcds://"),
+            (
+                "etcds://h:1",
+                "ca_file = \"ca\"\ncert_file = \"c\"",
+                "go together",
+            ),
+            ("etcd://h:1", "user = \"u\"", "go together"),
+            (
+                "etcd://h:1",
+                "user = \"a b\"\npassword_file = \"p\"",
+                "whitespace",
+            ),
+            (
+                "memory",
+                "user = \"u\"\npassword_file = \"p\"",
+                "only used with an etcd store",
+            ),
+            ("etcd://h:1", "password = \"inline\"", "unknown field"),
+        ] {
+            let e = toml(store, etcd).unwrap_err();
+            assert!(e.message().contains(says), "{store} / {etcd}: {e}");
+        }
+    }
+
+    #[test]
+    fn etcd_files_follow_the_config() {
+        let dir = std::env::temp_dir().join(format!("stardust-etcd-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.toml");
+        std::fs::write(
+            &path,
+            "dev = true\nstore = \"etcds://h:1\"\n[etcd]\nca_file = \"ca.crt\"\n\
+             user = \"u\"\npassword_file = \"/abs/pw\"\n",
+        )
+        .unwrap();
+        let loaded = Config::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        match loaded {
+            Ok(cfg) => {
+                assert_eq!(cfg.etcd.ca_file, Some(dir.join("ca.crt")));
+                assert_eq!(cfg.etcd.password_file, Some(PathBuf::from("/abs/pw")));
+            }
+            Err(e) => {
+                assert!(!cfg!(feature = "etcd"), "{e}");
+                assert!(e.message().contains("`etcd` feature"), "{e}");
+            }
+        }
     }
 
     #[test]

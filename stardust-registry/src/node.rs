@@ -319,6 +319,7 @@ async fn open_store(
                 keys: keys.clone(),
                 apps: config.apps.clone(),
                 stopping: stopping.clone(),
+                access: config.etcd.clone(),
             })
             .await
             .map_err(|e| Error::Store(e.to_string()))?;

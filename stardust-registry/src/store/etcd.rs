@@ -34,8 +34,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ use stardust::discovery::api::{Instance, PublicKey};
 use tokio::sync::watch;
 
 use super::{BoxFuture, Record, Store, StoreError, View, Written};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, EtcdAccess};
 use crate::keys::KeyRing;
 
 /// Bound on one etcd request (a healthy etcd answers in milliseconds).
@@ -68,6 +68,8 @@ pub(crate) struct EtcdOptions {
     pub(crate) apps: BTreeMap<String, AppConfig>,
     /// Stops the watch and the key lease's keep-alive (the node shut down or was dropped).
     pub(crate) stopping: watch::Receiver<bool>,
+    /// TLS files and credentials.
+    pub(crate) access: EtcdAccess,
 }
 
 /// The etcd store; cheap to share (`Arc` inside).
@@ -165,6 +167,63 @@ async fn keep_alive(client: &Client, id: i64) -> Result<bool, StoreError> {
     }
 }
 
+/// The connection options: timeouts, HTTP/2 keep-alive, TLS and credentials.
+fn connect_options(
+    endpoints: &[String],
+    access: &EtcdAccess,
+) -> Result<ConnectOptions, StoreError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot read [etcd] {what} {}: {e}", path.display()))
+        })
+    };
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        // HTTP/2 pings notice a dead etcd connection on an idle node.
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    if endpoints.iter().any(|e| e.starts_with("https://")) {
+        let ca_file = access.ca_file.as_deref().ok_or_else(|| {
+            StoreError::Unavailable("an etcds:// store needs [etcd] ca_file".into())
+        })?;
+        let mut tls =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca_file", ca_file)?));
+        if let (Some(cert), Some(key)) = (&access.cert_file, &access.key_file) {
+            tls = tls.identity(Identity::from_pem(
+                read("cert_file", cert)?,
+                read("key_file", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    if let (Some(user), Some(file)) = (&access.user, &access.password_file) {
+        let text = String::from_utf8(read("password_file", file)?).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "[etcd] password_file {} is not UTF-8 text",
+                file.display()
+            ))
+        })?;
+        let password = text.strip_suffix('\n').unwrap_or(&text);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        options = options.with_user(user.clone(), password.to_owned());
+    }
+    Ok(options)
+}
+
+/// The first host of a plaintext endpoint that is not on loopback, if any.
+fn plaintext_remote(endpoints: &[String]) -> Option<String> {
+    endpoints.iter().find_map(|e| {
+        let host_port = e.strip_prefix("http://")?;
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!loopback).then(|| host.to_owned())
+    })
+}
+
 fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map_or(0, |h| h.revision())
 }
@@ -177,16 +236,17 @@ impl EtcdStore {
             prefix: options.prefix.clone(),
         }
         .to_string();
-        let connect = Client::connect(
-            &options.endpoints,
-            Some(
-                ConnectOptions::new()
-                    .with_connect_timeout(CONNECT_TIMEOUT)
-                    // HTTP/2 pings notice a dead etcd connection on an idle node.
-                    .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
-                    .with_keep_alive_while_idle(true),
-            ),
-        );
+        let connect_options = connect_options(&options.endpoints, &options.access)?;
+        if let Some(host) = plaintext_remote(&options.endpoints) {
+            tracing::warn!(
+                store = %describe,
+                %host,
+                "etcd is reached in plaintext over the network: registrations, app secret hashes \
+                 and public keys cross it unencrypted and unauthenticated; use etcds:// with \
+                 [etcd] ca_file (and a client certificate or user)"
+            );
+        }
+        let connect = Client::connect(&options.endpoints, Some(connect_options));
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(unavailable(&format!("connect to {describe}"), e)),
@@ -891,6 +951,24 @@ mod tests {
         assert_eq!(deleted(root, b"team/registry/leader"), None);
         assert_eq!(deleted(root, b"team/registry/queues/x"), None);
         assert_eq!(deleted(root, b"team/registry/apps/\xff"), None);
+    }
+
+    #[test]
+    fn plaintext_is_only_quiet_on_loopback() {
+        let eps = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            plaintext_remote(&eps(&[
+                "http://127.0.0.1:2379",
+                "http://localhost:2379",
+                "http://[::1]:2379"
+            ])),
+            None
+        );
+        assert_eq!(plaintext_remote(&eps(&["https://10.0.0.1:2379"])), None);
+        assert_eq!(
+            plaintext_remote(&eps(&["http://127.0.0.1:2379", "http://10.0.0.2:2379"])).as_deref(),
+            Some("10.0.0.2")
+        );
     }
 
     #[test]

@@ -35,10 +35,11 @@ pub(crate) mod memory;
 /// the config file, `--store` on the command line).
 ///
 /// Written as a URL: `memory` (the default), or
-/// `etcd://host:port[,host:port...][/prefix]`: the etcd cluster's client endpoints (plain
-/// HTTP/2; keep etcd on a trusted network or loopback) and the key prefix every node of one
-/// registry shares (default `stardust`). Different prefixes are independent registries on one
-/// etcd.
+/// `etcd://host:port[,host:port...][/prefix]`: the etcd cluster's client endpoints and the key
+/// prefix every node of one registry shares (default `stardust`). Different prefixes are
+/// independent registries on one etcd. `etcd://` is plain HTTP/2 (for loopback or a trusted
+/// network); `etcds://` speaks TLS, with the CA bundle (and optionally a client certificate
+/// and an etcd user) in [`EtcdAccess`](crate::EtcdAccess).
 ///
 /// ```
 /// use stardust_registry::{Config, StoreConfig};
@@ -59,7 +60,7 @@ pub enum StoreConfig {
     Memory,
     /// Shared through etcd (several registry nodes; needs the `etcd` cargo feature).
     Etcd {
-        /// Client URLs, e.g. `http://127.0.0.1:2379`.
+        /// Client URLs, e.g. `http://127.0.0.1:2379` (`https://` for `etcds://`).
         endpoints: Vec<String>,
         /// Key prefix without a trailing slash, e.g. `stardust`.
         prefix: String,
@@ -70,15 +71,21 @@ pub enum StoreConfig {
 pub const DEFAULT_ETCD_PREFIX: &str = "stardust";
 
 impl StoreConfig {
-    /// Parses a store URL: `memory`, or `etcd://host:port[,host:port...][/prefix]`.
+    /// Parses a store URL: `memory`, or `etcd://host:port[,host:port...][/prefix]` (`etcds://`
+    /// for TLS).
     pub fn parse(url: &str) -> Result<StoreConfig, ConfigError> {
         let url = url.trim();
         if url.is_empty() || url == "memory" || url == "memory://" {
             return Ok(StoreConfig::Memory);
         }
-        let Some(rest) = url.strip_prefix("etcd://") else {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("etcd://") {
+            ("http", rest)
+        } else if let Some(rest) = url.strip_prefix("etcds://") {
+            ("https", rest)
+        } else {
             return Err(ConfigError::new(format!(
-                "store `{url}` is neither `memory` nor `etcd://host:port[,host:port...][/prefix]`"
+                "store `{url}` is neither `memory` nor `etcd://host:port[,host:port...][/prefix]` \
+                 (`etcds://` for TLS)"
             )));
         };
         let (hosts, prefix) = match rest.split_once('/') {
@@ -111,7 +118,7 @@ impl StoreConfig {
                     "store `{url}`: `{host}` is not an etcd endpoint like `127.0.0.1:2379`"
                 )));
             }
-            endpoints.push(format!("http://{host}"));
+            endpoints.push(format!("{scheme}://{host}"));
         }
         Ok(StoreConfig::Etcd {
             endpoints,
@@ -130,11 +137,13 @@ impl fmt::Display for StoreConfig {
         match self {
             StoreConfig::Memory => f.write_str("memory"),
             StoreConfig::Etcd { endpoints, prefix } => {
+                let tls = endpoints.iter().any(|e| e.starts_with("https://"));
                 let hosts: Vec<&str> = endpoints
                     .iter()
-                    .map(|e| e.strip_prefix("http://").unwrap_or(e))
+                    .map(|e| e.split_once("://").map_or(e.as_str(), |(_, h)| h))
                     .collect();
-                write!(f, "etcd://{}/{prefix}", hosts.join(","))
+                let scheme = if tls { "etcds" } else { "etcd" };
+                write!(f, "{scheme}://{}/{prefix}", hosts.join(","))
             }
         }
     }
@@ -289,6 +298,15 @@ mod tests {
             }
         );
         assert!(three.is_shared());
+        let tls = StoreConfig::parse("etcds://etcd-1:2379/prod").unwrap();
+        assert_eq!(
+            tls,
+            StoreConfig::Etcd {
+                endpoints: vec!["https://etcd-1:2379".into()],
+                prefix: "prod".into()
+            }
+        );
+        assert_eq!(tls.to_string(), "etcds://etcd-1:2379/prod");
         for bad in [
             "etcd://",
             "etcd://host",
