@@ -643,10 +643,10 @@ impl Inner {
     }
 
     /// A conflicting transaction's `get`: the entry as it is now.
-    fn current(&self, response: &etcd_client::TxnResponse) -> Option<(Instance, i64)> {
+    fn current(&self, response: &etcd_client::TxnResponse) -> Option<(Box<Instance>, i64)> {
         response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| match self.decode(kv) {
-                Some(Decoded::Instance(r)) => Some((r.instance, r.revision)),
+                Some(Decoded::Instance(r)) => Some((Box::new(r.instance), r.revision)),
                 _ => None,
             }),
             _ => None,

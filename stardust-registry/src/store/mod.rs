@@ -167,7 +167,7 @@ pub(crate) enum Written {
 pub(crate) enum StoreError {
     /// The entry changed since the caller looked (another node wrote it): here is what it is
     /// now (`None`: gone), with its revision.
-    Conflict(Option<(Instance, i64)>),
+    Conflict(Option<(Box<Instance>, i64)>),
     /// The store cannot be reached or refused the request; the message says which.
     Unavailable(String),
 }
