@@ -6,6 +6,11 @@
 //! of its own, so tests sharing one etcd never see each other.
 
 mod common;
+// The workspace's throwaway PKI (rcgen), for the TLS etcd test.
+#[cfg(feature = "etcd")]
+#[allow(dead_code)]
+#[path = "../../tests/common/pki.rs"]
+mod pki;
 
 #[cfg(not(feature = "etcd"))]
 #[test]
@@ -30,7 +35,7 @@ mod with_etcd {
     use stardust::auth::token;
     use stardust::discovery::api::{RegistryClient, RegistryError};
     use stardust::{Client, Server, Stardust};
-    use stardust_registry::{AppConfig, Config, RegistryNode, StoreConfig, key_set};
+    use stardust_registry::{AppConfig, Config, EtcdAccess, RegistryNode, StoreConfig, key_set};
 
     use super::common::etcd::Etcd;
     use super::common::*;
@@ -609,5 +614,152 @@ mod with_etcd {
         p2.takes_calls(20, "calls to provider 2 after the kill")
             .await;
         caller.no_call_failed().await;
+    }
+
+    /// Starts a node on `store` reaching etcd with `access`; the error if it cannot.
+    async fn try_node(store: &str, access: EtcdAccess) -> Result<RegistryNode, String> {
+        within(
+            "a registry node to start (or fail) on etcd",
+            RegistryNode::builder()
+                .config(
+                    Config::new()
+                        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+                        .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
+                        .with_key_file(std::env::temp_dir().join(format!(
+                            "stardust-etcd-access-{}-{}.toml",
+                            std::process::id(),
+                            rand_suffix()
+                        )))
+                        .with_store(StoreConfig::parse(store).unwrap())
+                        .with_etcd_access(access),
+                )
+                .bind("127.0.0.1:0"),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    /// A provider registered through `a` is discovered through `b`.
+    async fn shared_between(a: &RegistryNode, b: &RegistryNode) {
+        let (provider, _) = login(a.local_addr(), PROVIDER.0, PROVIDER.1).await;
+        register_ok(&provider, "127.0.0.1:9100").await;
+        table_until(b, "B to learn the registration", |t| t.len() == 1).await;
+        let (consumer, _) = login(b.local_addr(), CONSUMER.0, CONSUMER.1).await;
+        let found = within("discover", consumer.discover(SERVICE.into(), "".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(endpoints(&found), ["127.0.0.1:9100"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_etcd_over_tls_with_client_certificates() {
+        let test = "an_etcd_over_tls_with_client_certificates";
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let ca = super::pki::TestCa::new("etcd test CA");
+        let server = ca.issue(&["127.0.0.1", "localhost"]);
+        let client = ca.issue(&["stardust-registry"]);
+        let ca_file = write("ca.crt", &ca.pem);
+        let tls = super::common::etcd::TlsFiles {
+            cert_file: write("etcd.crt", &server.cert),
+            key_file: write("etcd.key", &server.key),
+            client_ca_file: ca_file.clone(),
+        };
+        let (client_cert, client_key) = (
+            write("client.crt", &client.cert),
+            write("client.key", &client.key),
+        );
+        let Some(etcd) = Etcd::private_tls(test, tls).await else {
+            return;
+        };
+        let store = etcd.store_url(test);
+        assert!(store.starts_with("etcds://"), "{store}");
+        let access = EtcdAccess::default()
+            .with_ca_file(&ca_file)
+            .with_client_cert(&client_cert, &client_key);
+        let a = try_node(&store, access.clone())
+            .await
+            .expect("node A over TLS");
+        let b = try_node(&store, access).await.expect("node B over TLS");
+        shared_between(&a, &b).await;
+
+        // Without a client certificate etcd refuses the connection; trusting another CA, the
+        // node refuses etcd's certificate. Either way the node does not start, and says why.
+        let no_cert = try_node(&store, EtcdAccess::default().with_ca_file(&ca_file))
+            .await
+            .unwrap_err();
+        assert!(
+            no_cert.contains("cannot use its store") && no_cert.contains("cert_file"),
+            "{no_cert}"
+        );
+        let other_ca = write("other-ca.crt", &super::pki::TestCa::new("another CA").pem);
+        let wrong_ca = try_node(
+            &store,
+            EtcdAccess::default()
+                .with_ca_file(&other_ca)
+                .with_client_cert(&client_cert, &client_key),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            wrong_ca.contains("cannot use its store") && wrong_ca.contains("certificate"),
+            "{wrong_ca}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_etcd_with_authentication() {
+        let test = "an_etcd_with_authentication";
+        // Its own etcd: turning authentication on is for the whole etcd.
+        let Some(etcd) = Etcd::private(test).await else {
+            return;
+        };
+        let prefix = etcd.prefix(test);
+        etcd.enable_auth("registry", "registry-password", &prefix)
+            .await;
+        let host = etcd.endpoints()[0].trim_start_matches("http://").to_owned();
+        let store = format!("etcd://{host}/{prefix}");
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("etcd-password");
+        std::fs::write(&password, "registry-password\n").unwrap();
+        let access = EtcdAccess::default().with_user("registry", &password);
+        let a = try_node(&store, access.clone())
+            .await
+            .expect("node A with a user");
+        let b = try_node(&store, access).await.expect("node B with a user");
+        shared_between(&a, &b).await;
+
+        // A wrong password, no credentials, or a prefix outside the user's role: refused.
+        let wrong = dir.path().join("wrong-password");
+        std::fs::write(&wrong, "guess").unwrap();
+        for (store, access) in [
+            (&store, EtcdAccess::default().with_user("registry", &wrong)),
+            (&store, EtcdAccess::default()),
+            (
+                &format!("etcd://{host}/elsewhere"),
+                EtcdAccess::default().with_user("registry", &password),
+            ),
+        ] {
+            let refused = try_node(store, access).await.unwrap_err();
+            assert!(
+                refused.contains("cannot use its store")
+                    && (refused.contains("authentication")
+                        || refused.contains("user and password_file")
+                        || refused.contains("permission denied")),
+                "{store}: {refused}"
+            );
+        }
     }
 }

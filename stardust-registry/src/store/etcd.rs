@@ -205,9 +205,35 @@ fn connect_options(
         })?;
         let password = text.strip_suffix('\n').unwrap_or(&text);
         let password = password.strip_suffix('\r').unwrap_or(password);
-        options = options.with_user(user.clone(), password.to_owned());
+        // etcd's auth tokens expire (5 min by default): fetch a new one when they do.
+        options = options
+            .with_user(user.clone(), password.to_owned())
+            .with_auto_token_refresh(true);
     }
     Ok(options)
+}
+
+/// `e` with a hint at the setting most likely missing, for errors that do not name it.
+fn with_hint(e: StoreError, endpoints: &[String], access: &EtcdAccess) -> StoreError {
+    let StoreError::Unavailable(message) = e else {
+        return e;
+    };
+    let tls = endpoints.iter().any(|e| e.starts_with("https://"));
+    let hint = if message.contains("user name is empty") {
+        Some("etcd has authentication on: set [etcd] user and password_file")
+    } else if tls && access.cert_file.is_none() {
+        Some(
+            "if etcd requires client certificates (--client-cert-auth), set [etcd] cert_file and key_file",
+        )
+    } else if !tls && message.contains("connection") {
+        Some("if etcd speaks TLS, write the store as etcds://")
+    } else {
+        None
+    };
+    StoreError::Unavailable(match hint {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message,
+    })
 }
 
 /// The first host of a plaintext endpoint that is not on loopback, if any.
@@ -280,7 +306,8 @@ impl EtcdStore {
                 Some(GetOptions::new().with_count_only()),
             ),
         )
-        .await?;
+        .await
+        .map_err(|e| with_hint(e, &options.endpoints, &options.access))?;
         inner.publish_apps().await?;
         Ok(EtcdStore { inner })
     }

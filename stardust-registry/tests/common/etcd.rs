@@ -6,8 +6,10 @@
 //! each other's keys. Without any etcd the test prints `SKIPPED` and passes, unless
 //! `STARDUST_REQUIRE_EXTERNAL=1` (CI), where it fails.
 //!
-//! Only std, tokio and tempfile: no etcd client crate, so the fixture checks health with a
-//! hand-written HTTP/1.1 `GET /health`. Included both as `common::etcd` and, on its own, with
+//! No etcd client crate (it needs protoc, which the default build must not): the fixture checks
+//! health with a hand-written HTTP/1.1 `GET /health`, and sets up authentication through etcd's
+//! JSON gateway the same way ([`Etcd::enable_auth`]). A private etcd can also speak TLS with
+//! client certificates ([`Etcd::private_tls`]). Included both as `common::etcd` and, on its own, with
 //! `#[path = "common/etcd.rs"] mod etcd;`, so it must not depend on the rest of `common`.
 #![allow(dead_code)]
 
@@ -65,12 +67,30 @@ struct Launch {
     data: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` for a member whose client port speaks TLS.
+    metrics_port: u16,
     log: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS etcd: its certificate and key, and the CA its clients' certificates
+/// must chain to (it requires one: `--client-cert-auth`).
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
 }
 
 impl Launch {
     fn client(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Where `/health` answers in plain HTTP.
+    fn health_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     /// Starts the member (stdout and stderr appended to its log).
@@ -88,11 +108,22 @@ impl Launch {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("stardust-test={peer}")])
+            .args(["--listen-metrics-urls", &self.health_url()])
             // zap: the default capnslog logger prints a deprecation warning at any level.
             .args(["--logger", "zap", "--log-level", "error"])
             .stdin(Stdio::null())
             .stdout(log_file(&self.log))
             .stderr(log_file(&self.log));
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca_file)
+                .arg("--client-cert-auth");
+        }
         // etcd reads any ETCD_<FLAG> variable as a flag; a developer's ETCD_NAME or
         // ETCD_DATA_DIR must not leak in. ETCD_UNSUPPORTED_ARCH is kept: non-amd64/arm64
         // machines need it to start at all.
@@ -136,7 +167,7 @@ impl Etcd {
                 ),
             );
         };
-        Some(Self::spawn(test, &binary).await)
+        Some(Self::spawn(test, &binary, None).await)
     }
 
     /// A private etcd even where `STARDUST_ETCD` names a shared one: for tests that stop and
@@ -153,7 +184,75 @@ impl Etcd {
                 ),
             );
         };
-        Some(Self::spawn(test, &binary).await)
+        Some(Self::spawn(test, &binary, None).await)
+    }
+
+    /// A private etcd whose client port speaks TLS with `tls` and requires client certificates
+    /// (endpoints `https://...`; [`store_url`](Self::store_url) gives `etcds://...`).
+    pub async fn private_tls(test: &str, tls: TlsFiles) -> Option<Etcd> {
+        let Some(binary) = find_etcd() else {
+            return missing(
+                test,
+                &format!(
+                    "no `etcd` binary on PATH or at {DEBIAN_ETCD} (this test starts its own TLS \
+                     etcd; install Debian's `etcd-server`, e.g. `apt-get install -y etcd-server`)"
+                ),
+            );
+        };
+        Some(Self::spawn(test, &binary, Some(tls)).await)
+    }
+
+    /// Turns on authentication in a private plaintext etcd: a `root` user (etcd requires one)
+    /// and `user` with `password`, whose role may read and write only under `prefix` + `/`.
+    /// Through etcd's JSON gateway, before anyone authenticates.
+    pub async fn enable_auth(&self, user: &str, password: &str, prefix: &str) {
+        let endpoint = &self.endpoints[0];
+        assert!(
+            endpoint.starts_with("http://"),
+            "auth set-up needs a plaintext etcd"
+        );
+        let b64 = |s: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        // The role covers `prefix/` up to (not including) `prefix0`: '0' follows '/'.
+        let (key, range_end) = (b64(&format!("{prefix}/")), b64(&format!("{prefix}0")));
+        let steps = [
+            ("/v3/auth/role/add", r#"{"name":"root"}"#.to_owned()),
+            (
+                "/v3/auth/user/add",
+                r#"{"name":"root","password":"stardust-test-root"}"#.to_owned(),
+            ),
+            (
+                "/v3/auth/user/grant",
+                r#"{"user":"root","role":"root"}"#.to_owned(),
+            ),
+            (
+                "/v3/auth/role/add",
+                r#"{"name":"stardust-registry"}"#.to_owned(),
+            ),
+            (
+                "/v3/auth/role/grant",
+                format!(
+                    r#"{{"name":"stardust-registry","perm":{{"permType":"READWRITE","key":"{key}","range_end":"{range_end}"}}}}"#
+                ),
+            ),
+            (
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"{user}","password":"{password}"}}"#),
+            ),
+            (
+                "/v3/auth/user/grant",
+                format!(r#"{{"user":"{user}","role":"stardust-registry"}}"#),
+            ),
+            ("/v3/auth/enable", "{}".to_owned()),
+        ];
+        for (path, body) in steps {
+            let (status, reply) = http(endpoint, "POST", path, &body)
+                .await
+                .unwrap_or_else(|e| panic!("etcd {path}: {e}"));
+            assert_eq!(status, 200, "etcd {path} {body}: {reply}");
+        }
     }
 
     /// Kills a private etcd at once (SIGKILL: a crash, no goodbye to its clients).
@@ -187,7 +286,7 @@ impl Etcd {
                     tail(&launch.log)
                 );
             }
-            if health(&launch.client()).await.is_ok() {
+            if health(&launch.health_url()).await.is_ok() {
                 self.child = Some(child);
                 return;
             }
@@ -238,7 +337,9 @@ impl Etcd {
     /// [`prefix`](Self::prefix) (each call gives a new one).
     pub fn store_url(&self, test: &str) -> String {
         let hosts: Vec<&str> = self.endpoints.iter().map(|e| host_port(e)).collect();
-        format!("etcd://{}/{}", hosts.join(","), self.prefix(test))
+        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        let scheme = if tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{}/{}", hosts.join(","), self.prefix(test))
     }
 
     /// The etcd named by `STARDUST_ETCD`, once every endpoint is healthy.
@@ -284,7 +385,7 @@ impl Etcd {
     }
 
     /// A private single-member etcd on fresh loopback ports, once it is healthy.
-    async fn spawn(test: &str, binary: &Path) -> Etcd {
+    async fn spawn(test: &str, binary: &Path, tls: Option<TlsFiles>) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("stardust-etcd-")
             .tempdir()
@@ -293,7 +394,7 @@ impl Etcd {
         let deadline = Instant::now() + STARTUP_BOUND;
         let mut failures = Vec::new();
         for attempt in 1..=SPAWN_ATTEMPTS {
-            let (client_port, peer_port) = free_ports();
+            let [client_port, peer_port, metrics_port] = free_ports();
             let launch = Launch {
                 binary: binary.to_owned(),
                 // A fresh data dir per attempt: a half-started member leaves its cluster ID
@@ -301,7 +402,9 @@ impl Etcd {
                 data: dir.path().join(format!("data-{attempt}")),
                 client_port,
                 peer_port,
+                metrics_port,
                 log: log.clone(),
+                tls: tls.clone(),
             };
             let client = launch.client();
             let mut child = launch.run(test);
@@ -311,7 +414,7 @@ impl Etcd {
                     failures.push(format!("attempt {attempt}: etcd exited early ({status})"));
                     break;
                 }
-                if health(&client).await.is_ok() {
+                if health(&launch.health_url()).await.is_ok() {
                     return Etcd {
                         endpoints: vec![client],
                         child: Some(child),
@@ -377,18 +480,15 @@ fn find_etcd() -> Option<PathBuf> {
     on_path.or_else(|| Some(PathBuf::from(DEBIAN_ETCD)).filter(|p| p.is_file()))
 }
 
-/// Two distinct loopback ports the OS says are free right now. Both listeners are held until
-/// both ports are known so they differ; etcd binds them a moment later (the race that
-/// [`SPAWN_ATTEMPTS`] covers).
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let ports = (
-        a.local_addr().expect("local address").port(),
-        b.local_addr().expect("local address").port(),
-    );
-    drop((a, b));
-    ports
+/// Three distinct loopback ports the OS says are free right now (client, peer, metrics). All
+/// listeners are held until every port is known so they differ; etcd binds them a moment later
+/// (the race that [`SPAWN_ATTEMPTS`] covers).
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().expect("local address").port();
+    [port(0), port(1), port(2)]
 }
 
 /// The etcd's log, appended to by each start attempt (stdout and stderr alike).
@@ -420,12 +520,32 @@ fn host_port(endpoint: &str) -> &str {
 /// `Ok` when the etcd at `endpoint` answers `GET /health` with 200 and `"health":"true"`
 /// (etcd 3.4 says `{"health":"false"}` with a 503 while it has no leader); the reason otherwise.
 async fn health(endpoint: &str) -> Result<(), String> {
+    let (status, body) = http(endpoint, "GET", "/health", "").await?;
+    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    if status == 200 && compact.contains(r#""health":"true""#) {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", body.trim()))
+    }
+}
+
+/// One plain HTTP/1.1 request to the etcd at `endpoint`: its status code and body.
+async fn http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
     let addr = host_port(endpoint);
     let probe = async {
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         stream
             .write_all(request.as_bytes())
             .await
@@ -440,12 +560,12 @@ async fn health(endpoint: &str) -> Result<(), String> {
     let response = tokio::time::timeout(PROBE_BOUND, probe)
         .await
         .map_err(|_| format!("no answer from {addr} within {PROBE_BOUND:?}"))??;
-    let status = response.lines().next().unwrap_or("");
+    let status = response
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    if status.split_whitespace().nth(1) == Some("200") && compact.contains(r#""health":"true""#) {
-        Ok(())
-    } else {
-        Err(format!("{status}: {}", body.trim()))
-    }
+    Ok((status, body.to_owned()))
 }
