@@ -690,6 +690,44 @@ fn hello_decoding_rules() {
     let hello: message::Hello = rmp_serde::from_slice(&body).unwrap();
     assert_eq!(hello.max_frame, None);
 
+    // An array in field order, trailing optional fields left out or given.
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, 2).unwrap();
+    rmp::encode::write_str(&mut body, "stardust").unwrap();
+    rmp::encode::write_uint(&mut body, 1).unwrap();
+    let hello: message::Hello = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!((hello.protocol.as_str(), hello.version), ("stardust", 1));
+    assert_eq!((hello.agent.as_str(), hello.max_frame), ("", None));
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, 5).unwrap();
+    rmp::encode::write_str(&mut body, "stardust").unwrap();
+    rmp::encode::write_uint(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, "py/1").unwrap();
+    rmp::encode::write_uint(&mut body, 4096).unwrap();
+    rmp::encode::write_map_len(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, "token").unwrap();
+    rmp::encode::write_str(&mut body, "t").unwrap();
+    let hello: message::Hello = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!(
+        (hello.agent.as_str(), hello.max_frame),
+        ("py/1", Some(4096))
+    );
+    assert_eq!(hello.meta.get("token"), Some("t"));
+    // Missing a required field, or one too many: refused.
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, "stardust").unwrap();
+    assert!(rmp_serde::from_slice::<message::Hello>(&body).is_err());
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, 6).unwrap();
+    rmp::encode::write_str(&mut body, "stardust").unwrap();
+    rmp::encode::write_uint(&mut body, 1).unwrap();
+    rmp::encode::write_str(&mut body, "").unwrap();
+    rmp::encode::write_nil(&mut body).unwrap();
+    rmp::encode::write_map_len(&mut body, 0).unwrap();
+    rmp::encode::write_nil(&mut body).unwrap();
+    assert!(rmp_serde::from_slice::<message::Hello>(&body).is_err());
+
     // HelloAck: unknown keys ignored, agent optional, max_frame required.
     let mut body = Vec::new();
     rmp::encode::write_map_len(&mut body, 3).unwrap();

@@ -601,6 +601,16 @@ async fn endless_unknown_service_names_are_answered_and_bounded() {
     // The real service was evicted long ago; it is looked up again and still works.
     assert_eq!(within("a real call", client.whoami()).await.unwrap(), 0);
     assert!(agent.services() <= 8);
+    // The registry forgot the evicted ones too: the agent unsubscribes as it evicts.
+    within(
+        "the registry's subscriptions to follow the agent's table",
+        async {
+            while node.subscriptions() > 8 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

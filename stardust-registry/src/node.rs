@@ -102,6 +102,12 @@ impl RegistryNode {
         self.registry.registrations()
     }
 
+    /// Subscriptions live on this node, over all its sessions (each pushes a service's
+    /// instance list to one connection whenever it changes).
+    pub fn subscriptions(&self) -> usize {
+        self.registry.subscriptions()
+    }
+
     /// The configuration the registry runs with.
     pub fn config(&self) -> &Config {
         &self.config

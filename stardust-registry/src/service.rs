@@ -299,6 +299,12 @@ impl RegistryImpl {
             .collect()
     }
 
+    /// Live subscriptions, over every session.
+    pub(crate) fn subscriptions(&self) -> usize {
+        let state = self.shared.state.lock();
+        state.sessions.values().map(|s| s.subscriptions.len()).sum()
+    }
+
     /// The monitoring figures.
     pub(crate) fn monitor(&self) -> &Monitor {
         &self.shared.monitor
@@ -1229,6 +1235,22 @@ impl Registry for RegistryImpl {
             last: list.clone(),
         });
         Ok(list)
+    }
+
+    async fn unsubscribe(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<bool, RegistryError> {
+        let (peer, session, _) = self.session()?;
+        let mut state = self.shared.state.lock();
+        let Some(s) = state.sessions.get_mut(&peer).filter(|s| s.id == session) else {
+            return Err(unauthorized(LOG_IN_FIRST));
+        };
+        let before = s.subscriptions.len();
+        s.subscriptions
+            .retain(|sub| !(sub.service == service && sub.version_req == version_req));
+        Ok(s.subscriptions.len() < before)
     }
 }
 

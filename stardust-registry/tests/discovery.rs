@@ -260,6 +260,70 @@ async fn subscribers_get_the_list_pushed_on_register_and_deregister() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_the_pushes() {
+    let node = start(Config::dev()).await;
+    let (consumer, _) = login(node.local_addr(), "web", "pw").await;
+    let mut pushes = consumer.client().notifications();
+    for service in [CALC, "other.Service"] {
+        consumer
+            .subscribe(service.into(), "*".into())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        consumer
+            .unsubscribe(CALC.into(), "*".into())
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    // Again, or one that never was: nothing to stop.
+    for (service, req) in [(CALC, "*"), ("other.Service", "^1")] {
+        assert!(
+            !consumer
+                .unsubscribe(service.into(), req.into())
+                .await
+                .unwrap()
+                .unwrap()
+        );
+    }
+
+    // Pushes on one connection arrive in order: had the first registration been pushed, it
+    // would come before the second's.
+    let (provider, _) = login(node.local_addr(), "calc", "pw").await;
+    for (service, endpoint) in [
+        (CALC, "127.0.0.1:9001"),
+        ("other.Service", "127.0.0.1:9002"),
+    ] {
+        provider
+            .register(registration(service, "1.0.0", endpoint))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let event = next_event(&mut pushes).await;
+    assert_eq!(event.service, "other.Service");
+    assert_eq!(endpoints(&event.instances), ["127.0.0.1:9002"]);
+
+    // Anonymous connections have nothing to unsubscribe.
+    let anonymous = connect(node.local_addr()).await;
+    let refused = anonymous
+        .unsubscribe(CALC.into(), "*".into())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            stardust::discovery::api::RegistryError::Unauthorized(_)
+        ),
+        "{refused}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_without_heartbeats_expires() {
     let node = start(Config::dev().with_lease_ttl(Duration::from_millis(200))).await;
     let (consumer, _) = login(node.local_addr(), "web", "pw").await;

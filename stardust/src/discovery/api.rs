@@ -305,4 +305,13 @@ pub trait Registry {
         service: String,
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError>;
+    /// Stops the pushes of an earlier `subscribe` with the same `service` and `version_req`;
+    /// `true` if there was one. (A registry older than this method answers `UnknownMethod`:
+    /// its subscriptions end with the connection.)
+    #[stardust(idempotent)]
+    async fn unsubscribe(
+        &self,
+        service: String,
+        version_req: String,
+    ) -> Result<bool, RegistryError>;
 }

@@ -476,6 +476,21 @@ impl Session {
     pub(crate) fn unwatch(&self, watch: &Arc<ServiceWatch>) {
         self.watches.lock().retain(|w| !Arc::ptr_eq(w, watch));
         self.drain_removed();
+        // And the registry stops pushing it (best effort: a reconnect drops it anyway).
+        if let Ok(client) = self.registry() {
+            let (service, version_req) = (watch.service.clone(), watch.version_req.clone());
+            tokio::spawn(async move {
+                match client.unsubscribe(service.clone(), version_req).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(service = %service, error = %e, "unsubscribe refused")
+                    }
+                    // An older registry without `unsubscribe` (UnknownMethod), or the
+                    // connection went: either way nothing is left to undo.
+                    Err(e) => tracing::debug!(service = %service, error = %e, "unsubscribe failed"),
+                }
+            });
+        }
     }
 
     /// Includes `server`'s in-flight calls in this process's status reports.

@@ -227,9 +227,11 @@ pub fn parse_error(body: &[u8]) -> Error {
         if rmp::decode::read_array_len(&mut rd).ok()? < 2 {
             return None;
         }
-        let code: u16 = rmp::decode::read_int(&mut rd).ok()?;
+        // Any unsigned integer: codes this side does not know, even beyond u16, are `Internal`.
+        let code: u64 = rmp::decode::read_int(&mut rd).ok()?;
         let (msg, _) = rmp::decode::read_str_from_slice(rd).ok()?;
-        Some(Error::new(ErrorKind::from_code(code), msg.to_owned()))
+        let kind = u16::try_from(code).map_or(ErrorKind::Internal, ErrorKind::from_code);
+        Some(Error::new(kind, msg.to_owned()))
     })();
     parsed.unwrap_or_else(|| Error::protocol("malformed error frame from peer"))
 }
@@ -315,6 +317,24 @@ mod tests {
         assert_eq!(back.kind(), ErrorKind::UnknownMethod);
         assert_eq!(back.message(), "no `mul`");
         assert_eq!(parse_error(&[0xc1]).kind(), ErrorKind::Protocol);
+    }
+
+    #[test]
+    fn unknown_error_codes_are_internal() {
+        // [code, "why", extra]: codes nobody knows, small or beyond u16, and a trailing element.
+        for code in [99u64, 65_535, 65_536, u64::MAX] {
+            let mut body = Vec::new();
+            rmp::encode::write_array_len(&mut body, 3).unwrap();
+            rmp::encode::write_uint(&mut body, code).unwrap();
+            rmp::encode::write_str(&mut body, "why").unwrap();
+            rmp::encode::write_nil(&mut body).unwrap();
+            let err = parse_error(&body);
+            assert_eq!(
+                (err.kind(), err.message()),
+                (ErrorKind::Internal, "why"),
+                "{code}"
+            );
+        }
     }
 
     #[test]
