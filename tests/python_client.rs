@@ -369,15 +369,7 @@ async fn find_python() -> Option<PathBuf> {
          `apt-get install -y python3 python3-msgpack`, or set STARDUST_PYTHON)",
         tried.join(", ")
     );
-    if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-        panic!("{why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
-    }
-    // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n==== SKIPPED: {why}: the Python client test did not run ====\n"
-    );
+    common::external::missing("the Python client test", &why);
     None
 }
 

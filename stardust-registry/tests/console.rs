@@ -399,15 +399,7 @@ fn find_chromium() -> Option<PathBuf> {
     if found.is_none() {
         let why = "chromium not found (install Debian's `chromium`, e.g. `apt-get install -y \
                    chromium`, or set STARDUST_CHROMIUM)";
-        if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-            panic!("{why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
-        }
-        // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n==== SKIPPED: {why}: the console's browser test did not run ====\n"
-        );
+        common::external::missing("the console's browser test", why);
     }
     found
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 
+pub mod external;
 pub mod pki;
 
 /// Generous bound for anything a test waits on: far above what the event needs on a loaded

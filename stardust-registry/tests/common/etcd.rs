@@ -9,8 +9,8 @@
 //! No etcd client crate (it needs protoc, which the default build must not): the fixture checks
 //! health with a hand-written HTTP/1.1 `GET /health`, and sets up authentication through etcd's
 //! JSON gateway the same way ([`Etcd::enable_auth`]). A private etcd can also speak TLS with
-//! client certificates ([`Etcd::private_tls`]). Included both as `common::etcd` and, on its own, with
-//! `#[path = "common/etcd.rs"] mod etcd;`, so it must not depend on the rest of `common`.
+//! client certificates ([`Etcd::private_tls`]). Part of `common` (it skips
+//! through `common::external`).
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -458,15 +458,7 @@ impl Drop for Etcd {
 /// No etcd for `test`: `None` after a loud `SKIPPED` on stderr, or a panic under
 /// `STARDUST_REQUIRE_EXTERNAL=1` (CI), so CI cannot pass by skipping.
 fn missing(test: &str, why: &str) -> Option<Etcd> {
-    if std::env::var("STARDUST_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1") {
-        panic!("{test}: {why}; STARDUST_REQUIRE_EXTERNAL=1 requires it");
-    }
-    // Straight to stderr: the test harness would swallow `eprintln!` of a passing test.
-    use std::io::Write as _;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n==== SKIPPED: {test}: {why}: the etcd test did not run ====\n"
-    );
+    super::external::missing(test, why);
     None
 }
 

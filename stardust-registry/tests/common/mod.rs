@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+// The workspace's "skip loudly unless STARDUST_REQUIRE_EXTERNAL" rule, shared with the root tests.
+#[path = "../../../tests/common/external.rs"]
+pub mod external;
 
 use std::future::Future;
 use std::net::SocketAddr;
