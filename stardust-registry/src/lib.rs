@@ -86,6 +86,8 @@
 //!   `stardust_call_duration_seconds`, `stardust_consumer_calls_total`, `stardust_instances`,
 //!   ...), labelled by service, method and instance (the registered endpoint);
 //! * `/api/services`, `/api/services/{name}`, `/api/instances`, `/api/history` — JSON.
+//! * `/healthz` — 200 while the node follows its store, 503 with the reason while it cannot
+//!   ([`RegistryNode::store_health`]).
 //!
 //! Instances leave with their lease. The server is read-only and unauthenticated: keep it on
 //! loopback (the default), where it only answers requests addressed to a loopback host.

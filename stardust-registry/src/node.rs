@@ -102,6 +102,14 @@ impl RegistryNode {
         self.registry.registrations()
     }
 
+    /// Whether this node follows its store: `Err(why)` while a shared store (etcd) cannot be
+    /// reached or watched; the node then serves the last registrations it knew and refuses
+    /// changes (`RegistryError::Unavailable`). Always `Ok` with the memory store. The
+    /// monitoring server answers `/healthz` with it.
+    pub fn store_health(&self) -> Result<(), String> {
+        self.registry.store_health()
+    }
+
     /// Subscriptions live on this node, over all its sessions (each pushes a service's
     /// instance list to one connection whenever it changes).
     pub fn subscriptions(&self) -> usize {

@@ -299,6 +299,11 @@ impl RegistryImpl {
             .collect()
     }
 
+    /// `Err(why)` while the node cannot follow its shared store.
+    pub(crate) fn store_health(&self) -> Result<(), String> {
+        self.shared.store.health()
+    }
+
     /// Live subscriptions, over every session.
     pub(crate) fn subscriptions(&self) -> usize {
         let state = self.shared.state.lock();

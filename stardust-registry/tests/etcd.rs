@@ -480,8 +480,16 @@ mod with_etcd {
         let caller = Caller::start(client);
         p1.takes_calls(20, "calls to provider 1").await;
 
-        // etcd crashes: the node keeps serving its last table, consumers their lists.
+        // etcd crashes: the node keeps serving its last table, consumers their lists; its
+        // health check says it is behind.
+        assert_eq!(a.store_health(), Ok(()));
         etcd.kill();
+        within("the node to notice etcd is gone", async {
+            while a.store_health().is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
         p1.takes_calls(20, "calls while etcd is down").await;
 
         // etcd comes back: the node's watch lists again, the provider's registration is
@@ -496,6 +504,7 @@ mod with_etcd {
             t.len() == 2 && t.iter().all(|r| r.local)
         })
         .await;
+        assert_eq!(a.store_health(), Ok(()));
 
         caller.no_call_failed().await;
     }

@@ -174,6 +174,11 @@ async fn reported_calls_show_exactly_in_the_api_and_metrics() {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let m = &metrics.body;
+    assert_eq!(sample(m, "stardust_registry_store_up"), Some(1.0), "{m}");
+    let health = http_get(http, "/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json()["status"], "ok");
+    assert_eq!(health.json()["store"], "memory");
     let labels = format!("service=\"{CALC}\",method=\"add\",instance=\"{EP}\"");
     assert_eq!(
         sample(m, &format!("stardust_calls_total{{{labels}}}")),

@@ -210,6 +210,7 @@ fn facts(ctx: &Ctx) -> RegistryFacts {
         tls: c.tls,
         store: c.store.clone(),
         node: c.node.clone(),
+        store_health: c.registry.store_health(),
         started: c.started,
         logins: c.registry.login_stats(),
     }
@@ -251,6 +252,26 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             );
             r
         }
+        "/healthz" => {
+            // For load balancers and orchestrators: 503 while the node serves a stale table.
+            let facts = facts(ctx);
+            let (status, body) = match &facts.store_health {
+                Ok(()) => (
+                    StatusCode::OK,
+                    serde_json::json!({"status": "ok", "store": facts.store, "node": facts.node}),
+                ),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "store unavailable", "store": facts.store,
+                                       "node": facts.node, "error": why}),
+                ),
+            };
+            reply(
+                status,
+                "application/json",
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+        }
         "/metrics" => {
             let snap = monitor.snapshot(false);
             let text = render::prometheus(&snap, &facts(ctx));
@@ -269,6 +290,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
                     "/api/instances": "every live instance, flat",
                     "/api/history?minutes=M": "calls/s and errors/s per service, one sample per slot (last M minutes, up to 15)",
                     "/metrics": "Prometheus text format",
+                    "/healthz": "200 while the node follows its store, 503 (with the reason) while it cannot",
                 }
             }),
         ),

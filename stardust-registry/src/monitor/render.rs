@@ -23,6 +23,8 @@ pub(crate) struct RegistryFacts {
     pub store: String,
     /// This node's name in a shared store's entries.
     pub node: String,
+    /// Whether the node follows its store (`Err(why)` otherwise).
+    pub store_health: Result<(), String>,
     pub started: Instant,
     pub logins: LoginStats,
 }
@@ -949,6 +951,18 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
             "stardust_registry_logins_total{{outcome=\"{outcome}\"}} {n}"
         );
     }
+    family(
+        &mut out,
+        "stardust_registry_store_up",
+        "gauge",
+        "1 while the registry follows its store (always, in memory); 0 while a shared store \
+         (etcd) cannot be reached or watched.",
+    );
+    let _ = writeln!(
+        out,
+        "stardust_registry_store_up {}",
+        u8::from(facts.store_health.is_ok())
+    );
     family(
         &mut out,
         "stardust_registry_uptime_seconds",

@@ -94,6 +94,8 @@ struct Inner {
     learnt: Mutex<Learnt>,
     /// The highest revision the node's table reflects.
     applied: watch::Sender<i64>,
+    /// Why the watch is down (`None`: following etcd).
+    watch_down: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -296,6 +298,7 @@ impl EtcdStore {
             sessions: Mutex::new(HashMap::new()),
             learnt: Mutex::new(Learnt::default()),
             applied: watch::Sender::new(0),
+            watch_down: Mutex::new(Some("not listed yet".into())),
         });
         // A first request proves etcd answers (the channel connects lazily).
         let mut client = inner.client.clone();
@@ -462,6 +465,7 @@ impl Inner {
         }
         *self.learnt.lock() = learnt;
         view.reset(records);
+        *self.watch_down.lock() = None;
         self.applied.send_modify(|a| *a = (*a).max(revision));
         Ok(revision)
     }
@@ -569,6 +573,7 @@ impl Inner {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(store = %self.describe, error = %e, retry_in_ms = backoff.as_millis() as u64, "lost the etcd watch; serving the last known registrations until it is back");
+                    *self.watch_down.lock() = Some(e.to_string());
                 }
             }
             tokio::select! {
@@ -926,6 +931,13 @@ impl Store for EtcdStore {
 
     fn shared_app(&self, name: &str) -> Option<AppConfig> {
         self.inner.learnt.lock().apps.get(name).cloned()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match &*self.inner.watch_down.lock() {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
     }
 
     fn shared_keys(&self) -> Vec<PublicKey> {

@@ -91,6 +91,10 @@ impl Store for MemoryStore {
     fn shared_keys(&self) -> Vec<PublicKey> {
         Vec::new()
     }
+
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

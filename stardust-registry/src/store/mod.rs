@@ -266,6 +266,10 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Public keys other nodes sign tokens with (this node's own come from its key ring).
     fn shared_keys(&self) -> Vec<PublicKey>;
+
+    /// `Err(why)` while the node cannot follow the store (it then serves the last table it
+    /// had, and refuses writes): for health checks.
+    fn health(&self) -> Result<(), String>;
 }
 
 #[cfg(test)]
