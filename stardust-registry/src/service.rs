@@ -615,6 +615,16 @@ impl RegistryImpl {
         Err(store_error(StoreError::Conflict(None)))
     }
 
+    /// Whether session `id` is still live on this node.
+    fn session_alive(&self, id: u64) -> bool {
+        self.shared
+            .state
+            .lock()
+            .sessions
+            .values()
+            .any(|s| s.id == id)
+    }
+
     /// Waits until the table shows a shared store's write at `revision`: the store's watch
     /// brings it in (and to the subscribers of every node), so the caller's next `discover`
     /// on this node sees it.
@@ -1094,6 +1104,12 @@ impl Registry for RegistryImpl {
         };
         let key = (service.clone(), endpoint.clone());
         let written = self.store_put(session, &app, &instance).await?;
+        if written != Written::Local && !self.session_alive(session) {
+            // The connection closed while the write was under way, after its session's release:
+            // release again, now that the store holds a lease for it.
+            self.shared.store.release(session);
+            return Err(unauthorized(LOG_IN_FIRST));
+        }
         if let Written::At(revision) = written {
             self.shown(revision).await?;
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");

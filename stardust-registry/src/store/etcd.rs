@@ -354,11 +354,9 @@ impl Inner {
             client.lease_grant(self.lease_ttl_secs, None),
         )
         .await?;
+        // (A session that ended meanwhile is released again by the registry once the write
+        // returns, which revokes this lease.)
         *slot = Some(granted.id());
-        // The session may have ended while the grant was under way: then nobody revokes it.
-        if !self.sessions.lock().contains_key(&session) {
-            self.revoke(granted.id());
-        }
         Ok(granted.id())
     }
 
