@@ -3,7 +3,9 @@
 //! Stardust over TLS 1.3 (rustls) with a self-signed certificate made at start-up, and
 //! `stardust-agent` the same client as `stardust` calling through a sidecar agent (its server
 //! process hosts a development registry, the provider registered there and the agent; the
-//! report prints the latency the agent hop adds).
+//! report prints the latency the agent hop adds), and `stardust-balanced` a `Stardust::client`
+//! proxy that finds the provider through a registry in the server process and balances per
+//! call (the report prints what that path adds over a fixed-address client).
 //!
 //! ```text
 //! cargo bench --bench rpc                                  # full run: 3 rounds, medians
@@ -77,15 +79,19 @@ enum Impl {
     StardustTls,
     /// The `stardust` client through a local agent (`stardust::agent`) to the provider.
     StardustAgent,
+    /// A `Stardust::client` proxy: the provider found through a registry, picked per call by
+    /// the balancer (the path applications use).
+    StardustBalanced,
     Tarpc,
     Raw,
     Ceiling,
 }
 
-const IMPLS: [Impl; 6] = [
+const IMPLS: [Impl; 7] = [
     Impl::Stardust,
     Impl::StardustTls,
     Impl::StardustAgent,
+    Impl::StardustBalanced,
     Impl::Tarpc,
     Impl::Raw,
     Impl::Ceiling,
@@ -97,6 +103,7 @@ impl Impl {
             Impl::Stardust => "stardust",
             Impl::StardustTls => "stardust-tls",
             Impl::StardustAgent => "stardust-agent",
+            Impl::StardustBalanced => "stardust-balanced",
             Impl::Tarpc => "tarpc",
             Impl::Raw => "raw",
             Impl::Ceiling => "ceiling",
@@ -288,7 +295,7 @@ fn run_all(cfg: &Config) -> i32 {
     println!();
     report::print_ratios(&rows, LATENCY_SCENARIO);
     println!();
-    report::print_agent_hop(&rows);
+    report::print_versus_direct(&rows);
     println!();
     report::print_markdown(&rows, LATENCY_SCENARIO, &meta);
 
@@ -408,6 +415,10 @@ impl Clients {
             // A plain client pointed at the agent: what `via_agent` proxies use.
             Impl::StardustAgent => {
                 Clients::Stardust(many(n, || stardust_impl::connect(addr, false)).await?)
+            }
+            // `addr` is the registry's: each client logs in and finds the provider there.
+            Impl::StardustBalanced => {
+                Clients::Stardust(many(n, || stardust_impl::connect_balanced(addr)).await?)
             }
             Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
             Impl::Raw => Clients::Raw(many(n, || raw_impl::connect(addr)).await?),
@@ -673,6 +684,7 @@ fn server_main() -> ! {
             Impl::Stardust => stardust_impl::serve(false).await,
             Impl::StardustTls => stardust_impl::serve(true).await,
             Impl::StardustAgent => stardust_impl::serve_agent().await,
+            Impl::StardustBalanced => stardust_impl::serve_registered().await,
             Impl::Tarpc => tarpc_impl::serve().await,
             Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
         }

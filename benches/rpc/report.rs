@@ -221,42 +221,59 @@ pub fn print_ratios(rows: &[Row], latency_scenario: &str) {
     }
 }
 
-/// What the agent hop adds, per scenario where both `stardust` (direct) and `stardust-agent`
-/// (the same client through a local agent) ran: `(scenario, p50 added µs, p99 added µs,
-/// throughput agent ÷ direct)`.
-fn agent_hop(rows: &[Row]) -> Vec<(&'static str, f64, f64, f64)> {
+/// What another way of calling the same provider adds over the `stardust` row (a direct
+/// client), per scenario where both ran: `(scenario, p50 added µs, p99 added µs, throughput
+/// other ÷ direct)`.
+fn versus_direct(rows: &[Row], other: &str) -> Vec<(&'static str, f64, f64, f64)> {
     rows.iter()
         .filter(|r| r.imp == "stardust")
         .filter_map(|direct| {
-            let agent = rows
+            let o = rows
                 .iter()
-                .find(|r| r.scenario == direct.scenario && r.imp == "stardust-agent")?;
+                .find(|r| r.scenario == direct.scenario && r.imp == other)?;
             Some((
                 direct.scenario,
-                agent.p50_us - direct.p50_us,
-                agent.p99_us - direct.p99_us,
-                agent.calls_per_sec / direct.calls_per_sec,
+                o.p50_us - direct.p50_us,
+                o.p99_us - direct.p99_us,
+                o.calls_per_sec / direct.calls_per_sec,
             ))
         })
         .collect()
 }
 
-const AGENT_LEGEND: &str = "The agent hop: stardust-agent (consumer → local agent → provider) against \
-     stardust (consumer → provider), same client. Latency added in µs; throughput agent ÷ direct.";
+/// The rows compared with the direct `stardust` row: (row, legend, ratio column).
+const VERSUS_DIRECT: [(&str, &str, &str); 2] = [
+    (
+        "stardust-balanced",
+        "The balanced path: stardust-balanced (a `Stardust::client` proxy: provider found through \
+         the registry, picked per call by the balancer, retry budget and outlier ejection on) \
+         against stardust (a `Client` on a fixed address). Latency added in µs; throughput \
+         balanced ÷ direct.",
+        "balanced ÷ direct",
+    ),
+    (
+        "stardust-agent",
+        "The agent hop: stardust-agent (consumer → local agent → provider) against stardust \
+         (consumer → provider), same client. Latency added in µs; throughput agent ÷ direct.",
+        "agent ÷ direct",
+    ),
+];
 
-/// The agent hop's cost, if both rows ran.
-pub fn print_agent_hop(rows: &[Row]) {
-    let hop = agent_hop(rows);
-    if hop.is_empty() {
-        return;
-    }
-    println!("{AGENT_LEGEND}");
-    println!(
-        "{:<20} {:>12} {:>12} {:>12}",
-        "scenario", "p50 added", "p99 added", "throughput"
-    );
-    for (scenario, p50, p99, ratio) in hop {
-        println!("{scenario:<20} {p50:>+12.1} {p99:>+12.1} {ratio:>12.2}");
+/// What the balanced path and the agent hop cost, for the rows that ran.
+pub fn print_versus_direct(rows: &[Row]) {
+    for (other, legend, _) in VERSUS_DIRECT {
+        let hop = versus_direct(rows, other);
+        if hop.is_empty() {
+            continue;
+        }
+        println!("{legend}");
+        println!(
+            "{:<20} {:>12} {:>12} {:>12}",
+            "scenario", "p50 added", "p99 added", "throughput"
+        );
+        for (scenario, p50, p99, ratio) in hop {
+            println!("{scenario:<20} {p50:>+12.1} {p99:>+12.1} {ratio:>12.2}");
+        }
     }
 }
 
@@ -322,12 +339,15 @@ pub fn print_markdown(rows: &[Row], latency_scenario: &str, meta: &Meta) {
         let [t, r, c] = vs.map(|v| opt(v, 2));
         println!("| {scenario} | {t} | {r} | {c} |");
     }
-    let hop = agent_hop(rows);
-    if !hop.is_empty() {
+    for (other, legend, column) in VERSUS_DIRECT {
+        let hop = versus_direct(rows, other);
+        if hop.is_empty() {
+            continue;
+        }
         println!();
-        println!("{AGENT_LEGEND}");
+        println!("{legend}");
         println!();
-        println!("| scenario | p50 added µs | p99 added µs | throughput agent ÷ direct |");
+        println!("| scenario | p50 added µs | p99 added µs | throughput {column} |");
         println!("|---|--:|--:|--:|");
         for (scenario, p50, p99, ratio) in hop {
             println!("| {scenario} | {p50:+.1} | {p99:+.1} | {ratio:.2} |");

@@ -105,8 +105,35 @@ pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
     Ok((port, Box::new((registry, star, provider, agent))))
 }
 
+/// The balanced row's server side, in one process: a development registry and the provider
+/// registered there. The port returned is the registry's: clients find the provider through it.
+pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
+    let registry = stardust_registry::RegistryNode::builder()
+        .config(stardust_registry::Config::dev())
+        .bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("registry: {e}"))?;
+    let star = stardust::Stardust::builder()
+        .registry(registry.local_addr().to_string())
+        .app("bench-provider", "bench-provider-secret")
+        .connect()
+        .await
+        .map_err(|e| format!("provider login: {e}"))?;
+    let provider = star
+        .serve(
+            stardust::Server::builder().serve(BenchServer::new(Provider)),
+            "127.0.0.1:0",
+        )
+        .await
+        .map_err(|e| format!("provider: {e}"))?;
+    let port = registry.local_addr().port();
+    Ok((port, Box::new((registry, star, provider))))
+}
+
+/// A generated client; the balanced row's also keeps its `Stardust` handle (the registry
+/// session and the pooled provider connection) alive.
 #[derive(Clone)]
-pub struct Caller(BenchClient);
+pub struct Caller(BenchClient, Option<std::sync::Arc<stardust::Stardust>>);
 
 /// One client, hence one connection.
 pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Caller, String> {
@@ -117,7 +144,20 @@ pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Caller, String> {
             builder.tls(stardust::tls::ClientTls::from_ca_pem(cert).map_err(|e| e.to_string())?);
     }
     let client = builder.connect(addr).await.map_err(|e| e.to_string())?;
-    Ok(Caller(BenchClient::new(client)))
+    Ok(Caller(BenchClient::new(client), None))
+}
+
+/// One `Stardust` handle logged in at the registry on `registry`, and its typed proxy: the
+/// provider is discovered on the first call and picked per call by the default balancer.
+pub async fn connect_balanced(registry: SocketAddr) -> Result<Caller, String> {
+    let star = stardust::Stardust::builder()
+        .registry(registry.to_string())
+        .app("bench-consumer", "bench-consumer-secret")
+        .connect()
+        .await
+        .map_err(|e| format!("consumer login: {e}"))?;
+    let client = star.client::<BenchClient>();
+    Ok(Caller(client, Some(std::sync::Arc::new(star))))
 }
 
 impl service::Caller for Caller {
