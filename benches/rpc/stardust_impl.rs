@@ -133,7 +133,11 @@ pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
 /// A generated client; the balanced row's also keeps its `Stardust` handle (the registry
 /// session and the pooled provider connection) alive.
 #[derive(Clone)]
-pub struct Caller(BenchClient, Option<std::sync::Arc<stardust::Stardust>>);
+pub struct Caller {
+    client: BenchClient,
+    /// Held, never read: dropping it would end the registry session and its connections.
+    _session: Option<std::sync::Arc<stardust::Stardust>>,
+}
 
 /// One client, hence one connection.
 pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Caller, String> {
@@ -144,7 +148,10 @@ pub async fn connect(addr: SocketAddr, tls: bool) -> Result<Caller, String> {
             builder.tls(stardust::tls::ClientTls::from_ca_pem(cert).map_err(|e| e.to_string())?);
     }
     let client = builder.connect(addr).await.map_err(|e| e.to_string())?;
-    Ok(Caller(BenchClient::new(client), None))
+    Ok(Caller {
+        client: BenchClient::new(client),
+        _session: None,
+    })
 }
 
 /// One `Stardust` handle logged in at the registry on `registry`, and its typed proxy: the
@@ -157,15 +164,18 @@ pub async fn connect_balanced(registry: SocketAddr) -> Result<Caller, String> {
         .await
         .map_err(|e| format!("consumer login: {e}"))?;
     let client = star.client::<BenchClient>();
-    Ok(Caller(client, Some(std::sync::Arc::new(star))))
+    Ok(Caller {
+        client,
+        _session: Some(std::sync::Arc::new(star)),
+    })
 }
 
 impl service::Caller for Caller {
     async fn add(&self, a: i64, b: i64) -> Result<i64, String> {
-        self.0.add(a, b).await.map_err(|e| e.to_string())
+        self.client.add(a, b).await.map_err(|e| e.to_string())
     }
 
     async fn echo(&self, data: ByteBuf) -> Result<ByteBuf, String> {
-        self.0.echo(data).await.map_err(|e| e.to_string())
+        self.client.echo(data).await.map_err(|e| e.to_string())
     }
 }
