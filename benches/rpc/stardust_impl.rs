@@ -70,44 +70,16 @@ pub async fn serve(tls: bool) -> Result<(u16, Box<dyn Any>), String> {
     Ok((server.local_addr().port(), Box::new(server)))
 }
 
-/// The agent row's server side, in one process: a development registry, the provider registered
-/// there through its own `Stardust` handle, and an agent logged in as the consumer's app. The
-/// port returned is the agent's, so the consumer is the `stardust` row's client, one hop away
-/// from the provider.
-pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
-    let registry = stardust_registry::RegistryNode::builder()
-        .config(stardust_registry::Config::dev())
-        .bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("registry: {e}"))?;
-    let at = registry.local_addr().to_string();
-    let star = stardust::Stardust::builder()
-        .registry(at.as_str())
-        .app("bench-provider", "bench-provider-secret")
-        .connect()
-        .await
-        .map_err(|e| format!("provider login: {e}"))?;
-    let provider = star
-        .serve(
-            stardust::Server::builder().serve(BenchServer::new(Provider)),
-            "127.0.0.1:0",
-        )
-        .await
-        .map_err(|e| format!("provider: {e}"))?;
-    let agent = stardust::agent::Agent::builder()
-        .registry(at.as_str())
-        .app("bench-consumer", "bench-consumer-secret")
-        .listen("127.0.0.1:0")
-        .start()
-        .await
-        .map_err(|e| format!("agent: {e}"))?;
-    let port = agent.local_addr().port();
-    Ok((port, Box::new((registry, star, provider, agent))))
-}
-
-/// The balanced row's server side, in one process: a development registry and the provider
-/// registered there. The port returned is the registry's: clients find the provider through it.
-pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
+/// A development registry and the provider registered there through its own `Stardust`
+/// handle: the server side of the agent and balanced rows.
+async fn registry_and_provider() -> Result<
+    (
+        stardust_registry::RegistryNode,
+        stardust::Stardust,
+        stardust::Provider,
+    ),
+    String,
+> {
     let registry = stardust_registry::RegistryNode::builder()
         .config(stardust_registry::Config::dev())
         .bind("127.0.0.1:0")
@@ -126,6 +98,29 @@ pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
         )
         .await
         .map_err(|e| format!("provider: {e}"))?;
+    Ok((registry, star, provider))
+}
+
+/// The agent row's server side, in one process: a development registry, the provider registered
+/// there, and an agent logged in as the consumer's app. The port returned is the agent's, so
+/// the consumer is the `stardust` row's client, one hop away from the provider.
+pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
+    let (registry, star, provider) = registry_and_provider().await?;
+    let agent = stardust::agent::Agent::builder()
+        .registry(registry.local_addr().to_string())
+        .app("bench-consumer", "bench-consumer-secret")
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .map_err(|e| format!("agent: {e}"))?;
+    let port = agent.local_addr().port();
+    Ok((port, Box::new((registry, star, provider, agent))))
+}
+
+/// The balanced row's server side, in one process: a development registry and the provider
+/// registered there. The port returned is the registry's: clients find the provider through it.
+pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
+    let (registry, star, provider) = registry_and_provider().await?;
     let port = registry.local_addr().port();
     Ok((port, Box::new((registry, star, provider))))
 }
