@@ -480,6 +480,13 @@ async fn a_server_without_authentication_settings_does_not_start() {
     );
     assert!(e.message().contains(".authenticator(..)"), "{e}");
     assert!(e.message().contains(".allow_anonymous()"), "{e}");
+    // A configuration mistake, said on one clean line (no stray backslash or indentation).
+    assert_eq!(e.kind(), stardust::ErrorKind::InvalidConfig);
+    assert!(
+        !e.message().contains('\\') && !e.message().contains("  "),
+        "{e:?}"
+    );
+    assert!(!e.message().contains('\n'), "{e:?}");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let e = Server::builder()

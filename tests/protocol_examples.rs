@@ -586,6 +586,8 @@ fn error_codes_table() {
         (17, ErrorKind::ConnectionClosed),
         (18, ErrorKind::NoProvider),
         (19, ErrorKind::Rejected),
+        (20, ErrorKind::LimitExceeded),
+        (21, ErrorKind::InvalidConfig),
     ];
     for (code, kind) in table {
         assert_eq!(kind.code(), code);
@@ -596,7 +598,7 @@ fn error_codes_table() {
     }
     // Unknown codes are Internal.
     assert_eq!(ErrorKind::from_code(0), ErrorKind::Internal);
-    assert_eq!(ErrorKind::from_code(20), ErrorKind::Internal);
+    assert_eq!(ErrorKind::from_code(22), ErrorKind::Internal);
     // Error bodies: extra elements ignored; a malformed body is a Protocol error.
     let back = message::parse_error(&[0x93, 0x03, 0xa1, b'x', 0xc0]);
     assert_eq!(

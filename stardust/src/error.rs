@@ -62,6 +62,15 @@ pub enum ErrorKind {
     NoProvider,
     /// An interceptor or the application rejected the call.
     Rejected,
+    /// A size or count limit of the receiver was exceeded: call or connection metadata (entries,
+    /// key or value length, total size), the `Hello` frame's size, or a registry's per-session
+    /// caps (subscriptions, tags, registrations, name lengths). The message names the limit and
+    /// its value. Only the offending request fails; a refused `Hello` closes the connection.
+    LimitExceeded,
+    /// The local configuration is unusable (a builder left a required choice open, or two
+    /// settings contradict each other). Never sent by a peer: fix the code or config named in
+    /// the message.
+    InvalidConfig,
 }
 
 impl ErrorKind {
@@ -87,6 +96,8 @@ impl ErrorKind {
             ErrorKind::ConnectionClosed => 17,
             ErrorKind::NoProvider => 18,
             ErrorKind::Rejected => 19,
+            ErrorKind::LimitExceeded => 20,
+            ErrorKind::InvalidConfig => 21,
         }
     }
 
@@ -111,6 +122,8 @@ impl ErrorKind {
             17 => ErrorKind::ConnectionClosed,
             18 => ErrorKind::NoProvider,
             19 => ErrorKind::Rejected,
+            20 => ErrorKind::LimitExceeded,
+            21 => ErrorKind::InvalidConfig,
             _ => ErrorKind::Internal,
         }
     }
@@ -137,6 +150,8 @@ impl ErrorKind {
             ErrorKind::ConnectionClosed => "connection closed",
             ErrorKind::NoProvider => "no provider",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::LimitExceeded => "limit exceeded",
+            ErrorKind::InvalidConfig => "invalid configuration",
         }
     }
 }
@@ -276,6 +291,8 @@ mod tests {
             ErrorKind::ConnectionClosed,
             ErrorKind::NoProvider,
             ErrorKind::Rejected,
+            ErrorKind::LimitExceeded,
+            ErrorKind::InvalidConfig,
         ];
         for kind in kinds {
             assert_eq!(ErrorKind::from_code(kind.code()), kind);

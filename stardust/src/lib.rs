@@ -87,7 +87,7 @@ pub use context::Context;
 pub use discovery::{Provider, Stardust, StardustBuilder};
 pub use error::{Error, ErrorKind};
 pub use interceptor::{ClientInterceptor, Interceptor, OutgoingCall};
-pub use metadata::Metadata;
+pub use metadata::{Metadata, MetadataLimits};
 pub use server::{Notifier, Server, ServerBuilder};
 pub use service::{Call, MethodDescriptor, Service, ServiceClient, ServiceDescriptor};
 pub use stardust_macros::service;

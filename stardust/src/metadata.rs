@@ -1,14 +1,22 @@
-//! Call and connection metadata: a small ordered list of string pairs.
+//! Call and connection metadata: a small ordered list of string pairs, and the limits a receiver
+//! puts on what a peer may send.
 //!
 //! Metadata travels with requests (trace context, caller-chosen tags) and with the handshake
 //! (credentials). It is usually empty or tiny, so it is a plain `Vec` (no allocation when empty)
-//! rather than a hash map.
+//! rather than a hash map. What arrives from the network is different: a peer chooses how many
+//! entries it sends, so received metadata is checked against [`MetadataLimits`] entry by entry
+//! and de-duplicated in one pass ([`Metadata::from_received`]), never by repeated lookups whose
+//! cost would grow with the square of the entry count.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 
-use serde::de::{MapAccess, Visitor};
+use serde::de::{Error as _, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, ErrorKind};
 
 /// Key/value string pairs attached to a call or a connection. Keys are case-sensitive; a key
 /// appears at most once.
@@ -73,12 +81,153 @@ impl fmt::Debug for Metadata {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Metadata {
-        let mut m = Metadata::new();
-        for (k, v) in iter {
-            m.insert(k, v);
-        }
-        m
+        Metadata::from_received(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
+}
+
+/// Below this many entries a duplicate is looked for by scanning: no hash map to build.
+const SCAN_UP_TO: usize = 16;
+
+impl Metadata {
+    /// Metadata from pairs as they arrived, in linear time: a repeated key keeps the position of
+    /// its first occurrence and the value of its last (what the same [`insert`](Self::insert)s
+    /// would give).
+    pub(crate) fn from_received(mut entries: Vec<(String, String)>) -> Metadata {
+        let n = entries.len();
+        if n <= SCAN_UP_TO {
+            let mut m = Metadata::new();
+            for (k, v) in entries {
+                m.insert(k, v);
+            }
+            return m;
+        }
+        // For each first occurrence, the index of the key's last occurrence (`usize::MAX` marks a
+        // repeat). The map hashes with a random key (SipHash), so a peer cannot choose keys that
+        // collide.
+        let mut last = vec![usize::MAX; n];
+        let mut repeats = false;
+        {
+            let mut first: HashMap<&str, usize> = HashMap::with_capacity(n);
+            for (i, (k, _)) in entries.iter().enumerate() {
+                match first.entry(k.as_str()) {
+                    Entry::Occupied(e) => {
+                        last[*e.get()] = i;
+                        repeats = true;
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(i);
+                        last[i] = i;
+                    }
+                }
+            }
+        }
+        if !repeats {
+            return Metadata { entries };
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            if last[i] != usize::MAX {
+                let key = std::mem::take(&mut entries[i].0);
+                let value = std::mem::take(&mut entries[last[i]].1);
+                out.push((key, value));
+            }
+        }
+        Metadata { entries: out }
+    }
+}
+
+/// What a receiver accepts as metadata from a peer: the handshake's connection metadata and each
+/// request's call metadata are checked entry by entry as they are decoded, and the first limit
+/// crossed fails with [`ErrorKind::LimitExceeded`] naming it (a request is answered with that
+/// error and the connection stays usable; a handshake is refused).
+///
+/// The defaults leave room for W3C trace context (`traceparent`, `tracestate`) and a token, and
+/// keep the work one peer can cause per frame small.
+///
+/// ```
+/// let mut limits = stardust::MetadataLimits::default();
+/// limits.max_entries = 32;
+/// let _server = stardust::Server::builder().metadata_limits(limits);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetadataLimits {
+    /// Most entries in one map, counting repeated keys (default 256).
+    pub max_entries: usize,
+    /// Longest key, in bytes (default 256).
+    pub max_key_len: usize,
+    /// Longest value, in bytes (default 8 KiB).
+    pub max_value_len: usize,
+    /// Most bytes of keys and values together (default 64 KiB).
+    pub max_total: usize,
+}
+
+impl MetadataLimits {
+    /// The default limits: 256 entries, keys up to 256 bytes, values up to 8 KiB, 64 KiB in all.
+    pub const DEFAULT: MetadataLimits = MetadataLimits {
+        max_entries: 256,
+        max_key_len: 256,
+        max_value_len: 8 * 1024,
+        max_total: 64 * 1024,
+    };
+
+    /// Checks a map header announcing `entries` pairs, before any is read. `what` names the
+    /// map in the error ("call metadata").
+    pub(crate) fn check_count(&self, entries: usize, what: &str) -> Result<(), Error> {
+        if entries > self.max_entries {
+            return Err(limit(format!(
+                "{what} has {entries} entries, over the limit of {}",
+                self.max_entries
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks one entry; `total` is the byte count of the entries before it and is updated.
+    pub(crate) fn check_entry(
+        &self,
+        key: &str,
+        value: &str,
+        total: &mut usize,
+        what: &str,
+    ) -> Result<(), Error> {
+        if key.len() > self.max_key_len {
+            return Err(limit(format!(
+                "{what} has a key of {} bytes, over the limit of {} bytes",
+                key.len(),
+                self.max_key_len
+            )));
+        }
+        if value.len() > self.max_value_len {
+            return Err(limit(format!(
+                "{what} has a value of {} bytes (key `{key}`), over the limit of {} bytes",
+                value.len(),
+                self.max_value_len
+            )));
+        }
+        *total += key.len() + value.len();
+        if *total > self.max_total {
+            return Err(limit(format!(
+                "{what} has more than {} bytes of keys and values, over the limit of {} bytes",
+                *total, self.max_total
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Default for MetadataLimits {
+    fn default() -> MetadataLimits {
+        MetadataLimits::DEFAULT
+    }
+}
+
+fn limit(message: String) -> Error {
+    Error::new(ErrorKind::LimitExceeded, message)
 }
 
 impl Serialize for Metadata {
@@ -100,11 +249,26 @@ impl<'de> Deserialize<'de> for Metadata {
                 f.write_str("a map of strings to strings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Metadata, A::Error> {
-                let mut m = Metadata::new();
+                // Whoever deserializes metadata gets the default limits and a linear decode:
+                // the wire paths check their own configured limits before this is reached.
+                let limits = MetadataLimits::DEFAULT;
+                let announced = access.size_hint().unwrap_or(0);
+                let what = "metadata";
+                limits
+                    .check_count(announced, what)
+                    .map_err(A::Error::custom)?;
+                let mut entries = Vec::with_capacity(announced);
+                let mut total = 0;
                 while let Some((k, v)) = access.next_entry::<String, String>()? {
-                    m.insert(k, v);
+                    limits
+                        .check_count(entries.len() + 1, what)
+                        .map_err(A::Error::custom)?;
+                    limits
+                        .check_entry(&k, &v, &mut total, what)
+                        .map_err(A::Error::custom)?;
+                    entries.push((k, v));
                 }
-                Ok(m)
+                Ok(Metadata::from_received(entries))
             }
         }
         deserializer.deserialize_map(MapVisitor)
@@ -125,5 +289,67 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m.remove("b").as_deref(), Some("2"));
         assert!(m.get("b").is_none());
+    }
+
+    #[test]
+    fn received_pairs_keep_first_position_and_last_value() {
+        for n in [3usize, 40] {
+            // k0..kn, then k1 again and k0 again: both keep their place with the later value.
+            let mut pairs: Vec<(String, String)> =
+                (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+            pairs.push(("k1".into(), "late1".into()));
+            pairs.push(("k0".into(), "late0".into()));
+            let m = Metadata::from_received(pairs);
+            assert_eq!(m.len(), n, "{n}");
+            let keys: Vec<&str> = m.iter().map(|(k, _)| k).collect();
+            assert_eq!(&keys[..2], ["k0", "k1"]);
+            assert_eq!(m.get("k0"), Some("late0"));
+            assert_eq!(m.get("k1"), Some("late1"));
+            assert_eq!(m.get("k2"), Some("v2"));
+        }
+    }
+
+    #[test]
+    fn many_distinct_keys_decode_in_linear_time() {
+        // 200,000 distinct keys: a lookup per insert would be 2*10^10 comparisons (minutes);
+        // one pass with a map is milliseconds. (Deserialize's default limits are not involved.)
+        let pairs: Vec<(String, String)> = (0..200_000)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
+        let m = Metadata::from_received(pairs);
+        assert_eq!(m.len(), 200_000);
+        assert_eq!(m.get("199999"), Some(""));
+    }
+
+    #[test]
+    fn deserialize_applies_the_default_limits() {
+        let many: std::collections::BTreeMap<String, String> =
+            (0..300).map(|i| (i.to_string(), String::new())).collect();
+        let bytes = rmp_serde::to_vec(&many).unwrap();
+        let err = rmp_serde::from_slice::<Metadata>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("300 entries"), "{err}");
+        let long = std::collections::BTreeMap::from([("k", "v".repeat(9000))]);
+        let bytes = rmp_serde::to_vec(&long).unwrap();
+        let err = rmp_serde::from_slice::<Metadata>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("9000 bytes"), "{err}");
+        let ok = std::collections::BTreeMap::from([("k", "v")]);
+        let m: Metadata = rmp_serde::from_slice(&rmp_serde::to_vec(&ok).unwrap()).unwrap();
+        assert_eq!(m.get("k"), Some("v"));
+    }
+
+    #[test]
+    fn limits_name_what_was_crossed() {
+        let limits = MetadataLimits::DEFAULT;
+        let mut total = 0;
+        let e = limits
+            .check_entry(&"k".repeat(257), "", &mut total, "call metadata")
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded);
+        assert!(e.message().contains("key of 257 bytes"), "{e}");
+        let mut total = 60 * 1024;
+        let e = limits
+            .check_entry("k", &"v".repeat(8 * 1024), &mut total, "call metadata")
+            .unwrap_err();
+        assert!(e.message().contains("over the limit of 65536 bytes"), "{e}");
     }
 }

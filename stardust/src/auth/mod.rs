@@ -291,8 +291,8 @@ impl ServerAuth {
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.authenticator.is_none() && !self.allow_anonymous {
             return Err(Error::new(
-                ErrorKind::Internal,
-                "no authentication configured: call .authenticator(..) to require registry \\
+                ErrorKind::InvalidConfig,
+                "no authentication configured: call .authenticator(..) to require registry \
                  tokens, or .allow_anonymous() to accept any caller",
             ));
         }
@@ -388,7 +388,7 @@ impl ConnAuth {
                 return Err(Error::new(
                     ErrorKind::Unauthorized,
                     format!(
-                        "the token is for app `{}` but this connection belongs to app `{app}`; \\
+                        "the token is for app `{}` but this connection belongs to app `{app}`; \
                          open a new connection to act as another app",
                         identity.app()
                     ),
@@ -421,7 +421,7 @@ impl ConnAuth {
             Error::new(
                 ErrorKind::Unauthorized,
                 format!(
-                    "the access token of app `{}` expired; present a renewed token on this \\
+                    "the access token of app `{}` expired; present a renewed token on this \
                      connection (stardust.Connection/authenticate) or reconnect with a new one",
                     identity.app()
                 ),

@@ -5,49 +5,14 @@
 //! buffer and the arguments stay raw bytes until the handler's types decode them.
 
 use bytes::{BufMut, BytesMut};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::codec;
 use super::frame::{self, Kind};
+use super::{codec, decode};
 use crate::error::{Error, ErrorKind};
-use crate::metadata::Metadata;
+use crate::metadata::{Metadata, MetadataLimits};
 
-/// The protocol name carried in the handshake, so a server can tell a Stardust client from a
-/// stray connection at once.
-pub const PROTOCOL_NAME: &str = "stardust";
-/// The protocol version this implementation speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Body of a `Hello` frame (a MessagePack map).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hello {
-    /// Always `"stardust"`.
-    pub protocol: String,
-    /// Protocol version the client speaks.
-    pub version: u32,
-    /// Free-form client software name and version, for logs.
-    #[serde(default)]
-    pub agent: String,
-    /// The largest frame `length` the client accepts (responses over it are refused by the
-    /// server with a `FrameTooLarge` error instead of being sent). Absent means 16 MiB.
-    #[serde(default)]
-    pub max_frame: Option<u32>,
-    /// Connection metadata (credentials arrive here).
-    #[serde(default)]
-    pub meta: Metadata,
-}
-
-/// Body of a `HelloAck` frame (a MessagePack map).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HelloAck {
-    /// Protocol version the server will speak on this connection.
-    pub version: u32,
-    /// Free-form server software name and version.
-    #[serde(default)]
-    pub agent: String,
-    /// The largest frame `length` the server accepts.
-    pub max_frame: u32,
-}
+pub use super::handshake::{Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, parse_hello};
 
 /// A request as read off the wire, borrowing from the read buffer.
 #[derive(Debug)]
@@ -166,8 +131,17 @@ fn read_str<'a>(rd: &mut &'a [u8], what: &str) -> Result<&'a str, Error> {
     Ok(s)
 }
 
-/// Parses a `Request` body.
+/// Parses a `Request` body, with the default [`MetadataLimits`].
 pub fn parse_request(body: &[u8]) -> Result<RequestView<'_>, Error> {
+    parse_request_with(body, &MetadataLimits::DEFAULT)
+}
+
+/// Parses a `Request` body, checking its metadata against `limits` (a metadata limit crossed is
+/// [`ErrorKind::LimitExceeded`]; anything malformed is [`ErrorKind::Protocol`]).
+pub fn parse_request_with<'a>(
+    body: &'a [u8],
+    limits: &MetadataLimits,
+) -> Result<RequestView<'a>, Error> {
     let mut rd = body;
     let n = rmp::decode::read_array_len(&mut rd).map_err(|e| bad("array header", e))?;
     if n < 6 {
@@ -177,22 +151,24 @@ pub fn parse_request(body: &[u8]) -> Result<RequestView<'_>, Error> {
     let method = read_str(&mut rd, "method")?;
     let timeout_us = rmp::decode::read_int(&mut rd).map_err(|e| bad("timeout", e))?;
     let trace_id = rmp::decode::read_int(&mut rd).map_err(|e| bad("trace id", e))?;
-    let pairs = rmp::decode::read_map_len(&mut rd).map_err(|e| bad("metadata", e))?;
-    let mut meta = Metadata::new();
-    for _ in 0..pairs {
-        let k = read_str(&mut rd, "metadata key")?;
-        let v = read_str(&mut rd, "metadata value")?;
-        meta.insert(k, v);
-    }
-    // Elements beyond the sixth (from a future protocol revision) would follow the arguments;
-    // the arguments decoder reads one value and ignores what follows.
+    let meta = decode::read_meta(&mut rd, limits, "call metadata")?;
+    // Elements after the sixth (from a later protocol revision) follow the arguments: cut the
+    // arguments where their value ends, so the forgiving arity rules never read an extra element
+    // as an argument. The usual six-element request needs no walk.
+    let args = if n == 6 {
+        rd
+    } else {
+        let mut rest = rd;
+        decode::skip_value(&mut rest).map_err(|e| bad("arguments", e))?;
+        &rd[..rd.len() - rest.len()]
+    };
     Ok(RequestView {
         service,
         method,
         timeout_us,
         trace_id,
         meta,
-        args: rd,
+        args,
     })
 }
 
@@ -265,7 +241,14 @@ pub fn parse_notify(body: &[u8]) -> Result<(&str, &[u8]), Error> {
     }
     let (topic, rest) = rmp::decode::read_str_from_slice(rd)
         .map_err(|e| Error::protocol(format!("malformed notify topic: {e}")))?;
-    Ok((topic, rest))
+    if n == 2 {
+        return Ok((topic, rest));
+    }
+    // Elements after the payload (a later revision's) are not part of it.
+    let mut after = rest;
+    decode::skip_value(&mut after)
+        .map_err(|e| Error::protocol(format!("malformed notify payload: {e}")))?;
+    Ok((topic, &rest[..rest.len() - after.len()]))
 }
 
 /// Appends a frame whose body is a serde value encoded as a map (handshake frames).
@@ -346,6 +329,73 @@ mod tests {
         let back = parse_error(&buf[frame::HEADER_LEN..]);
         assert!(back.message().ends_with('…'));
         assert!(back.message().len() <= MAX_ERROR_MESSAGE);
+    }
+
+    /// A request body `[service, method, timeout, trace, meta, args, extra...]`.
+    fn request_body(meta_pairs: u32, args: &[u8], extra: &[&[u8]]) -> Vec<u8> {
+        let mut body = Vec::new();
+        rmp::encode::write_array_len(&mut body, 6 + extra.len() as u32).unwrap();
+        rmp::encode::write_str(&mut body, "s").unwrap();
+        rmp::encode::write_str(&mut body, "m").unwrap();
+        rmp::encode::write_uint(&mut body, 0).unwrap();
+        rmp::encode::write_uint(&mut body, 0).unwrap();
+        rmp::encode::write_map_len(&mut body, meta_pairs).unwrap();
+        for i in 0..meta_pairs {
+            rmp::encode::write_str(&mut body, &i.to_string()).unwrap();
+            rmp::encode::write_str(&mut body, "").unwrap();
+        }
+        body.extend_from_slice(args);
+        for e in extra {
+            body.extend_from_slice(e);
+        }
+        body
+    }
+
+    #[test]
+    fn elements_after_the_arguments_are_not_arguments() {
+        // args [7], then a seventh element "future": the arguments are [7] alone, so
+        // `(i64, Option<String>)` reads `(7, None)`, not `(7, Some("future"))`.
+        let body = request_body(0, &[0x91, 0x07], &[b"\xa6future", &[0x92, 0x01, 0x02]]);
+        let req = parse_request(&body).unwrap();
+        assert_eq!(req.args, &[0x91, 0x07]);
+        let args: (i64, Option<String>) = codec::decode_args(req.args, 2).unwrap();
+        assert_eq!(args, (7, None));
+        // A seventh element cut short is not looked at; arguments cut short are malformed.
+        let body = request_body(0, &[0x91, 0x07], &[&[0xa6, b'f']]);
+        assert!(
+            parse_request(&body).is_ok(),
+            "only the arguments are walked"
+        );
+        let body = request_body(0, &[0x93, 0x07], &[&[0xc0]]);
+        assert_eq!(
+            parse_request(&body).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn notification_elements_after_the_payload_are_not_the_payload() {
+        let mut body = Vec::new();
+        rmp::encode::write_array_len(&mut body, 3).unwrap();
+        rmp::encode::write_str(&mut body, "topic").unwrap();
+        rmp::encode::write_uint(&mut body, 5).unwrap();
+        rmp::encode::write_str(&mut body, "future").unwrap();
+        let (topic, payload) = parse_notify(&body).unwrap();
+        assert_eq!((topic, payload), ("topic", &[0x05][..]));
+    }
+
+    #[test]
+    fn request_metadata_is_checked_against_the_limits() {
+        let body = request_body(257, &[0x90], &[]);
+        let err = parse_request(&body).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+        assert!(
+            err.message().contains("call metadata has 257 entries"),
+            "{err}"
+        );
+        let mut limits = MetadataLimits::DEFAULT;
+        limits.max_entries = 300;
+        assert_eq!(parse_request_with(&body, &limits).unwrap().meta.len(), 257);
     }
 
     #[test]

@@ -4,5 +4,7 @@
 //! public so that tools (proxies, test harnesses) can speak the protocol without the typed layer.
 
 pub mod codec;
+mod decode;
 pub mod frame;
+mod handshake;
 pub mod message;

@@ -23,6 +23,7 @@ use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN
 use crate::client::CallName;
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
+use crate::metadata::MetadataLimits;
 use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{
@@ -95,25 +96,26 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         },
     };
     let (rd, mut wr) = stream.split();
-    let mut reader = FrameReader::new(rd, shared.config.max_frame);
-
-    let mut hello = match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader)).await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "handshake failed");
-            goaway_and_close(&mut wr, &e).await;
-            shared.detach(id);
-            return;
-        }
-        Err(_) => {
-            let e = Error::protocol("no handshake received in time");
-            tracing::debug!(%peer, "handshake timed out");
-            goaway_and_close(&mut wr, &e).await;
-            shared.detach(id);
-            return;
-        }
-    };
+    // Until the client is through the handshake, only a `Hello`-sized frame is accepted.
+    let mut reader = FrameReader::new(rd, shared.config.max_hello);
+    let limits = &shared.config.metadata_limits;
+    let mut hello =
+        match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader, limits)).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                goaway_and_close(&mut wr, &e).await;
+                shared.detach(id);
+                return;
+            }
+            Err(_) => {
+                let e = Error::protocol("no handshake received in time");
+                tracing::debug!(%peer, "handshake timed out");
+                goaway_and_close(&mut wr, &e).await;
+                shared.detach(id);
+                return;
+            }
+        };
     // The token never goes further than this: handlers see the identity it proves, not the
     // token, and connection metadata holds no secret.
     let token = hello.meta.remove(TOKEN_KEY);
@@ -140,6 +142,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     if let Some(identity) = &identity {
         tracing::debug!(%peer, app = identity.app(), "client authenticated");
     }
+    reader.set_max_frame(shared.config.max_frame);
 
     // Never below 1 KiB: every error frame must fit, whatever a client announces.
     let out = Outbound::new(
@@ -216,7 +219,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     shared.detach(id);
 }
 
-async fn read_hello(reader: &mut FrameReader) -> Result<Hello, Error> {
+async fn read_hello(reader: &mut FrameReader, limits: &MetadataLimits) -> Result<Hello, Error> {
     loop {
         match reader.next_frame() {
             Ok(Some(h)) => {
@@ -226,8 +229,7 @@ async fn read_hello(reader: &mut FrameReader) -> Result<Hello, Error> {
                         h.kind
                     )));
                 }
-                let hello: Hello = rmp_serde::from_slice(reader.body(&h))
-                    .map_err(|e| Error::protocol(format!("malformed Hello frame: {e}")))?;
+                let hello = message::parse_hello(reader.body(&h), limits)?;
                 reader.consume(&h);
                 if hello.protocol != PROTOCOL_NAME {
                     return Err(Error::protocol(format!(
@@ -491,7 +493,7 @@ impl ServerConn {
         body: &[u8],
         batch: &mut Batch,
     ) -> Result<(), Error> {
-        let req = message::parse_request(body)?;
+        let req = message::parse_request_with(body, &shared.config.metadata_limits)?;
         if self.draining.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::ShuttingDown,

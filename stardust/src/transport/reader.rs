@@ -1,4 +1,11 @@
 //! The read side of a connection: buffers bytes and hands out whole frames.
+//!
+//! The buffer grows with the bytes that actually arrive, never with what a header *claims*: a
+//! peer that announces a 16 MiB frame and sends ten bytes costs ten bytes (plus the buffer's
+//! small start), so memory before authentication stays proportional to what a peer sent. It
+//! starts small (most connections carry small frames), doubles while reads fill it (pipelined
+//! traffic reads in big batches), and goes back to its small start once a large frame has been
+//! handled, so one big message does not pin megabytes for the connection's whole life.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -7,21 +14,45 @@ use super::ReadHalf;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, HEADER_LEN, Header};
 
-const READ_CHUNK: usize = 64 * 1024;
+/// The buffer's first allocation: a handshake and a typical request fit in one read.
+const INITIAL: usize = 4 * 1024;
+/// Reads grow the buffer up to this size for streams of small frames (one syscall can then
+/// take a whole batch of pipelined requests); only a frame larger than this grows it further.
+const BATCH: usize = 64 * 1024;
+/// An empty buffer with more capacity than this is released (the next read starts small).
+const KEEP: usize = 4 * BATCH;
+/// The smallest read worth a syscall.
+const MIN_READ: usize = 1024;
 
 pub(crate) struct FrameReader {
     rd: ReadHalf,
     buf: BytesMut,
     max_frame: u32,
+    /// Bytes still missing from the frame whose header is buffered (0 when none is known).
+    wanted: usize,
+    /// The spare room a read gets while frames are small: [`INITIAL`], doubled (up to
+    /// [`BATCH`]) each time a read fills it.
+    target: usize,
 }
 
 impl FrameReader {
+    /// A reader refusing frames whose `length` is over `max_frame`.
     pub(crate) fn new(rd: ReadHalf, max_frame: u32) -> FrameReader {
         FrameReader {
             rd,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            // Nothing until the first byte arrives: an accepted connection that never sends
+            // anything holds no read buffer.
+            buf: BytesMut::new(),
             max_frame,
+            wanted: 0,
+            target: INITIAL,
         }
+    }
+
+    /// Changes the frame limit (the handshake is read with a small one, then the connection's
+    /// limit applies).
+    pub(crate) fn set_max_frame(&mut self, max_frame: u32) {
+        self.max_frame = max_frame;
     }
 
     /// The header of the next frame if the whole frame is buffered.
@@ -46,10 +77,10 @@ impl FrameReader {
             }
         };
         if self.buf.len() < header.frame_len() {
-            // Make room for the whole frame at once instead of growing chunk by chunk.
-            self.buf.reserve(header.frame_len() - self.buf.len());
+            self.wanted = header.frame_len() - self.buf.len();
             return Ok(None);
         }
+        self.wanted = 0;
         Ok(Some(header))
     }
 
@@ -61,19 +92,42 @@ impl FrameReader {
     /// Drops the current frame from the buffer.
     pub(crate) fn consume(&mut self, header: &Header) {
         self.buf.advance(header.frame_len());
+        self.release_if_large();
     }
 
     /// Takes the current frame's body out of the buffer without copying.
     pub(crate) fn take_body(&mut self, header: &Header) -> Bytes {
         self.buf.advance(HEADER_LEN);
-        self.buf.split_to(header.body_len).freeze()
+        let body = self.buf.split_to(header.body_len).freeze();
+        self.release_if_large();
+        body
+    }
+
+    /// Once the buffer is empty, gives back a large allocation (a big frame was just handled).
+    fn release_if_large(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Makes room for the next read: at least what the frame in progress still needs, but
+    /// never more than the bytes already received, so the buffer at most doubles per read
+    /// however large a frame's header claims to be; and for streams of small frames, the
+    /// buffer's current target size.
+    fn make_room(&mut self) {
+        let len = self.buf.len();
+        let spare = self.buf.capacity() - len;
+        let for_frame = self.wanted.min(len.max(self.target));
+        let want = for_frame.max(self.target.saturating_sub(len)).max(MIN_READ);
+        if spare < want {
+            self.buf.reserve(want);
+        }
     }
 
     /// Reads more bytes. `Ok(false)` on a clean end of stream between frames.
     pub(crate) async fn fill(&mut self) -> Result<bool, Error> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
-        }
+        self.make_room();
+        let room = self.buf.capacity() - self.buf.len();
         match self.rd.read_buf(&mut self.buf).await {
             Ok(0) if self.buf.is_empty() => Ok(false),
             Ok(0) => Err(Error::new(
@@ -83,7 +137,13 @@ impl FrameReader {
                     self.buf.len()
                 ),
             )),
-            Ok(_) => Ok(true),
+            Ok(n) => {
+                // A read that filled the buffer suggests more is waiting: read bigger batches.
+                if n == room && self.target < BATCH {
+                    self.target *= 2;
+                }
+                Ok(true)
+            }
             Err(e) => Err(
                 Error::new(ErrorKind::ConnectionClosed, format!("read failed: {e}")).with_source(e),
             ),

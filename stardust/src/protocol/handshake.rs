@@ -1,0 +1,198 @@
+//! The handshake's bodies: `Hello` (client → server) and `HelloAck` (server → client).
+//!
+//! A server decodes the `Hello` before it knows who is calling, so [`parse_hello`] reads it by
+//! hand: linear in the frame's bytes, unknown keys and trailing elements stepped over without
+//! recursion, and the connection metadata checked against the server's [`MetadataLimits`] as it
+//! is read. (The serde derives stay for tools and clients that build or inspect a `Hello`.)
+
+use serde::{Deserialize, Serialize};
+
+use super::decode::{self, read_meta};
+use crate::error::Error;
+use crate::metadata::{Metadata, MetadataLimits};
+
+/// The protocol name carried in the handshake, so a server can tell a Stardust client from a
+/// stray connection at once.
+pub const PROTOCOL_NAME: &str = "stardust";
+/// The protocol version this implementation speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Body of a `Hello` frame (a MessagePack map).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always `"stardust"`.
+    pub protocol: String,
+    /// Protocol version the client speaks.
+    pub version: u32,
+    /// Free-form client software name and version, for logs.
+    #[serde(default)]
+    pub agent: String,
+    /// The largest frame `length` the client accepts (responses over it are refused by the
+    /// server with a `FrameTooLarge` error instead of being sent). Absent means 16 MiB.
+    #[serde(default)]
+    pub max_frame: Option<u32>,
+    /// Connection metadata (credentials arrive here).
+    #[serde(default)]
+    pub meta: Metadata,
+}
+
+/// Body of a `HelloAck` frame (a MessagePack map).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// Protocol version the server will speak on this connection.
+    pub version: u32,
+    /// Free-form server software name and version.
+    #[serde(default)]
+    pub agent: String,
+    /// The largest frame `length` the server accepts.
+    pub max_frame: u32,
+}
+
+fn malformed(e: impl std::fmt::Display) -> Error {
+    Error::protocol(format!("malformed Hello frame: {e}"))
+}
+
+/// Parses a `Hello` body (the map form, or the array form `[protocol, version, agent,
+/// max_frame, meta, ...]`), checking the connection metadata against `limits`.
+///
+/// Protocol name and version are not judged here: the caller decides what it speaks.
+pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error> {
+    let mut rd = body;
+    let mut hello = Hello {
+        protocol: String::new(),
+        version: 0,
+        agent: String::new(),
+        max_frame: None,
+        meta: Metadata::new(),
+    };
+    let (mut has_protocol, mut has_version) = (false, false);
+    let marker = *rd.first().ok_or_else(|| malformed("empty body"))?;
+    let is_array = matches!(marker, 0x90..=0x9f | 0xdc | 0xdd);
+    let fields = if is_array {
+        rmp::decode::read_array_len(&mut rd).map_err(malformed)?
+    } else {
+        rmp::decode::read_map_len(&mut rd).map_err(malformed)?
+    };
+    const POSITIONS: [&str; 5] = ["protocol", "version", "agent", "max_frame", "meta"];
+    for i in 0..fields {
+        let key = if is_array {
+            POSITIONS.get(i as usize).copied().unwrap_or("")
+        } else {
+            let (key, rest) = rmp::decode::read_str_from_slice(rd).map_err(malformed)?;
+            rd = rest;
+            key
+        };
+        match key {
+            "protocol" => {
+                let (s, rest) = rmp::decode::read_str_from_slice(rd).map_err(malformed)?;
+                rd = rest;
+                hello.protocol = s.to_owned();
+                has_protocol = true;
+            }
+            "version" => {
+                hello.version = rmp::decode::read_int(&mut rd).map_err(malformed)?;
+                has_version = true;
+            }
+            "agent" => {
+                let (s, rest) = rmp::decode::read_str_from_slice(rd).map_err(malformed)?;
+                rd = rest;
+                hello.agent = s.to_owned();
+            }
+            "max_frame" => {
+                hello.max_frame = if rd.first() == Some(&0xc0) {
+                    rd = &rd[1..];
+                    None
+                } else {
+                    Some(rmp::decode::read_int(&mut rd).map_err(malformed)?)
+                };
+            }
+            "meta" => hello.meta = read_meta(&mut rd, limits, "connection metadata")?,
+            // A later version's field: stepped over, however deep.
+            _ => decode::skip_value(&mut rd).map_err(malformed)?,
+        }
+    }
+    if !has_protocol || !has_version {
+        return Err(malformed("`protocol` and `version` are required"));
+    }
+    Ok(hello)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn encode(hello: &Hello) -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        crate::protocol::codec::encode_value(&mut buf, hello).unwrap();
+        buf.to_vec()
+    }
+
+    fn hello(meta: Metadata) -> Hello {
+        Hello {
+            protocol: "stardust".into(),
+            version: 1,
+            agent: "test".into(),
+            max_frame: Some(4096),
+            meta,
+        }
+    }
+
+    #[test]
+    fn map_and_array_forms() {
+        let sent = hello([("token", "t"), ("k", "v")].into_iter().collect());
+        let got = parse_hello(&encode(&sent), &MetadataLimits::DEFAULT).unwrap();
+        assert_eq!(
+            (
+                got.protocol.as_str(),
+                got.version,
+                got.agent.as_str(),
+                got.max_frame
+            ),
+            ("stardust", 1, "test", Some(4096))
+        );
+        assert_eq!(got.meta, sent.meta);
+        // ["stardust", 1]
+        let short = [
+            0x92, 0xa8, b's', b't', b'a', b'r', b'd', b'u', b's', b't', 0x01,
+        ];
+        let got = parse_hello(&short, &MetadataLimits::DEFAULT).unwrap();
+        assert_eq!((got.version, got.max_frame, got.meta.len()), (1, None, 0));
+    }
+
+    #[test]
+    fn unknown_keys_are_stepped_over_and_required_keys_checked() {
+        // {"protocol": "stardust", "future": [[[nil]]], "version": 1}
+        let mut body = vec![0x83, 0xa8];
+        body.extend_from_slice(b"protocol");
+        body.extend_from_slice(&[0xa8]);
+        body.extend_from_slice(b"stardust");
+        body.extend_from_slice(&[0xa6]);
+        body.extend_from_slice(b"future");
+        body.extend_from_slice(&[0x91, 0x91, 0x91, 0xc0, 0xa7]);
+        body.extend_from_slice(b"version");
+        body.push(0x01);
+        assert_eq!(
+            parse_hello(&body, &MetadataLimits::DEFAULT)
+                .unwrap()
+                .version,
+            1
+        );
+        let err = parse_hello(&[0x80], &MetadataLimits::DEFAULT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+        assert!(parse_hello(&[], &MetadataLimits::DEFAULT).is_err());
+    }
+
+    #[test]
+    fn metadata_over_the_limits_is_refused_with_the_limit_named() {
+        let mut limits = MetadataLimits::DEFAULT;
+        limits.max_entries = 2;
+        let three = hello([("a", "1"), ("b", "2"), ("c", "3")].into_iter().collect());
+        let err = parse_hello(&encode(&three), &limits).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+        assert!(
+            err.message().contains("connection metadata has 3 entries"),
+            "{err}"
+        );
+    }
+}
