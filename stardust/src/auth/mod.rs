@@ -17,6 +17,7 @@
 //! Tokens are secrets: they never appear in logs, error messages or `Debug` output of this crate.
 
 pub mod token;
+mod verifier;
 
 use std::fmt;
 use std::future::Future;
@@ -29,7 +30,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
-use token::KeySet;
+pub use verifier::{KeyFetcher, TokenVerifier};
 
 /// Handshake metadata key under which a client presents its token.
 pub const TOKEN_KEY: &str = "token";
@@ -177,75 +178,6 @@ impl Credentials for StaticToken {
     fn token(&self) -> BoxFuture<'_, Result<(String, Option<SystemTime>), Error>> {
         let expiry = token::peek(&self.0).ok().map(|c| c.expires_at());
         Box::pin(async move { Ok((self.0.clone(), expiry)) })
-    }
-}
-
-/// Fetches the registry's current public keys (for a key id a verifier has not seen yet).
-pub trait KeyFetcher: Send + Sync + 'static {
-    /// All keys the registry currently accepts tokens from.
-    fn fetch(&self) -> BoxFuture<'_, Result<KeySet, Error>>;
-}
-
-/// An [`Authenticator`] for registry-signed tokens: verifies locally with known public keys and
-/// fetches the registry's keys when it meets a key id it does not know (after a key rotation).
-pub struct TokenVerifier {
-    keys: RwLock<KeySet>,
-    fetcher: Option<Arc<dyn KeyFetcher>>,
-}
-
-impl fmt::Debug for TokenVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("key_ids", &self.keys.read().keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenVerifier {
-    /// A verifier trusting `keys`.
-    pub fn new(keys: KeySet) -> TokenVerifier {
-        TokenVerifier {
-            keys: RwLock::new(keys),
-            fetcher: None,
-        }
-    }
-
-    /// Fetches keys through `fetcher` when a token names an unknown key id.
-    pub fn with_fetcher(mut self, fetcher: Arc<dyn KeyFetcher>) -> TokenVerifier {
-        self.fetcher = Some(fetcher);
-        self
-    }
-
-    /// Replaces the trusted keys.
-    pub fn set_keys(&self, keys: KeySet) {
-        *self.keys.write() = keys;
-    }
-
-    /// Verifies `token` now (without fetching keys).
-    pub fn verify(&self, token: &str) -> Result<token::Claims, Error> {
-        token::verify(token, &self.keys.read(), SystemTime::now())
-    }
-}
-
-impl Authenticator for TokenVerifier {
-    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, Error>> {
-        Box::pin(async move {
-            match self.verify(token) {
-                Ok(claims) => Ok(Identity::from_claims(&claims)),
-                Err(e) if token::is_unknown_key(&e) && self.fetcher.is_some() => {
-                    let fetcher = self.fetcher.as_ref().expect("checked");
-                    let keys = fetcher.fetch().await.map_err(|fe| {
-                        Error::new(
-                            ErrorKind::Unauthorized,
-                            format!("{}; fetching the registry's keys failed: {fe}", e.message()),
-                        )
-                    })?;
-                    self.set_keys(keys);
-                    self.verify(token).map(|c| Identity::from_claims(&c))
-                }
-                Err(e) => Err(e),
-            }
-        })
     }
 }
 

@@ -92,24 +92,29 @@ fn decode_claims(b64: &str) -> Result<Claims, Error> {
 /// Public keys by key id.
 pub type KeySet = HashMap<String, VerifyingKey>;
 
+/// The longest key id a token may name (the registry's are short).
+const MAX_KID_LEN: usize = 128;
+
 /// Checks `token`'s signature against `keys` and its expiry against `now`.
 ///
 /// Errors are `Unauthorized` and say what is wrong (malformed, unknown key id, bad signature,
-/// expired) without echoing the token itself. An unknown key id is reported with
-/// [`is_unknown_key`] true, so the caller can fetch the registry's keys and try again.
+/// expired) without echoing the token itself. The cheap checks come first: the token's shape,
+/// its claims and its expiry are judged before the key id is looked up, so an unknown key id
+/// (reported with [`is_unknown_key`] true, so the caller can fetch the registry's keys and try
+/// again) is only ever reported for a token that could be genuine.
 pub fn verify(token: &str, keys: &KeySet, now: SystemTime) -> Result<Claims, Error> {
     let (signed, sig_b64) = split(token)?;
     let claims = decode_claims(&signed[PREFIX.len()..])?;
-    let key = keys
-        .get(&claims.kid)
-        .ok_or_else(|| unauthorized(format!("{UNKNOWN_KEY}`{}`", claims.kid)))?;
     let sig_bytes = URL_SAFE_NO_PAD
         .decode(sig_b64)
         .map_err(|_| unauthorized("malformed token: signature is not base64"))?;
     let signature = Signature::from_slice(&sig_bytes)
         .map_err(|_| unauthorized("malformed token: signature has the wrong length"))?;
-    key.verify(signed.as_bytes(), &signature)
-        .map_err(|_| unauthorized("token signature is invalid (forged or tampered token)"))?;
+    if claims.kid.is_empty() || claims.kid.len() > MAX_KID_LEN || claims.app.is_empty() {
+        return Err(unauthorized(
+            "malformed token: its key id or app is empty or too long",
+        ));
+    }
     if unix_ms(now) >= claims.exp_ms {
         return Err(unauthorized(format!(
             "token of app `{}` expired {} s ago; log in again",
@@ -117,6 +122,11 @@ pub fn verify(token: &str, keys: &KeySet, now: SystemTime) -> Result<Claims, Err
             (unix_ms(now) - claims.exp_ms) / 1000
         )));
     }
+    let key = keys
+        .get(&claims.kid)
+        .ok_or_else(|| unauthorized(format!("{UNKNOWN_KEY}`{}`", claims.kid)))?;
+    key.verify(signed.as_bytes(), &signature)
+        .map_err(|_| unauthorized("token signature is invalid (forged or tampered token)"))?;
     Ok(claims)
 }
 
