@@ -511,3 +511,34 @@ fn a_storm_of_unknown_key_ids_costs_the_registry_one_fetch_per_interval() {
     );
     assert!(cpu < 4 * CPU_BOUND, "400 refused handshakes: {cpu:?}");
 }
+
+#[test]
+fn a_refused_peer_that_keeps_sending_is_cut_off() {
+    let _serial = SERIAL.lock();
+    let bed = Bed::new(|b| b);
+    let (sent, cpu, _) = bed.measure(async {
+        // No token: refused. Then pings, as fast as the server takes them.
+        let mut raw = Raw::connect(bed.addr()).await;
+        raw.send(&frame(Kind::Hello, 0, &hello_body(&meta_map(&[], 0), None)))
+            .await;
+        let pings: Vec<u8> = (0..4096).flat_map(|i| frame(Kind::Ping, i, &[])).collect();
+        let mut sent = 0usize;
+        while sent < 256 * MIB {
+            use tokio::io::AsyncWriteExt;
+            if raw.sock.write_all(&pings).await.is_err() {
+                break;
+            }
+            sent += pings.len();
+        }
+        sent
+    });
+    eprintln!(
+        "the refused peer got {} KiB in before the server closed",
+        sent / 1024
+    );
+    assert!(
+        sent < 64 * MIB,
+        "the server kept reading a refused peer: {sent} bytes"
+    );
+    assert!(cpu < CPU_BOUND, "{cpu:?}");
+}

@@ -269,17 +269,26 @@ async fn goaway_and_close(wr: &mut WriteHalf, err: &Error) {
 /// Refuses a handshake: the `GoAway` explaining why, then a lingering close. Frames the client
 /// pipelined after its `Hello` are read and dropped (never run) until it closes its side, so the
 /// kernel does not answer them with a reset that could destroy the `GoAway` before the client
-/// reads it.
+/// reads it. The draining is bounded in time and in bytes: a refused peer that keeps sending
+/// gets no more of the server's reading than a well-behaved client's few pipelined requests.
 async fn refuse(wr: &mut WriteHalf, reader: &mut FrameReader, err: &Error) {
+    const DRAIN_BYTES: usize = 256 * 1024;
     goaway_and_close(wr, err).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut drained = 0;
         loop {
             loop {
                 match reader.next_frame() {
-                    Ok(Some(h)) => reader.consume(&h),
+                    Ok(Some(h)) => {
+                        drained += h.frame_len();
+                        reader.consume(&h);
+                    }
                     Ok(None) => break,
                     Err(_) => return,
                 }
+            }
+            if drained > DRAIN_BYTES {
+                return;
             }
             match reader.fill().await {
                 Ok(true) => {}
