@@ -33,6 +33,13 @@ impl Metadata {
         }
     }
 
+    /// An empty set with room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Metadata {
+        Metadata {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     /// The value for `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries
@@ -89,8 +96,8 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
     }
 }
 
-/// Below this many entries a duplicate is looked for by scanning: no hash map to build.
-const SCAN_UP_TO: usize = 16;
+/// Up to this many entries a duplicate is looked for by scanning: no hash map to build.
+pub(crate) const SCAN_UP_TO: usize = 16;
 
 impl Metadata {
     /// Metadata from pairs as they arrived, in linear time: a repeated key keeps the position of

@@ -11,7 +11,7 @@
 //! lengths the headers claim (a header announcing four billion elements just runs out of input).
 
 use crate::error::Error;
-use crate::metadata::{Metadata, MetadataLimits};
+use crate::metadata::{Metadata, MetadataLimits, SCAN_UP_TO};
 
 /// Reads a metadata map (str → str), checking `limits` as it goes: the announced entry count
 /// before anything is read, each key and value as it is read. `what` names the map in errors
@@ -24,14 +24,26 @@ pub(crate) fn read_meta(
     let malformed = |e: &dyn std::fmt::Display| Error::protocol(format!("malformed {what}: {e}"));
     let pairs = rmp::decode::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
     limits.check_count(pairs, what)?;
-    let mut entries = Vec::with_capacity(pairs);
     let mut total = 0;
-    for _ in 0..pairs {
+    let mut next = |rd: &mut &[u8]| -> Result<(String, String), Error> {
         let (k, rest) = rmp::decode::read_str_from_slice(*rd).map_err(|e| malformed(&e))?;
         let (v, rest) = rmp::decode::read_str_from_slice(rest).map_err(|e| malformed(&e))?;
         *rd = rest;
         limits.check_entry(k, v, &mut total, what)?;
-        entries.push((k.to_owned(), v.to_owned()));
+        Ok((k.to_owned(), v.to_owned()))
+    };
+    if pairs <= SCAN_UP_TO {
+        // The usual case (a trace context, a tag or two): straight into place.
+        let mut meta = Metadata::with_capacity(pairs);
+        for _ in 0..pairs {
+            let (k, v) = next(rd)?;
+            meta.insert(k, v);
+        }
+        return Ok(meta);
+    }
+    let mut entries = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        entries.push(next(rd)?);
     }
     Ok(Metadata::from_received(entries))
 }
