@@ -46,6 +46,13 @@ pub(crate) struct ServerConfig {
     pub(crate) local_only: bool,
 }
 
+impl ServerConfig {
+    /// The frame limit before the handshake: the `Hello` limit, never above the frame limit.
+    pub(crate) fn hello_limit(&self) -> u32 {
+        self.max_hello.min(self.max_frame)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
@@ -155,7 +162,8 @@ impl ServerBuilder {
     /// handshake is read before anyone is authenticated, so it gets its own small limit rather
     /// than [`max_frame_size`](ServerBuilder::max_frame_size): what a stranger can make the
     /// server buffer and decode stays small. A larger `Hello` is refused with
-    /// `GoAway(FrameTooLarge)`. Raise it only for connection metadata that needs more.
+    /// `GoAway(FrameTooLarge)`. Raise it only for connection metadata that needs more. It never
+    /// exceeds [`max_frame_size`](ServerBuilder::max_frame_size).
     pub fn max_hello_size(mut self, bytes: u32) -> ServerBuilder {
         self.config.max_hello = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
         self

@@ -97,7 +97,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     };
     let (rd, mut wr) = stream.split();
     // Until the client is through the handshake, only a `Hello`-sized frame is accepted.
-    let mut reader = FrameReader::new(rd, shared.config.max_hello);
+    let mut reader = FrameReader::new(rd, shared.config.hello_limit());
     let limits = &shared.config.metadata_limits;
     let mut hello =
         match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader, limits)).await {

@@ -283,7 +283,7 @@ fn turn_away(shared: &Arc<ServerShared>, stream: TcpStream, err: Error) {
         connection::turn_away(
             stream,
             shared.config.tls.clone(),
-            shared.config.max_hello,
+            shared.config.hello_limit(),
             err,
         )
         .await;
