@@ -68,7 +68,7 @@ pub fn wait_for_parent() {
 
 /// Raises this process's soft limit on open files to its hard limit, returning the new limit.
 /// Children inherit it.
-pub fn raise_fd_limit() -> u64 {
+pub fn raise_fd_limit() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -83,7 +83,7 @@ pub fn raise_fd_limit() -> u64 {
         lim.rlim_cur = lim.rlim_max;
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A child process running one `#[test]` fn of this test binary. Dropping it kills the child.
