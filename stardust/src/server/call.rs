@@ -259,7 +259,7 @@ impl Batch {
     pub(crate) fn new() -> Batch {
         Batch {
             now: Instant::now(),
-            done: Vec::with_capacity(64),
+            done: Vec::new(),
         }
     }
 
