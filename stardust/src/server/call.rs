@@ -259,6 +259,8 @@ impl Batch {
     pub(crate) fn new() -> Batch {
         Batch {
             now: Instant::now(),
+            // Grows on first use, like the connection's buffers: nothing reserved per
+            // connection up front.
             done: Vec::new(),
         }
     }
