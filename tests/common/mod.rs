@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 
+#[cfg(target_os = "linux")]
+pub mod child;
 pub mod external;
 pub mod pki;
 

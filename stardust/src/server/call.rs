@@ -259,7 +259,9 @@ impl Batch {
     pub(crate) fn new() -> Batch {
         Batch {
             now: Instant::now(),
-            done: Vec::with_capacity(64),
+            // Grows on first use, like the connection's buffers: nothing reserved per
+            // connection up front.
+            done: Vec::new(),
         }
     }
 

@@ -5,6 +5,9 @@
 //! While the server has stopped reading from a client that does not read its responses
 //! ([`Liveness::hold`]), silence means nothing and keepalive waits; the write side's stall
 //! timeout watches that peer instead.
+//!
+//! A connection that has heard nothing for an interval is also quiet enough to give its write
+//! buffers back to the allocator ([`Outbound::release_buffers`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,6 +104,9 @@ impl Keepalive {
                 );
             }
             if silent >= self.interval {
+                // Nothing received for a whole interval: whatever the connection's write
+                // buffers grew to for past traffic can go back to the allocator meanwhile.
+                out.release_buffers();
                 nonce += 1;
                 let _ = out.push(|buf| {
                     frame::put_empty(buf, Kind::Ping, 0, nonce);

@@ -33,7 +33,6 @@ use crate::error::Error;
 /// Buffers above this size are not kept for reuse after a flush, so one large message does not
 /// pin megabytes per idle connection.
 const KEEP_CAPACITY: usize = 256 * 1024;
-const INITIAL_CAPACITY: usize = 8 * 1024;
 /// How long closing the write side (TLS `close_notify`, then FIN) may take.
 const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -119,8 +118,11 @@ impl<S> Outbound<S> {
         Arc::new(Outbound {
             wr,
             state: Mutex::new(State {
-                buf: BytesMut::with_capacity(INITIAL_CAPACITY),
-                spare: BytesMut::with_capacity(INITIAL_CAPACITY),
+                // Both start empty and grow to what the connection's traffic needs: most
+                // connections carry small frames, and thousands of them each reserving kilobytes
+                // up front is memory the allocator keeps after they close.
+                buf: BytesMut::new(),
+                spare: BytesMut::new(),
                 flushing: false,
                 stalled: None,
                 taken: 0,
@@ -291,6 +293,27 @@ impl<S> Outbound<S> {
         }
     }
 
+    /// Gives the buffers' memory back to the allocator if nothing is queued or being written:
+    /// for a connection that has gone quiet (keepalive calls it), so one that once carried a
+    /// burst of large frames does not keep up to twice [`KEEP_CAPACITY`] for the rest of its
+    /// life. The next frame allocates afresh, sized to what it needs.
+    pub(crate) fn release_buffers(&self) {
+        let mut st = self.state.lock();
+        if st.flushing || !st.buf.is_empty() {
+            // In use: the next quiet moment will do.
+            return;
+        }
+        st.buf = BytesMut::new();
+        st.spare = BytesMut::new();
+    }
+
+    /// Bytes the buffers hold allocated (queued or not).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        let st = self.state.lock();
+        st.buf.capacity() + st.spare.capacity()
+    }
+
     /// Stops accepting frames; the writer flushes what is buffered, then shuts the write half.
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
@@ -440,8 +463,6 @@ fn recycle(spare: &mut BytesMut, mut used: BytesMut) {
     used.clear();
     if used.capacity() <= KEEP_CAPACITY && used.capacity() >= spare.capacity() {
         *spare = used;
-    } else if spare.capacity() == 0 {
-        *spare = BytesMut::with_capacity(INITIAL_CAPACITY);
     }
 }
 
@@ -478,6 +499,85 @@ mod tests {
         for _ in 0..4 {
             producers_round(true).await;
         }
+    }
+
+    /// A connection keeps the buffers a large frame grew for the frames after it, until it goes
+    /// quiet and releases them; frames queued after that still go out.
+    #[tokio::test]
+    async fn a_quiet_connection_gives_its_buffers_back() {
+        let (wr, _client_rd, mut peer, _peer_wr) = pair(false).await;
+        let out = Outbound::new(wr, u32::MAX, Flush::Immediate, (), UNLIMITED);
+        assert_eq!(out.capacity(), 0, "a new connection reserves no buffer");
+        let writer = tokio::spawn(out.clone().run_writer());
+        let send = |len: usize, id: u64| {
+            out.push(|buf| {
+                let start = frame::begin(buf, Kind::Notify, 0, id);
+                buf.extend(std::iter::repeat_n(1u8, len));
+                frame::finish(buf, start, u32::MAX)
+            })
+            .unwrap();
+        };
+        let mut received = vec![0u8; frame::HEADER_LEN + 100_000];
+        send(100_000, 1);
+        peer.read_exact(&mut received).await.unwrap();
+        // The peer has every byte; the flusher's bookkeeping follows at once.
+        for _ in 0..20_000 {
+            if out.queued() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(out.queued(), 0, "the frame left the queue");
+        assert!(out.capacity() >= 100_000, "the grown buffer is kept");
+
+        out.release_buffers();
+        assert_eq!(out.capacity(), 0, "a quiet connection holds no buffer");
+        send(10, 2);
+        let mut small = [0u8; frame::HEADER_LEN + 10];
+        peer.read_exact(&mut small).await.unwrap();
+        let h = frame::parse_header(&small, u32::MAX).unwrap().unwrap();
+        assert_eq!((h.id, h.body_len), (2, 10));
+        out.close();
+        writer.await.unwrap().unwrap();
+    }
+
+    /// Keepalive is what releases them: a connection that heard nothing for an interval ends up
+    /// holding no more than its pings need.
+    #[tokio::test]
+    async fn keepalive_releases_the_buffers_of_a_quiet_connection() {
+        use crate::transport::{Keepalive, Liveness};
+        let (wr, _client_rd, mut peer, _peer_wr) = pair(false).await;
+        let out = Outbound::new(wr, u32::MAX, Flush::Immediate, (), UNLIMITED);
+        let writer = tokio::spawn(out.clone().run_writer());
+        out.push(|buf| {
+            let start = frame::begin(buf, Kind::Notify, 0, 1);
+            buf.extend(std::iter::repeat_n(1u8, 100_000));
+            frame::finish(buf, start, u32::MAX)
+        })
+        .unwrap();
+        let mut received = vec![0u8; frame::HEADER_LEN + 100_000];
+        peer.read_exact(&mut received).await.unwrap();
+        let keepalive = Keepalive {
+            interval: std::time::Duration::from_millis(10),
+            timeout: std::time::Duration::from_secs(3600),
+        };
+        let watch = tokio::spawn(keepalive.watch(Arc::new(Liveness::new()), out.clone()));
+        let mut released = false;
+        for _ in 0..20_000 {
+            if out.capacity() < 1024 {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        watch.abort();
+        assert!(
+            released,
+            "a quiet connection still holds {} bytes of buffers",
+            out.capacity()
+        );
+        out.close();
+        writer.await.unwrap().unwrap();
     }
 
     /// A connected pair: the producer's write half and the peer's read half.
