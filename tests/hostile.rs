@@ -448,8 +448,17 @@ fn garbage_early_calls_truncation_and_duplicate_ids() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Two live requests with one id both run and both answer (PROTOCOL.md §16).
+        // A request with elements after the sixth (a later revision's): they are skipped, and
+        // never read as arguments.
         let mut raw = bed.authenticated().await;
+        let mut seven = add.clone();
+        seven[0] = 0x97;
+        seven.extend_from_slice(&[0xa6, b'f', b'u', b't', b'u', b'r', b'e']);
+        raw.send(&frame(Kind::Request, 5, &seven)).await;
+        let answer = raw.next(BOUND).await.expect("an answer");
+        assert_eq!((answer.kind, answer.id), (Kind::Response as u8, 5));
+        assert_eq!(rmp_serde::from_slice::<i64>(&answer.body).unwrap(), 3);
+        // Two live requests with one id both run and both answer (PROTOCOL.md §16).
         let mut two = frame(Kind::Request, 7, &add);
         two.extend_from_slice(&frame(Kind::Request, 7, &add));
         raw.send(&two).await;
