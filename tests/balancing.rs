@@ -517,11 +517,18 @@ async fn deregistering_provider_finishes_its_calls_in_flight() {
     .await;
 
     // Deregisters, then drains: the held calls keep the server (and the consumer's connection
-    // to it) open until they finish.
+    // to it) open until they finish. The drain has begun once its listener is gone.
     let provider = nodes[0].provider.take().unwrap();
+    let addr = provider.local_addr();
     let shutdown = tokio::spawn(provider.shutdown());
+    within("the provider to stop accepting", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     let at = done.load(Ordering::SeqCst);
-    wait_until("load after the deregistration", || {
+    wait_until("load after the drain began", || {
         done.load(Ordering::SeqCst) >= at + 200
     })
     .await;
