@@ -697,11 +697,19 @@ async fn foreign_client_talks_to_a_stardust_server() {
         answered.sort_by_key(|(id, _)| *id);
         assert_eq!(answered, [(10, s("held")), (12, V::Nil)]);
 
-        // The same pipelining with a real timer: sleep(300 ms) then add.
-        c.call(13, "sleep", vec![int(300)]);
-        c.call(14, "add", vec![int(2), int(2)]);
+        // The same pipelining with a real timer: sleep(1 s) then add, in one write, so both
+        // reach the server together and the add's head start is the whole second.
+        let req = |id, method, args| {
+            let body = request_body("calc.Calculator", method, 10_000_000, 0, &[], args);
+            frame_bytes(REQUEST, 0, id, &body)
+        };
+        let (sleep, add) = (
+            req(13, "sleep", vec![int(1000)]),
+            req(14, "add", vec![int(2); 2]),
+        );
+        c.send_raw(&[sleep, add].concat());
         assert_eq!(c.response(14), int(4));
-        assert_eq!(c.response(13), int(300));
+        assert_eq!(c.response(13), int(1000));
 
         // Framework errors are typed Error frames (§4, §5); §14.5 byte for byte.
         c.call(2, "mul", vec![int(1), int(2)]);

@@ -32,9 +32,10 @@ use tokio::sync::Semaphore;
 /// Bound on one script run: a loaded 2-core machine runs each in a few seconds.
 const SCRIPT_BOUND: Duration = Duration::from_secs(180);
 
-/// How long `sleep` runs in the keepalive check, against a server that pings after 200 ms of
-/// silence and hangs up after 2 s: only a client that answers pings keeps the connection.
-const KEEPALIVE_CHECK_MS: u64 = 2500;
+/// The provider's keepalive hang-up (it pings after 200 ms of silence): the script's keepalive
+/// check holds a call past it, so only a client that answers pings keeps the connection. Far
+/// above how late a loaded machine answers a ping.
+const KEEPALIVE_HANGUP_MS: u64 = 3000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -111,8 +112,6 @@ pub trait Types {
     async fn hold(&self, key: String) -> String;
     /// Lets one `hold(key)` (present or future) return.
     async fn release(&self, key: String) -> bool;
-    /// Sleeps `ms` milliseconds, then returns `ms`.
-    async fn sleep(&self, ms: u64) -> u64;
     /// Takes bytes and returns their length and sum.
     async fn checksum(&self, data: ByteBuf) -> (u64, u64);
 }
@@ -208,11 +207,6 @@ impl Types for TypesImpl {
         true
     }
 
-    async fn sleep(&self, ms: u64) -> u64 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        ms
-    }
-
     async fn checksum(&self, data: ByteBuf) -> (u64, u64) {
         (data.len() as u64, data.iter().map(|&b| u64::from(b)).sum())
     }
@@ -226,9 +220,11 @@ async fn python_client_calls_a_rust_provider() {
     let (calc, _control) = CalcImpl::new();
     let server = stardust::Server::builder()
         .allow_anonymous()
-        // Pings after 200 ms of silence; hangs up after 2 s without a frame (see
-        // KEEPALIVE_CHECK_MS).
-        .keepalive(Duration::from_millis(200), Duration::from_secs(2))
+        // Pings after 200 ms of silence; hangs up after 3 s without a frame.
+        .keepalive(
+            Duration::from_millis(200),
+            Duration::from_millis(KEEPALIVE_HANGUP_MS),
+        )
         .serve(CalcServer::new(calc))
         .serve(GreeterServer::new(GreeterImpl))
         .serve(TypesServer::new(TypesImpl::default()))
@@ -236,7 +232,7 @@ async fn python_client_calls_a_rust_provider() {
         .await
         .expect("bind");
     let addr = server.local_addr().to_string();
-    let keepalive = KEEPALIVE_CHECK_MS.to_string();
+    let keepalive = KEEPALIVE_HANGUP_MS.to_string();
     let output = run_script(
         &python,
         "test_against.py",

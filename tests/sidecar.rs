@@ -665,18 +665,23 @@ async fn only_loopback_is_served() {
     // runtime).
     let node = registry().await;
     let agent = start_agent(&node, 16).await;
+    let test = "only_loopback_is_served (a non-loopback peer)";
     let Some(outside) = non_loopback_ip() else {
-        eprintln!("no non-loopback address on this host: end-to-end refusal not exercised");
+        common::external::missing(test, "this host has no non-loopback address");
         return;
     };
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    if sock.bind(SocketAddr::new(outside, 0)).is_err() {
-        eprintln!("cannot bind {outside}: end-to-end refusal not exercised");
+    if let Err(e) = sock.bind(SocketAddr::new(outside, 0)) {
+        common::external::missing(test, &format!("cannot bind {outside}: {e}"));
         return;
     }
-    let Ok(sock) = sock.connect(agent.local_addr()).await else {
-        eprintln!("cannot reach loopback from {outside}: end-to-end refusal not exercised");
-        return;
+    let sock = match sock.connect(agent.local_addr()).await {
+        Ok(sock) => sock,
+        Err(e) => {
+            let why = format!("cannot reach loopback from {outside}: {e}");
+            common::external::missing(test, &why);
+            return;
+        }
     };
     let mut raw = Raw {
         sock,
@@ -773,8 +778,9 @@ async fn typed_proxies_through_the_agent_behave_as_direct_ones() {
     assert_eq!(greeter.greet("agent".into()).await.unwrap(), "hello, agent");
     assert_eq!(agent.services(), 2);
 
-    // A deadline passes through, and the provider stops the handler when it expires.
-    let short = CalcClient::new(calc.client().with_timeout(Duration::from_millis(300)));
+    // A deadline passes through, and the provider stops the handler when it expires (1 s: the
+    // handler has started by then even on a loaded machine).
+    let short = CalcClient::new(calc.client().with_timeout(Duration::from_secs(1)));
     let err = short.gate(5).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
     control.expect(Event::Entered(5)).await;

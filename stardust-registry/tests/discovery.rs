@@ -380,7 +380,10 @@ async fn a_lease_without_heartbeats_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_a_lease_alive() {
-    let ttl = Duration::from_millis(400);
+    // Heartbeats every 50 ms against a 2 s lease: only a 2 s stall of the test could let the
+    // lease lapse. That a lease's lifetime has passed is shown by an event, not a sleep: a
+    // second provider, registered later and never heartbeating, sees its lease expire.
+    let ttl = Duration::from_secs(2);
     let node = start(Config::dev().with_lease_ttl(ttl)).await;
     let (consumer, _) = login(node.local_addr(), "web", "pw").await;
     let mut pushes = consumer.client().notifications();
@@ -397,32 +400,43 @@ async fn heartbeats_keep_a_lease_alive() {
         .unwrap();
     assert_eq!(next_event(&mut pushes).await.instances.len(), 1);
 
-    // Heartbeat every TTL/10 for three TTLs: the instance must stay (no removal push).
-    let until = tokio::time::Instant::now() + ttl * 3;
-    let mut beats = 0u64;
-    while tokio::time::Instant::now() < until {
-        provider
-            .heartbeat(Status {
-                in_flight: beats,
-                uptime_ms: beats * 40,
-                version: "test".into(),
-                ..Status::default()
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        beats += 1;
-        tokio::time::sleep(ttl / 10).await;
-    }
-    assert_eq!(
-        consumer
-            .discover(CALC.into(), "*".into())
-            .await
-            .unwrap()
-            .unwrap()
-            .len(),
-        1
-    );
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let beating = {
+        let (provider, stop) = (provider.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut beats = 0u64;
+            loop {
+                provider
+                    .heartbeat(Status {
+                        in_flight: beats,
+                        uptime_ms: beats * 50,
+                        version: "test".into(),
+                        ..Status::default()
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                beats += 1;
+                tokio::select! {
+                    _ = stop.notified() => return beats,
+                    _ = tokio::time::sleep(ttl / 40) => {}
+                }
+            }
+        })
+    };
+    let (silent, _) = login(node.local_addr(), "calc", "pw").await;
+    silent
+        .register(registration(CALC, "1.0.0", "127.0.0.1:9002"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_event(&mut pushes).await.instances.len(), 2);
+    // The later, silent registration expires; the heartbeating one, older, stays.
+    let event = next_event(&mut pushes).await;
+    assert_eq!(endpoints(&event.instances), ["127.0.0.1:9001"]);
+    stop.notify_one();
+    let beats = within("the heartbeats to stop", beating).await.unwrap();
+    assert!(beats > 1, "{beats} heartbeats");
     // Then it stops: the lease expires.
     assert!(next_event(&mut pushes).await.instances.is_empty());
     node.shutdown().await;

@@ -13,8 +13,9 @@ use common::*;
 use stardust::discovery::api::{RegistryClient, RegistryError};
 use stardust_registry::{AppConfig, Config, LoginStats, LoginThrottle, RegistryNode};
 
-/// The hash of `slow-secret`, made slow to verify (many argon2 passes: about a second, more
-/// on a loaded machine), so a test can keep the hasher busy far longer than it needs to look.
+/// The hash of `slow-secret`, made slow to verify (many argon2 passes: a second on a fast
+/// machine, several on a slow one, far more while other work shares the cores), so a test can
+/// keep the hasher busy far longer than it needs to look.
 fn slow_hash() -> String {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
@@ -41,14 +42,40 @@ async fn registry(throttle: LoginThrottle) -> (RegistryNode, tempfile::TempDir) 
     (start(config).await, dir)
 }
 
-/// Waits (bounded) until the registry's login counters satisfy `done`.
-async fn stats_until(node: &RegistryNode, what: &str, done: impl Fn(&LoginStats) -> bool) {
-    within(what, async {
+/// Bound on waiting for a slow check to finish: the shared [`BOUND`] is not enough for a
+/// CPU-bound hash on a loaded 2-core machine (a loaded run once took over 20 s); hitting this
+/// is a hang.
+const SLOW_BOUND: Duration = Duration::from_secs(180);
+
+/// Waits (within `bound`) until the registry's login counters satisfy `done`.
+async fn stats_until(
+    node: &RegistryNode,
+    what: &str,
+    bound: Duration,
+    done: impl Fn(&LoginStats) -> bool,
+) {
+    let wait = async {
         while !done(&node.login_stats()) {
             tokio::task::yield_now().await;
         }
-    })
-    .await
+    };
+    if tokio::time::timeout(bound, wait).await.is_err() {
+        panic!("timed out after {bound:?} waiting for: {what}");
+    }
+}
+
+/// Logs in as `slow` (its slow check), waiting up to [`SLOW_BOUND`] for the answer.
+async fn slow_login(addr: std::net::SocketAddr) -> stardust::discovery::api::LoginReply {
+    let client = stardust::Client::builder()
+        .timeout(SLOW_BOUND)
+        .connect(addr)
+        .await
+        .expect("connect");
+    RegistryClient::new(client)
+        .login("slow".into(), "slow-secret".into())
+        .await
+        .expect("the slow login call")
+        .expect("the slow login")
 }
 
 fn assert_busy(e: &RegistryError) {
@@ -75,8 +102,8 @@ async fn a_busy_hasher_refuses_logins_instead_of_queueing_them_without_limit() {
     })
     .await;
     let addr = node.local_addr();
-    let slow = tokio::spawn(async move { login(addr, "slow", "slow-secret").await });
-    stats_until(&node, "the slow check to start", |s| s.hashes == 1).await;
+    let slow = tokio::spawn(slow_login(addr));
+    stats_until(&node, "the slow check to start", BOUND, |s| s.hashes == 1).await;
 
     // Two more while it runs: one queues (and gives up after 200 ms), the other finds the queue
     // full and is refused at once. Neither is counted as a failure.
@@ -97,7 +124,8 @@ async fn a_busy_hasher_refuses_logins_instead_of_queueing_them_without_limit() {
     );
 
     // The slow login itself is fine, and so is everyone once the hasher is free.
-    let (_client, reply) = within("the slow login", slow).await.unwrap();
+    // Bounded by the slow login's own deadline (SLOW_BOUND).
+    let reply = slow.await.unwrap();
     assert_eq!(reply.app, "slow");
     login(addr, "web", "web-secret").await;
     node.shutdown().await;
@@ -111,8 +139,8 @@ async fn with_no_queue_a_login_is_refused_while_another_is_checked() {
     })
     .await;
     let addr = node.local_addr();
-    let slow = tokio::spawn(async move { login(addr, "slow", "slow-secret").await });
-    stats_until(&node, "the slow check to start", |s| s.hashes == 1).await;
+    let slow = tokio::spawn(slow_login(addr));
+    stats_until(&node, "the slow check to start", BOUND, |s| s.hashes == 1).await;
     let e = connect(addr)
         .await
         .login("web".into(), "web-secret".into())
@@ -120,7 +148,7 @@ async fn with_no_queue_a_login_is_refused_while_another_is_checked() {
         .unwrap()
         .unwrap_err();
     assert_busy(&e);
-    within("the slow login", slow).await.unwrap();
+    slow.await.unwrap(); // bounded by its own deadline (SLOW_BOUND)
     node.shutdown().await;
 }
 
@@ -148,7 +176,10 @@ async fn a_login_the_caller_gave_up_on_still_counts_as_a_failure() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), stardust::ErrorKind::DeadlineExceeded, "{e}");
-    stats_until(&node, "the abandoned check to finish", |s| s.failed == 1).await;
+    stats_until(&node, "the abandoned check to finish", SLOW_BOUND, |s| {
+        s.failed == 1
+    })
+    .await;
 
     // It counted: the right secret is now refused at once, without a check, saying when to
     // come back.
