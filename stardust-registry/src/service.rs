@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     throttle: Mutex<Throttle>,
     /// Argon2 runs at most this many at once (each one takes ~19 MiB and a core).
     hash_permits: Semaphore,
+    /// Argon2's working memory: one buffer per hash permit, reused from check to check.
+    argon: Arc<secret::ArgonPool>,
     /// Logins waiting for a hash permit.
     hash_waiting: AtomicUsize,
     counters: Counters,
@@ -190,6 +192,7 @@ impl RegistryImpl {
                 node_id,
                 state: Mutex::new(State::default()),
                 hash_permits: Semaphore::new(permits),
+                argon: Arc::new(secret::ArgonPool::new(permits)),
                 hash_waiting: AtomicUsize::new(0),
                 counters: Counters::default(),
                 busy_log: Mutex::new((None, 0)),
@@ -488,11 +491,9 @@ impl RegistryImpl {
             None if self.shared.config.dev => self.shared.store.dev_app(app),
             None => None,
         };
+        let argon = self.shared.argon.clone();
         if let Some(hash) = known {
-            return if self
-                .hash(move || secret::verify_secret(&secret, &hash))
-                .await?
-            {
+            return if self.hash(move || argon.verify(&secret, &hash)).await? {
                 Ok(())
             } else {
                 Err(unauthorized(WRONG_CREDENTIALS))
@@ -500,7 +501,7 @@ impl RegistryImpl {
         }
         if !self.shared.config.dev {
             // Same cost as a wrong secret: the reply and its timing do not reveal app names.
-            self.hash(move || secret::burn_verification(&secret))
+            self.hash(move || secret::burn_verification(&argon, &secret))
                 .await?;
             return Err(unauthorized(WRONG_CREDENTIALS));
         }
@@ -511,8 +512,9 @@ impl RegistryImpl {
             ));
         }
         let for_hash = secret.clone();
+        let pool = argon.clone();
         let hash = self
-            .hash(move || secret::hash_secret(&for_hash))
+            .hash(move || pool.hash(&for_hash))
             .await?
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let existing = self
@@ -528,10 +530,7 @@ impl RegistryImpl {
             }
             // Someone created it while we were hashing: theirs counts.
             Some(hash) => {
-                if self
-                    .hash(move || secret::verify_secret(&secret, &hash))
-                    .await?
-                {
+                if self.hash(move || argon.verify(&secret, &hash)).await? {
                     Ok(())
                 } else {
                     Err(unauthorized(WRONG_CREDENTIALS))
