@@ -102,7 +102,9 @@ mod service;
 mod store;
 mod throttle;
 
-pub use config::{AppConfig, Config, ConfigError, EtcdAccess, HttpListen, LoginThrottle, TlsFiles};
+pub use config::{
+    AppConfig, Config, ConfigError, EtcdAccess, HttpListen, Limits, LoginThrottle, TlsFiles,
+};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, Registered, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};

@@ -5,12 +5,16 @@
 //! [`Throttle`] (its own short lock) before any secret is checked, and at most a few checks run
 //! at once, with a bounded queue in front of them.
 //!
-//! The API's methods are in `api` (their arguments checked by `checks`), logins in `login`, the
-//! table of leases and the pushes to subscribers in `table`.
+//! The API's methods are in `api`; each refuses what exceeds the configured [`Limits`] before any
+//! work (`checks` for the arguments, `quota` for what the session already holds). Logins are in
+//! `login`, the table of leases and the pushes to subscribers in `table`.
+//!
+//! [`Limits`]: crate::Limits
 
 mod api;
 mod checks;
 mod login;
+mod quota;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -99,6 +103,11 @@ struct Session {
     app: Arc<str>,
     notifier: Notifier,
     subscriptions: Vec<Subscription>,
+    /// Registrations under way (counted against [`Limits::max_registrations`] until their
+    /// lease is in the table).
+    ///
+    /// [`Limits::max_registrations`]: crate::Limits::max_registrations
+    registering: usize,
 }
 
 struct Subscription {
@@ -311,6 +320,7 @@ impl RegistryImpl {
                 app: app.into(),
                 notifier: notifier.clone(),
                 subscriptions: Vec::new(),
+                registering: 0,
             },
         );
         self.shared

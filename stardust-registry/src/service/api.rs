@@ -8,7 +8,7 @@ use stardust::discovery::api::{
 };
 use tokio::time::Instant;
 
-use super::checks::{parse_req, valid_name, validate_endpoint};
+use super::checks::{self, parse_req, valid_name, validate_endpoint};
 use super::table::{matching, publish};
 use super::{
     LEASE_EXPIRED, LOG_IN_FIRST, Lease, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, Subscription,
@@ -53,7 +53,8 @@ impl Registry for RegistryImpl {
     }
 
     async fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
-        let (_, session, app) = self.session()?;
+        let (peer, session, app) = self.session()?;
+        checks::registration_args(&self.shared.config.limits, &registration)?;
         let Registration {
             service,
             version,
@@ -76,6 +77,10 @@ impl Registry for RegistryImpl {
             ))
         })?;
         validate_endpoint(&endpoint)?;
+        let key = (service.clone(), endpoint.clone());
+        // Held until the lease is in the table; declared before any state lock guard below,
+        // so dropped after it.
+        let _slot = self.registration_slot(peer, session, &key)?;
         let instance = Instance {
             app: app.to_string(),
             service: service.clone(),
@@ -85,7 +90,6 @@ impl Registry for RegistryImpl {
             tags,
             tls,
         };
-        let key = (service.clone(), endpoint.clone());
         let written = self.store_put(session, &app, &instance).await?;
         if written != Written::Local && !self.session_alive(session) {
             // The connection closed while the write was under way, after its session's release:
@@ -130,6 +134,8 @@ impl Registry for RegistryImpl {
 
     async fn deregister(&self, service: String, endpoint: String) -> Result<bool, RegistryError> {
         let (_, _, app) = self.session()?;
+        checks::service_arg(&self.shared.config.limits, &service)?;
+        checks::endpoint_arg(&endpoint)?;
         let key = (service, endpoint);
         let mut seen = match self.shared.state.lock().leases.get(&key) {
             Some(l) if l.instance.app == *app => l.revision,
@@ -175,6 +181,8 @@ impl Registry for RegistryImpl {
 
     async fn heartbeat(&self, status: Status) -> Result<(), RegistryError> {
         let (_, session, _) = self.session()?;
+        // Refused whole, leases not renewed: a report over the caps is no heartbeat either.
+        checks::report_args(&self.shared.config.limits, &status)?;
         if self.shared.store.is_shared() {
             // The store keeps the session's lease; it says whether it had already expired.
             if !self
@@ -212,6 +220,7 @@ impl Registry for RegistryImpl {
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError> {
         let (_, _, app) = self.session()?;
+        checks::query_args(&self.shared.config.limits, &service, &version_req)?;
         self.check_consume(&app, &service)?;
         let req = parse_req(&version_req)?;
         Ok(matching(&self.shared.state.lock(), &service, &req))
@@ -223,13 +232,20 @@ impl Registry for RegistryImpl {
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError> {
         let (peer, session, app) = self.session()?;
+        let limits = &self.shared.config.limits;
+        checks::query_args(limits, &service, &version_req)?;
         self.check_consume(&app, &service)?;
         let req = parse_req(&version_req)?;
         let mut state = self.shared.state.lock();
+        match state.sessions.get(&peer).filter(|s| s.id == session) {
+            Some(s) => s.subscription_room(limits, &service, &version_req)?,
+            None => return Err(unauthorized(LOG_IN_FIRST)),
+        }
         let list = matching(&state, &service, &req);
-        let Some(s) = state.sessions.get_mut(&peer).filter(|s| s.id == session) else {
-            return Err(unauthorized(LOG_IN_FIRST));
-        };
+        let s = state
+            .sessions
+            .get_mut(&peer)
+            .expect("found under this lock");
         s.subscriptions
             .retain(|sub| !(sub.service == service && sub.version_req == version_req));
         s.subscriptions.push(Subscription {
@@ -247,6 +263,7 @@ impl Registry for RegistryImpl {
         version_req: String,
     ) -> Result<bool, RegistryError> {
         let (peer, session, _) = self.session()?;
+        checks::query_args(&self.shared.config.limits, &service, &version_req)?;
         let mut state = self.shared.state.lock();
         let Some(s) = state.sessions.get_mut(&peer).filter(|s| s.id == session) else {
             return Err(unauthorized(LOG_IN_FIRST));
