@@ -50,6 +50,9 @@
 //! A registry connection is anonymous until `login`; the registry then remembers the app for
 //! that connection and forgets it (with its registrations and subscriptions) when the
 //! connection closes. Every call except `login` and `public_keys` needs a logged-in connection.
+//! What one connection may send and make the registry keep is capped ([`Limits`], `[limits]` in
+//! the config file): a call over a cap is refused with `RegistryError::Invalid` naming the cap,
+//! before the registry does anything with it.
 //!
 //! # Several nodes (etcd)
 //!

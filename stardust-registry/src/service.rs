@@ -1,4 +1,5 @@
-//! The [`Registry`](stardust::discovery::api::Registry) implementation: sessions, leases, subscriptions.
+//! The [`Registry`](stardust::discovery::api::Registry) implementation: sessions, leases,
+//! subscriptions.
 //!
 //! All state sits behind one short, non-async lock; the only slow work (argon2) runs on the
 //! blocking pool, outside it, so logins never stall heartbeats or discovery. Logins pass the

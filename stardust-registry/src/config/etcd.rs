@@ -7,7 +7,8 @@ use serde::Deserialize;
 use super::ConfigError;
 use crate::store::StoreConfig;
 
-/// How a registry node reaches a shared etcd store ([`Config::etcd`], `[etcd]` in the file).
+/// How a registry node reaches a shared etcd store ([`Config::etcd`](crate::Config::etcd),
+/// `[etcd]` in the file).
 ///
 /// TLS (an `etcds://` store URL) needs [`ca_file`](Self::ca_file); a client certificate is for
 /// an etcd started with `--client-cert-auth`; `user` and `password_file` for one with
