@@ -34,8 +34,8 @@
 //!
 //! # Every key optional; these are the defaults (see [`Limits`]).
 //! [limits]                    # what one connection may send and make the registry keep
-//! max_subscriptions = 256     # subscriptions per connection
-//! max_registrations = 128     # registrations (service + endpoint) per connection
+//! max_subscriptions = 1024    # subscriptions per connection
+//! max_registrations = 256     # registrations (service + endpoint) per connection
 //! max_name_len = 256          # bytes in a service name (and a reported method name)
 //! max_version_len = 128       # bytes in a version or version requirement
 //! max_tags = 32               # tags per registration

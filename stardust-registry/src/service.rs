@@ -19,6 +19,7 @@ mod quota;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::RandomState;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -97,6 +98,8 @@ struct State {
     /// Live sessions that lost a registration to lease expiry: their next heartbeat is refused,
     /// so their process reconnects and registers again instead of staying invisible.
     expired: HashSet<u64>,
+    /// The keys of the subscriptions' list fingerprints (random per process).
+    fingerprints: RandomState,
 }
 
 struct Session {
@@ -115,8 +118,10 @@ struct Subscription {
     service: String,
     version_req: String,
     req: VersionReq,
-    /// What the subscriber last got (reply or push): pushes happen only on a change.
-    last: Vec<Instance>,
+    /// A fingerprint of the list the subscriber last got (reply or push): pushes happen only on
+    /// a change. Not the list itself, which made each subscription cost as much memory as the
+    /// service's instances (see `table::fingerprint`).
+    last: u64,
 }
 
 struct Lease {

@@ -19,16 +19,21 @@ use super::ConfigError;
 /// ones fail `login` like a wrong secret, through the login throttle), endpoints 259 bytes (a
 /// DNS name and a port), and every message the server's frame size limit.
 ///
+/// Keep the caps at or above what the registry's clients need: a `stardust::Stardust` session
+/// that reconnects registers and subscribes everything again, and gives the connection up if
+/// any of that is refused.
+///
 /// Build one with [`Limits::default`] and the `with_*` methods, then
 /// [`Config::with_limits`](crate::Config::with_limits); in the config file, `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
     /// Subscriptions one connection may hold (`subscribe`; subscribing again to the same
-    /// service and requirement replaces the earlier one). Default 256.
+    /// service and requirement replaces the earlier one). Default 1024, what a sidecar agent
+    /// tracking its default 1024 services needs.
     pub max_subscriptions: usize,
     /// Registrations (service and endpoint) one connection may hold (`register`; registering
-    /// the same again refreshes it). Default 128.
+    /// the same again refreshes it). Default 256.
     pub max_registrations: usize,
     /// Longest service name, in bytes, in any call, and longest method name in a status report.
     /// Default 256.
@@ -48,8 +53,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_subscriptions: 256,
-            max_registrations: 128,
+            max_subscriptions: 1024,
+            max_registrations: 256,
             max_name_len: 256,
             max_version_len: 128,
             max_tags: 32,

@@ -9,7 +9,7 @@ use stardust::discovery::api::{
 use tokio::time::Instant;
 
 use super::checks::{self, parse_req, valid_name, validate_endpoint};
-use super::table::{matching, publish};
+use super::table::{fingerprint, matching, publish};
 use super::{
     LEASE_EXPIRED, LOG_IN_FIRST, Lease, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, Subscription,
     allowed, other_app, store_error, unauthorized,
@@ -223,7 +223,8 @@ impl Registry for RegistryImpl {
         checks::query_args(&self.shared.config.limits, &service, &version_req)?;
         self.check_consume(&app, &service)?;
         let req = parse_req(&version_req)?;
-        Ok(matching(&self.shared.state.lock(), &service, &req))
+        let state = self.shared.state.lock();
+        Ok(matching(&state, &service, &req).cloned().collect())
     }
 
     async fn subscribe(
@@ -241,7 +242,8 @@ impl Registry for RegistryImpl {
             Some(s) => s.subscription_room(limits, &service, &version_req)?,
             None => return Err(unauthorized(LOG_IN_FIRST)),
         }
-        let list = matching(&state, &service, &req);
+        let list: Vec<Instance> = matching(&state, &service, &req).cloned().collect();
+        let last = fingerprint(&state.fingerprints, list.iter());
         let s = state
             .sessions
             .get_mut(&peer)
@@ -252,7 +254,7 @@ impl Registry for RegistryImpl {
             service,
             version_req,
             req,
-            last: list.clone(),
+            last,
         });
         Ok(list)
     }

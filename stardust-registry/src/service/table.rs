@@ -2,6 +2,7 @@
 //! pushes that tell subscribers.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::SocketAddr;
 
 use semver::{Version, VersionReq};
@@ -181,14 +182,37 @@ impl View for Shared {
 }
 
 /// The live instances of `service` matching `req`, ordered by endpoint.
-pub(super) fn matching(state: &State, service: &str, req: &VersionReq) -> Vec<Instance> {
+pub(super) fn matching<'a>(
+    state: &'a State,
+    service: &'a str,
+    req: &'a VersionReq,
+) -> impl Iterator<Item = &'a Instance> + 'a {
     state
         .leases
         .range((service.to_owned(), String::new())..)
-        .take_while(|((s, _), _)| s == service)
-        .filter(|(_, l)| req.matches(&l.version))
-        .map(|(_, l)| l.instance.clone())
-        .collect()
+        .take_while(move |((s, _), _)| s == service)
+        .filter(move |(_, l)| req.matches(&l.version))
+        .map(|(_, l)| &l.instance)
+}
+
+/// A fingerprint of an instance list, which is what a subscription keeps of the list it last
+/// got. Keyed randomly per process, so no one can aim a collision at it; a chance collision
+/// (one in 2^64) would skip one push, which the subscriber's periodic pull repairs.
+pub(super) fn fingerprint<'a>(keys: &RandomState, list: impl Iterator<Item = &'a Instance>) -> u64 {
+    let mut hasher = keys.build_hasher();
+    for i in list {
+        let Instance {
+            app,
+            service,
+            version,
+            endpoint,
+            weight,
+            tags,
+            tls,
+        } = i;
+        (app, service, version, endpoint, weight, tags, tls).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Pushes the new instance list to every subscription of a `changed` service whose list differs
@@ -203,14 +227,14 @@ pub(super) fn publish(state: &mut State, changed: &BTreeSet<String>) {
             if !changed.contains(&sub.service) {
                 continue;
             }
-            let now = matching(state, &sub.service, &sub.req);
+            let now = fingerprint(&state.fingerprints, matching(state, &sub.service, &sub.req));
             if now == sub.last {
                 continue;
             }
             let event = DiscoveryEvent {
                 service: sub.service.clone(),
                 version_req: sub.version_req.clone(),
-                instances: now.clone(),
+                instances: matching(state, &sub.service, &sub.req).cloned().collect(),
             };
             sub.last = now;
             if let Err(e) = session.notifier.notify(DISCOVERY_TOPIC, &event) {
@@ -219,4 +243,58 @@ pub(super) fn publish(state: &mut State, changed: &BTreeSet<String>) {
         }
     }
     state.sessions = sessions;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_tell_every_change_of_a_list() {
+        let keys = RandomState::new();
+        let fp = |list: &[Instance]| fingerprint(&keys, list.iter());
+        let one = Instance {
+            app: "calc".into(),
+            service: "calc.Calculator".into(),
+            version: "1.2.0".into(),
+            endpoint: "127.0.0.1:9001".into(),
+            weight: 100,
+            tags: Default::default(),
+            tls: false,
+        };
+        let two = Instance {
+            endpoint: "127.0.0.1:9002".into(),
+            ..one.clone()
+        };
+        let list = [one.clone(), two.clone()];
+        assert_eq!(fp(&list), fp(&[one.clone(), two.clone()]));
+        assert_ne!(fp(&list), fp(&[two.clone(), one.clone()]));
+        assert_ne!(fp(&list), fp(&[one.clone()]));
+        assert_ne!(fp(&[]), fp(&[one.clone()]));
+        let changed = [
+            Instance {
+                app: "other".into(),
+                ..one.clone()
+            },
+            Instance {
+                version: "1.2.1".into(),
+                ..one.clone()
+            },
+            Instance {
+                weight: 50,
+                ..one.clone()
+            },
+            Instance {
+                tls: true,
+                ..one.clone()
+            },
+            Instance {
+                tags: [("zone".into(), "a".into())].into(),
+                ..one.clone()
+            },
+        ];
+        for c in changed {
+            assert_ne!(fp(&[one.clone()]), fp(&[c.clone()]), "{c:?}");
+        }
+    }
 }
