@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn fingerprints_tell_every_change_of_a_list() {
         let keys = RandomState::new();
-        let fp = |list: &[Instance]| fingerprint(&keys, list.iter());
+        let fp = |list: &[&Instance]| fingerprint(&keys, list.iter().copied());
         let one = Instance {
             app: "calc".into(),
             service: "calc.Calculator".into(),
@@ -266,11 +266,10 @@ mod tests {
             endpoint: "127.0.0.1:9002".into(),
             ..one.clone()
         };
-        let list = [one.clone(), two.clone()];
-        assert_eq!(fp(&list), fp(&[one.clone(), two.clone()]));
-        assert_ne!(fp(&list), fp(&[two.clone(), one.clone()]));
-        assert_ne!(fp(&list), fp(&[one.clone()]));
-        assert_ne!(fp(&[]), fp(&[one.clone()]));
+        assert_eq!(fp(&[&one, &two]), fp(&[&one.clone(), &two.clone()]));
+        assert_ne!(fp(&[&one, &two]), fp(&[&two, &one]));
+        assert_ne!(fp(&[&one, &two]), fp(&[&one]));
+        assert_ne!(fp(&[]), fp(&[&one]));
         let changed = [
             Instance {
                 app: "other".into(),
@@ -293,8 +292,8 @@ mod tests {
                 ..one.clone()
             },
         ];
-        for c in changed {
-            assert_ne!(fp(&[one.clone()]), fp(&[c.clone()]), "{c:?}");
+        for c in &changed {
+            assert_ne!(fp(&[&one]), fp(&[c]), "{c:?}");
         }
     }
 }
