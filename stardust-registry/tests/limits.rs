@@ -145,9 +145,8 @@ async fn registrations_per_connection_are_capped() {
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_sent_at_once_are_counted_exactly() {
-    let (node, client) = setup(Limits::default().with_max_registrations(2)).await;
+/// Eight registrations sent at once over one connection with a cap of two: exactly two pass.
+async fn at_once_counted_exactly(node: stardust_registry::RegistryNode, client: RegistryClient) {
     let mut calls = tokio::task::JoinSet::new();
     for port in 9101..9109u16 {
         let client = client.clone();
@@ -164,6 +163,30 @@ async fn registrations_sent_at_once_are_counted_exactly() {
     assert_eq!(accepted, 2);
     assert_eq!(node.registrations().len(), 2);
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_sent_at_once_are_counted_exactly() {
+    let (node, client) = setup(Limits::default().with_max_registrations(2)).await;
+    at_once_counted_exactly(node, client).await;
+}
+
+/// With a shared store a registration reaches the table only once etcd's watch brings it back,
+/// so the ones under way must count too.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_sent_at_once_are_counted_exactly_with_etcd() {
+    const TEST: &str = "limits_registrations_at_once";
+    let Some(etcd) = common::etcd::Etcd::start(TEST).await else {
+        return;
+    };
+    let store = stardust_registry::StoreConfig::parse(&etcd.store_url(TEST)).unwrap();
+    let config = Config::dev()
+        .with_store(store)
+        .with_limits(Limits::default().with_max_registrations(2));
+    let node = start(config).await;
+    let (client, _) = login(node.local_addr(), "limits", "limits-secret").await;
+    at_once_counted_exactly(node, client).await;
 }
 
 #[tokio::test]
