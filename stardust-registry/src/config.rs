@@ -32,6 +32,16 @@
 //! max_queued = 64             # logins that may wait for a check; more are refused at once
 //! queue_timeout = "2s"        # longest wait for a check before the login is refused
 //!
+//! # Every key optional; these are the defaults (see [`Limits`]).
+//! [limits]                    # what one connection may send and make the registry keep
+//! max_subscriptions = 1024    # subscriptions per connection
+//! max_registrations = 256     # registrations (service + endpoint) per connection
+//! max_name_len = 256          # bytes in a service name (and a reported method name)
+//! max_version_len = 128       # bytes in a version or version requirement
+//! max_tags = 32               # tags per registration
+//! max_tag_len = 256           # bytes in a tag key, and in a tag value
+//! max_report_entries = 16384  # served + called entries in one heartbeat's status report
+//!
 //! [etcd]                      # how to reach a shared etcd store (all optional)
 //! ca_file = "etcd-ca.crt"     # etcds:// only: the CA bundle etcd's certificate is checked against
 //! cert_file = "etcd-client.crt"   # a client certificate, for etcd's --client-cert-auth
@@ -42,12 +52,22 @@
 //!
 //! Unknown keys are rejected, naming the key and its line.
 
+mod etcd;
+mod limits;
+mod login_throttle;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use self::etcd::EtcdAccess;
+use self::etcd::RawEtcd;
+pub use self::limits::Limits;
+use self::limits::RawLimits;
+pub use self::login_throttle::LoginThrottle;
+use self::login_throttle::RawThrottle;
 use crate::secret::{self, SecretError};
 use crate::store::StoreConfig;
 
@@ -92,107 +112,14 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How logins are throttled and how many secrets are checked at once (`[login_throttle]`).
     pub login_throttle: LoginThrottle,
+    /// What one connection may send and make the registry keep (`[limits]`).
+    pub limits: Limits,
     /// Where registrations, dev apps and public keys are kept: this process (the default), or
     /// an etcd shared by several registry nodes (`store = "etcd://127.0.0.1:2379/stardust"`;
     /// needs the `etcd` cargo feature). The binary's `--store` overrides it.
     pub store: StoreConfig,
     /// How to reach an etcd store: TLS files and credentials (`[etcd]`).
     pub etcd: EtcdAccess,
-}
-
-/// How a registry node reaches a shared etcd store ([`Config::etcd`], `[etcd]` in the file).
-///
-/// TLS (an `etcds://` store URL) needs [`ca_file`](Self::ca_file); a client certificate is for
-/// an etcd started with `--client-cert-auth`; `user` and `password_file` for one with
-/// authentication enabled (the user's role needs read-write access to the store's prefix).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EtcdAccess {
-    /// CA bundle (PEM) that etcd's server certificate must chain to.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM), leaf first.
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    pub key_file: Option<PathBuf>,
-    /// etcd user name.
-    pub user: Option<String>,
-    /// File holding the user's password (one trailing newline is ignored).
-    pub password_file: Option<PathBuf>,
-}
-
-impl EtcdAccess {
-    /// Whether anything is set.
-    pub fn is_set(&self) -> bool {
-        *self != EtcdAccess::default()
-    }
-
-    /// Trusts `ca_file` for etcd's certificate (use with an `etcds://` store).
-    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> EtcdAccess {
-        self.ca_file = Some(path.into());
-        self
-    }
-
-    /// Presents this client certificate and key to etcd.
-    pub fn with_client_cert(
-        mut self,
-        cert_file: impl Into<PathBuf>,
-        key_file: impl Into<PathBuf>,
-    ) -> EtcdAccess {
-        self.cert_file = Some(cert_file.into());
-        self.key_file = Some(key_file.into());
-        self
-    }
-
-    /// Authenticates to etcd as `user`, with the password in `password_file`.
-    pub fn with_user(
-        mut self,
-        user: impl Into<String>,
-        password_file: impl Into<PathBuf>,
-    ) -> EtcdAccess {
-        self.user = Some(user.into());
-        self.password_file = Some(password_file.into());
-        self
-    }
-
-    fn validate(&self, store: &StoreConfig) -> Result<(), ConfigError> {
-        let err = |m: String| Err(ConfigError::new(m));
-        let tls = match store {
-            StoreConfig::Etcd { endpoints, .. } => {
-                endpoints.iter().any(|e| e.starts_with("https://"))
-            }
-            _ if self.is_set() => {
-                return err(
-                    "[etcd] settings are only used with an etcd store (store = \"etcd://...\")"
-                        .into(),
-                );
-            }
-            _ => return Ok(()),
-        };
-        if tls && self.ca_file.is_none() {
-            return err(format!(
-                "store `{store}` speaks TLS: set [etcd] ca_file to the CA bundle etcd's certificate is issued by"
-            ));
-        }
-        if !tls && (self.ca_file.is_some() || self.cert_file.is_some()) {
-            return err(format!(
-                "[etcd] ca_file and cert_file need TLS: write the store as `etcds://...` (not `{store}`)"
-            ));
-        }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return err("[etcd] cert_file and key_file go together".into());
-        }
-        if self.user.is_some() != self.password_file.is_some() {
-            return err("[etcd] user and password_file go together".into());
-        }
-        if self
-            .user
-            .as_deref()
-            .is_some_and(|u| u.is_empty() || u.chars().any(char::is_whitespace))
-        {
-            return err("[etcd] user must be a non-empty name without whitespace".into());
-        }
-        Ok(())
-    }
 }
 
 /// Whether and where the registry serves monitoring over HTTP ([`Config::http_listen`]).
@@ -249,127 +176,6 @@ impl TlsFiles {
                 stardust::tls::ServerTls::mutual_from_pem_files(&self.cert_file, &self.key_file, ca)
             }
         }
-    }
-}
-
-/// Login throttling: checking a secret is deliberately slow (argon2id), so the registry limits
-/// who may make it check one.
-///
-/// * **Failed logins back off**, counted per app, per source address and per app-and-address:
-///   the first [`free_failures`](Self::free_failures) cost nothing; the failure that uses them
-///   up blocks further logins for [`backoff_min`](Self::backoff_min), and every further one
-///   doubles the wait, up to [`backoff_max`](Self::backoff_max). While free failures remain,
-///   only as many logins as remain are checked at once; once they are used up, one at a time.
-///   A successful login clears the failures of its app-and-address, and of its app unless it
-///   came from a known address (below); an address's own failures are only forgotten,
-///   [`forget_after`](Self::forget_after) after the last one.
-///   Unknown app names are counted exactly like real ones, so throttling reveals nothing about
-///   which apps exist. (IPv6 addresses count by their /64 prefix.)
-/// * **Known addresses keep working.** An address an app logged in from (or had a session
-///   from) within [`forget_after`](Self::forget_after) is not held back by that app's failures
-///   from elsewhere, nor by its own address's failures for other apps: a flood of bad logins
-///   for an app cannot lock its running instances out. Its own app-and-address failures still
-///   count.
-/// * **Login attempts per address are rate limited** (a token bucket of
-///   [`attempt_burst`](Self::attempt_burst), refilled at
-///   [`attempts_per_second`](Self::attempts_per_second)), so even right secrets cannot keep the
-///   hasher busy.
-/// * **Checking is bounded**: at most [`max_concurrent_hashes`](Self::max_concurrent_hashes)
-///   secrets are checked at once (on the blocking thread pool, so heartbeats and discovery never
-///   wait behind them), at most [`max_queued`](Self::max_queued) logins wait for a check, none
-///   longer than [`queue_timeout`](Self::queue_timeout).
-///
-/// A login refused by any of these gets `RegistryError::Throttled` at once, without its secret
-/// being checked, with the time after which a retry may succeed. Refusals that are not a
-/// backoff (checks in progress, a busy registry) suggest retrying after `backoff_min`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoginThrottle {
-    /// Failed logins (per app, per address, per app-and-address) before backoff starts.
-    /// Default 5.
-    pub free_failures: u32,
-    /// The backoff after the failure that uses up the free ones; each further failure doubles
-    /// it. Default 1 s.
-    pub backoff_min: Duration,
-    /// The longest backoff. Default 5 min.
-    pub backoff_max: Duration,
-    /// Failures are forgotten this long after the last one; an address an app logged in from is
-    /// remembered as known for as long. At least `backoff_max`. Default 1 h.
-    pub forget_after: Duration,
-    /// Logins one source address may start at once (the token bucket's size). Default 20.
-    pub attempt_burst: u32,
-    /// Logins one source address may start per second once its burst is used. Default 5.
-    pub attempts_per_second: f64,
-    /// Entries each table (apps, addresses, app-and-address pairs, known addresses, rate
-    /// buckets) may hold; when one is full, expired entries go, then the oldest. Default 10 000.
-    pub max_tracked: usize,
-    /// Secrets checked at once (each check takes a core and about 19 MiB for tens of
-    /// milliseconds). `None` (the default): half the CPUs, at least 1, so the async worker
-    /// threads serving heartbeats and discovery keep CPU.
-    pub max_concurrent_hashes: Option<usize>,
-    /// Logins that may wait for a check; more are refused at once. Default 64.
-    pub max_queued: usize,
-    /// Longest a login waits for a check before it is refused. Default 2 s.
-    pub queue_timeout: Duration,
-}
-
-impl Default for LoginThrottle {
-    fn default() -> LoginThrottle {
-        LoginThrottle {
-            free_failures: 5,
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            forget_after: Duration::from_secs(3600),
-            attempt_burst: 20,
-            attempts_per_second: 5.0,
-            max_tracked: 10_000,
-            max_concurrent_hashes: None,
-            max_queued: 64,
-            queue_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-impl LoginThrottle {
-    /// The number of secrets checked at once: [`max_concurrent_hashes`](Self::max_concurrent_hashes),
-    /// or half the CPUs (at least 1).
-    pub fn concurrent_hashes(&self) -> usize {
-        self.max_concurrent_hashes.unwrap_or_else(|| {
-            let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (cpus / 2).max(1)
-        })
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let err = |m: &str| {
-            Err(ConfigError {
-                message: format!("login_throttle.{m}"),
-            })
-        };
-        if self.backoff_min.is_zero() {
-            return err("backoff_min must be longer than zero");
-        }
-        if self.backoff_max < self.backoff_min {
-            return err("backoff_max must be at least backoff_min");
-        }
-        if self.forget_after < self.backoff_max {
-            return err("forget_after must be at least backoff_max");
-        }
-        if self.attempt_burst == 0 {
-            return err("attempt_burst must be at least 1");
-        }
-        if !(self.attempts_per_second.is_finite() && self.attempts_per_second > 0.0) {
-            return err("attempts_per_second must be a number above zero");
-        }
-        if self.max_tracked == 0 {
-            return err("max_tracked must be at least 1");
-        }
-        if self.max_concurrent_hashes == Some(0) {
-            return err("max_concurrent_hashes must be at least 1");
-        }
-        if self.queue_timeout.is_zero() {
-            return err("queue_timeout must be longer than zero");
-        }
-        Ok(())
     }
 }
 
@@ -445,6 +251,7 @@ impl Config {
             apps: BTreeMap::new(),
             tls: None,
             login_throttle: LoginThrottle::default(),
+            limits: Limits::default(),
             store: StoreConfig::Memory,
             etcd: EtcdAccess::default(),
         }
@@ -527,6 +334,12 @@ impl Config {
     /// Sets how logins are throttled.
     pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Config {
         self.login_throttle = throttle;
+        self
+    }
+
+    /// Sets what one connection may send and make the registry keep.
+    pub fn with_limits(mut self, limits: Limits) -> Config {
+        self.limits = limits;
         self
     }
 
@@ -615,14 +428,11 @@ impl Config {
         if let Some(store) = raw.store {
             cfg.store = StoreConfig::parse(&store)?;
         }
+        if let Some(l) = raw.limits {
+            l.apply(&mut cfg.limits);
+        }
         if let Some(e) = raw.etcd {
-            cfg.etcd = EtcdAccess {
-                ca_file: e.ca_file,
-                cert_file: e.cert_file,
-                key_file: e.key_file,
-                user: e.user,
-                password_file: e.password_file,
-            };
+            cfg.etcd = e.into();
         }
         for (name, app) in raw.apps {
             cfg.apps.insert(
@@ -649,6 +459,7 @@ impl Config {
             return err("lease_ttl must be longer than zero".into());
         }
         self.login_throttle.validate()?;
+        self.limits.validate()?;
         if let Some(listen) = &self.listen
             && listen.trim().is_empty()
         {
@@ -748,18 +559,9 @@ struct RawConfig {
     apps: BTreeMap<String, RawApp>,
     tls: Option<RawTls>,
     login_throttle: Option<RawThrottle>,
+    limits: Option<RawLimits>,
     store: Option<String>,
     etcd: Option<RawEtcd>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEtcd {
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -768,66 +570,6 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawThrottle {
-    free_failures: Option<u32>,
-    backoff_min: Option<String>,
-    backoff_max: Option<String>,
-    forget_after: Option<String>,
-    attempt_burst: Option<u32>,
-    attempts_per_second: Option<Number>,
-    max_tracked: Option<usize>,
-    max_concurrent_hashes: Option<usize>,
-    max_queued: Option<usize>,
-    queue_timeout: Option<String>,
-}
-
-/// A TOML number: `5` and `5.0` both mean five.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Number {
-    Int(i64),
-    Float(f64),
-}
-
-impl RawThrottle {
-    fn apply(self, t: &mut LoginThrottle) -> Result<(), ConfigError> {
-        let duration = |field: &str, text: Option<String>, into: &mut Duration| {
-            if let Some(text) = text {
-                *into = parse_duration(&format!("login_throttle.{field}"), &text)?;
-            }
-            Ok::<(), ConfigError>(())
-        };
-        duration("backoff_min", self.backoff_min, &mut t.backoff_min)?;
-        duration("backoff_max", self.backoff_max, &mut t.backoff_max)?;
-        duration("forget_after", self.forget_after, &mut t.forget_after)?;
-        duration("queue_timeout", self.queue_timeout, &mut t.queue_timeout)?;
-        if let Some(n) = self.free_failures {
-            t.free_failures = n;
-        }
-        if let Some(n) = self.attempt_burst {
-            t.attempt_burst = n;
-        }
-        if let Some(n) = self.attempts_per_second {
-            t.attempts_per_second = match n {
-                Number::Int(i) => i as f64,
-                Number::Float(f) => f,
-            };
-        }
-        if let Some(n) = self.max_tracked {
-            t.max_tracked = n;
-        }
-        if self.max_concurrent_hashes.is_some() {
-            t.max_concurrent_hashes = self.max_concurrent_hashes;
-        }
-        if let Some(n) = self.max_queued {
-            t.max_queued = n;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Deserialize)]
@@ -1017,6 +759,49 @@ queue_timeout = "500ms"
         bad("max_concurrent_hashes = 0", "max_concurrent_hashes");
         bad("queue_timeout = \"0s\"", "queue_timeout");
         bad("free_failures = -1", "line 3");
+    }
+
+    #[test]
+    fn limits_table() {
+        let cfg = Config::from_toml(
+            "key_file = \"k\"\n[limits]\nmax_subscriptions = 10\nmax_registrations = 11\n\
+             max_name_len = 12\nmax_version_len = 13\nmax_tags = 14\nmax_tag_len = 15\n\
+             max_report_entries = 16\n",
+        )
+        .unwrap();
+        let expected = Limits::default()
+            .with_max_subscriptions(10)
+            .with_max_registrations(11)
+            .with_max_name_len(12)
+            .with_max_version_len(13)
+            .with_max_tags(14)
+            .with_max_tag_len(15)
+            .with_max_report_entries(16);
+        assert_eq!(cfg.limits, expected);
+        assert_eq!(Config::new().with_limits(expected.clone()).limits, expected);
+
+        // Keys left out keep their defaults.
+        let cfg = Config::from_toml("key_file = \"k\"\n[limits]\nmax_tags = 4\n").unwrap();
+        assert_eq!(cfg.limits, Limits::default().with_max_tags(4));
+        assert_eq!(Config::dev().limits, Limits::default());
+
+        let bad = |table: &str, expect: &str| {
+            let text = format!("key_file = \"k\"\n[limits]\n{table}\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(e.message().contains(expect), "{table}: {e}");
+        };
+        bad("max_subscription = 3", "unknown field `max_subscription`");
+        bad("max_tags = 0", "limits.max_tags must be at least 1");
+        bad(
+            "max_report_entries = 0",
+            "limits.max_report_entries must be at least 1",
+        );
+        bad("max_name_len = -1", "line 3");
+        let e = Config::dev()
+            .with_limits(Limits::default().with_max_subscriptions(0))
+            .validate()
+            .unwrap_err();
+        assert!(e.message().contains("limits.max_subscriptions"), "{e}");
     }
 
     #[test]

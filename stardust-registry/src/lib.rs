@@ -50,6 +50,9 @@
 //! A registry connection is anonymous until `login`; the registry then remembers the app for
 //! that connection and forgets it (with its registrations and subscriptions) when the
 //! connection closes. Every call except `login` and `public_keys` needs a logged-in connection.
+//! What one connection may send and make the registry keep is capped ([`Limits`], `[limits]` in
+//! the config file): a call over a cap is refused with `RegistryError::Invalid` naming the cap,
+//! before the registry does anything with it.
 //!
 //! # Several nodes (etcd)
 //!
@@ -102,7 +105,9 @@ mod service;
 mod store;
 mod throttle;
 
-pub use config::{AppConfig, Config, ConfigError, EtcdAccess, HttpListen, LoginThrottle, TlsFiles};
+pub use config::{
+    AppConfig, Config, ConfigError, EtcdAccess, HttpListen, Limits, LoginThrottle, TlsFiles,
+};
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
 pub use node::{Error, Registered, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};

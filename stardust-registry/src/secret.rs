@@ -4,10 +4,13 @@
 //! only hashes (`stardust-registry hash-secret` makes one), and in dev mode the secret an app
 //! first logs in with is hashed and kept in memory.
 
+mod pool;
+
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, PasswordHash};
+use argon2::{Algorithm, Params, PasswordHash};
+
+pub(crate) use pool::ArgonPool;
 
 /// Hashes `secret` with argon2id (default parameters, random salt) into a PHC string such as
 /// `$argon2id$v=19$m=19456,t=2,p=1$…`, suitable as an app's `secret_hash`.
@@ -15,25 +18,15 @@ use argon2::{Algorithm, Argon2, Params, PasswordHash};
 /// This is deliberately slow (tens of milliseconds); call it off the async runtime's worker
 /// threads (`tokio::task::spawn_blocking`) in a server.
 pub fn hash_secret(secret: &str) -> Result<String, SecretError> {
-    if secret.is_empty() {
-        return Err(SecretError::Empty);
-    }
-    Argon2::default()
-        .hash_password(secret.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| SecretError::Hashing(e.to_string()))
+    // A one-off: its working memory is freed at once (a registry lends its own, see `pool`).
+    ArgonPool::new(0).hash(secret)
 }
 
 /// Whether `secret` matches `phc_hash` (an argon2 PHC string). A malformed hash never matches.
 ///
 /// Slow by design, like [`hash_secret`].
 pub fn verify_secret(secret: &str, phc_hash: &str) -> bool {
-    match PasswordHash::new(phc_hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
-    }
+    ArgonPool::new(0).verify(secret, phc_hash)
 }
 
 /// Checks that `phc_hash` is a well-formed argon2id PHC string with usable parameters.
@@ -55,12 +48,13 @@ pub fn validate_hash(phc_hash: &str) -> Result<(), SecretError> {
 
 /// Runs a verification against a fixed hash, so that logging in as an unknown app costs the
 /// same time as a wrong secret for a known one (no app enumeration by timing).
-pub(crate) fn burn_verification(secret: &str) {
+pub(crate) fn burn_verification(pool: &ArgonPool, secret: &str) {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let hash = DUMMY.get_or_init(|| {
-        hash_secret("stardust-registry timing equaliser").expect("hashing a constant works")
+        pool.hash("stardust-registry timing equaliser")
+            .expect("hashing a constant works")
     });
-    let _ = verify_secret(secret, hash);
+    let _ = pool.verify(secret, hash);
 }
 
 /// Why a secret could not be hashed, or a hash is unusable.

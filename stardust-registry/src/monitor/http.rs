@@ -3,10 +3,14 @@
 //! It is read-only and unauthenticated, so it binds to loopback unless told otherwise, and when
 //! it does listen on loopback it only answers requests addressed to a loopback host name (a
 //! defence against DNS rebinding: a web page cannot read it through a name it controls). It is
-//! bounded: at most [`MAX_CONNECTIONS`] connections (more are closed at once), request headers
-//! must arrive within [`HEADER_TIMEOUT`], and a connection lives at most [`MAX_CONNECTION_LIFE`]
-//! (browsers reconnect transparently). Every response is rendered from a snapshot copied under
-//! the monitor's lock, never holding it while writing.
+//! bounded: at most [`MAX_CONNECTIONS`] connections, and when they are all taken a new one
+//! takes the place of the connection idle the longest (see `slots`: idle sockets cannot lock it
+//! out); a request header must arrive within [`HEADER_TIMEOUT`] (of the connection's start, or
+//! of its previous response), and a connection lives at most [`MAX_CONNECTION_LIFE`] (browsers
+//! reconnect transparently). Every response is rendered from a snapshot copied under the
+//! monitor's lock, never holding it while writing.
+
+mod slots;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -23,16 +27,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use self::slots::{Admitted, Slots, Tracked};
 use super::render::{self, RegistryFacts};
 use crate::service::RegistryImpl;
 
-/// Connections served at once; more are closed as soon as they are accepted.
+/// Connections served at once; beyond, a new one evicts the connection idle the longest (or is
+/// closed at once if every one is answering a request).
 pub(crate) const MAX_CONNECTIONS: usize = 64;
-/// A request's headers must arrive within this.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's headers must arrive within this, counted from the connection's start or its
+/// previous response: an idle keep-alive connection is closed after it. (The console asks every
+/// 1.5 s, within it.)
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed (gracefully, between requests) after this long.
 pub(crate) const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 
@@ -103,28 +111,31 @@ pub(crate) fn serve(
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Receiver<bool>) {
     let mut stop = stopping.clone();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new(MAX_CONNECTIONS);
     let mut conns = JoinSet::new();
-    let mut refused = 0u64;
+    let (mut refused, mut evicted) = (0u64, 0u64);
     loop {
         let mut failed = false;
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    let Some(admitted) = slots.admit(Instant::now()) else {
                         refused += 1;
                         if refused.is_power_of_two() {
-                            tracing::warn!(%peer, refused, "monitoring HTTP: too many connections, closing new ones");
+                            tracing::warn!(%peer, refused, "monitoring HTTP: every connection is answering a request, closing new ones");
                         }
                         continue;
                     };
+                    if admitted.evicted_other {
+                        evicted += 1;
+                        if evicted.is_power_of_two() {
+                            tracing::info!(%peer, evicted, "monitoring HTTP: too many connections, closing the ones idle the longest");
+                        }
+                    }
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
                     let stopping = stopping.clone();
-                    conns.spawn(async move {
-                        serve_connection(stream, ctx, stopping).await;
-                        drop(permit);
-                    });
+                    conns.spawn(serve_connection(stream, ctx, stopping, admitted));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "monitoring HTTP: accept failed");
@@ -151,10 +162,14 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     ctx: Arc<Ctx>,
     mut stopping: watch::Receiver<bool>,
+    admitted: Admitted,
 ) {
+    let Admitted { slot, evicted, .. } = admitted;
     let service = service_fn(move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, &req)) }
+        // Busy from here until hyper has taken the whole response body.
+        let answering = slot.request();
+        let reply = handle(&ctx, &req).map(|body| Tracked::new(body, answering));
+        async move { Ok::<_, Infallible>(reply) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -164,6 +179,8 @@ async fn serve_connection(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
+        // Evicted while idle: nothing to finish.
+        _ = evicted => return,
         _ = stopping.wait_for(|s| *s) => {}
         _ = tokio::time::sleep(MAX_CONNECTION_LIFE) => {}
     }
