@@ -63,9 +63,8 @@ pub enum ErrorKind {
     /// An interceptor or the application rejected the call.
     Rejected,
     /// A size or count limit of the receiver was exceeded: call or connection metadata (entries,
-    /// key or value length, total size), the `Hello` frame's size, or a registry's per-session
-    /// caps (subscriptions, tags, registrations, name lengths). The message names the limit and
-    /// its value. Only the offending request fails; a refused `Hello` closes the connection.
+    /// key or value length, total size). The message names the limit and its value. Only the
+    /// offending request fails; a refused `Hello` closes the connection.
     LimitExceeded,
     /// The local configuration is unusable (a builder left a required choice open, or two
     /// settings contradict each other). Never sent by a peer: fix the code or config named in
