@@ -29,6 +29,9 @@ use tokio::task::JoinSet;
 use super::render::{self, RegistryFacts};
 use crate::service::RegistryImpl;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 /// Connections served at once; more are closed as soon as they are accepted.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// A request's headers must arrive within this.
@@ -147,11 +150,11 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Rece
     .await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    ctx: Arc<Ctx>,
-    mut stopping: watch::Receiver<bool>,
-) {
+// Generic over the stream so the fuzz targets can drive it from memory (`fuzz` below).
+async fn serve_connection<S>(stream: S, ctx: Arc<Ctx>, mut stopping: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(&ctx, &req)) }
