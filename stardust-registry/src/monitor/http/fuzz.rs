@@ -35,8 +35,11 @@ impl MonitorHarness {
     /// A dev-mode registry listening (as far as the handler knows) on loopback, with two
     /// services registered and one status report folded in.
     pub fn new() -> MonitorHarness {
+        // A paused clock: when the connection waits for bytes that will never come, time jumps
+        // to its next timeout (headers, connection lifetime) instead of sleeping through it.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .expect("a current-thread runtime");
         let (stop, stopping) = watch::channel(false);
@@ -70,8 +73,12 @@ impl MonitorHarness {
         }
     }
 
-    /// Sends `request` (any bytes) on a fresh connection, half-closes it, and returns every byte
-    /// the server answered before closing.
+    /// Sends `request` (any bytes) on a fresh connection and returns every byte the server
+    /// answered until it closed the connection (at the latest when its timeouts expire, which
+    /// the paused clock makes immediate).
+    ///
+    /// The client never half-closes: the server drops a connection whose client did, without
+    /// answering, like any hyper server that does not enable half-closures.
     pub fn exchange(&self, request: &[u8]) -> Vec<u8> {
         self.runtime.block_on(async {
             let (client, server) = tokio::io::duplex(64 * 1024);
@@ -80,7 +87,6 @@ impl MonitorHarness {
             let send = async {
                 // The server may close before reading everything: not an error here.
                 let _ = wr.write_all(request).await;
-                let _ = wr.shutdown().await;
             };
             let mut answer = Vec::new();
             let receive = rd.read_to_end(&mut answer);
