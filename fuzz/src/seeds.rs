@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
+use stardust::Metadata;
 use stardust::discovery::api::{
     DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
     Status,
 };
 use stardust::protocol::frame::{self, HEADER_LEN, Kind};
 use stardust::protocol::message::{self, Hello, RequestHead};
-use stardust::Metadata;
 
 use crate::echo::{EchoClient, Record, Shape};
 use crate::targets::token;
@@ -107,15 +107,35 @@ pub fn all() -> Vec<Seed> {
     }
     let session: Vec<u8> = frames.iter().flat_map(|(_, b)| b.clone()).collect();
     add("frame", "doc-session-chunked", cat(&[&[0, 3], &session]));
-    add("frame", "truncated", cat(&[&[2, 1], &doc_frame("hello")[..30]]));
-    add("frame", "oversized", cat(&[&[1, 0], &[0, 1, 0, 0, 3, 0], &[0; 8]]));
+    add(
+        "frame",
+        "truncated",
+        cat(&[&[2, 1], &doc_frame("hello")[..30]]),
+    );
+    add(
+        "frame",
+        "oversized",
+        cat(&[&[1, 0], &[0, 1, 0, 0, 3, 0], &[0; 8]]),
+    );
 
     // hello: [chunking, stream].
     add("hello", "doc-hello", cat(&[&[0], &doc_frame("hello")]));
-    add("hello", "token-and-meta-bytewise", cat(&[&[1], &hello_with_meta()]));
+    add(
+        "hello",
+        "token-and-meta-bytewise",
+        cat(&[&[1], &hello_with_meta()]),
+    );
+    // The array-shaped Hello (PROTOCOL.md §3): `["stardust", 1]`.
+    let mut array = BytesMut::new();
+    message::put_serde(&mut array, Kind::Hello, &(message::PROTOCOL_NAME, 1u32)).expect("encodes");
+    add("hello", "array-shaped", cat(&[&[0], &array]));
 
     // request: Request bodies.
-    add("request", "doc-request_add", body(&doc_frame("request_add")));
+    add(
+        "request",
+        "doc-request_add",
+        body(&doc_frame("request_add")),
+    );
     add(
         "request",
         "doc-request_authenticate",
@@ -126,13 +146,21 @@ pub fn all() -> Vec<Seed> {
     }
 
     // response: [type selector, body].
-    add("response", "doc-response_add", cat(&[&[0], &body(&doc_frame("response_add"))]));
+    add(
+        "response",
+        "doc-response_add",
+        cat(&[&[0], &body(&doc_frame("response_add"))]),
+    );
     add(
         "response",
         "doc-response_authenticate",
         cat(&[&[1], &body(&doc_frame("response_authenticate"))]),
     );
-    add("response", "doc-hello_ack", cat(&[&[14], &body(&doc_frame("hello_ack"))]));
+    add(
+        "response",
+        "doc-hello_ack",
+        cat(&[&[14], &body(&doc_frame("hello_ack"))]),
+    );
     let div: Result<i64, String> = Err("division by zero".into());
     add("response", "result-err", cat(&[&[3], &enc(&div)]));
     add("response", "record", cat(&[&[7], &enc(&record())]));
@@ -177,7 +205,11 @@ pub fn all() -> Vec<Seed> {
         &doc_frame("goaway_shutting_down"),
         &doc_frame("response_authenticate"),
     ]);
-    add("goaway", "doc-accepted-then-drained", cat(&[&[0], &accepted]));
+    add(
+        "goaway",
+        "doc-accepted-then-drained",
+        cat(&[&[0], &accepted]),
+    );
     add(
         "goaway",
         "doc-goaway_token_required",
@@ -187,10 +219,22 @@ pub fn all() -> Vec<Seed> {
     // token: [mode, token text] (even) or [mode, claims] (odd, signed by the target).
     add("token", "doc-made-up", cat(&[&[0], b"sd1.AAAA.BBBB"]));
     let valid = enc(&claims("k1", token::NOW_MS + 60_000));
-    add("token", "valid-text", cat(&[&[0], token::sign(&valid).as_bytes()]));
+    add(
+        "token",
+        "valid-text",
+        cat(&[&[0], token::sign(&valid).as_bytes()]),
+    );
     add("token", "valid-claims", cat(&[&[1], &valid]));
-    add("token", "expired-claims", cat(&[&[1], &enc(&claims("k1", 1000))]));
-    add("token", "unknown-kid-claims", cat(&[&[1], &enc(&claims("k9", u64::MAX))]));
+    add(
+        "token",
+        "expired-claims",
+        cat(&[&[1], &enc(&claims("k1", 1000))]),
+    );
+    add(
+        "token",
+        "unknown-kid-claims",
+        cat(&[&[1], &enc(&claims("k9", u64::MAX))]),
+    );
 
     // registry_args: [method index, argument array].
     for (method, args) in registry_calls() {
@@ -238,7 +282,18 @@ fn echo_requests() -> Vec<(String, Vec<u8>)> {
         ("record", enc(&(record(),))),
         (
             "scalars",
-            enc(&((255u8, 65535u16, 7u32, u64::MAX, -8i8, -300i16, 1.5f32, -0.25f64, true, 'é'),)),
+            enc(&((
+                255u8,
+                65535u16,
+                7u32,
+                u64::MAX,
+                -8i8,
+                -300i16,
+                1.5f32,
+                -0.25f64,
+                true,
+                'é',
+            ),)),
         ),
         ("nothing", enc(&stardust::__private::NoArgs)),
         (
@@ -252,8 +307,14 @@ fn echo_requests() -> Vec<(String, Vec<u8>)> {
     ];
     let mut out = Vec::new();
     for (method, args) in calls {
-        assert!(EchoClient::DESCRIPTOR.method_index(method).is_some(), "{method}");
-        out.push((format!("echo-{method}"), request_body(method, &meta, &args, 6)));
+        assert!(
+            EchoClient::DESCRIPTOR.method_index(method).is_some(),
+            "{method}"
+        );
+        out.push((
+            format!("echo-{method}"),
+            request_body(method, &meta, &args, 6),
+        ));
     }
     out.push((
         "seventh-element".to_owned(),
@@ -273,8 +334,13 @@ fn request_body(method: &str, meta: &Metadata, args: &[u8], elements: u32) -> Ve
         meta,
     };
     let mut buf = BytesMut::new();
-    message::put_request(&mut buf, &head, &stardust::__private::NoArgs, frame::DEFAULT_MAX_FRAME)
-        .expect("encodes");
+    message::put_request(
+        &mut buf,
+        &head,
+        &stardust::__private::NoArgs,
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .expect("encodes");
     let mut body = body(&buf);
     // Swap the empty argument array for `args`, and the element count if asked.
     body.truncate(body.len() - 1);
@@ -292,9 +358,7 @@ fn record() -> Record {
         tags: BTreeMap::from([("zone".into(), "a".into())]),
         values: vec![0, -1, i64::MAX],
         blob: ByteBuf::from(vec![0, 255]),
-        shape: Shape::Named {
-            label: "l".into(),
-        },
+        shape: Shape::Named { label: "l".into() },
         child: Some(Box::new(Record {
             name: String::new(),
             tags: BTreeMap::new(),
@@ -389,8 +453,14 @@ fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
 fn http_requests() -> Vec<(&'static str, &'static str)> {
     vec![
         ("console", "GET / HTTP/1.1\r\nHost: 127.0.0.1:7601\r\n\r\n"),
-        ("metrics", "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n"),
-        ("healthz-head", "HEAD /healthz HTTP/1.1\r\nHost: [::1]:7601\r\n\r\n"),
+        (
+            "metrics",
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
+        (
+            "healthz-head",
+            "HEAD /healthz HTTP/1.1\r\nHost: [::1]:7601\r\n\r\n",
+        ),
         (
             "service",
             "GET /api/services/calc.Calculator HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
@@ -406,7 +476,13 @@ fn http_requests() -> Vec<(&'static str, &'static str)> {
              GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         ),
         ("overview-http10", "GET /api/services HTTP/1.0\r\n\r\n"),
-        ("post", "POST /api HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc"),
-        ("rebinding", "GET /metrics HTTP/1.1\r\nHost: evil.example:7601\r\n\r\n"),
+        (
+            "post",
+            "POST /api HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        (
+            "rebinding",
+            "GET /metrics HTTP/1.1\r\nHost: evil.example:7601\r\n\r\n",
+        ),
     ]
 }

@@ -55,7 +55,11 @@ fn committed_seeds_are_the_documented_frames_and_hand_made_inputs() {
     }
     // Every target has seeds.
     for target in TARGETS {
-        assert!(seeds.iter().any(|s| s.target == target.name), "{}", target.name);
+        assert!(
+            seeds.iter().any(|s| s.target == target.name),
+            "{}",
+            target.name
+        );
     }
 }
 
@@ -69,7 +73,12 @@ fn every_corpus_file_and_crash_reproduction_replays_without_a_panic() {
         for path in corpus.iter().chain(&regressions) {
             let input = std::fs::read(path).unwrap();
             let outcome = std::panic::catch_unwind(|| (target.run)(&input));
-            assert!(outcome.is_ok(), "`{}` panicked on {}", target.name, path.display());
+            assert!(
+                outcome.is_ok(),
+                "`{}` panicked on {}",
+                target.name,
+                path.display()
+            );
             replayed += 1;
         }
     }
@@ -88,8 +97,8 @@ fn seeds_reach_past_the_first_check() {
         match seed.target {
             "request" => {
                 let request = message::parse_request(&seed.bytes).expect(&what);
-                if let Some(index) = stardust_fuzz::echo::EchoClient::DESCRIPTOR
-                    .method_index(request.method)
+                if let Some(index) =
+                    stardust_fuzz::echo::EchoClient::DESCRIPTOR.method_index(request.method)
                 {
                     let server = stardust_fuzz::echo::EchoServer::new(stardust_fuzz::echo::Mirror);
                     server.call(index, request.args).expect(&what);
@@ -107,7 +116,11 @@ fn seeds_reach_past_the_first_check() {
             "monitor_http" if seed.name == "console" => {
                 let harness = stardust_registry::__fuzz::MonitorHarness::new();
                 let answer = harness.exchange(&seed.bytes);
-                assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"), "{what}: {}", String::from_utf8_lossy(&answer[..answer.len().min(300)]));
+                assert!(
+                    answer.starts_with(b"HTTP/1.1 200 OK\r\n"),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(300)])
+                );
             }
             _ => {}
         }

@@ -9,8 +9,8 @@
 //! the header parser's verdict on the same bytes, with a typed error.
 
 use bytes::BytesMut;
-use stardust::ErrorKind;
 use stardust::__fuzz::FrameStream;
+use stardust::ErrorKind;
 use stardust::protocol::frame::{self, HEADER_LEN, Kind, LENGTH_COVERED};
 
 use super::roundtrip::chunking;
@@ -102,7 +102,10 @@ fn read_all(stream: &[u8], chunks: &[usize], max_frame: u32) {
                 }
                 Err(e) => {
                     assert_eq!(e.kind(), ErrorKind::ConnectionClosed, "{e}");
-                    assert!(at < stream.len(), "end inside a frame reported after the last");
+                    assert!(
+                        at < stream.len(),
+                        "end inside a frame reported after the last"
+                    );
                     return;
                 }
             },

@@ -9,8 +9,8 @@
 //! as a `Protocol` error. After `GoAway(ShuttingDown)` the client keeps reading (graceful
 //! drain), after any other it stops.
 
-use stardust::ErrorKind;
 use stardust::__fuzz::FrameStream;
+use stardust::ErrorKind;
 use stardust::protocol::frame::{self, Kind};
 use stardust::protocol::message::{self, HelloAck};
 

@@ -10,11 +10,11 @@
 //! (`auth::token::peek`) without a panic.
 
 use bytes::BytesMut;
-use stardust::{Error, ErrorKind};
 use stardust::__fuzz::FrameStream;
 use stardust::auth::token;
 use stardust::protocol::frame::{self, Kind};
 use stardust::protocol::message::{self, Hello, PROTOCOL_NAME};
+use stardust::{Error, ErrorKind};
 
 use super::roundtrip::chunking;
 
@@ -42,19 +42,29 @@ fn read_hello(reader: &mut FrameStream) -> Result<Hello, Error> {
         match reader.next_frame() {
             Ok(Some(h)) => {
                 if h.kind != Kind::Hello as u8 {
-                    return Err(Error::new(ErrorKind::Protocol, "expected a Hello frame first"));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "expected a Hello frame first",
+                    ));
                 }
-                let hello: Hello = rmp_serde::from_slice(reader.body(&h))
-                    .map_err(|e| Error::new(ErrorKind::Protocol, format!("malformed Hello frame: {e}")))?;
+                let hello: Hello = rmp_serde::from_slice(reader.body(&h)).map_err(|e| {
+                    Error::new(ErrorKind::Protocol, format!("malformed Hello frame: {e}"))
+                })?;
                 reader.consume(&h);
                 if hello.protocol != PROTOCOL_NAME || hello.version < 1 {
-                    return Err(Error::new(ErrorKind::Protocol, "unknown protocol or version"));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "unknown protocol or version",
+                    ));
                 }
                 return Ok(hello);
             }
             Ok(None) => {
                 if !reader.fill()? {
-                    return Err(Error::new(ErrorKind::Protocol, "closed before the handshake"));
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "closed before the handshake",
+                    ));
                 }
             }
             Err((_, e)) => return Err(e),
@@ -69,7 +79,12 @@ fn check_reencodes(hello: &Hello) {
     let back: Hello = rmp_serde::from_slice(&buf[frame::HEADER_LEN..]).expect("decodes again");
     assert_eq!(
         (&back.protocol, back.version, &back.agent, back.max_frame),
-        (&hello.protocol, hello.version, &hello.agent, hello.max_frame)
+        (
+            &hello.protocol,
+            hello.version,
+            &hello.agent,
+            hello.max_frame
+        )
     );
     assert_eq!(back.meta, hello.meta);
 }

@@ -28,7 +28,9 @@ pub fn run(data: &[u8]) {
     // The first answer's status (later ones follow bodies of unknown length: HEAD answers
     // announce a length they do not send).
     assert!(
-        !answer.get(8..).is_some_and(|status| status.starts_with(b" 500")),
+        !answer
+            .get(8..)
+            .is_some_and(|status| status.starts_with(b" 500")),
         "internal error answering {:?}",
         String::from_utf8_lossy(data)
     );

@@ -16,8 +16,7 @@ use std::task::{Context, Poll, Waker};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stardust::discovery::api::{
-    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer,
-    Status,
+    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer, Status,
 };
 use stardust::{ErrorKind, Service};
 

@@ -70,7 +70,11 @@ fn check(token: &str, signed: Option<Option<Claims>>) {
     let verified = token::verify(token, &KEYS, now);
     match &verified {
         Ok(claims) => {
-            assert_eq!(peeked.as_ref().ok(), Some(claims), "peek disagrees with verify");
+            assert_eq!(
+                peeked.as_ref().ok(),
+                Some(claims),
+                "peek disagrees with verify"
+            );
             assert!(claims.exp_ms > NOW_MS, "an expired token verified");
             assert!(KEYS.contains_key(&claims.kid));
         }
@@ -78,7 +82,10 @@ fn check(token: &str, signed: Option<Option<Claims>>) {
             assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
             if token::is_unknown_key(e) {
                 let kid = &peeked.as_ref().expect("a key id was read").kid;
-                assert!(!KEYS.contains_key(kid), "known key id `{kid}` called unknown");
+                assert!(
+                    !KEYS.contains_key(kid),
+                    "known key id `{kid}` called unknown"
+                );
             }
         }
     }
