@@ -62,6 +62,10 @@ pub const TARGETS: &[Target] = &[
         name: "monitor_http",
         run: targets::monitor_http::run,
     },
+    Target {
+        name: "server",
+        run: targets::server::run,
+    },
 ];
 
 /// The target called `name`.

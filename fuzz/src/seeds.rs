@@ -244,6 +244,32 @@ pub fn all() -> Vec<Seed> {
         add("registry_args", method, cat(&[&[index], &args]));
     }
 
+    // server: what a client sends a provider (the echo service is `fuzz.Echo`).
+    let hello = doc_frame("hello");
+    add(
+        "server",
+        "doc-session",
+        cat(&[
+            &hello,
+            &doc_frame("request_add"),
+            &doc_frame("ping"),
+            &doc_frame("cancel"),
+            &doc_frame("request_authenticate"),
+            &doc_frame("goaway_shutting_down"),
+        ]),
+    );
+    add("server", "doc-no-hello", doc_frame("request_add"));
+    let mut echo_session = hello.clone();
+    for (id, (_, body)) in echo_requests().into_iter().enumerate() {
+        let flags = if id % 3 == 2 { frame::FLAG_ONE_WAY } else { 0 };
+        let mut buf = BytesMut::new();
+        let start = frame::begin(&mut buf, Kind::Request, flags, id as u64 + 1);
+        buf.extend_from_slice(&body);
+        frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).expect("fits");
+        echo_session.extend_from_slice(&buf);
+    }
+    add("server", "echo-session", echo_session);
+
     // monitor_http: raw requests.
     for (name, request) in http_requests() {
         add("monitor_http", name, request.as_bytes().to_vec());

@@ -113,6 +113,14 @@ fn seeds_reach_past_the_first_check() {
                 let text = std::str::from_utf8(&seed.bytes[1..]).unwrap();
                 assert_eq!(stardust::auth::token::peek(text).expect(&what).kid, "k1");
             }
+            "server" if seed.name == "echo-session" => {
+                let answer = stardust_fuzz::targets::server::exchange(&seed.bytes).expect(&what);
+                let kinds = frame_kinds(&answer);
+                // HelloAck, then a Response per call but the one-way ones (every third).
+                assert_eq!(kinds[0], 2, "{what}: {kinds:?}");
+                let responses = kinds.iter().filter(|&&k| k == 4).count();
+                assert_eq!(responses, 6, "{what}: {kinds:?}");
+            }
             "monitor_http" if seed.name == "console" => {
                 let harness = stardust_registry::__fuzz::MonitorHarness::new();
                 let answer = harness.exchange(&seed.bytes);
@@ -125,6 +133,16 @@ fn seeds_reach_past_the_first_check() {
             _ => {}
         }
     }
+}
+
+/// The kind bytes of the frames in `bytes`.
+fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while let Ok(Some(h)) = stardust::protocol::frame::parse_header(bytes, u32::MAX) {
+        kinds.push(h.kind);
+        bytes = &bytes[h.frame_len().min(bytes.len())..];
+    }
+    kinds
 }
 
 /// Argument decoding happens in `Service::call`, before any handler runs.

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod registry_args;
 pub mod request;
 pub mod response;
+pub mod server;
 pub mod token;
 
 mod roundtrip;
