@@ -113,3 +113,11 @@ pub use node::{Error, Registered, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};
 pub use service::LoginStats;
 pub use store::{DEFAULT_ETCD_PREFIX, StoreConfig};
+
+/// Internal request handling for the fuzz targets in `fuzz/`; compiled only with the hidden
+/// `fuzzing` feature, so the public API is unchanged without it.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::monitor::http::fuzz::MonitorHarness;
+}

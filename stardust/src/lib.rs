@@ -82,6 +82,13 @@ mod transport;
 #[path = "private.rs"]
 pub mod __private;
 
+// Internal decoders for the fuzz targets in `fuzz/`; compiled only with the hidden `fuzzing`
+// feature, so the public API is unchanged without it.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use client::{Client, ClientBuilder, Notification, Notifications};
 pub use context::Context;
 pub use discovery::{Provider, Stardust, StardustBuilder};

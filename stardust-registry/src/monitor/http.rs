@@ -34,6 +34,9 @@ use self::slots::{Admitted, Slots, Tracked};
 use super::render::{self, RegistryFacts};
 use crate::service::RegistryImpl;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
+
 /// Connections served at once; beyond, a new one evicts the connection idle the longest (or is
 /// closed at once if every one is answering a request).
 pub(crate) const MAX_CONNECTIONS: usize = 64;
@@ -158,12 +161,15 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Rece
     .await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+// Generic over the stream so the fuzz targets can drive it from memory (`fuzz` below).
+async fn serve_connection<S>(
+    stream: S,
     ctx: Arc<Ctx>,
     mut stopping: watch::Receiver<bool>,
     admitted: Admitted,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let Admitted { slot, evicted, .. } = admitted;
     let service = service_fn(move |req: Request<Incoming>| {
         // Busy from here until hyper has taken the whole response body.

@@ -45,6 +45,10 @@ impl Stream {
 pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<Tls>),
+    /// Bytes from memory, for the fuzz targets (`crate::__fuzz`): the frame reader is driven
+    /// without a socket.
+    #[cfg(feature = "fuzzing")]
+    Mem(Box<dyn AsyncRead + Send + Sync + Unpin>),
 }
 
 impl AsyncRead for ReadHalf {
@@ -56,6 +60,8 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
             ReadHalf::Tls(rd) => Pin::new(rd).poll_read(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            ReadHalf::Mem(rd) => Pin::new(rd).poll_read(cx, buf),
         }
     }
 }

@@ -1,0 +1,514 @@
+//! The seed corpora: every example frame of `docs/PROTOCOL.md` §14 (extracted from the
+//! document itself), cut to what each target takes, plus hand-made inputs for what the document
+//! shows no bytes of (metadata, tokens, the registry API, HTTP).
+//!
+//! `tests/corpus.rs` checks that `fuzz/corpus/<target>/<name>` holds exactly these bytes;
+//! `STARDUST_FUZZ_WRITE_SEEDS=1 cargo test --test corpus` writes them after a change here or in
+//! the document.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+use stardust::Metadata;
+use stardust::discovery::api::{
+    DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
+    Status,
+};
+use stardust::protocol::frame::{self, HEADER_LEN, Kind};
+use stardust::protocol::message::{self, Hello, RequestHead};
+
+use crate::echo::{EchoClient, Record, Shape};
+use crate::targets::token;
+
+const DOC: &str = include_str!("../../docs/PROTOCOL.md");
+
+/// One seed input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    /// The target whose corpus it belongs to.
+    pub target: &'static str,
+    /// Its file name in `fuzz/corpus/<target>/`.
+    pub name: String,
+    /// The input.
+    pub bytes: Vec<u8>,
+}
+
+/// Parses an annotated hex dump: on each line, everything after `#` is a comment and the rest
+/// is two-digit hex bytes separated by whitespace.
+pub fn hex(dump: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in dump.lines() {
+        let data = line.split('#').next().unwrap_or("");
+        for tok in data.split_whitespace() {
+            let byte = u8::from_str_radix(tok, 16)
+                .ok()
+                .filter(|_| tok.len() == 2)
+                .unwrap_or_else(|| panic!("bad hex byte {tok:?} in {line:?}"));
+            out.push(byte);
+        }
+    }
+    out
+}
+
+/// Every `<!-- frame: NAME -->` hex block of PROTOCOL.md, in document order.
+pub fn doc_frames() -> Vec<(String, Vec<u8>)> {
+    const MARKER: &str = "<!-- frame: ";
+    let mut frames = Vec::new();
+    let mut rest = DOC;
+    while let Some(at) = rest.find(MARKER) {
+        rest = &rest[at + MARKER.len()..];
+        let name = &rest[..rest.find(" -->").expect("marker ends with -->")];
+        let open = rest.find("```text\n").expect("a code block follows") + "```text\n".len();
+        let close = rest[open..].find("```").expect("the code block ends");
+        frames.push((name.to_owned(), hex(&rest[open..open + close])));
+        rest = &rest[open + close..];
+    }
+    frames
+}
+
+fn doc_frame(name: &str) -> Vec<u8> {
+    doc_frames()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no frame `{name}`"))
+        .1
+}
+
+fn body(frame: &[u8]) -> Vec<u8> {
+    frame[HEADER_LEN..].to_vec()
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn enc<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    crate::targets::encode(value)
+}
+
+/// Every seed of every target.
+pub fn all() -> Vec<Seed> {
+    let mut seeds = Vec::new();
+    let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
+        seeds.push(Seed {
+            target,
+            name: name.to_owned(),
+            bytes,
+        })
+    };
+    let frames = doc_frames();
+
+    // frame: [limit selector, chunking, stream]; every document frame alone, then the whole
+    // session in odd-sized reads under the smallest limit.
+    for (name, bytes) in &frames {
+        add("frame", &format!("doc-{name}"), cat(&[&[2, 0], bytes]));
+    }
+    let session: Vec<u8> = frames.iter().flat_map(|(_, b)| b.clone()).collect();
+    add("frame", "doc-session-chunked", cat(&[&[0, 3], &session]));
+    add(
+        "frame",
+        "truncated",
+        cat(&[&[2, 1], &doc_frame("hello")[..30]]),
+    );
+    add(
+        "frame",
+        "oversized",
+        cat(&[&[1, 0], &[0, 1, 0, 0, 3, 0], &[0; 8]]),
+    );
+
+    // hello: [chunking, stream].
+    add("hello", "doc-hello", cat(&[&[0], &doc_frame("hello")]));
+    add(
+        "hello",
+        "token-and-meta-bytewise",
+        cat(&[&[1], &hello_with_meta()]),
+    );
+    // The array-shaped Hello (PROTOCOL.md §3): `["stardust", 1]`.
+    let mut array = BytesMut::new();
+    message::put_serde(&mut array, Kind::Hello, &(message::PROTOCOL_NAME, 1u32)).expect("encodes");
+    add("hello", "array-shaped", cat(&[&[0], &array]));
+
+    // request: Request bodies.
+    add(
+        "request",
+        "doc-request_add",
+        body(&doc_frame("request_add")),
+    );
+    add(
+        "request",
+        "doc-request_authenticate",
+        body(&doc_frame("request_authenticate")),
+    );
+    for (name, bytes) in echo_requests() {
+        add("request", &name, bytes);
+    }
+
+    // response: [type selector, body].
+    add(
+        "response",
+        "doc-response_add",
+        cat(&[&[0], &body(&doc_frame("response_add"))]),
+    );
+    add(
+        "response",
+        "doc-response_authenticate",
+        cat(&[&[1], &body(&doc_frame("response_authenticate"))]),
+    );
+    add(
+        "response",
+        "doc-hello_ack",
+        cat(&[&[14], &body(&doc_frame("hello_ack"))]),
+    );
+    let div: Result<i64, String> = Err("division by zero".into());
+    add("response", "result-err", cat(&[&[3], &enc(&div)]));
+    add("response", "record", cat(&[&[7], &enc(&record())]));
+    let login: Result<LoginReply, RegistryError> = Ok(LoginReply {
+        app: "web".into(),
+        token: token::sign(&enc(&claims("k1", token::NOW_MS + 60_000))),
+        expires_at_ms: token::NOW_MS + 60_000,
+        keys: vec![PublicKey {
+            kid: "k1".into(),
+            key: ByteBuf::from(token::signing_key().verifying_key().to_bytes().to_vec()),
+        }],
+    });
+    add("response", "login-reply", cat(&[&[9], &enc(&login)]));
+    let found: Result<Vec<Instance>, RegistryError> = Ok(vec![instance()]);
+    add("response", "discover-reply", cat(&[&[12], &enc(&found)]));
+    let throttled: Result<bool, RegistryError> = Err(RegistryError::Throttled {
+        message: "too many failed logins; retry in 3.2s".into(),
+        retry_after_ms: 3200,
+    });
+    add("response", "throttled", cat(&[&[13], &enc(&throttled)]));
+
+    // error: Error and GoAway bodies.
+    for name in [
+        "error_unknown_method",
+        "goaway_shutting_down",
+        "goaway_token_required",
+    ] {
+        add("error", &format!("doc-{name}"), body(&doc_frame(name)));
+    }
+
+    // notify: Notify bodies.
+    add("notify", "doc-notify", body(&doc_frame("notify")));
+    add("notify", "discovery-event", discovery_push());
+
+    // goaway: [chunking, what a server sends a client].
+    let accepted = cat(&[
+        &doc_frame("hello_ack"),
+        &doc_frame("response_add"),
+        &doc_frame("error_unknown_method"),
+        &doc_frame("ping"),
+        &doc_frame("notify"),
+        &doc_frame("goaway_shutting_down"),
+        &doc_frame("response_authenticate"),
+    ]);
+    add(
+        "goaway",
+        "doc-accepted-then-drained",
+        cat(&[&[0], &accepted]),
+    );
+    add(
+        "goaway",
+        "doc-goaway_token_required",
+        cat(&[&[5], &doc_frame("goaway_token_required")]),
+    );
+
+    // token: [mode, token text] (even) or [mode, claims] (odd, signed by the target).
+    add("token", "doc-made-up", cat(&[&[0], b"sd1.AAAA.BBBB"]));
+    let valid = enc(&claims("k1", token::NOW_MS + 60_000));
+    add(
+        "token",
+        "valid-text",
+        cat(&[&[0], token::sign(&valid).as_bytes()]),
+    );
+    add("token", "valid-claims", cat(&[&[1], &valid]));
+    add(
+        "token",
+        "expired-claims",
+        cat(&[&[1], &enc(&claims("k1", 1000))]),
+    );
+    add(
+        "token",
+        "unknown-kid-claims",
+        cat(&[&[1], &enc(&claims("k9", u64::MAX))]),
+    );
+
+    // registry_args: [method index, argument array].
+    for (method, args) in registry_calls() {
+        let index = RegistryClient::DESCRIPTOR
+            .method_index(method)
+            .expect("a registry method") as u8;
+        add("registry_args", method, cat(&[&[index], &args]));
+    }
+
+    // server: what a client sends a provider (the echo service is `fuzz.Echo`).
+    let hello = doc_frame("hello");
+    add(
+        "server",
+        "doc-session",
+        cat(&[
+            &hello,
+            &doc_frame("request_add"),
+            &doc_frame("ping"),
+            &doc_frame("cancel"),
+            &doc_frame("request_authenticate"),
+            &doc_frame("goaway_shutting_down"),
+        ]),
+    );
+    add("server", "doc-no-hello", doc_frame("request_add"));
+    let mut echo_session = hello.clone();
+    for (id, (_, body)) in echo_requests().into_iter().enumerate() {
+        let flags = if id % 3 == 2 { frame::FLAG_ONE_WAY } else { 0 };
+        let mut buf = BytesMut::new();
+        let start = frame::begin(&mut buf, Kind::Request, flags, id as u64 + 1);
+        buf.extend_from_slice(&body);
+        frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).expect("fits");
+        echo_session.extend_from_slice(&buf);
+    }
+    add("server", "echo-session", echo_session);
+
+    // monitor_http: raw requests.
+    for (name, request) in http_requests() {
+        add("monitor_http", name, request.as_bytes().to_vec());
+    }
+    seeds
+}
+
+fn hello_with_meta() -> Vec<u8> {
+    let mut meta = Metadata::new();
+    meta.insert("token", token::sign(&enc(&claims("k1", token::NOW_MS + 1))));
+    meta.insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
+    let hello = Hello {
+        protocol: message::PROTOCOL_NAME.into(),
+        version: message::PROTOCOL_VERSION,
+        agent: "stardust-fuzz".into(),
+        max_frame: Some(frame::MIN_MAX_FRAME),
+        meta,
+    };
+    let mut buf = BytesMut::new();
+    message::put_serde(&mut buf, Kind::Hello, &hello).expect("encodes");
+    buf.to_vec()
+}
+
+/// A request body for each echo method (with metadata, so that path has seeds too), and one
+/// with a seventh element after the arguments (PROTOCOL.md §13: ignored).
+fn echo_requests() -> Vec<(String, Vec<u8>)> {
+    let mut meta = Metadata::new();
+    meta.insert("k", "v");
+    meta.insert("tracestate", "congo=t61rcWkgMzE");
+    let calls: Vec<(&str, Vec<u8>)> = vec![
+        ("pair", enc(&(1i64, -2i64))),
+        ("text", enc(&("hello",))),
+        ("record", enc(&(record(),))),
+        (
+            "scalars",
+            enc(&((
+                255u8,
+                65535u16,
+                7u32,
+                u64::MAX,
+                -8i8,
+                -300i16,
+                1.5f32,
+                -0.25f64,
+                true,
+                'é',
+            ),)),
+        ),
+        ("nothing", enc(&stardust::__private::NoArgs)),
+        (
+            "nested",
+            enc(&(
+                vec![("a", Some(1u32)), ("b", None)],
+                BTreeMap::from([(7u64, vec![1u8, 2])]),
+            )),
+        ),
+        ("result", enc(&(Err::<u32, _>("no"),))),
+    ];
+    let mut out = Vec::new();
+    for (method, args) in calls {
+        assert!(
+            EchoClient::DESCRIPTOR.method_index(method).is_some(),
+            "{method}"
+        );
+        out.push((
+            format!("echo-{method}"),
+            request_body(method, &meta, &args, 6),
+        ));
+    }
+    out.push((
+        "seventh-element".to_owned(),
+        request_body("text", &Metadata::new(), &enc(&("x",)), 7),
+    ));
+    out
+}
+
+fn request_body(method: &str, meta: &Metadata, args: &[u8], elements: u32) -> Vec<u8> {
+    let head = RequestHead {
+        id: 1,
+        flags: 0,
+        service: "fuzz.Echo",
+        method,
+        timeout_us: 5_000_000,
+        trace_id: 42,
+        meta,
+    };
+    let mut buf = BytesMut::new();
+    message::put_request(
+        &mut buf,
+        &head,
+        &stardust::__private::NoArgs,
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .expect("encodes");
+    let mut body = body(&buf);
+    // Swap the empty argument array for `args`, and the element count if asked.
+    body.truncate(body.len() - 1);
+    body.extend_from_slice(args);
+    if elements > 6 {
+        body[0] = 0x90 | elements as u8;
+        body.extend_from_slice(&enc("future"));
+    }
+    body
+}
+
+fn record() -> Record {
+    Record {
+        name: "r".into(),
+        tags: BTreeMap::from([("zone".into(), "a".into())]),
+        values: vec![0, -1, i64::MAX],
+        blob: ByteBuf::from(vec![0, 255]),
+        shape: Shape::Named { label: "l".into() },
+        child: Some(Box::new(Record {
+            name: String::new(),
+            tags: BTreeMap::new(),
+            values: Vec::new(),
+            blob: ByteBuf::new(),
+            shape: Shape::Point(1, -1),
+            child: None,
+        })),
+    }
+}
+
+fn claims(kid: &str, exp_ms: u64) -> stardust::auth::token::Claims {
+    stardust::auth::token::Claims {
+        kid: kid.into(),
+        app: "web".into(),
+        iat_ms: token::NOW_MS - 1000,
+        exp_ms,
+        consume: Some(vec!["calc.Calculator".into()]),
+    }
+}
+
+fn instance() -> Instance {
+    Instance {
+        app: "calc-provider".into(),
+        service: "calc.Calculator".into(),
+        version: "1.2.0".into(),
+        endpoint: "127.0.0.1:9000".into(),
+        weight: 100,
+        tags: BTreeMap::from([("zone".into(), "a".into())]),
+        tls: false,
+    }
+}
+
+fn registration() -> Registration {
+    Registration {
+        service: "calc.Calculator".into(),
+        version: "1.2.0".into(),
+        endpoint: "127.0.0.1:9000".into(),
+        weight: 100,
+        tags: BTreeMap::from([("zone".into(), "a".into())]),
+        tls: true,
+    }
+}
+
+fn discovery_push() -> Vec<u8> {
+    let event = DiscoveryEvent {
+        service: "calc.Calculator".into(),
+        version_req: "^1".into(),
+        instances: vec![instance()],
+    };
+    let mut buf = BytesMut::new();
+    message::put_notify(
+        &mut buf,
+        stardust::discovery::api::DISCOVERY_TOPIC,
+        &event,
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .expect("encodes");
+    body(&buf)
+}
+
+fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
+    let status = Status {
+        in_flight: 1,
+        uptime_ms: 1000,
+        version: "stardust-rust/0.1.0".into(),
+        window_ms: 5000,
+        cpu_ms: 3,
+        rss_bytes: 1 << 20,
+        served: vec![stardust::discovery::api::MethodFigures {
+            service: "calc.Calculator".into(),
+            method: "add".into(),
+            calls: 3,
+            ..Default::default()
+        }],
+        called: Vec::new(),
+    };
+    let pair = |a: &str, b: &str| enc(&(a, b));
+    vec![
+        ("login", pair("web", "web-secret")),
+        ("renew", enc(&stardust::__private::NoArgs)),
+        ("public_keys", enc(&stardust::__private::NoArgs)),
+        ("register", enc(&(registration(),))),
+        ("deregister", pair("calc.Calculator", "127.0.0.1:9000")),
+        ("heartbeat", enc(&(status,))),
+        ("discover", pair("calc.Calculator", "^1.2")),
+        ("subscribe", pair("calc.Calculator", "*")),
+        ("unsubscribe", pair("calc.Calculator", ">=1, <2")),
+    ]
+}
+
+fn http_requests() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("console", "GET / HTTP/1.1\r\nHost: 127.0.0.1:7601\r\n\r\n"),
+        (
+            "metrics",
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ),
+        (
+            "healthz-head",
+            "HEAD /healthz HTTP/1.1\r\nHost: [::1]:7601\r\n\r\n",
+        ),
+        (
+            "service",
+            "GET /api/services/calc.Calculator HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        ),
+        (
+            "service-escaped",
+            "GET /api/services/odd%2Fname%20%C3%BC HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        ),
+        (
+            "history-pipelined",
+            "GET /api/history?minutes=5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+             GET /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+             GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        ),
+        ("overview-http10", "GET /api/services HTTP/1.0\r\n\r\n"),
+        (
+            "post",
+            "POST /api HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        (
+            "rebinding",
+            "GET /metrics HTTP/1.1\r\nHost: evil.example:7601\r\n\r\n",
+        ),
+    ]
+}

@@ -1,0 +1,42 @@
+//! `Notify` bodies (`protocol::message::parse_notify`): `[topic, payload]`, then the payload
+//! decoded as subscribers decode it, above all the registry's discovery pushes
+//! (`DiscoveryEvent` on `stardust.discovery`, which every `Stardust` session decodes).
+//!
+//! Input: the body. Checks: topic and payload are the body's own bytes, in order; decoded
+//! payloads survive re-encoding, and a notification written back with `put_notify` parses to
+//! the same topic.
+
+use bytes::BytesMut;
+use stardust::discovery::api::DiscoveryEvent;
+use stardust::protocol::frame::{self, DEFAULT_MAX_FRAME};
+use stardust::protocol::message;
+
+use super::roundtrip::decodes_stably;
+use crate::echo::Record;
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let Ok((topic, payload)) = message::parse_notify(data) else {
+        return;
+    };
+    // The client slices the payload out of the body by its length.
+    assert!(payload.len() < data.len());
+    assert_eq!(&data[data.len() - payload.len()..], payload);
+    let topic_at = topic.as_ptr() as usize - data.as_ptr() as usize;
+    assert!(topic_at + topic.len() <= data.len() - payload.len());
+
+    if let Some(event) = decodes_stably::<DiscoveryEvent>(payload) {
+        rewritten(topic, &event);
+    }
+    if let Some(record) = decodes_stably::<Record>(payload) {
+        rewritten(topic, &record);
+    }
+    let _ = decodes_stably::<Vec<String>>(payload);
+}
+
+fn rewritten<T: serde::Serialize>(topic: &str, payload: &T) {
+    let mut buf = BytesMut::new();
+    message::put_notify(&mut buf, topic, payload, DEFAULT_MAX_FRAME).expect("fits a frame");
+    let (back, _) = message::parse_notify(&buf[frame::HEADER_LEN..]).expect("parses again");
+    assert_eq!(back, topic);
+}
