@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use stardust::discovery::api::{
+    Instance, LoginReply, PublicKey, Registration, RegistryError, Status,
+};
 use stardust_fuzz::{TARGETS, seeds};
 
 fn root() -> PathBuf {
@@ -177,7 +180,3 @@ impl stardust::discovery::api::Registry for NeverCalled {
         unreachable!("calls are decoded, never run")
     }
 }
-
-use stardust::discovery::api::{
-    Instance, LoginReply, PublicKey, Registration, RegistryError, Status,
-};
