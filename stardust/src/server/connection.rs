@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -17,20 +17,17 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::call::{Batch, ServerCall, SpawnedCall};
+use super::handshake::{goaway_and_close, read_hello, refuse};
 use super::notifier::Notifier;
 use super::{Forward, Forwarded, ServerShared};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN_KEY};
 use crate::client::CallName;
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
-use crate::metadata::MetadataLimits;
 use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
-use crate::protocol::message::{
-    self, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestView,
-};
-use crate::tls::ServerTls;
-use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteHalf, WriteLimits};
+use crate::protocol::message::{self, HelloAck, PROTOCOL_VERSION, RequestView};
+use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
@@ -217,108 +214,6 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         Ok(_) => {}
     }
     shared.detach(id);
-}
-
-async fn read_hello(reader: &mut FrameReader, limits: &MetadataLimits) -> Result<Hello, Error> {
-    loop {
-        match reader.next_frame() {
-            Ok(Some(h)) => {
-                if h.kind != Kind::Hello as u8 {
-                    return Err(Error::protocol(format!(
-                        "expected a Hello frame (kind 1) first, got kind {}",
-                        h.kind
-                    )));
-                }
-                let hello = message::parse_hello(reader.body(&h), limits)?;
-                reader.consume(&h);
-                if hello.protocol != PROTOCOL_NAME {
-                    return Err(Error::protocol(format!(
-                        "unknown protocol `{}` in Hello (expected `{PROTOCOL_NAME}`)",
-                        hello.protocol
-                    )));
-                }
-                if hello.version < 1 {
-                    return Err(Error::protocol(format!(
-                        "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
-                        hello.version
-                    )));
-                }
-                return Ok(hello);
-            }
-            Ok(None) => {
-                if !reader.fill().await? {
-                    return Err(Error::connection_closed("closed before the handshake"));
-                }
-            }
-            Err((_, e)) => return Err(e),
-        }
-    }
-}
-
-/// Sends a final `GoAway` frame explaining why, then closes (used before the writer exists).
-async fn goaway_and_close(wr: &mut WriteHalf, err: &Error) {
-    let mut buf = BytesMut::new();
-    message::put_error(&mut buf, Kind::GoAway, 0, err);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = wr.write_all(&buf).await;
-        wr.shutdown().await;
-    })
-    .await;
-}
-
-/// Refuses a handshake: the `GoAway` explaining why, then a lingering close. Frames the client
-/// pipelined after its `Hello` are read and dropped (never run) until it closes its side, so the
-/// kernel does not answer them with a reset that could destroy the `GoAway` before the client
-/// reads it. The draining is bounded in time and in bytes: a refused peer that keeps sending
-/// gets no more of the server's reading than a well-behaved client's few pipelined requests.
-async fn refuse(wr: &mut WriteHalf, reader: &mut FrameReader, err: &Error) {
-    const DRAIN_BYTES: usize = 256 * 1024;
-    goaway_and_close(wr, err).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut drained = 0;
-        loop {
-            loop {
-                match reader.next_frame() {
-                    Ok(Some(h)) => {
-                        drained += h.frame_len();
-                        reader.consume(&h);
-                    }
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
-            }
-            if drained > DRAIN_BYTES {
-                return;
-            }
-            match reader.fill().await {
-                Ok(true) => {}
-                Ok(false) | Err(_) => return,
-            }
-        }
-    })
-    .await;
-}
-
-/// Turns away a connection the server has no room for (connection cap), with a reason.
-///
-/// Over TLS the refusal needs a handshake first, bounded tightly: a server this busy does not
-/// wait on slow handshakes.
-pub(crate) async fn turn_away(
-    stream: TcpStream,
-    tls: Option<ServerTls>,
-    max_frame: u32,
-    err: Error,
-) {
-    let stream = match tls {
-        None => Stream::Tcp(stream),
-        Some(tls) => match tokio::time::timeout(Duration::from_secs(1), tls.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            _ => return,
-        },
-    };
-    let (rd, mut wr) = stream.split();
-    let mut reader = FrameReader::new(rd, max_frame);
-    refuse(&mut wr, &mut reader, &err).await;
 }
 
 impl ServerConn {

@@ -16,6 +16,7 @@
 mod builder;
 mod call;
 mod connection;
+mod handshake;
 mod notifier;
 
 use std::collections::HashMap;
@@ -280,7 +281,7 @@ fn turn_away(shared: &Arc<ServerShared>, stream: TcpStream, err: Error) {
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        connection::turn_away(
+        handshake::turn_away(
             stream,
             shared.config.tls.clone(),
             shared.config.hello_limit(),
