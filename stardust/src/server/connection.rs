@@ -16,6 +16,10 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+mod builtin;
+mod forward;
+mod tasks;
+
 use super::call::{Batch, ServerCall, SpawnedCall};
 use super::handshake::{goaway_and_close, read_hello, refuse};
 use super::notifier::Notifier;
@@ -43,16 +47,6 @@ pub(crate) struct ServerConn {
     requests: AtomicU64,
     drained: Notify,
     writer: AbortHandle,
-}
-
-/// Decrements a connection's running-call count when a spawned call's task ends, however it
-/// ends (finished, cancelled, aborted with its connection).
-struct Running(Arc<AtomicUsize>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Calls running as tasks of their own, so they can be cancelled and waited for on drain.
@@ -473,171 +467,6 @@ impl ServerConn {
             shared: shared.clone(),
         };
         self.track(h, |key, task_id| call.run(deadline, key, task_id));
-        Ok(())
-    }
-
-    /// Hands a request for a service not hosted here to the server's [`Forward`] and answers
-    /// with what it returns: the raw response body, or an `Error` frame with the error's code.
-    ///
-    /// Like a handler, the forwarding is polled once right here, so the request is on its way to
-    /// a provider before any task exists (and one answered at once, such as a service nobody
-    /// provides, needs none). Otherwise it becomes a task tracked like a handler's: a `Cancel`
-    /// (or the connection closing) drops it, a drain waits for it, and it counts toward the
-    /// in-flight cap.
-    fn forward(
-        self: &Arc<Self>,
-        forward: &dyn Forward,
-        h: &Header,
-        req: RequestView<'_>,
-        now: Instant,
-    ) {
-        let call = Forwarded {
-            name: CallName::shared(req.service, req.method),
-            flags: h.flags,
-            deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
-            trace_id: req.trace_id,
-            meta: req.meta,
-            args: Bytes::copy_from_slice(req.args),
-        };
-        let mut reply = forward.forward(call);
-        let (id, flags) = (h.id, h.flags);
-        let mut cx = std::task::Context::from_waker(Waker::noop());
-        if let Poll::Ready(outcome) = reply.as_mut().poll(&mut cx) {
-            // The read loop flushes at the end of its batch.
-            self.queue_forwarded(id, flags, outcome);
-            return;
-        }
-        let conn = self.clone();
-        self.track(h, move |key, task_id| async move {
-            let outcome = reply.await;
-            conn.queue_forwarded(id, flags, outcome);
-            // Alone, send it now from here; with other calls finishing too, the writer gathers
-            // their answers into one write.
-            if conn.running.load(Ordering::Acquire) <= 1 {
-                conn.out.flush_inline();
-            } else {
-                conn.out.wake_writer();
-            }
-            conn.call_done(key, task_id);
-        });
-    }
-
-    /// Queues the answer to a forwarded request (nothing for a one-way one), without flushing.
-    fn queue_forwarded(&self, id: u64, flags: u8, outcome: Result<Bytes, Error>) {
-        if flags & FLAG_ONE_WAY != 0 {
-            if let Err(e) = outcome {
-                tracing::debug!(peer = %self.peer, id, error = %e, "forwarded one-way call failed");
-            }
-            return;
-        }
-        let max = self.out.peer_max_frame;
-        let _ = self.out.push_quiet(|buf, _| {
-            match outcome {
-                Ok(body) => {
-                    let start = frame::begin(buf, Kind::Response, 0, id);
-                    buf.extend_from_slice(&body);
-                    // On error the partial frame is gone: answer with the error instead.
-                    if let Err(e) = frame::finish(buf, start, max) {
-                        let e = Error::new(e.kind(), format!("the response {}", e.message()));
-                        message::put_error(buf, Kind::Error, id, &e);
-                    }
-                }
-                Err(e) => message::put_error(buf, Kind::Error, id, &e),
-            }
-            Ok(())
-        });
-    }
-
-    /// Runs the future `make` builds as a task of its own, registered (for cancellation and
-    /// drain) under the request's id. The future must report `call_done(key, task_id)` itself.
-    fn track<F>(&self, h: &Header, make: impl FnOnce((bool, u64), u64) -> F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        // Register before the task can run, under the lock, so its own removal cannot race ahead.
-        let mut calls = self.calls.lock();
-        let one_way = h.flags & FLAG_ONE_WAY != 0;
-        let key = (one_way, if one_way { calls.next_task } else { h.id });
-        let task_id = calls.next_task;
-        calls.next_task += 1;
-        self.running.fetch_add(1, Ordering::AcqRel);
-        let running = Running(self.running.clone());
-        let call = make(key, task_id);
-        let task = tokio::spawn(async move {
-            let _running = running;
-            call.await
-        });
-        // A client reusing the id of a call still running gets both answered, but only the newest
-        // can be cancelled.
-        calls.tasks.insert(key, (task_id, task.abort_handle()));
-    }
-
-    /// A request to the built-in `stardust.Connection` service, answered by the runtime itself:
-    /// `authenticate(token)` replaces the connection's identity with the one a renewed token
-    /// proves.
-    fn connection_request(
-        self: &Arc<Self>,
-        shared: &Arc<ServerShared>,
-        h: &Header,
-        req: &RequestView<'_>,
-    ) -> Result<(), Error> {
-        if req.method != AUTHENTICATE_METHOD {
-            return Err(Error::new(
-                ErrorKind::UnknownMethod,
-                format!(
-                    "service `{CONNECTION_SERVICE}` has no method `{}`",
-                    req.method
-                ),
-            ));
-        }
-        let Some(authenticator) = shared.auth.authenticator.clone() else {
-            return Err(Error::new(ErrorKind::Unauthorized, auth::NO_AUTHENTICATOR));
-        };
-        let (token,): (String,) = codec::decode_args(req.args, 1)?;
-        let deadline =
-            (req.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(req.timeout_us));
-        let (id, flags) = (h.id, h.flags);
-        let conn = self.clone();
-        // Verification may fetch keys from the registry: never on the read loop.
-        self.track(h, move |key, task_id| async move {
-            let verify = async {
-                match authenticator.authenticate(&token).await {
-                    Ok(identity) => {
-                        let app = identity.app_arc().clone();
-                        conn.info.auth.set(identity).map(|()| app)
-                    }
-                    Err(e) => Err(auth::refusal(e, &token)),
-                }
-            };
-            let outcome = match deadline {
-                Some(d) => tokio::time::timeout_at(d, verify)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::DeadlineExceeded,
-                            "verifying the access token took longer than the request's deadline",
-                        ))
-                    }),
-                None => verify.await,
-            };
-            match outcome {
-                Ok(app) => {
-                    tracing::debug!(peer = %conn.peer, app = &*app, "token renewed");
-                    if flags & FLAG_ONE_WAY == 0 {
-                        let _ = conn.out.push(|buf| {
-                            let start = frame::begin(buf, Kind::Response, 0, id);
-                            buf.extend_from_slice(&[0xc0]); // nil: `authenticate` returns ()
-                            frame::finish(buf, start, u32::MAX)
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %conn.peer, reason = %e, "renewed token refused");
-                    conn.reply_error(id, flags, &e);
-                }
-            }
-            conn.call_done(key, task_id);
-        });
         Ok(())
     }
 
