@@ -2,7 +2,8 @@
 //! decoded as subscribers decode it, above all the registry's discovery pushes
 //! (`DiscoveryEvent` on `stardust.discovery`, which every `Stardust` session decodes).
 //!
-//! Input: the body. Checks: topic and payload are the body's own bytes, in order; decoded
+//! Input: the body. Checks: topic and payload are the body's own bytes, in order, the payload
+//! right after the topic; decoded
 //! payloads survive re-encoding, and a notification written back with `put_notify` parses to
 //! the same topic.
 
@@ -19,11 +20,13 @@ pub fn run(data: &[u8]) {
     let Ok((topic, payload)) = message::parse_notify(data) else {
         return;
     };
-    // The client slices the payload out of the body by its length.
+    // Topic and payload are the body's own bytes: the payload (exactly the second element;
+    // elements after it are not part of it) follows the topic directly.
     assert!(payload.len() < data.len());
-    assert_eq!(&data[data.len() - payload.len()..], payload);
     let topic_at = topic.as_ptr() as usize - data.as_ptr() as usize;
-    assert!(topic_at + topic.len() <= data.len() - payload.len());
+    let payload_at = payload.as_ptr() as usize - data.as_ptr() as usize;
+    assert_eq!(payload_at, topic_at + topic.len());
+    assert!(payload_at + payload.len() <= data.len());
 
     if let Some(event) = decodes_stably::<DiscoveryEvent>(payload) {
         rewritten(topic, &event);
