@@ -145,6 +145,7 @@ async fn a_request_pipelined_after_a_hello_without_token_never_runs() {
     let (server, mut control) = token_server().await;
     let mut out = BytesMut::new();
     let hello = Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "raw".into(),

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 fn hello_frame() -> BytesMut {
     let mut out = BytesMut::new();
     let hello = Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "raw-test".into(),
@@ -103,6 +104,7 @@ async fn wrong_first_frame_and_wrong_protocol_are_refused() {
     let mut sock = TcpStream::connect(server.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
     let hello = Hello {
+        features: Vec::new(),
         protocol: "http".into(),
         version: 1,
         agent: String::new(),
@@ -338,6 +340,7 @@ async fn a_server_sending_garbage_fails_calls_instead_of_hanging() {
         let _ = sock.read(&mut buf).await.unwrap(); // the Hello
         let mut out = BytesMut::new();
         let ack = message::HelloAck {
+            features: Vec::new(),
             version: 1,
             agent: "fake".into(),
             max_frame: 1 << 20,

@@ -27,6 +27,7 @@ fn hello_frame() -> BytesMut {
 fn hello_frame_with(meta: Metadata) -> BytesMut {
     let mut out = BytesMut::new();
     let hello = Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "hardening-test".into(),
@@ -418,6 +419,7 @@ async fn draining_provider() -> (SocketAddr, tokio::task::JoinHandle<()>) {
         next_frame(sock, buf).await;
         let mut out = BytesMut::new();
         let ack = HelloAck {
+            features: Vec::new(),
             version: 1,
             agent: "draining".into(),
             max_frame: 1 << 20,
@@ -531,6 +533,7 @@ async fn deaf_provider() -> (SocketAddr, tokio::task::JoinHandle<TcpStream>) {
         }
         let mut out = BytesMut::new();
         let ack = HelloAck {
+            features: Vec::new(),
             version: 1,
             agent: "deaf".into(),
             max_frame: 64 << 20,

@@ -40,6 +40,7 @@ async fn provider_enforces_the_deadline_it_was_sent() {
     let mut sock = TcpStream::connect(server.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
     let hello = message::Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "raw".into(),
@@ -138,6 +139,7 @@ async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<TcpSt
         }
         let mut out = BytesMut::new();
         let ack = HelloAck {
+            features: Vec::new(),
             version: 1,
             agent: "silent".into(),
             max_frame: 1 << 20,
@@ -176,6 +178,7 @@ async fn server_keepalive_drops_a_silent_client() {
     let mut sock = TcpStream::connect(server.local_addr()).await.unwrap();
     let mut out = BytesMut::new();
     let hello = message::Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "test".into(),

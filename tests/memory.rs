@@ -179,6 +179,7 @@ fn provider_rss_levels_off_over_rounds_of_connections() {
         &mut hello,
         Kind::Hello,
         &Hello {
+            features: Vec::new(),
             protocol: "stardust".into(),
             version: 1,
             agent: "tests/memory.rs".into(),

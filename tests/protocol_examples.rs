@@ -78,6 +78,7 @@ fn dec<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 #[test]
 fn hello() {
     let hello = message::Hello {
+        features: Vec::new(),
         protocol: message::PROTOCOL_NAME.to_owned(),
         version: message::PROTOCOL_VERSION,
         agent: "demo".to_owned(),
@@ -112,6 +113,7 @@ fn hello() {
 #[test]
 fn hello_ack() {
     let ack = message::HelloAck {
+        features: Vec::new(),
         version: 1,
         // What `stardust/src/server/connection.rs` sends for the 0.1.0 runtime.
         agent: "stardust-rust/0.1.0".to_owned(),

@@ -416,6 +416,7 @@ async fn killing_a_provider_mid_load_loses_no_idempotent_call() {
 fn hello_frame() -> BytesMut {
     let mut out = BytesMut::new();
     let hello = Hello {
+        features: Vec::new(),
         protocol: "stardust".into(),
         version: 1,
         agent: "raw-test".into(),

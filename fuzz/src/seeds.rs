@@ -285,6 +285,7 @@ fn hello_with_meta() -> Vec<u8> {
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     );
     let hello = Hello {
+        features: Vec::new(),
         protocol: message::PROTOCOL_NAME.into(),
         version: message::PROTOCOL_VERSION,
         agent: "stardust-fuzz".into(),

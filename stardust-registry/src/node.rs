@@ -233,6 +233,9 @@ impl RegistryNodeBuilder {
             // The registry is where apps log in: its connections start anonymous, and each
             // method checks the session itself.
             .allow_anonymous()
+            .features(crate::service::FEATURES)
+            .max_connections(config.limits.max_connections)
+            .max_pending_handshakes(config.limits.max_pending_handshakes)
             .serve(RegistryServer::new(registry.clone()));
         let tls_on = tls.is_some();
         if let Some(tls) = tls {
@@ -240,6 +243,7 @@ impl RegistryNodeBuilder {
         }
         let server = server.bind(addr).await.map_err(Error::Bind)?;
         tokio::spawn(registry.clone().run_sweeper());
+        tokio::spawn(registry.clone().run_publisher());
         let addr = server.local_addr();
         let http = http_listener.map(|(listener, http_addr)| {
             let context = HttpContext {

@@ -14,21 +14,25 @@
 
 mod api;
 mod checks;
+mod fanout;
+mod leases;
 mod login;
 mod quota;
 mod table;
+mod view;
+mod wire;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::RandomState;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use semver::{Version, VersionReq};
 use stardust::Notifier;
-use stardust::discovery::api::{Instance, LoginReply, PublicKey, RegistryError};
-use tokio::sync::{Notify, Semaphore, watch};
+use stardust::discovery::api::{
+    FEATURE_DELTA, FEATURE_RESUME, Instance, LoginReply, PublicKey, RegistryError,
+};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, MAX_APP_NAME_LEN};
@@ -37,6 +41,8 @@ use crate::monitor::Monitor;
 use crate::secret;
 use crate::store::{Store, StoreError, View, Written};
 use crate::throttle::Throttle;
+pub(crate) use fanout::FanoutStats;
+use table::Table;
 
 const LOG_IN_FIRST: &str = "log in first";
 const MAX_NAME_LEN: usize = MAX_APP_NAME_LEN;
@@ -46,6 +52,9 @@ const STORE_RETRIES: u32 = 5;
 const REMOTE_SESSION: u64 = 0;
 const LEASE_EXPIRED: &str = "this connection's registrations expired (no heartbeat within the lease TTL); \
                              log in and register again";
+/// What the registry's API offers beyond the first protocol revision, announced in its
+/// `HelloAck` and login answers.
+pub(crate) const FEATURES: [&str; 2] = [FEATURE_DELTA, FEATURE_RESUME];
 
 use login::Counters;
 pub use login::LoginStats;
@@ -56,17 +65,28 @@ pub(crate) struct RegistryImpl {
     shared: Arc<Shared>,
 }
 
+/// The node's state, behind locks that are each held briefly and never across an `await`.
+///
+/// Lock order: `sessions`, then `table`, then `monitor` or `throttle`; never the other way
+/// round. Heartbeats take only `sessions` (to find the caller), so they never wait for
+/// registrations, subscriptions or pushes; pushes are sent outside every lock (`fanout`).
 pub(crate) struct Shared {
     config: Config,
     keys: KeyRing,
     /// Where registrations, dev apps and shared keys live (see `store`). Lock order: the store's
-    /// own locks are never held while calling back into `state`.
+    /// own locks are never held while calling back into the node.
     store: Arc<dyn Store>,
     /// This node in the entries it owns in a shared store.
     node_id: String,
-    state: Mutex<State>,
-    /// Who may have a secret checked. Lock order: `state`, then `throttle` (a session ending
-    /// updates it), never the other way round.
+    /// Logged-in connections, by peer address (unique per live connection).
+    sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
+    /// Live registrations and the subscriber groups that follow them.
+    table: Mutex<Table<Notifier>>,
+    /// When sessions' leases expire (memory store).
+    deadlines: leases::Deadlines,
+    /// Sends what the table's changes mean to subscribers.
+    fanout: fanout::Fanout,
+    /// Who may have a secret checked.
     throttle: Mutex<Throttle>,
     /// Argon2 runs at most this many at once (each one takes ~19 MiB and a core).
     hash_permits: Semaphore,
@@ -78,63 +98,35 @@ pub(crate) struct Shared {
     /// When "busy" was last logged, and the busy refusals since.
     busy_log: Mutex<(Option<Instant>, u64)>,
     next_session: AtomicU64,
-    /// Wakes the sweeper when a lease is added (it may be sleeping with nothing to expire).
-    sweeper_wake: Notify,
-    /// `true` once the node shuts down: watcher tasks and the sweeper stop.
+    /// `true` once the node shuts down: watcher tasks, the sweeper and the publisher stop.
     stopping: watch::Receiver<bool>,
-    /// Status reports folded into figures, for `/metrics`, `/api` and the console. Lock order:
-    /// `state`, then `monitor` (registrations and removals update it under `state`, so its
-    /// instances are exactly the live leases); heartbeats fold reports after releasing `state`.
+    /// Status reports folded into figures, for `/metrics`, `/api` and the console.
+    /// Registrations and removals update it under `table`, so its instances are exactly the
+    /// live leases; heartbeats fold reports under no other lock.
     monitor: Monitor,
 }
 
-#[derive(Default)]
-struct State {
-    /// Logged-in connections, by peer address (unique per live connection).
-    sessions: HashMap<SocketAddr, Session>,
-    /// Live registrations by (service, endpoint): an endpoint serves a service once. With a
-    /// shared store, the whole registry's, as its watch reports them.
-    leases: BTreeMap<(String, String), Lease>,
-    /// Live sessions that lost a registration to lease expiry: their next heartbeat is refused,
-    /// so their process reconnects and registers again instead of staying invisible.
-    expired: HashSet<u64>,
-    /// The keys of the subscriptions' list fingerprints (random per process).
-    fingerprints: RandomState,
-}
-
-struct Session {
+/// One logged-in connection.
+pub(crate) struct Session {
     id: u64,
     app: Arc<str>,
+    peer: SocketAddr,
     notifier: Notifier,
-    subscriptions: Vec<Subscription>,
+    /// When its leases expire without a heartbeat, in milliseconds of the node's lease clock
+    /// (memory store; a shared store keeps its own).
+    expires: AtomicU64,
+    /// Its leases are in the deadline heap.
+    tracked: AtomicBool,
+    /// Its leases expired: its next heartbeat is refused, so its process reconnects and
+    /// registers again instead of staying invisible.
+    lease_expired: AtomicBool,
+    /// Set (before its holdings are cleaned up) when the session ends: nothing joins it later.
+    ended: AtomicBool,
     /// Registrations under way (counted against [`Limits::max_registrations`] until their
     /// lease is in the table).
     ///
     /// [`Limits::max_registrations`]: crate::Limits::max_registrations
-    registering: usize,
-}
-
-struct Subscription {
-    service: String,
-    version_req: String,
-    req: VersionReq,
-    /// A fingerprint of the list the subscriber last got (reply or push): pushes happen only on
-    /// a change. Not the list itself, which made each subscription cost as much memory as the
-    /// service's instances (see `table::fingerprint`).
-    last: u64,
-}
-
-struct Lease {
-    instance: Instance,
-    version: Version,
-    /// The session of this node that registered it ([`REMOTE_SESSION`]: another node's).
-    session: u64,
-    /// When it expires without a heartbeat; `None` in a shared store, whose leases expire there.
-    expires: Option<Instant>,
-    /// The shared store's revision of this entry (0 in memory).
-    revision: i64,
-    /// The node holding it in a shared store (`None` in memory: this one).
-    node: Option<String>,
+    registering: AtomicUsize,
 }
 
 /// A store failure as the caller sees it.
@@ -174,18 +166,20 @@ impl RegistryImpl {
         RegistryImpl {
             shared: Arc::new(Shared {
                 throttle: Mutex::new(Throttle::new(config.login_throttle.clone())),
+                fanout: fanout::Fanout::new(config.limits.subscriber_queue_bytes),
                 config,
                 keys,
                 store,
                 node_id,
-                state: Mutex::new(State::default()),
+                sessions: Mutex::new(HashMap::new()),
+                table: Mutex::new(Table::new(random_epoch())),
+                deadlines: leases::Deadlines::new(),
                 hash_permits: Semaphore::new(permits),
                 argon: Arc::new(secret::ArgonPool::new(permits)),
                 hash_waiting: AtomicUsize::new(0),
                 counters: Counters::default(),
                 busy_log: Mutex::new((None, 0)),
                 next_session: AtomicU64::new(1),
-                sweeper_wake: Notify::new(),
                 stopping,
                 monitor,
             }),
@@ -194,23 +188,12 @@ impl RegistryImpl {
 
     /// Removes expired leases until the node stops.
     pub(crate) async fn run_sweeper(self) {
-        let shared = self.shared;
-        let mut stopping = shared.stopping.clone();
-        loop {
-            let wake = shared.sweeper_wake.notified();
-            let next = shared.sweep(Instant::now());
-            tokio::select! {
-                _ = async {
-                    match next {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-                _ = wake => {}
-                // Shutdown, or the node was dropped (the sender with it).
-                _ = stopping.wait_for(|s| *s) => return,
-            }
-        }
+        leases::run_sweeper(self.shared).await
+    }
+
+    /// Sends the table's changes to subscribers until the node stops.
+    pub(crate) async fn run_publisher(self) {
+        fanout::run_publisher(self.shared).await
     }
 
     fn peer() -> Result<(SocketAddr, Notifier), RegistryError> {
@@ -223,23 +206,24 @@ impl RegistryImpl {
         })
     }
 
-    /// The session of the calling connection: `(peer, session id, app)`.
-    fn session(&self) -> Result<(SocketAddr, u64, Arc<str>), RegistryError> {
+    /// The session of the calling connection.
+    fn session(&self) -> Result<Arc<Session>, RegistryError> {
         let peer = stardust::Context::with_current(|ctx| ctx.and_then(|c| c.peer_addr()))
             .ok_or_else(|| unauthorized(LOG_IN_FIRST))?;
-        let mut state = self.shared.state.lock();
-        let (id, app, closed) = match state.sessions.get(&peer) {
-            Some(s) => (s.id, s.app.clone(), s.notifier.is_closed()),
-            None => return Err(unauthorized(LOG_IN_FIRST)),
-        };
-        if closed {
+        let session = self
+            .shared
+            .sessions
+            .lock()
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| unauthorized(LOG_IN_FIRST))?;
+        if session.notifier.is_closed() {
             // A new connection from the address of one that just closed, before its watcher ran:
             // the old session is over and must not be inherited.
-            self.shared
-                .end_session(&mut state, peer, id, "connection closed");
+            self.shared.end_session(&session, "connection closed");
             return Err(unauthorized(LOG_IN_FIRST));
         }
-        Ok((peer, id, app))
+        Ok(session)
     }
 
     /// The app's definition: this node's config first, then one shared by another node.
@@ -275,10 +259,9 @@ impl RegistryImpl {
     /// The table of registrations, for [`RegistryNode::registrations`](crate::RegistryNode::registrations).
     pub(crate) fn registrations(&self) -> Vec<crate::node::Registered> {
         self.shared
-            .state
+            .table
             .lock()
-            .leases
-            .values()
+            .leases()
             .map(|l| crate::node::Registered {
                 instance: l.instance.clone(),
                 local: l.session != REMOTE_SESSION,
@@ -297,8 +280,12 @@ impl RegistryImpl {
 
     /// Live subscriptions, over every session.
     pub(crate) fn subscriptions(&self) -> usize {
-        let state = self.shared.state.lock();
-        state.sessions.values().map(|s| s.subscriptions.len()).sum()
+        self.shared.table.lock().subscription_count()
+    }
+
+    /// What the pushes to subscribers did so far.
+    pub(crate) fn fanout_stats(&self) -> FanoutStats {
+        self.shared.fanout.stats()
     }
 
     /// The monitoring figures.
@@ -308,31 +295,31 @@ impl RegistryImpl {
 
     /// Binds the connection to `app` (a new session, or a re-login on a live one).
     fn bind_session(&self, peer: SocketAddr, notifier: Notifier, app: &str) {
-        let mut state = self.shared.state.lock();
-        if let Some(s) = state.sessions.get(&peer) {
+        let previous = self.shared.sessions.lock().get(&peer).cloned();
+        if let Some(s) = previous {
             if !s.notifier.is_closed() && &*s.app == app {
                 return;
             }
             // Another app on the same connection (or a dead session): start over.
-            let id = s.id;
             self.shared
-                .end_session(&mut state, peer, id, "logged in again as another app");
+                .end_session(&s, "logged in again as another app");
         }
         let id = self.shared.next_session.fetch_add(1, Ordering::Relaxed);
-        state.sessions.insert(
+        let session = Arc::new(Session {
+            id,
+            app: app.into(),
             peer,
-            Session {
-                id,
-                app: app.into(),
-                notifier: notifier.clone(),
-                subscriptions: Vec::new(),
-                registering: 0,
-            },
-        );
+            notifier: notifier.clone(),
+            expires: AtomicU64::new(0),
+            tracked: AtomicBool::new(false),
+            lease_expired: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            registering: AtomicUsize::new(0),
+        });
+        self.shared.sessions.lock().insert(peer, session.clone());
         self.shared
             .monitor
             .session_started(id, app.into(), peer, std::time::Instant::now());
-        drop(state);
         tracing::info!(app = ?app, %peer, "logged in");
         let shared = Arc::downgrade(&self.shared);
         let mut stopping = self.shared.stopping.clone();
@@ -347,8 +334,7 @@ impl RegistryImpl {
                 _ = notifier.closed() => {}
             }
             if let Some(shared) = Weak::upgrade(&shared) {
-                let mut state = shared.state.lock();
-                shared.end_session(&mut state, peer, id, "connection closed");
+                shared.end_session(&session, "connection closed");
             }
         });
     }
@@ -361,8 +347,12 @@ impl RegistryImpl {
         app: &str,
         instance: &Instance,
     ) -> Result<Written, RegistryError> {
-        let key = (instance.service.clone(), instance.endpoint.clone());
-        let mut seen = match self.shared.state.lock().leases.get(&key) {
+        let mut seen = match self
+            .shared
+            .table
+            .lock()
+            .get(&instance.service, &instance.endpoint)
+        {
             Some(l) if l.instance.app != app => {
                 return Err(other_app(&instance.service, &instance.endpoint));
             }
@@ -380,16 +370,6 @@ impl RegistryImpl {
             }
         }
         Err(store_error(StoreError::Conflict(None)))
-    }
-
-    /// Whether session `id` is still live on this node.
-    fn session_alive(&self, id: u64) -> bool {
-        self.shared
-            .state
-            .lock()
-            .sessions
-            .values()
-            .any(|s| s.id == id)
     }
 
     /// Waits until the table shows a shared store's write at `revision`: the store's watch
@@ -410,6 +390,7 @@ impl RegistryImpl {
             token,
             expires_at_ms,
             keys: self.all_public_keys(),
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
         }
     }
 
@@ -424,4 +405,61 @@ impl RegistryImpl {
             )))
         }
     }
+}
+
+impl Shared {
+    /// Ends `session` (if still current): its leases go (or, with a shared store, are
+    /// released there), its subscriptions end.
+    fn end_session(&self, session: &Session, why: &str) {
+        if session.ended.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut sessions = self.sessions.lock();
+            if sessions
+                .get(&session.peer)
+                .is_some_and(|s| s.id == session.id)
+            {
+                sessions.remove(&session.peer);
+            }
+        }
+        self.monitor.session_ended(session.id);
+        tracing::info!(app = ?&*session.app, peer = %session.peer, reason = why, "session ended");
+        if self.store.is_shared() {
+            // Revoking the session's lease removes its entries; every node's watch (this one's
+            // included) then takes them out of its table and tells its subscribers.
+            self.store.release(session.id);
+            self.table.lock().end_session(session.id);
+        } else {
+            let mut table = self.table.lock();
+            let now = std::time::Instant::now();
+            for lease in table.remove_leases_of(session.id) {
+                let i = &lease.instance;
+                tracing::info!(service = ?i.service, endpoint = ?i.endpoint, app = ?i.app, reason = why, "registration removed");
+                self.monitor.removed(&i.service, &i.endpoint, now);
+            }
+            table.end_session(session.id);
+        }
+        self.fanout.wake();
+        // Its address stays known for the app: reconnecting is not held back by others'
+        // failed logins.
+        self.throttle.lock().session_ended(
+            &session.app,
+            session.peer.ip(),
+            std::time::Instant::now(),
+        );
+    }
+}
+
+/// A fresh epoch for this node's revisions: random, so no two runs (or nodes) share one.
+fn random_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: the clock still differs between runs.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return now.as_nanos() as u64;
+    }
+    u64::from_le_bytes(bytes)
 }

@@ -41,6 +41,8 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// Handshake metadata, without the token (which never leaves the handshake).
     pub(crate) meta: Metadata,
+    /// The optional capabilities the client announced in its `Hello`.
+    pub(crate) features: crate::Features,
     pub(crate) notifier: Notifier,
     /// Who the connection belongs to; replaced when the client presents a renewed token.
     pub(crate) auth: ConnAuth,
@@ -133,6 +135,14 @@ impl Context {
     /// the access token: use [`Context::caller`] for who is calling.
     pub fn connection_metadata(&self) -> &Metadata {
         self.conn.as_ref().map_or(&NO_METADATA, |c| &c.meta)
+    }
+
+    /// The optional protocol capabilities the calling client announced in its handshake (none
+    /// for an older client, or outside a connection).
+    pub fn peer_features(&self) -> crate::Features {
+        self.conn
+            .as_ref()
+            .map_or_else(crate::Features::none, |c| c.features.clone())
     }
 
     /// A handle that sends one-way notifications to the calling connection, usable after the

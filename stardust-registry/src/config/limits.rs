@@ -48,6 +48,16 @@ pub struct Limits {
     /// Entries one heartbeat's status report may carry: what the process served (per service
     /// and method) plus what it called (per provider endpoint and service). Default 16 384.
     pub max_report_entries: usize,
+    /// Bytes of discovery pushes that may wait for one subscriber that is not reading them.
+    /// Past it the subscriber gets no more pushes; once it has read down to half of it, it is
+    /// told to resync (or, speaking the first protocol revision, sent the whole list again).
+    /// Default 1 MiB.
+    pub subscriber_queue_bytes: usize,
+    /// Connections the registry serves at once (each logged-in process holds one); more are
+    /// turned away with a `GoAway` saying so. Default 10 000.
+    pub max_connections: usize,
+    /// Connections still in their handshake at once; more wait in the accept queue. Default 256.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +70,9 @@ impl Default for Limits {
             max_tags: 32,
             max_tag_len: 256,
             max_report_entries: 16_384,
+            subscriber_queue_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            max_pending_handshakes: 256,
         }
     }
 }
@@ -107,8 +120,26 @@ impl Limits {
         self
     }
 
+    /// Sets [`subscriber_queue_bytes`](Self::subscriber_queue_bytes).
+    pub fn with_subscriber_queue_bytes(mut self, bytes: usize) -> Limits {
+        self.subscriber_queue_bytes = bytes;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn with_max_connections(mut self, n: usize) -> Limits {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`max_pending_handshakes`](Self::max_pending_handshakes).
+    pub fn with_max_pending_handshakes(mut self, n: usize) -> Limits {
+        self.max_pending_handshakes = n;
+        self
+    }
+
     /// Every cap by its name in the config file.
-    fn named(&self) -> [(&'static str, usize); 7] {
+    fn named(&self) -> [(&'static str, usize); 10] {
         [
             ("max_subscriptions", self.max_subscriptions),
             ("max_registrations", self.max_registrations),
@@ -117,6 +148,9 @@ impl Limits {
             ("max_tags", self.max_tags),
             ("max_tag_len", self.max_tag_len),
             ("max_report_entries", self.max_report_entries),
+            ("subscriber_queue_bytes", self.subscriber_queue_bytes),
+            ("max_connections", self.max_connections),
+            ("max_pending_handshakes", self.max_pending_handshakes),
         ]
     }
 
@@ -142,6 +176,9 @@ pub(super) struct RawLimits {
     max_tags: Option<usize>,
     max_tag_len: Option<usize>,
     max_report_entries: Option<usize>,
+    subscriber_queue_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_pending_handshakes: Option<usize>,
 }
 
 impl RawLimits {
@@ -159,5 +196,14 @@ impl RawLimits {
         set(self.max_tags, &mut limits.max_tags);
         set(self.max_tag_len, &mut limits.max_tag_len);
         set(self.max_report_entries, &mut limits.max_report_entries);
+        set(
+            self.subscriber_queue_bytes,
+            &mut limits.subscriber_queue_bytes,
+        );
+        set(self.max_connections, &mut limits.max_connections);
+        set(
+            self.max_pending_handshakes,
+            &mut limits.max_pending_handshakes,
+        );
     }
 }

@@ -297,7 +297,14 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
         }
         "/metrics" => {
             let snap = monitor.snapshot(false);
-            let text = render::prometheus(&snap, &facts(ctx));
+            let mut text = render::prometheus(&snap, &facts(ctx));
+            let registry = &ctx.inner.registry;
+            super::discovery_metrics::prometheus(
+                &mut text,
+                registry.fanout_stats(),
+                registry.login_stats(),
+                registry.subscriptions(),
+            );
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

@@ -24,6 +24,7 @@
 //! Everything sits behind one short lock, never held across an await; the HTTP side copies what
 //! it needs ([`Monitor::snapshot`]) and renders outside it. Every table is bounded.
 
+mod discovery_metrics;
 pub(crate) mod http;
 pub(crate) mod render;
 

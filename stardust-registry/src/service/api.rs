@@ -1,18 +1,18 @@
 //! The [`Registry`] API, method by method.
 
-use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 
 use semver::Version;
 use stardust::discovery::api::{
-    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, Status,
+    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, Revision, Status,
+    WatchReply,
 };
-use tokio::time::Instant;
 
 use super::checks::{self, parse_req, valid_name, validate_endpoint};
-use super::table::{fingerprint, matching, publish};
+use super::table::{Kind, Lease};
 use super::{
-    LEASE_EXPIRED, LOG_IN_FIRST, Lease, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, Subscription,
-    allowed, other_app, store_error, unauthorized,
+    LEASE_EXPIRED, LOG_IN_FIRST, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, allowed, other_app,
+    store_error, unauthorized,
 };
 use crate::store::{StoreError, Written};
 
@@ -41,10 +41,17 @@ impl Registry for RegistryImpl {
         Ok(self.reply(&app))
     }
 
-    async fn renew(&self) -> Result<LoginReply, RegistryError> {
-        let (_, _, app) = self.session()?;
-        self.shared.keys.refresh();
+    async fn resume(&self, token: String) -> Result<LoginReply, RegistryError> {
+        let (peer, notifier) = Self::peer()?;
+        let app = self.check_resume(&token, peer)?;
+        self.bind_session(peer, notifier, &app);
         Ok(self.reply(&app))
+    }
+
+    async fn renew(&self) -> Result<LoginReply, RegistryError> {
+        let session = self.session()?;
+        self.shared.keys.refresh();
+        Ok(self.reply(&session.app))
     }
 
     async fn public_keys(&self) -> Vec<PublicKey> {
@@ -53,7 +60,8 @@ impl Registry for RegistryImpl {
     }
 
     async fn register(&self, registration: Registration) -> Result<Instance, RegistryError> {
-        let (peer, session, app) = self.session()?;
+        let session = self.session()?;
+        let app = session.app.clone();
         checks::registration_args(&self.shared.config.limits, &registration)?;
         let Registration {
             service,
@@ -77,10 +85,9 @@ impl Registry for RegistryImpl {
             ))
         })?;
         validate_endpoint(&endpoint)?;
-        let key = (service.clone(), endpoint.clone());
-        // Held until the lease is in the table; declared before any state lock guard below,
-        // so dropped after it.
-        let _slot = self.registration_slot(peer, session, &key)?;
+        // Held until the lease is in the table; declared before any table guard below, so
+        // dropped after it.
+        let _slot = self.registration_slot(&session, &service, &endpoint)?;
         let instance = Instance {
             app: app.to_string(),
             service: service.clone(),
@@ -90,11 +97,11 @@ impl Registry for RegistryImpl {
             tags,
             tls,
         };
-        let written = self.store_put(session, &app, &instance).await?;
-        if written != Written::Local && !self.session_alive(session) {
+        let written = self.store_put(session.id, &app, &instance).await?;
+        if written != Written::Local && session.ended.load(Ordering::SeqCst) {
             // The connection closed while the write was under way, after its session's release:
             // release again, now that the store holds a lease for it.
-            self.shared.store.release(session);
+            self.shared.store.release(session.id);
             return Err(unauthorized(LOG_IN_FIRST));
         }
         if let Written::At(revision) = written {
@@ -102,48 +109,43 @@ impl Registry for RegistryImpl {
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
             return Ok(instance);
         }
-        let mut state = self.shared.state.lock();
-        if let Some(existing) = state.leases.get(&key)
-            && existing.instance.app != *app
-        {
-            return Err(other_app(&service, &endpoint));
-        }
-        let expires = Instant::now() + self.shared.config.lease_ttl;
-        let previous = state.leases.insert(
-            key,
-            Lease {
-                instance: instance.clone(),
-                version: parsed,
-                session,
-                expires: Some(expires),
-                revision: 0,
-                node: None,
-            },
-        );
+        let changed = {
+            let mut table = self.shared.table.lock();
+            if session.ended.load(Ordering::SeqCst) {
+                return Err(unauthorized(LOG_IN_FIRST));
+            }
+            if let Some(existing) = table.get(&service, &endpoint)
+                && existing.instance.app != *app
+            {
+                return Err(other_app(&service, &endpoint));
+            }
+            self.shared
+                .monitor
+                .registered(&instance, session.id, std::time::Instant::now());
+            table.put(Lease::new(instance.clone(), parsed, session.id))
+        };
         self.shared
-            .monitor
-            .registered(&instance, session, std::time::Instant::now());
-        if previous.as_ref().is_none_or(|p| p.instance != instance) {
+            .deadlines
+            .track(&session, self.shared.config.lease_ttl);
+        if changed {
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
-            publish(&mut state, &BTreeSet::from([service]));
+            self.shared.fanout.wake();
         }
-        drop(state);
-        self.shared.sweeper_wake.notify_one();
         Ok(instance)
     }
 
     async fn deregister(&self, service: String, endpoint: String) -> Result<bool, RegistryError> {
-        let (_, _, app) = self.session()?;
+        let session = self.session()?;
+        let app = session.app.clone();
         checks::service_arg(&self.shared.config.limits, &service)?;
         checks::endpoint_arg(&endpoint)?;
-        let key = (service, endpoint);
-        let mut seen = match self.shared.state.lock().leases.get(&key) {
+        let mut seen = match self.shared.table.lock().get(&service, &endpoint) {
             Some(l) if l.instance.app == *app => l.revision,
             _ => return Ok(false),
         };
         let mut tries = 0;
         let written = loop {
-            match self.shared.store.delete(&key.0, &key.1, seen).await {
+            match self.shared.store.delete(&service, &endpoint, seen).await {
                 Ok(w) => break w,
                 Err(StoreError::Conflict(Some((now, revision)))) if now.app == *app => {
                     seen = revision;
@@ -159,28 +161,29 @@ impl Registry for RegistryImpl {
         };
         if let Written::At(revision) = written {
             self.shown(revision).await?;
-            tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
+            tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, "deregistered");
             return Ok(true);
         }
-        let mut state = self.shared.state.lock();
-        if state
-            .leases
-            .get(&key)
-            .is_none_or(|l| l.instance.app != *app)
         {
-            return Ok(false);
+            let mut table = self.shared.table.lock();
+            if table
+                .get(&service, &endpoint)
+                .is_none_or(|l| l.instance.app != *app)
+            {
+                return Ok(false);
+            }
+            table.remove(&service, &endpoint);
+            self.shared
+                .monitor
+                .removed(&service, &endpoint, std::time::Instant::now());
         }
-        state.leases.remove(&key);
-        self.shared
-            .monitor
-            .removed(&key.0, &key.1, std::time::Instant::now());
-        tracing::info!(service = ?key.0, endpoint = ?key.1, app = ?&*app, "deregistered");
-        publish(&mut state, &BTreeSet::from([key.0]));
+        tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, "deregistered");
+        self.shared.fanout.wake();
         Ok(true)
     }
 
     async fn heartbeat(&self, status: Status) -> Result<(), RegistryError> {
-        let (_, session, _) = self.session()?;
+        let session = self.session()?;
         // Refused whole, leases not renewed: a report over the caps is no heartbeat either.
         checks::report_args(&self.shared.config.limits, &status)?;
         if self.shared.store.is_shared() {
@@ -188,29 +191,26 @@ impl Registry for RegistryImpl {
             if !self
                 .shared
                 .store
-                .renew(session)
+                .renew(session.id)
                 .await
                 .map_err(store_error)?
             {
                 return Err(RegistryError::Invalid(LEASE_EXPIRED.into()));
             }
         } else {
-            let expires = Instant::now() + self.shared.config.lease_ttl;
-            let mut state = self.shared.state.lock();
-            if state.expired.remove(&session) {
+            if session.lease_expired.swap(false, Ordering::SeqCst) {
                 return Err(RegistryError::Invalid(LEASE_EXPIRED.into()));
             }
-            for lease in state.leases.values_mut() {
-                if lease.session == session {
-                    lease.expires = Some(expires);
-                }
-            }
+            // One atomic store: no lock, no walk over the leases.
+            self.shared
+                .deadlines
+                .renew(&session, self.shared.config.lease_ttl);
         }
-        // The report's figures, outside the state lock (the monitor ignores a session or
+        // The report's figures, under the monitor's lock only (it ignores a session or
         // instances that ended meanwhile).
         self.shared
             .monitor
-            .fold(session, &status, std::time::Instant::now());
+            .fold(session.id, &status, std::time::Instant::now());
         Ok(())
     }
 
@@ -219,12 +219,15 @@ impl Registry for RegistryImpl {
         service: String,
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError> {
-        let (_, _, app) = self.session()?;
+        let session = self.session()?;
         checks::query_args(&self.shared.config.limits, &service, &version_req)?;
-        self.check_consume(&app, &service)?;
+        self.check_consume(&session.app, &service)?;
         let req = parse_req(&version_req)?;
-        let state = self.shared.state.lock();
-        Ok(matching(&state, &service, &req).cloned().collect())
+        let table = self.shared.table.lock();
+        Ok(table
+            .matching(&service, &req)
+            .map(|l| l.instance.clone())
+            .collect())
     }
 
     async fn subscribe(
@@ -232,31 +235,31 @@ impl Registry for RegistryImpl {
         service: String,
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError> {
-        let (peer, session, app) = self.session()?;
-        let limits = &self.shared.config.limits;
-        checks::query_args(limits, &service, &version_req)?;
-        self.check_consume(&app, &service)?;
-        let req = parse_req(&version_req)?;
-        let mut state = self.shared.state.lock();
-        match state.sessions.get(&peer).filter(|s| s.id == session) {
-            Some(s) => s.subscription_room(limits, &service, &version_req)?,
-            None => return Err(unauthorized(LOG_IN_FIRST)),
-        }
-        let list: Vec<Instance> = matching(&state, &service, &req).cloned().collect();
-        let last = fingerprint(&state.fingerprints, list.iter());
-        let s = state
-            .sessions
-            .get_mut(&peer)
-            .expect("found under this lock");
-        s.subscriptions
-            .retain(|sub| !(sub.service == service && sub.version_req == version_req));
-        s.subscriptions.push(Subscription {
-            service,
-            version_req,
-            req,
-            last,
-        });
-        Ok(list)
+        let session = self.session()?;
+        self.join(
+            &session,
+            &service,
+            &version_req,
+            Kind::Full,
+            |table, req| {
+                table
+                    .matching(&service, req)
+                    .map(|l| l.instance.clone())
+                    .collect()
+            },
+        )
+    }
+
+    async fn watch(
+        &self,
+        service: String,
+        version_req: String,
+        known: Option<Revision>,
+    ) -> Result<WatchReply, RegistryError> {
+        let session = self.session()?;
+        self.join(&session, &service, &version_req, Kind::Delta, |table, _| {
+            table.answer(&service, &version_req, known)
+        })
     }
 
     async fn unsubscribe(
@@ -264,15 +267,58 @@ impl Registry for RegistryImpl {
         service: String,
         version_req: String,
     ) -> Result<bool, RegistryError> {
-        let (peer, session, _) = self.session()?;
+        let session = self.session()?;
         checks::query_args(&self.shared.config.limits, &service, &version_req)?;
-        let mut state = self.shared.state.lock();
-        let Some(s) = state.sessions.get_mut(&peer).filter(|s| s.id == session) else {
+        Ok(self
+            .shared
+            .table
+            .lock()
+            .leave(&service, &version_req, session.id))
+    }
+}
+
+impl RegistryImpl {
+    /// Subscribes `session` to `service` with `version_req` (within its subscription cap) and
+    /// answers with `reply`, computed under the same lock: the answer and the pushes that
+    /// follow it start from the same revision.
+    fn join<R>(
+        &self,
+        session: &super::Session,
+        service: &str,
+        version_req: &str,
+        kind: Kind,
+        reply: impl FnOnce(&mut super::table::Table<stardust::Notifier>, &semver::VersionReq) -> R,
+    ) -> Result<R, RegistryError> {
+        let limits = &self.shared.config.limits;
+        checks::query_args(limits, service, version_req)?;
+        self.check_consume(&session.app, service)?;
+        let req = parse_req(version_req)?;
+        let mut table = self.shared.table.lock();
+        if session.ended.load(Ordering::SeqCst) {
             return Err(unauthorized(LOG_IN_FIRST));
-        };
-        let before = s.subscriptions.len();
-        s.subscriptions
-            .retain(|sub| !(sub.service == service && sub.version_req == version_req));
-        Ok(s.subscriptions.len() < before)
+        }
+        let (held, has) = table.subscriptions_of(session.id, service, version_req);
+        let max = limits.max_subscriptions;
+        if held >= max && !has {
+            return Err(RegistryError::Invalid(format!(
+                "this connection holds {held} subscriptions; the limit is {max} \
+                 (limits.max_subscriptions)"
+            )));
+        }
+        table.join(
+            service,
+            version_req,
+            req.clone(),
+            session.id,
+            session.notifier.clone(),
+            kind,
+        );
+        let answer = reply(&mut table, &req);
+        let pending = table.has_pending();
+        drop(table);
+        if pending {
+            self.shared.fanout.wake();
+        }
+        Ok(answer)
     }
 }

@@ -41,6 +41,11 @@ pub struct LoginStats {
     pub busy: u64,
     /// Argon2 computations run: secrets verified, and new secrets hashed in dev mode.
     pub hashes: u64,
+    /// Sessions resumed with a still-valid access token (`resume`), without a secret check.
+    pub resumed: u64,
+    /// Resumptions refused (expired token, unknown key, app gone): the caller logs in with its
+    /// secret instead.
+    pub resume_refused: u64,
 }
 
 #[derive(Default)]
@@ -50,6 +55,8 @@ pub(super) struct Counters {
     throttled: AtomicU64,
     busy: AtomicU64,
     hashes: AtomicU64,
+    resumed: AtomicU64,
+    resume_refused: AtomicU64,
 }
 
 impl RegistryImpl {
@@ -63,7 +70,47 @@ impl RegistryImpl {
             throttled: get(&c.throttled),
             busy: get(&c.busy),
             hashes: get(&c.hashes),
+            resumed: get(&c.resumed),
+            resume_refused: get(&c.resume_refused),
         }
+    }
+
+    /// Checks a `resume`: the token must verify with this registry's keys (or a sibling node's)
+    /// and not be expired, and its app must still exist. Costs one signature check: no argon2,
+    /// no place in the login queue, which is the point (a registry restart's reconnecting
+    /// sessions come back in seconds). Returns the app.
+    pub(super) fn check_resume(
+        &self,
+        token: &str,
+        peer: SocketAddr,
+    ) -> Result<String, RegistryError> {
+        let counters = &self.shared.counters;
+        self.shared.keys.refresh();
+        let keys = crate::keys::key_set(&self.all_public_keys());
+        let checked = stardust::auth::token::verify(token, &keys, std::time::SystemTime::now())
+            .map_err(|e| unauthorized(&format!("cannot resume: {}", e.message())))
+            .and_then(|claims| {
+                let known = self.app_config(&claims.app).is_some()
+                    || (self.shared.config.dev && self.shared.store.dev_app(&claims.app).is_some());
+                if known {
+                    Ok(claims.app)
+                } else {
+                    Err(unauthorized(
+                        "cannot resume: the token's app is no longer configured",
+                    ))
+                }
+            });
+        match &checked {
+            Ok(app) => {
+                counters.resumed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(app = ?app, %peer, "session resumed with its access token");
+            }
+            Err(e) => {
+                counters.resume_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "resume refused");
+            }
+        }
+        checked
     }
 
     /// Checks `secret` for `app` logging in from `peer`: first the throttle (refusing at once,

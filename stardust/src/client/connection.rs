@@ -46,6 +46,8 @@ pub(crate) struct ClientConn {
     /// renewal), aborted when it closes.
     background: Mutex<Vec<AbortHandle>>,
     pub(crate) peer: SocketAddr,
+    /// The optional capabilities the server announced in its `HelloAck`.
+    pub(crate) features: crate::Features,
 }
 
 /// How long renewing a token (fetching it, and the `authenticate` call) may take.
@@ -179,6 +181,7 @@ impl ClientConn {
             agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_frame: Some(config.max_frame),
             meta,
+            features: config.features.clone(),
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
@@ -218,6 +221,7 @@ impl ClientConn {
             tasks: Mutex::new(Vec::new()),
             background: Mutex::new(Vec::new()),
             peer: addr,
+            features: ack.features.into(),
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());

@@ -70,6 +70,8 @@ pub(crate) struct ClientConfig {
     /// TLS for connections that use it (all of a direct client's; providers that advertise it
     /// for a pool).
     pub(crate) tls: Option<ClientTls>,
+    /// Optional protocol capabilities announced in the `Hello`.
+    pub(crate) features: Vec<String>,
 }
 
 impl Default for ClientConfig {
@@ -83,6 +85,7 @@ impl Default for ClientConfig {
             hello_meta: Metadata::new(),
             credentials: None,
             tls: None,
+            features: Vec::new(),
         }
     }
 }
@@ -145,6 +148,23 @@ impl ClientBuilder {
         value: impl Into<String>,
     ) -> ClientBuilder {
         self.config.hello_meta.insert(key, value);
+        self
+    }
+
+    /// Announces optional protocol capabilities in the handshake's `Hello` (see
+    /// [`Features`](crate::Features)); the server's own are in [`Client::peer_features`].
+    pub fn features<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> ClientBuilder {
+        for name in names {
+            let name = name.into();
+            if !self.config.features.contains(&name)
+                && self.config.features.len() < crate::protocol::message::MAX_FEATURES
+            {
+                self.config.features.push(name);
+            }
+        }
         self
     }
 
@@ -354,6 +374,17 @@ impl Client {
     /// balances over several providers).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.inner.conn.lock().as_ref().map(|c| c.peer)
+    }
+
+    /// The optional protocol capabilities the server announced on the current connection (none
+    /// while no connection is open, and always none for a client that balances over several
+    /// providers).
+    pub fn peer_features(&self) -> crate::Features {
+        self.inner
+            .conn
+            .lock()
+            .as_ref()
+            .map_or_else(crate::Features::none, |c| c.features.clone())
     }
 
     /// Calls method number `method` of `service` with `args` (a tuple, serialized as the argument

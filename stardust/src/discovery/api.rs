@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+pub use super::delta::{
+    DELTA_TOPIC, DiscoveryDelta, DiscoveryPush, FEATURE_DELTA, FEATURE_RESUME, InstanceList,
+    Revision, WatchReply,
+};
+
 /// Notification topic on which the registry pushes [`DiscoveryEvent`]s to subscribers.
 pub const DISCOVERY_TOPIC: &str = "stardust.discovery";
 
@@ -23,6 +28,10 @@ pub struct LoginReply {
     pub expires_at_ms: u64,
     /// The registry's current public keys.
     pub keys: Vec<PublicKey>,
+    /// Optional registry capabilities ([`FEATURE_DELTA`], [`FEATURE_RESUME`], ...); absent
+    /// from an older registry.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 impl std::fmt::Debug for LoginReply {
@@ -32,6 +41,7 @@ impl std::fmt::Debug for LoginReply {
             .field("app", &self.app)
             .field("expires_at_ms", &self.expires_at_ms)
             .field("keys", &self.keys)
+            .field("features", &self.features)
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +315,23 @@ pub trait Registry {
         service: String,
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError>;
+    /// Subscribes to `service`'s instances matching `version_req` with revisioned pushes (feature
+    /// [`FEATURE_DELTA`]): answers with what the caller lacks given the revision it holds
+    /// (`known`; `None` for a first subscription), then pushes [`DiscoveryPush`]es on
+    /// [`DELTA_TOPIC`] to this connection as the list changes. Calling it again (a periodic
+    /// check, or after a gap) keeps the one subscription.
+    async fn watch(
+        &self,
+        service: String,
+        version_req: String,
+        known: Option<Revision>,
+    ) -> Result<WatchReply, RegistryError>;
+    /// Logs the connection in with a still-valid access token this registry issued, instead of
+    /// the app's secret (feature [`FEATURE_RESUME`]): how sessions come back after a registry
+    /// restart without queueing for the secret check. Refused (`Unauthorized`) when the token is
+    /// expired, signed with a key the registry no longer has, or names an app no longer
+    /// configured; the caller then logs in with its secret.
+    async fn resume(&self, token: String) -> Result<LoginReply, RegistryError>;
     /// Stops the pushes of an earlier `subscribe` with the same `service` and `version_req`;
     /// `true` if there was one. (A registry older than this method answers `UnknownMethod`:
     /// its subscriptions end with the connection.)

@@ -2,6 +2,7 @@
 //! [`Stardust`] entry point built on them.
 
 pub mod api;
+mod delta;
 pub(crate) mod session;
 mod star;
 pub(crate) mod watch;

@@ -565,6 +565,7 @@ impl KeyFetcher for SessionKeys {
                 token: String::new(),
                 expires_at_ms: 0,
                 keys,
+                features: Vec::new(),
             };
             Ok(keyset(&reply))
         })

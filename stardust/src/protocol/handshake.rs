@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::decode::{self, read_meta};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
 
 /// The protocol name carried in the handshake, so a server can tell a Stardust client from a
@@ -34,6 +34,10 @@ pub struct Hello {
     /// Connection metadata (credentials arrive here).
     #[serde(default)]
     pub meta: Metadata,
+    /// Optional protocol capabilities the client supports (see [`Features`]); absent means
+    /// none. At most [`MAX_FEATURES`] names of at most [`MAX_FEATURE_LEN`] bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// Body of a `HelloAck` frame (a MessagePack map).
@@ -46,6 +50,47 @@ pub struct HelloAck {
     pub agent: String,
     /// The largest frame `length` the server accepts.
     pub max_frame: u32,
+    /// Optional protocol capabilities the server supports (see [`Features`]); absent means
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// Most feature names a peer may announce in its handshake.
+pub const MAX_FEATURES: usize = 32;
+/// Longest feature name, in bytes.
+pub const MAX_FEATURE_LEN: usize = 64;
+
+/// The optional capabilities a peer announced in its handshake (`features` of `Hello` or
+/// `HelloAck`).
+///
+/// Every addition to the protocol that an older peer would not understand is named by a feature:
+/// a side uses it only when the other side announced it, so peers of different ages keep
+/// talking. Names are short dotted strings (`discovery.delta`); unknown names are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Features(std::sync::Arc<[String]>);
+
+impl Features {
+    /// No features (an older peer, or one that announced none).
+    pub fn none() -> Features {
+        Features::default()
+    }
+
+    /// Whether the peer announced `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|f| f == name)
+    }
+
+    /// Every name announced, in the peer's order.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<Vec<String>> for Features {
+    fn from(names: Vec<String>) -> Features {
+        Features(names.into())
+    }
 }
 
 fn malformed(e: impl std::fmt::Display) -> Error {
@@ -64,6 +109,7 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
         agent: String::new(),
         max_frame: None,
         meta: Metadata::new(),
+        features: Vec::new(),
     };
     let (mut has_protocol, mut has_version) = (false, false);
     let marker = *rd.first().ok_or_else(|| malformed("empty body"))?;
@@ -73,7 +119,14 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
     } else {
         rmp::decode::read_map_len(&mut rd).map_err(malformed)?
     };
-    const POSITIONS: [&str; 5] = ["protocol", "version", "agent", "max_frame", "meta"];
+    const POSITIONS: [&str; 6] = [
+        "protocol",
+        "version",
+        "agent",
+        "max_frame",
+        "meta",
+        "features",
+    ];
     for i in 0..fields {
         let key = if is_array {
             POSITIONS.get(i as usize).copied().unwrap_or("")
@@ -107,6 +160,7 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
                 };
             }
             "meta" => hello.meta = read_meta(&mut rd, limits, "connection metadata")?,
+            "features" => hello.features = read_features(&mut rd)?,
             // A later version's field: stepped over, however deep.
             _ => decode::skip_value(&mut rd).map_err(malformed)?,
         }
@@ -117,10 +171,37 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
     Ok(hello)
 }
 
+/// Reads the `features` array: strings only, bounded in number and length before anything is
+/// kept (the `Hello` arrives before authentication).
+fn read_features(rd: &mut &[u8]) -> Result<Vec<String>, Error> {
+    let n = rmp::decode::read_array_len(rd).map_err(malformed)? as usize;
+    if n > MAX_FEATURES {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!("the Hello names {n} features; at most {MAX_FEATURES} are accepted"),
+        ));
+    }
+    let mut features = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (name, rest) = rmp::decode::read_str_from_slice(*rd).map_err(malformed)?;
+        *rd = rest;
+        if name.len() > MAX_FEATURE_LEN {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "a feature name in the Hello is {} bytes; at most {MAX_FEATURE_LEN} are accepted",
+                    name.len()
+                ),
+            ));
+        }
+        features.push(name.to_owned());
+    }
+    Ok(features)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     fn encode(hello: &Hello) -> Vec<u8> {
         let mut buf = bytes::BytesMut::new();
@@ -135,7 +216,35 @@ mod tests {
             agent: "test".into(),
             max_frame: Some(4096),
             meta,
+            features: Vec::new(),
         }
+    }
+
+    #[test]
+    fn features_are_read_and_bounded() {
+        let mut sent = hello(Metadata::new());
+        sent.features = vec!["discovery.delta".into(), "x.y".into()];
+        let got = parse_hello(&encode(&sent), &MetadataLimits::DEFAULT).unwrap();
+        assert_eq!(got.features, sent.features);
+        let features = Features::from(got.features);
+        assert!(features.has("discovery.delta") && !features.has("discovery"));
+        // An older client sends none: the key is absent.
+        let got = parse_hello(&encode(&hello(Metadata::new())), &MetadataLimits::DEFAULT).unwrap();
+        assert!(got.features.is_empty());
+        sent.features = (0..=MAX_FEATURES).map(|i| i.to_string()).collect();
+        let err = parse_hello(&encode(&sent), &MetadataLimits::DEFAULT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+        sent.features = vec!["x".repeat(MAX_FEATURE_LEN + 1)];
+        let err = parse_hello(&encode(&sent), &MetadataLimits::DEFAULT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+        sent.features = Vec::new();
+        let mut body = encode(&sent);
+        // A features value that is not an array of strings is malformed.
+        body[0] += 1;
+        rmp::encode::write_str(&mut body, "features").unwrap();
+        rmp::encode::write_uint(&mut body, 7).unwrap();
+        let err = parse_hello(&body, &MetadataLimits::DEFAULT).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     }
 
     #[test]

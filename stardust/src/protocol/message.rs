@@ -12,7 +12,10 @@ use super::{codec, decode};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
 
-pub use super::handshake::{Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, parse_hello};
+pub use super::handshake::{
+    Features, Hello, HelloAck, MAX_FEATURE_LEN, MAX_FEATURES, PROTOCOL_NAME, PROTOCOL_VERSION,
+    parse_hello,
+};
 
 /// A request as read off the wire, borrowing from the read buffer.
 #[derive(Debug)]
@@ -226,6 +229,21 @@ pub fn put_notify<T: Serialize + ?Sized>(
         buf.truncate(start);
         return Err(e);
     }
+    frame::finish(buf, start, max_frame)
+}
+
+/// Appends a `Notify` frame whose payload is already MessagePack (a notification encoded once
+/// for many connections).
+pub(crate) fn put_notify_raw(
+    buf: &mut BytesMut,
+    topic: &str,
+    payload: &[u8],
+    max_frame: u32,
+) -> Result<(), Error> {
+    let start = frame::begin(buf, Kind::Notify, 0, 0);
+    let _ = rmp::encode::write_array_len(&mut w(buf), 2);
+    let _ = rmp::encode::write_str(&mut w(buf), topic);
+    buf.extend_from_slice(payload);
     frame::finish(buf, start, max_frame)
 }
 

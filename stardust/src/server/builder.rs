@@ -44,6 +44,8 @@ pub(crate) struct ServerConfig {
     pub(crate) tls: Option<ServerTls>,
     /// Refuse connections from anything but loopback addresses (an agent's listener).
     pub(crate) local_only: bool,
+    /// Optional protocol capabilities announced in every `HelloAck`.
+    pub(crate) features: Vec<String>,
 }
 
 impl ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_hello: DEFAULT_MAX_HELLO,
+            features: Vec::new(),
             metadata_limits: MetadataLimits::DEFAULT,
             max_in_flight: 4096,
             max_connections: 10_000,
@@ -166,6 +169,26 @@ impl ServerBuilder {
     /// exceeds [`max_frame_size`](ServerBuilder::max_frame_size).
     pub fn max_hello_size(mut self, bytes: u32) -> ServerBuilder {
         self.config.max_hello = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
+        self
+    }
+
+    /// Announces optional protocol capabilities in the handshake's `HelloAck` (see
+    /// [`Features`](crate::Features)), for clients to use only when the server has them. The
+    /// services decide what a feature means; a handler sees what the client announced with
+    /// [`Context::peer_features`](crate::Context::peer_features). At most
+    /// [`MAX_FEATURES`](crate::protocol::message::MAX_FEATURES) names are kept.
+    pub fn features<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> ServerBuilder {
+        for name in names {
+            let name = name.into();
+            if !self.config.features.contains(&name)
+                && self.config.features.len() < crate::protocol::message::MAX_FEATURES
+            {
+                self.config.features.push(name);
+            }
+        }
         self
     }
 

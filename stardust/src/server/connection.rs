@@ -160,6 +160,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         version: PROTOCOL_VERSION.min(hello.version),
         agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
         max_frame: shared.config.max_frame,
+        features: shared.config.features.clone(),
     };
     let _ = out.push(|buf| message::put_serde(buf, Kind::HelloAck, &ack));
     let writer = tokio::spawn(out.clone().run_writer());
@@ -169,6 +170,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         info: Arc::new(ConnInfo {
             peer,
             meta: hello.meta,
+            features: hello.features.into(),
             notifier: Notifier::new(&out, peer),
             auth: ConnAuth::new(identity),
         }),

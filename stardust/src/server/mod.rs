@@ -41,7 +41,7 @@ use crate::service::Service;
 pub use builder::ServerBuilder;
 pub(crate) use builder::ServerConfig;
 use connection::ServerConn;
-pub use notifier::Notifier;
+pub use notifier::{EncodedNotification, Notifier};
 
 /// Where a server sends requests for services it does not host, instead of answering
 /// `UnknownService`: an agent forwarding them to providers. Only consulted when the service
