@@ -65,4 +65,14 @@ impl Notifications {
             }
         }
     }
+
+    /// Like [`recv`](Self::recv), but reports a lag (`Err(skipped)`) instead of logging it,
+    /// for a subscriber that must repair what it missed.
+    pub(crate) async fn recv_or_lag(&mut self) -> Result<Option<Notification>, u64> {
+        match self.rx.recv().await {
+            Ok(n) => Ok(Some(n)),
+            Err(broadcast::error::RecvError::Lagged(lost)) => Err(lost),
+            Err(broadcast::error::RecvError::Closed) => Ok(None),
+        }
+    }
 }

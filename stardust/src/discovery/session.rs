@@ -15,8 +15,10 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+mod follow;
+
 use super::api::{
-    DISCOVERY_TOPIC, DiscoveryEvent, Instance, LoginReply, Registration, RegistryClient,
+    FEATURE_DELTA, FEATURE_RESUME, Instance, LoginReply, Registration, RegistryClient,
     RegistryError, Status,
 };
 use super::watch::ServiceWatch;
@@ -168,7 +170,10 @@ impl Session {
         let start = self.first_registry.load(Ordering::Relaxed);
         for i in (0..n).map(|k| (start + k) % n) {
             let addr = &self.registries[i];
-            let mut builder = Client::builder().timeout(self.cfg.registry_timeout);
+            // Revisioned discovery: this client applies deltas.
+            let mut builder = Client::builder()
+                .timeout(self.cfg.registry_timeout)
+                .features([FEATURE_DELTA]);
             if let Some(tls) = &self.cfg.tls {
                 builder = builder.tls(tls.for_endpoint(addr));
             }
@@ -180,7 +185,10 @@ impl Session {
                     continue;
                 }
             };
-            let reply = self.login(&client, addr).await?;
+            let reply = match self.resume(&client, addr).await {
+                Some(reply) => reply,
+                None => self.login(&client, addr).await?,
+            };
             self.accept_login(&client, reply);
             // Lost later, this node is tried last next time.
             self.first_registry.store((i + 1) % n, Ordering::Relaxed);
@@ -213,6 +221,35 @@ impl Session {
         }
     }
 
+    /// Logs in again with the token still held, if the registry takes that (`resume`): no
+    /// secret check, so a registry restart's thousands of returning sessions do not queue for
+    /// argon2. `None`: log in with the secret (no token, one about to expire, an older registry,
+    /// or a refusal, e.g. a registry whose keys changed).
+    async fn resume(&self, client: &RegistryClient, addr: &str) -> Option<LoginReply> {
+        if !client.client().peer_features().has(FEATURE_RESUME) {
+            return None;
+        }
+        let (token, expires) = self.current.lock().token.clone()?;
+        // A token about to expire is not worth resuming with: it would need renewing at once.
+        if expires < SystemTime::now() + self.cfg.registry_timeout {
+            return None;
+        }
+        match client.resume(token).await {
+            Ok(Ok(reply)) => {
+                tracing::debug!(registry = %addr, app = %self.app, "session resumed with its token");
+                Some(reply)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(registry = %addr, error = %e, "resume refused; logging in with the secret");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(registry = %addr, error = %e, "resume failed; logging in with the secret");
+                None
+            }
+        }
+    }
+
     fn accept_login(&self, client: &RegistryClient, reply: LoginReply) {
         self.verifier.set_keys(keyset(&reply));
         let expires = crate::auth::token::unix_ms(SystemTime::now());
@@ -225,58 +262,6 @@ impl Session {
         ));
         // Renew when two thirds of the lifetime have passed.
         cur.renew_at = Some(Instant::now() + lifetime * 2 / 3);
-    }
-
-    /// Registers everything this process provides and subscribes to everything it consumes, on
-    /// a freshly logged-in connection; the pushes then flow into the watches.
-    pub(crate) async fn resync(self: &Arc<Self>, client: &RegistryClient) -> Result<(), Error> {
-        let mut notes = client.client().notifications();
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(n) = notes.recv().await {
-                if n.topic() != DISCOVERY_TOPIC {
-                    continue;
-                }
-                let Some(session) = weak.upgrade() else {
-                    return;
-                };
-                match n.decode::<DiscoveryEvent>() {
-                    Ok(event) => session.apply(event),
-                    Err(e) => tracing::warn!(error = %e, "malformed discovery event"),
-                }
-            }
-        });
-        let registrations = self.registrations.lock().clone();
-        for r in registrations {
-            client.register(r).await?.map_err(Error::from)?;
-        }
-        let watches = self.watches.lock().clone();
-        for w in watches {
-            let list = client
-                .subscribe(w.service.clone(), w.version_req.clone())
-                .await?
-                .map_err(Error::from)?;
-            w.update(list);
-        }
-        self.drain_removed();
-        Ok(())
-    }
-
-    fn apply(&self, event: DiscoveryEvent) {
-        for w in self.watches.lock().iter() {
-            if w.service == event.service && w.version_req == event.version_req {
-                w.update(event.instances.clone());
-            }
-        }
-        self.drain_removed();
-    }
-
-    /// Drains pooled connections to providers no watch lists any more: no new calls go there,
-    /// the calls in flight finish, then the connection closes.
-    pub(crate) fn drain_removed(&self) {
-        let watches = self.watches.lock().clone();
-        self.pool
-            .retain(|endpoint| watches.iter().any(|w| w.lists(endpoint)));
     }
 
     /// The session's life: steady state, and reconnection whenever it breaks.
@@ -404,93 +389,6 @@ impl Session {
             tracing::debug!(app = %self.app, "access token renewed");
         }
         Ok(())
-    }
-
-    async fn pull_all(&self) -> Result<(), Error> {
-        let client = self.registry()?;
-        let watches = self.watches.lock().clone();
-        for w in watches {
-            let list = client
-                .discover(w.service.clone(), w.version_req.clone())
-                .await?
-                .map_err(Error::from)?;
-            w.update(list);
-        }
-        self.drain_removed();
-        Ok(())
-    }
-
-    /// Asks the registry for the instances of a service (used on a watch's first use).
-    pub(crate) async fn discover(
-        &self,
-        service: &str,
-        version_req: &str,
-    ) -> Result<Vec<Instance>, Error> {
-        let client = self.registry()?;
-        client
-            .discover(service.to_owned(), version_req.to_owned())
-            .await?
-            .map_err(Error::from)
-    }
-
-    /// The watch for `service`/`version_req`, subscribing on first use.
-    pub(crate) fn watch(self: &Arc<Self>, service: &str, version_req: &str) -> Arc<ServiceWatch> {
-        let mut watches = self.watches.lock();
-        if let Some(w) = watches
-            .iter()
-            .find(|w| w.service == service && w.version_req == version_req)
-        {
-            return w.clone();
-        }
-        let w = Arc::new(ServiceWatch::new(
-            service.to_owned(),
-            version_req.to_owned(),
-            self,
-        ));
-        watches.push(w.clone());
-        drop(watches);
-        // Subscribe now if connected (otherwise the next resync does).
-        if let Ok(client) = self.registry() {
-            let w2 = w.clone();
-            tokio::spawn(async move {
-                match client
-                    .subscribe(w2.service.clone(), w2.version_req.clone())
-                    .await
-                {
-                    Ok(Ok(list)) => w2.update(list),
-                    Ok(Err(e)) => {
-                        tracing::warn!(service = %w2.service, error = %e, "subscribe refused")
-                    }
-                    Err(e) => {
-                        tracing::debug!(service = %w2.service, error = %e, "subscribe failed; retried on reconnect")
-                    }
-                }
-            });
-        }
-        w
-    }
-
-    /// Stops keeping `watch` fresh (an agent evicting a service it no longer routes): it is no
-    /// longer pulled nor re-subscribed after a reconnect, and connections to providers no other
-    /// watch lists are drained. Calls still holding it finish with its last list.
-    pub(crate) fn unwatch(&self, watch: &Arc<ServiceWatch>) {
-        self.watches.lock().retain(|w| !Arc::ptr_eq(w, watch));
-        self.drain_removed();
-        // And the registry stops pushing it (best effort: a reconnect drops it anyway).
-        if let Ok(client) = self.registry() {
-            let (service, version_req) = (watch.service.clone(), watch.version_req.clone());
-            tokio::spawn(async move {
-                match client.unsubscribe(service.clone(), version_req).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(service = %service, error = %e, "unsubscribe refused")
-                    }
-                    // An older registry without `unsubscribe` (UnknownMethod), or the
-                    // connection went: either way nothing is left to undo.
-                    Err(e) => tracing::debug!(service = %service, error = %e, "unsubscribe failed"),
-                }
-            });
-        }
     }
 
     /// Includes `server`'s in-flight calls in this process's status reports.

@@ -1,22 +1,57 @@
 //! The consumer's live view of one service: the instances the registry reported last.
+//!
+//! A registry that speaks revisioned discovery (`discovery.delta`) answers a `watch` with a
+//! snapshot and pushes deltas after it; an older one sends the whole list every time. Either
+//! way the view ends as one list, turned into balancing targets once per change.
+//!
+//! A delta applies only to the revision it names as `from`. Pushes that arrive while a `watch`
+//! call is in flight (they can overtake its answer) wait in a small stash and are replayed on
+//! the answer. A delta that does not continue the view is a gap: the caller asks again with the
+//! revision it holds and gets the missing changes (or a snapshot).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use super::api::Instance;
+use super::api::{DiscoveryDelta, Instance, Revision, WatchReply};
 use super::session::Session;
 use crate::auth::BoxFuture;
 use crate::balance::Target;
 use crate::client::EndpointSource;
 use crate::error::{Error, ErrorKind};
 
+/// Pushes kept while a `watch` call is in flight; beyond it the view simply asks again.
+const MAX_STASH: usize = 64;
+
+/// What a push did to the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Applied, kept for the answer in flight, or already known.
+    Fine,
+    /// It does not continue the view: ask the registry again.
+    Gap,
+}
+
+#[derive(Default)]
+struct State {
+    /// `None` until the first answer from the registry.
+    list: Option<BTreeMap<String, Instance>>,
+    /// The revision `list` is at (revisioned discovery only).
+    at: Option<Revision>,
+    /// A `watch` call is in flight.
+    asking: bool,
+    /// Pushes that arrived while asking.
+    stash: Vec<DiscoveryDelta>,
+    /// The stash overflowed, or a push showed a gap while asking: ask again after the answer.
+    again: bool,
+}
+
 /// Instances of `service` matching `version_req`, kept fresh by registry pushes and periodic pulls.
 pub(crate) struct ServiceWatch {
     pub(crate) service: String,
     pub(crate) version_req: String,
-    /// `None` until the first answer from the registry.
-    instances: RwLock<Option<Vec<Instance>>>,
+    state: Mutex<State>,
     /// The same instances as balancing targets, handed to calls without copying.
     targets: RwLock<Option<Arc<[Target]>>>,
     session: std::sync::Weak<Session>,
@@ -31,26 +66,108 @@ impl ServiceWatch {
         ServiceWatch {
             service,
             version_req,
-            instances: RwLock::new(None),
+            state: Mutex::new(State::default()),
             targets: RwLock::new(None),
             session: Arc::downgrade(session),
         }
     }
 
-    /// Replaces the known instances (a push or a pull arrived).
+    /// Replaces the known instances with a whole list (a registry without revisions, or a
+    /// first pull).
     pub(crate) fn update(&self, instances: Vec<Instance>) {
-        let mut known = self.instances.write();
-        if known.as_ref() == Some(&instances) {
+        let list: BTreeMap<String, Instance> = instances
+            .into_iter()
+            .map(|i| (i.endpoint.clone(), i))
+            .collect();
+        let mut st = self.state.lock();
+        st.at = None;
+        if st.list.as_ref() == Some(&list) {
             return;
         }
+        st.list = Some(list);
+        self.publish(&st);
+    }
+
+    /// A `watch` call is about to be made: the revision to name in it.
+    pub(crate) fn begin_ask(&self) -> Option<Revision> {
+        let mut st = self.state.lock();
+        st.asking = true;
+        st.again = false;
+        st.at
+    }
+
+    /// The `watch` call answered (`None`: it failed). Returns whether to ask again.
+    pub(crate) fn end_ask(&self, reply: Option<WatchReply>) -> bool {
+        let mut st = self.state.lock();
+        st.asking = false;
+        let stash = std::mem::take(&mut st.stash);
+        let Some(reply) = reply else {
+            return false; // asked again on the next pull or reconnect
+        };
+        let mut changed = false;
+        let mut gap = std::mem::take(&mut st.again);
+        match reply {
+            WatchReply::Unchanged { at } => gap |= st.at != Some(at),
+            WatchReply::Delta(d) => match continue_with(&mut st, d) {
+                Some(c) => changed |= c,
+                None => gap = true,
+            },
+            WatchReply::Snapshot { at, instances } => match instances.decode() {
+                Ok(list) => {
+                    st.list = Some(list.into_iter().map(|i| (i.endpoint.clone(), i)).collect());
+                    st.at = Some(at);
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.service, error = %e, "malformed discovery snapshot");
+                    gap = true;
+                }
+            },
+        }
+        for d in stash {
+            match continue_with(&mut st, d) {
+                Some(c) => changed |= c,
+                None => gap = true,
+            }
+        }
+        if changed {
+            self.publish(&st);
+        }
+        gap
+    }
+
+    /// A delta pushed by the registry.
+    pub(crate) fn push(&self, delta: DiscoveryDelta) -> Applied {
+        let mut st = self.state.lock();
+        if st.asking {
+            if st.stash.len() < MAX_STASH {
+                st.stash.push(delta);
+            } else {
+                st.again = true;
+            }
+            return Applied::Fine;
+        }
+        match continue_with(&mut st, delta) {
+            Some(true) => {
+                self.publish(&st);
+                Applied::Fine
+            }
+            Some(false) => Applied::Fine,
+            None => Applied::Gap,
+        }
+    }
+
+    /// Rebuilds the balancing targets from the list.
+    fn publish(&self, st: &State) {
+        let Some(list) = &st.list else { return };
         tracing::debug!(
             service = %self.service,
-            count = instances.len(),
+            count = list.len(),
             "discovery: instances changed"
         );
         let session = self.session.upgrade();
-        let targets: Arc<[Target]> = instances
-            .iter()
+        let targets: Arc<[Target]> = list
+            .values()
             .map(|i| {
                 let endpoint: Arc<str> = Arc::from(i.endpoint.as_str());
                 let mut target = match &session {
@@ -68,16 +185,47 @@ impl ServiceWatch {
             })
             .collect();
         *self.targets.write() = Some(targets);
-        *known = Some(instances);
     }
 
     /// Whether the registry currently lists a provider at `endpoint`.
     pub(crate) fn lists(&self, endpoint: &str) -> bool {
-        self.instances
-            .read()
+        self.state
+            .lock()
+            .list
             .as_ref()
-            .is_some_and(|list| list.iter().any(|i| i.endpoint == endpoint))
+            .is_some_and(|list| list.contains_key(endpoint))
     }
+
+    /// The instances known now (for tests and tools).
+    #[cfg(test)]
+    pub(crate) fn instances(&self) -> Option<Vec<Instance>> {
+        let st = self.state.lock();
+        st.list.as_ref().map(|l| l.values().cloned().collect())
+    }
+}
+
+/// Applies `d` if it continues the list: `Some(changed)`, or `None` for a gap. A delta the
+/// list is already past is ignored.
+fn continue_with(st: &mut State, d: DiscoveryDelta) -> Option<bool> {
+    let at = st.at?;
+    if d.epoch != at.epoch {
+        return None;
+    }
+    if d.from != at.rev {
+        return if d.to <= at.rev { Some(false) } else { None };
+    }
+    let list = st.list.get_or_insert_with(BTreeMap::new);
+    for endpoint in &d.removed {
+        list.remove(endpoint);
+    }
+    for i in d.upserted {
+        list.insert(i.endpoint.clone(), i);
+    }
+    st.at = Some(Revision {
+        epoch: d.epoch,
+        rev: d.to,
+    });
+    Some(true)
 }
 
 impl EndpointSource for ServiceWatch {
@@ -96,7 +244,9 @@ impl EndpointSource for ServiceWatch {
                 .upgrade()
                 .ok_or_else(|| Error::connection_closed("the Stardust handle was dropped"))?;
             let list = session.discover(&self.service, &self.version_req).await?;
-            self.update(list);
+            if self.known().is_none() {
+                self.update(list);
+            }
             Ok(self.known().unwrap_or_else(|| Arc::from(Vec::new())))
         })
     }
