@@ -66,6 +66,17 @@ pub(crate) fn prometheus(
     );
     family(
         out,
+        "stardust_registry_subscriber_queue_peak_bytes",
+        "gauge",
+        "The most bytes seen waiting for one subscriber right after a push to it.",
+    );
+    let _ = writeln!(
+        out,
+        "stardust_registry_subscriber_queue_peak_bytes {}",
+        fanout.queue_peak
+    );
+    family(
+        out,
         "stardust_registry_lease_expiries_total",
         "counter",
         "Registrations removed because their session sent no heartbeat within the lease TTL.",

@@ -44,6 +44,9 @@ pub(crate) struct FanoutStats {
     pub(crate) expired: u64,
     /// The bound of each subscriber's queue, in bytes.
     pub(crate) queue_bound: u64,
+    /// The most bytes seen queued for one subscriber right after a push (the bound plus at most
+    /// one push, by construction).
+    pub(crate) queue_peak: u64,
 }
 
 pub(super) struct Fanout {
@@ -57,6 +60,7 @@ pub(super) struct Fanout {
     resyncs: AtomicU64,
     rounds: AtomicU64,
     expired: AtomicU64,
+    peak: AtomicU64,
 }
 
 impl Fanout {
@@ -70,6 +74,7 @@ impl Fanout {
             resyncs: AtomicU64::new(0),
             rounds: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
         }
     }
 
@@ -91,6 +96,7 @@ impl Fanout {
             rounds: get(&self.rounds),
             expired: get(&self.expired),
             queue_bound: self.bound as u64,
+            queue_peak: get(&self.peak),
         }
     }
 }
@@ -140,6 +146,9 @@ fn send(shared: &Arc<Shared>, jobs: Vec<PushJob<Notifier>>, resync: bool) {
             };
             match result {
                 Ok(()) => {
+                    fanout
+                        .peak
+                        .fetch_max(notifier.queued_bytes() as u64, Ordering::Relaxed);
                     let counter = if resync {
                         &fanout.resyncs
                     } else {
