@@ -14,7 +14,7 @@ use serde_bytes::ByteBuf;
 use stardust::Metadata;
 use stardust::discovery::api::{
     DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
-    Status,
+    Status, WatchReply,
 };
 use stardust::protocol::frame::{self, HEADER_LEN, Kind};
 use stardust::protocol::message::{self, Hello, RequestHead};
@@ -172,6 +172,7 @@ pub fn all() -> Vec<Seed> {
             kid: "k1".into(),
             key: ByteBuf::from(token::signing_key().verifying_key().to_bytes().to_vec()),
         }],
+        features: vec!["discovery.delta".into()],
     });
     add("response", "login-reply", cat(&[&[9], &enc(&login)]));
     let found: Result<Vec<Instance>, RegistryError> = Ok(vec![instance()]);
@@ -181,6 +182,9 @@ pub fn all() -> Vec<Seed> {
         retry_after_ms: 3200,
     });
     add("response", "throttled", cat(&[&[13], &enc(&throttled)]));
+    for (name, reply) in watch_replies() {
+        add("response", name, cat(&[&[15], &enc(&reply)]));
+    }
 
     // error: Error and GoAway bodies.
     for name in [
@@ -194,6 +198,7 @@ pub fn all() -> Vec<Seed> {
     // notify: Notify bodies.
     add("notify", "doc-notify", body(&doc_frame("notify")));
     add("notify", "discovery-event", discovery_push());
+    add("notify", "discovery-delta", delta_push());
 
     // goaway: [chunking, what a server sends a client].
     let accepted = cat(&[
@@ -447,6 +452,46 @@ fn discovery_push() -> Vec<u8> {
     body(&buf)
 }
 
+fn delta() -> stardust::discovery::api::DiscoveryDelta {
+    stardust::discovery::api::DiscoveryDelta {
+        service: "calc.Calculator".into(),
+        version_req: "^1".into(),
+        epoch: 7,
+        from: 41,
+        to: 43,
+        upserted: vec![instance()],
+        removed: vec!["127.0.0.1:9001".into()],
+    }
+}
+
+fn delta_push() -> Vec<u8> {
+    let push = stardust::discovery::api::DiscoveryPush::Delta(delta());
+    let mut buf = BytesMut::new();
+    message::put_notify(
+        &mut buf,
+        stardust::discovery::api::DELTA_TOPIC,
+        &push,
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .expect("encodes");
+    body(&buf)
+}
+
+fn watch_replies() -> Vec<(&'static str, Result<WatchReply, RegistryError>)> {
+    let at = stardust::discovery::api::Revision { epoch: 7, rev: 43 };
+    vec![
+        (
+            "watch-snapshot",
+            Ok(WatchReply::Snapshot {
+                at,
+                instances: stardust::discovery::api::InstanceList::new(&[instance()]),
+            }),
+        ),
+        ("watch-delta", Ok(WatchReply::Delta(delta()))),
+        ("watch-unchanged", Ok(WatchReply::Unchanged { at })),
+    ]
+}
+
 fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
     let status = Status {
         in_flight: 1,
@@ -474,6 +519,15 @@ fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
         ("discover", pair("calc.Calculator", "^1.2")),
         ("subscribe", pair("calc.Calculator", "*")),
         ("unsubscribe", pair("calc.Calculator", ">=1, <2")),
+        (
+            "watch",
+            enc(&(
+                "calc.Calculator",
+                "^1",
+                Some(stardust::discovery::api::Revision { epoch: 7, rev: 42 }),
+            )),
+        ),
+        ("resume", enc(&("sd1.e30.c2ln",))),
     ]
 }
 

@@ -179,4 +179,15 @@ impl stardust::discovery::api::Registry for NeverCalled {
     async fn unsubscribe(&self, _: String, _: String) -> Result<bool, RegistryError> {
         unreachable!("calls are decoded, never run")
     }
+    async fn watch(
+        &self,
+        _: String,
+        _: String,
+        _: Option<stardust::discovery::api::Revision>,
+    ) -> Result<stardust::discovery::api::WatchReply, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
+    async fn resume(&self, _: String) -> Result<LoginReply, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
 }

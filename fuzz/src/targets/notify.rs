@@ -8,7 +8,7 @@
 //! the same topic.
 
 use bytes::BytesMut;
-use stardust::discovery::api::DiscoveryEvent;
+use stardust::discovery::api::{DiscoveryEvent, DiscoveryPush};
 use stardust::protocol::frame::{self, DEFAULT_MAX_FRAME};
 use stardust::protocol::message;
 
@@ -30,6 +30,9 @@ pub fn run(data: &[u8]) {
 
     if let Some(event) = decodes_stably::<DiscoveryEvent>(payload) {
         rewritten(topic, &event);
+    }
+    if let Some(push) = decodes_stably::<DiscoveryPush>(payload) {
+        rewritten(topic, &push);
     }
     if let Some(record) = decodes_stably::<Record>(payload) {
         rewritten(topic, &record);

@@ -16,7 +16,8 @@ use std::task::{Context, Poll, Waker};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stardust::discovery::api::{
-    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer, Status,
+    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer,
+    Revision, Status, WatchReply,
 };
 use stardust::{ErrorKind, Service};
 
@@ -43,6 +44,8 @@ pub fn run(data: &[u8]) {
     let recorded = recorder.take();
     match methods[index].name {
         "login" => stable::<(String, String)>(&recorded),
+        "resume" => stable::<(String,)>(&recorded),
+        "watch" => stable::<(String, String, Option<Revision>)>(&recorded),
         "renew" | "public_keys" => stable::<()>(&recorded),
         "register" => stable::<(Registration,)>(&recorded),
         "heartbeat" => stable::<(Status,)>(&recorded),
@@ -116,6 +119,19 @@ impl Registry for Recorder {
         version_req: String,
     ) -> Result<Vec<Instance>, RegistryError> {
         Err(self.record(&(service, version_req)))
+    }
+
+    async fn watch(
+        &self,
+        service: String,
+        version_req: String,
+        known: Option<Revision>,
+    ) -> Result<WatchReply, RegistryError> {
+        Err(self.record(&(service, version_req, known)))
+    }
+
+    async fn resume(&self, token: String) -> Result<LoginReply, RegistryError> {
+        Err(self.record(&(token,)))
     }
 
     async fn unsubscribe(

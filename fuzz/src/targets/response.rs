@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::de::IgnoredAny;
 use serde_bytes::ByteBuf;
-use stardust::discovery::api::{Instance, LoginReply, PublicKey, RegistryError};
+use stardust::discovery::api::{
+    Instance, InstanceList, LoginReply, PublicKey, RegistryError, WatchReply,
+};
 use stardust::protocol::message::{Hello, HelloAck};
 
 use super::roundtrip::decodes_stably;
@@ -19,7 +21,7 @@ pub fn run(data: &[u8]) {
     let [selector, body @ ..] = data else {
         return;
     };
-    match selector % 16 {
+    match selector % 17 {
         0 => drop(decodes_stably::<i64>(body)),
         1 => drop(decodes_stably::<()>(body)),
         2 => drop(decodes_stably::<String>(body)),
@@ -35,6 +37,15 @@ pub fn run(data: &[u8]) {
         12 => drop(decodes_stably::<Result<Vec<Instance>, RegistryError>>(body)),
         13 => drop(decodes_stably::<Result<bool, RegistryError>>(body)),
         14 => handshake(body),
+        15 => {
+            // `watch`'s answer; a snapshot's list is a second MessagePack document inside a bin.
+            if let Some(Ok(WatchReply::Snapshot { instances, .. })) =
+                decodes_stably::<Result<WatchReply, RegistryError>>(body)
+                && let Ok(list) = instances.decode()
+            {
+                assert_eq!(InstanceList::new(&list).decode().ok(), Some(list));
+            }
+        }
         _ => {
             // Skipping a value of any shape: what a client does with a one-way call's stray
             // answer or a result it does not read.

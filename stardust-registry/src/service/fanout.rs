@@ -44,8 +44,8 @@ pub(crate) struct FanoutStats {
     pub(crate) expired: u64,
     /// The bound of each subscriber's queue, in bytes.
     pub(crate) queue_bound: u64,
-    /// The most bytes seen queued for one subscriber right after a push (the bound plus at most
-    /// one push, by construction).
+    /// The most bytes seen queued for one subscriber right after a push (at most the bound, or
+    /// one push that went to an empty queue, by construction).
     pub(crate) queue_peak: u64,
 }
 
@@ -137,8 +137,10 @@ fn send(shared: &Arc<Shared>, jobs: Vec<PushJob<Notifier>>, resync: bool) {
                 Kind::Full => full.as_ref(),
             };
             let Some(note) = note else { continue };
-            // A catch-up always goes out: it is what ends the subscriber's being behind.
-            let over = !resync && notifier.queued_bytes() + note.len() > fanout.bound;
+            // A catch-up always goes out: it is what ends the subscriber's being behind. So does
+            // a push to an empty queue, however large (one push is never "falling behind").
+            let queued = notifier.queued_bytes();
+            let over = !resync && queued > 0 && queued + note.len() > fanout.bound;
             let result = if over {
                 Err(ErrorKind::Overloaded)
             } else {
