@@ -14,52 +14,9 @@ use serde::{Deserialize, Serialize};
 use stardust::protocol::{codec, frame, message};
 use stardust::{Error, ErrorKind, Metadata};
 
-const DOC: &str = include_str!("../docs/PROTOCOL.md");
-
-/// Parses an annotated hex dump: on each line, everything after `#` is a comment and the rest
-/// must be two-digit hex bytes separated by whitespace.
-fn hex(dump: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in dump.lines() {
-        let data = line.split('#').next().unwrap();
-        for tok in data.split_whitespace() {
-            assert_eq!(tok.len(), 2, "bad hex token {tok:?} in line {line:?}");
-            out.push(u8::from_str_radix(tok, 16).unwrap_or_else(|_| panic!("bad hex {tok:?}")));
-        }
-    }
-    out
-}
-
-/// The bytes of the dump labelled `<!-- frame: name -->` in PROTOCOL.md.
-fn doc_frame(name: &str) -> Vec<u8> {
-    let marker = format!("<!-- frame: {name} -->");
-    let at = DOC
-        .find(&marker)
-        .unwrap_or_else(|| panic!("PROTOCOL.md has no {marker}"));
-    let rest = &DOC[at + marker.len()..];
-    let open = rest.find("```text\n").expect("code block after marker") + "```text\n".len();
-    let close = rest[open..].find("```").expect("end of code block");
-    hex(&rest[open..open + close])
-}
-
-/// Asserts that `built` equals both the test's copy of the dump and the document's.
-fn check(name: &str, built: &[u8], expected: &str) {
-    let expected = hex(expected);
-    assert_eq!(
-        built,
-        &expected[..],
-        "{name}: the runtime's bytes differ from the test's dump"
-    );
-    assert_eq!(
-        doc_frame(name),
-        expected,
-        "{name}: PROTOCOL.md's dump differs from the test's dump"
-    );
-    let h = frame::parse_header(built, frame::DEFAULT_MAX_FRAME)
-        .unwrap()
-        .unwrap();
-    assert_eq!(h.frame_len(), built.len(), "{name}: length field");
-}
+#[path = "common/doc_frames.rs"]
+mod doc_frames;
+use doc_frames::{DOC, check, hex};
 
 fn enc<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     let mut buf = BytesMut::new();
@@ -481,7 +438,9 @@ fn request_and_response_authenticate() {
 #[test]
 fn every_doc_dump_is_tested() {
     // A dump added to the document without a test here would go unchecked.
+    // (The dumps of the registry's optional features are tested in tests/protocol_discovery.rs.)
     let tested = [
+        "hello_ack_features",
         "hello",
         "hello_ack",
         "request_add",
@@ -495,6 +454,8 @@ fn every_doc_dump_is_tested() {
         "goaway_token_required",
         "request_authenticate",
         "response_authenticate",
+        "notify_delta",
+        "response_watch_unchanged",
     ];
     let in_doc: Vec<&str> = DOC
         .match_indices("<!-- frame: ")

@@ -182,6 +182,16 @@ pub fn all() -> Vec<Seed> {
         retry_after_ms: 3200,
     });
     add("response", "throttled", cat(&[&[13], &enc(&throttled)]));
+    add(
+        "response",
+        "doc-hello_ack_features",
+        cat(&[&[14], &body(&doc_frame("hello_ack_features"))]),
+    );
+    add(
+        "response",
+        "doc-response_watch_unchanged",
+        cat(&[&[15], &body(&doc_frame("response_watch_unchanged"))]),
+    );
     for (name, reply) in watch_replies() {
         add("response", name, cat(&[&[15], &enc(&reply)]));
     }
@@ -199,6 +209,11 @@ pub fn all() -> Vec<Seed> {
     add("notify", "doc-notify", body(&doc_frame("notify")));
     add("notify", "discovery-event", discovery_push());
     add("notify", "discovery-delta", delta_push());
+    add(
+        "notify",
+        "doc-notify_delta",
+        body(&doc_frame("notify_delta")),
+    );
 
     // goaway: [chunking, what a server sends a client].
     let accepted = cat(&[
