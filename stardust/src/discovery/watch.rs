@@ -267,3 +267,105 @@ impl EndpointSource for ServiceWatch {
         format!("service {} {}", self.service, self.version_req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::api::InstanceList;
+    use crate::discovery::session::{Secret, SessionConfig};
+
+    fn instance(port: u16) -> Instance {
+        Instance {
+            app: "calc".into(),
+            service: "calc.C".into(),
+            version: "1.0.0".into(),
+            endpoint: format!("127.0.0.1:{port}"),
+            weight: 100,
+            tags: Default::default(),
+            tls: false,
+        }
+    }
+
+    fn delta(from: u64, to: u64, up: &[u16], gone: &[u16]) -> DiscoveryDelta {
+        DiscoveryDelta {
+            service: "calc.C".into(),
+            version_req: "*".into(),
+            epoch: 1,
+            from,
+            to,
+            upserted: up.iter().map(|p| instance(*p)).collect(),
+            removed: gone.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
+        }
+    }
+
+    fn ports(w: &ServiceWatch) -> Vec<u16> {
+        w.instances()
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i.endpoint.rsplit(':').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    fn watch() -> (ServiceWatch, Arc<Session>) {
+        let session = Session::new(
+            vec!["127.0.0.1:1".into()],
+            "web".into(),
+            Secret("pw".into()),
+            SessionConfig::default(),
+        );
+        (
+            ServiceWatch::new("calc.C".into(), "*".into(), &session),
+            session,
+        )
+    }
+
+    fn snapshot(rev: u64, list: &[u16]) -> WatchReply {
+        let list: Vec<Instance> = list.iter().map(|p| instance(*p)).collect();
+        WatchReply::Snapshot {
+            at: Revision { epoch: 1, rev },
+            instances: InstanceList::new(&list),
+        }
+    }
+
+    #[test]
+    fn deltas_continue_the_snapshot_and_gaps_are_noticed() {
+        let (w, _session) = watch();
+        assert_eq!(w.begin_ask(), None);
+        assert!(!w.end_ask(Some(snapshot(5, &[1, 2]))));
+        assert_eq!(ports(&w), [1, 2]);
+        assert_eq!(w.known().unwrap().len(), 2, "targets follow the list");
+        assert_eq!(w.push(delta(5, 8, &[3], &[1])), Applied::Fine);
+        assert_eq!(ports(&w), [2, 3]);
+        // Old news is ignored; a delta from a revision not held is a gap.
+        assert_eq!(w.push(delta(5, 8, &[9], &[])), Applied::Fine);
+        assert_eq!(w.push(delta(9, 12, &[9], &[])), Applied::Gap);
+        assert_eq!(ports(&w), [2, 3]);
+        // Another epoch (a restarted registry) is a gap too.
+        let mut other = delta(8, 9, &[4], &[]);
+        other.epoch = 2;
+        assert_eq!(w.push(other), Applied::Gap);
+        assert_eq!(w.begin_ask(), Some(Revision { epoch: 1, rev: 8 }));
+    }
+
+    #[test]
+    fn pushes_that_overtake_the_answer_are_replayed_on_it() {
+        let (w, _session) = watch();
+        w.begin_ask();
+        // The registry's push went out before its answer to `watch` was read.
+        assert_eq!(w.push(delta(5, 6, &[3], &[])), Applied::Fine);
+        assert_eq!(w.instances(), None, "kept until the answer arrives");
+        assert!(!w.end_ask(Some(snapshot(5, &[1]))));
+        assert_eq!(ports(&w), [1, 3]);
+        // A stashed push that does not continue the answer means asking again.
+        w.begin_ask();
+        w.push(delta(7, 9, &[4], &[]));
+        assert!(w.end_ask(Some(WatchReply::Unchanged {
+            at: Revision { epoch: 1, rev: 6 }
+        })));
+        // A whole list from an older registry replaces everything and forgets the revision.
+        w.update(vec![instance(7)]);
+        assert_eq!(ports(&w), [7]);
+        assert_eq!(w.begin_ask(), None);
+        w.end_ask(None);
+    }
+}
