@@ -100,7 +100,7 @@ impl Options {
 impl Bounds {
     /// Sized so the whole quick run (both shapes, debug build) stays under 60 s.
     const QUICK: Bounds = Bounds {
-        shape: Duration::from_secs(25),
+        shape: Duration::from_secs(22),
         setup: Duration::from_secs(20),
         registration: Duration::from_secs(15),
         subscribe_burst: Duration::from_secs(10),

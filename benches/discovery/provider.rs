@@ -28,6 +28,8 @@ pub struct Provider {
     client: RegistryClient,
     /// What this session has registered: registered again after an expiry.
     registrations: Arc<Mutex<Vec<Registration>>>,
+    /// When the latest heartbeat the registry answered (either way) was sent.
+    answered: Arc<Mutex<Option<Instant>>>,
     heartbeat: JoinHandle<()>,
 }
 
@@ -36,15 +38,20 @@ impl Provider {
     /// (spreading the sessions' heartbeats over the interval, as independent processes do).
     pub fn start(client: RegistryClient, phase: Duration, ledger: Arc<Ledger>) -> Provider {
         let registrations = Arc::new(Mutex::new(Vec::new()));
+        let answered = Arc::new(Mutex::new(None));
         let heartbeat = tokio::spawn(heartbeat_loop(
-            client.clone(),
-            registrations.clone(),
-            ledger,
+            Heartbeats {
+                client: client.clone(),
+                registrations: registrations.clone(),
+                answered: answered.clone(),
+                ledger,
+            },
             phase,
         ));
         Provider {
             client,
             registrations,
+            answered,
             heartbeat,
         }
     }
@@ -88,6 +95,12 @@ impl Provider {
         }
     }
 
+    /// Whether a heartbeat sent at or after `since` has been answered (accepted, or refused and
+    /// followed by registering again).
+    pub fn heartbeat_answered_since(&self, since: Instant) -> bool {
+        self.answered.lock().is_some_and(|at| at >= since)
+    }
+
     /// Stops heartbeating, so that dropping this provider closes its connection at once (the
     /// heartbeat task holds a handle on it too): what a crash looks like to the registry.
     pub async fn stop_heartbeat(&mut self) {
@@ -102,12 +115,21 @@ impl Drop for Provider {
     }
 }
 
-async fn heartbeat_loop(
+/// What the heartbeat task works with.
+struct Heartbeats {
     client: RegistryClient,
     registrations: Arc<Mutex<Vec<Registration>>>,
+    answered: Arc<Mutex<Option<Instant>>>,
     ledger: Arc<Ledger>,
-    phase: Duration,
-) {
+}
+
+async fn heartbeat_loop(hb: Heartbeats, phase: Duration) {
+    let Heartbeats {
+        client,
+        registrations,
+        answered,
+        ledger,
+    } = hb;
     tokio::time::sleep(phase).await;
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -138,8 +160,10 @@ async fn heartbeat_loop(
             Err(e) => {
                 Ledger::count(&ledger.heartbeat_errors);
                 ledger.error(format!("heartbeat failed: {e}"));
+                continue;
             }
         }
+        *answered.lock() = Some(start);
     }
 }
 

@@ -32,6 +32,10 @@ pub const SECRET: &str = "bench-secret";
 const CHEAP_HASH: &str =
     "$argon2id$v=19$m=8,t=1,p=1$c3RhcmR1c3QtYmVuY2gxNQ$cJvD4xwrM9MXlI3jQVy2kla8JgYJzdItWfPRBsgrNpU";
 
+/// The registry's lease TTL: its default, written into the config so the run says what it ran
+/// with.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// How long the child may take to start listening.
 const START_BOUND: Duration = Duration::from_secs(30);
 
@@ -43,7 +47,7 @@ fn config_toml() -> String {
     format!(
         r#"# Written by benches/discovery.rs for one run.
 key_file = "keys.toml"
-lease_ttl = "10s"
+lease_ttl = "{lease_ttl}s"
 store = "memory"
 
 [apps.{PROVIDER_APP}]
@@ -64,7 +68,8 @@ queue_timeout = "60s"
 # A session registers its share of the instances (10 at the default sizes); the knobs can
 # make shares much larger.
 max_registrations = 1000000
-"#
+"#,
+        lease_ttl = LEASE_TTL.as_secs()
     )
 }
 

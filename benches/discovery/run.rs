@@ -16,7 +16,7 @@ use crate::options::{Bounds, Options};
 use crate::probe::{Probe, Probes};
 use crate::procfs::Pid;
 use crate::provider::{HEARTBEAT_EVERY, Provider};
-use crate::registry_process::{CONSUMER_APP, PROVIDER_APP, RegistryProcess};
+use crate::registry_process::{CONSUMER_APP, LEASE_TTL, PROVIDER_APP, RegistryProcess};
 use crate::report::{Burst, PhaseCost, ShapeReport};
 use crate::session;
 use crate::shape::{Shape, endpoint};
@@ -27,6 +27,8 @@ use crate::watchdog::Watchdog;
 
 /// How often the final check asks `discover` again while views converge.
 const RECHECK_EVERY: Duration = Duration::from_millis(200);
+/// How often the heartbeat round looks whether every provider had its heartbeat answered.
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs one shape against a registry process of its own.
 pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
@@ -109,11 +111,12 @@ impl Run<'_> {
         let limit = self.limit(b.setup);
         let setup = bounded(self.watchdog, "setup", limit, self.setup()).await;
         report.phases.push(meter.stop("setup"));
-        if let Some(Err(e)) = setup {
-            report.failure = Some(e);
+        match setup {
+            Some(Ok(())) => eprintln!("[{name}] sessions open"),
+            Some(Err(e)) => report.failure = Some(e),
+            None => {} // a collapse, already said
         }
         report.memory.before_registering = self.pid.rss();
-        eprintln!("[{name}] sessions open");
 
         if self.going() {
             let meter = Meter::start(self.pid);
@@ -159,6 +162,18 @@ impl Run<'_> {
             report.phases.push(meter.stop("events"));
             let (done, asked) = report.repeats;
             eprintln!("[{name}] events: {done} of {asked} repeats");
+        }
+        if self.going() {
+            let meter = Meter::start(self.pid);
+            let limit = self.limit(HEARTBEAT_EVERY + LEASE_TTL);
+            bounded(
+                self.watchdog,
+                "heartbeat round",
+                limit,
+                self.heartbeat_round(),
+            )
+            .await;
+            report.phases.push(meter.stop("heartbeat round"));
         }
         if report.failure.is_none() && !self.subscribers.is_empty() {
             let meter = Meter::start(self.pid);
@@ -289,6 +304,18 @@ impl Run<'_> {
         self.probes.clear();
     }
 
+    /// Waits until every live provider has had a heartbeat answered that it sent after this
+    /// started. A lease that expired at any time in the run makes the session's next heartbeat
+    /// refused (and counted), so after this round none can go unnoticed, however short the
+    /// phases were next to the lease TTL.
+    async fn heartbeat_round(&self) {
+        let since = Instant::now();
+        let live = || self.providers.iter().flatten();
+        while !live().all(|p| p.heartbeat_answered_since(since)) {
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
     /// Counts one call's outcome into a burst.
     fn record(&self, out: &mut Burst, outcome: Result<Duration, String>) {
         match outcome {
@@ -361,7 +388,9 @@ impl Run<'_> {
     fn figures(&self, report: &mut ShapeReport) {
         let l = &self.ledger;
         report.memory.end = self.pid.rss();
-        report.memory.peak = self.pid.peak_rss();
+        // Killed by the watchdog, the registry has no `VmHWM` left: its samples tell the peak.
+        let sampled = Some(self.watchdog.peak_sampled()).filter(|&b| b > 0);
+        report.memory.peak = self.pid.peak_rss().max(sampled);
         report.memory.instances = l.live();
         report.heartbeats = l
             .heartbeats_us()

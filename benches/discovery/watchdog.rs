@@ -7,7 +7,7 @@
 //! [`Watchdog::collapsed`] and ends early.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Watches one registry process for the life of one shape.
 pub struct Watchdog {
     collapse: Arc<watch::Sender<Option<String>>>,
+    /// The largest registry RSS sampled: its peak when it was killed (no `VmHWM` to read then).
+    peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -30,13 +32,14 @@ impl Watchdog {
         let (tx, _) = watch::channel(None);
         let collapse = Arc::new(tx);
         let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
         let thread = {
-            let collapse = collapse.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || sample(registry, rss_cap, &collapse, &stop))
+            let (collapse, stop, peak) = (collapse.clone(), stop.clone(), peak.clone());
+            std::thread::spawn(move || sample(registry, rss_cap, &collapse, &stop, &peak))
         };
         Watchdog {
             collapse,
+            peak,
             stop,
             thread: Some(thread),
         }
@@ -50,6 +53,11 @@ impl Watchdog {
     /// Why the registry collapsed, if it did.
     pub fn reason(&self) -> Option<String> {
         self.collapse.borrow().clone()
+    }
+
+    /// The largest registry RSS seen so far, in bytes.
+    pub fn peak_sampled(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
     }
 
     /// Resolves once a collapse is recorded (never, if none is).
@@ -88,10 +96,15 @@ fn sample(
     rss_cap: u64,
     collapse: &watch::Sender<Option<String>>,
     stop: &AtomicBool,
+    peak: &AtomicU64,
 ) {
     let mb = |b: u64| b / (1024 * 1024);
     while !stop.load(Ordering::Relaxed) {
-        match Pid::Of(registry).rss() {
+        let rss = Pid::Of(registry).rss();
+        if let Some(rss) = rss {
+            peak.fetch_max(rss, Ordering::Relaxed);
+        }
+        match rss {
             // A zombie has no VmRSS: the process is gone.
             None => {
                 declare(collapse, "the registry process exited".into());
