@@ -32,14 +32,18 @@
 //!   graceful leave (deregister it), crash (close a provider session's connection). Push
 //!   latency: from the start of the call (or the close) until each subscriber of the service
 //!   sees the change in its view; p50/p99/max over subscribers x repeats.
+//! - Heartbeat round: every live provider gets one more heartbeat answered. A lease that
+//!   expired at any point makes the session's next heartbeat refused, so none goes unseen even
+//!   when the phases were short next to the 10 s lease TTL.
 //! - Final check: every subscriber's view must equal `discover(service, "*")` (re-asked for a
 //!   few seconds while pushes are still on their way).
 //!
 //! Counted throughout: lease expiries of live providers (heartbeats refused with "registrations
 //! expired", and instances leaving a view without the bench removing them), sessions lost, call
-//! errors. Every wait is bounded: a phase that overruns, 3 events in a row that some subscriber
-//! never sees, the registry exiting or growing past `STARDUST_DISCOVERY_RSS_CAP_MB` (4096) is a
-//! collapse: the rest of the shape is skipped, the table says what was seen.
+//! errors. Every wait is bounded, and a shape as a whole too (280 s; quick 22 s): a phase that
+//! overruns, 3 events in a row that some subscriber never sees, the registry exiting or growing
+//! past `STARDUST_DISCOVERY_RSS_CAP_MB` (4096; it is then killed) is a collapse: the rest of the
+//! shape is skipped, the table says what was seen.
 //!
 //! Exit status: quick mode panics after the report on any lease expiry, view mismatch, call
 //! error or collapse; a full run reports those loudly and exits 0, unless the bench itself could

@@ -28,6 +28,12 @@ impl Pid {
         self.status_kib("VmHWM:").map(|kib| kib * 1024)
     }
 
+    /// Starts this process's peak RSS afresh (writing 5 to `clear_refs`, Linux 4.0+), so the
+    /// next [`peak_rss`](Self::peak_rss) covers what came after; `false` if the kernel refused.
+    pub fn reset_own_peak() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+
     fn status_kib(self, key: &str) -> Option<u64> {
         let status = std::fs::read_to_string(self.path("status")).ok()?;
         let line = status.lines().find(|l| l.starts_with(key))?;

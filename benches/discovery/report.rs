@@ -17,13 +17,14 @@ pub struct PhaseCost {
     pub own_cpu: Duration,
 }
 
-/// Calls made at once, and how long until all were answered.
+/// Calls made at once, and how long until all returned.
 #[derive(Debug, Clone, Default)]
 pub struct Burst {
     pub calls: usize,
-    /// First call to last answer; `None` if they were not all answered in time.
-    pub answered: Option<Duration>,
-    /// Each answered call's duration.
+    /// First call to the last one's return (an answer or a failure); `None` if they had not all
+    /// returned when the phase ended.
+    pub done: Option<Duration>,
+    /// Each successful call's duration.
     pub call_times: Vec<Duration>,
     pub errors: usize,
     /// Until every subscriber's view showed the result (registration burst only).
@@ -83,7 +84,10 @@ pub struct ShapeReport {
     pub final_check_note: Option<String>,
     pub memory: Memory,
     pub phases: Vec<PhaseCost>,
+    /// The load generator's peak RSS: during this shape if `own_peak_reset`, else since the
+    /// run started (the kernel would not reset it).
     pub own_peak_rss: Option<u64>,
+    pub own_peak_reset: bool,
     pub first_error: Option<String>,
 }
 
@@ -192,9 +196,14 @@ impl ShapeReport {
         row(
             "load generator CPU s",
             self.phases_cell(|p| Some(p.own_cpu))
-                + &self
-                    .own_peak_rss
-                    .map_or(String::new(), |b| format!("; peak RSS {}", mb(b))),
+                + &self.own_peak_rss.map_or(String::new(), |b| {
+                    let when = if self.own_peak_reset {
+                        ""
+                    } else {
+                        " (whole run)"
+                    };
+                    format!("; peak RSS {}{when}", mb(b))
+                }),
         );
         if let Some(e) = &self.first_error {
             row("first error", format!("`{}`", e.replace('|', "/")));
@@ -213,9 +222,9 @@ impl ShapeReport {
 
     fn registration_cell(&self) -> String {
         let b = &self.registration;
-        match b.answered {
+        match b.done {
             Some(t) => format!(
-                "{} instances in {} s: **{:.0} /s** ({} errors)",
+                "{} instances in {} s: **{:.0} /s** ({} failed)",
                 b.calls,
                 secs(t),
                 b.calls as f64 / t.as_secs_f64().max(1e-9),
@@ -268,21 +277,16 @@ impl ShapeReport {
 }
 
 fn burst_cell(b: &Burst, what: &str) -> String {
-    let calls = latency_cell(&b.call_times);
-    match b.answered {
-        Some(t) => format!(
-            "{} {what} answered in **{} s** (each: {calls}; {} errors)",
-            b.calls,
-            secs(t),
-            b.errors
-        ),
+    let ok = format!(
+        "{} ok: {}; {} failed",
+        b.call_times.len(),
+        latency_cell(&b.call_times),
+        b.errors
+    );
+    match b.done {
+        Some(t) => format!("{} {what} returned in **{} s** ({ok})", b.calls, secs(t)),
         None if b.calls == 0 => "not run".to_owned(),
-        None => format!(
-            "{} {what}: **not all answered** ({} answered: {calls}; {} errors)",
-            b.calls,
-            b.call_times.len(),
-            b.errors
-        ),
+        None => format!("{} {what}: **not all returned** ({ok})", b.calls),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
         unreachable!("a child's pid")
     };
     let watchdog = Watchdog::start(pid, opts.rss_cap_bytes);
+    report.own_peak_reset = Pid::reset_own_peak();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -244,7 +245,7 @@ impl Run<'_> {
                 self.record(out, r);
             }
         }
-        out.answered = Some(start.elapsed());
+        out.done = Some(start.elapsed());
     }
 
     /// Every subscriber subscribes at once.
@@ -267,7 +268,7 @@ impl Run<'_> {
                 joined.unwrap_or_else(|e| Err(format!("task died: {e}"))),
             );
         }
-        out.answered = Some(start.elapsed());
+        out.done = Some(start.elapsed());
     }
 
     /// A tenth more instances registered at once, one call each, while everyone watches; done
@@ -296,7 +297,7 @@ impl Run<'_> {
                 joined.unwrap_or_else(|e| Err(format!("task died: {e}"))),
             );
         }
-        out.answered = Some(start.elapsed());
+        out.done = Some(start.elapsed());
         let far = tokio::time::Instant::now() + self.bounds.registration_burst;
         if probe.wait(far, self.watchdog.collapsed()).await {
             out.visible = probe.outcome().0.into_iter().max();
@@ -427,9 +428,9 @@ pub async fn bounded<T>(
 }
 
 fn progress(b: &Burst) -> String {
-    match b.answered {
-        Some(t) => format!("{} calls in {} s, {} errors", b.calls, secs(t), b.errors),
-        None => format!("{} of {} answered", b.call_times.len(), b.calls),
+    match b.done {
+        Some(t) => format!("{} calls in {} s, {} failed", b.calls, secs(t), b.errors),
+        None => format!("{} of {} returned ok", b.call_times.len(), b.calls),
     }
 }
 
