@@ -28,6 +28,8 @@ pub struct Ledger {
     pub reregistered: AtomicU64,
     /// Pushes that could not be decoded.
     pub bad_pushes: AtomicU64,
+    /// Gaps in a subscriber's deltas, or resync demands, repaired by asking again.
+    pub resyncs: AtomicU64,
     /// Heartbeat round trips, in microseconds.
     heartbeats_us: Mutex<Vec<u64>>,
     first_error: Mutex<Option<String>>,

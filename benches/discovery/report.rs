@@ -78,6 +78,10 @@ pub struct ShapeReport {
     pub heartbeat_errors: u64,
     pub reregistered: u64,
     pub bad_pushes: u64,
+    /// Delta gaps and resync demands repaired by asking again.
+    pub resyncs: u64,
+    /// Which discovery protocol the subscribers followed.
+    pub protocol: &'static str,
     /// Subscribers whose view differs from `discover` at the end, of those compared; `None` if
     /// the check could not run.
     pub mismatches: Option<(usize, usize)>,
@@ -145,6 +149,10 @@ impl ShapeReport {
             let _ = writeln!(s, "| {k} | {v} |");
         };
         row("outcome", self.outcome());
+        row(
+            "subscriber protocol",
+            format!("{} ({} gaps/resyncs repaired)", self.protocol, self.resyncs),
+        );
         row("registration", self.registration_cell());
         row(
             "subscribe burst",

@@ -404,6 +404,8 @@ impl Run<'_> {
         report.heartbeat_errors = Ledger::get(&l.heartbeat_errors);
         report.reregistered = Ledger::get(&l.reregistered);
         report.bad_pushes = Ledger::get(&l.bad_pushes);
+        report.resyncs = Ledger::get(&l.resyncs);
+        report.protocol = self.subscribers.first().map_or("none", |s| s.protocol());
         report.own_peak_rss = Pid::Own.peak_rss();
         report.first_error = l.first_error();
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stardust::Client;
-use stardust::discovery::api::{RegistryClient, RegistryError};
+use stardust::discovery::api::{FEATURE_DELTA, RegistryClient, RegistryError};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -49,7 +49,18 @@ pub async fn open(addr: SocketAddr, app: &str) -> Result<RegistryClient, String>
     let mut attempt = 0;
     let client = loop {
         attempt += 1;
-        match Client::connect(addr).await {
+        // Announce revisioned discovery unless the run measures the whole-list protocol.
+        let features: &[&str] =
+            if std::env::var("STARDUST_DISCOVERY_PROTOCOL").as_deref() == Ok("full") {
+                &[]
+            } else {
+                &[FEATURE_DELTA]
+            };
+        match Client::builder()
+            .features(features.iter().copied())
+            .connect(addr)
+            .await
+        {
             Ok(c) => break c,
             Err(e) if attempt < ATTEMPTS => {
                 connect_backoff(attempt, &e.to_string()).await;

@@ -6,9 +6,9 @@
 //! full lists, every subscriber decodes about 1 MB per change at 10,000 instances, and the load
 //! generator must not be what limits the measurement.
 //!
-//! Today's protocol pushes the full list on every change ([`View::apply_full`]); the revisioned
-//! deltas being added (a snapshot, then `{from, to, upserted, removed}`) will be one more method
-//! here, the rest of the bench unchanged.
+//! Both protocols are followed: whole lists on every change ([`View::apply_full`], `subscribe`)
+//! and revisioned deltas ([`View::apply_delta`], `watch`: a snapshot, then `{from, to, upserted,
+//! removed}`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -70,6 +70,49 @@ impl<'a> FullPush<'a> {
     }
 }
 
+/// A delta push (`DiscoveryPush` on `DELTA_TOPIC`), borrowed.
+#[derive(Debug, Deserialize)]
+pub enum DeltaPush<'a> {
+    #[serde(borrow)]
+    Delta(DeltaRef<'a>),
+    Resync {
+        #[serde(borrow)]
+        service: &'a str,
+    },
+}
+
+/// A `DiscoveryDelta`, borrowed.
+#[derive(Debug, Deserialize)]
+pub struct DeltaRef<'a> {
+    #[serde(borrow)]
+    pub service: &'a str,
+    pub epoch: u64,
+    pub from: u64,
+    pub to: u64,
+    #[serde(borrow)]
+    pub upserted: Vec<InstanceRef<'a>>,
+    #[serde(borrow)]
+    pub removed: Vec<&'a str>,
+}
+
+impl<'a> DeltaPush<'a> {
+    pub fn decode(payload: &'a [u8]) -> Result<DeltaPush<'a>, String> {
+        rmp_serde::from_slice(payload).map_err(|e| format!("undecodable delta push: {e}"))
+    }
+
+    pub fn service(&self) -> &'a str {
+        match self {
+            DeltaPush::Delta(d) => d.service,
+            DeltaPush::Resync { service } => service,
+        }
+    }
+}
+
+/// A snapshot's instance list (the bytes of an `InstanceList`), borrowed.
+pub fn decode_list(bytes: &[u8]) -> Result<Vec<InstanceRef<'_>>, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| format!("undecodable snapshot: {e}"))
+}
+
 pub fn endpoint_key(endpoint: &str) -> EndpointKey {
     // SipHash with fixed keys: the same in every subscriber and across calls.
     let mut h = DefaultHasher::new();
@@ -119,6 +162,26 @@ impl View {
             }
         }
         self.entries = next;
+    }
+
+    /// Applies a delta: each upserted instance replaces its endpoint's, each removed endpoint
+    /// goes (`removed` is called for those the view had).
+    pub fn apply_delta<'a>(
+        &mut self,
+        upserted: impl IntoIterator<Item = InstanceRef<'a>>,
+        gone: &[&str],
+        mut removed: impl FnMut(EndpointKey),
+    ) {
+        for endpoint in gone {
+            let key = endpoint_key(endpoint);
+            if self.entries.remove(&key).is_some() {
+                removed(key);
+            }
+        }
+        for i in upserted {
+            self.entries
+                .insert(endpoint_key(i.endpoint), fingerprint(&i));
+        }
     }
 
     pub fn contains(&self, endpoint: EndpointKey) -> bool {

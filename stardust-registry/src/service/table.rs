@@ -252,6 +252,11 @@ impl<H: Clone> Table<H> {
         let lease = self.services.get_mut(service)?.instances.remove(endpoint)?;
         if let Some(h) = self.holdings.get_mut(&lease.session) {
             h.leases.remove(&(service.to_owned(), endpoint.to_owned()));
+            // A shared store's watch may bring back a lease of a session that ended: its
+            // holdings must not outlive the lease.
+            if h.leases.is_empty() && h.subscriptions.is_empty() {
+                self.holdings.remove(&lease.session);
+            }
         }
         self.log(service, endpoint, Some(lease.version.clone()));
         Some(lease)
