@@ -59,8 +59,24 @@ pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
             return report;
         }
     };
+    // Providers on a runtime of their own, as they are processes of their own in a deployment:
+    // their heartbeats must not queue behind the subscribers' decoding in the load generator
+    // (that would measure the load generator, not the registry).
+    let providers_rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("providers")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report.failure = Some(format!("cannot build the providers' runtime: {e}"));
+            return report;
+        }
+    };
     rt.block_on(async {
         let mut run = Run {
+            providers_rt: providers_rt.handle().clone(),
             shape: &shape,
             bounds: opts.bounds,
             repeats: opts.repeats,
@@ -78,6 +94,7 @@ pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
     });
     // Closes every session before the registry goes (then the watchdog, which may kill it).
     rt.shutdown_timeout(Duration::from_secs(10));
+    providers_rt.shutdown_timeout(Duration::from_secs(10));
     report.collapse = watchdog.reason();
     drop(watchdog);
     drop(registry);
@@ -92,6 +109,8 @@ pub struct Run<'a> {
     addr: SocketAddr,
     pub pid: Pid,
     pub watchdog: &'a Watchdog,
+    /// Where provider sessions (their connections and heartbeats) run.
+    providers_rt: tokio::runtime::Handle,
     pub ledger: Arc<Ledger>,
     pub probes: Arc<Probes>,
     /// By session number; `None` once crashed.
@@ -199,15 +218,24 @@ impl Run<'_> {
     /// Opens every session: the providers start heartbeating at once, spread over the interval.
     async fn setup(&mut self) -> Result<(), String> {
         let s = self.shape.sessions;
-        let clients = session::open_many(self.addr, PROVIDER_APP, s).await?;
-        self.providers = clients
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let phase = HEARTBEAT_EVERY.mul_f64(i as f64 / s as f64);
-                Some(Arc::new(Provider::start(c, phase, self.ledger.clone())))
+        let (addr, ledger) = (self.addr, self.ledger.clone());
+        self.providers = self
+            .providers_rt
+            .spawn(async move {
+                let clients = session::open_many(addr, PROVIDER_APP, s).await?;
+                Ok::<_, String>(
+                    clients
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let phase = HEARTBEAT_EVERY.mul_f64(i as f64 / s as f64);
+                            Some(Arc::new(Provider::start(c, phase, ledger.clone())))
+                        })
+                        .collect(),
+                )
             })
-            .collect();
+            .await
+            .map_err(|e| format!("opening the provider sessions died: {e}"))??;
         let m = self.shape.subscribers;
         let clients = session::open_many(self.addr, CONSUMER_APP, m).await?;
         self.checker = Some(session::open(self.addr, CONSUMER_APP).await?);

@@ -1,5 +1,5 @@
-//! One client connection: handshake, sending requests, the read loop that completes them, the
-//! deadline sweeper, and the renewal of its access token.
+//! One client connection: sending requests, the read loop that completes them and the deadline
+//! sweeper; opening it (`open`) and renewing its access token (`renewal`) are in child modules.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +29,9 @@ use crate::protocol::message::{
 use crate::tls::ClientTls;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
+mod open;
+mod renewal;
+
 pub(crate) struct ClientConn {
     /// The write queue, which also guards the pending-call table: registering a call and queueing
     /// its request is one critical section.
@@ -50,48 +53,7 @@ pub(crate) struct ClientConn {
     pub(crate) features: crate::Features,
 }
 
-/// How long renewing a token (fetching it, and the `authenticate` call) may take.
-const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
-/// First and longest wait before retrying a failed renewal.
-const RENEW_RETRY_MIN: Duration = Duration::from_millis(250);
-const RENEW_RETRY_MAX: Duration = Duration::from_secs(30);
-
 static NO_METADATA: Metadata = Metadata::new();
-
-const NO_NEWER_TOKEN: &str = "the credentials offered no token newer than the current one";
-
-/// A token from the client's credentials and its expiry. The text is a secret: it goes into the
-/// handshake or an `authenticate` request and nowhere else (no logs, no errors, no `Debug`).
-struct Token {
-    text: String,
-    expires_at: Option<SystemTime>,
-}
-
-/// Asks `credentials` for the current token, within `bound`.
-async fn fetch_token(credentials: &SharedCredentials, bound: Duration) -> Result<Token, Error> {
-    match tokio::time::timeout(bound, credentials.0.token()).await {
-        Ok(Ok((text, expires_at))) => Ok(Token { text, expires_at }),
-        Ok(Err(e)) => {
-            // Not being able to prove who we are is `Unauthorized` when the credentials say so;
-            // anything else (the registry is unreachable, ...) means no connection was made.
-            let kind = match e.kind() {
-                ErrorKind::Unauthorized | ErrorKind::PermissionDenied => e.kind(),
-                _ => ErrorKind::Connect,
-            };
-            Err(Error::new(
-                kind,
-                format!("cannot get an access token: {}", e.message()),
-            ))
-        }
-        Err(_) => Err(Error::new(
-            ErrorKind::Connect,
-            format!(
-                "getting an access token took longer than {} ms",
-                bound.as_millis()
-            ),
-        )),
-    }
-}
 
 /// How to secure a new connection: the TLS config, and the host name the server's certificate
 /// should carry when it is known (a registered `host:port` endpoint).
@@ -111,272 +73,6 @@ pub(crate) enum CallError {
 }
 
 impl ClientConn {
-    /// Connects to the first address that accepts and performs the handshake.
-    pub(crate) async fn connect(
-        addrs: &[SocketAddr],
-        config: &ClientConfig,
-        secure: Option<Secure<'_>>,
-        notify_tx: broadcast::Sender<Notification>,
-    ) -> Result<Arc<ClientConn>, Error> {
-        // One fresh token per connection attempt: a reconnect never presents a stale one.
-        let token = match &config.credentials {
-            Some(credentials) => Some(fetch_token(credentials, config.connect_timeout).await?),
-            None => None,
-        };
-        let mut last_err = None;
-        for addr in addrs {
-            let attempt =
-                Self::connect_one(*addr, config, secure, token.as_ref(), notify_tx.clone());
-            match tokio::time::timeout(config.connect_timeout, attempt).await {
-                Ok(Ok(conn)) => {
-                    if let (Some(credentials), Some(expires_at)) = (
-                        &config.credentials,
-                        token.as_ref().and_then(|t| t.expires_at),
-                    ) {
-                        conn.start_renewal(credentials.clone(), expires_at);
-                    }
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => last_err = Some(e),
-                Err(_) => {
-                    last_err = Some(Error::new(
-                        ErrorKind::Connect,
-                        format!(
-                            "connecting to {addr} took longer than {} ms",
-                            config.connect_timeout.as_millis()
-                        ),
-                    ))
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address to connect to")))
-    }
-
-    async fn connect_one(
-        addr: SocketAddr,
-        config: &ClientConfig,
-        secure: Option<Secure<'_>>,
-        token: Option<&Token>,
-        notify_tx: broadcast::Sender<Notification>,
-    ) -> Result<Arc<ClientConn>, Error> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| {
-            Error::new(ErrorKind::Connect, format!("cannot connect to {addr}: {e}")).with_source(e)
-        })?;
-        let _ = tcp.set_nodelay(true);
-        let stream = match secure {
-            None => Stream::Tcp(tcp),
-            Some(s) => s.tls.connect(tcp, s.host, addr).await?,
-        };
-        let (rd, wr) = stream.split();
-        let mut reader = FrameReader::new(rd, config.max_frame);
-
-        // The handshake is the only exchange done without the writer task: one frame each way.
-        let mut meta = config.hello_meta.clone();
-        if let Some(token) = token {
-            meta.insert(TOKEN_KEY, token.text.as_str());
-        }
-        let hello = Hello {
-            protocol: PROTOCOL_NAME.to_owned(),
-            version: PROTOCOL_VERSION,
-            agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
-            max_frame: Some(config.max_frame),
-            meta,
-            features: config.features.clone(),
-        };
-        let mut buf = bytes::BytesMut::new();
-        message::put_serde(&mut buf, Kind::Hello, &hello)?;
-        wr.write_all(&buf).await.map_err(|e| {
-            Error::new(
-                ErrorKind::Connect,
-                format!("handshake with {addr} failed: {e}"),
-            )
-            .with_source(e)
-        })?;
-        let ack = read_ack(&mut reader, addr).await?;
-        if ack.version < 1 || ack.version > PROTOCOL_VERSION {
-            return Err(Error::protocol(format!(
-                "server {addr} answered with protocol version {}, this client speaks {PROTOCOL_VERSION}",
-                ack.version
-            )));
-        }
-
-        let out = Outbound::new(
-            wr,
-            ack.max_frame.max(frame::MIN_MAX_FRAME),
-            // Requests come from many caller tasks: gather them into one write.
-            Flush::Coalesce,
-            Pending::default(),
-            WriteLimits {
-                // Callers wait for their own responses; the queue needs no bound of its own.
-                max_queued: usize::MAX,
-                stall_timeout: Some(config.write_stall_timeout),
-            },
-        );
-        let conn = Arc::new(ClientConn {
-            out: out.clone(),
-            deadline_changed: Notify::new(),
-            draining: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            idle: Notify::new(),
-            tasks: Mutex::new(Vec::new()),
-            background: Mutex::new(Vec::new()),
-            peer: addr,
-            features: ack.features.into(),
-        });
-        let writer = tokio::spawn(out.clone().run_writer());
-        let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
-        let live = Arc::new(Liveness::new());
-        let keepalive = config.keepalive.watch(live.clone(), out.clone());
-        let reader_conn = conn.clone();
-        let read_task = tokio::spawn(async move {
-            let result = tokio::select! {
-                biased;
-                r = reader_conn.read_loop(&mut reader, &live, &notify_tx) => r,
-                e = keepalive => Err(e),
-                _ = out.closed() => Err(Error::connection_closed(format!("writing to {addr} failed"))),
-            };
-            let err = match result {
-                Ok(()) => {
-                    Error::connection_closed(format!("the server at {addr} closed the connection"))
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionClosed => e,
-                Err(e) => Error::connection_closed(format!("connection to {addr} failed: {e}")),
-            };
-            tracing::debug!(%addr, error = %err, "client connection closed");
-            reader_conn.teardown(&err);
-        });
-        conn.tasks.lock().extend([
-            writer.abort_handle(),
-            sweeper.abort_handle(),
-            read_task.abort_handle(),
-        ]);
-        conn.background.lock().push(sweeper.abort_handle());
-        if conn.closed.load(Ordering::SeqCst) {
-            // Closed before the sweeper was registered: stop it now.
-            sweeper.abort();
-        }
-        Ok(conn)
-    }
-
-    /// Starts the task that renews the connection's token before `expires_at`.
-    fn start_renewal(self: &Arc<Self>, credentials: SharedCredentials, expires_at: SystemTime) {
-        let conn = self.clone();
-        let task = tokio::spawn(async move {
-            tokio::select! {
-                _ = conn.out.closed() => {}
-                _ = conn.renew_tokens(&credentials, expires_at) => {}
-            }
-        });
-        self.tasks.lock().push(task.abort_handle());
-        self.background.lock().push(task.abort_handle());
-    }
-
-    /// Renews the token at about two thirds of its remaining lifetime, again and again. Failures
-    /// are retried with backoff until the token expires; then the connection is retired (new
-    /// calls go to a new connection, which presents a fresh token).
-    async fn renew_tokens(&self, credentials: &SharedCredentials, mut expires_at: SystemTime) {
-        loop {
-            let left = expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::sleep(left * 2 / 3).await;
-            let mut retry = RENEW_RETRY_MIN;
-            loop {
-                match self.renew_once(credentials, expires_at).await {
-                    Ok(Some(next)) => {
-                        tracing::debug!(peer = %self.peer, "access token renewed");
-                        expires_at = next;
-                        break;
-                    }
-                    // A token that does not expire needs no more renewals.
-                    Ok(None) => return,
-                    Err(e)
-                        if e.kind() == ErrorKind::Unauthorized
-                            && e.message() == auth::NO_AUTHENTICATOR =>
-                    {
-                        tracing::debug!(
-                            peer = %self.peer,
-                            "the server does not verify tokens; not renewing on this connection"
-                        );
-                        return;
-                    }
-                    Err(e) => {
-                        let left = expires_at
-                            .duration_since(SystemTime::now())
-                            .unwrap_or_default();
-                        if left.is_zero() {
-                            tracing::warn!(
-                                peer = %self.peer,
-                                error = %e,
-                                "the access token expired before it could be renewed; new calls \
-                                 will use a new connection"
-                            );
-                            self.retire(Error::connection_closed(
-                                "the connection's access token expired and could not be renewed",
-                            ))
-                            .await;
-                            return;
-                        }
-                        let wait = retry.min(left);
-                        if e.message() == NO_NEWER_TOKEN {
-                            // Usual while the credentials' own source has not renewed yet.
-                            tracing::debug!(
-                                peer = %self.peer,
-                                retry_in_ms = wait.as_millis() as u64,
-                                "no newer access token yet; retrying"
-                            );
-                        } else {
-                            tracing::warn!(
-                                peer = %self.peer,
-                                error = %e,
-                                retry_in_ms = wait.as_millis() as u64,
-                                "renewing the access token failed; retrying"
-                            );
-                        }
-                        tokio::time::sleep(wait).await;
-                        retry = (retry * 2).min(RENEW_RETRY_MAX);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Fetches a new token and presents it on this connection (`stardust.Connection/
-    /// authenticate`). Returns its expiry.
-    async fn renew_once(
-        &self,
-        credentials: &SharedCredentials,
-        current: SystemTime,
-    ) -> Result<Option<SystemTime>, Error> {
-        let token = fetch_token(credentials, RENEW_TIMEOUT).await?;
-        if token.expires_at.is_some_and(|at| at <= current) {
-            return Err(Error::new(ErrorKind::Unauthorized, NO_NEWER_TOKEN));
-        }
-        let head = RequestHead {
-            id: 0,
-            flags: FLAG_IDEMPOTENT,
-            service: CONNECTION_SERVICE,
-            method: AUTHENTICATE_METHOD,
-            timeout_us: RENEW_TIMEOUT.as_micros() as u64,
-            trace_id: 0,
-            meta: &NO_METADATA,
-        };
-        let info = CallInfo {
-            name: CallName::Static {
-                service: CONNECTION_SERVICE,
-                method: AUTHENTICATE_METHOD,
-            },
-            deadline: Some(Instant::now() + RENEW_TIMEOUT),
-            budget: RENEW_TIMEOUT,
-        };
-        match self.exchange(head, &(token.text.as_str(),), info).await {
-            Ok(_) => Ok(token.expires_at),
-            Err(CallError::Reconnect(e) | CallError::Failed(e)) => {
-                Err(auth::redact(e, &token.text))
-            }
-        }
-    }
-
     /// Stops new calls on this connection and closes it once the calls in flight are done.
     pub(crate) async fn retire(&self, reason: Error) {
         self.draining.store(true, Ordering::SeqCst);
@@ -755,38 +451,6 @@ impl<A: ?Sized> Drop for Exchange<'_, A> {
     fn drop(&mut self) {
         if let (Some(id), false) = (self.id, self.done) {
             self.conn.cancel(id);
-        }
-    }
-}
-
-async fn read_ack(reader: &mut FrameReader, addr: SocketAddr) -> Result<HelloAck, Error> {
-    loop {
-        match reader.next_frame() {
-            Ok(Some(h)) => {
-                let body = reader.body(&h);
-                let result = match Kind::from_u8(h.kind) {
-                    Some(Kind::HelloAck) => rmp_serde::from_slice::<HelloAck>(body).map_err(|e| {
-                        Error::protocol(format!("malformed HelloAck from {addr}: {e}"))
-                    }),
-                    // The server refused the connection and said why.
-                    Some(Kind::GoAway) => Err(message::parse_error(body)),
-                    _ => Err(Error::protocol(format!(
-                        "{addr} did not answer the handshake with HelloAck (got frame kind {})",
-                        h.kind
-                    ))),
-                };
-                reader.consume(&h);
-                return result;
-            }
-            Ok(None) => {
-                if !reader.fill().await? {
-                    return Err(Error::new(
-                        ErrorKind::Connect,
-                        format!("{addr} closed the connection during the handshake"),
-                    ));
-                }
-            }
-            Err((_, e)) => return Err(e),
         }
     }
 }

@@ -1,0 +1,215 @@
+//! [`ClientBuilder`]: a client's settings, and the connection (or the balanced endpoints) it
+//! starts with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::ToSocketAddrs;
+use tokio::sync::broadcast;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConfig {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_frame: u32,
+    pub(crate) keepalive: Keepalive,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) hello_meta: Metadata,
+    /// Where connections get the token they present (and renew).
+    pub(crate) credentials: Option<SharedCredentials>,
+    /// TLS for connections that use it (all of a direct client's; providers that advertise it
+    /// for a pool).
+    pub(crate) tls: Option<ClientTls>,
+    /// Optional protocol capabilities announced in the `Hello`.
+    pub(crate) features: Vec<String>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Some(DEFAULT_TIMEOUT),
+            max_frame: DEFAULT_MAX_FRAME,
+            keepalive: Keepalive::default(),
+            write_stall_timeout: Duration::from_secs(30),
+            hello_meta: Metadata::new(),
+            credentials: None,
+            tls: None,
+            features: Vec::new(),
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[must_use = "a builder does nothing until `connect` is awaited"]
+pub struct ClientBuilder {
+    pub(super) config: ClientConfig,
+    pub(super) interceptors: Vec<Arc<dyn ClientInterceptor>>,
+}
+
+impl ClientBuilder {
+    /// Default deadline of every call (30 s unless set); a call can override it with
+    /// [`Client::with_timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// Calls without a deadline (not recommended: a lost provider is then only noticed by
+    /// keepalive).
+    pub fn no_timeout(mut self) -> ClientBuilder {
+        self.config.timeout = None;
+        self
+    }
+
+    /// How long establishing a connection (TCP and handshake) may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Largest response frame accepted, in bytes (default 16 MiB); the server is told, and
+    /// answers an over-limit response with a `FrameTooLarge` error instead.
+    pub fn max_frame_size(mut self, bytes: u32) -> ClientBuilder {
+        self.config.max_frame = bytes.max(crate::protocol::frame::MIN_MAX_FRAME);
+        self
+    }
+
+    /// Ping a silent server after `interval`; consider the connection dead after `timeout`
+    /// without any frame, failing its calls (defaults 10 s and 30 s).
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> ClientBuilder {
+        self.config.keepalive = Keepalive { interval, timeout };
+        self
+    }
+
+    /// How long requests may wait to be sent while the server takes none of them (default
+    /// 30 s): then the server stopped reading, and the connection is closed, failing its calls
+    /// with `ConnectionClosed` (the next call connects again). The clock runs only while the
+    /// socket is full; any progress restarts it.
+    pub fn write_stall_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.config.write_stall_timeout = timeout;
+        self
+    }
+
+    /// Connection metadata sent in the handshake.
+    pub fn handshake_metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> ClientBuilder {
+        self.config.hello_meta.insert(key, value);
+        self
+    }
+
+    /// Announces optional protocol capabilities in the handshake's `Hello` (see
+    /// [`Features`](crate::Features)); the server's own are in [`Client::peer_features`].
+    pub fn features<S: Into<String>>(
+        mut self,
+        names: impl IntoIterator<Item = S>,
+    ) -> ClientBuilder {
+        for name in names {
+            let name = name.into();
+            if !self.config.features.contains(&name)
+                && self.config.features.len() < crate::protocol::message::MAX_FEATURES
+            {
+                self.config.features.push(name);
+            }
+        }
+        self
+    }
+
+    /// Presents a token from `credentials` on every connection: fetched when connecting (so a
+    /// reconnect presents a fresh one) and, when it expires, renewed on the live connection at
+    /// about two thirds of its remaining lifetime. A server that refuses the token fails the
+    /// connect (and the calls waiting for it) with `Unauthorized` and the server's reason.
+    pub fn credentials(self, credentials: impl Credentials) -> ClientBuilder {
+        self.credentials_arc(Arc::new(credentials))
+    }
+
+    /// [`credentials`](ClientBuilder::credentials) with already shared credentials.
+    pub fn credentials_arc(mut self, credentials: Arc<dyn Credentials>) -> ClientBuilder {
+        self.config.credentials = Some(SharedCredentials(credentials));
+        self
+    }
+
+    /// Connects over TLS, verifying the server's certificate with `tls`'s CA bundle against the
+    /// IP address dialled (or [`ClientTls::server_name`]). A certificate that does not verify
+    /// fails the connect with a `Connect` error naming the problem.
+    pub fn tls(mut self, tls: ClientTls) -> ClientBuilder {
+        self.config.tls = Some(tls);
+        self
+    }
+
+    /// Adds an interceptor; interceptors run in the order added.
+    pub fn interceptor(mut self, interceptor: impl ClientInterceptor) -> ClientBuilder {
+        self.interceptors.push(Arc::new(interceptor));
+        self
+    }
+
+    /// Resolves `addr`, connects and performs the handshake. The connection is re-established
+    /// automatically on the next call after it drops.
+    pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Connect, format!("cannot resolve address: {e}"))
+                    .with_source(e)
+            })?
+            .collect();
+        let (notify_tx, _) = broadcast::channel(1024);
+        let secure = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| Secure { tls, host: None });
+        let conn = ClientConn::connect(&addrs, &self.config, secure, notify_tx.clone()).await?;
+        Ok(self.build(Endpoints::Fixed(addrs), Some(conn), notify_tx))
+    }
+
+    /// A client whose calls go to the providers `source` lists at the time, one chosen per call
+    /// by `balancer`, over `pool`'s connections (opened lazily, on first use).
+    pub(crate) fn balanced(
+        self,
+        source: Arc<dyn EndpointSource>,
+        pool: Arc<Pool>,
+        balancer: Arc<dyn Balancer>,
+        policy: Arc<Policy>,
+    ) -> Client {
+        let notify_tx = pool.notify_sender();
+        self.build(
+            Endpoints::Balanced(Balanced {
+                source,
+                pool,
+                balancer,
+                policy,
+            }),
+            None,
+            notify_tx,
+        )
+    }
+
+    fn build(
+        self,
+        endpoints: Endpoints,
+        conn: Option<Arc<ClientConn>>,
+        notify_tx: broadcast::Sender<Notification>,
+    ) -> Client {
+        Client {
+            timeout: self.config.timeout,
+            metadata: None,
+            hash_key: None,
+            retry_lost: false,
+            inner: Arc::new(ClientInner {
+                endpoints,
+                config: self.config,
+                interceptors: self.interceptors,
+                conn: Mutex::new(conn),
+                connecting: tokio::sync::Mutex::new(()),
+                notify_tx,
+            }),
+        }
+    }
+}
