@@ -74,7 +74,11 @@ async fn another_node_with_the_same_key_file_resumes_without_a_secret_check() {
     let first = start(config(&dir)).await;
     let (_client, reply) = login(first.local_addr(), PROVIDER.0, PROVIDER.1).await;
     assert!(reply.features.iter().any(|f| f == FEATURE_RESUME));
-    assert_eq!(first.login_stats().hashes, 1, "the login checked its secret");
+    assert_eq!(
+        first.login_stats().hashes,
+        1,
+        "the login checked its secret"
+    );
 
     // A second node from the same config and key file: a fresh connection resumes there.
     let second = start(config(&dir)).await;
@@ -110,7 +114,10 @@ async fn another_node_with_the_same_key_file_resumes_without_a_secret_check() {
     assert_eq!(found[0].app, PROVIDER.0, "registered as the token's app");
 
     let stats = second.login_stats();
-    assert_eq!(stats.hashes, 0, "no secret checked on the second node: {stats:?}");
+    assert_eq!(
+        stats.hashes, 0,
+        "no secret checked on the second node: {stats:?}"
+    );
     assert_eq!(stats.resumed, 1, "{stats:?}");
     assert_eq!((stats.succeeded, stats.resume_refused), (0, 0), "{stats:?}");
     second.shutdown().await;
@@ -128,11 +135,17 @@ async fn expired_and_malformed_tokens_are_refused() {
         .keys()
         .mint(CONSUMER.0, None, past, past + Duration::from_secs(3600));
     let m = refused_resume(&client, &expired).await;
-    assert!(m.starts_with("cannot resume:") && m.contains("expired"), "{m}");
+    assert!(
+        m.starts_with("cannot resume:") && m.contains("expired"),
+        "{m}"
+    );
     still_anonymous(&client).await;
 
     let m = refused_resume(&client, "sd1.not-a-token").await;
-    assert!(m.starts_with("cannot resume:") && m.contains("malformed"), "{m}");
+    assert!(
+        m.starts_with("cannot resume:") && m.contains("malformed"),
+        "{m}"
+    );
     still_anonymous(&client).await;
     // Refused by signature and expiry alone: nothing else was counted, no secret checked.
     let mut expected = LoginStats::default();
@@ -150,7 +163,10 @@ async fn expired_and_malformed_tokens_are_refused() {
         .expect("a valid token resumes");
     assert_eq!(reply.app, CONSUMER.0);
     let stats = node.login_stats();
-    assert_eq!((stats.resumed, stats.resume_refused, stats.hashes), (1, 2, 0));
+    assert_eq!(
+        (stats.resumed, stats.resume_refused, stats.hashes),
+        (1, 2, 0)
+    );
     node.shutdown().await;
 }
 
@@ -179,13 +195,10 @@ async fn a_dev_registry_without_key_file_falls_back_to_logins_after_a_restart() 
     assert_eq!((stats.resume_refused, stats.resumed), (1, 0), "{stats:?}");
 
     // What a client does then: log in with its secret, which works (and costs a check).
-    let again = within(
-        "login",
-        client.login("dev-app".into(), "dev-secret".into()),
-    )
-    .await
-    .unwrap()
-    .expect("the full login works");
+    let again = within("login", client.login("dev-app".into(), "dev-secret".into()))
+        .await
+        .unwrap()
+        .expect("the full login works");
     assert_eq!(again.app, "dev-app");
     assert!(node.login_stats().hashes >= 1);
     node.shutdown().await;
@@ -243,7 +256,10 @@ async fn star(addr: std::net::SocketAddr, app: (&str, &str)) -> Stardust {
 }
 
 /// A provider of `resume.Echo` answering `id`, registered through its own session.
-async fn provider(addr: std::net::SocketAddr, id: u32) -> (Stardust, stardust::Provider, Arc<AtomicU64>) {
+async fn provider(
+    addr: std::net::SocketAddr,
+    id: u32,
+) -> (Stardust, stardust::Provider, Arc<AtomicU64>) {
     let star = star(addr, PROVIDER).await;
     let calls = Arc::new(AtomicU64::new(0));
     let service = EchoImpl {
@@ -252,7 +268,10 @@ async fn provider(addr: std::net::SocketAddr, id: u32) -> (Stardust, stardust::P
     };
     let provider = within(
         "serve",
-        star.serve(Server::builder().serve(EchoServer::new(service)), "127.0.0.1:0"),
+        star.serve(
+            Server::builder().serve(EchoServer::new(service)),
+            "127.0.0.1:0",
+        ),
     )
     .await
     .expect("serve");
@@ -299,7 +318,10 @@ async fn sessions_resume_after_a_registry_restart() {
     .await;
     let stats = node.login_stats();
     assert!(stats.resumed >= 2, "{stats:?}");
-    assert_eq!(stats.hashes, 0, "nobody's secret was checked again: {stats:?}");
+    assert_eq!(
+        stats.hashes, 0,
+        "nobody's secret was checked again: {stats:?}"
+    );
     assert_eq!(
         (stats.succeeded, stats.failed, stats.resume_refused),
         (0, 0, 0),

@@ -8,12 +8,14 @@
 //! counts what happened, so tests can tell a view built from deltas from one rebuilt by resyncs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use stardust::discovery::api::{
     DELTA_TOPIC, DISCOVERY_TOPIC, DiscoveryDelta, DiscoveryPush, FEATURE_DELTA, Instance,
     RegistryClient, Revision, WatchReply,
 };
 use stardust::{Client, Notifications};
+use tokio::sync::watch;
 
 use super::within;
 
@@ -193,19 +195,35 @@ impl Follower {
         self.apply(push).await
     }
 
-    /// Applies pushes until the view equals `expected` (bounded by [`super::BOUND`]).
-    pub async fn until_equal(&mut self, expected: &[Instance]) {
-        within("the view to equal the registry's", async {
-            while self.instances() != expected {
-                let push = self.recv().await.expect("the connection is gone");
-                self.apply(push).await;
+    /// Applies pushes as they come until the view equals the list `target` holds (once it
+    /// holds one; `discover`'s order). Unbounded: the caller bounds it.
+    pub async fn follow_until(&mut self, target: &mut watch::Receiver<Option<Arc<Vec<Instance>>>>) {
+        loop {
+            let expected = target.borrow_and_update().clone();
+            if expected.is_some_and(|e| self.equals(&e)) {
+                return;
             }
-        })
-        .await
+            let push = tokio::select! {
+                push = self.recv() => push.expect("the connection is gone"),
+                changed = target.changed() => {
+                    changed.expect("the target outlives its followers");
+                    continue;
+                }
+            };
+            self.apply(push).await;
+        }
+    }
+
+    /// Whether the view is `expected`; lengths first, and in place: a copy or a whole
+    /// comparison of thousands of instances per push would cost far more than the push.
+    fn equals(&self, expected: &[Instance]) -> bool {
+        self.list.len() == expected.len() && self.list.values().eq(expected.iter())
     }
 
     fn continues(&self, d: &DiscoveryDelta) -> bool {
-        self.at.is_some_and(|at| d.epoch == at.epoch && d.from == at.rev) && d.to > d.from
+        self.at
+            .is_some_and(|at| d.epoch == at.epoch && d.from == at.rev)
+            && d.to > d.from
     }
 
     fn apply_delta(&mut self, d: DiscoveryDelta) {
