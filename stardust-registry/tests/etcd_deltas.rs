@@ -114,7 +114,7 @@ mod with_etcd {
         assert_eq!(heavier.weight, 250);
         let d = next_delta(&mut view).await;
         assert_eq!((d.epoch, d.from), (at.epoch, at.rev), "{d:?}");
-        assert_eq!(d.upserted, [heavier.clone()]);
+        assert_eq!(d.upserted, [heavier]);
         assert!(d.removed.is_empty(), "{d:?}");
         at = view.at();
 
@@ -130,7 +130,7 @@ mod with_etcd {
         let d = next_delta(&mut view).await;
         assert_eq!((d.epoch, d.from), (at.epoch, at.rev), "{d:?}");
         assert!(d.upserted.is_empty(), "{d:?}");
-        assert_eq!(d.removed, [first.endpoint.clone()]);
+        assert_eq!(d.removed, [first.endpoint]);
 
         // B's subscriber sees what B says, having got nothing but deltas since its snapshot.
         let on_b = within(
