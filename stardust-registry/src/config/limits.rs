@@ -56,7 +56,10 @@ pub struct Limits {
     /// Connections the registry serves at once (each logged-in process holds one); more are
     /// turned away with a `GoAway` saying so. Default 10 000.
     pub max_connections: usize,
-    /// Connections still in their handshake at once; more wait in the accept queue. Default 256.
+    /// Connections still in their handshake at once; more are turned away at once with a
+    /// `GoAway` (`Overloaded`), which clients retry after their backoff. Set it above the burst
+    /// of connections expected at one moment (every session reconnecting after a restart).
+    /// Default 256.
     pub max_pending_handshakes: usize,
 }
 

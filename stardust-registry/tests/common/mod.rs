@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod follow;
 pub mod raw;
 // The workspace's "skip loudly unless STARDUST_REQUIRE_EXTERNAL" rule, shared with the root tests.
 #[path = "../../../tests/common/external.rs"]
