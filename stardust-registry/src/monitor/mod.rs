@@ -25,6 +25,7 @@
 //! it needs ([`Monitor::snapshot`]) and renders outside it. Every table is bounded.
 
 mod discovery_metrics;
+mod fold;
 pub(crate) mod http;
 pub(crate) mod render;
 
@@ -114,6 +115,9 @@ pub(crate) struct ServiceEntry {
     pub instances: BTreeMap<String, InstanceStats>,
     pub history: History,
     pub gone: Option<Instant>,
+    /// The sum of its instances' `rate`s, kept as they change: a heartbeat or a removal costs
+    /// the instances it touches, not the service's whole list.
+    pub rate_sum: (f64, f64),
 }
 
 /// One live instance (a lease) and its figures.
@@ -348,179 +352,25 @@ impl Monitor {
         let Some(stats) = entry.instances.remove(endpoint) else {
             return;
         };
+        entry.rate_sum.0 -= stats.rate.0;
+        entry.rate_sum.1 -= stats.rate.1;
         if let Some(s) = inner.sessions.get_mut(&stats.session) {
             s.instances
                 .retain(|(sv, ep)| !(sv == service && ep == endpoint));
         }
-        if entry.instances.is_empty() {
+        let became_gone = entry.instances.is_empty();
+        if became_gone {
             entry.gone = Some(now);
+            // No instance left: no rounding left over either.
+            entry.rate_sum = (0.0, 0.0);
         }
         let slot = self.slot(now);
         let rate = service_rate(entry);
         entry.history.record(slot, rate);
-        Self::prune(inner, now);
-    }
-
-    /// Folds a heartbeat's report from session `session` into the figures. Renews the
-    /// session's instances' `renewed` time. Cheap: work in proportion to the report and the
-    /// session's own instances.
-    pub(crate) fn fold(&self, session: u64, status: &Status, now: Instant) {
-        let slot = self.slot(now);
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        let Some(facts) = inner.sessions.get_mut(&session) else {
-            return; // ended meanwhile
-        };
-        let report = facts.report.get_or_insert_with(ProcessReport::default);
-        report.at = Some(now);
-        report.uptime_ms = status.uptime_ms;
-        if report.version != status.version {
-            report.version = truncate(&status.version, 64);
-        }
-        report.in_flight = status.in_flight;
-        report.window_ms = status.window_ms;
-        report.cpu_ms = status.cpu_ms;
-        report.cpu_ms_total = report.cpu_ms_total.saturating_add(status.cpu_ms);
-        report.rss_bytes = status.rss_bytes;
-        report.reports += 1;
-        let consumer_app = facts.app.clone();
-
-        // The session's own instances: renewed, and their last window starts from zero.
-        for (service, endpoint) in &facts.instances {
-            if let Some(stats) = own_instance(&mut inner.services, service, endpoint, session) {
-                stats.renewed = now;
-                stats.reported = Some(now);
-                stats.window_ms = status.window_ms;
-                for m in stats.methods.values_mut() {
-                    m.last = WindowFigures::default();
-                }
-            }
-        }
-
-        // What it served, credited to its instance of each service (the first, should it have
-        // registered one service at several endpoints).
-        for figures in &status.served {
-            let Some(endpoint) = facts
-                .instances
-                .iter()
-                .filter(|(s, _)| *s == figures.service)
-                .map(|(_, e)| e)
-                .min()
-            else {
-                continue; // not a service it registered
-            };
-            let Some(stats) = inner
-                .services
-                .get_mut(&figures.service)
-                .and_then(|e| e.instances.get_mut(endpoint))
-            else {
-                continue;
-            };
-            if figures.method.is_empty() || figures.method.len() > MAX_METHOD_LEN {
-                continue;
-            }
-            if !stats.methods.contains_key(&figures.method) {
-                if stats.methods.len() >= MAX_METHODS {
-                    continue;
-                }
-                stats
-                    .methods
-                    .insert(figures.method.clone(), MethodStats::default());
-            }
-            let method = stats.methods.get_mut(&figures.method).expect("present");
-            method.calls = method.calls.saturating_add(figures.calls);
-            let errors = add_errors(&mut method.errors, &figures.errors);
-            let buckets = buckets_of(&figures.latency);
-            if let Some(b) = &buckets {
-                for (total, n) in method.buckets.iter_mut().zip(b) {
-                    *total = total.saturating_add(*n);
-                }
-                method.sum_us = method.sum_us.saturating_add(figures.latency.sum_us);
-            }
-            let last = &mut method.last;
-            last.calls = last.calls.saturating_add(figures.calls);
-            last.errors = last.errors.saturating_add(errors);
-            last.in_flight = figures.in_flight;
-            if let Some(b) = &buckets {
-                for (total, n) in last.buckets.iter_mut().zip(b) {
-                    *total = total.saturating_add(*n);
-                }
-            }
-            let l = &figures.latency;
-            last.p50_us = last.p50_us.max(l.p50_us);
-            last.p90_us = last.p90_us.max(l.p90_us);
-            last.p99_us = last.p99_us.max(l.p99_us);
-            last.max_us = last.max_us.max(l.max_us);
-        }
-
-        // What it called: the consumers' view of each provider instance.
-        for figures in &status.called {
-            let Some(stats) = inner
-                .services
-                .get_mut(&figures.service)
-                .and_then(|e| e.instances.get_mut(&figures.endpoint))
-            else {
-                continue; // not a live instance (any more)
-            };
-            if !stats.consumers.contains_key(&*consumer_app) {
-                if stats.consumers.len() >= MAX_CONSUMER_APPS {
-                    continue;
-                }
-                stats
-                    .consumers
-                    .insert(consumer_app.to_string(), ConsumerStats::default());
-            }
-            let consumer = stats.consumers.get_mut(&*consumer_app).expect("present");
-            consumer.calls = consumer.calls.saturating_add(figures.calls);
-            let errors = add_errors(&mut consumer.errors, &figures.errors);
-            let connect_errors = figures
-                .errors
-                .iter()
-                .filter(|e| is_connect_failure(e.code))
-                .fold(0u64, |a, e| a.saturating_add(e.count));
-            consumer
-                .sessions
-                .retain(|_, w| now.saturating_duration_since(w.at) < UNREACHABLE_HOLD);
-            if consumer.sessions.len() >= MAX_CONSUMER_SESSIONS
-                && !consumer.sessions.contains_key(&session)
-            {
-                let oldest = consumer
-                    .sessions
-                    .iter()
-                    .min_by_key(|(_, w)| w.at)
-                    .map(|(id, _)| *id);
-                if let Some(id) = oldest {
-                    consumer.sessions.remove(&id);
-                }
-            }
-            consumer.sessions.insert(
-                session,
-                ConsumerWindow {
-                    at: now,
-                    window_ms: status.window_ms,
-                    calls: figures.calls,
-                    errors,
-                    connect_errors,
-                    p50_us: figures.latency.p50_us,
-                    p99_us: figures.latency.p99_us,
-                },
-            );
-        }
-
-        // The instances' rates, then the history of every service this session provides.
-        for (service, endpoint) in &facts.instances {
-            if let Some(stats) = own_instance(&mut inner.services, service, endpoint, session) {
-                stats.rate = stats.window_rate();
-            }
-        }
-        let mut touched: Vec<&str> = facts.instances.iter().map(|(s, _)| s.as_str()).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for service in touched {
-            if let Some(entry) = inner.services.get_mut(service) {
-                let rate = service_rate(entry);
-                entry.history.record(slot, rate);
-            }
+        // Only a service going away can push the gone ones over their bound (and `snapshot`
+        // drops the old ones): an instance leaving costs nothing per service.
+        if became_gone {
+            Self::prune(inner, now);
         }
     }
 
@@ -543,6 +393,7 @@ impl Monitor {
                             instances: e.instances.clone(),
                             history: History::default(),
                             gone: e.gone,
+                            rate_sum: e.rate_sum,
                         },
                     )
                 })
@@ -581,10 +432,8 @@ impl Monitor {
 
 /// The service's current calls/s and errors/s: the sum of its instances' last windows.
 pub(crate) fn service_rate(entry: &ServiceEntry) -> (f64, f64) {
-    entry
-        .instances
-        .values()
-        .fold((0.0, 0.0), |(c, e), i| (c + i.rate.0, e + i.rate.1))
+    // A running sum: never below zero from rounding.
+    (entry.rate_sum.0.max(0.0), entry.rate_sum.1.max(0.0))
 }
 
 fn add_errors(into: &mut BTreeMap<u16, u64>, errors: &[ErrorCount]) -> u64 {
@@ -728,6 +577,49 @@ mod tests {
 
     fn peer() -> SocketAddr {
         "127.0.0.1:5000".parse().unwrap()
+    }
+
+    #[test]
+    fn a_services_rate_is_the_sum_of_its_instances_kept_as_they_change() {
+        let m = Monitor::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        for (session, endpoint) in [(1, "h:1"), (2, "h:2")] {
+            m.session_started(session, "calc".into(), peer(), t0);
+            m.registered(&instance("calc.C", endpoint), session, t0);
+        }
+        let report = |calls: u64, errors: u64| Status {
+            window_ms: 1000,
+            served: vec![served("calc.C", "add", calls, &[(5, errors)])],
+            ..Status::default()
+        };
+        let exact = |m: &Monitor| {
+            let snap = m.snapshot(false);
+            let e = &snap.services["calc.C"];
+            let sum = e
+                .instances
+                .values()
+                .fold((0.0, 0.0), |(c, x), i| (c + i.rate.0, x + i.rate.1));
+            (service_rate(e), sum)
+        };
+        for (i, (a, b)) in [(10, 4), (7, 30), (0, 2)].into_iter().enumerate() {
+            let at = t0 + Duration::from_secs(i as u64 + 1);
+            m.fold(1, &report(a, 1), at);
+            m.fold(2, &report(b, 0), at);
+            let (kept, sum) = exact(&m);
+            assert!(
+                (kept.0 - sum.0).abs() < 1e-9 && (kept.1 - sum.1).abs() < 1e-9,
+                "{kept:?} {sum:?}"
+            );
+            assert!(sum.0 > 0.0);
+        }
+        m.removed("calc.C", "h:2", t0 + Duration::from_secs(5));
+        let (kept, sum) = exact(&m);
+        assert!((kept.0 - sum.0).abs() < 1e-9, "{kept:?} {sum:?}");
+        m.removed("calc.C", "h:1", t0 + Duration::from_secs(5));
+        assert_eq!(
+            service_rate(&m.snapshot(false).services["calc.C"]),
+            (0.0, 0.0)
+        );
     }
 
     #[test]
