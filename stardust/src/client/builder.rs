@@ -110,14 +110,7 @@ impl ClientBuilder {
         mut self,
         names: impl IntoIterator<Item = S>,
     ) -> ClientBuilder {
-        for name in names {
-            let name = name.into();
-            if !self.config.features.contains(&name)
-                && self.config.features.len() < crate::protocol::message::MAX_FEATURES
-            {
-                self.config.features.push(name);
-            }
-        }
+        crate::protocol::handshake::announce(&mut self.config.features, names);
         self
     }
 

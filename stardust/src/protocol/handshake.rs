@@ -87,6 +87,20 @@ impl Features {
     }
 }
 
+/// Adds `names` to a side's announced features: each once, at most [`MAX_FEATURES`] in all
+/// (a peer refuses more).
+pub(crate) fn announce<S: Into<String>>(
+    list: &mut Vec<String>,
+    names: impl IntoIterator<Item = S>,
+) {
+    for name in names {
+        let name = name.into();
+        if !list.contains(&name) && list.len() < MAX_FEATURES {
+            list.push(name);
+        }
+    }
+}
+
 impl From<Vec<String>> for Features {
     fn from(names: Vec<String>) -> Features {
         Features(names.into())

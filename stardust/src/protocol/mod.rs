@@ -6,5 +6,5 @@
 pub mod codec;
 mod decode;
 pub mod frame;
-mod handshake;
+pub(crate) mod handshake;
 pub mod message;

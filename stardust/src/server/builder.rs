@@ -181,14 +181,7 @@ impl ServerBuilder {
         mut self,
         names: impl IntoIterator<Item = S>,
     ) -> ServerBuilder {
-        for name in names {
-            let name = name.into();
-            if !self.config.features.contains(&name)
-                && self.config.features.len() < crate::protocol::message::MAX_FEATURES
-            {
-                self.config.features.push(name);
-            }
-        }
+        crate::protocol::handshake::announce(&mut self.config.features, names);
         self
     }
 
