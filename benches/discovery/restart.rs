@@ -6,9 +6,10 @@
 //! and heartbeat, subscribers `watch` again (a new epoch, so a snapshot) and follow deltas. All
 //! sessions at once, as that many processes would, through the setup's handshake limit.
 //!
-//! Measured: from the moment the new registry accepts connections until each subscriber's view
-//! shows every live instance of its service again; how many sessions resumed and how many fell
-//! back to a full login; the restarted registry's own counters (`/metrics`).
+//! Measured: from the moment the new registry accepts connections (when the bench reads the
+//! port it prints right after binding) until each subscriber's view shows every live instance
+//! of its service again; how many sessions resumed and how many fell back to a full login; the
+//! restarted registry's own counters (`/metrics`).
 //!
 //! What the restart must not be taken for: the old sessions stop heartbeating before the kill,
 //! so no heartbeat of theirs fails or is refused; their views are dropped whole rather than
