@@ -18,8 +18,8 @@
 //! - This binary starts itself again as the registry (`STARDUST_DISCOVERY_ROLE=registry`):
 //!   `stardust_registry::RegistryNode` with a config file written for the run (memory store,
 //!   default 10 s lease TTL, two apps with a deliberately cheap argon2id hash, login throttling
-//!   opened up for thousands of sessions from 127.0.0.1). Its RSS and CPU come from
-//!   `/proc/<pid>`, per phase.
+//!   opened up for thousands of sessions from 127.0.0.1, a key file, monitoring on a free
+//!   loopback port). Its RSS and CPU come from `/proc/<pid>`, per phase.
 //! - Setup: every session connects and logs in (64 at a time). Providers heartbeat every 3 s
 //!   with an empty status from then on, spread over the interval, and log in and register again
 //!   when a heartbeat is refused, as a real provider does.
@@ -32,6 +32,15 @@
 //!   graceful leave (deregister it), crash (close a provider session's connection). Push
 //!   latency: from the start of the call (or the close) until each subscriber of the service
 //!   sees the change in its view; p50/p99/max over subscribers x repeats.
+//! - Registry restart (`discovery/restart.rs`; `STARDUST_DISCOVERY_RESTART=0` skips it): the
+//!   registry process is killed (SIGKILL) and started again on the same port with the same
+//!   config and key file; every provider and subscriber session comes back at once on a new
+//!   connection, `resume`s with its token (a full login if refused), providers register again
+//!   and heartbeat, subscribers `watch` again (a snapshot of the new epoch) and follow deltas.
+//!   Timed from the new registry accepting connections until every subscriber's view shows all
+//!   the live instances of its service; resumes vs. full logins counted by the bench and read
+//!   from the registry's `/metrics`. The killed registry's rebuilt views do not count as
+//!   instances vanishing; expiries in the restarted one do.
 //! - Heartbeat round: every live provider gets one more heartbeat answered. A lease that
 //!   expired at any point makes the session's next heartbeat refused, so none goes unseen even
 //!   when the phases were short next to the 10 s lease TTL.
@@ -53,13 +62,16 @@
 //! `--bench`, quick otherwise), `STARDUST_DISCOVERY_INSTANCES` (10,000; quick 1,000),
 //! `STARDUST_DISCOVERY_SESSIONS` (provider sessions: 1,000; quick 100),
 //! `STARDUST_DISCOVERY_SUBSCRIBERS` (1,000; quick 100), `STARDUST_DISCOVERY_SERVICES`,
-//! `STARDUST_DISCOVERY_SHAPES`, `STARDUST_DISCOVERY_REPEATS`, `STARDUST_DISCOVERY_RSS_CAP_MB`.
+//! `STARDUST_DISCOVERY_SHAPES`, `STARDUST_DISCOVERY_REPEATS`, `STARDUST_DISCOVERY_RSS_CAP_MB`,
+//! `STARDUST_DISCOVERY_RESTART=1|0` (the restart phase; default 1).
 //! Progress goes to stderr, the markdown tables to stdout.
 
 #[path = "discovery/events.rs"]
 mod events;
 #[path = "discovery/ledger.rs"]
 mod ledger;
+#[path = "discovery/metrics.rs"]
+mod metrics;
 #[path = "discovery/options.rs"]
 mod options;
 #[path = "discovery/probe.rs"]
@@ -72,6 +84,8 @@ mod provider;
 mod registry_process;
 #[path = "discovery/report.rs"]
 mod report;
+#[path = "discovery/restart.rs"]
+mod restart;
 #[path = "discovery/run.rs"]
 mod run;
 #[path = "discovery/session.rs"]

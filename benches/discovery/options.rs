@@ -23,6 +23,8 @@ pub struct Options {
     /// The registry (or this process) growing past this many bytes counts as a collapse: the
     /// registry is killed and the shape reported as far as it got.
     pub rss_cap_bytes: u64,
+    /// Whether to run the registry-restart phase (`STARDUST_DISCOVERY_RESTART=0` skips it).
+    pub restart: bool,
     pub bounds: Bounds,
 }
 
@@ -45,6 +47,8 @@ pub struct Bounds {
     pub event: Duration,
     /// All events of a shape together.
     pub events: Duration,
+    /// The registry restart, from the kill until every view is complete again.
+    pub restart: Duration,
     /// Views converging to what `discover` says, at the end.
     pub final_check: Duration,
 }
@@ -84,6 +88,13 @@ impl Options {
             services: number("STARDUST_DISCOVERY_SERVICES", services)?,
             repeats: number("STARDUST_DISCOVERY_REPEATS", repeats)?,
             rss_cap_bytes: number("STARDUST_DISCOVERY_RSS_CAP_MB", 4096)? as u64 * 1024 * 1024,
+            restart: match var("STARDUST_DISCOVERY_RESTART").as_deref() {
+                None | Some("1" | "true" | "yes") => true,
+                Some("0" | "false" | "no") => false,
+                Some(other) => {
+                    return Err(format!("STARDUST_DISCOVERY_RESTART={other}: use 1 or 0"));
+                }
+            },
             bounds: if quick { Bounds::QUICK } else { Bounds::FULL },
         };
         // Crashes take provider sessions away for good; the joins need one left over.
@@ -107,6 +118,9 @@ impl Bounds {
         registration_burst: Duration::from_secs(10),
         event: Duration::from_secs(3),
         events: Duration::from_secs(15),
+        // Whatever is left of the shape's budget, in practice: views complete within it or
+        // quick mode fails.
+        restart: Duration::from_secs(15),
         final_check: Duration::from_secs(5),
     };
 
@@ -120,6 +134,8 @@ impl Bounds {
         registration_burst: Duration::from_secs(60),
         event: Duration::from_secs(10),
         events: Duration::from_secs(120),
+        // Ten times the target (every view complete within 10 s of the registry being back).
+        restart: Duration::from_secs(100),
         final_check: Duration::from_secs(20),
     };
 }

@@ -2,7 +2,8 @@
 //! instances and heartbeating every 3 s with an empty status. When a heartbeat is refused (its
 //! leases expired, or the connection was lost and came back anonymous) it counts that, logs in
 //! again if needed and registers everything again, which is what the `Stardust` handle does and
-//! what made the "before" registry's collapse snowball.
+//! what made the "before" registry's collapse snowball. After a registry restart it comes back
+//! on a new connection with what it had registered ([`Provider::halt`], [`Provider::rejoined`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::ledger::Ledger;
 use crate::registry_process::PROVIDER_APP;
-use crate::session;
+use crate::session::{self, Session};
 use crate::view::endpoint_key;
 
 /// How often a provider heartbeats (what the `Stardust` handle does with the default 10 s
@@ -28,6 +29,8 @@ pub struct Provider {
     client: RegistryClient,
     /// What this session has registered: registered again after an expiry.
     registrations: Arc<Mutex<Vec<Registration>>>,
+    /// The access token of the latest login, to resume with after a registry restart.
+    token: Arc<Mutex<String>>,
     /// When the latest heartbeat the registry answered (either way) was sent.
     answered: Arc<Mutex<Option<Instant>>>,
     heartbeat: JoinHandle<()>,
@@ -36,13 +39,27 @@ pub struct Provider {
 impl Provider {
     /// Starts heartbeating on a logged-in session; the first heartbeat comes after `phase`
     /// (spreading the sessions' heartbeats over the interval, as independent processes do).
-    pub fn start(client: RegistryClient, phase: Duration, ledger: Arc<Ledger>) -> Provider {
-        let registrations = Arc::new(Mutex::new(Vec::new()));
+    pub fn start(session: Session, phase: Duration, ledger: Arc<Ledger>) -> Provider {
+        Provider::rejoined(session, Vec::new(), phase, ledger)
+    }
+
+    /// Like [`start`](Self::start), for a session that comes back after a registry restart
+    /// with what it had registered (which [`register_all`](Self::register_all) registers).
+    pub fn rejoined(
+        session: Session,
+        registrations: Vec<Registration>,
+        phase: Duration,
+        ledger: Arc<Ledger>,
+    ) -> Provider {
+        let Session { client, token } = session;
+        let registrations = Arc::new(Mutex::new(registrations));
+        let token = Arc::new(Mutex::new(token));
         let answered = Arc::new(Mutex::new(None));
         let heartbeat = tokio::spawn(heartbeat_loop(
             Heartbeats {
                 client: client.clone(),
                 registrations: registrations.clone(),
+                token: token.clone(),
                 answered: answered.clone(),
                 ledger,
             },
@@ -51,9 +68,36 @@ impl Provider {
         Provider {
             client,
             registrations,
+            token,
             answered,
             heartbeat,
         }
+    }
+
+    /// Stops heartbeating and hands over what coming back after a registry restart takes. The
+    /// connection stays open in [`Halted`] until the caller drops it.
+    pub async fn halt(mut self) -> Halted {
+        self.stop_heartbeat().await;
+        Halted {
+            registrations: std::mem::take(&mut *self.registrations.lock()),
+            token: self.token.lock().clone(),
+            connection: self.client.clone(),
+        }
+    }
+
+    /// Registers again everything this session had registered (on its new connection, after a
+    /// registry restart), one call after the other as a real provider's resync does; returns
+    /// how many.
+    pub async fn register_all(&self) -> Result<usize, String> {
+        let all = self.registrations.lock().clone();
+        for reg in &all {
+            match self.client.register(reg.clone()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("register {} again: {e}", reg.endpoint)),
+                Err(e) => return Err(format!("register {} again: {e}", reg.endpoint)),
+            }
+        }
+        Ok(all.len())
     }
 
     /// Registers one instance; returns how long the call took.
@@ -109,6 +153,15 @@ impl Provider {
     }
 }
 
+/// A provider session whose heartbeats stopped, before a registry restart.
+pub struct Halted {
+    pub registrations: Vec<Registration>,
+    pub token: String,
+    /// The old connection, held until the registry is killed: closing it before would end the
+    /// session gracefully (its instances leaving every view), which is not a crash.
+    pub connection: RegistryClient,
+}
+
 impl Drop for Provider {
     fn drop(&mut self) {
         self.heartbeat.abort();
@@ -119,6 +172,7 @@ impl Drop for Provider {
 struct Heartbeats {
     client: RegistryClient,
     registrations: Arc<Mutex<Vec<Registration>>>,
+    token: Arc<Mutex<String>>,
     answered: Arc<Mutex<Option<Instant>>>,
     ledger: Arc<Ledger>,
 }
@@ -127,6 +181,7 @@ async fn heartbeat_loop(hb: Heartbeats, phase: Duration) {
     let Heartbeats {
         client,
         registrations,
+        token,
         answered,
         ledger,
     } = hb;
@@ -149,7 +204,10 @@ async fn heartbeat_loop(hb: Heartbeats, phase: Duration) {
             Ok(Err(RegistryError::Unauthorized(_))) => {
                 Ledger::count(&ledger.sessions_lost);
                 match session::login(&client, PROVIDER_APP).await {
-                    Ok(()) => register_again(&client, &registrations, &ledger).await,
+                    Ok(new) => {
+                        *token.lock() = new;
+                        register_again(&client, &registrations, &ledger).await;
+                    }
                     Err(e) => ledger.error(format!("logging in again after a lost session: {e}")),
                 }
             }

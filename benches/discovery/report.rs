@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::metrics::LoginCounters;
 use crate::shape::Shape;
-use crate::stats::{latency_cell, mb, secs};
+use crate::stats::{latency_cell, mb, percentiles_ms, round, secs};
 
 /// Resources a phase cost: wall time, and CPU of the registry and of the load generator.
 #[derive(Debug, Clone)]
@@ -43,6 +44,37 @@ pub struct EventFigures {
     pub calls: Vec<Duration>,
 }
 
+/// The registry restart: killed with SIGKILL, started again on its port with its key file, every
+/// session back on a new connection.
+#[derive(Debug, Clone, Default)]
+pub struct RestartFigures {
+    /// Why it did not run although the phases before it did.
+    pub skipped: Option<&'static str>,
+    /// From the SIGKILL until the new registry accepted connections; `None`: not restarted.
+    pub down: Option<Duration>,
+    /// Per subscriber whose view was complete again: from the new registry accepting
+    /// connections until then.
+    pub views: Vec<Duration>,
+    /// Subscribers whose view was not complete when the phase ended.
+    pub incomplete: usize,
+    /// From the new registry accepting connections until every session was back (logged in,
+    /// registered again or watching); `None` if not all were.
+    pub sessions_back: Option<Duration>,
+    /// Provider and subscriber sessions to bring back.
+    pub sessions: usize,
+    /// Sessions back by `resume`, and by a full login (`first_fallback` says why the first).
+    pub resumed: usize,
+    pub logged_in: usize,
+    pub first_fallback: Option<String>,
+    /// Sessions that did not come back (connecting, logging in, registering or watching
+    /// failed).
+    pub failed: usize,
+    /// Instances registered again.
+    pub registered: usize,
+    /// The restarted registry's own counters (`/metrics`), or why they could not be read.
+    pub registry: Option<Result<LoginCounters, String>>,
+}
+
 /// Registry memory at three moments.
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
@@ -52,6 +84,17 @@ pub struct Memory {
     pub peak: Option<u64>,
     pub end: Option<u64>,
     /// Instances registered at the end, for bytes per instance.
+    pub instances: usize,
+    /// The registry killed by the restart phase, right before: bytes per instance come from
+    /// it (the process measured before registering), not from its fresh successor.
+    pub before_restart: Option<MemoryAt>,
+}
+
+/// A registry process's memory at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryAt {
+    pub rss: Option<u64>,
+    pub peak: Option<u64>,
     pub instances: usize,
 }
 
@@ -69,6 +112,7 @@ pub struct ShapeReport {
     pub join: EventFigures,
     pub leave: EventFigures,
     pub crash: EventFigures,
+    pub restart: RestartFigures,
     /// Repeats of (join, leave, crash) run, of those asked for.
     pub repeats: (usize, usize),
     pub heartbeats: Vec<Duration>,
@@ -123,9 +167,18 @@ impl ShapeReport {
             )),
             None => {}
         }
+        if self.restart.logged_in > 0 {
+            out.push(format!(
+                "{name}: {} of {} sessions could not resume after the registry restart (first: {})",
+                self.restart.logged_in,
+                self.restart.sessions,
+                self.restart.first_fallback.as_deref().unwrap_or("?")
+            ));
+        }
         let errors = self.registration.errors
             + self.subscribe_burst.errors
             + self.registration_burst.errors
+            + self.restart.failed
             + self.heartbeat_errors as usize
             + self.bad_pushes as usize;
         if errors > 0 {
@@ -174,6 +227,10 @@ impl ShapeReport {
                 event_cell(ev, done, asked),
             );
         }
+        row(
+            "registry restart → every view complete",
+            self.restart.cell(),
+        );
         row(
             "register call (join) / deregister call (leave)",
             format!(
@@ -253,19 +310,32 @@ impl ShapeReport {
     fn memory_cell(&self) -> String {
         let m = &self.memory;
         let opt = |b: Option<u64>| b.map_or("?".to_owned(), mb);
-        let per_instance = match (m.before_registering, m.end) {
-            (Some(before), Some(end)) if m.instances > 0 => format!(
+        let (rss, instances) = match m.before_restart {
+            Some(at) => (at.rss, at.instances),
+            None => (m.end, m.instances),
+        };
+        let per_instance = match (m.before_registering, rss) {
+            (Some(before), Some(rss)) if instances > 0 => format!(
                 ": **{} B per instance**",
-                (end.saturating_sub(before)) / m.instances as u64
+                (rss.saturating_sub(before)) / instances as u64
             ),
             _ => String::new(),
         };
-        format!(
-            "before registering {}, peak **{}**, end {}{per_instance}",
-            opt(m.before_registering),
-            opt(m.peak),
-            opt(m.end)
-        )
+        match m.before_restart {
+            Some(at) => format!(
+                "before registering {}, peak **{}**, before the restart {}{per_instance}; the restarted registry at the end {}",
+                opt(m.before_registering),
+                opt(m.peak),
+                opt(at.rss),
+                opt(m.end)
+            ),
+            None => format!(
+                "before registering {}, peak **{}**, end {}{per_instance}",
+                opt(m.before_registering),
+                opt(m.peak),
+                opt(m.end)
+            ),
+        }
     }
 
     fn phases_cell(&self, of: impl Fn(&PhaseCost) -> Option<Duration>) -> String {
@@ -281,6 +351,86 @@ impl ShapeReport {
             }
         }
         format!("{} · total **{}**", parts.join(" · "), secs(total))
+    }
+}
+
+impl RestartFigures {
+    /// One line for stderr.
+    pub fn progress(&self) -> String {
+        let views = match percentiles_ms(&self.views) {
+            Some((_, _, max)) if self.incomplete == 0 => {
+                format!("every view complete after {} s", round(max / 1000.0))
+            }
+            _ => format!("{} views not complete", self.incomplete),
+        };
+        format!(
+            "{views}; {} of {} sessions resumed, {} full logins, {} failed, {} not back",
+            self.resumed,
+            self.sessions,
+            self.logged_in,
+            self.failed,
+            self.not_back()
+        )
+    }
+
+    /// Sessions still on their way back (logging in, registering, watching) when the phase
+    /// ended.
+    fn not_back(&self) -> usize {
+        self.sessions - self.resumed - self.logged_in - self.failed
+    }
+
+    fn cell(&self) -> String {
+        if let Some(why) = self.skipped {
+            return format!("skipped ({why})");
+        }
+        let Some(down) = self.down else {
+            return "not run".to_owned();
+        };
+        let mut s = match percentiles_ms(&self.views) {
+            Some((p50, p99, max)) if self.incomplete == 0 => format!(
+                "**{} s** after the new registry accepted connections (per subscriber p50 {} / p99 {} ms)",
+                round(max / 1000.0),
+                round(p50),
+                round(p99)
+            ),
+            _ => format!(
+                "**{} of {} views not complete**",
+                self.incomplete,
+                self.incomplete + self.views.len()
+            ),
+        };
+        let _ = write!(
+            s,
+            "; registry back {} s after the SIGKILL; {} sessions: **{} resumed**, {} full logins, {} failed",
+            secs(down),
+            self.sessions,
+            self.resumed,
+            self.logged_in,
+            self.failed
+        );
+        match self.sessions_back {
+            Some(t) => {
+                let _ = write!(s, ", all back after {} s", secs(t));
+            }
+            None => {
+                let _ = write!(s, ", **{} not back**", self.not_back());
+            }
+        }
+        let _ = write!(s, "; {} instances registered again", self.registered);
+        match &self.registry {
+            Some(Ok(c)) => {
+                let _ = write!(
+                    s,
+                    "; the registry counted {} resumes, {} refused, {} logins",
+                    c.resumed, c.resume_refused, c.logins
+                );
+            }
+            Some(Err(e)) => {
+                let _ = write!(s, "; its counters unreadable: {e}");
+            }
+            None => {}
+        }
+        s
     }
 }
 

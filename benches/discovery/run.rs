@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,8 @@ use crate::probe::{Probe, Probes};
 use crate::procfs::Pid;
 use crate::provider::{HEARTBEAT_EVERY, Provider};
 use crate::registry_process::{CONSUMER_APP, LEASE_TTL, PROVIDER_APP, RegistryProcess};
-use crate::report::{Burst, PhaseCost, ShapeReport};
-use crate::session;
+use crate::report::{Burst, MemoryAt, PhaseCost, ShapeReport};
+use crate::session::{self, Session};
 use crate::shape::{Shape, endpoint};
 use crate::stats::secs;
 use crate::subscriber::{Sinks, Subscriber};
@@ -36,7 +35,7 @@ pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
         shape: Some(shape.clone()),
         ..ShapeReport::default()
     };
-    let registry = match RegistryProcess::start() {
+    let mut registry = match RegistryProcess::start() {
         Ok(r) => r,
         Err(e) => {
             report.failure = Some(e);
@@ -80,8 +79,8 @@ pub fn run_shape(shape: Shape, opts: &Options) -> ShapeReport {
             shape: &shape,
             bounds: opts.bounds,
             repeats: opts.repeats,
-            addr: registry.addr(),
-            pid: registry.pid(),
+            restart: opts.restart,
+            registry: &mut registry,
             watchdog: &watchdog,
             ledger: Arc::default(),
             probes: Arc::default(),
@@ -106,18 +105,19 @@ pub struct Run<'a> {
     pub shape: &'a Shape,
     pub bounds: Bounds,
     pub repeats: usize,
-    addr: SocketAddr,
-    pub pid: Pid,
+    /// Whether to run the registry-restart phase.
+    restart: bool,
+    pub registry: &'a mut RegistryProcess,
     pub watchdog: &'a Watchdog,
     /// Where provider sessions (their connections and heartbeats) run.
-    providers_rt: tokio::runtime::Handle,
+    pub providers_rt: tokio::runtime::Handle,
     pub ledger: Arc<Ledger>,
     pub probes: Arc<Probes>,
     /// By session number; `None` once crashed.
     pub providers: Vec<Option<Arc<Provider>>>,
     pub subscribers: Vec<Arc<Subscriber>>,
     /// A consumer session of its own, for `discover` at the end.
-    checker: Option<RegistryClient>,
+    pub checker: Option<Session>,
     /// When the shape started (its budget runs from here).
     started: Instant,
 }
@@ -127,7 +127,7 @@ impl Run<'_> {
         let b = self.bounds;
         let name = self.shape.kind.name();
 
-        let meter = Meter::start(self.pid);
+        let meter = Meter::start(self.pid());
         let limit = self.limit(b.setup);
         let setup = bounded(self.watchdog, "setup", limit, self.setup()).await;
         report.phases.push(meter.stop("setup"));
@@ -136,17 +136,17 @@ impl Run<'_> {
             Some(Err(e)) => report.failure = Some(e),
             None => {} // a collapse, already said
         }
-        report.memory.before_registering = self.pid.rss();
+        report.memory.before_registering = self.pid().rss();
 
         if self.going() {
-            let meter = Meter::start(self.pid);
+            let meter = Meter::start(self.pid());
             let (limit, out) = (self.limit(b.registration), &mut report.registration);
             bounded(self.watchdog, "registration", limit, self.registration(out)).await;
             report.phases.push(meter.stop("registration"));
             eprintln!("[{name}] registration: {}", progress(&report.registration));
         }
         if self.going() {
-            let meter = Meter::start(self.pid);
+            let meter = Meter::start(self.pid());
             let (limit, out) = (self.limit(b.subscribe_burst), &mut report.subscribe_burst);
             bounded(
                 self.watchdog,
@@ -162,7 +162,7 @@ impl Run<'_> {
             );
         }
         if self.going() {
-            let meter = Meter::start(self.pid);
+            let meter = Meter::start(self.pid());
             let (limit, out) = (
                 self.limit(b.registration_burst),
                 &mut report.registration_burst,
@@ -176,15 +176,32 @@ impl Run<'_> {
             );
         }
         if self.going() {
-            let meter = Meter::start(self.pid);
+            let meter = Meter::start(self.pid());
             let (limit, watchdog) = (self.limit(b.events), self.watchdog);
             bounded(watchdog, "events", limit, self.events(report)).await;
             report.phases.push(meter.stop("events"));
             let (done, asked) = report.repeats;
             eprintln!("[{name}] events: {done} of {asked} repeats");
         }
-        if self.going() {
-            let meter = Meter::start(self.pid);
+        if self.going() && !self.restart {
+            report.restart.skipped = Some("STARDUST_DISCOVERY_RESTART=0");
+        } else if self.going() {
+            report.memory.before_restart = Some(MemoryAt {
+                rss: self.pid().rss(),
+                peak: self.pid().peak_rss(),
+                instances: self.ledger.live(),
+            });
+            let meter = Meter::start(self.pid());
+            let limit = self.limit(b.restart);
+            if let Err(e) = self.registry_restart(limit, &mut report.restart).await {
+                report.failure = Some(e);
+            }
+            let meter = meter.after_restart(self.pid());
+            report.phases.push(meter.stop("registry restart"));
+            eprintln!("[{name}] registry restart: {}", report.restart.progress());
+        }
+        if self.going() && report.failure.is_none() {
+            let meter = Meter::start(self.pid());
             let limit = self.limit(HEARTBEAT_EVERY + LEASE_TTL);
             bounded(
                 self.watchdog,
@@ -196,7 +213,7 @@ impl Run<'_> {
             report.phases.push(meter.stop("heartbeat round"));
         }
         if report.failure.is_none() && !self.subscribers.is_empty() {
-            let meter = Meter::start(self.pid);
+            let meter = Meter::start(self.pid());
             self.final_check(report).await;
             report.phases.push(meter.stop("final check"));
         }
@@ -210,6 +227,11 @@ impl Run<'_> {
         bound.min(end.saturating_duration_since(Instant::now()))
     }
 
+    /// The registry process (a new one after the restart phase).
+    pub fn pid(&self) -> Pid {
+        self.registry.pid()
+    }
+
     /// Whether to run the next phase: nothing failed or collapsed so far.
     fn going(&self) -> bool {
         self.watchdog.reason().is_none() && !self.subscribers.is_empty()
@@ -218,7 +240,7 @@ impl Run<'_> {
     /// Opens every session: the providers start heartbeating at once, spread over the interval.
     async fn setup(&mut self) -> Result<(), String> {
         let s = self.shape.sessions;
-        let (addr, ledger) = (self.addr, self.ledger.clone());
+        let (addr, ledger) = (self.registry.addr(), self.ledger.clone());
         self.providers = self
             .providers_rt
             .spawn(async move {
@@ -237,8 +259,8 @@ impl Run<'_> {
             .await
             .map_err(|e| format!("opening the provider sessions died: {e}"))??;
         let m = self.shape.subscribers;
-        let clients = session::open_many(self.addr, CONSUMER_APP, m).await?;
-        self.checker = Some(session::open(self.addr, CONSUMER_APP).await?);
+        let clients = session::open_many(addr, CONSUMER_APP, m).await?;
+        self.checker = Some(session::open(addr, CONSUMER_APP).await?);
         self.subscribers = clients
             .into_iter()
             .enumerate()
@@ -366,7 +388,8 @@ impl Run<'_> {
         let deadline = Instant::now() + self.bounds.final_check;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let expected = match tokio::time::timeout(remaining, self.discover_all(checker)).await {
+            let discovered = self.discover_all(&checker.client);
+            let expected = match tokio::time::timeout(remaining, discovered).await {
                 Ok(Ok(expected)) => expected,
                 Ok(Err(e)) => {
                     report.final_check_note = Some(format!("discover failed: {e}"));
@@ -416,10 +439,11 @@ impl Run<'_> {
     /// Memory, correctness counters and the first error, at the end.
     fn figures(&self, report: &mut ShapeReport) {
         let l = &self.ledger;
-        report.memory.end = self.pid.rss();
+        report.memory.end = self.pid().rss();
         // Killed by the watchdog, the registry has no `VmHWM` left: its samples tell the peak.
         let sampled = Some(self.watchdog.peak_sampled()).filter(|&b| b > 0);
-        report.memory.peak = self.pid.peak_rss().max(sampled);
+        let killed = report.memory.before_restart.and_then(|m| m.peak);
+        report.memory.peak = self.pid().peak_rss().max(sampled).max(killed);
         report.memory.instances = l.live();
         report.heartbeats = l
             .heartbeats_us()
@@ -480,6 +504,16 @@ impl Meter {
             registry: pid.cpu(),
             own: Pid::Own.cpu().unwrap_or_default(),
         }
+    }
+
+    /// `pid` is the registry now: if it was restarted during the phase, its CPU is the new
+    /// process's since it started (the killed one's share of the phase went with it).
+    pub fn after_restart(mut self, pid: Pid) -> Meter {
+        if pid != self.pid {
+            self.pid = pid;
+            self.registry = Some(Duration::ZERO);
+        }
+        self
     }
 
     pub fn stop(self, name: &'static str) -> PhaseCost {

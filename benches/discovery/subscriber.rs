@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::ledger::Ledger;
 use crate::probe::Probes;
+use crate::session::Session;
 use crate::view::{DeltaPush, FullPush, InstanceRef, View, decode_list};
 
 /// Whether this run follows revisioned deltas where the registry offers them.
@@ -27,6 +28,8 @@ pub struct Subscriber {
     /// The service watched (its number in the shape).
     service: usize,
     client: RegistryClient,
+    /// The access token of its login, to resume with after a registry restart.
+    token: String,
     view: Arc<Mutex<View>>,
     /// The task applying pushes, once subscribed.
     follow: Mutex<Option<JoinHandle<()>>>,
@@ -40,11 +43,12 @@ pub struct Sinks {
 }
 
 impl Subscriber {
-    pub fn new(index: usize, service: usize, client: RegistryClient) -> Subscriber {
+    pub fn new(index: usize, service: usize, session: Session) -> Subscriber {
         Subscriber {
             index,
             service,
-            client,
+            client: session.client,
+            token: session.token,
             view: Arc::default(),
             follow: Mutex::new(None),
         }
@@ -59,8 +63,28 @@ impl Subscriber {
         }
     }
 
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn service(&self) -> usize {
         self.service
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Stops following pushes and forgets the view, without counting anything as having left
+    /// it: the registry is about to die, and the view will be rebuilt (by a new subscriber
+    /// session) from the restarted registry, which knows nothing of the old one's revisions.
+    pub async fn halt(&self) {
+        let follow = self.follow.lock().take();
+        if let Some(f) = follow {
+            f.abort();
+            let _ = f.await;
+        }
+        *self.view.lock() = View::default();
     }
 
     /// Subscribes to `name` (this subscriber's service) and follows its pushes from then on;
@@ -84,6 +108,8 @@ impl Subscriber {
             view.apply_full(list.iter().map(InstanceRef::from), |k| {
                 sinks.ledger.left_a_view(k)
             });
+            // The answer may complete a change under way (a restart's rebuilt views do).
+            sinks.probes.check(self.index, self.service, &view);
         }
         *self.follow.lock() = Some(tokio::spawn(follow(
             self.index,
@@ -103,6 +129,10 @@ impl Subscriber {
         let at = Arc::new(Mutex::new(None));
         ask(&self.client, &name, &self.view, &at, &sinks).await?;
         let took = start.elapsed();
+        // The snapshot may complete a change under way (a restart's rebuilt views do).
+        sinks
+            .probes
+            .check(self.index, self.service, &self.view.lock());
         *self.follow.lock() = Some(tokio::spawn(follow_deltas(
             (self.index, self.service),
             self.client.clone(),

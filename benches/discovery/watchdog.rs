@@ -5,12 +5,17 @@
 //! killed before it takes the machine with it. Phases that overrun their deadline declare a
 //! collapse too. The first reason wins; every bounded wait of the bench selects on
 //! [`Watchdog::collapsed`] and ends early.
+//!
+//! The restart phase kills the registry on purpose: it [pauses](Watchdog::pause) the watchdog
+//! first and has it [follow](Watchdog::follow) the new process afterwards, so a deliberate kill is
+//! not taken for the registry dying.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::procfs::Pid;
@@ -23,6 +28,9 @@ pub struct Watchdog {
     collapse: Arc<watch::Sender<Option<String>>>,
     /// The largest registry RSS sampled: its peak when it was killed (no `VmHWM` to read then).
     peak: Arc<AtomicU64>,
+    /// The registry's pid; `None` while paused. Locked by the sampler for the whole of one
+    /// sample, so once [`pause`](Self::pause) returns no sample of the old process is under way.
+    registry: Arc<Mutex<Option<u32>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -33,16 +41,41 @@ impl Watchdog {
         let collapse = Arc::new(tx);
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
+        let registry = Arc::new(Mutex::new(Some(registry)));
         let thread = {
             let (collapse, stop, peak) = (collapse.clone(), stop.clone(), peak.clone());
-            std::thread::spawn(move || sample(registry, rss_cap, &collapse, &stop, &peak))
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pid = registry.lock();
+                    if let Some(p) = *pid
+                        && !sample(p, rss_cap, &collapse, &peak)
+                    {
+                        // Gone, or killed for its size: nothing left to watch.
+                        *pid = None;
+                    }
+                    drop(pid);
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            })
         };
         Watchdog {
             collapse,
             peak,
+            registry,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Stops watching the registry process (it is about to be killed on purpose).
+    pub fn pause(&self) {
+        *self.registry.lock() = None;
+    }
+
+    /// Watches the registry process `pid` from now on (the restarted one).
+    pub fn follow(&self, pid: u32) {
+        *self.registry.lock() = Some(pid);
     }
 
     /// Records a collapse (unless one was recorded already).
@@ -91,51 +124,50 @@ fn declare(collapse: &watch::Sender<Option<String>>, reason: String) {
     });
 }
 
+/// Samples the registry (and this process) once; `false` once there is no point sampling the
+/// registry again (it exited, or was killed for its size).
 fn sample(
     registry: u32,
     rss_cap: u64,
     collapse: &watch::Sender<Option<String>>,
-    stop: &AtomicBool,
     peak: &AtomicU64,
-) {
+) -> bool {
     let mb = |b: u64| b / (1024 * 1024);
-    while !stop.load(Ordering::Relaxed) {
-        let rss = Pid::Of(registry).rss();
-        if let Some(rss) = rss {
-            peak.fetch_max(rss, Ordering::Relaxed);
+    let rss = Pid::Of(registry).rss();
+    if let Some(rss) = rss {
+        peak.fetch_max(rss, Ordering::Relaxed);
+    }
+    match rss {
+        // A zombie has no VmRSS: the process is gone.
+        None => {
+            declare(collapse, "the registry process exited".into());
+            return false;
         }
-        match rss {
-            // A zombie has no VmRSS: the process is gone.
-            None => {
-                declare(collapse, "the registry process exited".into());
-                return;
-            }
-            Some(rss) if rss > rss_cap => {
-                declare(
-                    collapse,
-                    format!(
-                        "registry RSS {} MB over the cap of {} MB (STARDUST_DISCOVERY_RSS_CAP_MB): killed",
-                        mb(rss),
-                        mb(rss_cap)
-                    ),
-                );
-                registry_process::kill(registry);
-                return;
-            }
-            Some(_) => {}
-        }
-        if let Some(own) = Pid::Own.rss().filter(|&own| own > rss_cap) {
+        Some(rss) if rss > rss_cap => {
             declare(
                 collapse,
                 format!(
-                    "the load generator's RSS {} MB is over the cap of {} MB (pushes pile up faster than it reads them)",
-                    mb(own),
+                    "registry RSS {} MB over the cap of {} MB (STARDUST_DISCOVERY_RSS_CAP_MB): killed",
+                    mb(rss),
                     mb(rss_cap)
                 ),
             );
             registry_process::kill(registry);
-            return;
+            return false;
         }
-        std::thread::sleep(SAMPLE_EVERY);
+        Some(_) => {}
     }
+    if let Some(own) = Pid::Own.rss().filter(|&own| own > rss_cap) {
+        declare(
+            collapse,
+            format!(
+                "the load generator's RSS {} MB is over the cap of {} MB (pushes pile up faster than it reads them)",
+                mb(own),
+                mb(rss_cap)
+            ),
+        );
+        registry_process::kill(registry);
+        return false;
+    }
+    true
 }
