@@ -296,7 +296,20 @@ async fn sessions_resume_after_a_registry_restart() {
     let (_provider_star, first, _) = provider(addr, 1).await;
     let consumer = star(addr, CONSUMER).await;
     let echo = consumer.client::<EchoClient>();
-    assert_eq!(within("a call", echo.who()).await.unwrap(), 1);
+    // The consumer may have watched the new node before the provider registered there (its
+    // snapshot was empty then); the registration's delta brings the provider back to it.
+    within("the consumer to call the provider again", async {
+        loop {
+            match echo.who().await {
+                Ok(who) => break assert_eq!(who, 1),
+                Err(e) if e.kind() == stardust::ErrorKind::NoProvider => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
     assert_eq!(node.login_stats().hashes, 2, "both logged in with secrets");
 
     node.shutdown().await;
@@ -327,7 +340,20 @@ async fn sessions_resume_after_a_registry_restart() {
         (0, 0, 0),
         "{stats:?}"
     );
-    assert_eq!(within("a call", echo.who()).await.unwrap(), 1);
+    // The consumer may have watched the new node before the provider registered there (its
+    // snapshot was empty then); the registration's delta brings the provider back to it.
+    within("the consumer to call the provider again", async {
+        loop {
+            match echo.who().await {
+                Ok(who) => break assert_eq!(who, 1),
+                Err(e) if e.kind() == stardust::ErrorKind::NoProvider => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
 
     // The consumer's session follows the new node: a provider registered there now (a first
     // login, so one secret check) gets its calls.
