@@ -6,6 +6,9 @@
 //! already encoded once), releases the lock, and copies each payload into its subscribers'
 //! write queues. Rounds are at least [`ROUND_GAP`] apart, so a burst of changes is coalesced: a
 //! thousand registrations in a second cost each subscriber a few dozen pushes, not a thousand.
+//! While rounds keep carrying many changes (a storm: a registry restart's re-registrations, a
+//! fleet deploying) the gap doubles up to [`STORM_GAP`]; a round with few changes (single
+//! events, however close together) brings it back to [`ROUND_GAP`].
 //!
 //! A subscriber whose queue already holds more than the bound (`subscriber_queue_bytes`) is
 //! not pushed to: it is marked behind and skipped until it has read its queue down to half the
@@ -28,6 +31,10 @@ use super::table::{Kind, PushJob};
 
 /// The shortest time between two publishing rounds.
 const ROUND_GAP: Duration = Duration::from_millis(10);
+/// The longest, reached while rounds keep carrying many changes.
+const STORM_GAP: Duration = Duration::from_millis(80);
+/// Changes in one round that make it part of a storm.
+const STORM_CHANGES: u64 = 64;
 
 /// What the pushes to subscribers did since the node started (for `/metrics`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,15 +112,27 @@ impl Fanout {
 pub(super) async fn run_publisher(shared: Arc<Shared>) {
     let mut stopping = shared.stopping.clone();
     let mut last = Instant::now() - ROUND_GAP;
+    let mut gap = ROUND_GAP;
+    let mut seen = 0;
     loop {
         tokio::select! {
             _ = shared.fanout.wake.notified() => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
         // Coalesce: whatever else changes until the gap has passed rides along.
-        tokio::time::sleep_until(last + ROUND_GAP).await;
+        tokio::time::sleep_until(last + gap).await;
         last = Instant::now();
-        let jobs = shared.table.lock().collect();
+        let (jobs, revision) = {
+            let mut table = shared.table.lock();
+            (table.collect(), table.revision())
+        };
+        let changes = revision.saturating_sub(seen);
+        seen = revision;
+        gap = if changes >= STORM_CHANGES {
+            (gap * 2).min(STORM_GAP)
+        } else {
+            ROUND_GAP
+        };
         shared.fanout.rounds.fetch_add(1, Ordering::Relaxed);
         send(&shared, jobs, false);
     }

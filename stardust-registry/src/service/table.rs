@@ -152,6 +152,11 @@ impl<H: Clone> Table<H> {
         }
     }
 
+    /// The revision of the latest change.
+    pub(crate) fn revision(&self) -> u64 {
+        self.rev
+    }
+
     pub(crate) fn get(&self, service: &str, endpoint: &str) -> Option<&Lease> {
         self.services.get(service)?.instances.get(endpoint)
     }
