@@ -250,7 +250,7 @@ impl ServerBuilder {
 
     /// Closes a connection that has been idle this long (default 5 minutes; `None` keeps idle
     /// connections open for as long as keepalive finds them alive). Idle means no call was
-    /// received, none is running, and the application holds no [`Notifier`] for the connection
+    /// received, none is running, and the application holds no [`Notifier`](crate::Notifier) for the connection
     /// (a subscription). The client is told with `GoAway(ShuttingDown)`; the Rust client then
     /// closes the connection and opens a new one on its next call, so an idle close is invisible
     /// to callers (a call that crosses the `GoAway` is refused unrun and sent again on the new
