@@ -301,7 +301,8 @@ impl ShapeReport {
 
     fn mismatch_cell(&self) -> String {
         match (self.mismatches, &self.final_check_note) {
-            (Some((bad, of)), _) => format!("**{bad}** of {of} subscribers"),
+            (Some((bad, of)), Some(note)) => format!("**{bad}** of {of} subscribers ({note})"),
+            (Some((bad, of)), None) => format!("**{bad}** of {of} subscribers"),
             (None, Some(note)) => format!("not checked: {note}"),
             (None, None) => "not checked".to_owned(),
         }

@@ -239,6 +239,15 @@ impl Run<'_> {
 
     /// Opens every session: the providers start heartbeating at once, spread over the interval.
     async fn setup(&mut self) -> Result<(), String> {
+        // Views key instances by a 64-bit hash of their endpoint: two endpoints of one run
+        // sharing a key would make views differ for no fault of the registry.
+        let all = self.shape.join_instance(self.repeats);
+        let keys: std::collections::HashSet<_> = (0..all)
+            .map(|i| crate::view::endpoint_key(&crate::shape::endpoint(i)))
+            .collect();
+        if keys.len() != all {
+            return Err("two endpoints of this run hash to the same view key".into());
+        }
         let s = self.shape.sessions;
         let (addr, ledger) = (self.registry.addr(), self.ledger.clone());
         self.providers = self
@@ -409,6 +418,19 @@ impl Run<'_> {
                 .filter(|s| !s.shows(&expected[&s.service()]))
                 .count();
             report.mismatches = Some((bad, self.subscribers.len()));
+            // The last look: say how a differing view differs.
+            if bad > 0
+                && Instant::now() + RECHECK_EVERY >= deadline
+                && let Some(s) = self
+                    .subscribers
+                    .iter()
+                    .find(|s| !s.shows(&expected[&s.service()]))
+            {
+                let (missing, extra, changed) = s.diff(&expected[&s.service()]);
+                report.final_check_note = Some(format!(
+                    "a differing view: {missing} missing, {extra} extra, {changed} changed"
+                ));
+            }
             if bad == 0 || Instant::now() + RECHECK_EVERY >= deadline {
                 return;
             }

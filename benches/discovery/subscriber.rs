@@ -144,6 +144,11 @@ impl Subscriber {
         Ok(took)
     }
 
+    /// How this subscriber's view differs from `expected` (missing, extra, changed).
+    pub fn diff(&self, expected: &View) -> (usize, usize, usize) {
+        self.view.lock().diff(expected)
+    }
+
     /// Whether this subscriber's view is `expected`.
     pub fn shows(&self, expected: &View) -> bool {
         *self.view.lock() == *expected
