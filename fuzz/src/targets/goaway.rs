@@ -63,9 +63,11 @@ pub fn run(data: &[u8]) {
             Some(Kind::Notify) => {
                 let body = reader.take_body(&h);
                 if let Ok((_, payload)) = message::parse_notify(&body) {
-                    // The notification keeps the payload as a slice of the body.
-                    let offset = body.len() - payload.len();
-                    assert_eq!(&body.slice(offset..)[..], payload);
+                    // The notification keeps the payload as a slice of the body: exactly the
+                    // second element, even with elements after it (the client once took the
+                    // body's tail instead; this target found it).
+                    let start = payload.as_ptr() as usize - body.as_ptr() as usize;
+                    assert_eq!(&body.slice(start..start + payload.len())[..], payload);
                 }
             }
             Some(Kind::Ping) | Some(Kind::Pong) => reader.consume(&h),

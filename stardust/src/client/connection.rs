@@ -223,10 +223,8 @@ impl ClientConn {
     }
 
     fn deliver_notification(&self, body: Bytes, notify_tx: &broadcast::Sender<Notification>) {
-        match message::parse_notify(&body) {
-            Ok((topic, payload)) => {
-                let offset = body.len() - payload.len();
-                let n = Notification::new(topic.to_owned(), body.slice(offset..));
+        match Notification::from_body(&body) {
+            Ok(n) => {
                 // No subscriber is not an error: notifications are best effort.
                 let _ = notify_tx.send(n);
             }

@@ -19,6 +19,18 @@ impl Notification {
         Notification { topic, payload }
     }
 
+    /// A `Notify` frame's body as a notification: the payload shares the body's bytes. It is
+    /// exactly the body's second element, wherever that ends: a later protocol revision's
+    /// elements after it are not part of it.
+    pub(crate) fn from_body(body: &Bytes) -> Result<Notification, Error> {
+        let (topic, payload) = crate::protocol::message::parse_notify(body)?;
+        let start = payload.as_ptr() as usize - body.as_ptr() as usize;
+        Ok(Notification::new(
+            topic.to_owned(),
+            body.slice(start..start + payload.len()),
+        ))
+    }
+
     /// The topic the server published on.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -74,5 +86,31 @@ impl Notifications {
             Err(broadcast::error::RecvError::Lagged(lost)) => Err(lost),
             Err(broadcast::error::RecvError::Closed) => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_is_the_second_element_even_with_elements_after_it() {
+        // [topic, 5, "future"]: before, the payload was taken as the body's last byte(s).
+        let mut body = Vec::new();
+        rmp::encode::write_array_len(&mut body, 3).unwrap();
+        rmp::encode::write_str(&mut body, "calc.done").unwrap();
+        rmp::encode::write_uint(&mut body, 5).unwrap();
+        rmp::encode::write_str(&mut body, "future").unwrap();
+        let n = Notification::from_body(&Bytes::from(body)).unwrap();
+        assert_eq!(n.topic(), "calc.done");
+        assert_eq!(n.payload(), &[0x05]);
+        assert_eq!(n.decode::<u8>().unwrap(), 5);
+        // The usual two elements: the payload runs to the end.
+        let mut body = Vec::new();
+        rmp::encode::write_array_len(&mut body, 2).unwrap();
+        rmp::encode::write_str(&mut body, "t").unwrap();
+        rmp::encode::write_str(&mut body, "x").unwrap();
+        let n = Notification::from_body(&Bytes::from(body)).unwrap();
+        assert_eq!(n.decode::<String>().unwrap(), "x");
     }
 }
