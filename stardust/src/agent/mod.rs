@@ -192,7 +192,6 @@ impl AgentBuilder {
         let star = self.star.connect().await?;
         let routes = Arc::new(Routes::new(
             star.session()?.clone(),
-            star.policy().clone(),
             self.balancer,
             self.max_services,
         ));

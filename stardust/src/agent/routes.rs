@@ -9,8 +9,8 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::BoxFuture;
-use crate::balance::{Balancer, Policy};
-use crate::client::{Balanced, RawCall};
+use crate::balance::Balancer;
+use crate::client::{Balanced, MethodLatencies, RawCall};
 use crate::discovery::session::Session;
 use crate::discovery::watch::ServiceWatch;
 use crate::error::{Error, ErrorKind};
@@ -27,7 +27,6 @@ pub(crate) type MakeBalancer = Arc<dyn Fn() -> Arc<dyn Balancer> + Send + Sync>;
 /// The services the agent routes, each with its registry watch and balancer.
 pub(crate) struct Routes {
     session: Arc<Session>,
-    policy: Arc<Policy>,
     balancer: MakeBalancer,
     /// At most this many services are tracked; the least recently used one makes room.
     max: usize,
@@ -44,15 +43,9 @@ struct Route {
 }
 
 impl Routes {
-    pub(crate) fn new(
-        session: Arc<Session>,
-        policy: Arc<Policy>,
-        balancer: MakeBalancer,
-        max: usize,
-    ) -> Routes {
+    pub(crate) fn new(session: Arc<Session>, balancer: MakeBalancer, max: usize) -> Routes {
         Routes {
             session,
-            policy,
             balancer,
             max: max.max(1),
             table: RwLock::new(HashMap::new()),
@@ -103,7 +96,7 @@ impl Routes {
             source: watch.clone(),
             pool: self.session.pool.clone(),
             balancer: (self.balancer)(),
-            policy: self.policy.clone(),
+            latencies: MethodLatencies::default(),
         });
         table.insert(
             Arc::from(service),

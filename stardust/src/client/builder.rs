@@ -169,7 +169,7 @@ impl ClientBuilder {
         source: Arc<dyn EndpointSource>,
         pool: Arc<Pool>,
         balancer: Arc<dyn Balancer>,
-        policy: Arc<Policy>,
+        methods: usize,
     ) -> Client {
         let notify_tx = pool.notify_sender();
         self.build(
@@ -177,7 +177,7 @@ impl ClientBuilder {
                 source,
                 pool,
                 balancer,
-                policy,
+                latencies: MethodLatencies::with_methods(methods),
             }),
             None,
             notify_tx,
@@ -195,6 +195,7 @@ impl ClientBuilder {
             metadata: None,
             hash_key: None,
             retry_lost: false,
+            hedging: None,
             inner: Arc::new(ClientInner {
                 endpoints,
                 config: self.config,

@@ -51,6 +51,8 @@ pub(crate) struct ClientConn {
     pub(crate) peer: SocketAddr,
     /// The optional capabilities the server announced in its `HelloAck`.
     pub(crate) features: crate::Features,
+    /// When the server was last heard from, and whether a ping is waiting for its pong.
+    pub(crate) live: Arc<Liveness>,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -303,9 +305,16 @@ impl ClientConn {
         Ok(id)
     }
 
+    /// Marks the calls whose hedge is due at `now` and wakes their callers.
+    pub(crate) fn wake_due_hedges(&self, now: Instant, wakers: &mut Vec<Waker>) {
+        self.out
+            .with_state(|pending, _, _| pending.due_hedges(now, wakers));
+        wakers.drain(..).for_each(Waker::wake);
+    }
+
     /// Sends a request and waits for its reply.
     pub(crate) fn exchange<'a, A: Args + ?Sized>(
-        &'a self,
+        self: Arc<Self>,
         head: RequestHead<'a>,
         args: &'a A,
         info: CallInfo,
@@ -317,6 +326,7 @@ impl ClientConn {
             info: Some(info),
             id: None,
             done: false,
+            hedge_due: false,
         }
     }
 
@@ -388,13 +398,23 @@ impl ClientConn {
 /// start), then completed by the read loop or the deadline sweeper. Dropped before that, it
 /// cancels the call on the server.
 pub(crate) struct Exchange<'a, A: ?Sized> {
-    conn: &'a ClientConn,
+    conn: Arc<ClientConn>,
     head: RequestHead<'a>,
     args: &'a A,
     /// Taken when the call starts.
     info: Option<CallInfo>,
     id: Option<u64>,
     done: bool,
+    /// The pool's watchdog found the call due for a hedge (see [`Exchange::take_hedge_due`]).
+    hedge_due: bool,
+}
+
+impl<A: ?Sized> Exchange<'_, A> {
+    /// Whether the call became due for a hedge since this was last asked (checked after a
+    /// poll that returned `Pending`).
+    pub(crate) fn take_hedge_due(&mut self) -> bool {
+        std::mem::take(&mut self.hedge_due)
+    }
 }
 
 impl<A: Args + ?Sized> Future for Exchange<'_, A> {
@@ -433,9 +453,12 @@ impl<A: Args + ?Sized> Future for Exchange<'_, A> {
         let (poll, in_flight) = self
             .conn
             .out
-            .with_state(|pending, _, _| (pending.poll(id, cx), pending.in_flight()));
-        match poll {
-            Poll::Pending => Poll::Pending,
+            .with_state(|pending, _, _| (pending.poll_hedged(id, cx), pending.in_flight()));
+        match poll.0 {
+            Poll::Pending => {
+                self.hedge_due |= poll.1;
+                Poll::Pending
+            }
             Poll::Ready(reply) => {
                 self.done = true;
                 self.conn.released(in_flight);

@@ -1,12 +1,16 @@
 //! Where a client's calls go: a fixed address list, or the providers discovery lists, one chosen
 //! per call by a balancer.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
+use super::pending::CallName;
 use super::pool::Pool;
 use crate::auth::BoxFuture;
-use crate::balance::{Balancer, Policy, Target};
+use crate::balance::{Balancer, LatencyTracker, Target};
 use crate::error::Error;
 
 /// The addresses a client may connect to.
@@ -20,9 +24,66 @@ pub(crate) enum Endpoints {
 /// What a discovery-backed client needs to route a call.
 pub(crate) struct Balanced {
     pub(crate) source: Arc<dyn EndpointSource>,
+    /// The handle's connections, and its retry, ejection, stall and hedging policy.
     pub(crate) pool: Arc<Pool>,
     pub(crate) balancer: Arc<dyn Balancer>,
-    pub(crate) policy: Arc<Policy>,
+    /// Each method's recent answer latencies (for adaptive hedging).
+    pub(crate) latencies: MethodLatencies,
+}
+
+/// Answer latencies per method: by index for a typed proxy's methods (known when the proxy is
+/// made), by name for calls forwarded by name.
+#[derive(Debug, Default)]
+pub(crate) struct MethodLatencies {
+    by_index: Box<[LatencyTracker]>,
+    by_name: Mutex<HashMap<Box<str>, Arc<LatencyTracker>>>,
+}
+
+/// A method's tracker, borrowed or shared.
+pub(crate) enum TrackerRef<'a> {
+    Borrowed(&'a LatencyTracker),
+    Shared(Arc<LatencyTracker>),
+}
+
+impl std::ops::Deref for TrackerRef<'_> {
+    type Target = LatencyTracker;
+
+    fn deref(&self) -> &LatencyTracker {
+        match self {
+            TrackerRef::Borrowed(t) => t,
+            TrackerRef::Shared(t) => t,
+        }
+    }
+}
+
+/// Methods tracked by name at most (a peer forwarding endless bogus names gets no more).
+const MAX_NAMED_METHODS: usize = 256;
+
+impl MethodLatencies {
+    /// Trackers for a proxy of a service with `methods` methods.
+    pub(crate) fn with_methods(methods: usize) -> MethodLatencies {
+        MethodLatencies {
+            by_index: (0..methods).map(|_| LatencyTracker::new()).collect(),
+            by_name: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tracker of method number `index` if known, else of `name`'s method.
+    pub(crate) fn get(&self, index: Option<usize>, name: &CallName) -> Option<TrackerRef<'_>> {
+        if let Some(t) = index.and_then(|i| self.by_index.get(i)) {
+            return Some(TrackerRef::Borrowed(t));
+        }
+        let mut by_name = self.by_name.lock();
+        if let Some(t) = by_name.get(name.method()) {
+            return Some(TrackerRef::Shared(t.clone()));
+        }
+        if by_name.len() >= MAX_NAMED_METHODS {
+            return None;
+        }
+        let t = Arc::new(LatencyTracker::new());
+        by_name.insert(Box::from(name.method()), t.clone());
+        Some(TrackerRef::Shared(t))
+    }
 }
 
 /// A changing set of providers (the registry's view of a service).

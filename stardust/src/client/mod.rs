@@ -46,15 +46,15 @@ use crate::tls::ClientTls;
 use crate::transport::Keepalive;
 use tracing::Instrument;
 
-use crate::balance::{Balancer, Pick, Policy, Target, clock_ns, is_provider_fault};
+use crate::balance::{Balancer, Hedging, Pick, Target, clock_ns, is_provider_fault};
 pub(crate) use balanced::RawCall;
 use balanced::*;
 pub use builder::ClientBuilder;
 pub(crate) use builder::ClientConfig;
 use connection::{CallError, ClientConn, Secure};
-pub(crate) use endpoints::Balanced;
 pub(crate) use endpoints::EndpointSource;
 use endpoints::Endpoints;
+pub(crate) use endpoints::{Balanced, MethodLatencies};
 pub use notifications::{Notification, Notifications};
 use pending::CallInfo;
 pub(crate) use pending::CallName;
@@ -80,6 +80,8 @@ pub struct Client {
     hash_key: Option<u64>,
     /// Retry calls lost after they were sent even for methods not marked idempotent.
     retry_lost: bool,
+    /// Hedging of this handle's calls, instead of the handle's policy for their method.
+    hedging: Option<Hedging>,
 }
 
 struct ClientInner {
@@ -167,6 +169,21 @@ impl Client {
         }
     }
 
+    /// A handle whose calls that may run twice (idempotent methods, or all calls of a
+    /// [`retry_lost_calls`](Self::retry_lost_calls) handle) are hedged as `hedging` says,
+    /// whatever the `Stardust` handle's policy for their method
+    /// ([`StardustBuilder::hedging`](crate::StardustBuilder::hedging)). No effect on a client of
+    /// a single server.
+    ///
+    /// A typed proxy takes one with
+    /// `CalcClient::new(calc.client().with_hedging(Hedging::off()))`.
+    pub fn with_hedging(&self, hedging: Hedging) -> Client {
+        Client {
+            hedging: Some(hedging),
+            ..self.clone()
+        }
+    }
+
     /// Subscribes to notifications pushed by the server.
     pub fn notifications(&self) -> Notifications {
         Notifications::new(self.inner.notify_tx.subscribe())
@@ -201,6 +218,7 @@ impl Client {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        let index = method;
         let method = method_of(service, method)?;
         let start = Instant::now();
         let (inherited_deadline, inherited_trace) = context::inherited();
@@ -227,12 +245,28 @@ impl Client {
 
         if self.inner.interceptors.is_empty() {
             let reply = if crate::monitor::spans_enabled() {
-                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
-                    .instrument(span())
-                    .await?
+                self.send_and_wait(
+                    service,
+                    (index, method),
+                    args,
+                    deadline,
+                    trace_id,
+                    base_meta,
+                    start,
+                )
+                .instrument(span())
+                .await?
             } else {
-                self.send_and_wait(service, method, args, deadline, trace_id, base_meta, start)
-                    .await?
+                self.send_and_wait(
+                    service,
+                    (index, method),
+                    args,
+                    deadline,
+                    trace_id,
+                    base_meta,
+                    start,
+                )
+                .await?
             };
             return codec::decode_value(&reply);
         }
@@ -250,12 +284,28 @@ impl Client {
         }
         let meta = call.metadata.clone();
         let reply = if crate::monitor::spans_enabled() {
-            self.send_and_wait(service, method, args, deadline, trace_id, &meta, start)
-                .instrument(span())
-                .await
+            self.send_and_wait(
+                service,
+                (index, method),
+                args,
+                deadline,
+                trace_id,
+                &meta,
+                start,
+            )
+            .instrument(span())
+            .await
         } else {
-            self.send_and_wait(service, method, args, deadline, trace_id, &meta, start)
-                .await
+            self.send_and_wait(
+                service,
+                (index, method),
+                args,
+                deadline,
+                trace_id,
+                &meta,
+                start,
+            )
+            .await
         };
         let result = match reply {
             Ok(reply) => codec::decode_value(&reply),
@@ -327,7 +377,7 @@ impl Client {
     async fn send_and_wait<A: Serialize + ?Sized>(
         &self,
         service: &'static ServiceDescriptor,
-        method: &'static MethodDescriptor,
+        (index, method): (usize, &'static MethodDescriptor),
         args: &A,
         deadline: Option<Instant>,
         trace_id: u64,
@@ -345,6 +395,10 @@ impl Client {
                     service: service.name,
                     method: method.name,
                 },
+                method: Some(index),
+                hedging: self
+                    .hedging
+                    .unwrap_or_else(|| b.pool.policy.hedging_of(service.name, method.name)),
                 idempotent: method.idempotent,
                 deadline,
                 trace_id,
@@ -360,6 +414,7 @@ impl Client {
             },
             deadline,
             budget: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(start)),
+            hedge_at: None,
         };
         let deadline_error = || {
             Error::new(

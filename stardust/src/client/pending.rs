@@ -35,6 +35,9 @@ pub(crate) struct CallInfo {
     pub(crate) deadline: Option<Instant>,
     /// The time budget the caller gave, for the message.
     pub(crate) budget: Duration,
+    /// When the call should get a hedge (another try elsewhere) if it is still waiting; the
+    /// pool's watchdog looks for such calls ([`Pending::due_hedges`]).
+    pub(crate) hedge_at: Option<Instant>,
 }
 
 /// The service and method a call is to: the static names of a generated proxy (free to copy),
@@ -87,6 +90,17 @@ struct Slot {
     generation: u32,
     state: State,
     info: Option<CallInfo>,
+    hedge: Hedge,
+}
+
+/// Where a waiting call is with its hedge.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hedge {
+    NotYet,
+    /// The watchdog found it due and woke the caller.
+    Due,
+    /// The caller was told.
+    Told,
 }
 
 #[derive(Default)]
@@ -118,6 +132,7 @@ impl Pending {
                     generation: 1,
                     state: State::Free,
                     info: None,
+                    hedge: Hedge::NotYet,
                 });
                 self.slots.len() - 1
             }
@@ -126,6 +141,7 @@ impl Pending {
         let slot = &mut self.slots[index];
         slot.state = State::Waiting(waker.clone());
         slot.info = Some(info);
+        slot.hedge = Hedge::NotYet;
         let rearm = match (deadline, self.next_wake) {
             (Some(d), Some(next)) if d < next => true,
             (Some(_), None) => true,
@@ -148,6 +164,43 @@ impl Pending {
         match std::mem::replace(&mut slot.state, State::Done(reply)) {
             State::Waiting(waker) => Some(waker),
             _ => None,
+        }
+    }
+
+    /// Polls the call `id` for its reply, freeing the slot when it is taken. While it waits,
+    /// also says (once) that its hedge is due.
+    pub(crate) fn poll_hedged(&mut self, id: u64, cx: &mut Context<'_>) -> (Poll<Reply>, bool) {
+        let (index, generation) = split(id);
+        let due = match self
+            .slots
+            .get_mut(index)
+            .filter(|s| s.generation == generation)
+        {
+            Some(slot) if slot.hedge == Hedge::Due => {
+                slot.hedge = Hedge::Told;
+                true
+            }
+            _ => false,
+        };
+        let poll = self.poll(id, cx);
+        let due = due && poll.is_pending();
+        (poll, due)
+    }
+
+    /// Marks every waiting call whose hedge time is at or before `now` as due, pushing its waker
+    /// into `wakers`.
+    pub(crate) fn due_hedges(&mut self, now: Instant, wakers: &mut Vec<Waker>) {
+        for slot in &mut self.slots {
+            if slot.hedge != Hedge::NotYet {
+                continue;
+            }
+            let (State::Waiting(waker), Some(info)) = (&slot.state, &slot.info) else {
+                continue;
+            };
+            if info.hedge_at.is_some_and(|at| at <= now) {
+                slot.hedge = Hedge::Due;
+                wakers.push(waker.clone());
+            }
         }
     }
 
@@ -290,6 +343,7 @@ mod tests {
 
     fn info(deadline: Option<Instant>) -> CallInfo {
         CallInfo {
+            hedge_at: None,
             name: CallName::Static {
                 service: "s",
                 method: "m",
@@ -396,5 +450,38 @@ mod tests {
             _ => panic!("expected deadline error"),
         }
         assert!(p.poll(late, &mut cx()).is_pending());
+    }
+
+    #[test]
+    fn a_due_hedge_is_told_once_and_only_while_waiting() {
+        let mut p = Pending::default();
+        let t0 = Instant::now();
+        let hedged = |at| CallInfo {
+            hedge_at: Some(at),
+            ..info(None)
+        };
+        let (a, _) = p
+            .register(Waker::noop(), hedged(t0 + Duration::from_millis(5)))
+            .unwrap();
+        let (b, _) = p
+            .register(Waker::noop(), hedged(t0 + Duration::from_millis(50)))
+            .unwrap();
+        let (c, _) = p.register(Waker::noop(), info(None)).unwrap();
+        let mut wakers = Vec::new();
+        p.due_hedges(t0, &mut wakers);
+        assert!(wakers.is_empty());
+        p.due_hedges(t0 + Duration::from_millis(10), &mut wakers);
+        assert_eq!(wakers.len(), 1, "only the first is due");
+        p.due_hedges(t0 + Duration::from_millis(20), &mut wakers);
+        assert_eq!(wakers.len(), 1, "found due once");
+        assert!(p.poll_hedged(a, &mut cx()).1);
+        assert!(!p.poll_hedged(a, &mut cx()).1, "told once");
+        assert!(!p.poll_hedged(b, &mut cx()).1);
+        // An answered call is never reported due.
+        assert!(p.complete(b, Ok(Bytes::new())).is_some());
+        p.due_hedges(t0 + Duration::from_secs(1), &mut wakers);
+        assert_eq!(wakers.len(), 1);
+        assert!(p.poll_hedged(b, &mut cx()).0.is_ready());
+        assert!(!p.poll_hedged(c, &mut cx()).1, "no hedge time, no hedge");
     }
 }

@@ -104,6 +104,7 @@ impl Session {
         app: String,
         secret: Secret,
         cfg: SessionConfig,
+        policy: Arc<crate::balance::Policy>,
     ) -> Arc<Session> {
         Arc::new_cyclic(|weak: &std::sync::Weak<Session>| {
             let fetcher: Arc<dyn KeyFetcher> = Arc::new(SessionKeys(weak.clone()));
@@ -132,7 +133,7 @@ impl Session {
                 started: std::time::Instant::now(),
                 last_report: Mutex::new((std::time::Instant::now(), process::cpu_time_ms())),
                 unsent: Mutex::new(None),
-                pool: Arc::new(Pool::new(pool_config)),
+                pool: Arc::new(Pool::new(pool_config, policy)),
             }
         })
     }

@@ -11,7 +11,9 @@ use tokio::task::AbortHandle;
 use super::api::Registration;
 use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
-use crate::balance::{Balancer, LeastLoaded, Outliers, Policy, RetryBudget};
+use crate::balance::{
+    Balancer, Hedging, LeastLoaded, Outliers, Policy, RetryBudget, StallDetection,
+};
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, ServerBuilder};
@@ -27,6 +29,9 @@ pub struct StardustBuilder {
     timeout: Duration,
     budget: (u32, f64),
     outliers: Outliers,
+    stalls: StallDetection,
+    hedging: Hedging,
+    method_hedging: Vec<(Box<str>, Box<str>, Hedging)>,
     agent: Option<String>,
 }
 
@@ -96,7 +101,7 @@ impl StardustBuilder {
 
     /// Outlier ejection of the handle's proxies: a provider that fails `consecutive_failures`
     /// calls in a row (unreachable, connection lost, overloaded, shutting down, panicked, internal
-    /// error) takes no calls for `ejection`, then is probed back in: its next call decides (an
+    /// error, deadline exceeded, or suspected hung) takes no calls for `ejection`, then is probed back in: its next call decides (an
     /// answer clears it, a fault ejects it again). Default 5 and 10 s; 0 failures disables it.
     /// When every provider is ejected, ejection is ignored.
     pub fn outlier_ejection(
@@ -108,6 +113,59 @@ impl StardustBuilder {
             consecutive: consecutive_failures,
             ejection,
         };
+        self
+    }
+
+    /// Hung-provider detection of the handle's proxies (see [`StallDetection`]): a provider
+    /// that holds calls without answering any for `max(10 × its latency average, 50 ms)` is
+    /// left out of every choice, and gets one probe call per second until it answers. On by
+    /// default; [`StallDetection::off`] turns it off.
+    pub fn stall_detection(mut self, stalls: StallDetection) -> StardustBuilder {
+        self.stalls = stalls;
+        self
+    }
+
+    /// Hedging of the handle's calls that may run twice (idempotent methods, and calls of a
+    /// [`Client::retry_lost_calls`] handle): default [`Hedging::adaptive`], a second try on
+    /// another provider once a try has waited past the method's recent 99th percentile (at
+    /// least 5 ms). [`Hedging::off`] turns it off; [`method_hedging`](Self::method_hedging)
+    /// sets one method apart.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), stardust::Error> {
+    /// use std::time::Duration;
+    /// use stardust::balance::Hedging;
+    /// let star = stardust::Stardust::builder()
+    ///     .registry("127.0.0.1:6600")
+    ///     .app("web", "s3cret")
+    ///     // A fixed per-try timeout of 20 ms for every idempotent method...
+    ///     .hedging(Hedging::after(Duration::from_millis(20)))
+    ///     // ...except this one, which is never sent twice at once.
+    ///     .method_hedging("calc.Calculator", "report", Hedging::off())
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = star; Ok(()) }
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> StardustBuilder {
+        self.hedging = hedging;
+        self
+    }
+
+    /// Hedging of one method (`service` as registered, `method` as declared), instead of the
+    /// handle's [`hedging`](Self::hedging). Only calls that may run twice are ever hedged.
+    pub fn method_hedging(
+        mut self,
+        service: impl Into<String>,
+        method: impl Into<String>,
+        hedging: Hedging,
+    ) -> StardustBuilder {
+        let (service, method) = (
+            service.into().into_boxed_str(),
+            method.into().into_boxed_str(),
+        );
+        self.method_hedging
+            .retain(|(s, m, _)| !(*s == service && *m == method));
+        self.method_hedging.push((service, method, hedging));
         self
     }
 
@@ -143,6 +201,9 @@ impl StardustBuilder {
         let policy = Arc::new(Policy {
             budget: RetryBudget::new(self.budget.0, self.budget.1),
             outliers: self.outliers,
+            hedging: self.hedging,
+            method_hedging: self.method_hedging,
+            stalls: self.stalls,
         });
         if let Some(addr) = self.agent {
             if !self.registries.is_empty() {
@@ -164,7 +225,6 @@ impl StardustBuilder {
                         app: self.app.map(|(app, _)| app).unwrap_or_default(),
                     },
                     timeout: self.timeout,
-                    policy,
                 }),
             });
         }
@@ -180,7 +240,7 @@ impl StardustBuilder {
                 "no registry address: call .registry(\"host:port\")",
             ));
         }
-        let session = Session::new(self.registries, app, secret, self.cfg);
+        let session = Session::new(self.registries, app, secret, self.cfg, policy.clone());
         let client = session.establish().await?;
         session.resync(&client).await?;
         let task = tokio::spawn(session.clone().run());
@@ -191,7 +251,6 @@ impl StardustBuilder {
                     task: task.abort_handle(),
                 },
                 timeout: self.timeout,
-                policy,
             }),
         })
     }
@@ -232,8 +291,6 @@ pub struct Stardust {
 struct StarInner {
     mode: Mode,
     timeout: Duration,
-    /// Retry budget and outlier ejection, shared by every proxy of the handle.
-    policy: Arc<Policy>,
 }
 
 /// How the handle reaches providers.
@@ -275,6 +332,9 @@ impl Stardust {
             timeout: DEFAULT_TIMEOUT,
             budget: (10, 0.2),
             outliers: Outliers::default(),
+            stalls: StallDetection::default(),
+            hedging: Hedging::default(),
+            method_hedging: Vec::new(),
             agent: None,
         }
     }
@@ -299,11 +359,6 @@ impl Stardust {
                  .registry(..).app(..)",
             )),
         }
-    }
-
-    /// Retry budget and outlier ejection of the handle's balanced calls.
-    pub(crate) fn policy(&self) -> &Arc<Policy> {
-        &self.inner.policy
     }
 
     /// Binds `builder`'s server on `addr`, requiring registry tokens from callers, and registers
@@ -395,7 +450,7 @@ impl Stardust {
             watch,
             session.pool.clone(),
             Arc::new(balancer),
-            self.inner.policy.clone(),
+            C::DESCRIPTOR.methods.len(),
         );
         C::from_client(client)
     }

@@ -312,6 +312,7 @@ mod tests {
             "web".into(),
             Secret("pw".into()),
             SessionConfig::default(),
+            Default::default(),
         );
         (
             ServiceWatch::new("calc.C".into(), "*".into(), &session),

@@ -39,6 +39,8 @@ impl Default for Keepalive {
 pub(crate) struct Liveness {
     start: Instant,
     last_rx_us: AtomicU64,
+    /// When the last ping went out (0: none yet).
+    ping_us: AtomicU64,
     /// Reading is paused: the peer cannot be heard, so its silence is not held against it.
     held: AtomicBool,
 }
@@ -59,6 +61,7 @@ impl Liveness {
         Liveness {
             start: Instant::now(),
             last_rx_us: AtomicU64::new(0),
+            ping_us: AtomicU64::new(0),
             held: AtomicBool::new(false),
         }
     }
@@ -74,6 +77,17 @@ impl Liveness {
     pub(crate) fn touch(&self) {
         let us = self.start.elapsed().as_micros() as u64;
         self.last_rx_us.store(us, Ordering::Relaxed);
+    }
+
+    /// How long the ping sent last has gone unanswered (nothing at all received since it went
+    /// out); `None` when no ping is waiting.
+    pub(crate) fn unanswered_ping(&self) -> Option<Duration> {
+        let ping = self.ping_us.load(Ordering::Relaxed);
+        if ping == 0 || self.last_rx_us.load(Ordering::Relaxed) >= ping {
+            return None;
+        }
+        let now = self.start.elapsed().as_micros() as u64;
+        Some(Duration::from_micros(now.saturating_sub(ping)))
     }
 
     fn silent_for(&self) -> Duration {
@@ -108,6 +122,10 @@ impl Keepalive {
                 // buffers grew to for past traffic can go back to the allocator meanwhile.
                 out.release_buffers();
                 nonce += 1;
+                if live.unanswered_ping().is_none() {
+                    let us = (live.start.elapsed().as_micros() as u64).max(1);
+                    live.ping_us.store(us, Ordering::Relaxed);
+                }
                 let _ = out.push(|buf| {
                     frame::put_empty(buf, Kind::Ping, 0, nonce);
                     Ok(())

@@ -106,7 +106,9 @@ impl ClientConn {
                 stall_timeout: Some(config.write_stall_timeout),
             },
         );
+        let live = Arc::new(Liveness::new());
         let conn = Arc::new(ClientConn {
+            live: live.clone(),
             out: out.clone(),
             deadline_changed: Notify::new(),
             draining: AtomicBool::new(false),
@@ -119,7 +121,6 @@ impl ClientConn {
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
-        let live = Arc::new(Liveness::new());
         let keepalive = config.keepalive.watch(live.clone(), out.clone());
         let reader_conn = conn.clone();
         let read_task = tokio::spawn(async move {

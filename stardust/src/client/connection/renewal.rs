@@ -68,7 +68,11 @@ impl ClientConn {
     /// Renews the token at about two thirds of its remaining lifetime, again and again. Failures
     /// are retried with backoff until the token expires; then the connection is retired (new
     /// calls go to a new connection, which presents a fresh token).
-    async fn renew_tokens(&self, credentials: &SharedCredentials, mut expires_at: SystemTime) {
+    async fn renew_tokens(
+        self: &Arc<Self>,
+        credentials: &SharedCredentials,
+        mut expires_at: SystemTime,
+    ) {
         loop {
             let left = expires_at
                 .duration_since(SystemTime::now())
@@ -138,7 +142,7 @@ impl ClientConn {
     /// Fetches a new token and presents it on this connection (`stardust.Connection/
     /// authenticate`). Returns its expiry.
     async fn renew_once(
-        &self,
+        self: &Arc<Self>,
         credentials: &SharedCredentials,
         current: SystemTime,
     ) -> Result<Option<SystemTime>, Error> {
@@ -162,8 +166,13 @@ impl ClientConn {
             },
             deadline: Some(Instant::now() + RENEW_TIMEOUT),
             budget: RENEW_TIMEOUT,
+            hedge_at: None,
         };
-        match self.exchange(head, &(token.text.as_str(),), info).await {
+        match self
+            .clone()
+            .exchange(head, &(token.text.as_str(),), info)
+            .await
+        {
             Ok(_) => Ok(token.expires_at),
             Err(CallError::Reconnect(e) | CallError::Failed(e)) => {
                 Err(auth::redact(e, &token.text))

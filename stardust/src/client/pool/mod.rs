@@ -1,9 +1,14 @@
 //! The connections of discovery-backed clients: one long-lived connection per provider endpoint,
 //! shared by every proxy of a [`Stardust`](crate::Stardust) handle.
 
+mod watchdog;
+
+pub(crate) use watchdog::Suspicion;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -11,7 +16,7 @@ use tokio::sync::broadcast;
 use super::ClientConfig;
 use super::connection::{ClientConn, Secure};
 use super::notifications::Notification;
-use crate::balance::{Load, Target};
+use crate::balance::{Load, Policy, Target};
 use crate::discovery::api::CallFigures;
 use crate::error::{Error, ErrorKind};
 use crate::monitor::Figures;
@@ -24,6 +29,14 @@ pub(crate) struct Pool {
     slots: Mutex<HashMap<Arc<str>, Arc<Slot>>>,
     /// What this process's calls saw of each (provider endpoint, service), for status reports.
     calls: Mutex<HashMap<EndpointService, Arc<Figures>>>,
+    /// Retry budget, ejection, stall detection and hedging of the handle's balanced calls.
+    pub(crate) policy: Arc<Policy>,
+    /// The earliest time a suspect provider's probe is due (`u64::MAX`: no suspect), for calls
+    /// that may run twice and for any call, so the call path needs one load to know whether to
+    /// look for one.
+    probe_due_ns: [AtomicU64; 2],
+    /// The watchdog (stalls, hedges, unanswered pings): started by the first balanced call.
+    watchdog: watchdog::Handle,
 }
 
 /// A provider endpoint and one of its services.
@@ -37,6 +50,8 @@ struct Slot {
     conn: Mutex<Option<Arc<ClientConn>>>,
     /// Serialises connecting so a burst of calls opens one connection, not many.
     connecting: tokio::sync::Mutex<()>,
+    /// A background connect is under way (see [`Pool::ready_connection`]).
+    warming: AtomicBool,
 }
 
 impl Slot {
@@ -68,14 +83,58 @@ fn retire(conn: Arc<ClientConn>, endpoint: &str) {
 }
 
 impl Pool {
-    pub(crate) fn new(config: ClientConfig) -> Pool {
+    pub(crate) fn new(config: ClientConfig, policy: Arc<Policy>) -> Pool {
         let (notify_tx, _) = broadcast::channel(1024);
         Pool {
             config,
             notify_tx,
             slots: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
+            policy,
+            probe_due_ns: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            watchdog: watchdog::Handle::default(),
         }
+    }
+
+    /// Whether a suspect provider's probe may be due at `now_ns` for a call that may
+    /// (`retryable`) or may not run twice.
+    pub(crate) fn probe_may_be_due(&self, now_ns: u64, retryable: bool) -> bool {
+        let due = &self.probe_due_ns[usize::from(!retryable)];
+        due.load(Ordering::Relaxed) <= now_ns
+    }
+
+    /// A probe was just claimed: the next one is not due before `next_ns` as far as this caller
+    /// knows (the watchdog recomputes the earliest over every suspect on its next round).
+    pub(crate) fn probe_claimed(&self, next_ns: u64) {
+        for due in &self.probe_due_ns {
+            due.fetch_max(next_ns, Ordering::Relaxed);
+        }
+    }
+
+    fn set_probe_due(&self, retryable: u64, any: u64) {
+        self.probe_due_ns[0].store(retryable, Ordering::Relaxed);
+        self.probe_due_ns[1].store(any, Ordering::Relaxed);
+    }
+
+    /// The usable connection to `target`, if one is open (no waiting); otherwise starts opening
+    /// one in the background, for the next call.
+    pub(crate) fn ready_connection(self: &Arc<Self>, target: &Target) -> Option<Arc<ClientConn>> {
+        let slot = self.slot(&target.endpoint);
+        if let Some(conn) = slot.usable() {
+            return Some(conn);
+        }
+        if !slot.warming.swap(true, Ordering::Relaxed) {
+            let (pool, target) = (self.clone(), target.clone());
+            tokio::spawn(async move {
+                if let Err(e) = pool.connection(&target).await {
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "background connect failed");
+                }
+                pool.slot(&target.endpoint)
+                    .warming
+                    .store(false, Ordering::Relaxed);
+            });
+        }
+        None
     }
 
     /// Where notifications pushed on any pooled connection go.
@@ -142,6 +201,7 @@ impl Pool {
                     load: Arc::new(Load::default()),
                     conn: Mutex::new(None),
                     connecting: tokio::sync::Mutex::new(()),
+                    warming: AtomicBool::new(false),
                 });
                 slots.insert(endpoint.clone(), slot.clone());
                 slot

@@ -1,0 +1,483 @@
+//! One balanced call: tries on one provider after another while it is safe to, and, for calls
+//! that may run twice, a hedge (a second try on another provider) when a try has not answered
+//! within the hedging delay. The first answer wins; the other tries are dropped, which cancels
+//! them on their providers.
+//!
+//! The tries of a call are polled by the call's own task (no task per try, no channel): a try
+//! is a request registered in its connection's pending table, woken by that connection's read
+//! loop when the answer arrives, by its deadline sweeper when the deadline passes, and by the
+//! pool's watchdog when its hedge is due.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::super::connection::Exchange;
+use super::*;
+use crate::balance::{HEDGE_MIN_SAMPLES, HedgeDelay, Hedging, InFlight};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A call routed by a balancer: tried on one provider after another while it is safe to.
+pub(crate) struct BalancedCall<'a> {
+    pub(crate) pick: Pick,
+    /// Whether a call lost after it was sent may be sent again (idempotent method, or the
+    /// caller's policy); such a call may also be hedged and serve as a probe.
+    pub(crate) retry_lost: bool,
+    pub(crate) name: CallName,
+    /// The method's number in its service, when known (a typed proxy's call).
+    pub(crate) method: Option<usize>,
+    pub(crate) hedging: Hedging,
+    /// Sent as the request's idempotent flag.
+    pub(crate) idempotent: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) trace_id: u64,
+    pub(crate) meta: &'a Metadata,
+    pub(crate) start: Instant,
+}
+
+/// One try of a call: its provider, the mark of a call in flight there, and the request.
+struct Try<'a, A: ?Sized> {
+    target: Target,
+    _in_flight: InFlight,
+    sent: Instant,
+    exchange: Exchange<'a, A>,
+}
+
+/// The tries in flight: the first inline, hedges (rare) in a vector, so an unhedged call does
+/// not allocate for them.
+struct Tries<'a, A: ?Sized> {
+    first: Option<Try<'a, A>>,
+    more: Vec<Try<'a, A>>,
+}
+
+/// What woke the call. (Large, but it lives a moment on the stack: boxing the ended try
+/// would cost an allocation per call.)
+#[allow(clippy::large_enum_variant)]
+enum Event<'a, A: ?Sized> {
+    /// A try ended (it is out of the set).
+    Ended(Try<'a, A>, Result<Bytes, CallError>),
+    /// A try has waited past its hedging delay.
+    HedgeDue,
+}
+
+impl<'a, A: Args + ?Sized> Tries<'a, A> {
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.more.is_empty()
+    }
+
+    fn push(&mut self, t: Try<'a, A>) {
+        if self.first.is_none() {
+            self.first = Some(t);
+        } else {
+            self.more.push(t);
+        }
+    }
+
+    fn endpoints(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.first
+            .iter()
+            .chain(&self.more)
+            .map(|t| &t.target.endpoint)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event<'a, A>> {
+        let mut hedge = false;
+        if let Some(t) = &mut self.first {
+            if let Poll::Ready(r) = Pin::new(&mut t.exchange).poll(cx) {
+                let t = self.first.take().expect("polled");
+                return Poll::Ready(Event::Ended(t, r));
+            }
+            hedge |= t.exchange.take_hedge_due();
+        }
+        for i in 0..self.more.len() {
+            let t = &mut self.more[i];
+            if let Poll::Ready(r) = Pin::new(&mut t.exchange).poll(cx) {
+                return Poll::Ready(Event::Ended(self.more.swap_remove(i), r));
+            }
+            hedge |= t.exchange.take_hedge_due();
+        }
+        if hedge {
+            Poll::Ready(Event::HedgeDue)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// What the call keeps between tries.
+#[derive(Default)]
+struct Progress {
+    /// Providers this call will not try again.
+    tried: Vec<Arc<str>>,
+    /// Endpoints whose connection failed once during this call: they may be chosen once more
+    /// (on a new connection, e.g. to a provider restarted at the same address).
+    reconnected: Vec<Arc<str>>,
+    /// The error of the last failed try, for a retry's budget check and the final error.
+    last: Option<Error>,
+}
+
+/// What a try's end means for the call.
+enum Settled {
+    Done(Result<Bytes, Error>),
+    /// Another try may take it (the error is in `Progress::last`).
+    TryAgain,
+}
+
+impl BalancedCall<'_> {
+    /// Counts `e` against `target` for outlier ejection when it is the provider's fault.
+    fn fault(&self, b: &Balanced, target: &Target, e: &Error) {
+        let outliers = &b.pool.policy.outliers;
+        if is_provider_fault(e.kind())
+            && target
+                .load()
+                .failed(outliers, clock_ns(Instant::now().into()))
+        {
+            tracing::warn!(
+                endpoint = %target.endpoint,
+                service = self.name.service(),
+                error = %e,
+                ejection_ms = outliers.ejection.as_millis() as u64,
+                "provider ejected after repeated failures"
+            );
+        }
+    }
+
+    fn deadline_error(&self, budget: Duration) -> Error {
+        Error::new(
+            ErrorKind::DeadlineExceeded,
+            format!(
+                "{} did not complete within {} ms",
+                self.name,
+                budget.as_millis()
+            ),
+        )
+    }
+
+    /// How long a try waits before it gets a hedge (`None`: no hedging for this call).
+    fn hedge_delay(&self, b: &Balanced, now_ns: u64) -> Option<Duration> {
+        if !self.retry_lost || self.hedging.is_off() {
+            return None;
+        }
+        match self.hedging.delay {
+            HedgeDelay::Off => None,
+            HedgeDelay::Fixed(d) => Some(d),
+            HedgeDelay::Adaptive { min, initial } => {
+                let p99 = b
+                    .latencies
+                    .get(self.method, &self.name)
+                    .and_then(|t| t.p99(now_ns, HEDGE_MIN_SAMPLES));
+                Some(p99.map_or(initial, |p| Duration::from_nanos(p).max(min)))
+            }
+        }
+    }
+
+    pub(crate) async fn run<A: Args + ?Sized>(
+        &self,
+        b: &Balanced,
+        args: &A,
+    ) -> Result<Bytes, Error> {
+        let budget = self
+            .deadline
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(self.start));
+        let targets = match self.deadline {
+            None => providers(b).await?,
+            Some(d) => tokio::time::timeout_at(d, providers(b))
+                .await
+                .map_err(|_| self.deadline_error(budget))??,
+        };
+        let policy = &b.pool.policy;
+        policy.budget.deposit(self.start.into());
+        let start_ns = clock_ns(self.start.into());
+        let hedge_delay = self.hedge_delay(b, start_ns);
+        let mut hedges_left = if hedge_delay.is_some() {
+            self.hedging.max_extra
+        } else {
+            0
+        };
+        let mut progress = Progress::default();
+        let mut tries: Tries<'_, A> = Tries {
+            first: None,
+            more: Vec::new(),
+        };
+        let mut start_one = true;
+        loop {
+            if start_one {
+                start_one = false;
+                let hedge = !tries.is_empty();
+                let t = self
+                    .next_try(
+                        b,
+                        &targets,
+                        &mut progress,
+                        &tries,
+                        args,
+                        hedge_delay,
+                        budget,
+                    )
+                    .await?;
+                match t {
+                    Some(t) => tries.push(t),
+                    // No hedge possible now: keep waiting for the tries in flight.
+                    None if hedge => {}
+                    None => unreachable!("next_try fails rather than return no first try"),
+                }
+            }
+            match poll_fn(|cx| tries.poll(cx)).await {
+                Event::HedgeDue => {
+                    if hedges_left > 0 {
+                        hedges_left -= 1;
+                        start_one = true;
+                    }
+                }
+                Event::Ended(t, result) => match self.settle(b, t, result, &mut progress) {
+                    Settled::Done(result) => {
+                        if let Err(e) = &result
+                            && e.kind() == ErrorKind::DeadlineExceeded
+                        {
+                            // Every try still out let the deadline pass too.
+                            for t in tries.first.iter().chain(&tries.more) {
+                                self.fault(b, &t.target, e);
+                            }
+                        }
+                        return result;
+                    }
+                    Settled::TryAgain => start_one = tries.is_empty(),
+                },
+            }
+        }
+    }
+
+    /// Starts the next try: a first try or a retry (connecting if need be, failing the call
+    /// when no provider is left or the retry budget is spent), or a hedge (`Ok(None)` when no
+    /// other provider with an open connection can take it now, or the budget is spent).
+    #[allow(clippy::too_many_arguments)]
+    async fn next_try<'a, A: Args + ?Sized>(
+        &'a self,
+        b: &Balanced,
+        targets: &[Target],
+        progress: &mut Progress,
+        tries: &Tries<'a, A>,
+        args: &'a A,
+        hedge_delay: Option<Duration>,
+        budget: Duration,
+    ) -> Result<Option<Try<'a, A>>, Error> {
+        let policy = &b.pool.policy;
+        let hedge = !tries.is_empty();
+        loop {
+            let first = !hedge && progress.tried.is_empty() && progress.last.is_none();
+            let now = if first { self.start } else { Instant::now() };
+            let now_ns = clock_ns(now.into());
+            let chosen = if hedge {
+                let busy: Vec<Arc<str>> = progress
+                    .tried
+                    .iter()
+                    .chain(tries.endpoints())
+                    .cloned()
+                    .collect();
+                choose(b, &self.pick, targets, &busy, now_ns, self.retry_lost)
+            } else {
+                choose(
+                    b,
+                    &self.pick,
+                    targets,
+                    &progress.tried,
+                    now_ns,
+                    self.retry_lost,
+                )
+            };
+            let Some((target, probe)) = chosen else {
+                if hedge {
+                    return Ok(None);
+                }
+                let last = progress.last.take();
+                return Err(exhausted(b, &self.name, progress.tried.len(), last));
+            };
+            // A hedge goes only where a connection is open: connecting would hold up the
+            // tries in flight (the pool opens one in the background for the next time).
+            let ready = if hedge {
+                match b.pool.ready_connection(&target) {
+                    Some(conn) => Some(conn),
+                    None => return Ok(None),
+                }
+            } else {
+                None
+            };
+            if hedge || progress.last.is_some() {
+                // A hedge or a retry: only within the budget.
+                if !policy.budget.withdraw(now.into()) {
+                    if hedge {
+                        return Ok(None);
+                    }
+                    let e = progress.last.take().expect("a retry has a last error");
+                    return Err(Error::new(
+                        e.kind(),
+                        format!(
+                            "{} (not retried on another provider: the retry budget is spent)",
+                            e.message()
+                        ),
+                    )
+                    .with_source(e));
+                }
+                progress.last = None;
+            }
+            if probe {
+                tracing::debug!(endpoint = %target.endpoint, call = %self.name, "probe call");
+            }
+            // Counted from the choice on, so calls waiting for a connection weigh too.
+            let (in_flight, was_idle) = target.load().start(now_ns);
+            b.pool.watch(was_idle);
+            let conn = match ready {
+                Some(conn) => Ok(conn),
+                None => match self.deadline {
+                    None => b.pool.connection(&target).await,
+                    Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target))
+                        .await
+                        .map_err(|_| self.deadline_error(budget))?,
+                },
+            };
+            let conn = match conn {
+                Ok(conn) => conn,
+                // Nothing was sent: another provider may take it.
+                Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
+                    if let Some(f) = &target.figures {
+                        f.completed(now.elapsed(), Some(e.kind()));
+                    }
+                    tracing::debug!(endpoint = %target.endpoint, error = %e, "provider unreachable; trying another");
+                    self.fault(b, &target, &e);
+                    progress.tried.push(target.endpoint);
+                    progress.last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let sent = Instant::now();
+            let Some(head) = request_head(
+                self.name.service(),
+                self.name.method(),
+                self.idempotent,
+                self.deadline,
+                sent,
+                self.trace_id,
+                self.meta,
+            ) else {
+                return Err(self.deadline_error(budget));
+            };
+            let info = CallInfo {
+                name: self.name.clone(),
+                deadline: self.deadline,
+                budget,
+                hedge_at: hedge_delay.map(|d| sent + d),
+            };
+            return Ok(Some(Try {
+                target,
+                _in_flight: in_flight,
+                sent,
+                exchange: conn.exchange(head, args, info),
+            }));
+        }
+    }
+
+    /// What try `t`'s end means: the call's result, or another try.
+    fn settle<A: ?Sized>(
+        &self,
+        b: &Balanced,
+        t: Try<'_, A>,
+        result: Result<Bytes, CallError>,
+        progress: &mut Progress,
+    ) -> Settled {
+        let Try {
+            target,
+            _in_flight,
+            sent,
+            exchange: _,
+        } = t;
+        drop(_in_flight);
+        let answered = Instant::now();
+        let latency = answered - sent;
+        if let Some(f) = &target.figures {
+            let error = match &result {
+                Ok(_) => None,
+                Err(CallError::Reconnect(e) | CallError::Failed(e)) => Some(e.kind()),
+            };
+            f.completed(latency, error);
+        }
+        let load = target.load().clone();
+        let now_ns = clock_ns(answered.into());
+        // Anything the provider sent back (a result, or an error it produced) shows it is
+        // working; a lost connection or a passed deadline does not.
+        let from_provider = match &result {
+            Ok(_) => true,
+            Err(CallError::Failed(e)) => !matches!(
+                e.kind(),
+                ErrorKind::ConnectionClosed | ErrorKind::DeadlineExceeded
+            ),
+            Err(CallError::Reconnect(_)) => false,
+        };
+        if from_provider {
+            if load.answered(now_ns) {
+                tracing::info!(endpoint = %target.endpoint, "suspect provider answered: back in the rotation");
+            }
+            if let Some(tracker) = b.latencies.get(self.method, &self.name) {
+                tracker.record(latency.as_nanos() as u64, now_ns);
+            }
+        }
+        if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
+            self.fault(b, &target, e);
+        }
+        let endpoint = target.endpoint;
+        match result {
+            Ok(reply) => {
+                load.record(latency, now_ns);
+                load.succeeded();
+                Settled::Done(Ok(reply))
+            }
+            // Found closed before the request was queued: it never left this process.
+            Err(CallError::Reconnect(e)) => {
+                retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                progress.last = Some(e);
+                Settled::TryAgain
+            }
+            // Refused before reaching a handler (overloaded, shutting down, ...).
+            Err(CallError::Failed(e)) if e.is_not_delivered() => {
+                tracing::debug!(%endpoint, error = %e, "provider refused the call; trying another");
+                if e.kind() == ErrorKind::ShuttingDown {
+                    // The connection was draining (an idle close or a shutdown): a new
+                    // connection to the same provider may take it, and one that is really
+                    // stopping refuses the connection.
+                    retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                } else {
+                    progress.tried.push(endpoint);
+                }
+                progress.last = Some(e);
+                Settled::TryAgain
+            }
+            // Sent, then the connection was lost: the provider may have run it.
+            Err(CallError::Failed(e)) if e.kind() == ErrorKind::ConnectionClosed => {
+                if !self.retry_lost {
+                    return Settled::Done(Err(Error::new(
+                        ErrorKind::ConnectionClosed,
+                        format!(
+                            "outcome unknown: {} was sent to {} but the connection was lost \
+                             before its answer ({}); it may or may not have run, and it is not \
+                             retried because the method is not idempotent (see \
+                             `Client::retry_lost_calls`)",
+                            self.name,
+                            endpoint,
+                            e.message()
+                        ),
+                    )
+                    .with_source(e)));
+                }
+                tracing::debug!(%endpoint, error = %e, "connection lost; retrying an idempotent call");
+                retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                progress.last = Some(e);
+                Settled::TryAgain
+            }
+            Err(CallError::Failed(e)) => Settled::Done(Err(e)),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The balanced call path: choosing a provider per call (leaving out ejected and suspect ones,
+//! and sending a suspect one its probe), retrying within the call's deadline on another one,
+//! hedging calls that may run twice (`call`), and telling the balancer and the outlier detector
+//! what happened.
+
+mod call;
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::pool::Suspicion;
+use super::*;
+pub(super) use call::BalancedCall;
+
+/// Sends a one-way call to one provider chosen by the balancer, trying the next one when a
+/// provider cannot be reached (nothing was queued there).
+pub(super) async fn one_way_balanced<A: Args + ?Sized>(
+    b: &Balanced,
+    pick: &Pick,
+    name: &CallName,
+    head: RequestHead<'_>,
+    args: &A,
+) -> Result<(), Error> {
+    let targets = providers(b).await?;
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    loop {
+        let now_ns = clock_ns(Instant::now().into());
+        let Some((target, _)) = choose(b, pick, &targets, &tried, now_ns, false) else {
+            return Err(exhausted(b, name, tried.len(), None));
+        };
+        let result = match b.pool.connection(&target).await {
+            Ok(conn) => conn.send_one_way(head, args),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
+                tracing::debug!(endpoint = %target.endpoint, error = %e, "one-way call not sent; trying another provider");
+                tried.push(target.endpoint);
+                if tried.len() >= targets.len() {
+                    return Err(exhausted(b, name, tried.len(), Some(e)));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The providers `b`'s source lists (asking the registry on first use); `NoProvider` when empty.
+pub(super) async fn providers(b: &Balanced) -> Result<Arc<[Target]>, Error> {
+    let targets = match b.source.known() {
+        Some(targets) => targets,
+        None => b.source.fetch().await?,
+    };
+    if targets.is_empty() {
+        return Err(b.source.no_provider(""));
+    }
+    Ok(targets)
+}
+
+/// The balancer's choice among the providers not in `exclude` (tried by this call, or holding
+/// one of its tries), not ejected and not suspect (or, when every one left is, among those);
+/// or a suspect provider whose probe is due, when the call may serve as its probe
+/// (`retryable`: it may run twice; other calls probe only providers suspect for longer than
+/// the ejection time). Returns the provider and whether the call is its probe.
+pub(super) fn choose(
+    b: &Balanced,
+    pick: &Pick,
+    targets: &[Target],
+    exclude: &[Arc<str>],
+    now_ns: u64,
+    retryable: bool,
+) -> Option<(Target, bool)> {
+    let pool = &b.pool;
+    let pick = &Pick { now_ns, ..*pick };
+    if exclude.is_empty() && !pool.probe_may_be_due(now_ns, retryable) {
+        let t = &targets[b.balancer.pick(targets, pick) % targets.len()];
+        if available(pool, t, now_ns) {
+            return Some((t.clone(), false));
+        }
+    }
+    let untried = || targets.iter().filter(|t| !exclude.contains(&t.endpoint));
+    let policy = &pool.policy;
+    let ejection = policy.outliers.ejection.as_nanos() as u64;
+    for t in untried() {
+        let load = t.load();
+        if let Some(suspect_for) = load.suspect_for(now_ns)
+            && (retryable || suspect_for >= ejection)
+            && load.claim_probe(&policy.stalls, now_ns)
+        {
+            pool.probe_claimed(
+                now_ns.saturating_add(policy.stalls.probe_interval.as_nanos() as u64),
+            );
+            tracing::debug!(endpoint = %t.endpoint, "probing a suspect provider with one call");
+            return Some((t.clone(), true));
+        }
+    }
+    let mut left: Vec<Target> = untried()
+        .filter(|t| available(pool, t, now_ns))
+        .cloned()
+        .collect();
+    if left.is_empty() {
+        left = untried().cloned().collect();
+    }
+    if left.is_empty() {
+        return None;
+    }
+    let i = b.balancer.pick(&left, pick) % left.len();
+    Some((left[i].clone(), false))
+}
+
+/// Whether `t` may take calls at `now_ns`: not ejected, not suspect, and not found stalled now.
+fn available(pool: &Pool, t: &Target, now_ns: u64) -> bool {
+    let load = t.load();
+    if load.is_ejected(now_ns) || load.is_suspect() {
+        return false;
+    }
+    if let Some(silent) = load.check_stall(&pool.policy.stalls, now_ns) {
+        let silent = Duration::from_nanos(silent);
+        pool.suspected(&t.endpoint, load, Suspicion::Stall(silent), now_ns);
+        return false;
+    }
+    true
+}
+
+/// Every listed provider was tried and none could take the call.
+pub(super) fn exhausted(b: &Balanced, name: &CallName, tried: usize, last: Option<Error>) -> Error {
+    let detail = match &last {
+        Some(e) => format!("none of the {tried} tried could take {name} (last: {e})"),
+        None => format!("none could take {name}"),
+    };
+    let err = b.source.no_provider(&detail);
+    match last {
+        Some(e) => err.with_source(e),
+        None => err,
+    }
+}
+
+/// After a connection failure at `endpoint`: the first time in a call it stays eligible (a new
+/// connection may work), the second time it is skipped.
+pub(super) fn retry_or_skip(
+    endpoint: Arc<str>,
+    tried: &mut Vec<Arc<str>>,
+    reconnected: &mut Vec<Arc<str>>,
+) {
+    if reconnected.contains(&endpoint) {
+        tried.push(endpoint);
+    } else {
+        reconnected.push(endpoint);
+    }
+}
+
+/// A request to forward as it arrived: names known only at run time and arguments already
+/// encoded (what an agent receives from a local application).
+pub(crate) struct RawCall<'a> {
+    pub(crate) name: CallName,
+    /// The request's idempotent flag: forwarded as is, and whether a call lost after it was
+    /// sent may be sent again.
+    pub(crate) idempotent: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) trace_id: u64,
+    pub(crate) meta: &'a Metadata,
+    /// The MessagePack argument array, as received.
+    pub(crate) args: &'a [u8],
+}
+
+impl Balanced {
+    /// Sends `call` to a provider the balancer picks and returns the raw body of its response:
+    /// the same [`BalancedCall`] as a typed proxy's call (retry budget, ejection, failover, lost
+    /// calls retried only when idempotent), with the names and arguments given.
+    pub(crate) async fn call_raw(&self, call: RawCall<'_>) -> Result<bytes::Bytes, Error> {
+        let hedging = self
+            .pool
+            .policy
+            .hedging_of(call.name.service(), call.name.method());
+        let balanced = BalancedCall {
+            pick: Pick::default(),
+            retry_lost: call.idempotent,
+            name: call.name,
+            method: None,
+            hedging,
+            idempotent: call.idempotent,
+            deadline: call.deadline,
+            trace_id: call.trace_id,
+            meta: call.meta,
+            start: Instant::now(),
+        };
+        balanced.run(self, &RawArgs(call.args)).await
+    }
+
+    /// Sends `call` one-way to a provider the balancer picks (as [`Client::call_one_way`]).
+    pub(crate) async fn one_way_raw(&self, call: RawCall<'_>) -> Result<(), Error> {
+        let name = &call.name;
+        let head = request_head(
+            name.service(),
+            name.method(),
+            call.idempotent,
+            call.deadline,
+            Instant::now(),
+            call.trace_id,
+            call.meta,
+        )
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::DeadlineExceeded,
+                format!("one-way call {name} arrived after its deadline"),
+            )
+        })?;
+        let head = RequestHead {
+            flags: head.flags | FLAG_ONE_WAY,
+            ..head
+        };
+        one_way_balanced(self, &Pick::default(), name, head, &RawArgs(call.args)).await
+    }
+}
