@@ -23,6 +23,11 @@ pub(crate) struct Load {
     busy_since_ns: AtomicU64,
     /// When the provider last answered anything (a result or an error it sent): progress.
     answered_ns: AtomicU64,
+    /// Time the provider spent holding calls without answering in busy periods that ended
+    /// since its last answer (tries given up on: hedged elsewhere, or past their deadline).
+    /// Without it, a stalled provider whose tries are all hedged away would look idle again
+    /// after each one, and its silence would never add up to a stall.
+    silent_ns: AtomicU64,
     /// Provider faults in a row (see [`Outliers`]).
     failures: AtomicU32,
     /// Ejected until this time; 0 when not ejected.
@@ -111,13 +116,22 @@ impl Load {
         if was_idle {
             self.busy_since_ns.store(now_ns, Ordering::Relaxed);
         }
-        (InFlight(self.clone()), was_idle)
+        (
+            InFlight {
+                load: self.clone(),
+                finished: false,
+            },
+            was_idle,
+        )
     }
 
     /// The provider answered at `now_ns` (anything it sent: a result or an error). Returns
     /// whether this cleared a suspicion of hanging.
     pub(crate) fn answered(&self, now_ns: u64) -> bool {
         self.answered_ns.fetch_max(now_ns, Ordering::Relaxed);
+        if self.silent_ns.load(Ordering::Relaxed) != 0 {
+            self.silent_ns.store(0, Ordering::Relaxed);
+        }
         self.suspect_since.load(Ordering::Relaxed) != 0
             && self.suspect_since.swap(0, Ordering::Relaxed) != 0
     }
@@ -139,9 +153,9 @@ impl Load {
             });
     }
 
-    /// How long the provider has held calls without answering any: 0 while it has nothing in
-    /// flight or has answered since its oldest outstanding call could have been sent.
-    pub(crate) fn stalled_for(&self, now_ns: u64) -> u64 {
+    /// The silence of the current busy period at `now_ns`: how long the provider has held
+    /// calls since it last answered or became busy (0 while it has nothing in flight).
+    fn busy_silence(&self, now_ns: u64) -> u64 {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             return 0;
         }
@@ -152,16 +166,25 @@ impl Load {
         now_ns.saturating_sub(since)
     }
 
+    /// How long, in total, the provider has held calls without answering any since its last
+    /// answer: the busy periods that ended unanswered, plus the current one. Idle time between
+    /// them does not count (nobody was waiting for the provider then).
+    pub(crate) fn stalled_for(&self, now_ns: u64) -> u64 {
+        self.silent_ns
+            .load(Ordering::Relaxed)
+            .saturating_add(self.busy_silence(now_ns))
+    }
+
     /// The latency estimate as it counts at `now_ns`: the average, decayed while the provider
-    /// gets no calls; while it sits on calls without answering, at least the time it has been
-    /// silent. A provider that stops answering gets more expensive the longer it is silent,
-    /// never cheaper.
+    /// gets no calls, and at least the time it has held calls without answering. A provider
+    /// that stops answering gets more expensive the longer it is silent, never cheaper.
     pub(crate) fn estimate(&self, now_ns: u64) -> u64 {
         let ewma = self.ewma_ns.load(Ordering::Relaxed);
+        let stalled = self.stalled_for(now_ns);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
-            return decayed(ewma, self.sampled_ns.load(Ordering::Relaxed), now_ns);
+            return decayed(ewma, self.sampled_ns.load(Ordering::Relaxed), now_ns).max(stalled);
         }
-        ewma.max(self.stalled_for(now_ns))
+        ewma.max(stalled)
     }
 
     /// The stall past which the provider is suspect: `multiple × latency average`, at least the
@@ -235,12 +258,33 @@ impl Load {
     }
 }
 
-/// A call in flight on a provider (see [`Load::start`]).
-pub(crate) struct InFlight(Arc<Load>);
+/// A call in flight on a provider (see [`Load::start`]). Ended with [`InFlight::finish`] when
+/// the framework knows the time (the try was answered, failed, or was given up on); simply
+/// dropped when the caller dropped the call, which says nothing about the provider.
+pub(crate) struct InFlight {
+    load: Arc<Load>,
+    finished: bool,
+}
+
+impl InFlight {
+    /// The try ended at `now_ns` (after any answer was recorded with [`Load::answered`]). When
+    /// it was the last one in flight, the busy period's unanswered time adds to the provider's
+    /// silence.
+    pub(crate) fn finish(mut self, now_ns: u64) {
+        self.finished = true;
+        let load = &self.load;
+        let silence = load.busy_silence(now_ns);
+        if load.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 && silence > 0 {
+            load.silent_ns.fetch_add(silence, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -305,6 +349,34 @@ mod tests {
         // An answer is progress: the silence counts from it.
         load.answered(60 * SEC);
         assert_eq!(load.stalled_for(60 * SEC + MS), MS);
+    }
+
+    #[test]
+    fn silence_adds_up_over_tries_given_up_on_but_not_over_idle_time() {
+        let policy = StallDetection::default();
+        let load = Arc::new(Load::default());
+        load.record(Duration::from_millis(1), SEC);
+        load.answered(SEC);
+        // Ten tries of 10 ms each, every one hedged away unanswered, with idle gaps between.
+        for i in 0..10 {
+            let t = 2 * SEC + i * 100 * MS;
+            let (call, _) = load.start(t);
+            assert_eq!(load.check_stall(&policy, t + 10 * MS).is_some(), i == 5);
+            call.finish(t + 10 * MS);
+            assert_eq!(load.stalled_for(t + 50 * MS), (i + 1) * 10 * MS, "gaps do not count");
+        }
+        // More expensive than its average while idle too.
+        assert_eq!(load.estimate(4 * SEC), 100 * MS);
+        // A call the caller dropped says nothing.
+        let (dropped, _) = load.start(5 * SEC);
+        drop(dropped);
+        assert_eq!(load.stalled_for(6 * SEC), 100 * MS);
+        // An answer wipes the slate.
+        let (call, _) = load.start(7 * SEC);
+        load.answered(7 * SEC + MS);
+        call.finish(7 * SEC + MS);
+        assert_eq!(load.stalled_for(8 * SEC), 0);
+        assert!(!load.is_suspect());
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub(crate) struct BalancedCall<'a> {
 /// One try of a call: its provider, the mark of a call in flight there, and the request.
 struct Try<'a, A: ?Sized> {
     target: Target,
-    _in_flight: InFlight,
+    in_flight: InFlight,
     sent: Instant,
     exchange: Exchange<'a, A>,
 }
@@ -235,13 +235,17 @@ impl BalancedCall<'_> {
                 }
                 Event::Ended(t, result) => match self.settle(b, t, result, &mut progress) {
                     Settled::Done(result) => {
-                        if let Err(e) = &result
-                            && e.kind() == ErrorKind::DeadlineExceeded
-                        {
-                            // Every try still out let the deadline pass too.
-                            for t in tries.first.iter().chain(&tries.more) {
+                        // The tries still out did not answer in time: their providers' silence
+                        // counts (and a passed deadline against each), then dropping them
+                        // cancels them.
+                        let now_ns = clock_ns(Instant::now().into());
+                        for t in tries.first.take().into_iter().chain(tries.more.drain(..)) {
+                            if let Err(e) = &result
+                                && e.kind() == ErrorKind::DeadlineExceeded
+                            {
                                 self.fault(b, &t.target, e);
                             }
+                            t.in_flight.finish(now_ns);
                         }
                         return result;
                     }
@@ -374,7 +378,7 @@ impl BalancedCall<'_> {
             };
             return Ok(Some(Try {
                 target,
-                _in_flight: in_flight,
+                in_flight,
                 sent,
                 exchange: conn.exchange(head, args, info),
             }));
@@ -391,11 +395,10 @@ impl BalancedCall<'_> {
     ) -> Settled {
         let Try {
             target,
-            _in_flight,
+            in_flight,
             sent,
             exchange: _,
         } = t;
-        drop(_in_flight);
         let answered = Instant::now();
         let latency = answered - sent;
         if let Some(f) = &target.figures {
@@ -425,6 +428,7 @@ impl BalancedCall<'_> {
                 tracker.record(latency.as_nanos() as u64, now_ns);
             }
         }
+        in_flight.finish(now_ns);
         if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
             self.fault(b, &target, e);
         }
