@@ -24,7 +24,8 @@ use where_service::*;
 
 /// A consumer that neither hedges nor suspects providers holding calls.
 fn steady(b: stardust::StardustBuilder) -> stardust::StardustBuilder {
-    b.hedging(Hedging::off()).stall_detection(StallDetection::off())
+    b.hedging(Hedging::off())
+        .stall_detection(StallDetection::off())
 }
 
 /// What the load generator saw.

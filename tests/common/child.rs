@@ -99,10 +99,17 @@ impl ChildProcess {
     /// (within [`BOUND`]) for it to [`announce`] itself; returns the child and what it announced.
     /// Its further stdout and its stderr show in the test's output.
     pub fn spawn(test_fn: &str) -> (ChildProcess, String) {
+        ChildProcess::spawn_with(test_fn, &[])
+    }
+
+    /// Like [`ChildProcess::spawn`], with environment variables `env` set in the child (what
+    /// it needs to know, such as a registry's address).
+    pub fn spawn_with(test_fn: &str, env: &[(&str, &str)]) -> (ChildProcess, String) {
         let exe = std::env::current_exe().expect("the test binary's path");
         let mut child = Command::new(exe)
             .args(["--exact", test_fn, "--nocapture", "--include-ignored"])
             .args(["--test-threads", "1"])
+            .envs(env.iter().copied())
             .env(ROLE_ENV, test_fn)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -210,7 +217,28 @@ impl ChildProcess {
         self.stop();
     }
 
+    /// Freezes the child (SIGSTOP): its sockets stay open and the kernel still accepts what is
+    /// sent to it, but it answers nothing, as a process stuck in a long pause does. It thaws
+    /// with [`ChildProcess::resume`], or when it is dropped (then killed).
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a child frozen with [`ChildProcess::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with the pid of a child this process has not reaped yet.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "signal {sig} to the child {}", self.name);
+    }
+
     fn stop(&mut self) {
+        // A frozen child is thawed first, so nothing is left stopped whatever the test did.
+        // SAFETY: as in `signal`; the result does not matter (it may have exited).
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGCONT) };
         self.stdin.take();
         let _ = self.child.kill();
         let _ = self.child.wait();

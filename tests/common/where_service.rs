@@ -45,6 +45,18 @@ pub struct WhereImpl {
 }
 
 impl WhereImpl {
+    /// Provider number `id`, healthy, with its gate closed (`hold` waits until it opens).
+    pub fn new(id: u32, entered: mpsc::UnboundedSender<(u32, &'static str)>) -> WhereImpl {
+        WhereImpl {
+            id,
+            calls: Arc::new(AtomicU64::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+            entered,
+            stalled: Arc::new(AtomicBool::new(false)),
+            fail: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     async fn held(&self, kind: &'static str) -> u32 {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let _ = self.entered.send((self.id, kind));

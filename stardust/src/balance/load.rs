@@ -363,7 +363,11 @@ mod tests {
             let (call, _) = load.start(t);
             assert_eq!(load.check_stall(&policy, t + 10 * MS).is_some(), i == 5);
             call.finish(t + 10 * MS);
-            assert_eq!(load.stalled_for(t + 50 * MS), (i + 1) * 10 * MS, "gaps do not count");
+            assert_eq!(
+                load.stalled_for(t + 50 * MS),
+                (i + 1) * 10 * MS,
+                "gaps do not count"
+            );
         }
         // More expensive than its average while idle too.
         assert_eq!(load.estimate(4 * SEC), 100 * MS);
