@@ -24,6 +24,9 @@ use tokio::sync::mpsc;
 use where_service::*;
 
 const CALLERS: usize = 32;
+/// The tests run one at a time: each compares its own throughput before and during a stall,
+/// which another test's load starting or stopping in between would skew.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DEADLINE: Duration = Duration::from_secs(1);
 /// How long throughput is measured before and during the stall.
 const WINDOW: Duration = Duration::from_secs(2);
@@ -154,7 +157,9 @@ async fn cluster() -> (
     Vec<Node>,
     Stardust,
     WhereClient,
+    tokio::sync::MutexGuard<'static, ()>,
 ) {
+    let serial = SERIAL.lock().await;
     capture_suspicions();
     let node = registry().await;
     let (tx, _) = mpsc::unbounded_channel();
@@ -165,7 +170,7 @@ async fn cluster() -> (
     let consumer = star(&node, CONSUMER).await;
     let client = consumer.client::<WhereClient>();
     wait_for_providers(&client, &[0, 1, 2]).await;
-    (node, nodes, consumer, client)
+    (node, nodes, consumer, client, serial)
 }
 
 fn endpoint(n: &Node) -> String {
@@ -174,7 +179,7 @@ fn endpoint(n: &Node) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_provider_loses_its_traffic_and_no_idempotent_call_fails() {
-    let (_registry, nodes, _consumer, client) = cluster().await;
+    let (_registry, nodes, _consumer, client, _serial) = cluster().await;
     let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
     let tasks = callers(&client, true, &stop, &seen);
     wait_until("2000 calls before the stall", || {
@@ -210,7 +215,7 @@ async fn a_stalled_provider_loses_its_traffic_and_no_idempotent_call_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_non_idempotent_calls_already_sent_to_a_stalled_provider_fail() {
-    let (_registry, nodes, _consumer, client) = cluster().await;
+    let (_registry, nodes, _consumer, client, _serial) = cluster().await;
     let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
     let tasks = callers(&client, false, &stop, &seen);
     wait_until("2000 calls before the stall", || {
@@ -223,15 +228,14 @@ async fn only_non_idempotent_calls_already_sent_to_a_stalled_provider_fail() {
     nodes[2].stall();
     suspected(&endpoint(&nodes[2])).await;
     let at_detection = nodes[2].calls();
-    let during = completed_in_window(&seen).await;
-    let after_detection = nodes[2].calls() - at_detection;
-    // Every call held there has passed its deadline by now.
-    let held = nodes[2].calls() - served;
+    // The callers whose calls it holds wait for their deadline; then it is measured.
     wait_until("the held calls to fail", || {
-        seen.failed.lock().unwrap().len() as u64 >= held
+        seen.failed.lock().unwrap().len() as u64 >= nodes[2].calls() - served
     })
     .await;
-
+    let during = completed_in_window(&seen).await;
+    let after_detection = nodes[2].calls() - at_detection;
+    let held = nodes[2].calls() - served;
     stop_all(&stop, tasks).await;
     nodes[2].recover();
     eprintln!(
@@ -261,8 +265,56 @@ async fn only_non_idempotent_calls_already_sent_to_a_stalled_provider_fail() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_agent_a_stalled_provider_is_routed_around_too() {
+    let (registry, nodes, _consumer, _, _serial) = cluster().await;
+    let agent = stardust::agent::Agent::builder()
+        .registry(registry.local_addr().to_string())
+        .app(CONSUMER.0, CONSUMER.1)
+        .listen("127.0.0.1:0")
+        .start()
+        .await
+        .expect("agent");
+    let app = Stardust::builder()
+        .via_agent(agent.local_addr().to_string())
+        .connect()
+        .await
+        .expect("connect to the agent");
+    let client = app.client::<WhereClient>();
+    wait_for_providers(&client, &[0, 1, 2]).await;
+    let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
+    let tasks = callers(&client, true, &stop, &seen);
+    wait_until("1000 calls before the stall", || {
+        seen.done.load(Ordering::SeqCst) >= 1000
+    })
+    .await;
+    let before = completed_in_window(&seen).await;
+
+    nodes[1].stall();
+    suspected(&endpoint(&nodes[1])).await;
+    let at_detection = nodes[1].calls();
+    let during = completed_in_window(&seen).await;
+    let reached = nodes[1].calls() - at_detection;
+
+    nodes[1].recover();
+    stop_all(&stop, tasks).await;
+    eprintln!(
+        "through the agent, per {WINDOW:?}: {before} calls before, {during} during the stall; {reached} reached the stalled provider after detection"
+    );
+    let failed = seen.failed.lock().unwrap();
+    assert!(failed.is_empty(), "idempotent calls failed: {failed:?}");
+    assert!(
+        during * 2 >= before,
+        "throughput during the stall {during} per {WINDOW:?}, before {before}"
+    );
+    assert!(
+        reached <= WINDOW.as_secs() + 2,
+        "{reached} calls reached the stalled provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_frozen_with_sigstop_is_routed_around() {
-    let (registry, _nodes, _consumer, client) = cluster().await;
+    let (registry, _nodes, _consumer, client, _serial) = cluster().await;
     let (frozen, endpoint) = ChildProcess::spawn_with(
         "frozen_provider_child",
         &[("STARDUST_TEST_REGISTRY", &registry.local_addr().to_string())],
