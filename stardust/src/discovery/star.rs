@@ -100,10 +100,11 @@ impl StardustBuilder {
     }
 
     /// Outlier ejection of the handle's proxies: a provider that fails `consecutive_failures`
-    /// calls in a row (unreachable, connection lost, overloaded, shutting down, panicked, internal
-    /// error, deadline exceeded, or suspected hung) takes no calls for `ejection`, then is probed back in: its next call decides (an
-    /// answer clears it, a fault ejects it again). Default 5 and 10 s; 0 failures disables it.
-    /// When every provider is ejected, ejection is ignored.
+    /// calls in a row (unreachable, connection lost, overloaded, shutting down, panicked,
+    /// internal error, deadline exceeded, or suspected hung) takes no calls for `ejection`, then
+    /// is probed back in: its next call decides (an answer clears it, a fault ejects it again).
+    /// Default 5 and 10 s; 0 failures disables it. When every provider is ejected, ejection is
+    /// ignored.
     pub fn outlier_ejection(
         mut self,
         consecutive_failures: u32,

@@ -78,7 +78,16 @@ impl Pool {
     /// One look at every provider; returns whether any has calls in flight.
     fn round(&self, slots: &mut Vec<Arc<Slot>>, wakers: &mut Vec<Waker>, pings: bool) -> bool {
         slots.clear();
-        slots.extend(self.slots.lock().values().cloned());
+        // Only providers with something to look at: calls in flight, a suspicion (its probe
+        // time), or, once a second, a connection whose ping may be unanswered. A fleet of idle
+        // providers costs a few loads each per round, not a reference count.
+        slots.extend(
+            self.slots
+                .lock()
+                .values()
+                .filter(|s| pings || s.load.in_flight() > 0 || s.load.is_suspect())
+                .cloned(),
+        );
         let now = Instant::now();
         let now_ns = clock_ns(now.into());
         let stalls = &self.policy.stalls;
