@@ -313,6 +313,58 @@ async fn through_the_agent_a_stalled_provider_is_routed_around_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_moves_a_stalled_owners_keys_and_back() {
+    let (_registry, nodes, consumer, _, _serial) = cluster().await;
+    let hashed = consumer.client_with::<WhereClient>(stardust::balance::ConsistentHash::new());
+    wait_for_providers(&hashed, &[0, 1, 2]).await;
+    let keyed = |k: u32| {
+        WhereClient::new(
+            hashed
+                .client()
+                .with_hash_key(format!("user-{k}"))
+                .with_timeout(DEADLINE),
+        )
+    };
+    // A key provider 2 owns, and one provider 0 owns.
+    let mut owned = std::collections::HashMap::new();
+    for k in 0..200 {
+        let owner = keyed(k).whoami().await.unwrap();
+        owned.entry(owner).or_insert(k);
+        if owned.contains_key(&0) && owned.contains_key(&2) {
+            break;
+        }
+    }
+    let (k2, k0) = (owned[&2], owned[&0]);
+
+    nodes[2].stall();
+    // The stalled owner's key: answered elsewhere (the first call by a hedge), never failing.
+    let mut moved_to = None;
+    for _ in 0..20 {
+        let id = keyed(k2).whoami().await.unwrap();
+        assert_ne!(id, 2, "a stalled provider answered");
+        moved_to.get_or_insert(id);
+        assert_eq!(Some(id), moved_to, "the key stays on its next owner");
+    }
+    suspected(&endpoint(&nodes[2])).await;
+    // Other keys do not move.
+    for _ in 0..20 {
+        assert_eq!(keyed(k0).whoami().await.unwrap(), 0);
+    }
+
+    // It recovers: a probe finds it answering, and its key comes back to it.
+    nodes[2].recover();
+    within("the key to come back to its owner", async {
+        while keyed(k2).whoami().await.unwrap() != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(keyed(k2).whoami().await.unwrap(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_frozen_with_sigstop_is_routed_around() {
     let (registry, _nodes, _consumer, client, _serial) = cluster().await;
     let (frozen, endpoint) = ChildProcess::spawn_with(
