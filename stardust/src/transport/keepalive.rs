@@ -134,3 +134,31 @@ impl Keepalive {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_is_unanswered_until_anything_arrives() {
+        let live = Liveness::new();
+        assert_eq!(live.unanswered_ping(), None, "no ping sent yet");
+        live.touch();
+        std::thread::sleep(Duration::from_millis(2));
+        live.ping_us.store(
+            (live.start.elapsed().as_micros() as u64).max(1),
+            Ordering::Relaxed,
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            live.unanswered_ping()
+                .is_some_and(|d| d >= Duration::from_millis(1))
+        );
+        live.touch();
+        assert_eq!(
+            live.unanswered_ping(),
+            None,
+            "the pong (or any frame) answers it"
+        );
+    }
+}
