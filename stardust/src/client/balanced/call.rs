@@ -368,7 +368,12 @@ impl BalancedCall<'_> {
                 self.trace_id,
                 self.meta,
             ) else {
-                return Err(self.deadline_error(budget));
+                // Past the deadline: a hedge is pointless (the tries out expire with it).
+                return if hedge {
+                    Ok(None)
+                } else {
+                    Err(self.deadline_error(budget))
+                };
             };
             let info = CallInfo {
                 name: self.name.clone(),
@@ -424,7 +429,12 @@ impl BalancedCall<'_> {
             if load.answered(now_ns) {
                 tracing::info!(endpoint = %target.endpoint, "suspect provider answered: back in the rotation");
             }
-            if let Some(tracker) = b.latencies.get(self.method, &self.name) {
+            // The method's latencies feed the adaptive hedging delay of calls that may be
+            // hedged; other calls leave them alone.
+            if self.retry_lost
+                && matches!(self.hedging.delay, HedgeDelay::Adaptive { .. })
+                && let Some(tracker) = b.latencies.get(self.method, &self.name)
+            {
                 tracker.record(latency.as_nanos() as u64, now_ns);
             }
         }
