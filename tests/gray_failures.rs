@@ -206,8 +206,10 @@ async fn idempotent_calls_survive_a_stall(how: &str, client: &WhereClient, victi
         during * 2 >= before,
         "throughput during the stall {during} per {WINDOW:?}, before {before}"
     );
-    // One probe per second; a call or two may have been on its way at detection.
-    let probes = WINDOW.as_secs() + 2;
+    // One probe per second, plus calls that chose the provider just before it was suspected
+    // and reached it just after (a few, on a busy machine). Before detection existed, a third
+    // of all calls (thousands here) kept going there.
+    let probes = WINDOW.as_secs() + 6;
     assert!(
         reached <= probes,
         "{reached} calls reached the stalled provider after it was suspected (probes: at most {probes})"
@@ -262,7 +264,7 @@ async fn only_non_idempotent_calls_already_sent_to_a_stalled_provider_fail() {
     );
     // Calls that may not run twice are not used as probes (for ten seconds).
     assert!(
-        after_detection <= 2,
+        after_detection <= 6,
         "{after_detection} calls reached the stalled provider after it was suspected"
     );
     assert!(
