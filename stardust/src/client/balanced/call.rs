@@ -238,7 +238,11 @@ impl BalancedCall<'_> {
                         // The tries still out did not answer in time: their providers' silence
                         // counts (and a passed deadline against each), then dropping them
                         // cancels them.
-                        let now_ns = clock_ns(Instant::now().into());
+                        let now_ns = if tries.is_empty() {
+                            0
+                        } else {
+                            clock_ns(Instant::now().into())
+                        };
                         for t in tries.first.take().into_iter().chain(tries.more.drain(..)) {
                             if let Err(e) = &result
                                 && e.kind() == ErrorKind::DeadlineExceeded
