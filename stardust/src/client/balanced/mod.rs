@@ -214,3 +214,108 @@ impl Balanced {
         one_way_balanced(self, &Pick::default(), name, head, &RawArgs(call.args)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{Policy, RoundRobin};
+
+    /// A source that is never asked (the tests hand `choose` its targets).
+    struct Unused;
+
+    impl EndpointSource for Unused {
+        fn known(&self) -> Option<Arc<[Target]>> {
+            None
+        }
+        fn fetch(&self) -> crate::auth::BoxFuture<'_, Result<Arc<[Target]>, Error>> {
+            unreachable!("not asked")
+        }
+        fn no_provider(&self, detail: &str) -> Error {
+            Error::new(ErrorKind::NoProvider, detail.to_owned())
+        }
+        fn describe(&self) -> String {
+            "test".to_owned()
+        }
+    }
+
+    fn balanced() -> (Balanced, Vec<Target>) {
+        let pool = Arc::new(Pool::new(
+            ClientConfig::default(),
+            Arc::new(Policy::default()),
+        ));
+        let targets = (0..3)
+            .map(|i| {
+                let endpoint: Arc<str> = Arc::from(format!("10.0.0.{i}:1"));
+                Target::with_load(endpoint.clone(), 100, pool.load(&endpoint))
+            })
+            .collect();
+        let b = Balanced {
+            source: Arc::new(Unused),
+            pool,
+            balancer: Arc::new(RoundRobin::new()),
+            latencies: MethodLatencies::default(),
+        };
+        (b, targets)
+    }
+
+    /// What `n` choices at `now_ns` picked: per target, (calls, probes).
+    fn picks(
+        b: &Balanced,
+        t: &[Target],
+        n: usize,
+        now_ns: u64,
+        retryable: bool,
+    ) -> Vec<(u32, u32)> {
+        let mut seen = vec![(0, 0); t.len()];
+        for _ in 0..n {
+            let (chosen, probe) = choose(b, &Pick::default(), t, &[], now_ns, retryable).unwrap();
+            let i = t
+                .iter()
+                .position(|x| x.endpoint == chosen.endpoint)
+                .unwrap();
+            seen[i].0 += 1;
+            seen[i].1 += u32::from(probe);
+        }
+        seen
+    }
+
+    #[test]
+    fn a_suspect_gets_only_probes_and_only_from_calls_that_may_run_twice_at_first() {
+        const SEC: u64 = 1_000_000_000;
+        let (b, t) = balanced();
+        let stalls = b.pool.policy.stalls;
+        assert!(t[1].load().suspect(&stalls, 10 * SEC));
+
+        // Before its first probe is due (one interval on), nothing goes there.
+        assert_eq!(picks(&b, &t, 30, 10 * SEC, true)[1], (0, 0));
+        // Due: one call that may run twice takes it as a probe, then none until the next one.
+        assert_eq!(picks(&b, &t, 30, 11 * SEC, true)[1], (1, 1));
+        assert_eq!(picks(&b, &t, 30, 11 * SEC, true)[1], (0, 0));
+        // Calls that may not run twice never probe while the suspicion is younger than the
+        // ejection time (10 s)...
+        assert_eq!(picks(&b, &t, 30, 12 * SEC, false)[1], (0, 0));
+        assert_eq!(picks(&b, &t, 30, 19 * SEC, false)[1], (0, 0));
+        // ...and do after it, one per interval.
+        assert_eq!(picks(&b, &t, 30, 20 * SEC, false)[1], (1, 1));
+        assert_eq!(picks(&b, &t, 30, 20 * SEC, false)[1], (0, 0));
+        // The others share the calls.
+        let rest = picks(&b, &t, 30, 20 * SEC, false);
+        assert_eq!(rest[0].0 + rest[2].0, 30);
+
+        // It answers: back in the rotation.
+        t[1].load().answered(21 * SEC);
+        assert_eq!(picks(&b, &t, 30, 21 * SEC, false)[1], (10, 0));
+    }
+
+    #[test]
+    fn when_every_provider_is_suspect_calls_still_go_out() {
+        const SEC: u64 = 1_000_000_000;
+        let (b, t) = balanced();
+        let stalls = b.pool.policy.stalls;
+        for x in &t {
+            x.load().suspect(&stalls, SEC);
+        }
+        let seen = picks(&b, &t, 30, SEC, false);
+        assert_eq!(seen.iter().map(|s| s.0).sum::<u32>(), 30);
+    }
+}
