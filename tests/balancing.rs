@@ -25,7 +25,8 @@ async fn round_robin_spreads_calls_exactly() {
     for id in 0..3 {
         nodes.push(Node::start(&node, id, &tx).await);
     }
-    let consumer = star(&node, CONSUMER).await;
+    // Exact counts: no hedge may send a call slowed by a busy machine elsewhere.
+    let consumer = star_with(&node, CONSUMER, |b| b.hedging(Hedging::off())).await;
     let client = consumer.client_with::<WhereClient>(RoundRobin::new());
     wait_for_providers(&client, &[0, 1, 2]).await;
 
@@ -86,7 +87,8 @@ async fn consistent_hashing_keeps_keys_and_moves_only_a_leavers() {
     for id in 0..5 {
         nodes.push(Node::start(&node, id, &tx).await);
     }
-    let consumer = star(&node, CONSUMER).await;
+    // Exact counts: no hedge may send a call slowed by a busy machine elsewhere.
+    let consumer = star_with(&node, CONSUMER, |b| b.hedging(Hedging::off())).await;
     let client = consumer.client_with::<WhereClient>(ConsistentHash::new());
     wait_for_providers(&client, &[0, 1, 2, 3, 4]).await;
 
