@@ -80,9 +80,38 @@ impl Metadata {
     }
 }
 
+/// Whether an entry under `key` may hold a credential (an access token, a secret, a proof of
+/// possession): its value is never shown by `Debug`, so a logged handshake or call leaks none.
+fn is_sensitive(key: &str) -> bool {
+    const NAMES: [&str; 7] = [
+        "token",
+        "authorization",
+        "secret",
+        "password",
+        "proof",
+        "challenge",
+        "cookie",
+    ];
+    let key = key.to_ascii_lowercase();
+    NAMES.iter().any(|n| {
+        key == *n
+            || key.strip_suffix(n).is_some_and(|rest| {
+                rest.ends_with('-') || rest.ends_with('_') || rest.ends_with('.')
+            })
+    })
+}
+
+/// Entries are shown in order, except that the values of keys that may hold credentials
+/// (`token`, `authorization`, `secret`, `password`, `proof`, `challenge`, `cookie`, and keys
+/// ending in `-token`, `_secret` and the like) are shown as `<redacted>`.
 impl fmt::Debug for Metadata {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        f.debug_map()
+            .entries(
+                self.iter()
+                    .map(|(k, v)| (k, if is_sensitive(k) { "<redacted>" } else { v })),
+            )
+            .finish()
     }
 }
 
@@ -358,5 +387,26 @@ mod tests {
             .check_entry("k", &"v".repeat(8 * 1024), &mut total, "call metadata")
             .unwrap_err();
         assert!(e.message().contains("over the limit of 65536 bytes"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_credential() {
+        let meta: Metadata = [
+            ("token", "eyJ.secret-token.sig"),
+            ("x-api-token", "k-123"),
+            ("Authorization", "Bearer abc"),
+            ("client_secret", "s3cret"),
+            ("tenant", "acme"),
+            ("tokens-used", "12"),
+        ]
+        .into_iter()
+        .collect();
+        let shown = format!("{meta:?}");
+        for secret in ["eyJ.secret-token.sig", "k-123", "Bearer abc", "s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("\"tenant\": \"acme\""), "{shown}");
+        assert!(shown.contains("\"tokens-used\": \"12\""), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 4, "{shown}");
     }
 }

@@ -318,4 +318,17 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_logged_hello_shows_no_token() {
+        let mut meta = Metadata::new();
+        meta.insert("token", "sd1.the-token.signature");
+        meta.insert("client", "web-7");
+        let shown = format!("{:?}", hello(meta));
+        assert!(!shown.contains("the-token"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("web-7"),
+            "{shown}"
+        );
+    }
 }
