@@ -16,8 +16,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::super::connection::Exchange;
+use super::super::endpoints::TrackerRef;
 use super::*;
-use crate::balance::{HEDGE_MIN_SAMPLES, HedgeDelay, Hedging, InFlight};
+use crate::balance::{HEDGE_MIN_SAMPLES, HedgeDelay, Hedging, InFlight, LatencyTracker};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -157,8 +158,18 @@ impl BalancedCall<'_> {
         )
     }
 
+    /// The method's latency record, when this call feeds or reads the adaptive hedging delay
+    /// (a call that may be hedged, adaptively); looked up once per call.
+    fn tracker<'b>(&self, b: &'b Balanced) -> Option<TrackerRef<'b>> {
+        let adaptive = matches!(self.hedging.delay, HedgeDelay::Adaptive { .. });
+        if !self.retry_lost || !adaptive || self.hedging.is_off() {
+            return None;
+        }
+        b.latencies.get(self.method, &self.name)
+    }
+
     /// How long a try waits before it gets a hedge (`None`: no hedging for this call).
-    fn hedge_delay(&self, b: &Balanced, now_ns: u64) -> Option<Duration> {
+    fn hedge_delay(&self, tracker: Option<&LatencyTracker>, now_ns: u64) -> Option<Duration> {
         if !self.retry_lost || self.hedging.is_off() {
             return None;
         }
@@ -166,10 +177,7 @@ impl BalancedCall<'_> {
             HedgeDelay::Off => None,
             HedgeDelay::Fixed(d) => Some(d),
             HedgeDelay::Adaptive { min, initial } => {
-                let p99 = b
-                    .latencies
-                    .get(self.method, &self.name)
-                    .and_then(|t| t.p99(now_ns, HEDGE_MIN_SAMPLES));
+                let p99 = tracker.and_then(|t| t.p99(now_ns, HEDGE_MIN_SAMPLES));
                 Some(p99.map_or(initial, |p| Duration::from_nanos(p).max(min)))
             }
         }
@@ -192,7 +200,8 @@ impl BalancedCall<'_> {
         let policy = &b.pool.policy;
         policy.budget.deposit(self.start.into());
         let start_ns = clock_ns(self.start.into());
-        let hedge_delay = self.hedge_delay(b, start_ns);
+        let tracker = self.tracker(b);
+        let hedge_delay = self.hedge_delay(tracker.as_deref(), start_ns);
         let mut hedges_left = if hedge_delay.is_some() {
             self.hedging.max_extra
         } else {
@@ -233,28 +242,30 @@ impl BalancedCall<'_> {
                         start_one = true;
                     }
                 }
-                Event::Ended(t, result) => match self.settle(b, t, result, &mut progress) {
-                    Settled::Done(result) => {
-                        // The tries still out did not answer in time: their providers' silence
-                        // counts (and a passed deadline against each), then dropping them
-                        // cancels them.
-                        let now_ns = if tries.is_empty() {
-                            0
-                        } else {
-                            clock_ns(Instant::now().into())
-                        };
-                        for t in tries.first.take().into_iter().chain(tries.more.drain(..)) {
-                            if let Err(e) = &result
-                                && e.kind() == ErrorKind::DeadlineExceeded
-                            {
-                                self.fault(b, &t.target, e);
+                Event::Ended(t, result) => {
+                    match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
+                        Settled::Done(result) => {
+                            // The tries still out did not answer in time: their providers' silence
+                            // counts (and a passed deadline against each), then dropping them
+                            // cancels them.
+                            let now_ns = if tries.is_empty() {
+                                0
+                            } else {
+                                clock_ns(Instant::now().into())
+                            };
+                            for t in tries.first.take().into_iter().chain(tries.more.drain(..)) {
+                                if let Err(e) = &result
+                                    && e.kind() == ErrorKind::DeadlineExceeded
+                                {
+                                    self.fault(b, &t.target, e);
+                                }
+                                t.in_flight.finish(now_ns);
                             }
-                            t.in_flight.finish(now_ns);
+                            return result;
                         }
-                        return result;
+                        Settled::TryAgain => start_one = tries.is_empty(),
                     }
-                    Settled::TryAgain => start_one = tries.is_empty(),
-                },
+                }
             }
         }
     }
@@ -400,6 +411,7 @@ impl BalancedCall<'_> {
         b: &Balanced,
         t: Try<'_, A>,
         result: Result<Bytes, CallError>,
+        tracker: Option<&LatencyTracker>,
         progress: &mut Progress,
     ) -> Settled {
         let Try {
@@ -417,7 +429,7 @@ impl BalancedCall<'_> {
             };
             f.completed(latency, error);
         }
-        let load = target.load().clone();
+        let load = target.load();
         let now_ns = clock_ns(answered.into());
         // Anything the provider sent back (a result, or an error it produced) shows it is
         // working; a lost connection or a passed deadline does not.
@@ -434,11 +446,8 @@ impl BalancedCall<'_> {
                 tracing::info!(endpoint = %target.endpoint, "suspect provider answered: back in the rotation");
             }
             // The method's latencies feed the adaptive hedging delay of calls that may be
-            // hedged; other calls leave them alone.
-            if self.retry_lost
-                && matches!(self.hedging.delay, HedgeDelay::Adaptive { .. })
-                && let Some(tracker) = b.latencies.get(self.method, &self.name)
-            {
+            // hedged (`tracker` is `None` for the others).
+            if let Some(tracker) = tracker {
                 tracker.record(latency.as_nanos() as u64, now_ns);
             }
         }
@@ -446,7 +455,8 @@ impl BalancedCall<'_> {
         if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
             self.fault(b, &target, e);
         }
-        let endpoint = target.endpoint;
+        // Cloned only on the paths that keep it (a try that failed).
+        let endpoint = || target.endpoint.clone();
         match result {
             Ok(reply) => {
                 load.record(latency, now_ns);
@@ -455,20 +465,20 @@ impl BalancedCall<'_> {
             }
             // Found closed before the request was queued: it never left this process.
             Err(CallError::Reconnect(e)) => {
-                retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                retry_or_skip(endpoint(), &mut progress.tried, &mut progress.reconnected);
                 progress.last = Some(e);
                 Settled::TryAgain
             }
             // Refused before reaching a handler (overloaded, shutting down, ...).
             Err(CallError::Failed(e)) if e.is_not_delivered() => {
-                tracing::debug!(%endpoint, error = %e, "provider refused the call; trying another");
+                tracing::debug!(endpoint = %target.endpoint, error = %e, "provider refused the call; trying another");
                 if e.kind() == ErrorKind::ShuttingDown {
                     // The connection was draining (an idle close or a shutdown): a new
                     // connection to the same provider may take it, and one that is really
                     // stopping refuses the connection.
-                    retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                    retry_or_skip(endpoint(), &mut progress.tried, &mut progress.reconnected);
                 } else {
-                    progress.tried.push(endpoint);
+                    progress.tried.push(endpoint());
                 }
                 progress.last = Some(e);
                 Settled::TryAgain
@@ -484,14 +494,14 @@ impl BalancedCall<'_> {
                              retried because the method is not idempotent (see \
                              `Client::retry_lost_calls`)",
                             self.name,
-                            endpoint,
+                            target.endpoint,
                             e.message()
                         ),
                     )
                     .with_source(e)));
                 }
-                tracing::debug!(%endpoint, error = %e, "connection lost; retrying an idempotent call");
-                retry_or_skip(endpoint, &mut progress.tried, &mut progress.reconnected);
+                tracing::debug!(endpoint = %target.endpoint, error = %e, "connection lost; retrying an idempotent call");
+                retry_or_skip(endpoint(), &mut progress.tried, &mut progress.reconnected);
                 progress.last = Some(e);
                 Settled::TryAgain
             }
