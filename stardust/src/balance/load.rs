@@ -176,15 +176,18 @@ impl Load {
     }
 
     /// The latency estimate as it counts at `now_ns`: the average, decayed while the provider
-    /// gets no calls, and at least the time it has held calls without answering. A provider
-    /// that stops answering gets more expensive the longer it is silent, never cheaper.
+    /// gets no calls; while it holds calls, at least the age of its silence (how long it has
+    /// held calls without answering). A provider that stops answering gets more expensive the
+    /// longer it is silent, never cheaper. Tries already given up on do not count here (they
+    /// count toward suspicion, [`Load::stalled_for`]): a provider that lost a hedge race keeps
+    /// being tried, so it either answers (and is cleared) or adds to the silence that makes it
+    /// suspect, instead of being starved by its cost with nobody left to find out.
     pub(crate) fn estimate(&self, now_ns: u64) -> u64 {
         let ewma = self.ewma_ns.load(Ordering::Relaxed);
-        let stalled = self.stalled_for(now_ns);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
-            return decayed(ewma, self.sampled_ns.load(Ordering::Relaxed), now_ns).max(stalled);
+            return decayed(ewma, self.sampled_ns.load(Ordering::Relaxed), now_ns);
         }
-        ewma.max(stalled)
+        ewma.max(self.busy_silence(now_ns))
     }
 
     /// The stall past which the provider is suspect: `multiple × latency average`, at least the
@@ -369,8 +372,9 @@ mod tests {
                 "gaps do not count"
             );
         }
-        // More expensive than its average while idle too.
-        assert_eq!(load.estimate(4 * SEC), 100 * MS);
+        // While idle it costs its (decayed) average: it gets tried again, and each unanswered
+        // try adds to the silence that makes it suspect.
+        assert_eq!(load.estimate(4 * SEC), MS / 2);
         // A call the caller dropped says nothing.
         let (dropped, _) = load.start(5 * SEC);
         drop(dropped);
