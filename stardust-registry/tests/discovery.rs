@@ -462,8 +462,11 @@ async fn a_dropped_provider_connection_removes_its_instances_at_once() {
             .unwrap()
             .unwrap();
     }
-    assert_eq!(next_event(&mut pushes).await.instances.len(), 1);
-    assert_eq!(next_event(&mut pushes).await.instances.len(), 2);
+    // Pushes are batched in rounds: the two registrations arrive in one push or in two.
+    let mut listed = 0;
+    while listed < 2 {
+        listed = next_event(&mut pushes).await.instances.len();
+    }
 
     drop(provider);
     let event = next_event(&mut pushes).await;
