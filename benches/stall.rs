@@ -151,7 +151,9 @@ fn config() -> Config {
     Config::new()
         .with_app(
             PROVIDER.0,
-            AppConfig::with_secret(PROVIDER.1).expect("secret"),
+            AppConfig::with_secret(PROVIDER.1)
+                .expect("secret")
+                .provide(["*"]),
         )
         .with_app(
             CONSUMER.0,

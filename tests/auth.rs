@@ -1,7 +1,9 @@
 //! Authentication: tokens in the handshake, per-call checks, renewal on a live connection.
 //!
 //! Tokens are minted here with a local Ed25519 key and `stardust::auth::token::encode` (the
-//! registry's half of the format); servers verify them with a `TokenVerifier`. Loopback only,
+//! registry's half of the format), bound to this test's proof key (what a registry does for a
+//! current client); servers verify them with a `TokenVerifier`. Proof of possession itself is
+//! tested in `tests/proof.rs`. Loopback only,
 //! every wait bounded; where time must pass, the test waits until a known instant.
 
 mod common;
@@ -15,8 +17,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use parking_lot::Mutex;
 use stardust::auth::token::{self, Claims, KeySet};
 use stardust::auth::{
-    BoxFuture, Credentials, Identity, KeyFetcher, NO_AUTHENTICATOR, StaticToken, TOKEN_KEY,
-    TOKEN_REQUIRED, TokenVerifier,
+    BoxFuture, Credentials, Identity, KeyFetcher, NO_AUTHENTICATOR, ProofKey, StaticToken,
+    TOKEN_KEY, TOKEN_REQUIRED, TokenVerifier,
 };
 use stardust::protocol::frame::{self, Kind};
 use stardust::protocol::message::{self, Hello, RequestHead};
@@ -51,6 +53,16 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
+/// The key this test's clients prove, and its tokens are bound to.
+fn proof_key() -> ProofKey {
+    ProofKey::from_seed([42; 32])
+}
+
+/// A client builder that proves [`proof_key`].
+fn client() -> stardust::ClientBuilder {
+    Client::builder().proof_key(proof_key())
+}
+
 fn keys(entries: &[(&str, &SigningKey)]) -> KeySet {
     entries
         .iter()
@@ -80,6 +92,7 @@ fn mint_for(
         iat_ms: token::unix_ms(SystemTime::now()),
         exp_ms: token::unix_ms(expires_at),
         consume: consume.map(|c| c.iter().map(|s| (*s).to_owned()).collect()),
+        cnf: Some(proof_key().public_key()),
     };
     token::encode(&claims, |m| key.sign(m).to_bytes())
 }
@@ -95,7 +108,7 @@ async fn token_server() -> (Server, Control) {
 }
 
 async fn connect_with(server: &Server, token: &str) -> Result<CalcClient, Error> {
-    let client = Client::builder()
+    let client = client()
         .credentials(StaticToken(token.to_owned()))
         .connect(server.local_addr())
         .await?;
@@ -322,7 +335,7 @@ async fn a_token_expiring_on_a_live_connection_fails_the_next_call_until_renewed
         SystemTime::now() - Duration::from_secs(1),
     );
     // Presented by hand, so no renewal runs: the server's per-call check is what is tested.
-    let client = Client::builder()
+    let client = client()
         .handshake_metadata(TOKEN_KEY, expired)
         .connect(server.local_addr())
         .await
@@ -382,7 +395,7 @@ async fn renewal_keeps_one_connection_working_past_the_first_tokens_expiry() {
         told: Duration::from_millis(300),
         expiries: Mutex::new(Vec::new()),
     });
-    let client = Client::builder()
+    let client = client()
         .credentials(MinterCredentials(minter.clone()))
         .connect(server.local_addr())
         .await
@@ -415,7 +428,7 @@ async fn renewal_keeps_one_connection_working_past_the_first_tokens_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_for_another_app_is_refused() {
     let (server, _control) = token_server().await;
-    let client = Client::builder()
+    let client = client()
         .credentials(StaticToken(mint("k1", &key(1), "web", in_an_hour())))
         .connect(server.local_addr())
         .await
@@ -554,7 +567,7 @@ async fn a_token_that_cannot_be_renewed_retires_its_connection_after_its_calls()
         failing: false.into(),
         asked: asked_tx,
     });
-    let client = Client::builder()
+    let client = client()
         .credentials(FlakyCredentials(flaky.clone()))
         .connect(server.local_addr())
         .await

@@ -438,8 +438,11 @@ fn request_and_response_authenticate() {
 #[test]
 fn every_doc_dump_is_tested() {
     // A dump added to the document without a test here would go unchecked.
-    // (The dumps of the registry's optional features are tested in tests/protocol_discovery.rs.)
+    // (The dumps of the registry's optional features are tested in tests/protocol_discovery.rs,
+    // those of proof of possession in tests/proof.rs.)
     let tested = [
+        "challenge",
+        "proof",
         "hello_ack_features",
         "hello",
         "hello_ack",
@@ -485,13 +488,15 @@ fn kinds_flags_and_limits() {
         (8, Kind::Ping),
         (9, Kind::Pong),
         (10, Kind::GoAway),
+        (11, Kind::Challenge),
+        (12, Kind::Proof),
     ];
     for (byte, kind) in kinds {
         assert_eq!(kind as u8, byte);
         assert_eq!(Kind::from_u8(byte), Some(kind));
     }
     assert_eq!(Kind::from_u8(0), None);
-    assert_eq!(Kind::from_u8(11), None);
+    assert_eq!(Kind::from_u8(13), None);
     assert_eq!(frame::FLAG_ONE_WAY, 0x01);
     assert_eq!(frame::FLAG_IDEMPOTENT, 0x02);
     assert_eq!(frame::HEADER_LEN, 14);

@@ -18,7 +18,10 @@ const LIMITED: (&str, &str) = ("greeter-only", "limited-secret");
 /// A registry with three apps: a provider, a consumer, and a consumer limited to `test.Greeter`.
 fn config() -> Config {
     Config::new()
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_app(
             LIMITED.0,

@@ -47,7 +47,10 @@ fn key_file() -> std::path::PathBuf {
 async fn registry(throttle: LoginThrottle) -> RegistryNode {
     let config = Config::new()
         .with_key_file(key_file())
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_app(VICTIM.0, AppConfig::with_secret(VICTIM.1).unwrap())
         .with_app(NEWCOMER.0, AppConfig::with_secret(NEWCOMER.1).unwrap())

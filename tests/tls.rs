@@ -23,7 +23,10 @@ async fn tls_registry(ca: &TestCa) -> (RegistryNode, tempfile::TempDir) {
     std::fs::write(dir.path().join("registry.crt"), id.cert).unwrap();
     std::fs::write(dir.path().join("registry.key"), id.key).unwrap();
     let config = Config::new()
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_lease_ttl(Duration::from_secs(30))
         .with_key_file(dir.path().join("keys.toml"))

@@ -67,6 +67,7 @@ store = "memory"
 
 [apps.{PROVIDER_APP}]
 secret_hash = "{CHEAP_HASH}"
+provide = ["*"]
 
 [apps.{CONSUMER_APP}]
 secret_hash = "{CHEAP_HASH}"

@@ -12,8 +12,8 @@
 //!
 //! [apps.billing]
 //! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"   # `stardust-registry hash-secret`
-//! provide = ["billing.Invoices"]      # absent: may provide any service
-//! consume = ["calc.Calculator"]       # absent: may consume any service
+//! provide = ["billing.Invoices"]      # absent: may provide NO service; ["*"]: any
+//! consume = ["calc.Calculator"]       # absent or ["*"]: may consume any service
 //!
 //! [tls]                               # absent: plaintext (fine on loopback only)
 //! cert_file = "registry.crt"          # PEM chain, leaf first; relative to this file's directory
@@ -184,9 +184,12 @@ impl TlsFiles {
 pub struct AppConfig {
     /// Argon2id PHC hash of the app's secret (never the secret itself).
     pub secret_hash: String,
-    /// Services the app may register as a provider; `None` means any.
+    /// Services the app may register as a provider; `"*"` stands for any. `None` (no list in
+    /// the config) means **none**: least privilege (dev mode alone lets every app provide
+    /// anything).
     pub provide: Option<Vec<String>>,
-    /// Services the app may discover and call; `None` means any. Copied into its tokens.
+    /// Services the app may discover and call; `None`, or a list with `"*"`, means any. Copied
+    /// into its tokens.
     pub consume: Option<Vec<String>>,
 }
 
@@ -203,7 +206,8 @@ impl std::fmt::Debug for AppConfig {
 
 impl AppConfig {
     /// An app with the given secret hash (see [`hash_secret`](crate::hash_secret)), allowed to
-    /// provide and consume anything.
+    /// consume anything and to provide nothing until [`provide`](AppConfig::provide) names
+    /// what (`["*"]` for anything).
     pub fn new(secret_hash: impl Into<String>) -> AppConfig {
         AppConfig {
             secret_hash: secret_hash.into(),
@@ -218,7 +222,7 @@ impl AppConfig {
         Ok(AppConfig::new(secret::hash_secret(secret)?))
     }
 
-    /// Restricts the services the app may provide.
+    /// The services the app may provide (`["*"]`: any).
     pub fn provide<S: Into<String>>(mut self, services: impl IntoIterator<Item = S>) -> AppConfig {
         self.provide = Some(services.into_iter().map(Into::into).collect());
         self

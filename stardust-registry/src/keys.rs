@@ -222,12 +222,27 @@ impl KeyRing {
     /// Signs a token for `app` with the current signing key, valid from now for the ring's
     /// token TTL. Returns the token and its expiry (ms since the Unix epoch).
     pub fn issue(&self, app: &str, consume: Option<Vec<String>>) -> (String, u64) {
-        let iat = SystemTime::now();
-        let exp = iat + self.inner.token_ttl;
-        (self.mint(app, consume, iat, exp), token::unix_ms(exp))
+        self.issue_bound(app, consume, None)
     }
 
-    /// Signs a token with chosen issue and expiry times (tests: e.g. an already expired token).
+    /// [`KeyRing::issue`] for a token bound to the holder of `key` (its `cnf` claim: proof of
+    /// possession); `None` issues a bearer token.
+    pub fn issue_bound(
+        &self,
+        app: &str,
+        consume: Option<Vec<String>>,
+        key: Option<[u8; 32]>,
+    ) -> (String, u64) {
+        let iat = SystemTime::now();
+        let exp = iat + self.inner.token_ttl;
+        (
+            self.mint_bound(app, consume, key, iat, exp),
+            token::unix_ms(exp),
+        )
+    }
+
+    /// Signs a bearer token with chosen issue and expiry times (tests: e.g. an already expired
+    /// token).
     pub fn mint(
         &self,
         app: &str,
@@ -235,16 +250,29 @@ impl KeyRing {
         iat: SystemTime,
         exp: SystemTime,
     ) -> String {
+        self.mint_bound(app, consume, None, iat, exp)
+    }
+
+    /// [`KeyRing::mint`] for a token bound to the holder of `key` (`None`: a bearer token).
+    pub fn mint_bound(
+        &self,
+        app: &str,
+        consume: Option<Vec<String>>,
+        key: Option<[u8; 32]>,
+        iat: SystemTime,
+        exp: SystemTime,
+    ) -> String {
         let state = self.inner.state.read();
-        let key = state.keys.last().expect("a key ring is never empty");
+        let signing = state.keys.last().expect("a key ring is never empty");
         let claims = Claims {
-            kid: key.kid.clone(),
+            kid: signing.kid.clone(),
             app: app.to_owned(),
             iat_ms: token::unix_ms(iat),
             exp_ms: token::unix_ms(exp),
             consume,
+            cnf: key,
         };
-        token::encode(&claims, |msg| key.signing.sign(msg).to_bytes())
+        token::encode(&claims, |msg| signing.signing.sign(msg).to_bytes())
     }
 
     /// Adds a fresh key and makes it the signing key; returns its id. A file-backed ring

@@ -269,10 +269,22 @@ impl RegistryNodeBuilder {
         if config.dev {
             tracing::warn!(
                 %addr,
-                "DEV MODE IS ON: any app name can log in, and an unknown app is created with the \
-                 secret of its first login (kept in memory until restart). Never expose a \
-                 dev-mode registry to untrusted networks."
+                "DEV MODE IS ON: any app name can log in, an unknown app is created with the \
+                 secret of its first login (kept in memory until restart), and EVERY APP MAY \
+                 PROVIDE AND CONSUME EVERY SERVICE, whatever its `provide` list says. Never \
+                 expose a dev-mode registry to untrusted networks."
             );
+        } else {
+            // Least privilege: an app without a `provide` list provides nothing. Said once, at
+            // start-up, for each such app, so an upgrade that changed what they may do is
+            // noticed before their registrations are refused.
+            for (app, _) in config.apps.iter().filter(|(_, a)| a.provide.is_none()) {
+                tracing::warn!(
+                    app = %app,
+                    "app `{app}` has no `provide` list and may provide no service; add \
+                     `provide = [\"name.Service\"]` (or `[\"*\"]`) under [apps.{app}] if it is a provider"
+                );
+            }
         }
         if keys.file().is_none() {
             tracing::warn!(

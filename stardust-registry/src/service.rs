@@ -149,9 +149,13 @@ fn unauthorized(msg: &str) -> RegistryError {
     RegistryError::Unauthorized(msg.to_owned())
 }
 
+/// Whether a consume list allows `service` (`None`, or a list naming `"*"`: any service).
 fn allowed(list: Option<&[String]>, service: &str) -> bool {
-    list.is_none_or(|l| l.iter().any(|s| s == service))
+    list.is_none_or(|l| l.iter().any(|s| s == service || s == ANY_SERVICE))
 }
+
+/// The entry of a `provide` or `consume` list that stands for every service.
+pub(crate) const ANY_SERVICE: &str = "*";
 
 impl RegistryImpl {
     pub(crate) fn new(
@@ -252,8 +256,34 @@ impl RegistryImpl {
         keys
     }
 
+    /// The services `app`'s tokens allow it to call (`None`: any, also for `consume = ["*"]`).
     fn consume_list(&self, app: &str) -> Option<Vec<String>> {
-        self.app_config(app).and_then(|a| a.consume.clone())
+        self.app_config(app)
+            .and_then(|a| a.consume.clone())
+            .filter(|list| !list.iter().any(|s| s == ANY_SERVICE))
+    }
+
+    /// Whether `app` may register `service`: only what its `provide` list names (`"*"`: any
+    /// service). Least privilege: an app configured without a list may provide nothing, except
+    /// in dev mode, where every app may provide anything.
+    fn check_provide(&self, app: &str, service: &str) -> Result<(), RegistryError> {
+        if self.shared.config.dev {
+            return Ok(());
+        }
+        let config = self.app_config(app);
+        match config.as_ref().and_then(|a| a.provide.as_deref()) {
+            Some(list) if list.iter().any(|s| s == service || s == ANY_SERVICE) => Ok(()),
+            Some(_) => Err(RegistryError::PermissionDenied(format!(
+                "app `{app}` may not provide service `{service}`: it is not in \
+                 `apps.{app}.provide` in the registry's config"
+            ))),
+            None => Err(RegistryError::PermissionDenied(format!(
+                "app `{app}` may not provide service `{service}`: its config has no `provide` \
+                 list, and an app provides only what it lists (least privilege); set \
+                 `provide = [\"{service}\"]` (or `[\"*\"]` for any service) under `[apps.{app}]` \
+                 in the registry's config"
+            ))),
+        }
     }
 
     /// The table of registrations, for [`RegistryNode::registrations`](crate::RegistryNode::registrations).
@@ -383,8 +413,15 @@ impl RegistryImpl {
             .map_err(store_error)
     }
 
+    /// A login's answer: a token for `app`, bound to the key the calling connection proved in
+    /// its handshake (proof of possession; a bearer token for an older client, which proved
+    /// none).
     fn reply(&self, app: &str) -> LoginReply {
-        let (token, expires_at_ms) = self.shared.keys.issue(app, self.consume_list(app));
+        let key = stardust::Context::with_current(|ctx| ctx.and_then(|c| c.proof_key()));
+        let (token, expires_at_ms) = self
+            .shared
+            .keys
+            .issue_bound(app, self.consume_list(app), key);
         LoginReply {
             app: app.to_owned(),
             token,

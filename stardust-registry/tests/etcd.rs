@@ -82,7 +82,8 @@ mod with_etcd {
             .with_lease_ttl(lease_ttl);
         if with_apps {
             for (app, secret) in [PROVIDER, CONSUMER, OTHER] {
-                config = config.with_app(app, AppConfig::with_secret(secret).unwrap());
+                config =
+                    config.with_app(app, AppConfig::with_secret(secret).unwrap().provide(["*"]));
             }
         }
         config
@@ -634,7 +635,10 @@ mod with_etcd {
             RegistryNode::builder()
                 .config(
                     Config::new()
-                        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+                        .with_app(
+                            PROVIDER.0,
+                            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+                        )
                         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
                         .with_key_file(std::env::temp_dir().join(format!(
                             "stardust-etcd-access-{}-{}.toml",

@@ -39,7 +39,10 @@ mod with_etcd {
         let config = Config::new()
             .with_key_file(dir.path().join(format!("{name}-keys.toml")))
             .with_lease_ttl(Duration::from_secs(30))
-            .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+            .with_app(
+                PROVIDER.0,
+                AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+            )
             .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
             .with_store(StoreConfig::parse(store).unwrap());
         within(

@@ -43,7 +43,10 @@ impl Echo for EchoImpl {
 /// Both apps, with a key file in `dir`: every node started from it signs with the same keys.
 fn config(dir: &tempfile::TempDir) -> Config {
     Config::new()
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_key_file(dir.path().join("keys.toml"))
 }
@@ -213,7 +216,10 @@ async fn a_token_of_an_app_removed_from_the_config_is_refused() {
     // Same keys, but the consumer app is gone from this node's config.
     let trimmed = start(
         Config::new()
-            .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+            .with_app(
+                PROVIDER.0,
+                AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+            )
             .with_key_file(dir.path().join("keys.toml")),
     )
     .await;

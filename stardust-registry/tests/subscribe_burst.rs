@@ -208,7 +208,10 @@ async fn no_lease_expires_during_subscribe_and_registration_bursts() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::new()
         .with_key_file(dir.path().join("keys.toml"))
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_lease_ttl(LEASE_TTL)
         // Every subscriber connects at the same moment: more handshakes at once than the

@@ -120,6 +120,13 @@ impl Context {
         self.conn.as_ref().and_then(|c| c.auth.identity())
     }
 
+    /// The Ed25519 public key the calling client proved it holds in its handshake (proof of
+    /// possession), if it proved one: the key its token is bound to, or the key a client
+    /// without a token announced (how the registry binds the tokens it issues).
+    pub fn proof_key(&self) -> Option<[u8; 32]> {
+        self.conn.as_ref().and_then(|c| c.auth.proven_key())
+    }
+
     /// The network address of the calling connection.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.conn.as_ref().map(|c| c.peer)

@@ -49,6 +49,12 @@ pub struct CallInfo {
     pub caller: Option<String>,
     /// Whether the handshake token is visible in the connection metadata (it must not be).
     pub token_visible: bool,
+    /// The key the calling connection proved in its handshake (`Context::proof_key`).
+    pub proof_key: Option<Vec<u8>>,
+    /// The key the caller's current token is bound to (`Identity::bound_key`).
+    pub bound_key: Option<Vec<u8>>,
+    /// When the caller's current token expires, in ms since the Unix epoch.
+    pub expires_ms: Option<u64>,
 }
 
 /// The test service: arithmetic, payloads, and handlers whose progress the test controls.
@@ -184,6 +190,15 @@ fn info() -> CallInfo {
             .connection_metadata()
             .get(stardust::auth::TOKEN_KEY)
             .is_some(),
+        proof_key: ctx.proof_key().map(|k| k.to_vec()),
+        bound_key: ctx
+            .identity()
+            .and_then(|i| i.bound_key())
+            .map(|k| k.to_vec()),
+        expires_ms: ctx
+            .identity()
+            .and_then(|i| i.expires_at())
+            .map(stardust::auth::token::unix_ms),
     }
 }
 

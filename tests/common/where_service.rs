@@ -100,7 +100,10 @@ pub fn config() -> Config {
     let dir = std::env::temp_dir().join(format!("stardust-balance-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     Config::new()
-        .with_app(PROVIDER.0, AppConfig::with_secret(PROVIDER.1).unwrap())
+        .with_app(
+            PROVIDER.0,
+            AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+        )
         .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
         .with_lease_ttl(Duration::from_secs(30))
         .with_key_file(dir.join("keys.toml"))

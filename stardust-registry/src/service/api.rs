@@ -11,8 +11,8 @@ use stardust::discovery::api::{
 use super::checks::{self, parse_req, valid_name, validate_endpoint};
 use super::table::{Kind, Lease};
 use super::{
-    LEASE_EXPIRED, LOG_IN_FIRST, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, allowed, other_app,
-    store_error, unauthorized,
+    LEASE_EXPIRED, LOG_IN_FIRST, MAX_NAME_LEN, RegistryImpl, STORE_RETRIES, other_app, store_error,
+    unauthorized,
 };
 use crate::store::{StoreError, Written};
 
@@ -72,13 +72,7 @@ impl Registry for RegistryImpl {
             tls,
         } = registration;
         valid_name("service name", &service)?;
-        let config = self.app_config(&app);
-        let provide = config.as_ref().and_then(|a| a.provide.as_deref());
-        if !allowed(provide, &service) {
-            return Err(RegistryError::PermissionDenied(format!(
-                "app `{app}` may not provide service `{service}`"
-            )));
-        }
+        self.check_provide(&app, &service)?;
         let parsed = Version::parse(version.trim()).map_err(|e| {
             RegistryError::Invalid(format!(
                 "version `{version}` is not a semantic version like `1.2.3`: {e}"

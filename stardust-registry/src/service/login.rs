@@ -90,6 +90,18 @@ impl RegistryImpl {
         let checked = stardust::auth::token::verify(token, &keys, std::time::SystemTime::now())
             .map_err(|e| unauthorized(&format!("cannot resume: {}", e.message())))
             .and_then(|claims| {
+                // A bound token resumes only on a connection that proved its key: a captured
+                // token is no way in.
+                if let Some(bound) = claims.cnf {
+                    let proven =
+                        stardust::Context::with_current(|ctx| ctx.and_then(|c| c.proof_key()));
+                    if proven != Some(bound) {
+                        return Err(unauthorized(
+                            "cannot resume: the token is bound to a key this connection did not \
+                             prove in its handshake (proof of possession)",
+                        ));
+                    }
+                }
                 let known = self.app_config(&claims.app).is_some()
                     || (self.shared.config.dev && self.shared.store.dev_app(&claims.app).is_some());
                 if known {

@@ -16,13 +16,14 @@
 //!
 //! Tokens are secrets: they never appear in logs, error messages or `Debug` output of this crate.
 
+pub mod proof;
 pub mod token;
 mod verifier;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -30,6 +31,7 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+pub use proof::ProofKey;
 pub use verifier::{KeyFetcher, TokenVerifier};
 
 /// Handshake metadata key under which a client presents its token.
@@ -58,6 +60,7 @@ pub struct Identity {
     app: Arc<str>,
     expires_at: Option<SystemTime>,
     consume: Option<Arc<[String]>>,
+    bound_key: Option<[u8; 32]>,
 }
 
 impl Identity {
@@ -67,6 +70,7 @@ impl Identity {
             app: app.into(),
             expires_at: None,
             consume: None,
+            bound_key: None,
         }
     }
 
@@ -76,7 +80,20 @@ impl Identity {
             app: claims.app.as_str().into(),
             expires_at: Some(claims.expires_at()),
             consume: claims.consume.as_ref().map(|c| c.clone().into()),
+            bound_key: claims.cnf,
         }
+    }
+
+    /// Binds the identity to the holder of `key` (proof of possession): a server then accepts
+    /// it only from a client that proves it holds the private half.
+    pub fn with_bound_key(mut self, key: [u8; 32]) -> Identity {
+        self.bound_key = Some(key);
+        self
+    }
+
+    /// The public key the token was bound to (its `cnf` claim), if it was.
+    pub fn bound_key(&self) -> Option<[u8; 32]> {
+        self.bound_key
     }
 
     /// Sets when the identity stops being valid.
@@ -145,6 +162,7 @@ impl fmt::Debug for Identity {
             .field("app", &self.app)
             .field("expires_at", &self.expires_at)
             .field("consume", &self.consume)
+            .field("bound", &self.bound_key.is_some())
             .finish()
     }
 }
@@ -161,6 +179,12 @@ pub trait Credentials: Send + Sync + 'static {
     /// The current token and when it expires. Called at connect time and again before expiry
     /// to renew it on live connections.
     fn token(&self) -> BoxFuture<'_, Result<(String, Option<SystemTime>), Error>>;
+
+    /// The key the tokens are bound to (proof of possession), if they are: the client proves
+    /// it holds it when a server challenges. `None` (the default): bearer tokens.
+    fn proof_key(&self) -> Option<ProofKey> {
+        None
+    }
 }
 
 /// A fixed token (tests, tools); it is never renewed.
@@ -207,6 +231,21 @@ pub(crate) fn refusal(err: Error, token: &str) -> Error {
 pub(crate) struct ServerAuth {
     pub(crate) authenticator: Option<Arc<dyn Authenticator>>,
     pub(crate) allow_anonymous: bool,
+    /// Refuse tokens not bound to a key (bearer tokens); on by default.
+    pub(crate) require_proof: bool,
+    /// Unbound tokens accepted (handshakes and renewals) while `require_proof` is off.
+    pub(crate) unbound_accepted: Arc<AtomicU64>,
+}
+
+impl Default for ServerAuth {
+    fn default() -> ServerAuth {
+        ServerAuth {
+            authenticator: None,
+            allow_anonymous: false,
+            require_proof: true,
+            unbound_accepted: Arc::default(),
+        }
+    }
 }
 
 impl fmt::Debug for ServerAuth {
@@ -214,6 +253,7 @@ impl fmt::Debug for ServerAuth {
         f.debug_struct("ServerAuth")
             .field("authenticator", &self.authenticator.is_some())
             .field("allow_anonymous", &self.allow_anonymous)
+            .field("require_proof", &self.require_proof)
             .finish()
     }
 }
@@ -233,13 +273,13 @@ impl ServerAuth {
 
     /// Decides whether a handshake presenting `token` is accepted, and as whom (`None`:
     /// anonymous). Errors are `Unauthorized` (or `PermissionDenied`) and never quote the token.
-    pub(crate) async fn admit(&self, token: Option<String>) -> Result<Option<Identity>, Error> {
+    pub(crate) async fn admit(&self, token: Option<&str>) -> Result<Option<Identity>, Error> {
         match (token, &self.authenticator) {
             (Some(token), Some(auth)) => auth
-                .authenticate(&token)
+                .authenticate(token)
                 .await
                 .map(Some)
-                .map_err(|e| refusal(e, &token)),
+                .map_err(|e| refusal(e, token)),
             (None, Some(_)) if !self.allow_anonymous => {
                 Err(Error::new(ErrorKind::Unauthorized, TOKEN_REQUIRED))
             }
@@ -247,6 +287,63 @@ impl ServerAuth {
             (Some(_), None) => Ok(None),
             (None, _) => Ok(None),
         }
+    }
+
+    /// The key a handshake must prove possession of, given the identity its token proved
+    /// (`None`: anonymous) and the key the client announced without a token: the token's key
+    /// when it is bound; nothing for an unbound token (refused when proof is required, counted
+    /// otherwise); the announced key for an anonymous connection.
+    pub(crate) fn key_to_prove(
+        &self,
+        identity: Option<&Identity>,
+        announced: Option<[u8; 32]>,
+    ) -> Result<Option<[u8; 32]>, Error> {
+        let Some(identity) = identity else {
+            return Ok(announced);
+        };
+        match identity.bound_key() {
+            Some(bound) if announced.is_some_and(|a| a != bound) => Err(Error::new(
+                ErrorKind::Unauthorized,
+                "the key announced in the handshake is not the one the access token is bound to",
+            )),
+            Some(bound) => Ok(Some(bound)),
+            None => self.unbound().map(|()| None),
+        }
+    }
+
+    /// Checks a renewed token's binding against the key the connection proved: a connection
+    /// proves one key for life, and every token it presents must be bound to it.
+    pub(crate) fn check_renewal(
+        &self,
+        identity: &Identity,
+        proven: Option<[u8; 32]>,
+    ) -> Result<(), Error> {
+        let refuse = |why: &str| Err(Error::new(ErrorKind::Unauthorized, why.to_owned()));
+        match (identity.bound_key(), proven) {
+            (Some(bound), Some(proven)) if bound == proven => Ok(()),
+            (Some(_), Some(_)) => refuse(
+                "the renewed access token is bound to another key than the one this \
+                 connection proved",
+            ),
+            (Some(_), None) => refuse(
+                "a token bound to a key (proof of possession) must be presented in a new \
+                 connection's handshake, where the key is proven; reconnect",
+            ),
+            (None, Some(_)) => refuse(
+                "the renewed access token is not bound to a key, and this connection proved \
+                 one; present a token bound to the same key",
+            ),
+            (None, None) => self.unbound(),
+        }
+    }
+
+    /// An unbound (bearer) token: refused when proof is required, counted when not.
+    fn unbound(&self) -> Result<(), Error> {
+        if self.require_proof {
+            return Err(Error::new(ErrorKind::Unauthorized, proof::PROOF_REQUIRED));
+        }
+        self.unbound_accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -259,6 +356,8 @@ impl ServerAuth {
 #[derive(Default)]
 pub(crate) struct ConnAuth {
     app: OnceLock<Arc<str>>,
+    /// The public key the client proved it holds in the handshake, if it proved one.
+    proven: Option<[u8; 32]>,
     /// Whether calls must be checked against `grant`.
     restricted: AtomicBool,
     grant: RwLock<Option<Grant>>,
@@ -289,9 +388,13 @@ fn to_instant(at: SystemTime) -> Option<Instant> {
 }
 
 impl ConnAuth {
-    /// A connection that starts with `identity` (`None`: anonymous).
-    pub(crate) fn new(identity: Option<Identity>) -> ConnAuth {
-        let auth = ConnAuth::default();
+    /// A connection that starts with `identity` (`None`: anonymous), whose client proved it
+    /// holds `proven` (proof of possession) in the handshake.
+    pub(crate) fn new(identity: Option<Identity>, proven: Option<[u8; 32]>) -> ConnAuth {
+        let auth = ConnAuth {
+            proven,
+            ..ConnAuth::default()
+        };
         if let Some(identity) = identity {
             auth.set(identity).expect("a new connection has no app yet");
         }
@@ -302,6 +405,11 @@ impl ConnAuth {
     #[inline]
     pub(crate) fn app(&self) -> Option<&str> {
         self.app.get().map(|a| &**a)
+    }
+
+    /// The key the client proved it holds in the handshake, if it proved one.
+    pub(crate) fn proven_key(&self) -> Option<[u8; 32]> {
+        self.proven
     }
 
     /// The current identity, if the connection authenticated.
@@ -409,7 +517,7 @@ mod tests {
 
     #[test]
     fn anonymous_connections_are_unrestricted() {
-        let auth = ConnAuth::new(None);
+        let auth = ConnAuth::new(None, None);
         assert_eq!(auth.app(), None);
         assert!(auth.identity().is_none());
         assert!(auth.check("any.Service", Instant::now()).is_ok());
@@ -418,11 +526,14 @@ mod tests {
     #[test]
     fn expiry_and_consume_list_are_checked() {
         let now = Instant::now();
-        let auth = ConnAuth::new(Some(
-            ident("web")
-                .with_expiry(SystemTime::now() + Duration::from_secs(60))
-                .with_consume(vec!["calc.Calculator".into()]),
-        ));
+        let auth = ConnAuth::new(
+            Some(
+                ident("web")
+                    .with_expiry(SystemTime::now() + Duration::from_secs(60))
+                    .with_consume(vec!["calc.Calculator".into()]),
+            ),
+            None,
+        );
         assert_eq!(auth.app(), Some("web"));
         assert!(auth.check("calc.Calculator", now).is_ok());
         let e = auth.check("admin.Admin", now).unwrap_err();
@@ -445,12 +556,12 @@ mod tests {
 
     #[test]
     fn renewal_for_another_app_is_refused() {
-        let auth = ConnAuth::new(Some(ident("web")));
+        let auth = ConnAuth::new(Some(ident("web")), None);
         let e = auth.set(ident("admin")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized);
         assert_eq!(auth.app(), Some("web"));
         // An anonymous connection may log in once, then is bound to that app.
-        let anon = ConnAuth::new(None);
+        let anon = ConnAuth::new(None, None);
         anon.set(ident("web")).unwrap();
         assert_eq!(anon.app(), Some("web"));
         assert!(anon.set(ident("admin")).is_err());
@@ -475,10 +586,7 @@ mod tests {
 
     #[tokio::test]
     async fn admission_follows_the_configuration() {
-        let none = ServerAuth {
-            authenticator: None,
-            allow_anonymous: false,
-        };
+        let none = ServerAuth::default();
         assert!(
             none.validate()
                 .unwrap_err()
@@ -503,35 +611,80 @@ mod tests {
         }
         let strict = ServerAuth {
             authenticator: Some(Arc::new(AcceptAll)),
-            allow_anonymous: false,
+            ..ServerAuth::default()
         };
         let e = strict.admit(None).await.unwrap_err();
         assert_eq!(
             (e.kind(), e.message()),
             (ErrorKind::Unauthorized, TOKEN_REQUIRED)
         );
-        let id = strict.admit(Some("good".into())).await.unwrap().unwrap();
+        let id = strict.admit(Some("good")).await.unwrap().unwrap();
         assert_eq!(id.app(), "web");
-        assert!(strict.admit(Some("evil".into())).await.is_err());
+        assert!(strict.admit(Some("evil")).await.is_err());
 
         let both = ServerAuth {
             allow_anonymous: true,
             ..strict
         };
         assert!(both.admit(None).await.unwrap().is_none());
-        assert!(both.admit(Some("evil".into())).await.is_err());
+        assert!(both.admit(Some("evil")).await.is_err());
 
         let anonymous = ServerAuth {
-            authenticator: None,
             allow_anonymous: true,
+            ..ServerAuth::default()
         };
         anonymous.validate().unwrap();
-        assert!(
-            anonymous
-                .admit(Some("anything".into()))
-                .await
-                .unwrap()
-                .is_none()
+        assert!(anonymous.admit(Some("anything")).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn what_a_handshake_must_prove() {
+        let strict = ServerAuth::default();
+        let bound = ident("web").with_bound_key([1; 32]);
+        let unbound = ident("web");
+        // A bound token: its key, whatever else was announced (as long as it agrees).
+        let prove = |auth: &ServerAuth, id: Option<&Identity>, announced| {
+            auth.key_to_prove(id, announced).unwrap()
+        };
+        assert_eq!(prove(&strict, Some(&bound), None), Some([1; 32]));
+        assert_eq!(prove(&strict, Some(&bound), Some([1; 32])), Some([1; 32]));
+        assert!(strict.key_to_prove(Some(&bound), Some([2; 32])).is_err());
+        // An unbound token: refused by default, counted when proof is not required.
+        let e = strict.key_to_prove(Some(&unbound), None).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::Unauthorized, proof::PROOF_REQUIRED)
         );
+        let lenient = ServerAuth {
+            require_proof: false,
+            ..ServerAuth::default()
+        };
+        assert_eq!(prove(&lenient, Some(&unbound), Some([3; 32])), None);
+        assert_eq!(lenient.unbound_accepted.load(Ordering::Relaxed), 1);
+        // Anonymous: the announced key, if any.
+        assert_eq!(prove(&strict, None, Some([3; 32])), Some([3; 32]));
+        assert_eq!(prove(&strict, None, None), None);
+    }
+
+    #[test]
+    fn renewals_keep_the_key_the_connection_proved() {
+        let strict = ServerAuth::default();
+        let bound = |k| ident("web").with_bound_key([k; 32]);
+        assert!(strict.check_renewal(&bound(1), Some([1; 32])).is_ok());
+        for (identity, proven) in [
+            (bound(2), Some([1; 32])),
+            (bound(1), None),
+            (ident("web"), Some([1; 32])),
+            (ident("web"), None),
+        ] {
+            let e = strict.check_renewal(&identity, proven).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unauthorized, "{e}");
+        }
+        let lenient = ServerAuth {
+            require_proof: false,
+            ..ServerAuth::default()
+        };
+        assert!(lenient.check_renewal(&ident("web"), None).is_ok());
+        assert_eq!(lenient.unbound_accepted.load(Ordering::Relaxed), 1);
     }
 }

@@ -31,6 +31,39 @@ pub struct Claims {
     /// Services the app may call; `None` means any.
     #[serde(default)]
     pub consume: Option<Vec<String>>,
+    /// Confirmation key (proof of possession): the Ed25519 public key of the process the token
+    /// was issued to. A server accepts a bound token only from a client that proves it holds
+    /// the matching private key (see [`proof`](super::proof)). `None`: a bearer token, from an
+    /// older client or registry. Encoded as a 32-byte `bin`, absent when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "cnf_bytes")]
+    pub cnf: Option<[u8; 32]>,
+}
+
+/// `cnf` as MessagePack `bin` (not an array of 32 integers).
+mod cnf_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        key: &Option<[u8; 32]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(k) => s.serialize_bytes(k),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 32]>, D::Error> {
+        let bytes: Option<serde_bytes::ByteBuf> = Option::deserialize(d)?;
+        bytes
+            .map(|b| {
+                <[u8; 32]>::try_from(b.as_slice())
+                    .map_err(|_| serde::de::Error::custom("cnf must be 32 bytes"))
+            })
+            .transpose()
+    }
 }
 
 impl Claims {
@@ -153,6 +186,7 @@ mod tests {
             iat_ms: 1,
             exp_ms,
             consume: Some(vec!["calc.Calculator".into()]),
+            cnf: None,
         }
     }
 
@@ -188,6 +222,12 @@ mod tests {
         let tampered = format!("sd1.{}.{sig}", URL_SAFE_NO_PAD.encode(body));
         let e = verify(&tampered, &keys(&k), SystemTime::now()).unwrap_err();
         assert!(e.message().contains("signature is invalid"), "{e}");
+
+        // A bound token carries its key through encoding.
+        let mut bound = claims(future);
+        bound.cnf = Some([9; 32]);
+        let token = encode(&bound, |m| k.sign(m).to_bytes());
+        assert_eq!(verify(&token, &keys(&k), SystemTime::now()).unwrap(), bound);
 
         // Unknown key id.
         let e = verify(&token, &KeySet::new(), SystemTime::now()).unwrap_err();

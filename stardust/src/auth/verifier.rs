@@ -218,6 +218,7 @@ mod tests {
             iat_ms: 1,
             exp_ms: token::unix_ms(SystemTime::now()) + 3_600_000,
             consume: None,
+            cnf: None,
         };
         token::encode(&claims, |m| k.sign(m).to_bytes())
     }
@@ -307,6 +308,7 @@ mod tests {
                 iat_ms: 1,
                 exp_ms: 2,
                 consume: None,
+                cnf: None,
             },
             |m| key(3).sign(m).to_bytes(),
         );

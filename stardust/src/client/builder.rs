@@ -25,6 +25,9 @@ pub(crate) struct ClientConfig {
     pub(crate) tls: Option<ClientTls>,
     /// Optional protocol capabilities announced in the `Hello`.
     pub(crate) features: Vec<String>,
+    /// The key this client proves it holds when a server challenges (proof of possession);
+    /// without one, the credentials' key.
+    pub(crate) proof_key: Option<ProofKey>,
 }
 
 impl Default for ClientConfig {
@@ -39,6 +42,7 @@ impl Default for ClientConfig {
             credentials: None,
             tls: None,
             features: Vec::new(),
+            proof_key: None,
         }
     }
 }
@@ -125,6 +129,16 @@ impl ClientBuilder {
     /// [`credentials`](ClientBuilder::credentials) with already shared credentials.
     pub fn credentials_arc(mut self, credentials: Arc<dyn Credentials>) -> ClientBuilder {
         self.config.credentials = Some(SharedCredentials(credentials));
+        self
+    }
+
+    /// Proves possession of `key` when a server challenges: the key a token from
+    /// [`credentials`](ClientBuilder::credentials) is bound to (when the credentials do not
+    /// supply it themselves, see [`Credentials::proof_key`]), or, on a connection without a
+    /// token, a key the client announces so that the server (a registry) can bind the tokens
+    /// it issues to it. See [`auth::proof`](crate::auth::proof).
+    pub fn proof_key(mut self, key: ProofKey) -> ClientBuilder {
+        self.config.proof_key = Some(key);
         self
     }
 

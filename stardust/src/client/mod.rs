@@ -33,7 +33,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::auth::{Credentials, SharedCredentials};
+use crate::auth::{Credentials, ProofKey, SharedCredentials};
 use crate::context::{self, TraceId};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::{ClientInterceptor, OutgoingCall};

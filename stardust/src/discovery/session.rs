@@ -23,7 +23,7 @@ use super::api::{
 };
 use super::watch::ServiceWatch;
 use crate::auth::token::KeySet;
-use crate::auth::{BoxFuture, Credentials, KeyFetcher, SharedCredentials, TokenVerifier};
+use crate::auth::{BoxFuture, Credentials, KeyFetcher, ProofKey, SharedCredentials, TokenVerifier};
 use crate::client::{Client, ClientConfig, Pool};
 use crate::error::{Error, ErrorKind};
 use crate::monitor::{self, process};
@@ -81,6 +81,9 @@ pub(crate) struct Session {
     first_registry: std::sync::atomic::AtomicUsize,
     app: String,
     secret: Secret,
+    /// The key this process proves it holds: every token the registry issues to the session is
+    /// bound to it (login, resumption and renewal alike), and connections to providers prove it.
+    proof_key: ProofKey,
     pub(crate) cfg: SessionConfig,
     current: Mutex<Current>,
     /// Verifies consumers' tokens on this process's providers; its keys come with every login.
@@ -103,6 +106,7 @@ impl Session {
         registries: Vec<String>,
         app: String,
         secret: Secret,
+        proof_key: ProofKey,
         cfg: SessionConfig,
         policy: Arc<crate::balance::Policy>,
     ) -> Arc<Session> {
@@ -120,6 +124,7 @@ impl Session {
                 first_registry: std::sync::atomic::AtomicUsize::new(0),
                 app,
                 secret,
+                proof_key,
                 cfg,
                 current: Mutex::new(Current {
                     registry: None,
@@ -172,9 +177,11 @@ impl Session {
         for i in (0..n).map(|k| (start + k) % n) {
             let addr = &self.registries[i];
             // Revisioned discovery: this client applies deltas.
+            // The connection proves the session's key, which the registry binds its tokens to.
             let mut builder = Client::builder()
                 .timeout(self.cfg.registry_timeout)
-                .features([FEATURE_DELTA]);
+                .features([FEATURE_DELTA])
+                .proof_key(self.proof_key.clone());
             if let Some(tls) = &self.cfg.tls {
                 builder = builder.tls(tls.for_endpoint(addr));
             }
@@ -484,5 +491,9 @@ impl Credentials for SessionCredentials {
             let (token, exp) = session.token()?;
             Ok((token, Some(exp)))
         })
+    }
+
+    fn proof_key(&self) -> Option<ProofKey> {
+        self.0.upgrade().map(|session| session.proof_key.clone())
     }
 }

@@ -241,7 +241,10 @@ impl StardustBuilder {
                 "no registry address: call .registry(\"host:port\")",
             ));
         }
-        let session = Session::new(self.registries, app, secret, self.cfg, policy.clone());
+        // This process's proof-of-possession key: the registry binds its tokens to it, so a
+        // token that leaks (to a rogue provider, say) is useless to anyone else.
+        let key = crate::auth::ProofKey::generate()?;
+        let session = Session::new(self.registries, app, secret, key, self.cfg, policy.clone());
         let client = session.establish().await?;
         session.resync(&client).await?;
         let task = tokio::spawn(session.clone().run());
@@ -383,10 +386,11 @@ impl Stardust {
         let session = self.session()?.clone();
         let descriptors = builder.descriptors();
         let tls = builder.speaks_tls();
-        let server = builder
-            .authenticator(SessionVerifier(session.clone()))
-            .bind(addr)
-            .await?;
+        let mut builder = builder.authenticator(SessionVerifier(session.clone()));
+        if let Some(advertise) = advertise {
+            builder = builder.advertised_addr(advertise);
+        }
+        let server = builder.bind(addr).await?;
         let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
         session.report_server(server.probe());
         let mut provider = Provider {

@@ -311,6 +311,7 @@ mod tests {
             vec!["127.0.0.1:1".into()],
             "web".into(),
             Secret("pw".into()),
+            crate::auth::ProofKey::from_seed([1; 32]),
             SessionConfig::default(),
             Default::default(),
         );

@@ -49,6 +49,12 @@ pub enum Kind {
     Pong = 9,
     /// Either way: the sender is closing the connection; carries a code and a reason.
     GoAway = 10,
+    /// Server → client, during the handshake: prove possession of the key the token is bound
+    /// to (feature `auth.proof`); carries a fresh nonce.
+    Challenge = 11,
+    /// Client → server, answer to `Challenge`: the signature of the nonce, the server's
+    /// address and the token.
+    Proof = 12,
 }
 
 impl Kind {
@@ -65,6 +71,8 @@ impl Kind {
             8 => Kind::Ping,
             9 => Kind::Pong,
             10 => Kind::GoAway,
+            11 => Kind::Challenge,
+            12 => Kind::Proof,
             _ => return None,
         })
     }

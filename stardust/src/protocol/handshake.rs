@@ -213,6 +213,120 @@ fn read_features(rd: &mut &[u8]) -> Result<Vec<String>, Error> {
     Ok(features)
 }
 
+/// Body of a `Challenge` frame: `{"nonce": bin 32}`.
+pub fn put_challenge(buf: &mut bytes::BytesMut, nonce: &[u8; 32]) {
+    use bytes::BufMut;
+    let mut w = buf.writer();
+    let _ = rmp::encode::write_map_len(&mut w, 1);
+    let _ = rmp::encode::write_str(&mut w, "nonce");
+    let _ = rmp::encode::write_bin(&mut w, nonce);
+}
+
+/// Body of a `Proof` frame: `{"target": str, "sig": bin 64}`.
+pub fn put_proof(buf: &mut bytes::BytesMut, target: &str, sig: &[u8; 64]) {
+    use bytes::BufMut;
+    let mut w = buf.writer();
+    let _ = rmp::encode::write_map_len(&mut w, 2);
+    let _ = rmp::encode::write_str(&mut w, "target");
+    let _ = rmp::encode::write_str(&mut w, target);
+    let _ = rmp::encode::write_str(&mut w, "sig");
+    let _ = rmp::encode::write_bin(&mut w, sig);
+}
+
+/// A parsed `Proof` body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// The server address the client signed for (`ip:port`).
+    pub target: String,
+    /// The Ed25519 signature.
+    pub sig: [u8; 64],
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A proof is single-use, but never printed either.
+        f.debug_struct("Proof")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a map body's entries, handing each key and the rest of the input to `field`, which
+/// consumes the value of the keys it knows (others are stepped over). Bounded by the body.
+fn read_map<'a>(
+    body: &'a [u8],
+    what: &str,
+    mut field: impl FnMut(&str, &mut &'a [u8]) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::protocol(format!("malformed {what} frame: {e}"));
+    let mut rd = body;
+    let n = rmp::decode::read_map_len(&mut rd).map_err(|e| bad(&e))?;
+    for _ in 0..n {
+        let (key, rest) = rmp::decode::read_str_from_slice(rd).map_err(|e| bad(&e))?;
+        rd = rest;
+        if !field(key, &mut rd)? {
+            decode::skip_value(&mut rd).map_err(|e| bad(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a `bin` of exactly `N` bytes.
+fn read_fixed_bin<const N: usize>(rd: &mut &[u8], what: &str) -> Result<[u8; N], Error> {
+    let len = rmp::decode::read_bin_len(rd)
+        .map_err(|e| Error::protocol(format!("malformed {what}: {e}")))? as usize;
+    if len != N || rd.len() < N {
+        return Err(Error::protocol(format!(
+            "malformed {what}: expected {N} bytes, got {len}"
+        )));
+    }
+    let (bytes, rest) = rd.split_at(N);
+    *rd = rest;
+    Ok(bytes.try_into().expect("split at N"))
+}
+
+/// Parses a `Challenge` body: the nonce.
+pub fn parse_challenge(body: &[u8]) -> Result<[u8; 32], Error> {
+    let mut nonce = None;
+    read_map(body, "Challenge", |key, rd| {
+        if key != "nonce" {
+            return Ok(false);
+        }
+        nonce = Some(read_fixed_bin::<32>(rd, "challenge nonce")?);
+        Ok(true)
+    })?;
+    nonce.ok_or_else(|| Error::protocol("malformed Challenge frame: no `nonce`"))
+}
+
+/// Parses a `Proof` body. The target is at most 64 bytes (an `ip:port`).
+pub fn parse_proof(body: &[u8]) -> Result<Proof, Error> {
+    let (mut target, mut sig) = (None, None);
+    read_map(body, "Proof", |key, rd| {
+        match key {
+            "target" => {
+                let (s, rest) = rmp::decode::read_str_from_slice(*rd)
+                    .map_err(|e| Error::protocol(format!("malformed Proof target: {e}")))?;
+                if s.len() > crate::auth::proof::MAX_TARGET_LEN {
+                    return Err(Error::protocol(
+                        "malformed Proof frame: the target is too long",
+                    ));
+                }
+                *rd = rest;
+                target = Some(s.to_owned());
+            }
+            "sig" => sig = Some(read_fixed_bin::<64>(rd, "proof signature")?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
+    match (target, sig) {
+        (Some(target), Some(sig)) => Ok(Proof { target, sig }),
+        _ => Err(Error::protocol(
+            "malformed Proof frame: `target` and `sig` are required",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +431,29 @@ mod tests {
             err.message().contains("connection metadata has 3 entries"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn challenge_and_proof_round_trip_and_bad_bodies_are_refused() {
+        let mut buf = bytes::BytesMut::new();
+        put_challenge(&mut buf, &[7; 32]);
+        assert_eq!(parse_challenge(&buf).unwrap(), [7; 32]);
+        let mut buf = bytes::BytesMut::new();
+        put_proof(&mut buf, "127.0.0.1:9", &[5; 64]);
+        let proof = parse_proof(&buf).unwrap();
+        assert_eq!((proof.target.as_str(), proof.sig), ("127.0.0.1:9", [5; 64]));
+        assert!(!format!("{proof:?}").contains("5, 5"));
+        let mut long = bytes::BytesMut::new();
+        put_proof(&mut long, &"1".repeat(65), &[5; 64]);
+        for bad in [
+            &[][..],
+            &[0x80],
+            &[0x81, 0xa5, b'n', b'o', b'n', b'c', b'e', 0xc4, 0x01, 0x00],
+            &long,
+        ] {
+            assert!(parse_challenge(bad).is_err());
+            assert_eq!(parse_proof(bad).unwrap_err().kind(), ErrorKind::Protocol);
+        }
     }
 
     #[test]

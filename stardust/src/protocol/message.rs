@@ -14,7 +14,7 @@ use crate::metadata::{Metadata, MetadataLimits};
 
 pub use super::handshake::{
     Features, Hello, HelloAck, MAX_FEATURE_LEN, MAX_FEATURES, PROTOCOL_NAME, PROTOCOL_VERSION,
-    parse_hello,
+    Proof, parse_challenge, parse_hello, parse_proof, put_challenge, put_proof,
 };
 
 /// A request as read off the wire, borrowing from the read buffer.

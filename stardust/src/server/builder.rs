@@ -1,6 +1,7 @@
 //! [`ServerBuilder`]: what a server hosts and the limits it keeps.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub(crate) struct ServerConfig {
     pub(crate) local_only: bool,
     /// Optional protocol capabilities announced in every `HelloAck`.
     pub(crate) features: Vec<String>,
+    /// The address consumers dial, when it differs from the bound one (proofs name it).
+    pub(crate) advertised: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -60,7 +63,9 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_hello: DEFAULT_MAX_HELLO,
-            features: Vec::new(),
+            // Every server verifies proofs of possession.
+            features: vec![crate::auth::proof::FEATURE_PROOF.to_owned()],
+            advertised: None,
             metadata_limits: MetadataLimits::DEFAULT,
             max_in_flight: 4096,
             max_connections: 10_000,
@@ -98,10 +103,7 @@ impl ServerBuilder {
             services: Vec::new(),
             interceptors: Vec::new(),
             config: ServerConfig::default(),
-            auth: ServerAuth {
-                authenticator: None,
-                allow_anonymous: false,
-            },
+            auth: ServerAuth::default(),
             forward: None,
         }
     }
@@ -151,6 +153,29 @@ impl ServerBuilder {
     /// still verified (and a bad one is refused).
     pub fn allow_anonymous(mut self) -> ServerBuilder {
         self.auth.allow_anonymous = true;
+        self
+    }
+
+    /// Whether tokens must be bound to their holder's key (proof of possession; default on).
+    ///
+    /// With it on, a token the registry bound to a consumer's key is accepted only from a client
+    /// that proves, in the handshake, that it holds the private half; an unbound (bearer) token,
+    /// from a client or registry older than proof of possession, is refused with
+    /// `Unauthorized`. Turn it off only while a fleet upgrades: unbound tokens are then accepted
+    /// and counted ([`Server::unbound_tokens_accepted`], and the registry's
+    /// `stardust_process_unbound_tokens_accepted_total`), while bound ones still need their proof.
+    /// Anonymous callers ([`allow_anonymous`](ServerBuilder::allow_anonymous)) are unaffected.
+    pub fn require_proof(mut self, required: bool) -> ServerBuilder {
+        self.auth.require_proof = required;
+        self
+    }
+
+    /// The address consumers dial when it is not the one the server is bound to (a NAT or a
+    /// port mapping in front of it). Proofs of possession name the address the consumer
+    /// dialed, so they are accepted for this one as well as for the address a connection
+    /// reached. [`Stardust::serve_advertised`](crate::Stardust::serve_advertised) sets it.
+    pub fn advertised_addr(mut self, addr: SocketAddr) -> ServerBuilder {
+        self.config.advertised = Some(addr);
         self
     }
 

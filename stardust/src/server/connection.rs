@@ -21,10 +21,10 @@ mod forward;
 mod tasks;
 
 use super::call::{Batch, ServerCall, SpawnedCall};
-use super::handshake::{goaway_and_close, read_hello, refuse};
+use super::handshake::{Admitted, handshake};
 use super::notifier::Notifier;
 use super::{Forward, Forwarded, ServerShared};
-use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth, TOKEN_KEY};
+use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth};
 use crate::client::CallName;
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
@@ -67,6 +67,8 @@ const IDLE_LINGER: Duration = Duration::from_secs(2);
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: SocketAddr, id: u64) {
     let _ = stream.set_nodelay(true);
+    // What the client dialed, as far as this side can tell: proofs of possession name it.
+    let local = stream.local_addr().unwrap_or(peer);
     // The TLS handshake, reading the Hello and verifying its token share one budget: the
     // handshake timeout.
     let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
@@ -89,50 +91,23 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     let (rd, mut wr) = stream.split();
     // Until the client is through the handshake, only a `Hello`-sized frame is accepted.
     let mut reader = FrameReader::new(rd, shared.config.hello_limit());
-    let limits = &shared.config.metadata_limits;
-    let mut hello =
-        match tokio::time::timeout_at(handshake_deadline, read_hello(&mut reader, limits)).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "handshake failed");
-                goaway_and_close(&mut wr, &e).await;
-                shared.detach(id);
-                return;
-            }
-            Err(_) => {
-                let e = Error::protocol("no handshake received in time");
-                tracing::debug!(%peer, "handshake timed out");
-                goaway_and_close(&mut wr, &e).await;
-                shared.detach(id);
-                return;
-            }
-        };
-    // The token never goes further than this: handlers see the identity it proves, not the
-    // token, and connection metadata holds no secret.
-    let token = hello.meta.remove(TOKEN_KEY);
-    let identity = match tokio::time::timeout_at(handshake_deadline, shared.auth.admit(token)).await
-    {
-        Ok(Ok(identity)) => identity,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, reason = %e, "handshake refused");
-            refuse(&mut wr, &mut reader, &e).await;
-            shared.detach(id);
-            return;
-        }
-        Err(_) => {
-            let e = Error::new(
-                ErrorKind::Unauthorized,
-                "verifying the access token took longer than the handshake timeout",
-            );
-            tracing::debug!(%peer, "token verification timed out");
-            refuse(&mut wr, &mut reader, &e).await;
-            shared.detach(id);
-            return;
-        }
+    let Some(Admitted {
+        hello,
+        identity,
+        proven,
+    }) = handshake(
+        &shared,
+        &mut reader,
+        &mut wr,
+        peer,
+        local,
+        handshake_deadline,
+    )
+    .await
+    else {
+        shared.detach(id);
+        return;
     };
-    if let Some(identity) = &identity {
-        tracing::debug!(%peer, app = identity.app(), "client authenticated");
-    }
     reader.set_max_frame(shared.config.max_frame);
 
     // Never below 1 KiB: every error frame must fit, whatever a client announces.
@@ -172,7 +147,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             meta: hello.meta,
             features: hello.features.into(),
             notifier: Notifier::new(&out, peer),
-            auth: ConnAuth::new(identity),
+            auth: ConnAuth::new(identity, proven),
         }),
         calls: Mutex::new(InFlight::default()),
         draining: AtomicBool::new(false),

@@ -137,6 +137,16 @@ impl Server {
         self.shared.conns.lock().len()
     }
 
+    /// Unbound (bearer) tokens accepted since the server started, in handshakes and renewals:
+    /// only ever non-zero with [`require_proof(false)`](ServerBuilder::require_proof), and how
+    /// an operator sees which clients still need upgrading before turning it back on.
+    pub fn unbound_tokens_accepted(&self) -> u64 {
+        self.shared
+            .auth
+            .unbound_accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Calls whose handlers are running right now (handlers that complete without waiting are
     /// answered inline and never counted).
     pub fn in_flight(&self) -> usize {

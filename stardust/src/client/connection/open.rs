@@ -1,8 +1,17 @@
-//! Opening a connection: TCP (and TLS), the handshake with its token, and the tasks that then
-//! run it (writer, reader, deadline sweeper, keepalive).
+//! Opening a connection: TCP (and TLS), the handshake with its token (and, when the server
+//! challenges, the proof of possession), and the tasks that then run it (writer, reader,
+//! deadline sweeper, keepalive).
 
 use super::renewal::{Token, fetch_token};
 use super::*;
+use crate::auth::{ProofKey, proof};
+
+/// The server's first answer to the `Hello`.
+enum Answer {
+    Ack(HelloAck),
+    /// Prove possession of the key first (`Challenge` frame), with this nonce.
+    Challenge([u8; proof::NONCE_LEN]),
+}
 
 impl ClientConn {
     /// Connects to the first address that accepts and performs the handshake.
@@ -17,10 +26,22 @@ impl ClientConn {
             Some(credentials) => Some(fetch_token(credentials, config.connect_timeout).await?),
             None => None,
         };
+        let key = config.proof_key.clone().or_else(|| {
+            config
+                .credentials
+                .as_ref()
+                .and_then(|credentials| credentials.0.proof_key())
+        });
         let mut last_err = None;
         for addr in addrs {
-            let attempt =
-                Self::connect_one(*addr, config, secure, token.as_ref(), notify_tx.clone());
+            let attempt = Self::connect_one(
+                *addr,
+                config,
+                secure,
+                token.as_ref(),
+                key.as_ref(),
+                notify_tx.clone(),
+            );
             match tokio::time::timeout(config.connect_timeout, attempt).await {
                 Ok(Ok(conn)) => {
                     if let (Some(credentials), Some(expires_at)) = (
@@ -51,6 +72,7 @@ impl ClientConn {
         config: &ClientConfig,
         secure: Option<Secure<'_>>,
         token: Option<&Token>,
+        key: Option<&ProofKey>,
         notify_tx: broadcast::Sender<Notification>,
     ) -> Result<Arc<ClientConn>, Error> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| {
@@ -64,10 +86,23 @@ impl ClientConn {
         let (rd, wr) = stream.split();
         let mut reader = FrameReader::new(rd, config.max_frame);
 
-        // The handshake is the only exchange done without the writer task: one frame each way.
+        // The handshake is the only exchange done without the writer task: one frame each way,
+        // or two when the server asks for a proof of possession.
         let mut meta = config.hello_meta.clone();
+        let mut features = config.features.clone();
         if let Some(token) = token {
             meta.insert(TOKEN_KEY, token.text.as_str());
+        }
+        // The token presented (from the credentials, or put in the metadata by hand): what a
+        // proof covers.
+        let presented = meta.get(TOKEN_KEY).map(str::to_owned);
+        if let Some(key) = key {
+            crate::protocol::handshake::announce(&mut features, [proof::FEATURE_PROOF]);
+            if presented.is_none() {
+                // No token to carry the key: announce it, to be proven (a registry binds the
+                // tokens it issues on this connection to it).
+                meta.insert(proof::PROOF_KEY_META, proof::encode_key(&key.public_key()));
+            }
         }
         let hello = Hello {
             protocol: PROTOCOL_NAME.to_owned(),
@@ -75,18 +110,48 @@ impl ClientConn {
             agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             max_frame: Some(config.max_frame),
             meta,
-            features: config.features.clone(),
+            features,
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
-        wr.write_all(&buf).await.map_err(|e| {
+        let handshake_failed = |e: std::io::Error| {
             Error::new(
                 ErrorKind::Connect,
                 format!("handshake with {addr} failed: {e}"),
             )
             .with_source(e)
-        })?;
-        let ack = read_ack(&mut reader, addr).await?;
+        };
+        wr.write_all(&buf).await.map_err(handshake_failed)?;
+        let ack = match read_answer(&mut reader, addr).await? {
+            Answer::Ack(ack) => ack,
+            Answer::Challenge(nonce) => {
+                let Some(key) = key else {
+                    return Err(Error::new(
+                        ErrorKind::Unauthorized,
+                        format!(
+                            "{addr} asks for a proof of possession and this client has no proof \
+                             key (its credentials supply none)"
+                        ),
+                    ));
+                };
+                // Signed for the address dialed: worthless to anyone relaying the challenge.
+                let target = proof::target_of(addr);
+                let sig = key.sign_proof(&nonce, &target, presented.as_deref().unwrap_or(""));
+                buf.clear();
+                let start = frame::begin(&mut buf, Kind::Proof, 0, 0);
+                message::put_proof(&mut buf, &target, &sig);
+                frame::finish(&mut buf, start, u32::MAX)?;
+                wr.write_all(&buf).await.map_err(handshake_failed)?;
+                match read_answer(&mut reader, addr).await? {
+                    Answer::Ack(ack) => ack,
+                    Answer::Challenge(_) => {
+                        return Err(Error::protocol(format!(
+                            "{addr} sent a second Challenge instead of HelloAck"
+                        )));
+                    }
+                }
+            }
+        };
         if ack.version < 1 || ack.version > PROTOCOL_VERSION {
             return Err(Error::protocol(format!(
                 "server {addr} answered with protocol version {}, this client speaks {PROTOCOL_VERSION}",
@@ -154,15 +219,18 @@ impl ClientConn {
     }
 }
 
-async fn read_ack(reader: &mut FrameReader, addr: SocketAddr) -> Result<HelloAck, Error> {
+async fn read_answer(reader: &mut FrameReader, addr: SocketAddr) -> Result<Answer, Error> {
     loop {
         match reader.next_frame() {
             Ok(Some(h)) => {
                 let body = reader.body(&h);
                 let result = match Kind::from_u8(h.kind) {
-                    Some(Kind::HelloAck) => rmp_serde::from_slice::<HelloAck>(body).map_err(|e| {
-                        Error::protocol(format!("malformed HelloAck from {addr}: {e}"))
-                    }),
+                    Some(Kind::HelloAck) => rmp_serde::from_slice::<HelloAck>(body)
+                        .map(Answer::Ack)
+                        .map_err(|e| {
+                            Error::protocol(format!("malformed HelloAck from {addr}: {e}"))
+                        }),
+                    Some(Kind::Challenge) => message::parse_challenge(body).map(Answer::Challenge),
                     // The server refused the connection and said why.
                     Some(Kind::GoAway) => Err(message::parse_error(body)),
                     _ => Err(Error::protocol(format!(

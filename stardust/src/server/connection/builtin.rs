@@ -29,11 +29,15 @@ impl ServerConn {
             (req.timeout_us > 0).then(|| Instant::now() + Duration::from_micros(req.timeout_us));
         let (id, flags) = (h.id, h.flags);
         let conn = self.clone();
+        let policy = shared.auth.clone();
         // Verification may fetch keys from the registry: never on the read loop.
         self.track(h, move |key, task_id| async move {
             let verify = async {
                 match authenticator.authenticate(&token).await {
                     Ok(identity) => {
+                        // A connection proves one key for life: the renewed token must be
+                        // bound to it.
+                        policy.check_renewal(&identity, conn.info.auth.proven_key())?;
                         let app = identity.app_arc().clone();
                         conn.info.auth.set(identity).map(|()| app)
                     }
