@@ -558,3 +558,70 @@ fn a_refused_peer_that_keeps_sending_is_cut_off() {
     );
     assert!(cpu < CPU_BOUND, "{cpu:?}");
 }
+
+/// A `Hello` without a token that announces `key` for proof of possession (as a registry
+/// connection does), so the server challenges.
+fn hello_announcing(key: &[u8; 32]) -> Vec<u8> {
+    let mut meta = stardust::Metadata::new();
+    meta.insert(
+        stardust::auth::proof::PROOF_KEY_META,
+        stardust::auth::proof::encode_key(key),
+    );
+    let hello = stardust::protocol::message::Hello {
+        protocol: "stardust".into(),
+        version: 1,
+        agent: "hostile".into(),
+        max_frame: None,
+        meta,
+        features: vec![stardust::auth::proof::FEATURE_PROOF.into()],
+    };
+    let mut buf = bytes::BytesMut::new();
+    stardust::protocol::message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();
+    buf.to_vec()
+}
+
+#[test]
+fn wrong_proofs_cost_the_server_one_signature_check_each() {
+    let _serial = SERIAL.lock();
+    // Anonymous callers allowed: anyone may announce a key and be challenged, no token needed.
+    let bed = Bed::new(|b| b.allow_anonymous());
+    let key = stardust::auth::ProofKey::from_seed([7; 32]).public_key();
+    // Signatures by another key: well formed, so the server does the whole check.
+    let thief = stardust::auth::ProofKey::from_seed([8; 32]);
+    const ROUNDS: usize = 200;
+    let (refusals, cpu, heap) = bed.measure(async {
+        let mut refusals = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut raw = Raw::connect(bed.addr()).await;
+            raw.send(&hello_announcing(&key)).await;
+            let challenge = raw.next(BOUND).await.expect("a Challenge");
+            assert_eq!(challenge.kind, Kind::Challenge as u8);
+            let mut body = bytes::BytesMut::new();
+            let target = stardust::auth::proof::target_of(bed.addr());
+            let nonce = stardust::protocol::message::parse_challenge(&challenge.body).unwrap();
+            let sig = thief.sign_proof(&nonce, &target, "");
+            stardust::protocol::message::put_proof(&mut body, &target, &sig);
+            raw.send(&frame(Kind::Proof, 0, &body)).await;
+            refusals.push(raw.goaway(BOUND).await.error());
+        }
+        refusals
+    });
+    for (kind, why) in &refusals {
+        assert_eq!(*kind, ErrorKind::Unauthorized, "{why}");
+        assert!(why.contains("proof of possession failed"), "{why}");
+    }
+    eprintln!("{ROUNDS} wrong proofs: server CPU {cpu:?}");
+    assert!(cpu < CPU_BOUND, "{cpu:?}");
+    assert!(heap < 4 * MIB, "{heap}");
+
+    // A Proof larger than the Hello limit is refused at its header, unread.
+    let (code, cpu, _) = bed.measure(async {
+        let mut raw = Raw::connect(bed.addr()).await;
+        raw.send(&hello_announcing(&key)).await;
+        raw.next(BOUND).await.expect("a Challenge");
+        raw.send(&header(Kind::Proof, 0, u32::MAX - 10)).await;
+        raw.goaway(BOUND).await.error()
+    });
+    assert_eq!(code.0, ErrorKind::FrameTooLarge, "{}", code.1);
+    assert!(cpu < CPU_BOUND, "{cpu:?}");
+}

@@ -302,7 +302,12 @@ async fn captured_tokens_are_useless_to_a_rogue_provider_and_to_replayers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_client_with_a_bearer_token_is_served_only_where_proof_is_not_required() {
     let dir = tempfile::tempdir().unwrap();
-    let node = registry(config(&dir), "127.0.0.1:0").await;
+    let node = RegistryNode::builder()
+        .config(config(&dir))
+        .http_listen("127.0.0.1:0")
+        .bind("127.0.0.1:0")
+        .await
+        .expect("registry");
     let provider_star = star(node.local_addr(), PROVIDER).await;
     let strict = provider_star
         .serve(
@@ -311,11 +316,14 @@ async fn an_old_client_with_a_bearer_token_is_served_only_where_proof_is_not_req
         )
         .await
         .unwrap();
-    let lenient_server = Server::builder()
-        .serve(GreeterServer::new(GreeterImpl))
-        .authenticator(stardust::auth::TokenVerifier::new(node.keys().key_set()))
-        .require_proof(false)
-        .bind("127.0.0.1:0")
+    // A provider in a fleet still upgrading: bearer tokens accepted, and counted.
+    let lenient = provider_star
+        .serve(
+            Server::builder()
+                .serve(CalcServer::new(CalcImpl::new().0))
+                .require_proof(false),
+            "127.0.0.1:0",
+        )
         .await
         .unwrap();
 
@@ -331,9 +339,7 @@ async fn an_old_client_with_a_bearer_token_is_served_only_where_proof_is_not_req
         (ErrorKind::Unauthorized, PROOF_REQUIRED)
     );
 
-    let mut stream = TcpStream::connect(lenient_server.local_addr())
-        .await
-        .unwrap();
+    let mut stream = TcpStream::connect(lenient.local_addr()).await.unwrap();
     let mut buf = BytesMut::new();
     stream.write_all(&hello(&bearer, &[])).await.unwrap();
     let (h, _) = within("HelloAck", read_frame(&mut stream, &mut buf))
@@ -344,27 +350,49 @@ async fn an_old_client_with_a_bearer_token_is_served_only_where_proof_is_not_req
     let head = RequestHead {
         id: 1,
         flags: 0,
-        service: "test.Greeter",
-        method: "greet",
+        service: "test.Calc",
+        method: "add",
         timeout_us: 0,
         trace_id: 0,
         meta: &Metadata::new(),
     };
-    message::put_request(
-        &mut req,
-        &head,
-        &("old".to_owned(),),
-        frame::DEFAULT_MAX_FRAME,
-    )
-    .unwrap();
+    message::put_request(&mut req, &head, &(40, 2), frame::DEFAULT_MAX_FRAME).unwrap();
     stream.write_all(&req).await.unwrap();
     let (h, body) = within("a response", read_frame(&mut stream, &mut buf))
         .await
         .unwrap();
     assert_eq!(h.kind, Kind::Response as u8);
-    let greeting: String = rmp_serde::from_slice(&body).unwrap();
-    assert_eq!(greeting, "hello, old");
-    assert_eq!(lenient_server.unbound_tokens_accepted(), 1, "counted");
+    assert_eq!(rmp_serde::from_slice::<i64>(&body).unwrap(), 42);
+
+    // The count reaches the registry's metrics with the provider's next status report.
+    let http = node.http_addr().expect("monitoring on");
+    let line = format!(
+        "stardust_process_unbound_tokens_accepted_total{{app=\"{}\"",
+        PROVIDER.0
+    );
+    within("the metric to count the bearer token", async {
+        loop {
+            let metrics = get(http, "/metrics").await;
+            if metrics
+                .lines()
+                .any(|l| l.starts_with(&line) && l.ends_with(" 1"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A plain HTTP GET of `path`: the body.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -422,3 +422,58 @@ async fn registry_addresses_are_tried_in_turn() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_provides_only_what_its_provide_list_names() {
+    const NOTHING: (&str, &str) = ("no-provide-list", "nothing-secret");
+    const GREETER_ONLY: (&str, &str) = ("greeter-provider", "greeter-secret");
+    let apps = config()
+        .with_app(NOTHING.0, AppConfig::with_secret(NOTHING.1).unwrap())
+        .with_app(
+            GREETER_ONLY.0,
+            AppConfig::with_secret(GREETER_ONLY.1)
+                .unwrap()
+                .provide(["test.Greeter"]),
+        );
+    let node = registry(apps.clone()).await;
+    let greeter = || Server::builder().serve(GreeterServer::new(GreeterImpl));
+
+    // No `provide` list: nothing, and the refusal names the key to set.
+    let nothing = star(node.local_addr(), NOTHING).await;
+    let err = nothing.serve(greeter(), "127.0.0.1:0").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("no `provide`")
+            && err.message().contains("[apps.no-provide-list]")
+            && err.message().contains(r#"provide = ["test.Greeter"]"#),
+        "{err}"
+    );
+    // A list: what it names, and nothing else.
+    let limited = star(node.local_addr(), GREETER_ONLY).await;
+    let _served = limited.serve(greeter(), "127.0.0.1:0").await.unwrap();
+    let (calc, _control) = CalcImpl::new();
+    let err = limited
+        .serve(
+            Server::builder().serve(CalcServer::new(calc)),
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("apps.greeter-provider.provide"),
+        "{err}"
+    );
+    // `["*"]`: anything (the provider app of every other test here).
+    let any = star(node.local_addr(), PROVIDER).await;
+    let _any = provide(&any).await;
+
+    // Dev mode lets every app provide anything, whatever its config says.
+    let dev = registry(
+        apps.with_dev(true)
+            .with_key_file(key_dir().join("keys.toml")),
+    )
+    .await;
+    let nothing = star(dev.local_addr(), NOTHING).await;
+    let _served = nothing.serve(greeter(), "127.0.0.1:0").await.unwrap();
+}

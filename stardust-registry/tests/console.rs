@@ -112,6 +112,7 @@ fn report(service: &str, methods: &[Method]) -> Status {
         window_ms: 60_000,
         cpu_ms: 35,
         rss_bytes: 48 << 20,
+        unbound_tokens_accepted: 0,
         served: methods
             .iter()
             .map(|&(method, calls, us, errors)| MethodFigures {
@@ -324,6 +325,7 @@ async fn take_screenshot(page: &mut Page) {
                     window_ms: 1000,
                     cpu_ms: fake.cpu_ms + (noise() * 20.0) as u64,
                     rss_bytes: fake.rss,
+                    unbound_tokens_accepted: 0,
                     served,
                     called: Vec::new(),
                 };

@@ -56,6 +56,7 @@ fn report(served: Vec<MethodFigures>) -> Status {
         window_ms: 1000,
         cpu_ms: 50,
         rss_bytes: 30 << 20,
+        unbound_tokens_accepted: 0,
         served,
         called: Vec::new(),
     }

@@ -24,6 +24,7 @@ impl Monitor {
         report.cpu_ms = status.cpu_ms;
         report.cpu_ms_total = report.cpu_ms_total.saturating_add(status.cpu_ms);
         report.rss_bytes = status.rss_bytes;
+        report.unbound_tokens_accepted = status.unbound_tokens_accepted;
         report.reports += 1;
         let consumer_app = facts.app.clone();
 

@@ -215,6 +215,8 @@ pub(crate) struct ProcessReport {
     pub cpu_ms: u64,
     pub cpu_ms_total: u64,
     pub rss_bytes: u64,
+    /// Unbound tokens the process's providers accepted since it started (its last report).
+    pub unbound_tokens_accepted: u64,
     pub reports: u64,
 }
 

@@ -123,6 +123,11 @@ pub struct Status {
     /// The process's resident memory at report time, in bytes; 0 where unknown.
     #[serde(default)]
     pub rss_bytes: u64,
+    /// Unbound (bearer) access tokens this process's providers accepted since it started (only
+    /// with `require_proof(false)`): the clients a fleet must still upgrade before proof of
+    /// possession can be required everywhere.
+    #[serde(default)]
+    pub unbound_tokens_accepted: u64,
     /// What this process served during the window, per service and method (providers).
     #[serde(default)]
     pub served: Vec<MethodFigures>,

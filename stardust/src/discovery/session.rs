@@ -334,10 +334,12 @@ impl Session {
     /// This process's status, with the figures of the window since the previous report.
     fn status(&self) -> Status {
         let mut served = Vec::new();
+        let mut unbound_tokens_accepted = 0;
         let in_flight = {
             let mut servers = self.servers.lock();
             let mut total = 0;
             servers.retain(|probe| {
+                unbound_tokens_accepted += probe.unbound_tokens_accepted();
                 probe.get().inspect(|n| total += n).is_some() && probe.take_windows(&mut served)
             });
             total as u64
@@ -363,6 +365,7 @@ impl Session {
             window_ms: window.as_millis() as u64,
             cpu_ms: cpu,
             rss_bytes: process::rss_bytes().unwrap_or(0),
+            unbound_tokens_accepted,
             served,
             called,
         }

@@ -307,6 +307,13 @@ fn turn_away(shared: &Arc<ServerShared>, stream: TcpStream, err: Error) {
 pub(crate) struct ServerProbe(std::sync::Weak<ServerShared>);
 
 impl ServerProbe {
+    /// The unbound tokens the server accepted so far (0 once it is gone).
+    pub(crate) fn unbound_tokens_accepted(&self) -> u64 {
+        self.0
+            .upgrade()
+            .map_or(0, |s| s.auth.unbound_accepted.load(Ordering::Relaxed))
+    }
+
     /// The server's in-flight calls, or `None` once it is gone.
     pub(crate) fn get(&self) -> Option<usize> {
         self.0.upgrade().map(|s| s.in_flight())

@@ -273,7 +273,7 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
     processes.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     processes.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     type Fact = fn(&ProcessReport, Instant) -> Option<f64>;
-    let facts_list: [(&str, &str, &str, Fact); 5] = [
+    let facts_list: [(&str, &str, &str, Fact); 6] = [
         (
             "stardust_process_uptime_seconds",
             "gauge",
@@ -297,6 +297,13 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
             "gauge",
             "The process's resident memory at its last report (absent when it does not report it).",
             |r, _| (r.rss_bytes > 0).then_some(r.rss_bytes as f64),
+        ),
+        (
+            "stardust_process_unbound_tokens_accepted_total",
+            "counter",
+            "Unbound (bearer) access tokens the process's providers accepted since it started, \
+             with require_proof off: clients still to upgrade before proof of possession is required.",
+            |r, _| Some(r.unbound_tokens_accepted as f64),
         ),
         (
             "stardust_process_report_age_seconds",
