@@ -129,6 +129,12 @@ pub fn all() -> Vec<Seed> {
     let mut array = BytesMut::new();
     message::put_serde(&mut array, Kind::Hello, &(message::PROTOCOL_NAME, 1u32)).expect("encodes");
     add("hello", "array-shaped", cat(&[&[0], &array]));
+    // A Hello then its Proof (proof of possession, PROTOCOL.md §3).
+    add(
+        "hello",
+        "doc-hello-then-proof",
+        cat(&[&[0], &doc_frame("hello"), &doc_frame("proof")]),
+    );
 
     // request: Request bodies.
     add(
@@ -424,6 +430,8 @@ fn claims(kid: &str, exp_ms: u64) -> stardust::auth::token::Claims {
         iat_ms: token::NOW_MS - 1000,
         exp_ms,
         consume: Some(vec!["calc.Calculator".into()]),
+        // Bound to a key (proof of possession), as the registry issues them now.
+        cnf: Some([7; 32]),
     }
 }
 
@@ -515,6 +523,7 @@ fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
         window_ms: 5000,
         cpu_ms: 3,
         rss_bytes: 1 << 20,
+        unbound_tokens_accepted: 0,
         served: vec![stardust::discovery::api::MethodFigures {
             service: "calc.Calculator".into(),
             method: "add".into(),

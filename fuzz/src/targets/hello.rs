@@ -7,7 +7,9 @@
 //!
 //! Input: `[chunking, stream...]`. Checks: an accepted Hello names the protocol and a
 //! supported version, survives re-encoding unchanged, and its token (if any) can be looked at
-//! (`auth::token::peek`) without a panic.
+//! (`auth::token::peek`) without a panic. A frame after the Hello is read as what a server
+//! reads next when it challenges (a `Proof`, from a peer that may have presented no token), and
+//! as the `Challenge` a client reads.
 
 use bytes::BytesMut;
 use stardust::__fuzz::FrameStream;
@@ -33,6 +35,29 @@ pub fn run(data: &[u8]) {
     // What the server does next: take the token out of the metadata and verify it.
     if let Some(t) = hello.meta.remove("token") {
         let _ = token::peek(&t);
+    }
+    // The answer to a challenge: a Proof, bounded before anything is kept.
+    if let Ok(Some(h)) = next_whole_frame(&mut reader) {
+        let body = reader.body(&h);
+        if let Ok(proof) = message::parse_proof(body) {
+            assert!(proof.target.len() <= 64, "an over-long target was kept");
+        }
+        let _ = message::parse_challenge(body);
+    }
+}
+
+/// The next whole frame, reading as needed.
+fn next_whole_frame(reader: &mut FrameStream) -> Result<Option<frame::Header>, Error> {
+    loop {
+        match reader.next_frame() {
+            Ok(Some(h)) => return Ok(Some(h)),
+            Ok(None) => {
+                if !reader.fill()? {
+                    return Ok(None);
+                }
+            }
+            Err((_, e)) => return Err(e),
+        }
     }
 }
 

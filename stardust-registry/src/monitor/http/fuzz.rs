@@ -149,6 +149,7 @@ fn populate(registry: &RegistryImpl) {
         window_ms: 5_000,
         cpu_ms: 20,
         rss_bytes: 8 << 20,
+        unbound_tokens_accepted: 3,
         served: vec![MethodFigures {
             service: "calc.Calculator".to_owned(),
             method: "add".to_owned(),
