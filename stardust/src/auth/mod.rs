@@ -187,7 +187,9 @@ pub trait Credentials: Send + Sync + 'static {
     }
 }
 
-/// A fixed token (tests, tools); it is never renewed.
+/// A fixed token (tests, tools); it is never renewed. For a token bound to a key (proof of
+/// possession), give the client the key as well:
+/// [`ClientBuilder::proof_key`](crate::ClientBuilder::proof_key).
 #[derive(Clone)]
 pub struct StaticToken(pub String);
 
