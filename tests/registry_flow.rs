@@ -134,8 +134,16 @@ async fn consume_list_is_enforced_by_registry_and_provider() {
     // The registry refuses to tell it where test.Calc is...
     let err = limited.client::<CalcClient>().add(1, 2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    // ...and the provider refuses it when dialled directly with a valid token.
-    let registry = RegistryClient::connect(node.local_addr()).await.unwrap();
+    // ...and the provider refuses it when dialled directly with a valid token (bound to the
+    // key this client proved to the registry, and proves again to the provider).
+    let key = stardust::auth::ProofKey::from_seed([3; 32]);
+    let registry = RegistryClient::new(
+        Client::builder()
+            .proof_key(key.clone())
+            .connect(node.local_addr())
+            .await
+            .unwrap(),
+    );
     let login = registry
         .login(LIMITED.0.into(), LIMITED.1.into())
         .await
@@ -143,6 +151,7 @@ async fn consume_list_is_enforced_by_registry_and_provider() {
         .unwrap();
     let direct = Client::builder()
         .credentials(StaticToken(login.token))
+        .proof_key(key)
         .connect(provider.local_addr())
         .await
         .unwrap();
@@ -349,13 +358,19 @@ async fn key_rotation_keeps_old_and_new_tokens_valid() {
     let provider_star = star(node.local_addr(), PROVIDER).await;
     let (provider, _control) = provide(&provider_star).await;
     let now = SystemTime::now();
-    let old = node
-        .keys()
-        .mint(CONSUMER.0, None, now, now + Duration::from_secs(60));
+    let key = stardust::auth::ProofKey::from_seed([4; 32]);
+    let mint = || {
+        node.keys().mint_bound(
+            CONSUMER.0,
+            None,
+            Some(key.public_key()),
+            now,
+            now + Duration::from_secs(60),
+        )
+    };
+    let old = mint();
     node.keys().rotate().unwrap();
-    let new = node
-        .keys()
-        .mint(CONSUMER.0, None, now, now + Duration::from_secs(60));
+    let new = mint();
     assert_ne!(
         stardust::auth::token::peek(&old).unwrap().kid,
         stardust::auth::token::peek(&new).unwrap().kid
@@ -364,6 +379,7 @@ async fn key_rotation_keeps_old_and_new_tokens_valid() {
     for token in [new, old] {
         let client = Client::builder()
             .credentials(StaticToken(token))
+            .proof_key(key.clone())
             .connect(provider.local_addr())
             .await
             .unwrap();

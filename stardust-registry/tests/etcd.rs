@@ -368,10 +368,15 @@ mod with_etcd {
         let consumer = star(&both, CONSUMER).await;
         let client = consumer.client::<CalcClient>();
 
-        // Provider 2 (logged in only through B) accepts a token A issued.
-        let (a_token, _) = a.keys().issue(CONSUMER.0, None);
+        // Provider 2 (logged in only through B) accepts a token A issued (bound to a key the
+        // client proves).
+        let key = stardust::auth::ProofKey::from_seed([6; 32]);
+        let (a_token, _) = a
+            .keys()
+            .issue_bound(CONSUMER.0, None, Some(key.public_key()));
         let direct = Client::builder()
             .credentials(StaticToken(a_token.clone()))
+            .proof_key(key.clone())
             .connect(p2.provider.local_addr())
             .await
             .expect("connect to provider 2 with A's token");
@@ -410,6 +415,7 @@ mod with_etcd {
         // A's token still opens provider 2 after A died (its key outlives its tokens).
         let direct = Client::builder()
             .credentials(StaticToken(a_token))
+            .proof_key(key)
             .connect(p2.provider.local_addr())
             .await
             .expect("A's token after A died");
