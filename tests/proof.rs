@@ -63,6 +63,16 @@ async fn registry(config: Config, addr: &str) -> RegistryNode {
         .expect("registry")
 }
 
+/// Serves `test.Calc` through `star` (registered with the registry).
+async fn serve_calc(star: &Stardust) -> stardust::Provider {
+    star.serve(
+        Server::builder().serve(CalcServer::new(CalcImpl::new().0)),
+        "127.0.0.1:0",
+    )
+    .await
+    .expect("serve test.Calc")
+}
+
 async fn star(registry: SocketAddr, app: (&str, &str)) -> Stardust {
     Stardust::builder()
         .registry(registry.to_string())
@@ -212,14 +222,7 @@ async fn captured_tokens_are_useless_to_a_rogue_provider_and_to_replayers() {
     let addr = node.local_addr();
 
     let provider_star = star(addr, PROVIDER).await;
-    let (calc, _control) = CalcImpl::new();
-    let real = provider_star
-        .serve(
-            Server::builder().serve(CalcServer::new(calc)),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let real = serve_calc(&provider_star).await;
     let greeter_star = star(addr, GREETER).await;
     let greeter = greeter_star
         .serve(
@@ -406,14 +409,7 @@ async fn renewal_on_a_live_connection_keeps_the_binding() {
     )
     .await;
     let provider_star = star(node.local_addr(), PROVIDER).await;
-    let (calc, _control) = CalcImpl::new();
-    let _provider = provider_star
-        .serve(
-            Server::builder().serve(CalcServer::new(calc)),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let _provider = serve_calc(&provider_star).await;
     let consumer = star(node.local_addr(), CONSUMER).await;
     let client = consumer.client::<CalcClient>();
     let first = client.context().await.unwrap();
@@ -451,14 +447,7 @@ async fn resumption_after_a_registry_restart_keeps_the_binding() {
     let node = registry(config(&dir), "127.0.0.1:0").await;
     let addr = node.local_addr();
     let provider_star = star(addr, PROVIDER).await;
-    let (calc, _control) = CalcImpl::new();
-    let provider = provider_star
-        .serve(
-            Server::builder().serve(CalcServer::new(calc)),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let provider = serve_calc(&provider_star).await;
     let consumer = star(addr, CONSUMER).await;
     let client = consumer.client::<CalcClient>();
     let first = client.context().await.unwrap();
@@ -479,14 +468,7 @@ async fn resumption_after_a_registry_restart_keeps_the_binding() {
     // A new provider replaces the old one: the consumer dials it with the resumed session's
     // token (issued after the first, so it expires later), bound to the same key.
     provider.shutdown().await;
-    let (calc, _control) = CalcImpl::new();
-    let _second = provider_star
-        .serve(
-            Server::builder().serve(CalcServer::new(calc)),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let _second = serve_calc(&provider_star).await;
     let fresh = within("a call with the resumed token", async {
         loop {
             if let Ok(info) = client.context().await
