@@ -20,8 +20,8 @@ use stardust::auth::{
     BoxFuture, Credentials, Identity, KeyFetcher, NO_AUTHENTICATOR, ProofKey, StaticToken,
     TOKEN_KEY, TOKEN_REQUIRED, TokenVerifier,
 };
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, Hello, RequestHead};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, Hello, RequestHead};
 use stardust::{Client, Error, ErrorKind, Metadata, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::*;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, Hello};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, Hello};
 use stardust::{Client, ErrorKind, MethodDescriptor, Server, ServiceDescriptor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

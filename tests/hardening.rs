@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use common::*;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, Hello, HelloAck, RequestHead};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, Hello, HelloAck, RequestHead};
 use stardust::{Error, ErrorKind, Metadata, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -25,7 +25,7 @@ use meter::{HeapMeter, SERIAL, ServerRuntime};
 use parking_lot::Mutex;
 use stardust::auth::token::{self, Claims, KeySet};
 use stardust::auth::{BoxFuture, KeyFetcher, StaticToken, TokenVerifier};
-use stardust::protocol::frame::Kind;
+use stardust::__wire::frame::Kind;
 use stardust::{Client, Error, ErrorKind, MetadataLimits, Server, ServerBuilder};
 use wire::{Raw, add_args, frame, header, hello_body, meta_map, request_body};
 
@@ -567,7 +567,7 @@ fn hello_announcing(key: &[u8; 32]) -> Vec<u8> {
         stardust::auth::proof::PROOF_KEY_META,
         stardust::auth::proof::encode_key(key),
     );
-    let hello = stardust::protocol::message::Hello {
+    let hello = stardust::__wire::message::Hello {
         protocol: "stardust".into(),
         version: 1,
         agent: "hostile".into(),
@@ -576,7 +576,7 @@ fn hello_announcing(key: &[u8; 32]) -> Vec<u8> {
         features: vec![stardust::auth::proof::FEATURE_PROOF.into()],
     };
     let mut buf = bytes::BytesMut::new();
-    stardust::protocol::message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();
+    stardust::__wire::message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();
     buf.to_vec()
 }
 
@@ -598,9 +598,9 @@ fn wrong_proofs_cost_the_server_one_signature_check_each() {
             assert_eq!(challenge.kind, Kind::Challenge as u8);
             let mut body = bytes::BytesMut::new();
             let target = stardust::auth::proof::target_of(bed.addr());
-            let nonce = stardust::protocol::message::parse_challenge(&challenge.body).unwrap();
+            let nonce = stardust::__wire::message::parse_challenge(&challenge.body).unwrap();
             let sig = thief.sign_proof(&nonce, &target, "");
-            stardust::protocol::message::put_proof(&mut body, &target, &sig);
+            stardust::__wire::message::put_proof(&mut body, &target, &sig);
             raw.send(&frame(Kind::Proof, 0, &body)).await;
             refusals.push(raw.goaway(BOUND).await.error());
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, HelloAck};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, HelloAck};
 use stardust::{Client, ErrorKind, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

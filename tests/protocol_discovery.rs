@@ -10,7 +10,7 @@ use stardust::discovery::api::{
     DELTA_TOPIC, DiscoveryDelta, DiscoveryPush, FEATURE_DELTA, FEATURE_RESUME, RegistryError,
     Revision, WatchReply,
 };
-use stardust::protocol::{codec, frame, message};
+use stardust::__wire::{codec, frame, message};
 
 #[test]
 fn hello_ack_features() {

@@ -1,7 +1,7 @@
 //! Checks `docs/PROTOCOL.md` against the implementation.
 //!
 //! Every hex dump of section 14 is rebuilt here with the runtime's public
-//! `stardust::protocol::{frame, message, codec}` API and compared byte for byte with
+//! `stardust::__wire::{frame, message, codec}` API and compared byte for byte with
 //! (a) the constant below, kept in the same grouping as the document, and (b) the block of the
 //! same name in the document itself (`<!-- frame: NAME -->` followed by a code block), so the
 //! document cannot drift from the code. The remaining tests verify the claims of sections 4, 12
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use stardust::protocol::{codec, frame, message};
+use stardust::__wire::{codec, frame, message};
 use stardust::{Error, ErrorKind, Metadata};
 
 #[path = "common/doc_frames.rs"]

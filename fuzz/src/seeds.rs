@@ -16,8 +16,8 @@ use stardust::discovery::api::{
     DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
     Status, WatchReply,
 };
-use stardust::protocol::frame::{self, HEADER_LEN, Kind};
-use stardust::protocol::message::{self, Hello, RequestHead};
+use stardust::__wire::frame::{self, HEADER_LEN, Kind};
+use stardust::__wire::message::{self, Hello, RequestHead};
 
 use crate::echo::{EchoClient, Record, Shape};
 use crate::targets::token;

@@ -95,6 +95,7 @@
 //! Instances leave with their lease. The server is read-only and unauthenticated: keep it on
 //! loopback (the default), where it only answers requests addressed to a loopback host.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod keys;

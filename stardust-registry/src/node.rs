@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use stardust::ToSocketAddrs;
 use stardust::discovery::api::RegistryServer;
+use tokio::net::ToSocketAddrs;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, DEFAULT_LISTEN, HttpListen};

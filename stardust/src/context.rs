@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::auth::{ConnAuth, Identity};
 use crate::metadata::Metadata;
-use crate::server::Notifier;
+use crate::transport::Notifier;
 
 thread_local! {
     static CURRENT: RefCell<Option<Context>> = const { RefCell::new(None) };

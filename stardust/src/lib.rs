@@ -55,8 +55,10 @@
 //! - [`Error`] / [`ErrorKind`]: every framework failure, with stable wire codes.
 //! - [`discovery`]: the registry's API and the client side of discovery.
 //! - [`tls`]: TLS for providers, the registry and clients (rustls).
-//! - [`protocol`]: frames and encodings, for tools that speak the wire format directly.
+//! - The wire format itself is specified in `docs/PROTOCOL.md`, for clients in other languages;
+//!   the Rust encoding is internal.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 // Lets `#[stardust::service]` (whose output names `::stardust::…`) be used inside this crate too,
 // for the registry's own API.
@@ -72,7 +74,7 @@ mod error;
 mod interceptor;
 mod metadata;
 mod monitor;
-pub mod protocol;
+mod protocol;
 mod server;
 mod service;
 pub mod tls;
@@ -82,6 +84,14 @@ mod transport;
 #[path = "private.rs"]
 pub mod __private;
 
+/// The wire encoding as this runtime implements it (frames, message bodies, values), for this
+/// project's own tests, fuzz targets and tools. **Not a public API**: not covered by semver, and
+/// any release may change it. Clients in other languages implement `docs/PROTOCOL.md`.
+#[doc(hidden)]
+pub mod __wire {
+    pub use crate::protocol::{codec, frame, message};
+}
+
 // Internal decoders for the fuzz targets in `fuzz/`; compiled only with the hidden `fuzzing`
 // feature, so the public API is unchanged without it.
 #[cfg(feature = "fuzzing")]
@@ -89,7 +99,7 @@ pub mod __private;
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 
-pub use client::{Client, ClientBuilder, Notification, Notifications};
+pub use client::{Client, ClientBuilder, Notification, Notifications, ServiceClient};
 pub use context::Context;
 pub use discovery::{Provider, Stardust, StardustBuilder};
 pub use error::{Error, ErrorKind};
@@ -97,6 +107,8 @@ pub use interceptor::{ClientInterceptor, Interceptor, OutgoingCall};
 pub use metadata::{Metadata, MetadataLimits};
 pub use protocol::message::Features;
 pub use server::{EncodedNotification, Notifier, Server, ServerBuilder};
-pub use service::{Call, MethodDescriptor, Service, ServiceClient, ServiceDescriptor};
+pub use service::{Call, MethodDescriptor, Service, ServiceDescriptor};
 pub use stardust_macros::service;
+// TEMPORARY: generated code of an older macro expansion names it here (see __private).
+#[doc(hidden)]
 pub use tokio::net::ToSocketAddrs;

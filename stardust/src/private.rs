@@ -5,6 +5,8 @@ use serde::{Serialize, Serializer};
 
 pub use crate::protocol::codec::decode_args;
 pub use crate::service::unknown_method;
+/// What a generated `XxxClient::connect` takes (tokio's address trait).
+pub use tokio::net::ToSocketAddrs;
 
 /// The argument list of a method without parameters: an empty MessagePack array (a plain `()`
 /// would encode as `nil`).
@@ -18,3 +20,72 @@ impl Serialize for NoArgs {
             .and_then(serde::ser::SerializeTuple::end)
     }
 }
+
+// Compile-time checks of a service's argument and return types. The generated code names these
+// functions in a closure that is never called (no runtime cost), each spanned at a type as the
+// user wrote it in the trait, so that a type that can't cross the network is reported there, in
+// words about the service, before any error inside the generated glue. The traits exist for
+// their messages: each holds for exactly the types that implement the serde trait it names.
+
+/// The client encodes every argument it sends.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "service method argument type `{Self}` must implement `serde::Serialize`",
+    label = "the generated client encodes this argument, so it must implement `serde::Serialize`",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait ArgumentSerialize {}
+
+impl<T: ?Sized + Serialize> ArgumentSerialize for T {}
+
+/// The server decodes every argument it receives into a value the handler owns.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "service method argument type `{Self}` must implement `serde::de::DeserializeOwned`",
+    label = "the generated server decodes this argument, so it must implement \
+             `serde::Deserialize` without borrowing",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait ArgumentDeserialize {}
+
+impl<T: serde::de::DeserializeOwned> ArgumentDeserialize for T {}
+
+/// The server encodes every return value it sends back.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "service method return type `{Self}` must implement `serde::Serialize`",
+    label = "the generated server encodes this return value, so it must implement \
+             `serde::Serialize`",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait ResultSerialize {}
+
+impl<T: ?Sized + Serialize> ResultSerialize for T {}
+
+/// The client decodes every return value it receives into a value the caller owns.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "service method return type `{Self}` must implement `serde::de::DeserializeOwned`",
+    label = "the generated client decodes this return value, so it must implement \
+             `serde::Deserialize` without borrowing",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait ResultDeserialize {}
+
+impl<T: serde::de::DeserializeOwned> ResultDeserialize for T {}
+
+/// Fails to compile, at `T`, unless a generated client can send `T` as an argument.
+#[doc(hidden)]
+pub fn assert_argument_serialize<T: ?Sized + ArgumentSerialize>() {}
+
+/// Fails to compile, at `T`, unless a generated server can receive `T` as an argument.
+#[doc(hidden)]
+pub fn assert_argument_deserialize<T: ArgumentDeserialize>() {}
+
+/// Fails to compile, at `T`, unless a generated server can send `T` back as a return value.
+#[doc(hidden)]
+pub fn assert_result_serialize<T: ?Sized + ResultSerialize>() {}
+
+/// Fails to compile, at `T`, unless a generated client can receive `T` as a return value.
+#[doc(hidden)]
+pub fn assert_result_deserialize<T: ResultDeserialize>() {}

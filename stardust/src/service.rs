@@ -8,12 +8,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::BytesMut;
 use serde::Serialize;
 
-use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 
 /// Static description of a service: what a registry registers and a proxy routes by.
@@ -57,17 +57,50 @@ pub trait Service: Send + Sync + 'static {
     fn call(&self, method: usize, args: &[u8]) -> Result<Call, Error>;
 }
 
-/// The typed consumer proxy generated for a service (`XxxClient`). Lets code that only knows the
-/// type (such as a registry-aware client factory) build proxies and look up descriptors.
-pub trait ServiceClient: Sized {
-    /// The service's descriptor.
-    const DESCRIPTOR: &'static ServiceDescriptor;
+/// The service and method a call is to: the static names of a generated proxy (free to copy),
+/// or names that arrived at run time (an agent forwarding a request), shared by the call's
+/// attempts.
+#[derive(Clone, Debug)]
+pub(crate) enum CallName {
+    Static {
+        service: &'static str,
+        method: &'static str,
+    },
+    /// `service.method`, and where the service name ends.
+    Shared { full: Arc<str>, split: usize },
+}
 
-    /// Wraps an untyped [`Client`] as this typed proxy.
-    fn from_client(client: Client) -> Self;
+impl CallName {
+    /// Names known only at run time (one allocation, shared by every attempt of the call).
+    pub(crate) fn shared(service: &str, method: &str) -> CallName {
+        CallName::Shared {
+            full: Arc::from(format!("{service}.{method}")),
+            split: service.len(),
+        }
+    }
 
-    /// The untyped client underneath.
-    fn client(&self) -> &Client;
+    pub(crate) fn service(&self) -> &str {
+        match self {
+            CallName::Static { service, .. } => service,
+            CallName::Shared { full, split } => &full[..*split],
+        }
+    }
+
+    pub(crate) fn method(&self) -> &str {
+        match self {
+            CallName::Static { method, .. } => method,
+            CallName::Shared { full, split } => &full[*split + 1..],
+        }
+    }
+}
+
+impl fmt::Display for CallName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallName::Static { service, method } => write!(f, "{service}.{method}"),
+            CallName::Shared { full, .. } => f.write_str(full),
+        }
+    }
 }
 
 /// A started call: a boxed future that runs the handler and then encodes its output.

@@ -1,7 +1,7 @@
 //! The hex dumps of `docs/PROTOCOL.md`, read back for the tests that rebuild them.
 #![allow(dead_code)]
 
-use stardust::protocol::frame;
+use stardust::__wire::frame;
 
 pub const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 

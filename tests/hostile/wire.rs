@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message;
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -7,8 +7,8 @@
 
 use bytes::BytesMut;
 use stardust::ErrorKind;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, MAX_ERROR_MESSAGE};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, MAX_ERROR_MESSAGE};
 
 /// Runs one input.
 pub fn run(data: &[u8]) {

@@ -11,7 +11,7 @@
 use bytes::BytesMut;
 use stardust::__fuzz::FrameStream;
 use stardust::ErrorKind;
-use stardust::protocol::frame::{self, HEADER_LEN, Kind, LENGTH_COVERED};
+use stardust::__wire::frame::{self, HEADER_LEN, Kind, LENGTH_COVERED};
 
 use super::roundtrip::chunking;
 

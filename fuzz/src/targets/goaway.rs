@@ -11,8 +11,8 @@
 
 use stardust::__fuzz::FrameStream;
 use stardust::ErrorKind;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, HelloAck};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, HelloAck};
 
 use super::roundtrip::chunking;
 

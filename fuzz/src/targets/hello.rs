@@ -14,8 +14,8 @@
 use bytes::BytesMut;
 use stardust::__fuzz::FrameStream;
 use stardust::auth::token;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, Hello, PROTOCOL_NAME};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, Hello, PROTOCOL_NAME};
 use stardust::{Error, ErrorKind};
 
 use super::roundtrip::chunking;

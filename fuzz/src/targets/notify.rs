@@ -9,8 +9,8 @@
 
 use bytes::BytesMut;
 use stardust::discovery::api::{DiscoveryEvent, DiscoveryPush};
-use stardust::protocol::frame::{self, DEFAULT_MAX_FRAME};
-use stardust::protocol::message;
+use stardust::__wire::frame::{self, DEFAULT_MAX_FRAME};
+use stardust::__wire::message;
 
 use super::roundtrip::decodes_stably;
 use crate::echo::Record;

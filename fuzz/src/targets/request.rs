@@ -15,8 +15,8 @@ use std::task::{Context, Poll, Waker};
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stardust::protocol::frame::{self, DEFAULT_MAX_FRAME};
-use stardust::protocol::message::{self, RequestHead, RequestView};
+use stardust::__wire::frame::{self, DEFAULT_MAX_FRAME};
+use stardust::__wire::message::{self, RequestHead, RequestView};
 use stardust::{Call, ErrorKind, Service};
 
 use super::roundtrip::decodes_stably;

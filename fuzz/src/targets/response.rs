@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 use stardust::discovery::api::{
     Instance, InstanceList, LoginReply, PublicKey, RegistryError, WatchReply,
 };
-use stardust::protocol::message::{Hello, HelloAck};
+use stardust::__wire::message::{Hello, HelloAck};
 
 use super::roundtrip::decodes_stably;
 use crate::echo::{Record, Scalars};
@@ -49,7 +49,7 @@ pub fn run(data: &[u8]) {
         _ => {
             // Skipping a value of any shape: what a client does with a one-way call's stray
             // answer or a result it does not read.
-            let _ = stardust::protocol::codec::decode_value::<IgnoredAny>(body);
+            let _ = stardust::__wire::codec::decode_value::<IgnoredAny>(body);
         }
     }
 }

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stardust::protocol::codec;
+use stardust::__wire::codec;
 
 /// Decodes `bytes` as `T` the way a client decodes a response; if that works, checks that the
 /// value's encoding is a fixed point: it decodes again, and encodes to the same bytes.

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 
 use stardust::Server;
-use stardust::protocol::frame::{self, Kind};
+use stardust::__wire::frame::{self, Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

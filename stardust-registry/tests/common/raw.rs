@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stardust::Metadata;
-use stardust::protocol::frame::{self, Kind};
-use stardust::protocol::message::{self, HelloAck, RequestHead};
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, HelloAck, RequestHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

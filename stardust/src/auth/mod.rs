@@ -127,33 +127,6 @@ impl Identity {
     pub fn consume(&self) -> Option<&[String]> {
         self.consume.as_deref()
     }
-
-    /// Checks that a call to `service` at `now` is allowed.
-    pub fn check(&self, service: &str, now: SystemTime) -> Result<(), Error> {
-        if let Some(exp) = self.expires_at
-            && now >= exp
-        {
-            return Err(Error::new(
-                ErrorKind::Unauthorized,
-                format!(
-                    "the token of app `{}` expired; present a renewed token",
-                    self.app
-                ),
-            ));
-        }
-        if let Some(allowed) = &self.consume
-            && !allowed.iter().any(|s| s == service)
-        {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "app `{}` is not allowed to call service `{service}`",
-                    self.app
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for Identity {

@@ -39,9 +39,6 @@ pub const DOMAIN: &[u8] = b"stardust proof v1\0";
 /// Length of a challenge's nonce, in bytes.
 pub const NONCE_LEN: usize = 32;
 
-/// The longest target (`ip:port`) a proof may name.
-pub(crate) const MAX_TARGET_LEN: usize = 64;
-
 /// The refusal of a bound token whose holder offered no proof (a replayed token, or a client
 /// that did not announce [`FEATURE_PROOF`]).
 pub const PROOF_MISSING: &str = "the access token is bound to its holder's key (proof of \

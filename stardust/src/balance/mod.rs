@@ -50,9 +50,7 @@ pub(crate) use policy::{
 };
 pub use policy::{Hedging, StallDetection};
 pub(crate) use strategies::stable_hash;
-pub use strategies::{
-    ConsistentHash, LeastLoaded, RoundRobin, WeightedRandom, rendezvous, weighted_index,
-};
+pub use strategies::{ConsistentHash, LeastLoaded, RoundRobin, WeightedRandom};
 
 /// A provider a call may go to, as the registry lists it, with its live load as seen by this
 /// process.

@@ -91,7 +91,7 @@ impl WeightedRandom {
 }
 
 /// The index `r` (uniform over `u64`) selects when each index `i` owns a share `weights[i]`.
-pub fn weighted_index(weights: &[u32], r: u64) -> usize {
+pub(crate) fn weighted_index(weights: &[u32], r: u64) -> usize {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     if total == 0 {
         return ((r as u128 * weights.len() as u128) >> 64) as usize;
@@ -222,7 +222,7 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
 }
 
 /// The provider a key maps to among `endpoints`.
-pub fn rendezvous(endpoints: &[&str], key: u64) -> usize {
+pub(crate) fn rendezvous(endpoints: &[&str], key: u64) -> usize {
     let mut best = (0, 0u64);
     for (i, e) in endpoints.iter().enumerate() {
         let score = mix((stable_hash(e.as_bytes()) ^ key).wrapping_add(GOLDEN));

@@ -20,6 +20,7 @@ mod endpoints;
 mod notifications;
 mod pending;
 mod pool;
+mod typed;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub use notifications::{Notification, Notifications};
 use pending::CallInfo;
 pub(crate) use pending::CallName;
 pub(crate) use pool::Pool;
+pub use typed::ServiceClient;
 
 /// Default time a call may take before it fails with `DeadlineExceeded`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -9,8 +9,6 @@
 //! Registering a call only touches the timer when its deadline is earlier than every other, which
 //! with a uniform timeout is almost never.
 
-use std::fmt;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -19,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, Kind};
+pub(crate) use crate::service::CallName;
 
 pub(crate) type Reply = Result<Bytes, Error>;
 
@@ -38,52 +37,6 @@ pub(crate) struct CallInfo {
     /// When the call should get a hedge (another try elsewhere) if it is still waiting; the
     /// pool's watchdog looks for such calls ([`Pending::due_hedges`]).
     pub(crate) hedge_at: Option<Instant>,
-}
-
-/// The service and method a call is to: the static names of a generated proxy (free to copy),
-/// or names that arrived at run time (an agent forwarding a request), shared by the call's
-/// attempts.
-#[derive(Clone, Debug)]
-pub(crate) enum CallName {
-    Static {
-        service: &'static str,
-        method: &'static str,
-    },
-    /// `service.method`, and where the service name ends.
-    Shared { full: Arc<str>, split: usize },
-}
-
-impl CallName {
-    /// Names known only at run time (one allocation, shared by every attempt of the call).
-    pub(crate) fn shared(service: &str, method: &str) -> CallName {
-        CallName::Shared {
-            full: Arc::from(format!("{service}.{method}")),
-            split: service.len(),
-        }
-    }
-
-    pub(crate) fn service(&self) -> &str {
-        match self {
-            CallName::Static { service, .. } => service,
-            CallName::Shared { full, split } => &full[..*split],
-        }
-    }
-
-    pub(crate) fn method(&self) -> &str {
-        match self {
-            CallName::Static { method, .. } => method,
-            CallName::Shared { full, split } => &full[*split + 1..],
-        }
-    }
-}
-
-impl fmt::Display for CallName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CallName::Static { service, method } => write!(f, "{service}.{method}"),
-            CallName::Shared { full, .. } => f.write_str(full),
-        }
-    }
 }
 
 struct Slot {

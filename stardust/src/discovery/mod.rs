@@ -2,7 +2,6 @@
 //! [`Stardust`] entry point built on them.
 
 pub mod api;
-mod delta;
 pub(crate) mod session;
 mod star;
 pub(crate) mod watch;

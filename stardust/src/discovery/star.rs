@@ -14,10 +14,10 @@ use crate::auth::{Authenticator, BoxFuture, Identity};
 use crate::balance::{
     Balancer, Hedging, LeastLoaded, Outliers, Policy, RetryBudget, StallDetection,
 };
+use crate::client::ServiceClient;
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, ServerBuilder};
-use crate::service::ServiceClient;
 
 /// Builds a [`Stardust`] handle: where the registry is and who this process is.
 #[must_use = "a builder does nothing until `connect` is awaited"]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
-use crate::discovery::api::{ErrorCount, LATENCY_BOUNDS_US, Latency};
 use crate::error::ErrorKind;
+use crate::protocol::registry::{ErrorCount, LATENCY_BOUNDS_US, Latency};
 
 /// Shards per figure set: enough for the worker threads of a typical runtime to rarely share.
 const SHARDS: usize = 4;

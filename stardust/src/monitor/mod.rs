@@ -9,7 +9,7 @@
 pub(crate) mod figures;
 pub(crate) mod process;
 
-use crate::discovery::api::{ErrorCount, Latency, MethodFigures, Status};
+use crate::protocol::registry::{ErrorCount, Latency, MethodFigures, Status};
 use crate::service::ServiceDescriptor;
 pub(crate) use figures::Figures;
 
@@ -132,7 +132,7 @@ mod tests {
     use super::*;
 
     fn latency(calls: u64, us: u64) -> Latency {
-        let mut buckets = vec![0; crate::discovery::api::LATENCY_BOUNDS_US.len() + 1];
+        let mut buckets = vec![0; crate::protocol::registry::LATENCY_BOUNDS_US.len() + 1];
         buckets[3] = calls;
         Latency {
             buckets,

@@ -213,6 +213,9 @@ fn read_features(rd: &mut &[u8]) -> Result<Vec<String>, Error> {
     Ok(features)
 }
 
+/// The longest target (`ip:port`) a `Proof` may name.
+pub const MAX_PROOF_TARGET_LEN: usize = 64;
+
 /// Body of a `Challenge` frame: `{"nonce": bin 32}`.
 pub fn put_challenge(buf: &mut bytes::BytesMut, nonce: &[u8; 32]) {
     use bytes::BufMut;
@@ -306,7 +309,7 @@ pub fn parse_proof(body: &[u8]) -> Result<Proof, Error> {
             "target" => {
                 let (s, rest) = rmp::decode::read_str_from_slice(*rd)
                     .map_err(|e| Error::protocol(format!("malformed Proof target: {e}")))?;
-                if s.len() > crate::auth::proof::MAX_TARGET_LEN {
+                if s.len() > MAX_PROOF_TARGET_LEN {
                     return Err(Error::protocol(
                         "malformed Proof frame: the target is too long",
                     ));

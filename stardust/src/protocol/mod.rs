@@ -8,3 +8,4 @@ mod decode;
 pub mod frame;
 pub(crate) mod handshake;
 pub mod message;
+pub mod registry;

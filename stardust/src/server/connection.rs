@@ -22,15 +22,15 @@ mod tasks;
 
 use super::call::{Batch, ServerCall, SpawnedCall};
 use super::handshake::{Admitted, handshake};
-use super::notifier::Notifier;
 use super::{Forward, Forwarded, ServerShared};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth};
-use crate::client::CallName;
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{self, HelloAck, PROTOCOL_VERSION, RequestView};
+use crate::service::CallName;
+use crate::transport::Notifier;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 pub(crate) struct ServerConn {

@@ -17,7 +17,6 @@ mod builder;
 mod call;
 mod connection;
 mod handshake;
-mod notifier;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,16 +31,17 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::auth::{BoxFuture, ServerAuth};
-use crate::client::CallName;
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::Interceptor;
 use crate::monitor::ServiceFigures;
+use crate::service::CallName;
 use crate::service::Service;
 
 pub use builder::ServerBuilder;
 pub(crate) use builder::ServerConfig;
 use connection::ServerConn;
-pub use notifier::{EncodedNotification, Notifier};
+// A connection's notification handle lives with the transport (the call context holds one).
+pub use crate::transport::{EncodedNotification, Notifier};
 
 /// Where a server sends requests for services it does not host, instead of answering
 /// `UnknownService`: an agent forwarding them to providers. Only consulted when the service
@@ -323,7 +323,7 @@ impl ServerProbe {
     /// is gone.
     pub(crate) fn take_windows(
         &self,
-        into: &mut Vec<crate::discovery::api::MethodFigures>,
+        into: &mut Vec<crate::protocol::registry::MethodFigures>,
     ) -> bool {
         match self.0.upgrade() {
             Some(s) => {

@@ -8,11 +8,13 @@
 //! latency when idle, and no thread hop (the writer is woken on the thread that queued the frame).
 
 mod keepalive;
+mod notifier;
 mod outbound;
 mod reader;
 mod stream;
 
 pub(crate) use keepalive::{Keepalive, Liveness};
+pub use notifier::{EncodedNotification, Notifier};
 pub(crate) use outbound::{Flush, Outbound, WriteLimits};
 pub(crate) use reader::FrameReader;
 pub(crate) use stream::{ReadHalf, Stream, WriteHalf};

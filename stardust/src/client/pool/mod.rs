@@ -17,9 +17,9 @@ use super::ClientConfig;
 use super::connection::{ClientConn, Secure};
 use super::notifications::Notification;
 use crate::balance::{Load, Policy, Target};
-use crate::discovery::api::CallFigures;
 use crate::error::{Error, ErrorKind};
 use crate::monitor::Figures;
+use crate::protocol::registry::CallFigures;
 
 /// Connections keyed by provider endpoint, opened on first use and reopened on the next use
 /// after a drop.

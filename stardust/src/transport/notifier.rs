@@ -6,9 +6,9 @@ use std::sync::{Arc, Weak};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 
+use super::Outbound;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{codec, message};
-use crate::transport::Outbound;
 
 /// Sends one-way notifications to one client connection.
 ///

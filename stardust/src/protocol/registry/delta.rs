@@ -3,7 +3,7 @@
 //!
 //! Every registry node numbers the changes of its table with one counter (the *revision*) and
 //! picks a random *epoch* when it starts, so a revision is only ever compared with revisions of
-//! the same node and the same run. [`Registry::watch`](super::api::Registry::watch) subscribes
+//! the same node and the same run. [`Registry::watch`](crate::discovery::api::Registry::watch) subscribes
 //! and answers with what the caller lacks: nothing ([`WatchReply::Unchanged`]), the changes since
 //! the revision it holds ([`WatchReply::Delta`]) or the whole list ([`WatchReply::Snapshot`]).
 //! Later changes arrive as [`DiscoveryPush`]es on [`DELTA_TOPIC`], each naming the revision it
@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::api::Instance;
+use super::Instance;
 use crate::error::Error;
 
 /// Notification topic of [`DiscoveryPush`]es (subscriptions made with `watch`).
@@ -41,7 +41,7 @@ pub struct Revision {
     pub rev: u64,
 }
 
-/// The answer to [`Registry::watch`](super::api::Registry::watch): what the caller needs to
+/// The answer to [`Registry::watch`](crate::discovery::api::Registry::watch): what the caller needs to
 /// bring its list to the registry's current one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WatchReply {
