@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the registry until Ctrl-C or SIGTERM.
+    /// Run the registry until Ctrl-C or SIGTERM. Once bound, prints one line on stdout,
+    /// `listening registry=ADDR http=ADDR|off` (the ports the OS chose for `:0`).
     Serve {
         /// Address to listen on, `host:port` [default: the config's `listen`, else
         /// 127.0.0.1:7600].
@@ -81,6 +82,10 @@ enum Command {
     /// Security: any process on this host can call through the agent with the app's rights.
     /// It listens on loopback only and turns away connections from other addresses; keep the
     /// secret file readable by the agent's user alone.
+    ///
+    /// The agent is the runtime's `stardust::agent` (in the `stardust` crate, `src/agent/`);
+    /// this command only reads its settings. Once listening, it prints one line on stdout,
+    /// `listening agent=ADDR`.
     Agent {
         /// Registry address, `host:port`; repeat the flag for several (tried in turn).
         #[arg(long = "registry", value_name = "ADDR", required = true)]
@@ -218,11 +223,25 @@ fn serve(
         .build()?;
     runtime.block_on(async move {
         let node = RegistryNode::builder().config(cfg).bind(addr).await?;
+        let http = node
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        announce(&format!("registry={} http={http}", node.local_addr()));
         shutdown_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await;
         Ok(())
     })
+}
+
+/// The one line on stdout a script reads to learn the bound addresses (with `--listen
+/// 127.0.0.1:0`, the port the OS chose): `listening registry=ADDR http=ADDR|off`, or
+/// `listening agent=ADDR`. Logs go to stderr; this line's shape is stable.
+fn announce(addrs: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {addrs}");
+    let _ = out.flush();
 }
 
 async fn shutdown_signal() {
@@ -269,6 +288,7 @@ fn agent(args: AgentArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let agent = builder.start().await?;
+        announce(&format!("agent={}", agent.local_addr()));
         shutdown_signal().await;
         tracing::info!("shutting down");
         agent.shutdown().await;

@@ -179,6 +179,42 @@ fn serve_refuses_a_store_it_cannot_use_clearly() {
     }
 }
 
+/// `serve` and `agent` print their bound addresses on one stdout line, for scripts using port 0.
+#[cfg(unix)]
+#[test]
+fn the_bound_addresses_are_printed_on_one_stdout_line() {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("a line").unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening registry="), "{line}");
+    for key in ["registry", "http"] {
+        let addr: std::net::SocketAddr = field(&line, key)
+            .unwrap_or_else(|| panic!("{key}= in {line:?}"))
+            .parse()
+            .unwrap();
+        assert_ne!(
+            addr.port(),
+            0,
+            "the bound port, not the requested one: {line}"
+        );
+    }
+}
+
 #[test]
 fn serve_dev_starts_and_says_so() {
     let mut child = Command::new(BIN)

@@ -318,6 +318,17 @@ impl ClientTls {
         match self.connector.connect(name.clone(), tcp).await {
             Ok(tls) => Ok(Stream::Tls(Box::new(tls.into()))),
             Err(e) => {
+                if is_plaintext_answer(&e) {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!(
+                            "TLS handshake with {addr} failed: the server answered in plaintext, \
+                             it does not speak TLS (connect without ClientTls, or configure \
+                             ServerBuilder::tls on the server)"
+                        ),
+                    )
+                    .with_source(e));
+                }
                 let hint = if is_certificate_error(&e) {
                     format!(
                         " (the server's certificate was checked against the CA bundle given in \
@@ -358,6 +369,19 @@ fn is_certificate_error(e: &std::io::Error) -> bool {
             matches!(
                 e,
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
+}
+
+/// Whether a TLS handshake failed because the server's first bytes were not a TLS record (a
+/// plaintext server answering with a Stardust frame).
+fn is_plaintext_answer(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
             )
         })
 }

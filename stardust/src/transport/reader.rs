@@ -35,6 +35,13 @@ pub(crate) struct FrameReader {
     target: usize,
 }
 
+/// A TLS record header: content type 21 (alert) or 22 (handshake), then version 3.x. No
+/// Stardust frame starts so: its first byte is the high byte of a length that would be over
+/// 350 MB, far above any frame limit.
+pub(crate) fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, 0x00..=0x04, ..])
+}
+
 impl FrameReader {
     /// A reader refusing frames whose `length` is over `max_frame`.
     pub(crate) fn new(rd: ReadHalf, max_frame: u32) -> FrameReader {
@@ -82,6 +89,12 @@ impl FrameReader {
         }
         self.wanted = 0;
         Ok(Some(header))
+    }
+
+    /// Whether the bytes received so far start like a TLS record (a handshake or an alert): the
+    /// peer speaks TLS where a plaintext Stardust frame was expected.
+    pub(crate) fn looks_like_tls(&self) -> bool {
+        looks_like_tls(&self.buf)
     }
 
     /// The body of the frame `next_frame` just returned, still in the buffer.

@@ -220,6 +220,21 @@ impl ClientConn {
 }
 
 async fn read_answer(reader: &mut FrameReader, addr: SocketAddr) -> Result<Answer, Error> {
+    let answer = read_frame_answer(reader, addr).await;
+    match answer {
+        Err(e) if reader.looks_like_tls() => Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "{addr} speaks TLS and this client connected in plaintext: configure TLS for it \
+                 (ClientBuilder::tls with a ClientTls, or StardustBuilder::tls)"
+            ),
+        )
+        .with_source(e)),
+        other => other,
+    }
+}
+
+async fn read_frame_answer(reader: &mut FrameReader, addr: SocketAddr) -> Result<Answer, Error> {
     loop {
         match reader.next_frame() {
             Ok(Some(h)) => {
