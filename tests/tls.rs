@@ -310,3 +310,48 @@ async fn a_consumer_without_tls_gets_a_clear_error_from_a_tls_provider() {
         .unwrap_err();
     assert!(err.to_string().contains("speaks TLS"), "{err}");
 }
+
+/// TLS providers behind a plaintext registry: `provider_tls` dials providers over TLS while the
+/// registry connection stays plaintext (and `registry_tls` is the reverse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_and_the_registry_take_their_tls_settings_separately() {
+    let ca = TestCa::new("stardust test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let registry = RegistryNode::builder()
+        .config(
+            Config::new()
+                .with_app(
+                    PROVIDER.0,
+                    AppConfig::with_secret(PROVIDER.1).unwrap().provide(["*"]),
+                )
+                .with_app(CONSUMER.0, AppConfig::with_secret(CONSUMER.1).unwrap())
+                .with_key_file(dir.path().join("keys.toml")),
+        )
+        .bind("127.0.0.1:0")
+        .await
+        .expect("a plaintext registry");
+    let plain = |app: (&'static str, &'static str)| {
+        Stardust::builder()
+            .registry(registry.local_addr().to_string())
+            .app(app.0, app.1)
+    };
+    let provider_star = plain(PROVIDER).connect().await.expect("plaintext login");
+    let (_provider, _control) = serve_over_tls(&provider_star, &ca).await;
+
+    let consumer = plain(CONSUMER)
+        .provider_tls(ca.client_tls())
+        .connect()
+        .await
+        .expect("plaintext login, TLS to providers");
+    let calc = consumer.client::<CalcClient>();
+    assert_eq!(within("a call over TLS", calc.add(2, 3)).await.unwrap(), 5);
+
+    // TLS for the registry alone: a plaintext registry refuses to be spoken to that way.
+    let err = plain(CONSUMER)
+        .registry_tls(ca.client_tls())
+        .connect()
+        .await
+        .expect_err("the registry is plaintext");
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    assert!(err.message().contains("does not speak TLS"), "{err}");
+}

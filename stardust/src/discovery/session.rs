@@ -41,8 +41,10 @@ pub(crate) struct SessionConfig {
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) registry_timeout: Duration,
-    /// TLS for the registry connection and for providers that advertise it.
+    /// TLS for providers that advertise it.
     pub(crate) tls: Option<ClientTls>,
+    /// TLS for the registry connection.
+    pub(crate) registry_tls: Option<ClientTls>,
 }
 
 impl Default for SessionConfig {
@@ -54,6 +56,7 @@ impl Default for SessionConfig {
             backoff_max: Duration::from_secs(5),
             registry_timeout: Duration::from_secs(10),
             tls: None,
+            registry_tls: None,
         }
     }
 }
@@ -182,7 +185,7 @@ impl Session {
                 .timeout(self.cfg.registry_timeout)
                 .features([FEATURE_DELTA])
                 .proof_key(self.proof_key.clone());
-            if let Some(tls) = &self.cfg.tls {
+            if let Some(tls) = &self.cfg.registry_tls {
                 builder = builder.tls(tls.for_endpoint(addr));
             }
             let client = match builder.connect(addr.as_str()).await {

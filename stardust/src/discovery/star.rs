@@ -58,6 +58,29 @@ impl StardustBuilder {
     /// a registry or provider address is the name its certificate must carry; an IP address is
     /// checked as dialled.
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
+        self.cfg.registry_tls = Some(tls.clone());
+        self.cfg.tls = Some(tls);
+        self
+    }
+
+    /// Speaks TLS to the registry only, trusting `tls`'s CA bundle (see
+    /// [`tls`](StardustBuilder::tls)); providers are dialled as
+    /// [`provider_tls`](StardustBuilder::provider_tls) says. For a registry and providers whose
+    /// certificates come from different CAs, set both.
+    pub fn registry_tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
+        self.cfg.registry_tls = Some(tls);
+        self
+    }
+
+    /// Speaks TLS to every provider the registry lists as speaking it, trusting `tls`'s CA
+    /// bundle, whatever the registry connection uses. With a plaintext registry (no
+    /// [`registry_tls`](StardustBuilder::registry_tls)), what the registry tells this process
+    /// (provider addresses, whether they speak TLS, its token) crosses the network unencrypted:
+    /// a party on the path could redirect calls to an endpoint of its choosing, whose
+    /// certificate would then still have to verify against this bundle, and could read the
+    /// token (useless to it: tokens are bound to this process's key). Keep such setups to
+    /// networks you trust.
+    pub fn provider_tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
         self.cfg.tls = Some(tls);
         self
     }
