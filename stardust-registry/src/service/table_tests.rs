@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use stardust::discovery::api::{DiscoveryEvent, DiscoveryPush};
+use stardust::discovery::api::{
+    DiscoveryDelta, DiscoveryEvent, DiscoveryPush, Revision, WatchReply,
+};
 
 use super::*;
 

@@ -1,0 +1,215 @@
+//! How the registry's state is laid out in etcd: the key of each entry and its JSON value.
+//!
+//! The layout (the table in the [module docs](super)) is what every node of one registry
+//! shares, and what an operator reads with `etcdctl get --prefix`; keeping every key and value
+//! shape in this one file keeps the code that writes an entry and the code that reads it back
+//! from drifting apart. A malformed entry is logged and skipped, never fatal: another node (or a
+//! person) wrote it, and this node should keep serving the rest.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use etcd_client::KeyValue;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use stardust::discovery::api::{Instance, PublicKey};
+
+use super::Inner;
+use crate::config::AppConfig;
+use crate::store::Record;
+
+/// A registration's value.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredInstance {
+    pub(super) instance: Instance,
+    pub(super) node: String,
+    pub(super) session: u64,
+}
+
+/// An app definition's value (the same fields as a config file's `[apps.NAME]`).
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredApp {
+    pub(super) secret_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) provide: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) consume: Option<Vec<String>>,
+}
+
+/// A public key's value.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredKey {
+    /// URL-safe base64 of the 32-byte Ed25519 public key.
+    pub(super) key: String,
+    pub(super) node: String,
+}
+
+impl Inner {
+    pub(super) fn instance_key(&self, service: &str, endpoint: &str) -> String {
+        format!("{}instances/{service}/{endpoint}", self.root)
+    }
+
+    /// Decodes one key of the prefix into the table (registrations) or what was learnt.
+    pub(super) fn decode(&self, kv: &KeyValue) -> Option<Decoded> {
+        let (key, kind, name) = split_key(&self.root, kv.key())?;
+        let parsed = match kind {
+            "instances" => serde_json::from_slice::<StoredInstance>(kv.value())
+                .map(|s| {
+                    Decoded::Instance(Record {
+                        instance: s.instance,
+                        node: s.node,
+                        session: s.session,
+                        revision: kv.mod_revision(),
+                    })
+                })
+                .map_err(|e| e.to_string()),
+            "apps" => serde_json::from_slice::<StoredApp>(kv.value())
+                .map(|a| {
+                    Decoded::App(
+                        name.to_owned(),
+                        AppConfig {
+                            secret_hash: a.secret_hash,
+                            provide: a.provide,
+                            consume: a.consume,
+                        },
+                    )
+                })
+                .map_err(|e| e.to_string()),
+            "dev-apps" => serde_json::from_slice::<StoredApp>(kv.value())
+                .map(|a| Decoded::DevApp(name.to_owned(), a.secret_hash))
+                .map_err(|e| e.to_string()),
+            "keys" => serde_json::from_slice::<StoredKey>(kv.value())
+                .map_err(|e| e.to_string())
+                .and_then(|k| {
+                    let bytes = URL_SAFE_NO_PAD.decode(&k.key).map_err(|e| e.to_string())?;
+                    Ok(Decoded::Key(
+                        PublicKey {
+                            kid: name.to_owned(),
+                            key: ByteBuf::from(bytes),
+                        },
+                        k.node,
+                    ))
+                }),
+            _ => return None,
+        };
+        match parsed {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "ignoring a malformed entry in the registry's etcd prefix");
+                None
+            }
+        }
+    }
+
+    /// Which registration or learnt entry a deleted key was.
+    pub(super) fn deleted(&self, key: &[u8]) -> Option<Deleted> {
+        deleted(&self.root, key)
+    }
+}
+
+/// A key under `root` as `(key, kind, name)`: `kind` is `instances`, `apps`, `dev-apps` or
+/// `keys`; `name` the rest.
+fn split_key<'a>(root: &str, key: &'a [u8]) -> Option<(&'a str, &'a str, &'a str)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(root)?;
+    let (kind, name) = rest.split_once('/')?;
+    Some((key, kind, name))
+}
+
+/// Which registration or learnt entry a deleted key under `root` was (a delete event carries
+/// the key only).
+fn deleted(root: &str, key: &[u8]) -> Option<Deleted> {
+    let (_, kind, name) = split_key(root, key)?;
+    Some(match kind {
+        "instances" => {
+            // Endpoints are `host:port` (no `/`); service names may hold `/`.
+            let (service, endpoint) = name.rsplit_once('/')?;
+            Deleted::Instance(service.to_owned(), endpoint.to_owned())
+        }
+        "apps" => Deleted::App(name.to_owned()),
+        "dev-apps" => Deleted::DevApp(name.to_owned()),
+        "keys" => Deleted::Key(name.to_owned()),
+        _ => return None,
+    })
+}
+
+pub(super) enum Decoded {
+    Instance(Record),
+    App(String, AppConfig),
+    DevApp(String, String),
+    Key(PublicKey, String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Deleted {
+    Instance(String, String),
+    App(String),
+    DevApp(String),
+    Key(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_what_they_hold() {
+        let root = "team/registry/";
+        assert_eq!(
+            deleted(
+                root,
+                b"team/registry/instances/calc.Calculator/10.0.0.1:9000"
+            ),
+            Some(Deleted::Instance(
+                "calc.Calculator".into(),
+                "10.0.0.1:9000".into()
+            ))
+        );
+        // A service name with `/` in it: the endpoint never has one.
+        assert_eq!(
+            deleted(root, b"team/registry/instances/a/b/[::1]:7"),
+            Some(Deleted::Instance("a/b".into(), "[::1]:7".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/apps/web"),
+            Some(Deleted::App("web".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/dev-apps/web"),
+            Some(Deleted::DevApp("web".into()))
+        );
+        assert_eq!(
+            deleted(root, b"team/registry/keys/kid1"),
+            Some(Deleted::Key("kid1".into()))
+        );
+        // Another registry's prefix, an unknown kind, or a key that is not UTF-8: not ours.
+        assert_eq!(deleted(root, b"team/other/apps/web"), None);
+        assert_eq!(deleted(root, b"team/registry/leader"), None);
+        assert_eq!(deleted(root, b"team/registry/queues/x"), None);
+        assert_eq!(deleted(root, b"team/registry/apps/\xff"), None);
+    }
+
+    #[test]
+    fn values_are_readable_json() {
+        let stored = StoredInstance {
+            instance: Instance {
+                app: "calc".into(),
+                service: "calc.Calculator".into(),
+                version: "1.2.0".into(),
+                endpoint: "127.0.0.1:9000".into(),
+                weight: 100,
+                tags: Default::default(),
+                tls: false,
+            },
+            node: "node-1".into(),
+            session: 7,
+        };
+        let json = serde_json::to_string(&stored).unwrap();
+        assert!(json.contains("\"endpoint\":\"127.0.0.1:9000\""), "{json}");
+        let back: StoredInstance = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.instance, stored.instance);
+        assert_eq!((back.node.as_str(), back.session), ("node-1", 7));
+        // App definitions are the config file's fields; absent lists stay absent.
+        let app: StoredApp = serde_json::from_str(r#"{"secret_hash":"h"}"#).unwrap();
+        assert_eq!((app.provide, app.consume), (None, None));
+    }
+}
