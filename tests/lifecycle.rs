@@ -279,3 +279,27 @@ async fn consumer_reconnects_after_provider_restart() {
         4
     );
 }
+
+/// `serve_until` keeps a server serving until its signal, then shuts it down gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_until_serves_until_the_signal_then_shuts_down() {
+    let (server, _control) = start_server().await;
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_until(async {
+        let _ = stopped.await;
+    }));
+    let calc = within("connect", CalcClient::connect(addr)).await.unwrap();
+    assert_eq!(calc.add(20, 22).await.unwrap(), 42);
+    assert!(!serving.is_finished(), "still serving before the signal");
+    stop.send(()).unwrap();
+    within("the graceful shutdown", serving).await.unwrap();
+    let err = calc.add(1, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::ShuttingDown | ErrorKind::ConnectionClosed | ErrorKind::Connect
+        ),
+        "{err}"
+    );
+}

@@ -19,6 +19,7 @@ mod connection;
 mod handshake;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -157,6 +158,28 @@ impl Server {
     /// reports).
     pub(crate) fn probe(&self) -> ServerProbe {
         ServerProbe(Arc::downgrade(&self.shared))
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully ([`Server::shutdown`]): the
+    /// usual end of a provider's `main`, with `tokio::signal::ctrl_c()` (tokio's `signal`
+    /// feature) as the signal. (A `Server` serves in the background from `bind` on, and
+    /// dropping it stops it at once; this keeps it alive until asked to stop.)
+    ///
+    /// ```no_run
+    /// # async fn run(server: stardust::Server) {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// // ... hand `stop` to whatever decides when to stop ...
+    /// # drop(stop);
+    /// server
+    ///     .serve_until(async {
+    ///         let _ = stopped.await;
+    ///     })
+    ///     .await;
+    /// # }
+    /// ```
+    pub async fn serve_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
     }
 
     /// Graceful shutdown: stop accepting, tell every client (a `GoAway` frame), let in-flight
