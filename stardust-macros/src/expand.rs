@@ -21,10 +21,12 @@ use crate::parse::{MethodDef, ServiceDef};
 pub(crate) fn expand(def: &ServiceDef) -> TokenStream {
     let names = Names::new(def);
     let service_trait = expand_trait(def);
+    let type_checks = expand_type_checks(def);
     let server = expand_server(def, &names);
     let client = expand_client(def, &names);
     quote! {
         #service_trait
+        #type_checks
         #server
         #client
     }
@@ -99,6 +101,53 @@ fn expand_trait(def: &ServiceDef) -> TokenStream {
             #(#methods)*
         }
     }
+}
+
+/// Static assertions that every argument and return type can cross the network: the client
+/// encodes arguments (`Serialize`) and decodes results (`DeserializeOwned`), the server the
+/// reverse. Each check is spanned at the type as the user wrote it and its bounds carry messages
+/// about the service, so a type that misses a trait is reported at the trait, naming the type and
+/// the bound, rather than as a bound of `Client::call` on a tuple of arguments somewhere inside
+/// the runtime. A type used in several places is checked once per role, at its first occurrence.
+///
+/// The checks sit in a function that is never called, so they cost nothing at run time. It
+/// returns `impl Sized` because rustc type-checks the body of such a function (like that of an
+/// `async fn`, such as the client's methods) together with the item signatures, ahead of plain
+/// bodies: declared before the server and client, these errors come first.
+fn expand_type_checks(def: &ServiceDef) -> TokenStream {
+    let mut checked: Vec<(&str, String)> = Vec::new();
+    let mut checks = Vec::new();
+    for method in &def.methods {
+        let args = method.args.iter().map(|arg| ("assert_argument", &arg.ty));
+        // `()` (also what a method without `->` returns) needs no check.
+        let output = (!is_unit(&method.output)).then_some(("assert_return", &method.output));
+        for (check, ty) in args.chain(output) {
+            let key = (check, ty.to_token_stream().to_string());
+            if checked.contains(&key) {
+                continue;
+            }
+            checked.push(key);
+            let check = Ident::new(check, ty.span());
+            checks.push(quote_spanned!(ty.span()=> ::stardust::__private::#check::<#ty>();));
+        }
+    }
+    if checks.is_empty() {
+        return TokenStream::new();
+    }
+    quote! {
+        const _: () = {
+            /// Compile-time checks (never called): every argument and return type can be
+            /// encoded and decoded.
+            #[allow(dead_code)]
+            fn type_checks() -> impl ::core::marker::Sized {
+                #(#checks)*
+            }
+        };
+    }
+}
+
+fn is_unit(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Tuple(tuple) if tuple.elems.is_empty())
 }
 
 /// `XxxServer<T>`: turns `(method index, argument bytes)` into a call of the user's `T`.
@@ -365,5 +414,43 @@ fn tuple<T: ToTokens>(items: impl IntoIterator<Item = T>, span: Span) -> TokenSt
         quote_spanned!(span=> (#item,))
     } else {
         quote_spanned!(span=> (#(#items),*))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn type_checks(item: TokenStream) -> String {
+        let def = crate::parse::parse_service(TokenStream::new(), item).expect("a valid service");
+        expand_type_checks(&def).to_string()
+    }
+
+    #[test]
+    fn each_type_is_checked_once_per_role() {
+        let checks = type_checks(quote! {
+            trait Store {
+                async fn put(&self, id: u64, item: Item) -> u64;
+                async fn replace(&self, id: u64, old: Item, new: Item) -> Option<Item>;
+                async fn ping(&self);
+            }
+        });
+        let count = |needle: &str| checks.matches(needle).count();
+        assert_eq!(count("assert_argument :: < u64 >"), 1, "{checks}");
+        assert_eq!(count("assert_argument :: < Item >"), 1, "{checks}");
+        assert_eq!(count("assert_return :: < u64 >"), 1, "{checks}");
+        assert_eq!(count("assert_return :: < Option < Item > >"), 1, "{checks}");
+        // `ping` returns `()`: nothing to check.
+        assert_eq!(count("assert_"), 4, "{checks}");
+    }
+
+    #[test]
+    fn no_checks_without_types() {
+        let checks = type_checks(quote! {
+            trait Ping {
+                async fn ping(&self);
+            }
+        });
+        assert!(checks.is_empty(), "{checks}");
     }
 }

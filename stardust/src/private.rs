@@ -21,11 +21,21 @@ impl Serialize for NoArgs {
     }
 }
 
-// Compile-time checks of a service's argument and return types. The generated code names these
-// functions in a closure that is never called (no runtime cost), each spanned at a type as the
+// Compile-time checks of a service's argument and return types. The generated code calls these
+// functions in a function that is never called (no runtime cost), each spanned at a type as the
 // user wrote it in the trait, so that a type that can't cross the network is reported there, in
 // words about the service, before any error inside the generated glue. The traits exist for
 // their messages: each holds for exactly the types that implement the serde trait it names.
+
+/// Fails to compile, at `T`, unless a service method argument of type `T` can be encoded by the
+/// client and decoded by the server.
+#[doc(hidden)]
+pub fn assert_argument<T: ArgumentSerialize + ArgumentDeserialize>() {}
+
+/// Fails to compile, at `T`, unless a service method's return type `T` can be encoded by the
+/// server and decoded by the client.
+#[doc(hidden)]
+pub fn assert_return<T: ReturnSerialize + ReturnDeserialize>() {}
 
 /// The client encodes every argument it sends.
 #[doc(hidden)]
@@ -58,9 +68,9 @@ impl<T: serde::de::DeserializeOwned> ArgumentDeserialize for T {}
              `serde::Serialize`",
     note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
 )]
-pub trait ResultSerialize {}
+pub trait ReturnSerialize {}
 
-impl<T: ?Sized + Serialize> ResultSerialize for T {}
+impl<T: ?Sized + Serialize> ReturnSerialize for T {}
 
 /// The client decodes every return value it receives into a value the caller owns.
 #[doc(hidden)]
@@ -70,22 +80,6 @@ impl<T: ?Sized + Serialize> ResultSerialize for T {}
              `serde::Deserialize` without borrowing",
     note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
 )]
-pub trait ResultDeserialize {}
+pub trait ReturnDeserialize {}
 
-impl<T: serde::de::DeserializeOwned> ResultDeserialize for T {}
-
-/// Fails to compile, at `T`, unless a generated client can send `T` as an argument.
-#[doc(hidden)]
-pub fn assert_argument_serialize<T: ?Sized + ArgumentSerialize>() {}
-
-/// Fails to compile, at `T`, unless a generated server can receive `T` as an argument.
-#[doc(hidden)]
-pub fn assert_argument_deserialize<T: ArgumentDeserialize>() {}
-
-/// Fails to compile, at `T`, unless a generated server can send `T` back as a return value.
-#[doc(hidden)]
-pub fn assert_result_serialize<T: ?Sized + ResultSerialize>() {}
-
-/// Fails to compile, at `T`, unless a generated client can receive `T` as a return value.
-#[doc(hidden)]
-pub fn assert_result_deserialize<T: ResultDeserialize>() {}
+impl<T: serde::de::DeserializeOwned> ReturnDeserialize for T {}
