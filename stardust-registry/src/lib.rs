@@ -122,3 +122,9 @@ pub use store::{DEFAULT_ETCD_PREFIX, StoreConfig};
 pub mod __fuzz {
     pub use crate::monitor::http::fuzz::MonitorHarness;
 }
+
+// The top-level README's Rust examples, compiled (and the self-contained ones run) as doctests
+// of this crate, which depends on everything they use: an example a user copies cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
