@@ -8,6 +8,11 @@
 //! requests by the service name they carry, so one agent serves every service its app may
 //! consume, without knowing any of their types.
 //!
+//! It lives in the runtime crate because it is built from the runtime's parts (the registry
+//! session, the balanced client, a forwarding server) and sits on top of them; the
+//! `stardust-registry agent` command is only its command line (settings, secret file, signals).
+//! Embed it with [`Agent::builder`] where a process should carry its own.
+//!
 //! ```no_run
 //! # #[stardust::service] pub trait Calculator { async fn add(&self, a: i64, b: i64) -> i64; }
 //! # async fn run() -> Result<(), stardust::Error> {
