@@ -343,7 +343,7 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
                 };
 
             /// Connects to a provider of the service at `addr`.
-            pub async fn connect<A: ::stardust::ToSocketAddrs>(
+            pub async fn connect<A: ::stardust::__private::ToSocketAddrs>(
                 addr: A,
             ) -> ::core::result::Result<Self, ::stardust::Error> {
                 ::core::result::Result::Ok(Self::new(::stardust::Client::connect(addr).await?))

@@ -109,6 +109,3 @@ pub use protocol::message::Features;
 pub use server::{EncodedNotification, Notifier, Server, ServerBuilder};
 pub use service::{Call, MethodDescriptor, Service, ServiceDescriptor};
 pub use stardust_macros::service;
-// TEMPORARY: generated code of an older macro expansion names it here (see __private).
-#[doc(hidden)]
-pub use tokio::net::ToSocketAddrs;
