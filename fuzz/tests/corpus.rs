@@ -93,7 +93,7 @@ fn every_corpus_file_and_crash_reproduction_replays_without_a_panic() {
 fn seeds_reach_past_the_first_check() {
     use stardust::Service;
     use stardust::discovery::api::RegistryServer;
-    use stardust::protocol::message;
+    use stardust::__wire::message;
 
     for seed in seeds::all() {
         let what = format!("{}/{}", seed.target, seed.name);
@@ -141,7 +141,7 @@ fn seeds_reach_past_the_first_check() {
 /// The kind bytes of the frames in `bytes`.
 fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
     let mut kinds = Vec::new();
-    while let Ok(Some(h)) = stardust::protocol::frame::parse_header(bytes, u32::MAX) {
+    while let Ok(Some(h)) = stardust::__wire::frame::parse_header(bytes, u32::MAX) {
         kinds.push(h.kind);
         bytes = &bytes[h.frame_len().min(bytes.len())..];
     }
