@@ -55,6 +55,9 @@
 mod etcd;
 mod limits;
 mod login_throttle;
+// Not re-exported here: `StoreConfig` has always been public at the crate root alone, so lib.rs
+// re-exports it from this module's path (hence `pub(crate)`).
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,8 +71,8 @@ pub use self::limits::Limits;
 use self::limits::RawLimits;
 pub use self::login_throttle::LoginThrottle;
 use self::login_throttle::RawThrottle;
+use self::store::StoreConfig;
 use crate::secret::{self, SecretError};
-use crate::store::StoreConfig;
 
 /// Default token lifetime: one hour.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);

@@ -106,21 +106,22 @@ mod service;
 mod store;
 mod throttle;
 
+pub use config::store::{DEFAULT_ETCD_PREFIX, StoreConfig};
 pub use config::{
     AppConfig, Config, ConfigError, EtcdAccess, HttpListen, Limits, LoginThrottle, TlsFiles,
 };
 pub use keys::{KeyError, KeyRing, key_set, rotate_key_file};
-pub use node::{Error, Registered, RegistryNode, RegistryNodeBuilder};
+pub use monitor::LoginStats;
+pub use node::{Error, RegistryNode, RegistryNodeBuilder};
 pub use secret::{SecretError, hash_secret, validate_hash, verify_secret};
-pub use service::LoginStats;
-pub use store::{DEFAULT_ETCD_PREFIX, StoreConfig};
+pub use service::Registered;
 
 /// Internal request handling for the fuzz targets in `fuzz/`; compiled only with the hidden
 /// `fuzzing` feature, so the public API is unchanged without it.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz {
-    pub use crate::monitor::http::fuzz::MonitorHarness;
+    pub use crate::node::fuzz::MonitorHarness;
 }
 
 // The top-level README's Rust examples, compiled (and the self-contained ones run) as doctests

@@ -1,4 +1,11 @@
 //! [`RegistryNode`]: a running registry, embedded in any Tokio program.
+//!
+//! The top of the crate: it assembles the pieces below it (the store named by the config, the
+//! registry service, the monitoring HTTP server that reads the service's state) and nothing
+//! below imports it.
+
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,11 +14,13 @@ use stardust::discovery::api::RegistryServer;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::watch;
 
+use crate::config::store::StoreConfig;
 use crate::config::{Config, ConfigError, DEFAULT_LISTEN, HttpListen};
 use crate::keys::{KeyError, KeyRing};
+use crate::monitor::LoginStats;
 use crate::monitor::http::{self, HttpContext, HttpServer};
-use crate::service::{LoginStats, RegistryImpl};
-use crate::store::{Store, StoreConfig};
+use crate::service::{Registered, RegistryImpl};
+use crate::store::Store;
 
 /// A running registry: a Stardust server hosting the `stardust.Registry` service.
 ///
@@ -42,19 +51,6 @@ impl std::fmt::Debug for RegistryNode {
             .field("dev", &self.config.dev)
             .finish_non_exhaustive()
     }
-}
-
-/// One registration in a node's table ([`RegistryNode::registrations`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Registered {
-    /// What consumers discover.
-    pub instance: stardust::discovery::api::Instance,
-    /// Whether it was made through this node (whose provider session keeps its lease alive);
-    /// `false`: through another node of a shared store.
-    pub local: bool,
-    /// The [node id](RegistryNode::node_id) of the node it was made through.
-    pub node: String,
 }
 
 /// Configures and starts a [`RegistryNode`].
@@ -247,7 +243,7 @@ impl RegistryNodeBuilder {
         let addr = server.local_addr();
         let http = http_listener.map(|(listener, http_addr)| {
             let context = HttpContext {
-                registry: registry.clone(),
+                registry: Box::new(registry.clone()),
                 rpc_addr: addr,
                 dev: config.dev,
                 tls: tls_on,

@@ -10,6 +10,10 @@
 //! work (`checks` for the arguments, `quota` for what the session already holds). Logins are in
 //! `login`, the table of leases and the pushes to subscribers in `table`.
 //!
+//! It sits above `store` (where changes are kept) and `monitor` (which it feeds, and which reads
+//! it back only through [`RegistryState`]), and below `node`, which assembles it; the types it
+//! hands out ([`Registered`], [`LoginStats`]) are therefore defined here or below.
+//!
 //! [`Limits`]: crate::Limits
 
 mod api;
@@ -37,11 +41,10 @@ use tokio::time::Instant;
 
 use crate::config::{Config, MAX_APP_NAME_LEN};
 use crate::keys::KeyRing;
-use crate::monitor::Monitor;
+use crate::monitor::{FanoutStats, LoginStats, Monitor, RegistryState};
 use crate::secret;
 use crate::store::{Store, StoreError, View, Written};
 use crate::throttle::Throttle;
-pub(crate) use fanout::FanoutStats;
 use table::Table;
 
 const LOG_IN_FIRST: &str = "log in first";
@@ -57,7 +60,23 @@ const LEASE_EXPIRED: &str = "this connection's registrations expired (no heartbe
 pub(crate) const FEATURES: [&str; 2] = [FEATURE_DELTA, FEATURE_RESUME];
 
 use login::Counters;
-pub use login::LoginStats;
+
+/// One registration in a node's table ([`RegistryNode::registrations`]).
+///
+/// Defined with the table it is read from; the node only passes it on.
+///
+/// [`RegistryNode::registrations`]: crate::RegistryNode::registrations
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Registered {
+    /// What consumers discover.
+    pub instance: Instance,
+    /// Whether it was made through this node (whose provider session keeps its lease alive);
+    /// `false`: through another node of a shared store.
+    pub local: bool,
+    /// The [node id](crate::RegistryNode::node_id) of the node it was made through.
+    pub node: String,
+}
 
 /// The registry service (hosted with `RegistryServer::new(..)`); cheap to clone.
 #[derive(Clone)]
@@ -287,12 +306,12 @@ impl RegistryImpl {
     }
 
     /// The table of registrations, for [`RegistryNode::registrations`](crate::RegistryNode::registrations).
-    pub(crate) fn registrations(&self) -> Vec<crate::node::Registered> {
+    pub(crate) fn registrations(&self) -> Vec<Registered> {
         self.shared
             .table
             .lock()
             .leases()
-            .map(|l| crate::node::Registered {
+            .map(|l| Registered {
                 instance: l.instance.clone(),
                 local: l.session != REMOTE_SESSION,
                 node: l
@@ -311,16 +330,6 @@ impl RegistryImpl {
     /// Live subscriptions, over every session.
     pub(crate) fn subscriptions(&self) -> usize {
         self.shared.table.lock().subscription_count()
-    }
-
-    /// What the pushes to subscribers did so far.
-    pub(crate) fn fanout_stats(&self) -> FanoutStats {
-        self.shared.fanout.stats()
-    }
-
-    /// The monitoring figures.
-    pub(crate) fn monitor(&self) -> &Monitor {
-        &self.shared.monitor
     }
 
     /// Binds the connection to `app` (a new session, or a re-login on a live one).
@@ -441,6 +450,30 @@ impl RegistryImpl {
                 "app `{app}` may not consume service `{service}`"
             )))
         }
+    }
+}
+
+/// What the monitoring HTTP server reads (the trait is monitoring's, so it never names this
+/// type): the inherent methods where the node reads the same, the rest straight from `Shared`.
+impl RegistryState for RegistryImpl {
+    fn monitor(&self) -> &Monitor {
+        &self.shared.monitor
+    }
+
+    fn store_health(&self) -> Result<(), String> {
+        RegistryImpl::store_health(self)
+    }
+
+    fn login_stats(&self) -> LoginStats {
+        RegistryImpl::login_stats(self)
+    }
+
+    fn fanout_stats(&self) -> FanoutStats {
+        self.shared.fanout.stats()
+    }
+
+    fn subscriptions(&self) -> usize {
+        RegistryImpl::subscriptions(self)
     }
 }
 

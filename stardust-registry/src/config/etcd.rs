@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::store::StoreConfig;
+use super::store::StoreConfig;
 
 /// How a registry node reaches a shared etcd store ([`Config::etcd`](crate::Config::etcd),
 /// `[etcd]` in the file).

@@ -3,8 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::LoginStats;
-use crate::service::FanoutStats;
+use super::{FanoutStats, LoginStats};
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::slots::{Admitted, Slots, Tracked};
+use super::RegistryState;
 use super::render::{self, RegistryFacts};
-use crate::service::RegistryImpl;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz;
@@ -56,7 +56,8 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
 
 /// What the handlers need.
 pub(crate) struct HttpContext {
-    pub registry: RegistryImpl,
+    /// The registry service, seen through what monitoring reads of it.
+    pub registry: Box<dyn RegistryState>,
     pub rpc_addr: SocketAddr,
     pub dev: bool,
     pub tls: bool,

@@ -27,7 +27,11 @@
 mod discovery_metrics;
 mod fold;
 pub(crate) mod http;
+mod registry_state;
 pub(crate) mod render;
+
+pub use registry_state::LoginStats;
+pub(crate) use registry_state::{FanoutStats, RegistryState};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;

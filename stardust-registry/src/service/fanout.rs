@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::table::{Kind, PushJob};
+use crate::monitor::FanoutStats;
 
 /// The shortest time between two publishing rounds.
 const ROUND_GAP: Duration = Duration::from_millis(10);
@@ -35,26 +36,6 @@ const ROUND_GAP: Duration = Duration::from_millis(10);
 const STORM_GAP: Duration = Duration::from_millis(80);
 /// Changes in one round that make it part of a storm.
 const STORM_CHANGES: u64 = 64;
-
-/// What the pushes to subscribers did since the node started (for `/metrics`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct FanoutStats {
-    /// Pushes queued to subscribers.
-    pub(crate) pushes: u64,
-    /// Pushes not queued because the subscriber was behind (over its queue bound).
-    pub(crate) dropped: u64,
-    /// Resync demands (or whole lists) sent to subscribers that caught up after falling behind.
-    pub(crate) resyncs: u64,
-    /// Publishing rounds.
-    pub(crate) rounds: u64,
-    /// Leases that expired (no heartbeat within the lease TTL).
-    pub(crate) expired: u64,
-    /// The bound of each subscriber's queue, in bytes.
-    pub(crate) queue_bound: u64,
-    /// The most bytes seen queued for one subscriber right after a push (at most the bound, or
-    /// one push that went to an empty queue, by construction).
-    pub(crate) queue_peak: u64,
-}
 
 pub(super) struct Fanout {
     wake: Notify,

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::checks::valid_name;
 use super::{MAX_NAME_LEN, RegistryImpl, Shared, store_error, unauthorized};
+use crate::monitor::LoginStats;
 use crate::secret;
 use crate::throttle::{self, Scope, Ticket, Window};
 
@@ -22,31 +23,6 @@ pub(super) const WRONG_CREDENTIALS: &str = "unknown app or wrong secret";
 const MAX_SECRET_LEN: usize = 4096;
 /// "The registry is busy" is logged at most this often (with the number of logins refused).
 const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Counters of a registry's logins since it started ([`RegistryNode::login_stats`]).
-///
-/// [`RegistryNode::login_stats`]: crate::RegistryNode::login_stats
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LoginStats {
-    /// Logins that succeeded.
-    pub succeeded: u64,
-    /// Logins refused for their credentials: wrong secret, unknown app, oversized name or secret.
-    pub failed: u64,
-    /// Logins refused by the throttle (failure backoff, checks in progress, rate limit), without
-    /// their secret being checked.
-    pub throttled: u64,
-    /// Logins refused because too many were already waiting for a check, or the wait was too
-    /// long.
-    pub busy: u64,
-    /// Argon2 computations run: secrets verified, and new secrets hashed in dev mode.
-    pub hashes: u64,
-    /// Sessions resumed with a still-valid access token (`resume`), without a secret check.
-    pub resumed: u64,
-    /// Resumptions refused (expired token, unknown key, app gone): the caller logs in with its
-    /// secret instead.
-    pub resume_refused: u64,
-}
 
 #[derive(Default)]
 pub(super) struct Counters {

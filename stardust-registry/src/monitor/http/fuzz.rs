@@ -3,8 +3,10 @@
 //!
 //! Requests go through the very connection handler the server runs for every socket
 //! ([`serve_connection`]: hyper's HTTP/1 parser, its limits and timeouts, then routing), over an
-//! in-memory duplex stream, against a registry whose monitor already holds a couple of services
-//! with figures, so every route has something to render.
+//! in-memory duplex stream, against a monitor that already holds a couple of services with
+//! figures, so every route has something to render. The registry behind it is the caller's
+//! (`node::fuzz` builds a real one): monitoring sits below the registry service and only sees it
+//! through [`RegistryState`](crate::monitor::RegistryState).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,100 +20,55 @@ use tokio::sync::watch;
 
 use super::slots::Slots;
 use super::{Ctx, HttpContext, serve_connection};
-use crate::config::Config;
-use crate::keys::KeyRing;
-use crate::service::RegistryImpl;
-use crate::store::memory::MemoryStore;
+use crate::monitor::Monitor;
 
-/// A registry's monitoring server without a socket.
-pub struct MonitorHarness {
-    runtime: tokio::runtime::Runtime,
+/// The connection handler of a monitoring server without a socket.
+pub(crate) struct MemoryServer {
     ctx: Arc<Ctx>,
-    /// Kept so the connection handler's stop signal never fires.
-    _stop: watch::Sender<bool>,
     stopping: watch::Receiver<bool>,
 }
 
-impl MonitorHarness {
-    /// A dev-mode registry listening (as far as the handler knows) on loopback, with two
-    /// services registered and one status report folded in.
-    pub fn new() -> MonitorHarness {
-        // A paused clock: when the connection waits for bytes that will never come, time jumps
-        // to its next timeout (headers, connection lifetime) instead of sleeping through it.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime");
-        let (stop, stopping) = watch::channel(false);
-        let config = Config::dev();
-        let keys = KeyRing::in_memory(config.token_ttl).expect("an in-memory key ring");
-        let registry = RegistryImpl::new(
-            config,
-            keys,
-            Arc::new(MemoryStore::default()),
-            "fuzz-node".to_owned(),
-            stopping.clone(),
-        );
-        populate(&registry);
+impl MemoryServer {
+    /// Serves `context` as if listening on loopback, after filling its registry's monitor with
+    /// sample figures ([`populate`]). Connections stop when `stopping` turns `true`.
+    pub(crate) fn new(context: HttpContext, stopping: watch::Receiver<bool>) -> MemoryServer {
+        populate(context.registry.monitor());
         let ctx = Arc::new(Ctx {
-            inner: HttpContext {
-                registry,
-                rpc_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
-                dev: true,
-                tls: false,
-                store: "memory".to_owned(),
-                node: "fuzz-node".to_owned(),
-                started: Instant::now(),
-            },
+            inner: context,
             loopback: true,
         });
-        MonitorHarness {
-            runtime,
-            ctx,
-            _stop: stop,
-            stopping,
-        }
+        MemoryServer { ctx, stopping }
     }
 
     /// Sends `request` (any bytes) on a fresh connection and returns every byte the server
-    /// answered until it closed the connection (at the latest when its timeouts expire, which
-    /// the paused clock makes immediate).
+    /// answered until it closed the connection (at the latest when its timeouts expire, which a
+    /// paused clock makes immediate).
     ///
     /// The client never half-closes: the server drops a connection whose client did, without
     /// answering, like any hyper server that does not enable half-closures.
-    pub fn exchange(&self, request: &[u8]) -> Vec<u8> {
-        self.runtime.block_on(async {
-            let (client, server) = tokio::io::duplex(64 * 1024);
-            let (mut rd, mut wr) = tokio::io::split(client);
-            // A slot of its own, as the accept loop would give it (the fuzzed connection is the
-            // only one, so it is never evicted).
-            let admitted = Slots::new(1)
-                .admit(Instant::now())
-                .expect("an empty table has room");
-            let conn = serve_connection(server, self.ctx.clone(), self.stopping.clone(), admitted);
-            let send = async {
-                // The server may close before reading everything: not an error here.
-                let _ = wr.write_all(request).await;
-            };
-            let mut answer = Vec::new();
-            let receive = rd.read_to_end(&mut answer);
-            let ((), (), _) = tokio::join!(conn, send, receive);
-            answer
-        })
-    }
-}
-
-impl Default for MonitorHarness {
-    fn default() -> Self {
-        MonitorHarness::new()
+    pub(crate) async fn exchange(&self, request: &[u8]) -> Vec<u8> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        // A slot of its own, as the accept loop would give it (the fuzzed connection is the
+        // only one, so it is never evicted).
+        let admitted = Slots::new(1)
+            .admit(Instant::now())
+            .expect("an empty table has room");
+        let conn = serve_connection(server, self.ctx.clone(), self.stopping.clone(), admitted);
+        let send = async {
+            // The server may close before reading everything: not an error here.
+            let _ = wr.write_all(request).await;
+        };
+        let mut answer = Vec::new();
+        let receive = rd.read_to_end(&mut answer);
+        let ((), (), _) = tokio::join!(conn, send, receive);
+        answer
     }
 }
 
 /// What a provider's session would have left in the monitor: two services (one with a name that
 /// needs percent-encoding in a URL) and a report with served and called figures.
-fn populate(registry: &RegistryImpl) {
-    let monitor = registry.monitor();
+fn populate(monitor: &Monitor) {
     let now = Instant::now();
     let session = 1;
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));

@@ -16,7 +16,7 @@ mod prometheus;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::LoginStats;
+use crate::monitor::LoginStats;
 
 pub(crate) use api::{instances, overview, service_view};
 pub(crate) use history::history;

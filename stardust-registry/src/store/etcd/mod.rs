@@ -42,6 +42,7 @@ use stardust::discovery::api::{Instance, PublicKey};
 use tokio::sync::watch;
 
 use super::{BoxFuture, Store, StoreError, View, Written};
+use crate::config::store::StoreConfig;
 use crate::config::{AppConfig, EtcdAccess};
 use crate::keys::KeyRing;
 
@@ -143,7 +144,7 @@ fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> i64 {
 impl EtcdStore {
     /// Connects to etcd (bounded) and publishes the node's apps and public keys.
     pub(crate) async fn connect(options: EtcdOptions) -> Result<EtcdStore, StoreError> {
-        let describe = super::StoreConfig::Etcd {
+        let describe = StoreConfig::Etcd {
             endpoints: options.endpoints.clone(),
             prefix: options.prefix.clone(),
         }
