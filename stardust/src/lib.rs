@@ -57,18 +57,49 @@
 //! - [`tls`]: TLS for providers, the registry and clients (rustls).
 //! - The wire format itself is specified in `docs/PROTOCOL.md`, for clients in other languages;
 //!   the Rust encoding is internal.
+//!
+//! # Cargo features
+//!
+//! Both are on by default. Without them (`default-features = false`) Stardust is plain TCP
+//! without a registry, and rustls, ring and the Ed25519 crates leave the dependency tree.
+//!
+//! | feature | what it adds | pulls in |
+//! | --- | --- | --- |
+//! | `tls` | [`tls`], and the `.tls(..)` methods of [`ServerBuilder`], [`ClientBuilder`], [`StardustBuilder`] and the agent's builder | rustls, tokio-rustls, ring |
+//! | `registry` | [`Stardust`] and [`discovery`], the [`agent`], checking registry-signed tokens ([`TokenVerifier`](auth::TokenVerifier), [`auth::token::verify`]) and proof of possession ([`ProofKey`](auth::ProofKey), [`ClientBuilder::proof_key`], [`Credentials::proof_key`](auth::Credentials::proof_key)) | ed25519-dalek, getrandom |
+//!
+//! ```toml
+//! stardust = { version = "0.1", default-features = false }                     # plain TCP
+//! stardust = { version = "0.1", default-features = false, features = ["tls"] } # and TLS
+//! ```
+//!
+//! Without `registry`, everything in the example above works the same: servers, clients, the
+//! generated `XxxServer` and `XxxClient`, interceptors, metadata, notifications, deadlines. A
+//! server takes anonymous callers ([`ServerBuilder::allow_anonymous`]) or an
+//! [`Authenticator`](auth::Authenticator) of your own ([`ServerBuilder::authenticator`], with
+//! [`require_proof(false)`](ServerBuilder::require_proof) for identities not bound to a key, as
+//! in any build); having nothing to check a proof of possession with, it refuses tokens bound to
+//! a key. A client presents [`Credentials`](auth::Credentials) and proves no key. The token
+//! format ([`auth::token`]: claims, encoding) stays.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+// Without the `registry` feature, the parts of the client, server and wire layers that only
+// discovery and the agent use (balanced pools, status reports, the registry API's wire types)
+// are still compiled but never called: gating each would scatter `cfg`s through every layer for
+// nothing (the linker leaves them out). Unused code is linted in the default build.
+#![cfg_attr(not(feature = "registry"), allow(dead_code, unused_imports))]
 
 // Lets `#[stardust::service]` (whose output names `::stardust::…`) be used inside this crate too,
 // for the registry's own API.
 extern crate self as stardust;
 
+#[cfg(feature = "registry")]
 pub mod agent;
 pub mod auth;
 pub mod balance;
 mod client;
 mod context;
+#[cfg(feature = "registry")]
 pub mod discovery;
 mod error;
 mod interceptor;
@@ -77,7 +108,13 @@ mod monitor;
 mod protocol;
 mod server;
 mod service;
+#[cfg(feature = "tls")]
 pub mod tls;
+// Without TLS, configuration types of which no value exists stand in for the module's, so code
+// that carries an optional TLS config needs no `cfg` of its own.
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+mod tls;
 mod transport;
 
 #[doc(hidden)]
@@ -101,6 +138,7 @@ pub mod __fuzz;
 
 pub use client::{Client, ClientBuilder, Notification, Notifications, ServiceClient};
 pub use context::Context;
+#[cfg(feature = "registry")]
 pub use discovery::{Provider, Stardust, StardustBuilder};
 pub use error::{Error, ErrorKind};
 pub use interceptor::{ClientInterceptor, Interceptor, OutgoingCall};

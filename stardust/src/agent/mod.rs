@@ -72,7 +72,6 @@ use crate::balance::{Balancer, LeastLoaded};
 use crate::discovery::StardustBuilder;
 use crate::error::{Error, ErrorKind};
 use crate::server::{Server, is_loopback};
-use crate::tls::ClientTls;
 
 use routes::{MakeBalancer, Routes};
 
@@ -119,7 +118,8 @@ impl AgentBuilder {
     /// Speaks TLS to the registry and to providers that speak it (see
     /// [`StardustBuilder::tls`]). Local applications always talk plaintext to the agent, over
     /// loopback.
-    pub fn tls(mut self, tls: ClientTls) -> AgentBuilder {
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> AgentBuilder {
         self.star = self.star.tls(tls);
         self
     }

@@ -18,6 +18,8 @@
 
 pub mod proof;
 pub mod token;
+// Verifying registry-signed tokens needs Ed25519: the `registry` feature.
+#[cfg(feature = "registry")]
 mod verifier;
 
 use std::fmt;
@@ -31,7 +33,11 @@ use parking_lot::RwLock;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+#[cfg(not(feature = "registry"))]
+pub(crate) use proof::ProofKey;
+#[cfg(feature = "registry")]
 pub use proof::ProofKey;
+#[cfg(feature = "registry")]
 pub use verifier::{KeyFetcher, TokenVerifier};
 
 /// Handshake metadata key under which a client presents its token.
@@ -155,6 +161,7 @@ pub trait Credentials: Send + Sync + 'static {
 
     /// The key the tokens are bound to (proof of possession), if they are: the client proves
     /// it holds it when a server challenges. `None` (the default): bearer tokens.
+    #[cfg(feature = "registry")]
     fn proof_key(&self) -> Option<ProofKey> {
         None
     }

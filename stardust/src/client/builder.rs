@@ -137,6 +137,7 @@ impl ClientBuilder {
     /// supply it themselves, see [`Credentials::proof_key`]), or, on a connection without a
     /// token, a key the client announces so that the server (a registry) can bind the tokens
     /// it issues to it. See [`auth::proof`](crate::auth::proof).
+    #[cfg(feature = "registry")]
     pub fn proof_key(mut self, key: ProofKey) -> ClientBuilder {
         self.config.proof_key = Some(key);
         self
@@ -145,8 +146,15 @@ impl ClientBuilder {
     /// Connects over TLS, verifying the server's certificate with `tls`'s CA bundle against the
     /// IP address dialled (or [`ClientTls::server_name`]). A certificate that does not verify
     /// fails the connect with a `Connect` error naming the problem.
-    pub fn tls(mut self, tls: ClientTls) -> ClientBuilder {
-        self.config.tls = Some(tls);
+    #[cfg(feature = "tls")]
+    pub fn tls(self, tls: ClientTls) -> ClientBuilder {
+        self.tls_config(Some(tls))
+    }
+
+    /// TLS, or plaintext with `None` (what discovery's settings hold, in a build with or
+    /// without the `tls` feature).
+    pub(crate) fn tls_config(mut self, tls: Option<ClientTls>) -> ClientBuilder {
+        self.config.tls = tls;
         self
     }
 

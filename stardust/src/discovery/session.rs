@@ -181,13 +181,11 @@ impl Session {
             let addr = &self.registries[i];
             // Revisioned discovery: this client applies deltas.
             // The connection proves the session's key, which the registry binds its tokens to.
-            let mut builder = Client::builder()
+            let builder = Client::builder()
                 .timeout(self.cfg.registry_timeout)
                 .features([FEATURE_DELTA])
-                .proof_key(self.proof_key.clone());
-            if let Some(tls) = &self.cfg.registry_tls {
-                builder = builder.tls(tls.for_endpoint(addr));
-            }
+                .proof_key(self.proof_key.clone())
+                .tls_config(self.cfg.registry_tls.as_ref().map(|t| t.for_endpoint(addr)));
             let client = match builder.connect(addr.as_str()).await {
                 Ok(c) => RegistryClient::new(c),
                 Err(e) => {

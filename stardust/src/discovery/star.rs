@@ -57,6 +57,7 @@ impl StardustBuilder {
     /// [`ServerBuilder::tls`](crate::ServerBuilder::tls) are registered that way). A host name in
     /// a registry or provider address is the name its certificate must carry; an IP address is
     /// checked as dialled.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
         self.cfg.registry_tls = Some(tls.clone());
         self.cfg.tls = Some(tls);
@@ -67,6 +68,7 @@ impl StardustBuilder {
     /// [`tls`](StardustBuilder::tls)); providers are dialled as
     /// [`provider_tls`](StardustBuilder::provider_tls) says. For a registry and providers whose
     /// certificates come from different CAs, set both.
+    #[cfg(feature = "tls")]
     pub fn registry_tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
         self.cfg.registry_tls = Some(tls);
         self
@@ -80,6 +82,7 @@ impl StardustBuilder {
     /// certificate would then still have to verify against this bundle, and could read the
     /// token (useless to it: tokens are bound to this process's key). Keep such setups to
     /// networks you trust.
+    #[cfg(feature = "tls")]
     pub fn provider_tls(mut self, tls: crate::tls::ClientTls) -> StardustBuilder {
         self.cfg.tls = Some(tls);
         self

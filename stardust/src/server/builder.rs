@@ -63,8 +63,13 @@ impl Default for ServerConfig {
         ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             max_hello: DEFAULT_MAX_HELLO,
-            // Every server verifies proofs of possession.
-            features: vec![crate::auth::proof::FEATURE_PROOF.to_owned()],
+            // Every server built with the `registry` feature verifies proofs of possession, and
+            // says so; without it there is no Ed25519 to verify them with.
+            features: if cfg!(feature = "registry") {
+                vec![crate::auth::proof::FEATURE_PROOF.to_owned()]
+            } else {
+                Vec::new()
+            },
             advertised: None,
             metadata_limits: MetadataLimits::DEFAULT,
             max_in_flight: 4096,
@@ -312,6 +317,7 @@ impl ServerBuilder {
     /// certificates). The TLS handshake counts toward the
     /// [`handshake_timeout`](ServerBuilder::handshake_timeout). Without it the server speaks
     /// plaintext, and warns at start-up when listening on anything but loopback.
+    #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: ServerTls) -> ServerBuilder {
         self.config.tls = Some(tls);
         self

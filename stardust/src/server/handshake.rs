@@ -19,10 +19,17 @@ use super::ServerShared;
 use crate::auth::{Identity, TOKEN_KEY, proof};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::MetadataLimits;
-use crate::protocol::frame::{self, Kind};
+use crate::protocol::frame::Kind;
 use crate::protocol::message::{self, Features, Hello, PROTOCOL_NAME, PROTOCOL_VERSION};
 use crate::tls::ServerTls;
 use crate::transport::{FrameReader, Stream, WriteHalf};
+
+// Challenging a client for its proof of possession, and checking the proof: Ed25519, so the
+// `registry` feature.
+#[cfg(feature = "registry")]
+mod challenge;
+#[cfg(feature = "registry")]
+use challenge::challenge;
 
 /// What a client proved in its handshake.
 pub(super) struct Admitted {
@@ -117,7 +124,9 @@ async fn authenticate(
     local: SocketAddr,
 ) -> Result<(Option<Identity>, Option<[u8; 32]>), Error> {
     let identity = shared.auth.admit(token).await?;
-    let speaks_proof = features.has(proof::FEATURE_PROOF);
+    // Built without the `registry` feature, a server checks no proofs (no Ed25519): it announces
+    // no `auth.proof`, and treats every client as not speaking it (announced keys are ignored).
+    let speaks_proof = cfg!(feature = "registry") && features.has(proof::FEATURE_PROOF);
     // A key announced without a token, by a client that will prove it (a registry connection).
     let announced = match announced {
         Some(text) if speaks_proof && token.is_none() => {
@@ -132,73 +141,26 @@ async fn authenticate(
     let Some(key) = shared.auth.key_to_prove(identity.as_ref(), announced)? else {
         return Ok((identity, None));
     };
-    if !speaks_proof {
-        return Err(Error::new(ErrorKind::Unauthorized, proof::PROOF_MISSING));
-    }
-    let nonce = proof::nonce()?;
-    let mut buf = BytesMut::new();
-    let start = frame::begin(&mut buf, Kind::Challenge, 0, 0);
-    message::put_challenge(&mut buf, &nonce);
-    frame::finish(&mut buf, start, u32::MAX)?;
-    wr.write_all(&buf)
-        .await
-        .map_err(|e| Error::connection_closed(format!("sending the challenge failed: {e}")))?;
-    let answer = read_proof(reader).await?;
-    let accepted = accepted_targets(local, shared.config.advertised);
-    proof::verify(
-        &key,
-        &nonce,
-        &answer.target,
-        &accepted,
-        token.unwrap_or(""),
-        &answer.sig,
-    )?;
+    challenge(shared, reader, wr, speaks_proof, &key, token, local).await?;
     Ok((identity, Some(key)))
 }
 
-/// The addresses a proof may name for this server: the one the connection reached, and the
-/// one the server advertises (behind a NAT or a port mapping, what consumers dial).
-fn accepted_targets(local: SocketAddr, advertised: Option<SocketAddr>) -> Vec<String> {
-    let mut accepted = vec![proof::target_of(local)];
-    if let Some(a) = advertised.map(proof::target_of)
-        && a != accepted[0]
-    {
-        accepted.push(a);
-    }
-    accepted
-}
-
-/// Reads the client's answer to the challenge: a `Proof` frame (within the `Hello` limit).
-async fn read_proof(reader: &mut FrameReader) -> Result<message::Proof, Error> {
-    loop {
-        match reader.next_frame() {
-            Ok(Some(h)) => {
-                let result = if h.kind == Kind::Proof as u8 {
-                    message::parse_proof(reader.body(&h))
-                } else if h.kind == Kind::GoAway as u8 {
-                    Err(Error::new(
-                        ErrorKind::Unauthorized,
-                        "the client gave up on the handshake instead of answering the challenge",
-                    ))
-                } else {
-                    Err(Error::protocol(format!(
-                        "expected a Proof frame (kind 12) answering the Challenge, got kind {}",
-                        h.kind
-                    )))
-                };
-                reader.consume(&h);
-                return result;
-            }
-            Ok(None) => {
-                if !reader.fill().await? {
-                    return Err(Error::connection_closed(
-                        "closed before answering the challenge",
-                    ));
-                }
-            }
-            Err((_, e)) => return Err(e),
-        }
-    }
+/// Without the `registry` feature there is no Ed25519 to check a proof with: a token bound to a
+/// key is refused.
+#[cfg(not(feature = "registry"))]
+async fn challenge(
+    _: &ServerShared,
+    _: &mut FrameReader,
+    _: &mut WriteHalf,
+    _speaks_proof: bool,
+    _key: &[u8; 32],
+    _token: Option<&str>,
+    _local: SocketAddr,
+) -> Result<(), Error> {
+    Err(Error::new(
+        ErrorKind::Unauthorized,
+        proof::PROOF_UNSUPPORTED,
+    ))
 }
 
 async fn read_hello(reader: &mut FrameReader, limits: &MetadataLimits) -> Result<Hello, Error> {
@@ -301,4 +263,71 @@ pub(crate) async fn turn_away(
     let (rd, mut wr) = stream.split();
     let mut reader = FrameReader::new(rd, max_frame);
     refuse(&mut wr, &mut reader, &err).await;
+}
+
+/// What a server built without the `registry` feature does with proof of possession: it checks
+/// none, so it announces none, ignores keys announced to it and refuses tokens bound to a key;
+/// an authenticator of the user's own still works.
+#[cfg(all(test, not(feature = "registry")))]
+mod tests {
+    use super::*;
+    use crate::auth::{Authenticator, BoxFuture, StaticToken};
+    use crate::{Client, Server};
+
+    /// Accepts any token as app `web`, bound to a key when `bound`.
+    struct Accept {
+        bound: bool,
+    }
+
+    impl Authenticator for Accept {
+        fn authenticate<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Identity, Error>> {
+            let identity = Identity::new("web");
+            let identity = match self.bound {
+                true => identity.with_bound_key([7; 32]),
+                false => identity,
+            };
+            Box::pin(async move { Ok(identity) })
+        }
+    }
+
+    async fn server(bound: bool) -> Server {
+        Server::builder()
+            .authenticator(Accept { bound })
+            .allow_anonymous()
+            .require_proof(false)
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_bound_to_a_key_are_refused_and_announced_keys_ignored() {
+        let unbound = server(false).await;
+        let client = Client::builder()
+            .credentials(StaticToken("a token".into()))
+            .connect(unbound.local_addr())
+            .await
+            .unwrap();
+        assert!(!client.peer_features().has(proof::FEATURE_PROOF));
+
+        // A key announced for proving, as a registry login does: nothing to prove it with.
+        let key = proof::encode_key(&[3; 32]);
+        Client::builder()
+            .features([proof::FEATURE_PROOF])
+            .handshake_metadata(proof::PROOF_KEY_META, key.as_str())
+            .connect(unbound.local_addr())
+            .await
+            .unwrap();
+
+        let bound = server(true).await;
+        let e = Client::builder()
+            .credentials(StaticToken("a token".into()))
+            .connect(bound.local_addr())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::Unauthorized, proof::PROOF_UNSUPPORTED)
+        );
+    }
 }

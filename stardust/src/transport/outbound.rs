@@ -470,6 +470,7 @@ fn recycle(spare: &mut BytesMut, mut used: BytesMut) {
 mod tests {
     use super::*;
     use crate::protocol::frame::{self, Kind};
+    use crate::tls::{ClientTls, ServerTls};
     use crate::transport::{ReadHalf, Stream};
     use std::any::Any;
     use tokio::io::AsyncReadExt;
@@ -488,16 +489,22 @@ mod tests {
         // Interleavings vary from run to run; a few rounds make the rare ones (a flusher finding
         // the buffer refilled while it wrote) show up reliably.
         for _ in 0..8 {
-            producers_round(false).await;
+            producers_round(None).await;
         }
     }
 
     /// The same over TLS, where an inline flush can leave encrypted bytes inside the session
     /// for the writer task to push out.
+    #[cfg(feature = "tls")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_producers_never_interleave_or_repeat_frames_over_tls() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap().pem();
+        let server = ServerTls::from_pem(&cert, key.serialize_pem()).unwrap();
+        let client = ClientTls::from_ca_pem(&cert).unwrap();
         for _ in 0..4 {
-            producers_round(true).await;
+            producers_round(Some((&server, &client))).await;
         }
     }
 
@@ -505,7 +512,7 @@ mod tests {
     /// quiet and releases them; frames queued after that still go out.
     #[tokio::test]
     async fn a_quiet_connection_gives_its_buffers_back() {
-        let (wr, _client_rd, mut peer, _peer_wr) = pair(false).await;
+        let (wr, _client_rd, mut peer, _peer_wr) = pair(None).await;
         let out = Outbound::new(wr, u32::MAX, Flush::Immediate, (), UNLIMITED);
         assert_eq!(out.capacity(), 0, "a new connection reserves no buffer");
         let writer = tokio::spawn(out.clone().run_writer());
@@ -546,7 +553,7 @@ mod tests {
     #[tokio::test]
     async fn keepalive_releases_the_buffers_of_a_quiet_connection() {
         use crate::transport::{Keepalive, Liveness};
-        let (wr, _client_rd, mut peer, _peer_wr) = pair(false).await;
+        let (wr, _client_rd, mut peer, _peer_wr) = pair(None).await;
         let out = Outbound::new(wr, u32::MAX, Flush::Immediate, (), UNLIMITED);
         let writer = tokio::spawn(out.clone().run_writer());
         out.push(|buf| {
@@ -580,25 +587,24 @@ mod tests {
         writer.await.unwrap().unwrap();
     }
 
-    /// A connected pair: the producer's write half and the peer's read half.
-    async fn pair(tls: bool) -> (WriteHalf, Box<dyn Any>, ReadHalf, Box<dyn Any>) {
+    /// A connected pair (over TLS with `tls`): the producer's write half and the peer's read
+    /// half.
+    async fn pair(
+        tls: Option<(&ServerTls, &ClientTls)>,
+    ) -> (WriteHalf, Box<dyn Any>, ReadHalf, Box<dyn Any>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (client, server) = (client.unwrap(), server.unwrap().0);
-        let (client, server) = if tls {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-            let cert = params.self_signed(&key).unwrap().pem();
-            let server_tls = crate::tls::ServerTls::from_pem(&cert, key.serialize_pem()).unwrap();
-            let client_tls = crate::tls::ClientTls::from_ca_pem(&cert).unwrap();
-            let (c, s) = tokio::join!(
-                client_tls.connect(client, None, addr),
-                server_tls.accept(server)
-            );
-            (c.unwrap(), s.unwrap())
-        } else {
-            (Stream::Tcp(client), Stream::Tcp(server))
+        let (client, server) = match tls {
+            Some((server_tls, client_tls)) => {
+                let (c, s) = tokio::join!(
+                    client_tls.connect(client, None, addr),
+                    server_tls.accept(server)
+                );
+                (c.unwrap(), s.unwrap())
+            }
+            None => (Stream::Tcp(client), Stream::Tcp(server)),
         };
         let (client_rd, client_wr) = client.split();
         let (server_rd, server_wr) = server.split();
@@ -610,7 +616,7 @@ mod tests {
         )
     }
 
-    async fn producers_round(tls: bool) {
+    async fn producers_round(tls: Option<(&ServerTls, &ClientTls)>) {
         const PRODUCERS: u64 = 8;
         const FRAMES: u64 = 2000;
         // The halves not used must stay open for the test's duration.

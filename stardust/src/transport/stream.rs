@@ -5,22 +5,24 @@
 //! share one rustls session (encrypting and decrypting both touch it), so its write half sits
 //! behind a lock; only the flusher of the moment takes it, so it is never contended.
 
-use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_rustls::TlsStream;
+// The TLS variants exist with the `tls` feature only (no rustls without it).
+#[cfg(feature = "tls")]
+use {parking_lot::Mutex, std::future::poll_fn, std::task::Waker, tokio::io::AsyncWrite};
 
-type Tls = TlsStream<TcpStream>;
+#[cfg(feature = "tls")]
+type Tls = tokio_rustls::TlsStream<TcpStream>;
 
 /// An established connection's stream, before it is split.
 pub(crate) enum Stream {
     Tcp(TcpStream),
+    #[cfg(feature = "tls")]
     Tls(Box<Tls>),
 }
 
@@ -33,6 +35,7 @@ impl Stream {
                 let (rd, wr) = s.into_split();
                 (ReadHalf::Tcp(rd), WriteHalf::Tcp(wr))
             }
+            #[cfg(feature = "tls")]
             Stream::Tls(s) => {
                 let (rd, wr) = tokio::io::split(*s);
                 (ReadHalf::Tls(rd), WriteHalf::Tls(Mutex::new(wr)))
@@ -44,6 +47,7 @@ impl Stream {
 /// The read side of a [`Stream`].
 pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
+    #[cfg(feature = "tls")]
     Tls(tokio::io::ReadHalf<Tls>),
     /// Bytes from memory, for the fuzz targets (`crate::__fuzz`): the frame reader is driven
     /// without a socket.
@@ -59,6 +63,7 @@ impl AsyncRead for ReadHalf {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ReadHalf::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
             ReadHalf::Tls(rd) => Pin::new(rd).poll_read(cx, buf),
             #[cfg(feature = "fuzzing")]
             ReadHalf::Mem(rd) => Pin::new(rd).poll_read(cx, buf),
@@ -69,6 +74,7 @@ impl AsyncRead for ReadHalf {
 /// The write side of a [`Stream`], usable through `&self` by whoever owns the right to flush.
 pub(crate) enum WriteHalf {
     Tcp(OwnedWriteHalf),
+    #[cfg(feature = "tls")]
     Tls(Mutex<tokio::io::WriteHalf<Tls>>),
 }
 
@@ -80,6 +86,7 @@ impl WriteHalf {
     pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             WriteHalf::Tcp(wr) => wr.try_write(buf),
+            #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => {
                 // A waker that does nothing: if the socket is full, whoever takes over (the
                 // writer task) polls again with a real one.
@@ -97,6 +104,7 @@ impl WriteHalf {
     pub(crate) fn try_flush(&self) -> io::Result<bool> {
         match self {
             WriteHalf::Tcp(_) => Ok(true),
+            #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => {
                 let mut cx = Context::from_waker(Waker::noop());
                 match Pin::new(&mut *wr.lock()).poll_flush(&mut cx) {
@@ -116,6 +124,7 @@ impl WriteHalf {
                     other => return other,
                 }
             },
+            #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_write(cx, buf)).await,
         }
     }
@@ -125,6 +134,7 @@ impl WriteHalf {
     pub(crate) async fn flush(&self) -> io::Result<()> {
         match self {
             WriteHalf::Tcp(_) => Ok(()),
+            #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_flush(cx)).await,
         }
     }
@@ -147,6 +157,7 @@ impl WriteHalf {
             WriteHalf::Tcp(wr) => {
                 let _ = socket2::SockRef::from(wr.as_ref()).shutdown(std::net::Shutdown::Write);
             }
+            #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => {
                 let _ = poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_shutdown(cx)).await;
             }

@@ -26,12 +26,16 @@ impl ClientConn {
             Some(credentials) => Some(fetch_token(credentials, config.connect_timeout).await?),
             None => None,
         };
+        #[cfg(feature = "registry")]
         let key = config.proof_key.clone().or_else(|| {
             config
                 .credentials
                 .as_ref()
                 .and_then(|credentials| credentials.0.proof_key())
         });
+        // No proof of possession without the `registry` feature (no Ed25519).
+        #[cfg(not(feature = "registry"))]
+        let key = config.proof_key.clone();
         let mut last_err = None;
         for addr in addrs {
             let attempt = Self::connect_one(
