@@ -15,13 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use ed25519_dalek::{Signer, SigningKey};
 use parking_lot::Mutex;
+use stardust::__wire::frame::{self, Kind};
+use stardust::__wire::message::{self, Hello, RequestHead};
 use stardust::auth::token::{self, Claims, KeySet};
 use stardust::auth::{
     BoxFuture, Credentials, Identity, KeyFetcher, NO_AUTHENTICATOR, ProofKey, StaticToken,
     TOKEN_KEY, TOKEN_REQUIRED, TokenVerifier,
 };
-use stardust::__wire::frame::{self, Kind};
-use stardust::__wire::message::{self, Hello, RequestHead};
 use stardust::{Client, Error, ErrorKind, Metadata, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -23,9 +23,9 @@ use common::{BOUND, CalcClient, start_server_with};
 use ed25519_dalek::{Signer, SigningKey};
 use meter::{HeapMeter, SERIAL, ServerRuntime};
 use parking_lot::Mutex;
+use stardust::__wire::frame::Kind;
 use stardust::auth::token::{self, Claims, KeySet};
 use stardust::auth::{BoxFuture, KeyFetcher, StaticToken, TokenVerifier};
-use stardust::__wire::frame::Kind;
 use stardust::{Client, Error, ErrorKind, MetadataLimits, Server, ServerBuilder};
 use wire::{Raw, add_args, frame, header, hello_body, meta_map, request_body};
 

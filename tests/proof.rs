@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use common::*;
+use stardust::__wire::frame::{self, Header, Kind};
+use stardust::__wire::message::{self, Hello, RequestHead};
 use stardust::auth::proof::{FEATURE_PROOF, PROOF_MISSING, PROOF_REQUIRED};
 use stardust::auth::{ProofKey, TOKEN_KEY};
 use stardust::discovery::api::{RegistryClient, RegistryError};
-use stardust::__wire::frame::{self, Header, Kind};
-use stardust::__wire::message::{self, Hello, RequestHead};
 use stardust::{ErrorKind, Metadata, Server, Stardust};
 use stardust_registry::{AppConfig, Config, RegistryNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

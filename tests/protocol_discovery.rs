@@ -6,11 +6,11 @@ mod doc_frames;
 
 use bytes::BytesMut;
 use doc_frames::check;
+use stardust::__wire::{codec, frame, message};
 use stardust::discovery::api::{
     DELTA_TOPIC, DiscoveryDelta, DiscoveryPush, FEATURE_DELTA, FEATURE_RESUME, RegistryError,
     Revision, WatchReply,
 };
-use stardust::__wire::{codec, frame, message};
 
 #[test]
 fn hello_ack_features() {

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stardust::Metadata;
 use stardust::__wire::frame::{self, Kind};
 use stardust::__wire::message::{self, HelloAck, RequestHead};
+use stardust::Metadata;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
