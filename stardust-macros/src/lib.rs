@@ -12,6 +12,7 @@
 //! - `parse` reads and validates the attribute and the trait into a small model;
 //! - `expand` generates code from that model.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 use proc_macro::TokenStream;
 
