@@ -179,19 +179,23 @@ fn serve_refuses_a_store_it_cannot_use_clearly() {
     }
 }
 
-/// `serve` and `agent` print their bound addresses on one stdout line, for scripts using port 0.
+/// A dev registry on ports the OS chooses, console included.
+const DEV_SERVE: [&str; 6] = [
+    "serve",
+    "--dev",
+    "--listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+];
+
+/// `serve` prints its bound addresses on one stdout line, for scripts using port 0 (the agent's
+/// line is the same shape; `agent_logs_in_and_serves_local_applications` starts one).
 #[cfg(unix)]
 #[test]
 fn the_bound_addresses_are_printed_on_one_stdout_line() {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(DEV_SERVE)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -218,14 +222,7 @@ fn the_bound_addresses_are_printed_on_one_stdout_line() {
 #[test]
 fn serve_dev_starts_and_says_so() {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(DEV_SERVE)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
