@@ -164,6 +164,7 @@ async fn a_request_pipelined_after_a_hello_without_token_never_runs() {
         agent: "raw".into(),
         max_frame: None,
         meta: Metadata::new(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     let meta = Metadata::new();

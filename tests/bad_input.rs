@@ -22,6 +22,7 @@ fn hello_frame() -> BytesMut {
         agent: "raw-test".into(),
         max_frame: None,
         meta: Default::default(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     out
@@ -110,6 +111,7 @@ async fn wrong_first_frame_and_wrong_protocol_are_refused() {
         agent: String::new(),
         max_frame: None,
         meta: Default::default(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     sock.write_all(&out).await.unwrap();
@@ -232,6 +234,8 @@ static BOGUS: ServiceDescriptor = ServiceDescriptor {
     methods: &[MethodDescriptor {
         name: "add",
         idempotent: false,
+        input_stream: false,
+        output_stream: false,
     }],
 };
 
@@ -242,10 +246,14 @@ static CALC_WITH_EXTRA: ServiceDescriptor = ServiceDescriptor {
         MethodDescriptor {
             name: "mul",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "add",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
     ],
 };
@@ -344,6 +352,7 @@ async fn a_server_sending_garbage_fails_calls_instead_of_hanging() {
             version: 1,
             agent: "fake".into(),
             max_frame: 1 << 20,
+            stream_window: None,
         };
         message::put_serde(&mut out, Kind::HelloAck, &ack).unwrap();
         sock.write_all(&out).await.unwrap();

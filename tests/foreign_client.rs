@@ -452,38 +452,56 @@ static DESC: ServiceDescriptor = ServiceDescriptor {
         MethodDescriptor {
             name: "add",
             idempotent: true,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "sleep",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "div",
             idempotent: true,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "hold",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "release",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "forever",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "publish",
             idempotent: false,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "blob",
             idempotent: true,
+            input_stream: false,
+            output_stream: false,
         },
         MethodDescriptor {
             name: "label",
             idempotent: true,
+            input_stream: false,
+            output_stream: false,
         },
     ],
 };

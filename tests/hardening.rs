@@ -33,6 +33,7 @@ fn hello_frame_with(meta: Metadata) -> BytesMut {
         agent: "hardening-test".into(),
         max_frame: None,
         meta,
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     out
@@ -423,6 +424,7 @@ async fn draining_provider() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             version: 1,
             agent: "draining".into(),
             max_frame: 1 << 20,
+            stream_window: None,
         };
         message::put_serde(&mut out, Kind::HelloAck, &ack).unwrap();
         sock.write_all(&out).await.unwrap();
@@ -537,6 +539,7 @@ async fn deaf_provider() -> (SocketAddr, tokio::task::JoinHandle<TcpStream>) {
             version: 1,
             agent: "deaf".into(),
             max_frame: 64 << 20,
+            stream_window: None,
         };
         message::put_serde(&mut out, Kind::HelloAck, &ack).unwrap();
         sock.write_all(&out).await.unwrap();

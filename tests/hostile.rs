@@ -574,6 +574,7 @@ fn hello_announcing(key: &[u8; 32]) -> Vec<u8> {
         max_frame: None,
         meta,
         features: vec![stardust::auth::proof::FEATURE_PROOF.into()],
+        stream_window: None,
     };
     let mut buf = bytes::BytesMut::new();
     stardust::__wire::message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();

@@ -46,6 +46,7 @@ async fn provider_enforces_the_deadline_it_was_sent() {
         agent: "raw".into(),
         max_frame: None,
         meta: Default::default(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     let meta = stardust::Metadata::new();
@@ -143,6 +144,7 @@ async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<TcpSt
             version: 1,
             agent: "silent".into(),
             max_frame: 1 << 20,
+            stream_window: None,
         };
         message::put_serde(&mut out, Kind::HelloAck, &ack).unwrap();
         sock.write_all(&out).await.unwrap();
@@ -184,6 +186,7 @@ async fn server_keepalive_drops_a_silent_client() {
         agent: "test".into(),
         max_frame: None,
         meta: Default::default(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     sock.write_all(&out).await.unwrap();

@@ -191,6 +191,7 @@ fn provider_rss_levels_off_over_rounds_of_connections() {
             agent: "tests/memory.rs".into(),
             max_frame: None,
             meta: [(TOKEN_KEY, mint_token())].into_iter().collect(),
+            stream_window: None,
         },
     )
     .unwrap();

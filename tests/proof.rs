@@ -117,6 +117,7 @@ fn hello(token: &str, features: &[&str]) -> Vec<u8> {
         max_frame: None,
         meta,
         features: features.iter().map(|f| f.to_string()).collect(),
+        stream_window: None,
     };
     let mut buf = BytesMut::new();
     message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();

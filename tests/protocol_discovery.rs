@@ -20,6 +20,7 @@ fn hello_ack_features() {
         agent: "stardust-rust/0.1.0".to_owned(),
         max_frame: frame::DEFAULT_MAX_FRAME,
         features: vec![FEATURE_DELTA.into(), FEATURE_RESUME.into()],
+        stream_window: None,
     };
     let mut buf = BytesMut::new();
     message::put_serde(&mut buf, frame::Kind::HelloAck, &ack).unwrap();

@@ -41,6 +41,7 @@ fn hello() {
         agent: "demo".to_owned(),
         max_frame: Some(frame::DEFAULT_MAX_FRAME),
         meta: Metadata::new(),
+        stream_window: None,
     };
     let mut buf = BytesMut::new();
     message::put_serde(&mut buf, frame::Kind::Hello, &hello).unwrap();
@@ -75,6 +76,7 @@ fn hello_ack() {
         // What `stardust/src/server/connection.rs` sends for the 0.1.0 runtime.
         agent: "stardust-rust/0.1.0".to_owned(),
         max_frame: frame::DEFAULT_MAX_FRAME,
+        stream_window: None,
     };
     let mut buf = BytesMut::new();
     message::put_serde(&mut buf, frame::Kind::HelloAck, &ack).unwrap();
@@ -556,6 +558,7 @@ fn error_codes_table() {
         (19, ErrorKind::Rejected),
         (20, ErrorKind::LimitExceeded),
         (21, ErrorKind::InvalidConfig),
+        (22, ErrorKind::Unsupported),
     ];
     for (code, kind) in table {
         assert_eq!(kind.code(), code);

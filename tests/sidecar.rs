@@ -173,6 +173,8 @@ static CALC_NOPE: ServiceDescriptor = ServiceDescriptor {
     methods: &[MethodDescriptor {
         name: "nope",
         idempotent: false,
+        input_stream: false,
+        output_stream: false,
     }],
 };
 

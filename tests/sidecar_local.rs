@@ -33,6 +33,7 @@ fn hello_frame() -> BytesMut {
         agent: "raw-test".into(),
         max_frame: None,
         meta: Default::default(),
+        stream_window: None,
     };
     message::put_serde(&mut out, Kind::Hello, &hello).unwrap();
     out

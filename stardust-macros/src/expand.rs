@@ -118,10 +118,28 @@ fn expand_type_checks(def: &ServiceDef) -> TokenStream {
     let mut checked: Vec<(&str, String)> = Vec::new();
     let mut checks = Vec::new();
     for method in &def.methods {
-        let args = method.args.iter().map(|arg| ("assert_argument", &arg.ty));
-        // `()` (also what a method without `->` returns) needs no check.
-        let output = (!is_unit(&method.output)).then_some(("assert_return", &method.output));
-        for (check, ty) in args.chain(output) {
+        let args = method
+            .value_args()
+            .iter()
+            .map(|arg| ("assert_argument", &arg.ty));
+        let input = method
+            .input_item
+            .iter()
+            .map(|item| ("assert_input_item", item));
+        // A stream is checked by its items; `()` (also what a method without `->` returns)
+        // needs no check.
+        let output = match &method.output_item {
+            Some(item) => Some(("assert_output_item", item)),
+            None => (!is_unit(&method.output)).then_some(("assert_return", &method.output)),
+        };
+        // What the trait writes `Stream<..>` / `Streaming<..>` must be Stardust's own.
+        let streams = method
+            .stream_arg()
+            .map(|arg| &arg.ty)
+            .into_iter()
+            .chain(method.output_item.as_ref().map(|_| &method.output))
+            .map(|ty| ("assert_stardust_stream", ty));
+        for (check, ty) in args.chain(input).chain(output).chain(streams) {
             let key = (check, ty.to_token_stream().to_string());
             if checked.contains(&key) {
                 continue;
@@ -165,8 +183,8 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
 
     let method = Ident::new("method", Span::mixed_site());
     let inner = Ident::new("inner", Span::mixed_site());
-    // Unused (and so named `_args`) when no method takes arguments.
-    let takes_args = def.methods.iter().any(|m| !m.args.is_empty());
+    // Unused (and so named `_args`) when no method takes arguments in its array.
+    let takes_args = def.methods.iter().any(|m| !m.value_args().is_empty());
     let args = Ident::new(
         if takes_args { "args" } else { "_args" },
         Span::mixed_site(),
@@ -176,27 +194,44 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
         let index = Literal::usize_unsuffixed(index);
         let name = &m.ident;
         let arg_names: Vec<&Ident> = m.args.iter().map(|a| &a.ident).collect();
-        let decode = if m.args.is_empty() {
+        let value_args = m.value_args();
+        let decode = if value_args.is_empty() {
             TokenStream::new()
         } else {
-            let pattern = tuple(&arg_names, Span::call_site());
-            let types = tuple(m.args.iter().map(|a| &a.ty), types_span(m));
-            let arity = Literal::usize_unsuffixed(m.args.len());
+            let pattern = tuple(value_args.iter().map(|a| &a.ident), Span::call_site());
+            let types = tuple(value_args.iter().map(|a| &a.ty), types_span(m));
+            let arity = Literal::usize_unsuffixed(value_args.len());
             // Spanned at the arguments, so "`X: Deserialize` is not satisfied" points there
             // rather than at the attribute.
             quote_spanned! {types_span(m)=>
                 let #pattern = ::stardust::__private::decode_args::<#types>(#args, #arity)?;
             }
         };
+        // The input stream is not in the argument array: the server hands it over.
+        let input = match (m.stream_arg(), &m.input_item) {
+            (Some(arg), Some(item)) => {
+                let ident = &arg.ident;
+                quote_spanned! {arg.ty.span()=>
+                    let #ident = ::stardust::__private::input::<#item>()?;
+                }
+            }
+            _ => TokenStream::new(),
+        };
         // Spanned at the return type, which is what must be `Serialize`.
+        let wrap = if m.output_item.is_some() {
+            quote!(streaming)
+        } else {
+            quote!(new)
+        };
         let call = quote_spanned! {m.output.span()=>
-            ::stardust::Call::new(async move {
+            ::stardust::Call::#wrap(async move {
                 <#t as #trait_ident>::#name(&#inner #(, #arg_names)*).await
             })
         };
         quote! {
             #index => {
                 #decode
+                #input
                 let #inner = ::std::sync::Arc::clone(&self.inner);
                 ::core::result::Result::Ok(#call)
             }
@@ -275,7 +310,16 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
     let method_descriptors = def.methods.iter().map(|m| {
         let name = m.wire_name();
         let idempotent = m.idempotent;
-        quote!(::stardust::MethodDescriptor { name: #name, idempotent: #idempotent })
+        let input_stream = m.input_item.is_some();
+        let output_stream = m.output_item.is_some();
+        quote! {
+            ::stardust::MethodDescriptor {
+                name: #name,
+                idempotent: #idempotent,
+                input_stream: #input_stream,
+                output_stream: #output_stream,
+            }
+        }
     });
 
     let methods = def.methods.iter().enumerate().map(|(index, m)| {
@@ -295,24 +339,58 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
             let doc = format!(" Calls `{}` on the remote service.", m.wire_name());
             quote!(#[doc = #doc])
         });
+        // The consumer sends the input stream as a `Stream` and receives the output as a
+        // `Streaming`: the mirror image of what the handler sees.
         let params = args.iter().map(|arg| {
-            let (ident, ty) = (&arg.ident, &arg.ty);
-            quote!(#ident: #ty)
+            let ident = &arg.ident;
+            match (m.stream_arg(), &m.input_item) {
+                (Some(stream), Some(item)) if stream.ident == *ident => {
+                    quote!(#ident: ::stardust::Stream<#item>)
+                }
+                _ => {
+                    let ty = &arg.ty;
+                    quote!(#ident: #ty)
+                }
+            }
         });
-        let call_args = if args.is_empty() {
+        let value_args = m.value_args();
+        let call_args = if value_args.is_empty() {
             quote!(::stardust::__private::NoArgs)
         } else {
-            tuple(args.iter().map(|a| &a.ident), types_span(m))
+            tuple(value_args.iter().map(|a| &a.ident), types_span(m))
         };
+        let returns = match &m.output_item {
+            Some(item) => quote!(::stardust::Streaming<#item>),
+            None => quote!(#output),
+        };
+        let input = m.stream_arg().map(|arg| &arg.ident);
         // Spanned at the method: the bounds on `call` are about its arguments and output.
-        let call = quote_spanned! {ident.span()=>
-            self.client.call(Self::DESCRIPTOR, #index, &#call_args).await
+        let call = match (&m.output_item, input) {
+            (None, None) => quote_spanned! {ident.span()=>
+                self.client.call(Self::DESCRIPTOR, #index, &#call_args).await
+            },
+            (None, Some(input)) => quote_spanned! {ident.span()=>
+                self.client
+                    .call_with_stream(Self::DESCRIPTOR, #index, &#call_args, #input)
+                    .await
+            },
+            (Some(_), input) => {
+                let input = match input {
+                    Some(input) => quote!(::core::option::Option::Some(#input)),
+                    None => quote!(::core::option::Option::<::stardust::Stream<()>>::None),
+                };
+                quote_spanned! {ident.span()=>
+                    self.client
+                        .call_streaming(Self::DESCRIPTOR, #index, &#call_args, #input)
+                        .await
+                }
+            }
         };
         quote! {
             #(#docs)*
             #default_doc
             pub async fn #ident(&self #(, #params)*)
-                -> ::core::result::Result<#output, ::stardust::Error>
+                -> ::core::result::Result<#returns, ::stardust::Error>
             {
                 #call
             }
@@ -399,7 +477,7 @@ fn doc_lines(text: &str) -> TokenStream {
 /// Where to report a problem with a method's arguments as a whole: the only argument's type, or
 /// the method's name when there are several.
 fn types_span(method: &MethodDef) -> Span {
-    match &method.args[..] {
+    match method.value_args() {
         [only] => only.ty.span(),
         _ => method.ident.span(),
     }

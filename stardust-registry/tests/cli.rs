@@ -416,5 +416,7 @@ static NOBODY: stardust::ServiceDescriptor = stardust::ServiceDescriptor {
     methods: &[stardust::MethodDescriptor {
         name: "ping",
         idempotent: false,
+        input_stream: false,
+        output_stream: false,
     }],
 };

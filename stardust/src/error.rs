@@ -70,6 +70,10 @@ pub enum ErrorKind {
     /// settings contradict each other). Never sent by a peer: fix the code or config named in
     /// the message.
     InvalidConfig,
+    /// The peer does not support what the call needs: a streaming call to a provider (or
+    /// agent) that did not announce the `call.stream` feature. Nothing was sent; a balancing
+    /// client tries another provider.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -97,6 +101,7 @@ impl ErrorKind {
             ErrorKind::Rejected => 19,
             ErrorKind::LimitExceeded => 20,
             ErrorKind::InvalidConfig => 21,
+            ErrorKind::Unsupported => 22,
         }
     }
 
@@ -123,6 +128,7 @@ impl ErrorKind {
             19 => ErrorKind::Rejected,
             20 => ErrorKind::LimitExceeded,
             21 => ErrorKind::InvalidConfig,
+            22 => ErrorKind::Unsupported,
             _ => ErrorKind::Internal,
         }
     }
@@ -151,6 +157,7 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::LimitExceeded => "limit exceeded",
             ErrorKind::InvalidConfig => "invalid configuration",
+            ErrorKind::Unsupported => "unsupported by the peer",
         }
     }
 }
@@ -211,6 +218,7 @@ impl Error {
                 | ErrorKind::ShuttingDown
                 | ErrorKind::NoProvider
                 | ErrorKind::UnknownService
+                | ErrorKind::Unsupported
         )
     }
 

@@ -108,6 +108,7 @@ mod monitor;
 mod protocol;
 mod server;
 mod service;
+pub mod stream;
 #[cfg(feature = "tls")]
 pub mod tls;
 // Without TLS, configuration types of which no value exists stand in for the module's, so code
@@ -126,7 +127,7 @@ pub mod __private;
 /// any release may change it. Clients in other languages implement `docs/PROTOCOL.md`.
 #[doc(hidden)]
 pub mod __wire {
-    pub use crate::protocol::{codec, frame, message};
+    pub use crate::protocol::{codec, frame, message, stream};
 }
 
 // Internal decoders for the fuzz targets in `fuzz/`; compiled only with the hidden `fuzzing`
@@ -147,3 +148,4 @@ pub use protocol::message::Features;
 pub use server::{EncodedNotification, Notifier, Server, ServerBuilder};
 pub use service::{Call, MethodDescriptor, Service, ServiceDescriptor};
 pub use stardust_macros::service;
+pub use stream::{Stream, StreamSender, Streaming};

@@ -83,3 +83,87 @@ impl<T: ?Sized + Serialize> ReturnSerialize for T {}
 pub trait ReturnDeserialize {}
 
 impl<T: serde::de::DeserializeOwned> ReturnDeserialize for T {}
+
+/// The input stream of the streaming call being started: what the generated dispatch code
+/// passes for a method's `Streaming<T>` argument.
+pub fn input<T>() -> Result<crate::Streaming<T>, crate::Error> {
+    crate::stream::take_input()
+}
+
+/// Fails to compile, at `T`, unless `T` can be an item of a stream the consumer sends and the
+/// handler receives.
+#[doc(hidden)]
+pub fn assert_input_item<T: InputItemSerialize + InputItemDeserialize>() {}
+
+/// Fails to compile, at `T`, unless `T` can be an item of a stream the handler sends and the
+/// consumer receives.
+#[doc(hidden)]
+pub fn assert_output_item<T: OutputItemSerialize + OutputItemDeserialize>() {}
+
+/// Fails to compile, at the type, unless what the trait names `Stream<..>` or `Streaming<..>`
+/// is Stardust's own: the macro recognises streams by name, so a type of your own with one of
+/// these names must be written with a path (e.g. `self::Stream<T>`) to stay a plain value.
+#[doc(hidden)]
+pub fn assert_stardust_stream<S: StardustStream>() {}
+
+/// Implemented by [`Stream`](crate::Stream) and [`Streaming`](crate::Streaming) only.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `stardust::Stream` or `stardust::Streaming`",
+    label = "`#[stardust::service]` reads a type named `Stream<..>` or `Streaming<..>` here as a \
+             stream of items",
+    note = "to send a value of a type of your own called `Stream`, name it with a path the macro \
+            does not take for a stream, e.g. `self::Stream<T>` or `crate::types::Stream<T>`"
+)]
+pub trait StardustStream {}
+
+impl<T> StardustStream for crate::Stream<T> {}
+impl<T> StardustStream for crate::Streaming<T> {}
+
+/// The client encodes every item of a method's input stream.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "stream item type `{Self}` must implement `serde::Serialize`",
+    label = "the generated client encodes every item of this input stream, so it must implement \
+             `serde::Serialize`",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait InputItemSerialize {}
+
+impl<T: Serialize> InputItemSerialize for T {}
+
+/// The server decodes every item of a method's input stream.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "stream item type `{Self}` must implement `serde::de::DeserializeOwned`",
+    label = "the generated server decodes every item of this input stream, so it must implement \
+             `serde::Deserialize` without borrowing",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait InputItemDeserialize {}
+
+impl<T: serde::de::DeserializeOwned> InputItemDeserialize for T {}
+
+/// The server encodes every item of a method's output stream.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "stream item type `{Self}` must implement `serde::Serialize`",
+    label = "the generated server encodes every item of this output stream, so it must \
+             implement `serde::Serialize`",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait OutputItemSerialize {}
+
+impl<T: Serialize> OutputItemSerialize for T {}
+
+/// The client decodes every item of a method's output stream.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "stream item type `{Self}` must implement `serde::de::DeserializeOwned`",
+    label = "the generated client decodes every item of this output stream, so it must \
+             implement `serde::Deserialize` without borrowing",
+    note = "for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]` to it"
+)]
+pub trait OutputItemDeserialize {}
+
+impl<T: serde::de::DeserializeOwned> OutputItemDeserialize for T {}

@@ -15,6 +15,8 @@ use bytes::BytesMut;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
+use crate::stream::Stream;
+use futures::Stream as _;
 
 /// Static description of a service: what a registry registers and a proxy routes by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,28 @@ pub struct MethodDescriptor {
     pub name: &'static str,
     /// Whether repeating the call is harmless, so a failed call may be retried on another provider.
     pub idempotent: bool,
+    /// Whether the method takes a stream of items from the consumer (a
+    /// [`Streaming`](crate::Streaming) argument).
+    pub input_stream: bool,
+    /// Whether the method returns a stream of items ([`Stream`](crate::Stream)).
+    pub output_stream: bool,
+}
+
+impl MethodDescriptor {
+    /// A unary method called `name`: not idempotent, no streams.
+    pub const fn unary(name: &'static str) -> MethodDescriptor {
+        MethodDescriptor {
+            name,
+            idempotent: false,
+            input_stream: false,
+            output_stream: false,
+        }
+    }
+
+    /// Whether calls of the method are streaming calls (a stream either way).
+    pub const fn is_streaming(&self) -> bool {
+        self.input_stream || self.output_stream
+    }
 }
 
 /// A service that a [`Server`](crate::Server) can host. Implemented by the `XxxServer` type that
@@ -132,6 +156,39 @@ impl Call {
     pub fn encode_output(&mut self, buf: &mut BytesMut) -> Result<(), Error> {
         self.0.as_mut().encode_output(buf)
     }
+
+    /// Wraps the future of a handler that returns a stream of items (a method returning
+    /// [`Stream<T>`](crate::Stream)): once the future is done, the server sends the stream's
+    /// items, then the call's (nil) response.
+    pub fn streaming<F, T>(future: F) -> Call
+    where
+        F: Future<Output = Stream<T>> + Send + 'static,
+        T: Serialize + Send + 'static,
+    {
+        Call(Box::pin(Streams::Starting { future }))
+    }
+
+    /// Whether the call sends a stream of items after its handler's future is done.
+    pub(crate) fn streams_output(&self) -> bool {
+        self.0.streams_output()
+    }
+
+    /// Polls the output stream for its next item (kept in the call until
+    /// [`Call::encode_item`]): `Ready(true)` with an item, `Ready(false)` at the end.
+    pub(crate) fn poll_item(&mut self, cx: &mut TaskContext<'_>) -> Poll<bool> {
+        self.0.as_mut().poll_item(cx)
+    }
+
+    /// Appends the item [`Call::poll_item`] produced as an `Item` frame for call `id`; returns
+    /// the frame's size.
+    pub(crate) fn encode_item(
+        &mut self,
+        buf: &mut BytesMut,
+        id: u64,
+        max_frame: u32,
+    ) -> Result<usize, Error> {
+        self.0.as_mut().encode_item(buf, id, max_frame)
+    }
 }
 
 impl fmt::Debug for Call {
@@ -143,6 +200,24 @@ impl fmt::Debug for Call {
 trait ErasedCall: Send {
     fn poll_call(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()>;
     fn encode_output(self: Pin<&mut Self>, buf: &mut BytesMut) -> Result<(), Error>;
+    fn streams_output(&self) -> bool {
+        false
+    }
+    fn poll_item(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<bool> {
+        Poll::Ready(false)
+    }
+    fn encode_item(
+        self: Pin<&mut Self>,
+        _buf: &mut BytesMut,
+        _id: u64,
+        _max_frame: u32,
+    ) -> Result<usize, Error> {
+        Err(not_streaming())
+    }
+}
+
+fn not_streaming() -> Error {
+    Error::new(ErrorKind::Internal, "no stream item to encode")
 }
 
 enum Output<T> {
@@ -186,6 +261,77 @@ where
                 ErrorKind::Internal,
                 "call output taken before the call completed",
             )),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streaming handler: first its future, then the stream it returned.
+    #[project = StreamsProj]
+    enum Streams<F, T> {
+        Starting { #[pin] future: F },
+        Sending { stream: Stream<T>, item: Option<T> },
+        Done,
+    }
+}
+
+impl<F, T> ErasedCall for Streams<F, T>
+where
+    F: Future<Output = Stream<T>> + Send,
+    T: Serialize + Send + 'static,
+{
+    fn poll_call(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let stream = match self.as_mut().project() {
+            StreamsProj::Starting { future } => match future.poll(cx) {
+                Poll::Ready(stream) => stream,
+                Poll::Pending => return Poll::Pending,
+            },
+            _ => return Poll::Ready(()),
+        };
+        self.set(Streams::Sending { stream, item: None });
+        Poll::Ready(())
+    }
+
+    fn encode_output(self: Pin<&mut Self>, buf: &mut BytesMut) -> Result<(), Error> {
+        // A method that returns only a stream answers nil once the stream has ended.
+        crate::protocol::codec::encode_value(buf, &())
+    }
+
+    fn streams_output(&self) -> bool {
+        true
+    }
+
+    fn poll_item(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<bool> {
+        match self.project() {
+            StreamsProj::Sending { stream, item } => {
+                if item.is_some() {
+                    return Poll::Ready(true);
+                }
+                match Pin::new(stream).poll_next(cx) {
+                    Poll::Ready(Some(next)) => {
+                        *item = Some(next);
+                        Poll::Ready(true)
+                    }
+                    Poll::Ready(None) => Poll::Ready(false),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            _ => Poll::Ready(false),
+        }
+    }
+
+    fn encode_item(
+        self: Pin<&mut Self>,
+        buf: &mut BytesMut,
+        id: u64,
+        max_frame: u32,
+    ) -> Result<usize, Error> {
+        match self.project() {
+            StreamsProj::Sending { item, .. } => match item.take() {
+                Some(value) => crate::protocol::stream::put_item(buf, id, &value, max_frame),
+                None => Err(not_streaming()),
+            },
+            _ => Err(not_streaming()),
         }
     }
 }

@@ -6,7 +6,7 @@ use syn::ext::IdentExt;
 use syn::{FnArg, Ident, Pat, Receiver, ReturnType, Signature, TraitItemFn};
 
 use super::diagnostics::ServiceBuilder;
-use super::{ArgDef, MethodDef};
+use super::{ArgDef, MethodDef, StreamKind, stream_type};
 
 /// Names a service method can't have, because the generated `XxxClient` already has an
 /// associated item of that name and the two would collide.
@@ -68,6 +68,7 @@ impl ServiceBuilder {
             sig.inputs.iter().collect()
         };
         let args: Vec<ArgDef> = rest.into_iter().filter_map(|arg| self.arg(arg)).collect();
+        let input_item = self.input_stream(&args);
 
         if let Some(variadic) = &sig.variadic {
             self.error(variadic, "a service method can't be variadic");
@@ -79,6 +80,15 @@ impl ServiceBuilder {
                 self.check_owned(ty, "return types");
                 (**ty).clone()
             }
+        };
+        self.check_not_nested(&output, "return type");
+        let output_item = match stream_type(&output) {
+            Some((StreamKind::Stream, item)) => Some(item.clone()),
+            Some((StreamKind::Streaming, _)) => {
+                self.streaming_as_return(&output);
+                None
+            }
+            None => None,
         };
 
         if let Some(body) = &default {
@@ -99,7 +109,27 @@ impl ServiceBuilder {
             args,
             output,
             idempotent,
+            input_item,
+            output_item,
         })
+    }
+
+    /// The item type of the method's input stream: a `Streaming<T>` argument, which must be
+    /// the last one. Reports streams anywhere else among the arguments.
+    fn input_stream(&mut self, args: &[ArgDef]) -> Option<syn::Type> {
+        let mut item = None;
+        for (i, arg) in args.iter().enumerate() {
+            self.check_not_nested(&arg.ty, "method argument");
+            match stream_type(&arg.ty) {
+                Some((StreamKind::Stream, _)) => self.stream_as_argument(&arg.ty, &arg.ident),
+                Some((StreamKind::Streaming, _)) if i + 1 < args.len() => {
+                    self.streaming_not_last(&arg.ty, &arg.ident)
+                }
+                Some((StreamKind::Streaming, t)) => item = Some(t.clone()),
+                None => {}
+            }
+        }
+        item
     }
 
     /// `async fn name` with nothing else: no `const`, `unsafe`, `extern` or generics.

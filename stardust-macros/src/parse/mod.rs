@@ -19,9 +19,12 @@ mod attrs;
 mod diagnostics;
 mod method;
 mod service;
+mod streams;
 #[cfg(test)]
 mod tests;
 mod types;
+
+pub(crate) use streams::{StreamKind, stream_type};
 
 pub(crate) use service::parse_service;
 
@@ -45,16 +48,34 @@ pub(crate) struct MethodDef {
     /// The method's `&self` receiver, kept so errors in the rewritten trait point at user code.
     pub receiver: Receiver,
     pub ident: Ident,
+    /// Every argument as declared, the input stream included (it is the last one).
     pub args: Vec<ArgDef>,
     /// The declared return type; `()` when there is none.
     pub output: Type,
     pub idempotent: bool,
+    /// The item type of the `Streaming<T>` argument (always the last), if the method takes one.
+    pub input_item: Option<Type>,
+    /// The item type of the `Stream<T>` return type, if the method returns one.
+    pub output_item: Option<Type>,
 }
 
 impl MethodDef {
     /// The method name as it travels on the wire (without a raw identifier's `r#`).
     pub fn wire_name(&self) -> String {
         self.ident.unraw().to_string()
+    }
+
+    /// The arguments that travel in the request's argument array: all but the input stream.
+    pub fn value_args(&self) -> &[ArgDef] {
+        match self.input_item {
+            Some(_) => &self.args[..self.args.len() - 1],
+            None => &self.args,
+        }
+    }
+
+    /// The input stream's argument, if the method takes one.
+    pub fn stream_arg(&self) -> Option<&ArgDef> {
+        self.input_item.as_ref().and_then(|_| self.args.last())
     }
 }
 

@@ -72,6 +72,7 @@ impl RawClient {
                 agent: String::new(),
                 max_frame: 0,
                 features: Vec::new(),
+                stream_window: None,
             },
         };
         let (kind, _, body) = client.read_frame().await;

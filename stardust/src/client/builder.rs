@@ -15,6 +15,8 @@ pub(crate) struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_frame: u32,
+    /// The credit each stream grants the server for output items.
+    pub(crate) stream_window: u32,
     pub(crate) keepalive: Keepalive,
     pub(crate) write_stall_timeout: Duration,
     pub(crate) hello_meta: Metadata,
@@ -36,6 +38,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Some(DEFAULT_TIMEOUT),
             max_frame: DEFAULT_MAX_FRAME,
+            stream_window: crate::protocol::stream::DEFAULT_STREAM_WINDOW,
             keepalive: Keepalive::default(),
             write_stall_timeout: Duration::from_secs(30),
             hello_meta: Metadata::new(),
@@ -72,6 +75,15 @@ impl ClientBuilder {
     /// How long establishing a connection (TCP and handshake) may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// The credit, in bytes, each streaming call grants its provider for output items (default
+    /// 256 KiB): what one stream's unread output may cost this process. The provider stops
+    /// sending when it has sent that much more than the consumer has read (one item may
+    /// overshoot it). A larger window helps a fast stream over a long link.
+    pub fn stream_window(mut self, bytes: u32) -> ClientBuilder {
+        self.config.stream_window = bytes.clamp(1, crate::protocol::stream::MAX_CREDIT);
         self
     }
 

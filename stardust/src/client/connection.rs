@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::notifications::Notification;
-use super::pending::{CallInfo, CallName, Pending, Reply};
+use super::pending::{CallInfo, CallName, Completion, Pending};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, SharedCredentials, TOKEN_KEY};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::Metadata;
@@ -26,11 +26,15 @@ use crate::protocol::frame::{self, FLAG_IDEMPOTENT, Kind};
 use crate::protocol::message::{
     self, Args, Hello, HelloAck, PROTOCOL_NAME, PROTOCOL_VERSION, RequestHead,
 };
+use crate::stream::flow::Flow;
 use crate::tls::ClientTls;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 mod open;
 mod renewal;
+mod stream;
+
+pub(crate) use stream::{ClientStream, Incoming};
 
 pub(crate) struct ClientConn {
     /// The write queue, which also guards the pending-call table: registering a call and queueing
@@ -53,6 +57,12 @@ pub(crate) struct ClientConn {
     pub(crate) features: crate::Features,
     /// When the server was last heard from, and whether a ping is waiting for its pong.
     pub(crate) live: Arc<Liveness>,
+    /// The credit this side grants each stream for the server's items.
+    stream_window: u32,
+    /// The credit the server grants each stream for this side's items (its `HelloAck`).
+    peer_stream_window: u32,
+    /// The largest frame this side accepts.
+    max_frame: u32,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -107,20 +117,20 @@ impl ClientConn {
         notify_tx: &broadcast::Sender<Notification>,
     ) -> Result<(), Error> {
         // Replies of one read batch are completed under one lock, and their callers woken after it
-        // is released. Both vectors are reused, so the loop does not allocate in steady state.
-        let mut replies: Vec<(u64, Reply)> = Vec::new();
+        // is released; what is for streaming calls goes to their flows after the lock, in order.
+        // The vectors are reused, so the loop does not allocate in steady state.
+        let mut incoming: Vec<(u64, Incoming)> = Vec::new();
+        let mut streams: Vec<(Arc<Flow>, Incoming)> = Vec::new();
         let mut wakers: Vec<Waker> = Vec::new();
         loop {
-            let result = self.read_batch(reader, notify_tx, &mut replies);
-            if !replies.is_empty() {
+            let result = self.read_batch(reader, notify_tx, &mut incoming);
+            if !incoming.is_empty() {
                 self.out.with_state(|pending, _, _| {
-                    wakers.extend(
-                        replies
-                            .drain(..)
-                            .filter_map(|(id, reply)| pending.complete(id, reply)),
-                    )
+                    sort_incoming(pending, &mut incoming, &mut streams, &mut wakers)
                 });
+                let delivered = self.deliver(&mut streams, &mut wakers);
                 wakers.drain(..).for_each(Waker::wake);
+                delivered?;
             }
             result?;
             let filled = if self.draining.load(Ordering::Relaxed) {
@@ -176,7 +186,7 @@ impl ClientConn {
         &self,
         reader: &mut FrameReader,
         notify_tx: &broadcast::Sender<Notification>,
-        replies: &mut Vec<(u64, Reply)>,
+        replies: &mut Vec<(u64, Incoming)>,
     ) -> Result<(), Error> {
         loop {
             let h = match reader.next_frame() {
@@ -185,11 +195,24 @@ impl ClientConn {
                 Err((_, e)) => return Err(e),
             };
             match Kind::from_u8(h.kind) {
-                Some(Kind::Response) => replies.push((h.id, Ok(reader.take_body(&h)))),
+                Some(Kind::Response) => {
+                    replies.push((h.id, Incoming::Reply(Ok(reader.take_body(&h)))))
+                }
                 Some(Kind::Error) => {
                     let err = message::parse_error(reader.body(&h));
                     reader.consume(&h);
-                    replies.push((h.id, Err(err)));
+                    replies.push((h.id, Incoming::Reply(Err(err))));
+                }
+                Some(Kind::Item) => replies.push((h.id, Incoming::Item(reader.take_body(&h)))),
+                Some(Kind::Credit) => {
+                    let n = crate::protocol::stream::parse_credit(reader.body(&h))?;
+                    reader.consume(&h);
+                    replies.push((h.id, Incoming::Credit(n)));
+                }
+                // From the server, only in a streaming call: stop sending its input.
+                Some(Kind::Cancel) => {
+                    reader.consume(&h);
+                    replies.push((h.id, Incoming::StopSending));
                 }
                 Some(Kind::Notify) => {
                     let body = reader.take_body(&h);
@@ -347,6 +370,20 @@ impl ClientConn {
         Ok(())
     }
 
+    /// Tells the server to stop working on call `id`, keeping its slot (its consumer still
+    /// holds it and frees it later).
+    fn cancel_only(&self, id: u64) {
+        let sent = self.out.with_state(|_, buf, closed| {
+            if !closed {
+                frame::put_empty(buf, Kind::Cancel, 0, id);
+            }
+            !closed
+        });
+        if sent {
+            self.out.wake_writer();
+        }
+    }
+
     /// Gives up on call `id`, telling the server to stop working on it.
     fn cancel(&self, id: u64) {
         let (sent, in_flight) = self.out.with_state(|pending, buf, closed| {
@@ -390,6 +427,43 @@ impl ClientConn {
         self.teardown(&Error::connection_closed("the client was dropped"));
         for t in self.tasks.lock().drain(..) {
             t.abort();
+        }
+    }
+}
+
+/// Sorts a read batch's arrivals under the pending table's lock: replies to calls complete
+/// them (their callers' wakers go to `wakers`), anything for a streaming call goes to `streams`
+/// with its flow. Runs of frames for one stream look its slot up once.
+fn sort_incoming(
+    pending: &mut super::pending::Pending,
+    incoming: &mut Vec<(u64, Incoming)>,
+    streams: &mut Vec<(Arc<Flow>, Incoming)>,
+    wakers: &mut Vec<Waker>,
+) {
+    let mut last: Option<(u64, Option<Arc<Flow>>)> = None;
+    for (id, what) in incoming.drain(..) {
+        match what {
+            Incoming::Reply(reply) => match pending.complete(id, reply) {
+                Some(Completion::Wake(waker)) => wakers.push(waker),
+                Some(Completion::Stream(flow, reply)) => {
+                    streams.push((flow, Incoming::Reply(reply)))
+                }
+                None => {}
+            },
+            other => {
+                let flow = match &last {
+                    Some((last_id, flow)) if *last_id == id => flow.clone(),
+                    _ => {
+                        let flow = pending.stream(id);
+                        last = Some((id, flow.clone()));
+                        flow
+                    }
+                };
+                // Unknown or stale ids: a stream that ended or was cancelled.
+                if let Some(flow) = flow {
+                    streams.push((flow, other));
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ mod endpoints;
 mod notifications;
 mod pending;
 mod pool;
+mod streams;
 mod typed;
 
 use std::cell::Cell;

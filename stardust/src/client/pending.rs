@@ -15,9 +15,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, Kind};
 pub(crate) use crate::service::CallName;
+use crate::stream::flow::Flow;
 
 pub(crate) type Reply = Result<Bytes, Error>;
 
@@ -25,6 +28,15 @@ enum State {
     Free,
     Waiting(Waker),
     Done(Reply),
+    /// A streaming call: what arrives for it goes to its flow, until its consumer lets it go.
+    Stream(Arc<Flow>),
+}
+
+/// What completing a call produced: a caller to wake, or a stream's final answer to hand to
+/// its flow (outside the table's lock).
+pub(crate) enum Completion {
+    Wake(Waker),
+    Stream(Arc<Flow>, Reply),
 }
 
 /// What a waiting call is, for its deadline error message.
@@ -106,16 +118,46 @@ impl Pending {
         Ok((((slot.generation as u64) << 32) | index as u64, rearm))
     }
 
-    /// Completes the call `id`; returns its waker to wake outside the lock. Unknown or stale ids
-    /// (a call that was cancelled or timed out) are ignored.
-    pub(crate) fn complete(&mut self, id: u64, reply: Reply) -> Option<Waker> {
+    /// Reserves a slot for a streaming call whose frames go to `flow`.
+    pub(crate) fn register_stream(
+        &mut self,
+        flow: Arc<Flow>,
+        info: CallInfo,
+    ) -> Result<(u64, bool), Error> {
+        let (id, rearm) = self.register(Waker::noop(), info)?;
+        let (index, _) = split(id);
+        self.slots[index].state = State::Stream(flow);
+        Ok((id, rearm))
+    }
+
+    /// The flow of streaming call `id`, while its slot is held.
+    pub(crate) fn stream(&self, id: u64) -> Option<Arc<Flow>> {
+        let (index, generation) = split(id);
+        match self.slots.get(index) {
+            Some(Slot {
+                generation: g,
+                state: State::Stream(flow),
+                ..
+            }) if *g == generation => Some(flow.clone()),
+            _ => None,
+        }
+    }
+
+    /// Completes the call `id`: its waker to wake, or its stream's flow to finish, outside the
+    /// lock. Unknown or stale ids (a call that was cancelled or timed out) are ignored.
+    pub(crate) fn complete(&mut self, id: u64, reply: Reply) -> Option<Completion> {
         let (index, generation) = split(id);
         let slot = self.slots.get_mut(index)?;
-        if slot.generation != generation || !matches!(slot.state, State::Waiting(_)) {
+        if slot.generation != generation {
             return None;
         }
+        match &slot.state {
+            State::Waiting(_) => {}
+            State::Stream(flow) => return Some(Completion::Stream(flow.clone(), reply)),
+            _ => return None,
+        }
         match std::mem::replace(&mut slot.state, State::Done(reply)) {
-            State::Waiting(waker) => Some(waker),
+            State::Waiting(waker) => Some(Completion::Wake(waker)),
             _ => None,
         }
     }
@@ -182,6 +224,10 @@ impl Pending {
                 Poll::Ready(reply)
             }
             State::Free => Poll::Ready(Err(Error::connection_closed("call slot was freed"))),
+            State::Stream(_) => Poll::Ready(Err(Error::new(
+                ErrorKind::Internal,
+                "a streaming call's slot polled as a call",
+            ))),
         }
     }
 
@@ -196,7 +242,11 @@ impl Pending {
         else {
             return false;
         };
-        let was_waiting = matches!(slot.state, State::Waiting(_));
+        let was_waiting = match &slot.state {
+            State::Waiting(_) => true,
+            State::Stream(flow) => !flow.is_finished(),
+            _ => false,
+        };
         if !matches!(slot.state, State::Free) {
             slot.state = State::Free;
             self.release(index);
@@ -233,7 +283,12 @@ impl Pending {
         let mut wakers = Vec::new();
         let mut next: Option<Instant> = None;
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            let (State::Waiting(_), Some(info)) = (&slot.state, &slot.info) else {
+            let stream = match (&slot.state, &slot.info) {
+                (State::Waiting(_), Some(_)) => None,
+                (State::Stream(flow), Some(_)) if !flow.is_finished() => Some(flow.clone()),
+                _ => continue,
+            };
+            let Some(info) = &slot.info else {
                 continue;
             };
             let Some(deadline) = info.deadline else {
@@ -251,8 +306,16 @@ impl Pending {
                     info.budget.as_millis()
                 ),
             );
-            if let State::Waiting(w) = std::mem::replace(&mut slot.state, State::Done(Err(err))) {
-                wakers.push(w);
+            match stream {
+                // A stream's deadline bounds the whole stream: it ends with the error.
+                Some(flow) => flow.finish(Err(err), true, &mut wakers),
+                None => {
+                    if let State::Waiting(w) =
+                        std::mem::replace(&mut slot.state, State::Done(Err(err)))
+                    {
+                        wakers.push(w);
+                    }
+                }
             }
             if send_cancels {
                 let id = ((slot.generation as u64) << 32) | index as u64;
@@ -270,7 +333,9 @@ impl Pending {
         }
         let mut wakers = Vec::new();
         for slot in &mut self.slots {
-            if matches!(slot.state, State::Waiting(_))
+            if let State::Stream(flow) = &slot.state {
+                flow.finish(Err(err.clone()), true, &mut wakers);
+            } else if matches!(slot.state, State::Waiting(_))
                 && let State::Waiting(w) =
                     std::mem::replace(&mut slot.state, State::Done(Err(err.clone())))
             {

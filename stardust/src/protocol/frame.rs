@@ -55,6 +55,12 @@ pub enum Kind {
     /// Client → server, answer to `Challenge`: the signature of the nonce, the server's
     /// address and the token.
     Proof = 12,
+    /// Either way, in a streaming call (feature `call.stream`): one item of the call's stream.
+    Item = 13,
+    /// Either way, in a streaming call: more credit, in bytes, for the other side's items.
+    Credit = 14,
+    /// Client → server, in a streaming call: the client's input stream is complete.
+    End = 15,
 }
 
 impl Kind {
@@ -73,6 +79,9 @@ impl Kind {
             10 => Kind::GoAway,
             11 => Kind::Challenge,
             12 => Kind::Proof,
+            13 => Kind::Item,
+            14 => Kind::Credit,
+            15 => Kind::End,
             _ => return None,
         })
     }

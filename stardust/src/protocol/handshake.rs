@@ -38,6 +38,10 @@ pub struct Hello {
     /// none. At most [`MAX_FEATURES`] names of at most [`MAX_FEATURE_LEN`] bytes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// The credit in bytes the client grants each stream for the server's items (feature
+    /// `call.stream`); absent means [`DEFAULT_STREAM_WINDOW`](super::stream::DEFAULT_STREAM_WINDOW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_window: Option<u32>,
 }
 
 /// Body of a `HelloAck` frame (a MessagePack map).
@@ -54,6 +58,10 @@ pub struct HelloAck {
     /// none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// The credit in bytes the server grants each stream for the client's items (feature
+    /// `call.stream`); absent means [`DEFAULT_STREAM_WINDOW`](super::stream::DEFAULT_STREAM_WINDOW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_window: Option<u32>,
 }
 
 /// Most feature names a peer may announce in its handshake.
@@ -124,6 +132,7 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
         max_frame: None,
         meta: Metadata::new(),
         features: Vec::new(),
+        stream_window: None,
     };
     let (mut has_protocol, mut has_version) = (false, false);
     let marker = *rd.first().ok_or_else(|| malformed("empty body"))?;
@@ -175,6 +184,14 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
             }
             "meta" => hello.meta = read_meta(&mut rd, limits, "connection metadata")?,
             "features" => hello.features = read_features(&mut rd)?,
+            "stream_window" => {
+                hello.stream_window = if rd.first() == Some(&0xc0) {
+                    rd = &rd[1..];
+                    None
+                } else {
+                    Some(rmp::decode::read_int(&mut rd).map_err(malformed)?)
+                };
+            }
             // A later version's field: stepped over, however deep.
             _ => decode::skip_value(&mut rd).map_err(malformed)?,
         }
@@ -348,6 +365,7 @@ mod tests {
             max_frame: Some(4096),
             meta,
             features: Vec::new(),
+            stream_window: None,
         }
     }
 

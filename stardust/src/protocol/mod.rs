@@ -9,3 +9,4 @@ pub mod frame;
 pub(crate) mod handshake;
 pub mod message;
 pub mod registry;
+pub mod stream;

@@ -17,6 +17,7 @@ use crate::interceptor::Interceptor;
 use crate::metadata::MetadataLimits;
 use crate::monitor::ServiceFigures;
 use crate::protocol::frame::DEFAULT_MAX_FRAME;
+use crate::protocol::stream::{DEFAULT_STREAM_WINDOW, FEATURE_STREAM};
 use crate::service::Service;
 use crate::tls::ServerTls;
 use crate::transport::Keepalive;
@@ -34,6 +35,10 @@ pub(crate) struct ServerConfig {
     /// What handshake and call metadata may hold.
     pub(crate) metadata_limits: MetadataLimits,
     pub(crate) max_in_flight: usize,
+    /// Most streaming calls open at once on one connection.
+    pub(crate) max_streams: usize,
+    /// The credit each stream grants its client for input items.
+    pub(crate) stream_window: u32,
     pub(crate) max_connections: usize,
     pub(crate) max_pending_handshakes: usize,
     pub(crate) max_write_buffer: usize,
@@ -66,13 +71,18 @@ impl Default for ServerConfig {
             // Every server built with the `registry` feature verifies proofs of possession, and
             // says so; without it there is no Ed25519 to verify them with.
             features: if cfg!(feature = "registry") {
-                vec![crate::auth::proof::FEATURE_PROOF.to_owned()]
+                vec![
+                    crate::auth::proof::FEATURE_PROOF.to_owned(),
+                    FEATURE_STREAM.to_owned(),
+                ]
             } else {
-                Vec::new()
+                vec![FEATURE_STREAM.to_owned()]
             },
             advertised: None,
             metadata_limits: MetadataLimits::DEFAULT,
             max_in_flight: 4096,
+            max_streams: 1024,
+            stream_window: DEFAULT_STREAM_WINDOW,
             max_connections: 10_000,
             max_pending_handshakes: 256,
             max_write_buffer: 8 * 1024 * 1024,
@@ -230,6 +240,22 @@ impl ServerBuilder {
     /// that complete without waiting are never counted as running.
     pub fn max_in_flight_per_connection(mut self, calls: usize) -> ServerBuilder {
         self.config.max_in_flight = calls.max(1);
+        self
+    }
+
+    /// Most streaming calls one connection may have open at once (default 1,024). One more is
+    /// answered `Overloaded` at once, without reaching a handler. Open streams are counted apart
+    /// from [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection).
+    pub fn max_streams(mut self, streams: usize) -> ServerBuilder {
+        self.config.max_streams = streams.max(1);
+        self
+    }
+
+    /// The credit, in bytes, each stream grants its client for input items (default 256 KiB):
+    /// what one stream's unread input may cost this server. The client stops sending when it
+    /// has sent that much more than the handler has read (one item may overshoot it).
+    pub fn stream_window(mut self, bytes: u32) -> ServerBuilder {
+        self.config.stream_window = bytes.clamp(1, crate::protocol::stream::MAX_CREDIT);
         self
     }
 

@@ -13,11 +13,15 @@ use tokio::time::Instant;
 
 use super::ServerShared;
 use super::connection::ServerConn;
+use crate::stream::flow::Flow;
+
+mod stream;
 use crate::context::{Context, TraceId};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
 use crate::protocol::message;
 use crate::service::{Call, Service};
+pub(crate) use stream::ServerInput;
 
 pub(crate) struct ServerCall {
     /// The context, installed as the current one while the handler is polled. `None` only while
@@ -137,6 +141,15 @@ impl ServerCall {
         conn: &ServerConn,
         shared: &ServerShared,
     ) -> Poll<()> {
+        let Poll::Ready(outcome) = self.poll_handler(cx) else {
+            return Poll::Pending;
+        };
+        self.finish(outcome, conn, shared);
+        Poll::Ready(())
+    }
+
+    /// Polls the handler's future once, under the call's context and span, catching a panic.
+    fn poll_handler(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         let outcome = match (&mut self.call, self.failed.take()) {
             (_, Some(e)) => Err(e),
             (Some(call), None) => {
@@ -155,8 +168,7 @@ impl ServerCall {
                 "call polled after completion",
             )),
         };
-        self.finish(outcome, conn, shared);
-        Poll::Ready(())
+        Poll::Ready(outcome)
     }
 
     /// Sends the response (or the error) and tells the interceptors.
@@ -253,6 +265,8 @@ pub(crate) struct Done {
 pub(crate) struct Batch {
     pub(crate) now: Instant,
     done: Vec<Done>,
+    /// Tasks the batch's frames made runnable (stream items, credit), woken once at its end.
+    pub(crate) wakers: Vec<std::task::Waker>,
 }
 
 impl Batch {
@@ -262,7 +276,13 @@ impl Batch {
             // Grows on first use, like the connection's buffers: nothing reserved per
             // connection up front.
             done: Vec::new(),
+            wakers: Vec::new(),
         }
+    }
+
+    /// Wakes the tasks the batch's frames made runnable.
+    pub(crate) fn wake(&mut self) {
+        self.wakers.drain(..).for_each(std::task::Waker::wake);
     }
 
     pub(crate) fn push(&mut self, done: Done) {
@@ -296,16 +316,29 @@ pub(crate) struct SpawnedCall {
     pub(crate) call: ServerCall,
     pub(crate) conn: Arc<ServerConn>,
     pub(crate) shared: Arc<ServerShared>,
+    /// The flow of a streaming call (registered with the connection under the call's id).
+    pub(crate) stream: Option<Arc<Flow>>,
 }
 
 impl SpawnedCall {
     /// Drives the handler to completion within the deadline.
     pub(crate) async fn run(mut self, deadline: Option<Instant>, key: (bool, u64), task_id: u64) {
         let this = &mut self;
-        let done = std::future::poll_fn(|cx| this.call.poll_once(cx, &this.conn, &this.shared));
+        let done = async {
+            match this.stream.clone() {
+                Some(flow) => this.run_stream(&flow).await,
+                None => {
+                    std::future::poll_fn(|cx| this.call.poll_once(cx, &this.conn, &this.shared))
+                        .await
+                }
+            }
+        };
         match deadline {
             Some(deadline) => {
                 if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    if let Some(flow) = &self.stream {
+                        stream::end_input(flow);
+                    }
                     let ctx = self.call.context();
                     let msg = format!(
                         "{}.{} passed its deadline while the handler was running; the provider stopped it",
@@ -328,6 +361,9 @@ impl SpawnedCall {
 
 impl Drop for SpawnedCall {
     fn drop(&mut self) {
+        if let Some(flow) = self.stream.take() {
+            self.conn.stream_ended(self.call.id, &flow);
+        }
         // Dropped unfinished: cancelled by the client, or its connection went away.
         if !self.call.finished {
             self.call.finished = true;

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 mod builtin;
 mod forward;
+mod streams;
 mod tasks;
 
 use super::call::{Batch, ServerCall, SpawnedCall};
@@ -29,6 +30,7 @@ use crate::error::{Error, ErrorKind};
 use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{self, HelloAck, PROTOCOL_VERSION, RequestView};
+use crate::protocol::stream::DEFAULT_STREAM_WINDOW;
 use crate::service::CallName;
 use crate::transport::Notifier;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
@@ -47,6 +49,13 @@ pub(crate) struct ServerConn {
     requests: AtomicU64,
     drained: Notify,
     writer: AbortHandle,
+    /// Streaming calls open on the connection, by request id.
+    streams: Mutex<streams::Streams>,
+    /// The credit the client grants each stream for this side's items (its `Hello`).
+    peer_stream_window: u32,
+    /// The largest frame this side accepts (stream items overrunning their credit by more
+    /// than one of these break the protocol).
+    config_max_frame: u32,
 }
 
 /// Calls running as tasks of their own, so they can be cancelled and waited for on drain.
@@ -136,7 +145,11 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         agent: concat!("stardust-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
         max_frame: shared.config.max_frame,
         features: shared.config.features.clone(),
+        // Only when it is not what a client assumes without it.
+        stream_window: (shared.config.stream_window != DEFAULT_STREAM_WINDOW)
+            .then_some(shared.config.stream_window),
     };
+    let peer_stream_window = hello.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW);
     let _ = out.push(|buf| message::put_serde(buf, Kind::HelloAck, &ack));
     let writer = tokio::spawn(out.clone().run_writer());
     let conn = Arc::new(ServerConn {
@@ -155,6 +168,9 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         requests: AtomicU64::new(0),
         drained: Notify::new(),
         writer: writer.abort_handle(),
+        streams: Mutex::new(streams::Streams::default()),
+        peer_stream_window,
+        config_max_frame: shared.config.max_frame,
     });
     shared.attach(id, &conn);
 
@@ -214,6 +230,14 @@ impl ServerConn {
         loop {
             loop {
                 match reader.next_frame() {
+                    Ok(Some(h)) if h.kind == Kind::Item as u8 => {
+                        // Taken out of the read buffer without a copy: the handler gets it.
+                        let body = reader.take_body(&h);
+                        if let Err(e) = self.on_item(&h, body, batch) {
+                            self.goaway(&e);
+                            return Err(e);
+                        }
+                    }
                     Ok(Some(h)) => {
                         self.on_frame(shared, &h, reader.body(&h), batch)?;
                         reader.consume(&h);
@@ -239,6 +263,7 @@ impl ServerConn {
             // writer task unless the socket is full.
             self.out.flush_inline();
             batch.count(shared);
+            batch.wake();
             if !reader.fill().await? {
                 return Ok(());
             }
@@ -319,6 +344,12 @@ impl ServerConn {
         match Kind::from_u8(h.kind) {
             Some(Kind::Request) => self.on_request(shared, h, body, batch),
             Some(Kind::Cancel) => self.cancel(h.id),
+            Some(Kind::Credit | Kind::End) => {
+                if let Err(e) = self.on_stream_frame(h, body, batch) {
+                    self.goaway(&e);
+                    return Err(e);
+                }
+            }
             Some(Kind::Ping) => {
                 let _ = self.out.push(|buf| {
                     frame::put_empty(buf, Kind::Pong, 0, h.id);
@@ -415,6 +446,8 @@ impl ServerConn {
                 format!("service `{}` has no method `{}`", desc.name, req.method),
             )
         })?;
+        let streaming = desc.methods[index].is_streaming();
+        streams::check_stream_flag(h, streaming, desc.methods[index].name)?;
         let deadline = (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us));
         let ctx = Context {
             service: desc.name,
@@ -427,6 +460,14 @@ impl ServerConn {
         };
         for i in &shared.interceptors {
             i.before_call(&ctx)?;
+        }
+        if streaming {
+            let target = streams::StreamTarget {
+                service: service.as_ref(),
+                service_index,
+                method: index,
+            };
+            return self.start_stream(shared, h, ctx, target, req.args);
         }
         let mut call = ServerCall::start(ctx, h.id, h.flags, service.as_ref(), index, req.args);
         call.count_in(service_index, index);
@@ -442,6 +483,7 @@ impl ServerConn {
             call,
             conn: self.clone(),
             shared: shared.clone(),
+            stream: None,
         };
         self.track(h, |key, task_id| call.run(deadline, key, task_id));
         Ok(())

@@ -136,7 +136,7 @@ fn main() {
     assert_eq!(<CalculatorClient as ServiceClient>::DESCRIPTOR, CalculatorClient::DESCRIPTOR);
     assert_eq!(descriptor.name, "calc.Calculator");
     assert_eq!(descriptor.version, "1.2.0");
-    let method = |name, idempotent| MethodDescriptor { name, idempotent };
+    let method = |name, idempotent| MethodDescriptor { name, idempotent, input_stream: false, output_stream: false };
     assert_eq!(
         descriptor.methods,
         [

@@ -4,6 +4,7 @@
 //! what happened.
 
 mod call;
+mod stream;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use super::pool::Suspicion;
 use super::*;
 pub(super) use call::BalancedCall;
+pub(crate) use stream::{StreamSpec, open_balanced};
 
 /// Sends a one-way call to one provider chosen by the balancer, trying the next one when a
 /// provider cannot be reached (nothing was queued there).

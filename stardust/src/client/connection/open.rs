@@ -5,6 +5,7 @@
 use super::renewal::{Token, fetch_token};
 use super::*;
 use crate::auth::{ProofKey, proof};
+use crate::protocol::stream::{DEFAULT_STREAM_WINDOW, FEATURE_STREAM};
 
 /// The server's first answer to the `Hello`.
 enum Answer {
@@ -94,6 +95,7 @@ impl ClientConn {
         // or two when the server asks for a proof of possession.
         let mut meta = config.hello_meta.clone();
         let mut features = config.features.clone();
+        crate::protocol::handshake::announce(&mut features, [FEATURE_STREAM]);
         if let Some(token) = token {
             meta.insert(TOKEN_KEY, token.text.as_str());
         }
@@ -115,6 +117,8 @@ impl ClientConn {
             max_frame: Some(config.max_frame),
             meta,
             features,
+            stream_window: (config.stream_window != DEFAULT_STREAM_WINDOW)
+                .then_some(config.stream_window),
         };
         let mut buf = bytes::BytesMut::new();
         message::put_serde(&mut buf, Kind::Hello, &hello)?;
@@ -187,6 +191,9 @@ impl ClientConn {
             background: Mutex::new(Vec::new()),
             peer: addr,
             features: ack.features.into(),
+            stream_window: config.stream_window,
+            peer_stream_window: ack.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW),
+            max_frame: config.max_frame,
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());

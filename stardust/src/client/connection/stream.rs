@@ -1,0 +1,287 @@
+//! Streaming calls on one client connection: opening one (a `Request` with the `STREAM` flag
+//! whose slot in the pending table holds the stream's [`Flow`]), delivering what arrives for it,
+//! reading its output ([`ClientStream`]) and sending its input ([`Pump`]).
+//!
+//! Nothing here runs on a task of its own: the consumer's task reads the output (and gives
+//! credit back from there), and the input is pumped by the task that awaits the call (a
+//! client-streaming call) or by one task per stream (a stream both ways, whose consumer may
+//! read and write at different paces).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{CallError, ClientConn};
+use crate::client::pending::{CallInfo, Reply};
+use crate::error::{Error, ErrorKind};
+use crate::protocol::message::{self, Args, RequestHead};
+use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
+use crate::stream::flow::{Flow, Recv};
+use crate::stream::{RawSource, Stream};
+
+/// What the read loop received for a call: a reply, or (for a streaming call) an item, credit,
+/// or the server's request to stop sending input.
+pub(crate) enum Incoming {
+    Reply(Reply),
+    Item(Bytes),
+    Credit(u32),
+    StopSending,
+}
+
+impl ClientConn {
+    /// Hands what a read batch received for streaming calls to their flows, in the order it
+    /// arrived, collecting the tasks to wake. Fails when the server overran a stream's credit.
+    pub(super) fn deliver(
+        &self,
+        work: &mut Vec<(Arc<Flow>, Incoming)>,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), Error> {
+        let mut result = Ok(());
+        for (flow, incoming) in work.drain(..) {
+            match incoming {
+                Incoming::Reply(reply) => flow.finish(reply, true, wakers),
+                Incoming::Item(body) => match flow.push_item(body, self.max_frame) {
+                    Ok(waker) => wakers.extend(waker),
+                    Err(e) => result = Err(e),
+                },
+                Incoming::Credit(n) => wakers.extend(flow.add_credit(n)),
+                Incoming::StopSending => wakers.extend(flow.close_send(Error::new(
+                    ErrorKind::Cancelled,
+                    "the provider no longer reads this call's input",
+                ))),
+            }
+        }
+        result
+    }
+
+    /// Opens a streaming call: registers its slot with a new flow and sends the request.
+    pub(crate) fn open_stream<A: Args + ?Sized>(
+        self: &Arc<Self>,
+        head: &RequestHead<'_>,
+        args: &A,
+        info: CallInfo,
+    ) -> Result<ClientStream, CallError> {
+        if !self.features.has(FEATURE_STREAM) {
+            return Err(CallError::Failed(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}.{}: the provider at {} does not take streaming calls (it did not \
+                     announce `{FEATURE_STREAM}`; it may be an older version); nothing was sent",
+                    head.service, head.method, self.peer
+                ),
+            )));
+        }
+        let flow = Arc::new(Flow::new(self.stream_window, self.peer_stream_window));
+        let max = self.out.peer_max_frame;
+        let pushed = self.out.push_quiet(|buf, pending| {
+            let (id, rearm) = pending.register_stream(flow.clone(), info)?;
+            let head = RequestHead {
+                id,
+                flags: head.flags | FLAG_STREAM,
+                ..*head
+            };
+            if let Err(e) = message::put_request_args(buf, &head, args, max) {
+                pending.abandon(id);
+                return Err(e);
+            }
+            Ok((id, rearm))
+        });
+        let (id, rearm) = pushed.map_err(|e| match e.kind() {
+            ErrorKind::ConnectionClosed => CallError::Reconnect(e),
+            _ => CallError::Failed(e),
+        })?;
+        self.out.flush_inline();
+        if rearm {
+            self.deadline_changed.notify_one();
+        }
+        Ok(ClientStream {
+            conn: self.clone(),
+            id,
+            flow,
+            ended: false,
+        })
+    }
+
+    /// Queues a `Credit` frame for stream `id` and sends it.
+    fn grant(&self, id: u64, bytes: u32) {
+        let queued = self.out.push_quiet(|buf, _| {
+            wire::put_credit(buf, id, bytes);
+            Ok(())
+        });
+        if queued.is_ok() {
+            self.out.flush_inline();
+        }
+    }
+}
+
+/// The consumer's end of a streaming call on one connection. Dropped before the call ended, it
+/// cancels the call.
+pub(crate) struct ClientStream {
+    conn: Arc<ClientConn>,
+    id: u64,
+    flow: Arc<Flow>,
+    ended: bool,
+}
+
+impl ClientStream {
+    /// The next output item, or the call's end: `Ok` with the final response body, or its error.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Recv> {
+        let recv = self.flow.poll_recv(cx);
+        match &recv {
+            Poll::Ready(Recv::Item {
+                grant: Some(n),
+                body: _,
+            }) => self.conn.grant(self.id, *n),
+            Poll::Ready(Recv::End(_)) => self.ended = true,
+            _ => {}
+        }
+        recv
+    }
+
+    /// Whether any output item has arrived (a stream that failed before its first item may be
+    /// opened again elsewhere).
+    pub(crate) fn received_any(&self) -> bool {
+        self.flow.received() > 0
+    }
+
+    /// Whether any input item has been sent.
+    pub(crate) fn sent_any(&self) -> bool {
+        self.flow.sent() > 0
+    }
+
+    /// The connection's peer, for messages.
+    pub(crate) fn peer(&self) -> std::net::SocketAddr {
+        self.conn.peer
+    }
+
+    /// A pump sending `input` as this call's input stream.
+    pub(crate) fn pump<I>(&self, input: Stream<I>) -> Pump<I> {
+        Pump {
+            conn: self.conn.clone(),
+            id: self.id,
+            flow: self.flow.clone(),
+            input,
+            done: false,
+        }
+    }
+}
+
+impl RawSource for ClientStream {
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Recv::Item { body, .. }) => Poll::Ready(Some(Ok(body))),
+            // A method returning only a stream answers nil at the end: nothing to show.
+            Poll::Ready(Recv::End(Ok(_))) => Poll::Ready(None),
+            Poll::Ready(Recv::End(Err(e))) => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        // An input pump still running stops at its next item.
+        if let Some(waker) = self.flow.close_send(Error::new(
+            ErrorKind::Cancelled,
+            "the call's output was dropped",
+        )) {
+            waker.wake();
+        }
+        // Sends `Cancel` if the call has not ended, and frees its slot either way.
+        self.conn.cancel(self.id);
+    }
+}
+
+/// Items a pump sends before it yields, so one fast input cannot hold its task's thread.
+const ITEMS_PER_TURN: u32 = 256;
+
+/// Sends a call's input stream as the server's credit allows, then `End`.
+pub(crate) struct Pump<I> {
+    conn: Arc<ClientConn>,
+    id: u64,
+    flow: Arc<Flow>,
+    input: Stream<I>,
+    done: bool,
+}
+
+impl<I: Serialize> Pump<I> {
+    /// Sends what it can. `Ready(Ok)` once the input is sent (or the server stopped taking it,
+    /// or the call ended: the call's own result says how it went); `Err` when sending failed
+    /// here (an item over the frame limit, the connection closing), which fails the call.
+    pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        let out = &self.conn.out;
+        let (id, max) = (self.id, out.peer_max_frame);
+        let mut queued = false;
+        let mut sent = 0u32;
+        let result = loop {
+            match self.flow.poll_credit(cx) {
+                Poll::Pending => break Poll::Pending,
+                Poll::Ready(Err(_)) => {
+                    self.done = true;
+                    break Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            match Pin::new(&mut self.input).poll_next(cx) {
+                Poll::Pending => {
+                    // Waiting for the application's next item; the server may meanwhile stop
+                    // reading (or the call end), which must end this pump too.
+                    self.flow.watch_send(cx);
+                    break Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let ended = out.push_quiet(|buf, _| {
+                        wire::put_end(buf, id);
+                        Ok(())
+                    });
+                    queued |= ended.is_ok();
+                    break Poll::Ready(ended);
+                }
+                Poll::Ready(Some(item)) => {
+                    match out.push_quiet(|buf, _| wire::put_item(buf, id, &item, max)) {
+                        Ok(cost) => {
+                            self.flow.spend(cost);
+                            queued = true;
+                        }
+                        Err(e) => {
+                            self.done = true;
+                            break Poll::Ready(Err(e));
+                        }
+                    }
+                    sent += 1;
+                    if sent >= ITEMS_PER_TURN {
+                        cx.waker().wake_by_ref();
+                        break Poll::Pending;
+                    }
+                }
+            }
+        };
+        if queued {
+            out.flush_inline();
+        }
+        result
+    }
+
+    /// Pumps until the input is sent; a failure ends the call with it (the consumer's output
+    /// then yields it) and cancels it on the server.
+    pub(crate) async fn run(mut self) {
+        if let Err(e) = std::future::poll_fn(|cx| self.poll_pump(cx)).await {
+            let mut wakers = Vec::new();
+            self.flow.finish(Err(e), true, &mut wakers);
+            wakers.into_iter().for_each(Waker::wake);
+            self.conn.cancel_only(self.id);
+        }
+    }
+}
+
+use futures::Stream as _;

@@ -1,0 +1,161 @@
+//! Streaming calls on one connection: opening them (a `Request` with the `STREAM` flag), the
+//! table that routes the client's `Item`, `Credit` and `End` frames to their call, and the
+//! limit on how many may be open at once.
+
+use super::*;
+use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
+use crate::server::call::ServerInput;
+use crate::service::Service;
+use crate::stream::RawSource;
+use crate::stream::flow::Flow;
+
+/// The streaming calls open on a connection, by request id.
+#[derive(Default)]
+pub(crate) struct Streams {
+    open: HashMap<u64, Arc<Flow>>,
+}
+
+/// Where a streaming call is counted and dispatched.
+pub(super) struct StreamTarget<'a> {
+    pub(super) service: &'a dyn Service,
+    pub(super) service_index: usize,
+    pub(super) method: usize,
+}
+
+impl ServerConn {
+    /// Whether the client announced streaming calls (and so may be sent stream frames).
+    pub(super) fn client_streams(&self) -> bool {
+        self.info.features.has(FEATURE_STREAM)
+    }
+
+    /// Starts a streaming call: registers its flow (so the client's items and credit find it),
+    /// hands the handler its input, and runs it as a task of its own.
+    pub(super) fn start_stream(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        h: &Header,
+        ctx: Context,
+        target: StreamTarget<'_>,
+        args: &[u8],
+    ) -> Result<(), Error> {
+        if !self.client_streams() {
+            return Err(Error::protocol(format!(
+                "a streaming request from a client that did not announce `{FEATURE_STREAM}`"
+            )));
+        }
+        if h.flags & FLAG_ONE_WAY != 0 {
+            return Err(Error::protocol(
+                "a streaming call cannot be one-way (flags ONE_WAY and STREAM together)",
+            ));
+        }
+        let flow = Arc::new(Flow::new(
+            shared.config.stream_window,
+            self.peer_stream_window,
+        ));
+        {
+            let mut streams = self.streams.lock();
+            let limit = shared.config.max_streams;
+            if streams.open.len() >= limit {
+                return Err(Error::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "this connection already has {limit} streams open (the provider's \
+                         limit); end one, or open this one on another connection or provider"
+                    ),
+                ));
+            }
+            if streams.open.contains_key(&h.id) {
+                return Err(Error::protocol(format!(
+                    "request id {} already names an open stream on this connection",
+                    h.id
+                )));
+            }
+            streams.open.insert(h.id, flow.clone());
+        }
+        let deadline = ctx.deadline;
+        let desc = target.service.descriptor();
+        let input = desc.methods[target.method].input_stream.then(|| {
+            Box::new(ServerInput::new(self.out.clone(), h.id, flow.clone())) as Box<dyn RawSource>
+        });
+        let mut call = crate::stream::with_input(input, || {
+            ServerCall::start(ctx, h.id, h.flags, target.service, target.method, args)
+        });
+        call.count_in(target.service_index, target.method);
+        call.spawning(shared);
+        let call = SpawnedCall {
+            call,
+            conn: self.clone(),
+            shared: shared.clone(),
+            stream: Some(flow),
+        };
+        self.track(h, |key, task_id| call.run(deadline, key, task_id));
+        Ok(())
+    }
+
+    /// The streaming call `id` ended: its frames no longer reach it.
+    pub(crate) fn stream_ended(&self, id: u64, flow: &Arc<Flow>) {
+        let mut streams = self.streams.lock();
+        if streams.open.get(&id).is_some_and(|f| Arc::ptr_eq(f, flow)) {
+            streams.open.remove(&id);
+        }
+    }
+
+    /// Routes a client's `Item` to its call. Items for a call that has ended are dropped (they
+    /// crossed its response); items beyond the credit granted break the protocol.
+    pub(super) fn on_item(&self, h: &Header, body: Bytes, batch: &mut Batch) -> Result<(), Error> {
+        let Some(flow) = self.stream(h.id) else {
+            return Ok(());
+        };
+        let waker = flow.push_item(body, self.config_max_frame)?;
+        batch.wakers.extend(waker);
+        Ok(())
+    }
+
+    /// Routes a client's `Credit` or `End` to its call.
+    pub(super) fn on_stream_frame(
+        &self,
+        h: &Header,
+        body: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
+        let kind = Kind::from_u8(h.kind);
+        // Parsed even for a call that has ended: a malformed frame is malformed whatever it is for.
+        let credit = match kind {
+            Some(Kind::Credit) => Some(wire::parse_credit(body)?),
+            _ => None,
+        };
+        let Some(flow) = self.stream(h.id) else {
+            return Ok(());
+        };
+        match credit {
+            Some(n) => batch.wakers.extend(flow.add_credit(n)),
+            // `End`: the client's input is complete.
+            None => flow.finish(Ok(Bytes::new()), false, &mut batch.wakers),
+        }
+        Ok(())
+    }
+
+    fn stream(&self, id: u64) -> Option<Arc<Flow>> {
+        self.streams.lock().open.get(&id).cloned()
+    }
+}
+
+/// Whether a request's `STREAM` flag fits its method: a streaming method must be opened as a
+/// stream, and only a streaming method may be.
+pub(super) fn check_stream_flag(h: &Header, streaming: bool, name: &str) -> Result<(), Error> {
+    let flagged = h.flags & FLAG_STREAM != 0;
+    match (streaming, flagged) {
+        (true, false) => Err(Error::new(
+            ErrorKind::InvalidArguments,
+            format!(
+                "`{name}` is a streaming method: call it as a stream (request flag STREAM, \
+                 feature `{FEATURE_STREAM}`)"
+            ),
+        )),
+        (false, true) => Err(Error::new(
+            ErrorKind::InvalidArguments,
+            format!("`{name}` is not a streaming method: call it without the STREAM flag"),
+        )),
+        _ => Ok(()),
+    }
+}
