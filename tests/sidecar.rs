@@ -5,6 +5,8 @@
 //! is bounded.
 
 mod common;
+#[path = "common/logs_service.rs"]
+mod logs_service;
 #[path = "common/shard_service.rs"]
 mod shard_service;
 
@@ -280,4 +282,98 @@ async fn typed_proxies_through_the_agent_behave_as_direct_ones() {
         .await
         .unwrap_err();
     assert!(err.message().contains("via_agent"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pass_through_the_agent_with_flow_control_end_to_end() {
+    use logs_service::*;
+
+    let node = registry().await;
+    let provider_star = provider_star(&node).await;
+    let service = LogsImpl::default();
+    let state = service.0.clone();
+    let _provider = provider_star
+        .serve(
+            Server::builder().serve(LogsServer::new(service)),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("serve");
+    let agent = start_agent(&node, 16).await;
+    let star = consumer(&agent).await;
+    let logs = star.client::<LogsClient>();
+
+    // Server streaming, once the agent's registry watch lists the provider.
+    let lines: Vec<Line> = within("a tail through the agent", async {
+        loop {
+            let mut s = logs.tail("app.log".into(), 500).await.expect("open");
+            match s.next().await {
+                Some(Err(e)) if e.kind() == ErrorKind::NoProvider => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Some(first) => {
+                    let mut all = vec![first.expect("first line")];
+                    while let Some(line) = s.next().await {
+                        all.push(line.expect("line"));
+                    }
+                    return all;
+                }
+                None => panic!("an empty tail"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(lines.len(), 500);
+    assert_eq!(lines[499].text, "app.log:499");
+
+    // Client streaming: 2 MiB, many windows' worth, and the result.
+    let chunks = stardust::Stream::iter((0..32).map(|_| vec![3u8; 64 * 1024]));
+    let total = within(
+        "an upload through the agent",
+        logs.upload("f".into(), chunks),
+    )
+    .await;
+    assert_eq!(total.unwrap(), 2 * 1024 * 1024);
+
+    // Both ways.
+    let (tx, input) = stardust::Stream::channel(4);
+    let mut out = logs.chat("room".into(), input).await.unwrap();
+    tx.send("hello".to_owned()).await.unwrap();
+    assert_eq!(
+        within("an echo", out.next()).await.unwrap().unwrap(),
+        "room: hello"
+    );
+    drop(tx);
+    assert!(within("the chat's end", out.next()).await.is_none());
+
+    // A reader that stops: the provider stalls too, through both hops' windows.
+    let mut s = logs.flood(64 * 1024).await.unwrap();
+    for _ in 0..4 {
+        within("an item", s.next()).await.unwrap().unwrap();
+    }
+    let produced = within("the provider to stall", async {
+        let mut last = u64::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = state.produced.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    })
+    .await;
+    assert!(produced < 64, "the provider ran ahead: {produced} items");
+    // Dropping the consumer's stream cancels it on the provider, through the agent.
+    let dropped = state.dropped.notified();
+    let mut hang = logs.hang().await.unwrap();
+    assert_eq!(
+        within("the first item", hang.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        1
+    );
+    drop(hang);
+    within("the provider's handler to be dropped", dropped).await;
 }

@@ -60,6 +60,7 @@
 //! [`Stardust`]: crate::Stardust
 //! [`Stardust::client`]: crate::Stardust::client
 
+mod relay;
 mod routes;
 
 use std::net::SocketAddr;

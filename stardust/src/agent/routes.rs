@@ -15,7 +15,7 @@ use crate::discovery::session::Session;
 use crate::discovery::watch::ServiceWatch;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{FLAG_IDEMPOTENT, FLAG_ONE_WAY};
-use crate::server::{Forward, Forwarded};
+use crate::server::{Forward, Forwarded, ForwardedStream};
 
 /// Longest service name the agent routes, in bytes (the registry's limit on names): a longer
 /// one cannot be registered, so it is refused without asking the registry.
@@ -137,6 +137,29 @@ impl Forward for Routes {
             } else {
                 balanced.call_raw(raw).await
             }
+        })
+    }
+
+    fn forward_stream(
+        &self,
+        call: Forwarded,
+        io: ForwardedStream,
+    ) -> BoxFuture<'static, Result<Bytes, Error>> {
+        let route = self.route(call.name.service());
+        Box::pin(async move {
+            let balanced = route?;
+            let raw = RawCall {
+                name: call.name,
+                idempotent: call.flags & FLAG_IDEMPOTENT != 0,
+                deadline: call.deadline,
+                trace_id: call.trace_id,
+                meta: &call.meta,
+                args: &call.args,
+            };
+            let (provider, in_flight) = balanced.open_stream_raw(raw).await?;
+            let end = super::relay::relay(io, provider).await;
+            in_flight.finish(crate::balance::clock_ns(tokio::time::Instant::now().into()));
+            end
         })
     }
 }

@@ -53,6 +53,7 @@ pub(crate) use balanced::RawCall;
 use balanced::*;
 pub use builder::ClientBuilder;
 pub(crate) use builder::ClientConfig;
+pub(crate) use connection::ClientStream;
 use connection::{CallError, ClientConn, Secure};
 pub(crate) use endpoints::EndpointSource;
 use endpoints::Endpoints;

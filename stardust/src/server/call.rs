@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
 use crate::protocol::message;
 use crate::service::{Call, Service};
-pub(crate) use stream::ServerInput;
+pub(crate) use stream::{ServerInput, StreamOut, end_input};
 
 pub(crate) struct ServerCall {
     /// The context, installed as the current one while the handler is polled. `None` only while

@@ -429,6 +429,9 @@ impl ServerConn {
         self.info.auth.check(req.service, now)?;
         let Some((service_index, service)) = shared.service(req.service) else {
             return match &shared.forward {
+                Some(forward) if h.flags & crate::protocol::stream::FLAG_STREAM != 0 => {
+                    self.forward_stream(shared, forward.as_ref(), h, req, now)
+                }
                 Some(forward) => {
                     self.forward(forward.as_ref(), h, req, now);
                     Ok(())

@@ -53,6 +53,25 @@ pub(crate) trait Forward: Send + Sync + 'static {
     /// own, tracked like a handler's (cancellation, drain, the in-flight cap). For a one-way
     /// request its output is dropped.
     fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>>;
+
+    /// Starts forwarding the streaming call `call`, whose input arrives in `io.input` and whose
+    /// output items go to `io.output`; the future gives the raw body of the final response or
+    /// the error. It runs as a task of its own, like [`Forward::forward`]'s; dropping it
+    /// (cancellation) must end the stream upstream too.
+    fn forward_stream(
+        &self,
+        call: Forwarded,
+        io: ForwardedStream,
+    ) -> BoxFuture<'static, Result<Bytes, Error>>;
+}
+
+/// The two ends of a forwarded streaming call on the server's side: what its client sends, and
+/// where the items for its client go (each item a raw MessagePack body; flow control applies
+/// on both).
+pub(crate) struct ForwardedStream {
+    /// The client's input items; dropping it before its end tells the client to stop sending.
+    pub(crate) input: Option<Box<dyn crate::stream::RawSource>>,
+    pub(crate) output: call::StreamOut,
 }
 
 /// A request as it arrived, for a [`Forward`].

@@ -191,6 +191,34 @@ impl Balanced {
         balanced.run(self, &RawArgs(call.args)).await
     }
 
+    /// Opens `call` as a streaming call on a provider the balancer picks (what an agent
+    /// forwards a stream with): the first provider that takes it, trying the next while
+    /// nothing was sent.
+    pub(crate) async fn open_stream_raw(
+        &self,
+        call: RawCall<'_>,
+    ) -> Result<(super::connection::ClientStream, crate::balance::InFlight), Error> {
+        let start = Instant::now();
+        let spec = StreamSpec {
+            pick: Pick::default(),
+            retry_lost: call.idempotent,
+            idempotent: call.idempotent,
+            info: CallInfo {
+                budget: call
+                    .deadline
+                    .map_or(Duration::ZERO, |d| d.saturating_duration_since(start)),
+                name: call.name,
+                deadline: call.deadline,
+                hedge_at: None,
+            },
+            trace_id: call.trace_id,
+            meta: call.meta.clone(),
+            args: bytes::Bytes::copy_from_slice(call.args),
+            start,
+        };
+        open_balanced(self, &spec, &mut Vec::new()).await
+    }
+
     /// Sends `call` one-way to a provider the balancer picks (as [`Client::call_one_way`]).
     pub(crate) async fn one_way_raw(&self, call: RawCall<'_>) -> Result<(), Error> {
         let name = &call.name;

@@ -157,6 +157,35 @@ impl ClientStream {
         self.conn.peer
     }
 
+    /// Ready when an input item may be sent (the server's credit allows it), or with the
+    /// reason no more may be (the server stopped reading, or the call ended).
+    pub(crate) fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.flow.poll_credit(cx)
+    }
+
+    /// Sends an input item already encoded (an agent relaying one), after
+    /// [`ClientStream::poll_send_ready`] said it may.
+    pub(crate) fn send_raw(&self, body: &[u8]) -> Result<(), Error> {
+        let out = &self.conn.out;
+        let (id, max) = (self.id, out.peer_max_frame);
+        let cost = out.push_quiet(|buf, _| wire::put_item_raw(buf, id, body, max))?;
+        self.flow.spend(cost);
+        out.flush_inline();
+        Ok(())
+    }
+
+    /// Ends the call's input stream.
+    pub(crate) fn send_end(&self) {
+        let id = self.id;
+        let queued = self.conn.out.push_quiet(|buf, _| {
+            wire::put_end(buf, id);
+            Ok(())
+        });
+        if queued.is_ok() {
+            self.conn.out.flush_inline();
+        }
+    }
+
     /// A pump sending `input` as this call's input stream.
     pub(crate) fn pump<I>(&self, input: Stream<I>) -> Pump<I> {
         Pump {

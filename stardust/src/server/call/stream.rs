@@ -113,7 +113,7 @@ impl SpawnedCall {
 
 /// Marks the call's input as over (the call is ending): its reader, dropped with the handler,
 /// then need not tell the client to stop sending.
-pub(super) fn end_input(flow: &Flow) {
+pub(crate) fn end_input(flow: &Flow) {
     let over = || Error::new(ErrorKind::Cancelled, "the call has ended");
     flow.finish(Err(over()), true, &mut Vec::new());
 }
@@ -183,5 +183,40 @@ impl Drop for ServerInput {
         if queued.is_ok() {
             self.out.wake_writer();
         }
+    }
+}
+
+/// The output side of a streaming call whose items come from elsewhere (an agent relaying a
+/// provider's stream): raw items sent under the client's credit.
+pub(crate) struct StreamOut {
+    out: Arc<Outbound>,
+    id: u64,
+    flow: Arc<Flow>,
+}
+
+impl StreamOut {
+    pub(crate) fn new(out: Arc<Outbound>, id: u64, flow: Arc<Flow>) -> StreamOut {
+        StreamOut { out, id, flow }
+    }
+
+    /// Sends `body` (one item, already MessagePack) once the client's credit allows it.
+    pub(crate) fn poll_send_raw(
+        &self,
+        cx: &mut TaskContext<'_>,
+        body: &[u8],
+    ) -> Poll<Result<(), Error>> {
+        match self.flow.poll_credit(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let (id, max) = (self.id, self.out.peer_max_frame);
+        let sent = self
+            .out
+            .push_quiet(|buf, _| crate::protocol::stream::put_item_raw(buf, id, body, max));
+        Poll::Ready(sent.map(|cost| {
+            self.flow.spend(cost);
+            self.out.flush_inline();
+        }))
     }
 }

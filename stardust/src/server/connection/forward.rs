@@ -50,7 +50,7 @@ impl ServerConn {
     }
 
     /// Queues the answer to a forwarded request (nothing for a one-way one), without flushing.
-    fn queue_forwarded(&self, id: u64, flags: u8, outcome: Result<Bytes, Error>) {
+    pub(super) fn queue_forwarded(&self, id: u64, flags: u8, outcome: Result<Bytes, Error>) {
         if flags & FLAG_ONE_WAY != 0 {
             if let Err(e) = outcome {
                 tracing::debug!(peer = %self.peer, id, error = %e, "forwarded one-way call failed");

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
-use crate::server::call::ServerInput;
+use crate::server::ForwardedStream;
+use crate::server::call::{ServerInput, StreamOut};
 use crate::service::Service;
 use crate::stream::RawSource;
 use crate::stream::flow::Flow;
@@ -38,40 +39,7 @@ impl ServerConn {
         target: StreamTarget<'_>,
         args: &[u8],
     ) -> Result<(), Error> {
-        if !self.client_streams() {
-            return Err(Error::protocol(format!(
-                "a streaming request from a client that did not announce `{FEATURE_STREAM}`"
-            )));
-        }
-        if h.flags & FLAG_ONE_WAY != 0 {
-            return Err(Error::protocol(
-                "a streaming call cannot be one-way (flags ONE_WAY and STREAM together)",
-            ));
-        }
-        let flow = Arc::new(Flow::new(
-            shared.config.stream_window,
-            self.peer_stream_window,
-        ));
-        {
-            let mut streams = self.streams.lock();
-            let limit = shared.config.max_streams;
-            if streams.open.len() >= limit {
-                return Err(Error::new(
-                    ErrorKind::Overloaded,
-                    format!(
-                        "this connection already has {limit} streams open (the provider's \
-                         limit); end one, or open this one on another connection or provider"
-                    ),
-                ));
-            }
-            if streams.open.contains_key(&h.id) {
-                return Err(Error::protocol(format!(
-                    "request id {} already names an open stream on this connection",
-                    h.id
-                )));
-            }
-            streams.open.insert(h.id, flow.clone());
-        }
+        let flow = self.register_stream(shared, h)?;
         let deadline = ctx.deadline;
         let desc = target.service.descriptor();
         let input = desc.methods[target.method].input_stream.then(|| {
@@ -89,6 +57,89 @@ impl ServerConn {
             stream: Some(flow),
         };
         self.track(h, |key, task_id| call.run(deadline, key, task_id));
+        Ok(())
+    }
+
+    /// Checks that call `h` may open a stream here and registers its flow, so the client's
+    /// items and credit find it.
+    fn register_stream(&self, shared: &ServerShared, h: &Header) -> Result<Arc<Flow>, Error> {
+        if !self.client_streams() {
+            return Err(Error::protocol(format!(
+                "a streaming request from a client that did not announce `{FEATURE_STREAM}`"
+            )));
+        }
+        if h.flags & FLAG_ONE_WAY != 0 {
+            return Err(Error::protocol(
+                "a streaming call cannot be one-way (flags ONE_WAY and STREAM together)",
+            ));
+        }
+        let flow = Arc::new(Flow::new(
+            shared.config.stream_window,
+            self.peer_stream_window,
+        ));
+        let mut streams = self.streams.lock();
+        let limit = shared.config.max_streams;
+        if streams.open.len() >= limit {
+            return Err(Error::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "this connection already has {limit} streams open (the provider's limit); \
+                     end one, or open this one on another connection or provider"
+                ),
+            ));
+        }
+        if streams.open.contains_key(&h.id) {
+            return Err(Error::protocol(format!(
+                "request id {} already names an open stream on this connection",
+                h.id
+            )));
+        }
+        streams.open.insert(h.id, flow.clone());
+        Ok(flow)
+    }
+
+    /// Hands a streaming request for a service not hosted here to the server's [`Forward`]
+    /// (an agent), which relays it; answers with what the relay ends with.
+    pub(super) fn forward_stream(
+        self: &Arc<Self>,
+        shared: &Arc<ServerShared>,
+        forward: &dyn Forward,
+        h: &Header,
+        req: RequestView<'_>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let flow = self.register_stream(shared, h)?;
+        let (id, flags) = (h.id, h.flags);
+        let call = Forwarded {
+            name: CallName::shared(req.service, req.method),
+            flags,
+            deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
+            trace_id: req.trace_id,
+            meta: req.meta,
+            args: Bytes::copy_from_slice(req.args),
+        };
+        let io = ForwardedStream {
+            input: Some(Box::new(ServerInput::new(
+                self.out.clone(),
+                id,
+                flow.clone(),
+            ))),
+            output: StreamOut::new(self.out.clone(), id, flow.clone()),
+        };
+        let relay = forward.forward_stream(call, io);
+        let entry = OpenStream {
+            conn: self.clone(),
+            id,
+            flow,
+        };
+        let conn = self.clone();
+        self.track(h, move |key, task_id| async move {
+            let outcome = relay.await;
+            drop(entry);
+            conn.queue_forwarded(id, flags, outcome);
+            conn.out.flush_inline();
+            conn.call_done(key, task_id);
+        });
         Ok(())
     }
 
@@ -137,6 +188,20 @@ impl ServerConn {
 
     fn stream(&self, id: u64) -> Option<Arc<Flow>> {
         self.streams.lock().open.get(&id).cloned()
+    }
+}
+
+/// A forwarded stream's place in the table, given up when its task ends however it ends.
+struct OpenStream {
+    conn: Arc<ServerConn>,
+    id: u64,
+    flow: Arc<Flow>,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        crate::server::call::end_input(&self.flow);
+        self.conn.stream_ended(self.id, &self.flow);
     }
 }
 
