@@ -262,3 +262,46 @@ async fn a_reader_that_stops_stalls_its_producer_and_unary_calls_keep_flowing() 
     }
     assert!(logs.produced().await.unwrap() > produced);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_does_not_stream_is_told_apart_at_once() {
+    use stardust::__wire::{frame, message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An older provider: it answers the handshake without announcing `call.stream`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut len = [0u8; 4];
+        sock.read_exact(&mut len).await.unwrap();
+        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+        sock.read_exact(&mut rest).await.unwrap();
+        let ack = message::HelloAck {
+            version: 1,
+            agent: "stardust-rust/0.0.1".into(),
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            features: Vec::new(),
+            stream_window: None,
+        };
+        let mut buf = bytes::BytesMut::new();
+        message::put_serde(&mut buf, frame::Kind::HelloAck, &ack).unwrap();
+        sock.write_all(&buf).await.unwrap();
+        // Whatever the client sends next (it should send nothing).
+        let mut after = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_millis(300), sock.read_to_end(&mut after)).await;
+        after
+    });
+    let logs = LogsClient::connect(addr).await.unwrap();
+    let err = within("the refusal", logs.tail("x".into(), 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("call.stream"), "{err}");
+    drop(logs);
+    assert!(
+        within("the old provider", old).await.unwrap().is_empty(),
+        "nothing was sent after the handshake"
+    );
+}
