@@ -11,13 +11,14 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
+use stardust::__wire::frame::{self, HEADER_LEN, Kind};
+use stardust::__wire::message::{self, Hello, RequestHead};
+use stardust::__wire::stream;
 use stardust::Metadata;
 use stardust::discovery::api::{
     DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
     Status, WatchReply,
 };
-use stardust::__wire::frame::{self, HEADER_LEN, Kind};
-use stardust::__wire::message::{self, Hello, RequestHead};
 
 use crate::echo::{EchoClient, Record, Shape};
 use crate::targets::token;
@@ -129,6 +130,12 @@ pub fn all() -> Vec<Seed> {
     let mut array = BytesMut::new();
     message::put_serde(&mut array, Kind::Hello, &(message::PROTOCOL_NAME, 1u32)).expect("encodes");
     add("hello", "array-shaped", cat(&[&[0], &array]));
+    // A Hello announcing streaming calls (PROTOCOL.md §19).
+    add(
+        "hello",
+        "doc-hello_stream",
+        cat(&[&[0], &doc_frame("hello_stream")]),
+    );
     // A Hello then its Proof (proof of possession, PROTOCOL.md §3).
     add(
         "hello",
@@ -146,6 +153,11 @@ pub fn all() -> Vec<Seed> {
         "request",
         "doc-request_authenticate",
         body(&doc_frame("request_authenticate")),
+    );
+    add(
+        "request",
+        "doc-stream_request_tail",
+        body(&doc_frame("stream_request_tail")),
     );
     for (name, bytes) in echo_requests() {
         add("request", &name, bytes);
@@ -285,6 +297,22 @@ pub fn all() -> Vec<Seed> {
         ]),
     );
     add("server", "doc-no-hello", doc_frame("request_add"));
+    // A client announcing streams opens one (a service the provider lacks) and sends every
+    // stream frame of PROTOCOL.md §19, then calls an echo method with the STREAM flag.
+    let mut stream_session = cat(&[
+        &doc_frame("hello_stream"),
+        &doc_frame("stream_request_tail"),
+        &doc_frame("stream_item"),
+        &doc_frame("stream_credit"),
+        &doc_frame("stream_end"),
+        &doc_frame("stream_cancel"),
+    ]);
+    let mut buf = BytesMut::new();
+    let start = frame::begin(&mut buf, Kind::Request, stream::FLAG_STREAM, 9);
+    buf.extend_from_slice(&request_body("text", &Metadata::new(), &enc(&("x",)), 6));
+    frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).expect("fits");
+    stream_session.extend_from_slice(&buf);
+    add("server", "doc-stream-session", stream_session);
     let mut echo_session = hello.clone();
     for (id, (_, body)) in echo_requests().into_iter().enumerate() {
         let flags = if id % 3 == 2 { frame::FLAG_ONE_WAY } else { 0 };
@@ -317,6 +345,7 @@ fn hello_with_meta() -> Vec<u8> {
         agent: "stardust-fuzz".into(),
         max_frame: Some(frame::MIN_MAX_FRAME),
         meta,
+        stream_window: None,
     };
     let mut buf = BytesMut::new();
     message::put_serde(&mut buf, Kind::Hello, &hello).expect("encodes");
