@@ -305,3 +305,87 @@ async fn a_provider_that_does_not_stream_is_told_apart_at_once() {
         "nothing was sent after the handshake"
     );
 }
+
+/// Records what interceptors saw: (side, method, outcome kind or "ok").
+#[derive(Clone, Default)]
+struct Seen(Arc<parking_lot::Mutex<Vec<String>>>);
+
+impl stardust::Interceptor for Seen {
+    fn before_call(&self, ctx: &stardust::Context) -> Result<(), stardust::Error> {
+        self.0
+            .lock()
+            .push(format!("server before {}", ctx.method()));
+        Ok(())
+    }
+    fn after_call(&self, ctx: &stardust::Context, outcome: Result<(), &stardust::Error>) {
+        let how = outcome.map_or_else(|e| format!("{:?}", e.kind()), |()| "ok".into());
+        self.0
+            .lock()
+            .push(format!("server after {} {how}", ctx.method()));
+    }
+}
+
+impl stardust::ClientInterceptor for Seen {
+    fn before_call(&self, call: &mut stardust::OutgoingCall<'_>) -> Result<(), stardust::Error> {
+        call.metadata.insert("seen", "yes");
+        self.0
+            .lock()
+            .push(format!("client before {}", call.method.name));
+        Ok(())
+    }
+    fn after_call(&self, call: &stardust::OutgoingCall<'_>, outcome: Result<(), &stardust::Error>) {
+        let how = outcome.map_or_else(|e| format!("{:?}", e.kind()), |()| "ok".into());
+        self.0
+            .lock()
+            .push(format!("client after {} {how}", call.method.name));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interceptors_see_a_stream_open_and_end() {
+    let seen = Seen::default();
+    let (server, _) = serve(Server::builder().interceptor(seen.clone())).await;
+    let client = Client::builder()
+        .interceptor(seen.clone())
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let logs = LogsClient::new(client);
+    let n = within("a tail", async {
+        logs.tail("f".into(), 3).await.unwrap().count().await
+    })
+    .await;
+    assert_eq!(n, 3);
+    let total = logs
+        .upload("u".into(), Stream::iter(vec![vec![1u8; 4]]))
+        .await
+        .unwrap();
+    assert_eq!(total, 4);
+    // A cancelled stream ends as `Cancelled` on both sides.
+    let mut s = logs.hang().await.unwrap();
+    within("the first item", s.next()).await.unwrap().unwrap();
+    drop(s);
+    within("every end to be seen", async {
+        while seen.0.lock().len() < 12 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let seen = seen.0.lock().clone();
+    for expected in [
+        "client before tail",
+        "server before tail",
+        "server after tail ok",
+        "client after tail ok",
+        "client before upload",
+        "server after upload ok",
+        "client after upload ok",
+        "client after hang Cancelled",
+        "server after hang Cancelled",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} not in {seen:?}"
+        );
+    }
+}

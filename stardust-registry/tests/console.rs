@@ -128,6 +128,8 @@ fn report(service: &str, methods: &[Method]) -> Status {
                     .collect(),
                 in_flight: 0,
                 latency: latency(calls, us),
+                items_in: 0,
+                items_out: 0,
             })
             .collect(),
         called: Vec::new(),
@@ -315,6 +317,8 @@ async fn take_screenshot(page: &mut Page) {
                         },
                         in_flight: (calls as f64 * us as f64 / 1e6).ceil() as u64,
                         latency: latency(calls, jitter),
+                        items_in: 0,
+                        items_out: 0,
                     });
                 }
                 let in_flight = served.iter().map(|m| m.in_flight).sum();

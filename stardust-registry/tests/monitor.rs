@@ -45,6 +45,8 @@ fn served(method: &str, calls: u64, us: u64, errors: &[(ErrorKind, u64)]) -> Met
             p99_us: us,
             max_us: us,
         },
+        items_in: 0,
+        items_out: 0,
     }
 }
 
@@ -611,4 +613,31 @@ async fn idle_http_clients_cannot_take_the_registry_down() {
     })
     .await;
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_items_are_counted_per_method() {
+    let (node, http) = start_monitored(Config::dev()).await;
+    let calc = provider(&node, EP).await;
+    let streamed = |calls, items_in, items_out| MethodFigures {
+        items_in,
+        items_out,
+        ..served("tail", calls, 300, &[])
+    };
+    beat(
+        &calc,
+        report(vec![streamed(2, 0, 500), served("add", 3, 10, &[])]),
+    )
+    .await;
+    beat(&calc, report(vec![streamed(1, 3, 200)])).await;
+    let m = http_get(http, "/metrics").await.body;
+    let series = |method: &str, direction: &str| {
+        format!(
+            "stardust_stream_items_total{{service=\"{CALC}\",method=\"{method}\",instance=\"{EP}\",direction=\"{direction}\"}}"
+        )
+    };
+    assert_eq!(sample(&m, &series("tail", "out")), Some(700.0), "{m}");
+    assert_eq!(sample(&m, &series("tail", "in")), Some(3.0), "{m}");
+    // A method that never streamed has no such series.
+    assert_eq!(sample(&m, &series("add", "out")), None, "{m}");
 }

@@ -112,8 +112,11 @@ pub fn assert_stardust_stream<S: StardustStream>() {}
     message = "`{Self}` is not `stardust::Stream` or `stardust::Streaming`",
     label = "`#[stardust::service]` reads a type named `Stream<..>` or `Streaming<..>` here as a \
              stream of items",
-    note = "to send a value of a type of your own called `Stream`, name it with a path the macro \
-            does not take for a stream, e.g. `self::Stream<T>` or `crate::types::Stream<T>`"
+    note = "to send a value of a type of your own named `Stream` or `Streaming`, write it with a \
+            path the macro does not take for a stream, e.g. `self::Stream<T>` or \
+            `crate::types::Streaming<T>`",
+    note = "to stream items, name Stardust's type: `stardust::Stream<T>` (returned) or \
+            `stardust::Streaming<T>` (the last argument)"
 )]
 pub trait StardustStream {}
 

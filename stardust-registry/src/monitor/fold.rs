@@ -72,6 +72,8 @@ impl Monitor {
             }
             let method = stats.methods.get_mut(&figures.method).expect("present");
             method.calls = method.calls.saturating_add(figures.calls);
+            method.items_in = method.items_in.saturating_add(figures.items_in);
+            method.items_out = method.items_out.saturating_add(figures.items_out);
             let errors = add_errors(&mut method.errors, &figures.errors);
             let buckets = buckets_of(&figures.latency);
             if let Some(b) = &buckets {

@@ -150,6 +150,9 @@ pub(crate) struct MethodStats {
     pub errors: BTreeMap<u16, u64>,
     pub buckets: [u64; BUCKETS],
     pub sum_us: u64,
+    /// Stream items its streaming calls received and sent, since it registered.
+    pub items_in: u64,
+    pub items_out: u64,
     /// The last report's window (zero when the method was absent from it).
     pub last: WindowFigures,
 }
@@ -578,6 +581,8 @@ mod tests {
                 .collect(),
             in_flight: 1,
             latency: latency(300, calls),
+            items_in: 0,
+            items_out: 0,
         }
     }
 

@@ -50,6 +50,9 @@ pub(crate) struct Figures {
     /// Calls running as tasks of their own (a call that completes inline is never counted:
     /// it is not in flight at any moment a report could see).
     running: AtomicU64,
+    /// Stream items received from and sent to callers by streams that ended in the window.
+    items_in: AtomicU64,
+    items_out: AtomicU64,
 }
 
 impl Default for Figures {
@@ -58,6 +61,8 @@ impl Default for Figures {
             shards: Default::default(),
             errors: Default::default(),
             running: AtomicU64::new(0),
+            items_in: AtomicU64::new(0),
+            items_out: AtomicU64::new(0),
         }
     }
 }
@@ -77,6 +82,9 @@ pub(crate) struct Window {
     pub(crate) errors: Vec<ErrorCount>,
     pub(crate) in_flight: u64,
     pub(crate) latency: Latency,
+    /// Stream items received and sent by the streams that ended in the window.
+    pub(crate) items_in: u64,
+    pub(crate) items_out: u64,
 }
 
 impl Figures {
@@ -89,6 +97,12 @@ impl Figures {
     pub(crate) fn finished(&self, elapsed: Duration, error: Option<ErrorKind>) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         self.completed(elapsed, error);
+    }
+
+    /// A streaming call ended having received `items_in` items and sent `items_out`.
+    pub(crate) fn stream_items(&self, items_in: u64, items_out: u64) {
+        self.items_in.fetch_add(items_in, Ordering::Relaxed);
+        self.items_out.fetch_add(items_out, Ordering::Relaxed);
     }
 
     /// A call completed after `elapsed`, failing with `error` if it failed.
@@ -159,6 +173,8 @@ impl Figures {
             errors,
             in_flight,
             latency: merged.map_or_else(Latency::default, |h| summarize(&h, sum_us)),
+            items_in: self.items_in.swap(0, Ordering::Relaxed),
+            items_out: self.items_out.swap(0, Ordering::Relaxed),
         }
     }
 }

@@ -59,6 +59,8 @@ impl ServiceFigures {
                 errors: w.errors,
                 in_flight: w.in_flight,
                 latency: w.latency,
+                items_in: w.items_in,
+                items_out: w.items_out,
             });
         }
     }
@@ -153,6 +155,8 @@ mod tests {
             errors: vec![ErrorCount { code: 7, count: 1 }],
             in_flight: 0,
             latency: latency(calls, us),
+            items_in: 0,
+            items_out: 0,
         };
         let earlier = Status {
             window_ms: 1000,

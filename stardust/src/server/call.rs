@@ -41,6 +41,9 @@ pub(crate) struct ServerCall {
     spawned: bool,
     /// How an inline call ended, waiting to be counted with its batch.
     done: Option<Done>,
+    /// Where the call is counted, kept after its outcome is (a stream's items are counted
+    /// when it is dropped).
+    counted_at: Option<(u32, u32)>,
     /// The call's `tracing` span (service, method, peer, trace id): events the handler logs
     /// carry them. Disabled, and free, unless a subscriber wants debug spans.
     span: tracing::Span,
@@ -89,6 +92,7 @@ impl ServerCall {
             figures: None,
             spawned: false,
             done: None,
+            counted_at: None,
             span,
         }
     }
@@ -97,6 +101,7 @@ impl ServerCall {
     /// caller counted it as started there).
     pub(crate) fn count_in(&mut self, service: usize, method: usize) {
         self.figures = Some((service as u32, method as u32));
+        self.counted_at = self.figures;
     }
 
     /// The call is about to become a task of its own: it is in flight until it counts itself.
@@ -362,6 +367,11 @@ impl SpawnedCall {
 impl Drop for SpawnedCall {
     fn drop(&mut self) {
         if let Some(flow) = self.stream.take() {
+            if let Some((service, method)) = self.call.counted_at {
+                self.shared.figures[service as usize]
+                    .method(method as usize)
+                    .stream_items(flow.received(), flow.sent());
+            }
             self.conn.stream_ended(self.call.id, &flow);
         }
         // Dropped unfinished: cancelled by the client, or its connection went away.

@@ -114,6 +114,8 @@ fn populate(monitor: &Monitor) {
             errors: vec![ErrorCount { code: 3, count: 1 }],
             in_flight: 1,
             latency: latency.clone(),
+            items_in: 0,
+            items_out: 0,
         }],
         called: vec![CallFigures {
             endpoint: "127.0.0.1:9001".to_owned(),

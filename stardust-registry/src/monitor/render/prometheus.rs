@@ -96,6 +96,27 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
     }
     family(
         &mut out,
+        "stardust_stream_items_total",
+        "counter",
+        "Stream items a provider instance's streaming calls received (direction=\"in\") and sent \
+         (direction=\"out\"), per method, since it registered (methods that stream only).",
+    );
+    for (service, instance, method, m) in methods() {
+        if m.items_in == 0 && m.items_out == 0 {
+            continue;
+        }
+        for (direction, n) in [("in", m.items_in), ("out", m.items_out)] {
+            let l = labels(&[
+                ("service", service),
+                ("method", method),
+                ("instance", instance),
+                ("direction", direction),
+            ]);
+            let _ = writeln!(out, "stardust_stream_items_total{{{l}}} {n}");
+        }
+    }
+    family(
+        &mut out,
         "stardust_in_flight",
         "gauge",
         "Calls running on a provider instance at its last report, per method.",

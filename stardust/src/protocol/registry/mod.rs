@@ -165,9 +165,16 @@ pub struct MethodFigures {
     /// Calls running at report time.
     #[serde(default)]
     pub in_flight: u64,
-    /// How long the completed calls took, from request to response.
+    /// How long the completed calls took, from request to response (for a streaming call:
+    /// from its request to its end).
     #[serde(default)]
     pub latency: Latency,
+    /// Stream items the completed streaming calls received from their callers.
+    #[serde(default)]
+    pub items_in: u64,
+    /// Stream items the completed streaming calls sent to their callers.
+    #[serde(default)]
+    pub items_out: u64,
 }
 
 /// Calls a consumer made to one service at one provider during a report window.
