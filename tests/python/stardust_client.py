@@ -33,12 +33,25 @@ Two kinds of failure, kept apart as the protocol keeps them apart:
   use :meth:`Client.call_result` (or :func:`unwrap_result`): it returns the ``Ok`` value and
   raises :class:`ApplicationError` (whose ``.error`` is the decoded ``E``) for ``Err``.
 
+Streaming calls (section 19, feature ``call.stream``): :meth:`Client.stream` opens one and
+returns a :class:`StreamCall`, an iterator over the method's output items; once it is exhausted,
+``.result`` is the method's return value (``None`` for a method that returns only a stream). An
+``input`` iterable is sent as the call's input stream, under the server's credit, then ``End``:
+
+    with client.stream("logs.Logs", "tail", "app.log") as lines:
+        for line in lines:
+            print(line)
+    with client.stream("logs.Logs", "upload", "a.bin", input=chunks) as up:
+        up.collect()      # no output items; waits for the end
+        up.result         # -> the method's return value
+
 Concurrency: one connection carries any number of calls at once. A reader thread receives every
 frame and hands each ``Response``/``Error`` to the call with that request id, so calls may be
 made from many threads, or started with :meth:`Client.call_async` and collected later. The same
 thread answers the server's ``Ping`` frames and runs a keepalive of its own.
 """
 
+import collections
 import itertools
 import queue
 import random
@@ -53,6 +66,7 @@ import msgpack
 __all__ = [
     "Client",
     "PendingCall",
+    "StreamCall",
     "StardustError",
     "ApplicationError",
     "unwrap_result",
@@ -63,6 +77,11 @@ PROTOCOL_VERSION = 1
 AGENT = "stardust-python/0.1.0"
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_CALL_TIMEOUT = 30.0
+# The credit each side grants a streaming call for the items it receives when its handshake
+# has no `stream_window` (section 19), and the largest single grant.
+DEFAULT_STREAM_WINDOW = 256 * 1024
+MAX_CREDIT = 2**31 - 1
+FEATURE_STREAM = "call.stream"
 
 # Frame kinds (section 2).
 HELLO = 1
@@ -75,15 +94,20 @@ NOTIFY = 7
 PING = 8
 PONG = 9
 GOAWAY = 10
+ITEM = 13  # either way, in a streaming call (section 19)
+CREDIT = 14  # either way, in a streaming call
+END = 15  # client -> server: the input stream is complete
 
 # Request flags (section 2).
 ONE_WAY = 0x01
 IDEMPOTENT = 0x02
+STREAM = 0x04
 
 # length (u32) | kind (u8) | flags (u8) | id (u64), big-endian: 14 bytes. `length` counts the
 # 10 bytes after itself plus the body.
 HEADER = struct.Struct(">IBBQ")
 HEADER_AFTER_LENGTH = 10
+HEADER_LEN = 4 + HEADER_AFTER_LENGTH  # what a stream item costs besides its body
 
 # Error codes (section 5).
 ERROR_KINDS = {
@@ -106,6 +130,9 @@ ERROR_KINDS = {
     17: "ConnectionClosed",
     18: "NoProvider",
     19: "Rejected",
+    20: "LimitExceeded",
+    21: "InvalidConfig",
+    22: "Unsupported",
 }
 _CODES = {name: code for code, name in ERROR_KINDS.items()}
 
@@ -226,15 +253,246 @@ class PendingCall:
             self._resolve(error=StardustError.local_error("Cancelled", "cancelled by the caller"))
 
 
+class StreamCall:
+    """A streaming call in flight (section 19), made by :meth:`Client.stream`.
+
+    Iterating it yields the method's output items, decoded, in order; the iteration ends with
+    the call's ``Response`` (then :attr:`result` holds its value) or raises
+    :class:`StardustError` for an ``Error`` (or a local failure: the deadline, a closed
+    connection). Items are taken from a queue the reader thread fills; as they are taken, the
+    credit they cost is given back to the server once it reaches half this client's window.
+
+    An ``input`` iterable is sent by a thread of its own, each item as an ``Item`` frame while
+    the server's credit lasts, then ``End``. When the server sends ``Cancel`` (its handler no
+    longer reads the input) sending stops and :attr:`input_stopped` becomes true; the call goes
+    on. :meth:`close` (or leaving a ``with`` block) before the end cancels the call.
+    """
+
+    def __init__(self, client, request_id, deadline, window, send_window):
+        self._client = client
+        self.id = request_id
+        self.deadline = deadline  # time.monotonic() value, or None
+        self._cond = threading.Condition()
+        self._items = collections.deque()  # raw bodies, not yet taken
+        self._window = window  # what we grant the server for our output items
+        self._held = 0  # cost of the items in _items
+        self._unacked = 0  # cost of the items taken since credit was last given back
+        self._credit = send_window  # what we may still send (may go below zero by one item)
+        self._ended = False  # the call's answer (or a local failure) is in
+        self._value = None
+        self._error = None
+        self._finished = False  # the consumer has been given the end
+        #: True once the server said (``Cancel``) that its handler no longer reads the input.
+        self.input_stopped = False
+        #: Items received and sent so far, and the credit given back (bytes).
+        self.received = 0
+        self.sent = 0
+        self.granted = 0
+        self._pump = None
+
+    # -- called by the reader thread ---------------------------------------------------------
+
+    def _on_item(self, body):
+        """Queues an item; raises _Closed when the server ignores the credit it was granted."""
+        with self._cond:
+            if self._ended:
+                return
+            self._held += HEADER_LEN + len(body)
+            bound = self._window + HEADER_LEN + self._client.max_frame
+            if self._held > bound:
+                raise _Closed(StardustError.local_error(
+                    "ConnectionClosed",
+                    f"protocol violation: the server sent stream items beyond the credit it "
+                    f"was granted ({self._held} bytes held unread, the window is "
+                    f"{self._window} bytes)",
+                ))
+            self._items.append(body)
+            self.received += 1
+            self._cond.notify_all()
+
+    def _on_credit(self, n):
+        with self._cond:
+            self._credit += n
+            self._cond.notify_all()
+
+    def _on_stop_sending(self):
+        with self._cond:
+            self.input_stopped = True
+            self._cond.notify_all()
+
+    def _resolve(self, value=None, error=None):
+        """The call ended: its Response value or its error (from any thread)."""
+        with self._cond:
+            if self._ended:
+                return
+            self._ended = True
+            self._value, self._error = value, error
+            self._cond.notify_all()
+
+    # -- the output ----------------------------------------------------------------------------
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        grant, gave_up = 0, False
+        with self._cond:
+            while True:
+                if self._items:
+                    body = self._items.popleft()
+                    cost = HEADER_LEN + len(body)
+                    self._held -= cost
+                    self._unacked += cost
+                    # Half a window taken: give it back (the rule of the Rust receivers).
+                    if self._unacked >= self._window // 2 and not self._ended:
+                        grant = min(self._unacked, MAX_CREDIT)
+                        self._unacked -= grant
+                        self.granted += grant
+                    break
+                if self._ended:
+                    if self._finished:
+                        raise StopIteration
+                    self._finished = True
+                    if self._error is not None:
+                        raise self._error
+                    raise StopIteration
+                wait = None if self.deadline is None else self.deadline - time.monotonic()
+                if wait is not None and wait <= 0 and not gave_up:
+                    gave_up = True
+                    self._cond.release()
+                    try:
+                        self._expire()
+                    finally:
+                        self._cond.acquire()
+                    continue  # ended by us, or the answer was already on its way: wait for it
+                self._cond.wait(None if gave_up else wait)
+        if grant:
+            try:
+                self._client._send_frame(CREDIT, 0, self.id, _pack(grant))
+            except OSError:
+                pass  # the reader sees the connection go and ends the call
+        try:
+            return _unpack(body)
+        except Exception as e:
+            error = StardustError.local_error("Decode", f"a stream item does not decode: {e}")
+            self._fail(error)
+            raise error
+
+    def _expire(self):
+        self._fail(StardustError.local_error(
+            "DeadlineExceeded", f"the stream did not end within its deadline (request {self.id})"
+        ))
+
+    def _fail(self, error):
+        """Ends the call here with ``error``, cancelling it on the server if it is still open."""
+        if self._client._abandon(self.id):
+            self._resolve(error=error)
+
+    def collect(self):
+        """The remaining output items as a list, once the call has ended (then :attr:`result`
+        is set). For a method without an output stream: waits for its answer."""
+        return list(self)
+
+    @property
+    def result(self):
+        """The method's return value (the final ``Response``), once the items are exhausted.
+
+        Raises the call's :class:`StardustError` if it failed, and ``RuntimeError`` if the
+        output has not been read to its end yet.
+        """
+        with self._cond:
+            if not self._finished:
+                raise RuntimeError("the stream has not ended: iterate it to its end first")
+            if self._error is not None:
+                raise self._error
+            return self._value
+
+    @property
+    def ended(self):
+        return self._ended
+
+    def close(self):
+        """Cancels the call if it has not ended (``Cancel``: the server stops its handler and
+        sends nothing more for it). Iterating a closed stream yields nothing more."""
+        if self._client._abandon(self.id):
+            self._resolve(error=StardustError.local_error("Cancelled", "closed by the caller"))
+        with self._cond:
+            self._items.clear()
+            self._held = 0
+            self._finished = True
+            self._cond.notify_all()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the input -----------------------------------------------------------------------------
+
+    def _start_pump(self, items):
+        self._pump = threading.Thread(
+            target=self._run_pump, args=(items,), name=f"stardust-stream-{self.id}", daemon=True
+        )
+        self._pump.start()
+
+    def _wait_credit(self):
+        """True when an item may be sent; False when nothing more may be sent."""
+        with self._cond:
+            while True:
+                if self._ended or self.input_stopped:
+                    return False
+                if self._credit > 0:
+                    return True
+                self._cond.wait()
+
+    def _run_pump(self, items):
+        client = self._client
+        try:
+            for item in items:
+                if not self._wait_credit():
+                    return
+                try:
+                    body = _pack(item)
+                except (TypeError, ValueError, OverflowError) as e:
+                    self._fail(StardustError.local_error(
+                        "Encode", f"cannot encode an input item: {e}"
+                    ))
+                    return
+                length = HEADER_AFTER_LENGTH + len(body)
+                if length > client.server_max_frame:
+                    self._fail(StardustError.local_error(
+                        "FrameTooLarge",
+                        f"stream item not sent: its frame of {length} bytes exceeds the "
+                        f"server's limit of {client.server_max_frame} bytes",
+                    ))
+                    return
+                with self._cond:
+                    self._credit -= HEADER_LEN + len(body)
+                client._send_frame(ITEM, 0, self.id, body)
+                self.sent += 1
+            with self._cond:
+                if self._ended or self.input_stopped:
+                    return
+            client._send_frame(END, 0, self.id, b"")
+        except OSError:
+            pass  # the connection is going: the reader ends the call
+        except Exception as e:  # the application's iterable failed: so does the call
+            self._fail(StardustError.local_error("Internal", f"the input iterable raised: {e!r}"))
+
+
 class Client:
     """One connection to a Stardust server (or agent). Thread-safe."""
 
-    def __init__(self, sock, max_frame, keepalive, on_notify):
+    def __init__(self, sock, max_frame, keepalive, on_notify, stream_window=DEFAULT_STREAM_WINDOW):
         self._sock = sock
         self.max_frame = max_frame  # what we accept (announced in Hello)
+        self.stream_window = stream_window  # credit we grant each stream (announced in Hello)
         self.server_max_frame = None  # what the server accepts (HelloAck)
         self.server_version = None
         self.server_agent = None
+        self.server_features = frozenset()  # HelloAck.features
+        self.server_stream_window = DEFAULT_STREAM_WINDOW  # credit the server grants each stream
         self._keepalive_interval, self._keepalive_timeout = keepalive
         self._on_notify = on_notify
         #: Notifications ``(topic, payload)`` when no ``on_notify`` callback was given.
@@ -245,6 +503,7 @@ class Client:
             "pings_sent": 0,
             "ignored_answers": 0,
             "dropped_notifications": 0,
+            "ignored_stream_frames": 0,
         }
         self._wlock = threading.Lock()  # frames are written whole, one at a time
         self._lock = threading.Lock()  # guards _pending, _closed, _draining
@@ -276,6 +535,7 @@ class Client:
         max_frame=DEFAULT_MAX_FRAME,
         keepalive=(10.0, 30.0),
         on_notify=None,
+        stream_window=DEFAULT_STREAM_WINDOW,
     ):
         """Connects and completes the handshake (section 3), all within ``timeout`` seconds.
 
@@ -284,9 +544,13 @@ class Client:
         client accepts. ``keepalive`` is ``(interval, timeout)`` in seconds (section 7).
         ``on_notify(topic, payload)`` is called on the reader thread for each ``Notify`` (it
         must be quick and must not wait for calls on this client); without it notifications
-        go to :attr:`notifications`. A refusal raises :class:`StardustError` with the
-        server's code and message (e.g. ``8 Unauthorized``).
+        go to :attr:`notifications`. ``stream_window`` is the credit, in bytes, this client
+        grants each streaming call for its output items (section 19; 1 to 2147483647). A
+        refusal raises :class:`StardustError` with the server's code and message (e.g.
+        ``8 Unauthorized``).
         """
+        if not _is_uint(stream_window) or not 1 <= stream_window <= MAX_CREDIT:
+            raise ValueError(f"stream_window must be 1 to {MAX_CREDIT} bytes: {stream_window!r}")
         deadline = time.monotonic() + timeout
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -294,7 +558,7 @@ class Client:
             raise StardustError.local_error("Connect", f"cannot connect to {host}:{port}: {e}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(None)  # blocking; reads first wait in a selector, with a bound
-        client = cls(sock, max_frame, keepalive, on_notify)
+        client = cls(sock, max_frame, keepalive, on_notify, stream_window)
         try:
             client._handshake(token, meta or {}, agent, deadline)
         except BaseException:
@@ -318,7 +582,11 @@ class Client:
             "agent": agent,
             "max_frame": self.max_frame,
             "meta": meta,
+            # Streaming calls (section 19); the window only when it is not the default.
+            "features": [FEATURE_STREAM],
         }
+        if self.stream_window != DEFAULT_STREAM_WINDOW:
+            hello["stream_window"] = self.stream_window
         try:
             self._send_frame(HELLO, 0, 0, _pack(hello))
             kind, _flags, _id, body = self._read_frame(deadline)
@@ -351,7 +619,23 @@ class Client:
             raise StardustError.local_error(
                 "Protocol", f"HelloAck.max_frame is not a usable limit: {max_frame!r}"
             )
+        features = ack.get("features")
+        if features is None:
+            features = []
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise StardustError.local_error(
+                "Protocol", f"HelloAck.features is not a list of str: {features!r}"
+            )
+        window = ack.get("stream_window")
+        if window is None:
+            window = DEFAULT_STREAM_WINDOW
+        elif not _is_uint(window):
+            raise StardustError.local_error(
+                "Protocol", f"HelloAck.stream_window is not a uint: {window!r}"
+            )
         agent_name = ack.get("agent", "")
+        self.server_features = frozenset(features)
+        self.server_stream_window = window
         self.server_version = version
         self.server_max_frame = max_frame
         self.server_agent = agent_name if isinstance(agent_name, str) else ""
@@ -408,6 +692,46 @@ class Client:
         flags = ONE_WAY | (IDEMPOTENT if idempotent else 0)
         # Request id 0, as the Rust client sends one-way requests: nothing is matched by it.
         self._send_request(0, flags, service, method, args, deadline, metadata, trace_id)
+
+    def stream(self, service, method, *args, input=None, timeout=None, idempotent=False,
+               metadata=None, trace_id=None):
+        """Opens a streaming call (section 19) of ``service.method(*args)`` and returns its
+        :class:`StreamCall` at once.
+
+        ``args`` are the method's arguments other than its input stream. ``input``, for a
+        method that takes a stream, is an iterable of items: sent from a thread of its own as
+        the server's credit allows, then ``End``. ``timeout`` (seconds; ``None``, the default,
+        = no deadline) bounds the whole stream: the server stops it when its budget runs out,
+        and so does this client while it waits for the stream (sending ``Cancel``). Raises :class:`StardustError` ``Unsupported``
+        (nothing sent) when the server did not announce ``call.stream``.
+        """
+        with self._lock:
+            self._check_open()
+        if FEATURE_STREAM not in self.server_features:
+            raise StardustError.local_error(
+                "Unsupported",
+                f"{service}.{method}: the server does not take streaming calls (it did not "
+                f"announce `{FEATURE_STREAM}`); nothing was sent",
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request_id = next(self._ids)
+        call = StreamCall(self, request_id, deadline, self.stream_window,
+                          self.server_stream_window)
+        with self._lock:
+            self._check_open()
+            self._pending[request_id] = call  # before sending: items may come at once
+        flags = STREAM | (IDEMPOTENT if idempotent else 0)
+        try:
+            self._send_request(
+                request_id, flags, service, method, args, deadline, metadata, trace_id
+            )
+        except BaseException:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise
+        if input is not None:
+            call._start_pump(iter(input))
+        return call
 
     def _send_request(self, request_id, flags, service, method, args, deadline, metadata,
                       trace_id):
@@ -668,14 +992,42 @@ class Client:
             self._notify(body)
         elif kind == GOAWAY:
             self._goaway(body)
+        elif kind in (ITEM, CREDIT, CANCEL):
+            self._stream_frame(kind, frame_id, body)
         else:
             # Unknown kinds, and kinds a server never sends (Hello, a second HelloAck, Request,
-            # Cancel): a protocol violation. The stream cannot be trusted: close it.
+            # End): a protocol violation. The stream cannot be trusted: close it.
             raise _Closed(StardustError.local_error(
                 "ConnectionClosed",
                 f"protocol violation: the server sent frame kind {kind}, which a client never "
                 "accepts",
             ))
+
+    def _stream_frame(self, kind, frame_id, body):
+        """An Item, Credit or (server -> client) Cancel for a streaming call (section 19).
+        Frames for ids that name no open stream (it ended or was cancelled) are ignored."""
+        if kind == CREDIT:
+            try:
+                grant = _unpack(body)
+            except Exception:
+                grant = None
+            if not _is_uint(grant) or not 1 <= grant <= MAX_CREDIT:
+                raise _Closed(StardustError.local_error(
+                    "ConnectionClosed",
+                    f"protocol violation: a Credit frame granting {body[:16].hex()} "
+                    f"(a grant is 1 to {MAX_CREDIT})",
+                ))
+        with self._lock:
+            call = self._pending.get(frame_id)
+        if not isinstance(call, StreamCall):
+            self.stats["ignored_stream_frames"] += 1
+            return
+        if kind == ITEM:
+            call._on_item(body)
+        elif kind == CREDIT:
+            call._on_credit(grant)
+        else:
+            call._on_stop_sending()
 
     def _take(self, request_id):
         with self._lock:

@@ -4,9 +4,10 @@
 A real server never sends malformed, oversized or unknown frames, never refuses in odd ways and
 always answers pings; this fake one does, to check that the client stays defensive: it closes
 the connection (failing the calls waiting on it) when the stream cannot be trusted, fails only
-the call concerned when just one body is bad, and never hangs. It also checks the client's
-frames byte for byte against the examples of docs/PROTOCOL.md section 14, and answers with
-those examples.
+the call concerned when just one body is bad, and never hangs. It also plays the server's side
+of streaming calls (section 19): output items, credit both ways, input under credit, End, and
+Cancel in either direction. It checks the client's frames byte for byte against the examples of
+docs/PROTOCOL.md sections 14 and 19, and answers with those examples.
 
 Each check prints ``ok`` or ``FAIL``; the script ends with ``N passed, N failed`` and exits 1 if
 anything failed. Every wait is bounded.
@@ -98,11 +99,29 @@ class Peer:
     def send(self, data):
         self.sock.sendall(data)
 
-    def accept_hello(self, max_frame=16 * 1024 * 1024):
+    def accept_hello(self, max_frame=16 * 1024 * 1024, streams=False, stream_window=None):
+        """Answers the Hello; ``streams`` announces ``call.stream``, ``stream_window`` (if
+        given) is the credit granted to each stream of the client."""
         _, _, _, body, raw = self.expect_frame(1)
         hello = msgpack.unpackb(body, raw=False)
-        self.send(frame(2, 0, {"version": 1, "agent": "fake", "max_frame": max_frame}))
+        ack = {"version": 1, "agent": "fake", "max_frame": max_frame}
+        if streams:
+            ack["features"] = ["call.stream"]
+        if stream_window is not None:
+            ack["stream_window"] = stream_window
+        self.send(frame(2, 0, ack))
         return hello, raw
+
+    def quiet(self, seconds):
+        """Checks that the client sends nothing (and does not close) for ``seconds``."""
+        self.sock.settimeout(seconds)
+        try:
+            got = self.read_frame()
+        except socket.timeout:
+            return
+        finally:
+            self.sock.settimeout(WAIT)
+        raise Failure("expected silence, got " + ("a close" if got is None else f"frame kind {got[0]}"))
 
     def expect_close(self):
         """Waits (bounded) until the client closes; frames it sends meanwhile are returned."""
@@ -165,7 +184,8 @@ def check(fn):
 
 @check
 def documented_frames():
-    """Hello, Request, Cancel and Pong as section 14 shows them; its frames as answers."""
+    """Hello (with `call.stream`, section 19), Request, Cancel and Pong as sections 14 and 19
+    show them; its frames as answers."""
     got = {}
     released = threading.Event()
 
@@ -187,7 +207,7 @@ def documented_frames():
 
     server = FakeServer(script)
     client = server.connect(agent="demo")
-    equal(got["hello"], FRAMES["hello"], "Hello bytes (14.1)")
+    equal(got["hello"], FRAMES["hello_stream"], "Hello bytes (section 19: 14.1 + call.stream)")
     equal((client.server_agent, client.server_max_frame), ("stardust-rust/0.1.0", 16777216))
     equal(client.call("calc.Calculator", "add", 1, 2, trace_id=0x0123456789ABCDEF, timeout=5), 3)
     # 14.3 but for the budget: ours is what remained of 5 s when the request left.
@@ -383,6 +403,308 @@ def bad_bodies_fail_one_call():
     expect(client.notifications.empty(), "no notification delivered")
     client.close()
     server.join()
+
+
+# --- streaming calls (section 19) -------------------------------------------------------------
+
+
+def item_frame(call_id, value):
+    return frame(13, call_id, msgpack.packb(value, use_bin_type=True))
+
+
+@check
+def stream_items_then_response():
+    """The documented STREAM request, output items (one the documented Item), then the
+    Response ends the stream; stray stream frames are ignored."""
+    got = {}
+
+    def script(peer):
+        hello, _ = peer.accept_hello(streams=True)
+        got["hello"] = hello
+        got["request"] = request = peer.expect_frame(3)
+        call_id = request[2]
+        peer.send(FRAMES["stream_item"])  # id 1
+        # Frames for ids that name no stream: ignored.
+        peer.send(frame(13, 99, "stray") + frame(14, 99, 5) + frame(6, 98))
+        peer.send(item_frame(call_id, {"number": 2, "text": "steady"}))
+        peer.send(frame(4, call_id, None))
+        peer.send(item_frame(call_id, "after the end"))  # ignored too
+        peer.expect_close()
+
+    server = FakeServer(script)
+    client = server.connect()
+    equal(got["hello"]["features"], ["call.stream"], "Hello.features")
+    expect("stream_window" not in got["hello"], "the default window is not announced")
+    with client.stream("logs.Logs", "tail", "app.log", timeout=60,
+                       trace_id=0x0123456789ABCDEF) as lines:
+        items = list(lines)
+        equal(items, [{"number": 1, "text": "ready"}, {"number": 2, "text": "steady"}], "items")
+        equal(lines.result, None, "a method returning only a stream answers nil")
+    # The documented request but for the budget: ours is what remained of 60 s.
+    mine, doc = got["request"][4], FRAMES["stream_request_tail"]
+    at = doc.index(bytes.fromhex("ce03938700"))
+    equal(mine[:at + 1] + mine[at + 5:], doc[:at + 1] + doc[at + 5:], "STREAM Request bytes")
+    budget = struct.unpack(">I", mine[at + 1:at + 5])[0]
+    expect(59_000_000 < budget <= 60_000_000, f"timeout_us {budget}")
+    equal(got["request"][1], 0x04, "flags STREAM")
+    deadline = time.monotonic() + WAIT
+    while client.stats["ignored_stream_frames"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    equal(client.stats["ignored_stream_frames"], 4, "stray stream frames ignored")
+    equal(client.call_async("s.S", "m").id, 2, "the connection is still usable")
+    client.close()
+    server.join()
+
+
+@check
+def stream_grants_credit_back():
+    """Credit goes back per half window of items taken: the documented 131072 for two 64 KiB
+    items under the default window; 60, 60, 60 for ten 20-byte items under a window of 100."""
+    got = {}
+    half = bytes(65519)  # bin16: 3 + 65519 = 65522 body bytes, 65536 with the header
+
+    def script(peer):
+        hello, _ = peer.accept_hello(streams=True)
+        got["hello"] = hello
+        first = peer.request()[0]
+        peer.send(item_frame(first, half) + item_frame(first, half))
+        got["credit"] = peer.expect_frame(14)[4]
+        peer.send(frame(4, first, None))
+        expect(peer.expect_close() == [], "no more credit after the end")
+
+    server = FakeServer(script)
+    big = server.connect()
+    lengths = [len(item) for item in big.stream("logs.Logs", "tail", "a")]
+    equal(lengths, [65519, 65519], "both items")
+    equal(got["credit"][:6] + got["credit"][14:], FRAMES["stream_credit"][:6] +
+          FRAMES["stream_credit"][14:], "Credit bytes (section 19) but for the id")
+    big.close()
+    server.join()
+
+    def script2(peer):
+        hello, _ = peer.accept_hello(streams=True)
+        got["hello"] = hello
+        call_id = peer.request()[0]
+        for _ in range(10):
+            peer.send(item_frame(call_id, "abcde"))  # 6 body bytes: costs 20
+        got["grants"] = [msgpack.unpackb(peer.expect_frame(14)[3]) for _ in range(3)]
+        peer.send(frame(4, call_id, "done"))
+        got["after"] = peer.expect_close()
+
+    server = FakeServer(script2)
+    client = server.connect(stream_window=100)
+    equal(got["hello"].get("stream_window"), 100, "Hello.stream_window")
+    with client.stream("logs.Logs", "tail", "app.log", timeout=WAIT) as lines:
+        equal(list(lines), ["abcde"] * 10, "items")
+        equal(lines.result, "done", "the Response value")
+        equal(lines.granted, 180, "granted in all")
+    client.close()
+    server.join()
+    equal(got["grants"], [60, 60, 60], "grants")
+    expect(all(f[0] != 14 for f in got["after"]), "no credit after the end")
+
+
+@check
+def stream_input_under_credit_then_end():
+    """Input items go out while the server's credit (HelloAck.stream_window) is above zero,
+    wait for Credit, then End; the Response is the result."""
+    got = {"items": []}
+
+    def script(peer):
+        peer.accept_hello(streams=True, stream_window=100)
+        call_id, flags, body = peer.request()
+        got["request"] = (flags, body[:2], body[5])
+        # b"x" * 6 is bin8: 8 body bytes, 22 with the header. 100 -> 78 -> 56 -> 34 -> 12 -> -10.
+        for _ in range(5):
+            got["items"].append(peer.expect_frame(13))
+        peer.quiet(0.3)  # out of credit
+        peer.send(frame(14, call_id, 50))  # -10 + 50 = 40 -> 18 -> -4
+        for _ in range(2):
+            got["items"].append(peer.expect_frame(13))
+        peer.quiet(0.3)
+        peer.send(frame(14, call_id, 100))
+        got["items"].append(peer.expect_frame(13))
+        got["end"] = peer.expect_frame(15)[4]
+        peer.send(frame(4, call_id, 48))
+        got["after"] = peer.expect_close()
+
+    server = FakeServer(script)
+    client = server.connect()
+    equal(client.server_stream_window, 100, "HelloAck.stream_window")
+    chunks = [b"x" * 6] * 8
+    with client.stream("logs.Logs", "upload", "a.bin", input=chunks, timeout=WAIT) as upload:
+        equal(upload.collect(), [], "no output items")
+        equal(upload.result, 48, "upload's return value")
+        equal(upload.sent, 8, "items sent")
+    client.close()
+    server.join()
+    equal(got["request"], (0x04, ["logs.Logs", "upload"], ["a.bin"]),
+          "flags, name and only the non-stream arguments")
+    call_id = got["items"][0][2]
+    for kind, flags, frame_id, body, _ in got["items"]:
+        equal((kind, flags, frame_id, body), (13, 0, call_id, b"\xc4\x06xxxxxx"), "an Item")
+    equal(got["end"], frame(15, call_id), "End bytes")
+    expect(got["after"] == [], "nothing after the End")
+
+
+@check
+def stream_error_end():
+    """An Error ends the stream after its items; a server without call.stream is refused
+    locally, with nothing sent."""
+
+    def script(peer):
+        peer.accept_hello(streams=True)
+        call_id = peer.request()[0]
+        peer.send(item_frame(call_id, 1) + frame(5, call_id, [7, "the handler panicked"]))
+        call_id = peer.request()[0]
+        peer.expect_close()  # the client's deadline passes: it cancels (below)
+
+    server = FakeServer(script)
+    client = server.connect()
+    numbers = client.stream("logs.Logs", "numbers", 5)
+    equal(next(numbers), 1, "the item before the error")
+    e = raises("Panicked", next, numbers)
+    equal(e.message, "the handler panicked")
+    raises("Panicked", lambda: numbers.result)
+    expect(list(numbers) == [], "nothing after the end")
+    # The whole stream's deadline: a local DeadlineExceeded, and Cancel.
+    start = time.monotonic()
+    slow = client.stream("logs.Logs", "hang", timeout=0.2)
+    raises("DeadlineExceeded", slow.collect)
+    expect(time.monotonic() - start < WAIT / 2, "gave up near the deadline")
+    client.close()
+    server.join()
+
+    def old_server(peer):
+        peer.accept_hello()  # no features
+        expect(peer.expect_close() == [], "nothing sent to a server without call.stream")
+
+    server = FakeServer(old_server)
+    client = server.connect()
+    e = raises("Unsupported", client.stream, "logs.Logs", "tail", "app.log")
+    expect(e.local and e.code == 22 and "nothing was sent" in e.message, e.message)
+    client.close()
+    server.join()
+
+
+@check
+def stream_deadline_cancels():
+    def script(peer):
+        peer.accept_hello(streams=True)
+        call_id = peer.request()[0]
+        got["cancel"] = peer.expect_frame(6)
+        peer.send(item_frame(call_id, "late") + frame(4, call_id, None))  # crossed: ignored
+        peer.expect_close()
+
+    got = {}
+    server = FakeServer(script)
+    client = server.connect()
+    slow = client.stream("logs.Logs", "hang", timeout=0.2)
+    raises("DeadlineExceeded", next, slow)
+    raises("DeadlineExceeded", lambda: slow.result)
+    client.close()
+    server.join()
+    equal(got["cancel"][2], slow.id, "Cancel for the stream's id")
+
+
+@check
+def stream_close_cancels():
+    """Leaving the ``with`` block before the end sends Cancel; what crosses it is ignored."""
+    got = {}
+
+    def script(peer):
+        peer.accept_hello(streams=True)
+        call_id = peer.request()[0]
+        peer.send(item_frame(call_id, "first") + item_frame(call_id, "second"))
+        got["cancel"] = peer.expect_frame(6)[4]
+        peer.send(item_frame(call_id, "third") + frame(4, call_id, None))
+        request_id = peer.request()[0]
+        peer.send(frame(4, request_id, "unary"))
+        got["after"] = peer.expect_close()
+
+    server = FakeServer(script)
+    client = server.connect()
+    with client.stream("logs.Logs", "tail", "app.log", timeout=WAIT) as lines:
+        equal(next(lines), "first")
+        call_id = lines.id
+    expect(list(lines) == [], "a closed stream yields nothing more")
+    raises("Cancelled", lambda: lines.result)
+    equal(client.call("s.S", "m", timeout=WAIT), "unary", "the connection goes on")
+    client.close()
+    server.join()
+    equal(got["cancel"], frame(6, call_id), "Cancel bytes")
+    expect(got["after"] == [], "no second Cancel")
+
+
+@check
+def server_cancel_stops_input():
+    """A Cancel from the server stops the input (no more Items, no End); the call goes on."""
+    got = {}
+    more = threading.Event()
+
+    def script(peer):
+        peer.accept_hello(streams=True)
+        call_id = peer.request()[0]
+        got["input"] = [peer.expect_frame(13)[3] for _ in range(2)]
+        if call_id == 3:
+            peer.send(FRAMES["stream_cancel"])
+        else:
+            peer.send(frame(6, call_id))
+        peer.send(item_frame(call_id, "ops: bye") + frame(4, call_id, None))
+        got["after"] = peer.expect_close()
+
+    def chat_input():
+        yield "hi"
+        yield "bye"
+        more.wait(WAIT)
+        yield "late"  # the server stopped reading: never sent
+
+    server = FakeServer(script)
+    client = server.connect()
+    with client.stream("logs.Logs", "chat", "ops", input=chat_input(), timeout=WAIT) as chat:
+        equal(list(chat), ["ops: bye"], "the output goes on after the server's Cancel")
+        expect(chat.input_stopped, "the sender learnt it")
+        more.set()
+        chat._pump.join(WAIT)
+        expect(not chat._pump.is_alive(), "the input thread ended")
+        equal(chat.sent, 2, "items sent")
+    client.close()
+    server.join()
+    equal([msgpack.unpackb(b) for b in got["input"]], ["hi", "bye"], "the input")
+    expect(all(f[0] not in (13, 15) for f in got["after"]), "no Item or End after the Cancel")
+
+
+@check
+def stream_overrun_closes():
+    """A server sending beyond window + 14 + max_frame unread bytes breaks the protocol."""
+
+    def script(peer):
+        peer.accept_hello(streams=True)
+        call_id = peer.request()[0]
+        peer.send(item_frame(call_id, bytes(990)) + item_frame(call_id, bytes(990)))
+        peer.expect_close()
+
+    server = FakeServer(script)
+    client = server.connect(max_frame=1024, stream_window=100)
+    lines = client.stream("logs.Logs", "tail", "app.log", timeout=WAIT)
+    deadline = time.monotonic() + WAIT
+    while not client.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    expect(client.closed, "the client closed the connection")
+    equal(len(next(lines)), 990, "the item within bounds")
+    e = raises("ConnectionClosed", next, lines)
+    expect("beyond the credit" in e.message, e.message)
+    server.join()
+
+
+@check
+def bad_credit():
+    stream_breaker(frame(14, 1, 0), "Credit frame")
+
+
+@check
+def end_from_the_server():
+    stream_breaker(frame(15, 1), "kind 15")
 
 
 # --- drain, keepalive, limits ----------------------------------------------------------------
