@@ -217,12 +217,16 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
             }
             _ => TokenStream::new(),
         };
-        // Spanned at the return type, which is what must be `Serialize`.
-        let wrap = if m.output_item.is_some() {
-            quote!(streaming)
-        } else {
-            quote!(new)
-        };
+        // Spanned at the return type, which is what must be `Serialize` (the constructor's
+        // name too: rustc points there for "required by a bound introduced by this call").
+        let wrap = Ident::new(
+            if m.output_item.is_some() {
+                "streaming"
+            } else {
+                "new"
+            },
+            m.output.span(),
+        );
         let call = quote_spanned! {m.output.span()=>
             ::stardust::Call::#wrap(async move {
                 <#t as #trait_ident>::#name(&#inner #(, #arg_names)*).await

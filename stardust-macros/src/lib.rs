@@ -74,6 +74,22 @@ mod parse;
 /// The server and client have the trait's visibility. Doc comments on methods are copied to the
 /// client's methods.
 ///
+/// # Streams
+///
+/// A method may stream items either way, or both:
+///
+/// - returning `stardust::Stream<T>`, the handler sends items: the client's method returns
+///   `Result<stardust::Streaming<T>, stardust::Error>` once the call is open, to read them from;
+/// - taking `stardust::Streaming<T>` as its last argument, the consumer sends items: the client's
+///   method takes a `stardust::Stream<T>` there.
+///
+/// Items that can fail are `Result<T, E>` with your error type. The macro knows the two types by
+/// name (`Stream` or `Streaming`, bare or as `stardust::`/`::stardust::` paths), and rejects them
+/// anywhere else: `Streaming` before another argument or twice, `Stream` as an argument,
+/// `Streaming` as the return type, or either inside another type (`Option<Streaming<T>>`,
+/// `Result<Stream<T>, E>`). A type of your own named `Stream` is written with a path, e.g.
+/// `self::Stream<T>`, to stay a plain value.
+///
 /// # Options
 ///
 /// - `name = "..."`: the service's name on the wire (default: the trait's name).

@@ -77,7 +77,10 @@ impl ServiceBuilder {
         let output = match &sig.output {
             ReturnType::Default => syn::parse_quote!(()),
             ReturnType::Type(_, ty) => {
-                self.check_owned(ty, "return types");
+                match stream_type(ty) {
+                    Some((_, item)) => self.check_owned(item, "stream items"),
+                    None => self.check_owned(ty, "return types"),
+                }
                 (**ty).clone()
             }
         };
@@ -117,13 +120,23 @@ impl ServiceBuilder {
     /// The item type of the method's input stream: a `Streaming<T>` argument, which must be
     /// the last one. Reports streams anywhere else among the arguments.
     fn input_stream(&mut self, args: &[ArgDef]) -> Option<syn::Type> {
+        let streams: Vec<&ArgDef> = args
+            .iter()
+            .filter(|arg| matches!(stream_type(&arg.ty), Some((StreamKind::Streaming, _))))
+            .collect();
+        if let [first, _, ..] = streams[..] {
+            let idents: Vec<&Ident> = streams.iter().map(|arg| &arg.ident).collect();
+            self.several_input_streams(&first.ty, &idents);
+        }
         let mut item = None;
         for (i, arg) in args.iter().enumerate() {
             self.check_not_nested(&arg.ty, "method argument");
             match stream_type(&arg.ty) {
                 Some((StreamKind::Stream, _)) => self.stream_as_argument(&arg.ty, &arg.ident),
                 Some((StreamKind::Streaming, _)) if i + 1 < args.len() => {
-                    self.streaming_not_last(&arg.ty, &arg.ident)
+                    if streams.len() == 1 {
+                        self.streaming_not_last(&arg.ty, &arg.ident)
+                    }
                 }
                 Some((StreamKind::Streaming, t)) => item = Some(t.clone()),
                 None => {}
@@ -248,7 +261,10 @@ impl ServiceBuilder {
                 None
             }
         };
-        self.check_owned(&typed.ty, "arguments");
+        match stream_type(&typed.ty) {
+            Some((_, item)) => self.check_owned(item, "stream items"),
+            None => self.check_owned(&typed.ty, "arguments"),
+        }
         if self.error_count() > before {
             return None;
         }

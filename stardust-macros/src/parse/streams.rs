@@ -108,9 +108,12 @@ impl ServiceBuilder {
             let advice = match position {
                 "return type" => {
                     "return `Stream<T>` itself, with errors in the items if need be: \
-                                  `Stream<Result<T, E>>`"
+                     `Stream<Result<T, E>>`"
                 }
-                _ => "take `Streaming<T>` itself as the last argument",
+                _ => {
+                    "take `Streaming<T>` itself as the last argument (a consumer with \
+                     nothing to send sends an empty stream)"
+                }
             };
             self.error(
                 at,
@@ -128,7 +131,8 @@ impl ServiceBuilder {
             ty,
             format_args!(
                 "a method receives a stream of items as `Streaming<T>` (`Stream<T>` is what a \
-                 method returns): write `{ident}: Streaming<...>`"
+                 method returns): write `{ident}: {}`",
+                renamed(ty, "Streaming")
             ),
         );
     }
@@ -138,8 +142,25 @@ impl ServiceBuilder {
         self.error(
             ty,
             format_args!(
-                "a `Streaming<T>` argument must be the method's last argument (and its only \
-                 stream): move `{ident}` after the others"
+                "a `Streaming<T>` argument must be the method's last argument: move `{ident}` \
+                 after the others"
+            ),
+        );
+    }
+
+    /// More than one `Streaming<T>` argument: reported once, at the first.
+    pub(super) fn several_input_streams(&mut self, ty: &Type, idents: &[&syn::Ident]) {
+        let names: Vec<String> = idents.iter().map(|ident| format!("`{ident}`")).collect();
+        let names = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
+        self.error(
+            ty,
+            format_args!(
+                "a method takes at most one `Streaming<T>` argument, as its last: merge {names} \
+                 into one `Streaming<T>` whose items say which stream they belong to (e.g. an \
+                 enum)"
             ),
         );
     }
@@ -148,8 +169,42 @@ impl ServiceBuilder {
     pub(super) fn streaming_as_return(&mut self, ty: &Type) {
         self.error(
             ty,
-            "a method returns a stream of items as `Stream<T>` (`Streaming<T>` is what a method \
-             receives): write `-> Stream<...>`",
+            format_args!(
+                "a method returns a stream of items as `Stream<T>` (`Streaming<T>` is what a \
+                 method receives): write `-> {}`",
+                renamed(ty, "Stream")
+            ),
         );
     }
+}
+
+/// `ty`, a stream type, as the user wrote it but with the other stream type's name: what to
+/// write instead, e.g. `stardust::Streaming<Chunk>` for `stardust::Stream<Chunk>`.
+fn renamed(ty: &Type, name: &str) -> String {
+    let mut ty = ty.clone();
+    if let Type::Path(path) = &mut ty
+        && let Some(last) = path.path.segments.last_mut()
+    {
+        last.ident = syn::Ident::new(name, last.ident.span());
+    }
+    type_text(&ty)
+}
+
+/// A type as source text: tokens joined as a person writes them (`Vec<u8>`, not `Vec < u8 >`).
+pub(crate) fn type_text(ty: &Type) -> String {
+    let mut text = quote::quote!(#ty).to_string();
+    for (from, to) in [
+        (" :: ", "::"),
+        (":: ", "::"),
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        (" ;", ";"),
+        ("& ", "&"),
+    ] {
+        text = text.replace(from, to);
+    }
+    text
 }

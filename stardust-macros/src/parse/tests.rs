@@ -212,3 +212,204 @@ fn non_traits_are_rejected() {
         .contains("only be applied to a trait")
     );
 }
+
+fn ty(tokens: TokenStream) -> Type {
+    syn::parse2(tokens).expect("a type")
+}
+
+fn text(ty: &Type) -> String {
+    quote!(#ty).to_string()
+}
+
+#[test]
+fn streams_are_recognised_by_name_and_path() {
+    for (written, kind, item) in [
+        (quote!(Stream<Line>), StreamKind::Stream, "Line"),
+        (quote!(stardust::Stream<Line>), StreamKind::Stream, "Line"),
+        (quote!(::stardust::Stream<Line>), StreamKind::Stream, "Line"),
+        (quote!(Streaming<u8>), StreamKind::Streaming, "u8"),
+        (quote!(stardust::Streaming<u8>), StreamKind::Streaming, "u8"),
+        (
+            quote!(::stardust::Streaming<u8>),
+            StreamKind::Streaming,
+            "u8",
+        ),
+        (
+            quote!(Stream<Result<Line, E>>),
+            StreamKind::Stream,
+            "Result < Line , E >",
+        ),
+    ] {
+        let written = ty(written);
+        let Some((found, found_item)) = stream_type(&written) else {
+            panic!("{} is a stream", text(&written));
+        };
+        assert_eq!(found, kind, "{}", text(&written));
+        assert_eq!(text(found_item), item);
+    }
+    for other in [
+        quote!(other::Stream<Line>),
+        quote!(self::Stream<Line>),
+        quote!(crate::Stream<Line>),
+        quote!(::Stream<Line>),
+        quote!(stardust::stream::Stream<Line>),
+        quote!(futures::stream::Stream<Line>),
+        quote!(<X as Y>::Stream<Line>),
+        quote!(Stream),
+        quote!(Stream<A, B>),
+        quote!(Stream<'static>),
+        quote!(Stream<N = u8>),
+        quote!(stardust<X>::Stream<Line>),
+        quote!(Streams<Line>),
+        quote!(Vec<Stream<Line>>),
+        quote!(&Stream<Line>),
+    ] {
+        let other = ty(other);
+        assert!(stream_type(&other).is_none(), "{}", text(&other));
+    }
+}
+
+#[test]
+fn streaming_methods_are_modelled() {
+    let def = parse(
+        quote!(),
+        quote! {
+            trait Logs {
+                async fn tail(&self, file: String) -> stardust::Stream<Line>;
+                async fn upload(&self, name: String, chunks: ::stardust::Streaming<Chunk>) -> u64;
+                async fn chat(&self, input: Streaming<Msg>) -> Stream<Result<Msg, E>>;
+                async fn batch(&self, lines: other::Streaming<Line>) -> other::Stream<Line>;
+            }
+        },
+    );
+    let [tail, upload, chat, batch] = &def.methods[..] else {
+        panic!("four methods expected");
+    };
+    let item = |t: &Option<Type>| t.as_ref().map(text);
+
+    assert_eq!(item(&tail.output_item).as_deref(), Some("Line"));
+    assert!(tail.input_item.is_none() && tail.stream_arg().is_none());
+    assert_eq!(tail.value_args().len(), 1);
+
+    assert_eq!(item(&upload.input_item).as_deref(), Some("Chunk"));
+    assert!(upload.output_item.is_none());
+    assert_eq!(upload.stream_arg().unwrap().ident, "chunks");
+    let values: Vec<String> = upload
+        .value_args()
+        .iter()
+        .map(|a| a.ident.to_string())
+        .collect();
+    assert_eq!(values, ["name"]);
+    // The trait keeps every argument, the stream included.
+    assert_eq!(upload.args.len(), 2);
+
+    assert_eq!(item(&chat.input_item).as_deref(), Some("Msg"));
+    assert_eq!(
+        item(&chat.output_item).as_deref(),
+        Some("Result < Msg , E >")
+    );
+    assert!(chat.value_args().is_empty());
+
+    // Other paths are plain values.
+    assert!(batch.input_item.is_none() && batch.output_item.is_none());
+    assert_eq!(batch.value_args().len(), 1);
+}
+
+#[test]
+fn misplaced_streams_are_rejected() {
+    let err = |method: TokenStream| parse_err(quote!(), quote!(trait A { #method }));
+
+    let message = err(quote!(
+        async fn f(&self, s: Streaming<u8>, n: u32);
+    ));
+    assert!(
+        message.contains("must be the method's last argument: move `s`"),
+        "{message}"
+    );
+
+    let message = err(quote!(
+        async fn f(&self, a: Streaming<u8>, b: stardust::Streaming<u8>);
+    ));
+    assert!(message.contains("at most one `Streaming<T>`"), "{message}");
+    assert!(message.contains("merge `a` and `b`"), "{message}");
+    // One error for the pair, not also "must be the last".
+    assert_eq!(message.lines().count(), 1, "{message}");
+    let message = err(quote!(
+        async fn f(&self, a: Streaming<u8>, b: Streaming<u8>, c: Streaming<u8>);
+    ));
+    assert!(message.contains("merge `a`, `b` and `c`"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+
+    let message = err(quote!(
+        async fn f(&self, s: stardust::Stream<Vec<u8>>);
+    ));
+    assert!(
+        message.contains("write `s: stardust::Streaming<Vec<u8>>`"),
+        "{message}"
+    );
+
+    let message = err(quote!(
+        async fn f(&self) -> ::stardust::Streaming<Line>;
+    ));
+    assert!(
+        message.contains("write `-> ::stardust::Stream<Line>`"),
+        "{message}"
+    );
+
+    for nested in [
+        quote!(
+            async fn f(&self, s: Option<Streaming<u8>>);
+        ),
+        quote!(
+            async fn f(&self, s: (u8, stardust::Stream<u8>));
+        ),
+        quote!(
+            async fn f(&self, s: Streaming<Streaming<u8>>);
+        ),
+        quote!(
+            async fn f(&self) -> Result<Stream<u8>, E>;
+        ),
+        quote!(
+            async fn f(&self) -> Vec<::stardust::Stream<u8>>;
+        ),
+        quote!(
+            async fn f(&self) -> Stream<Option<Stream<u8>>>;
+        ),
+        quote!(
+            async fn f(&self) -> [Streaming<u8>; 2];
+        ),
+    ] {
+        let message = err(nested.clone());
+        assert!(message.contains("can't be nested"), "{nested}: {message}");
+    }
+
+    let message = err(quote!(
+        async fn f(&self) -> Stream<&str>;
+    ));
+    assert!(
+        message.contains("service stream items must be owned"),
+        "{message}"
+    );
+    let message = err(quote!(
+        async fn f(&self, s: Streaming<Cow<'a, str>>);
+    ));
+    assert!(
+        message.contains("service stream items must be owned"),
+        "{message}"
+    );
+}
+
+#[test]
+fn types_are_written_as_people_write_them() {
+    for (written, expected) in [
+        (quote!(Vec<Vec<u8>>), "Vec<Vec<u8>>"),
+        (
+            quote!(::stardust::Stream<Result<Line, E>>),
+            "::stardust::Stream<Result<Line, E>>",
+        ),
+        (quote!(Option<&'static [u8; 4]>), "Option<&'static [u8; 4]>"),
+        (quote!((u8, String)), "(u8, String)"),
+    ] {
+        assert_eq!(streams::type_text(&ty(written)), expected);
+    }
+}
