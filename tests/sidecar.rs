@@ -377,3 +377,63 @@ async fn streams_pass_through_the_agent_with_flow_control_end_to_end() {
     drop(hang);
     within("the provider's handler to be dropped", dropped).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_stream_refused_before_its_first_item_opens_on_another_provider() {
+    use logs_service::*;
+
+    let node = registry().await;
+    // Provider A takes one stream per connection; B takes any number.
+    let a_star = provider_star(&node).await;
+    let _a = a_star
+        .serve(
+            Server::builder()
+                .max_streams(1)
+                .serve(LogsServer::new(LogsImpl::named("A:"))),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("serve A");
+    let b_star = provider_star(&node).await;
+    let _b = b_star
+        .serve(
+            Server::builder().serve(LogsServer::new(LogsImpl::named("B:"))),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("serve B");
+    let consumer = Stardust::builder()
+        .registry(node.local_addr().to_string())
+        .app(AGENT_APP.0, AGENT_APP.1)
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .expect("login");
+    let logs = consumer.client_with::<LogsClient>(RoundRobin::new());
+
+    // Park a stream on A, once both providers are listed: A's connection is then full.
+    let _parked = within("a stream parked on A", async {
+        loop {
+            let mut s = logs.park().await.expect("open");
+            match s.next().await {
+                Some(Ok(name)) if name == "A:" => return s,
+                Some(Ok(_)) => {}
+                Some(Err(e)) if e.kind() == ErrorKind::NoProvider => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    // Round robin sends every other stream to A, which refuses it (Overloaded) before its first
+    // item: each is opened on B instead, and none fails.
+    for i in 0..6 {
+        let mut s = logs.tail(format!("f{i}"), 3).await.expect("open");
+        let mut lines = Vec::new();
+        while let Some(line) = within("a line", s.next()).await {
+            lines.push(line.expect("no stream fails").text);
+        }
+        assert_eq!(lines, [0, 1, 2].map(|n| format!("B:f{i}:{n}")));
+    }
+}

@@ -40,6 +40,8 @@ pub trait Logs {
     async fn add(&self, a: i64, b: i64) -> i64;
     /// Items `flood` has produced so far.
     async fn produced(&self) -> u64;
+    /// The provider's name, then nothing until cancelled.
+    async fn park(&self) -> Stream<String>;
 }
 
 #[derive(Default)]
@@ -51,6 +53,8 @@ pub struct State {
     pub dropped: Notify,
     /// `chat` stopped reading its input.
     pub chat_stopped: Notify,
+    /// Prefixed to `tail`'s lines and sent by `park`: which provider answered.
+    pub name: String,
 }
 
 #[derive(Clone, Default)]
@@ -58,6 +62,16 @@ pub struct LogsImpl(pub Arc<State>);
 
 /// Sets its flag and notifies when dropped: how a test observes a cancelled handler.
 struct OnDrop(Arc<State>);
+
+impl LogsImpl {
+    /// A provider whose `tail` lines and `park` item carry `name`.
+    pub fn named(name: &str) -> LogsImpl {
+        LogsImpl(Arc::new(State {
+            name: name.to_owned(),
+            ..State::default()
+        }))
+    }
+}
 
 impl Drop for OnDrop {
     fn drop(&mut self) {
@@ -69,9 +83,10 @@ impl Drop for OnDrop {
 
 impl Logs for LogsImpl {
     async fn tail(&self, file: String, count: u64) -> Stream<Line> {
+        let state = self.0.clone();
         Stream::iter((0..count).map(move |number| Line {
             number,
-            text: format!("{file}:{number}"),
+            text: format!("{}{file}:{number}", state.name),
         }))
     }
 
@@ -140,5 +155,10 @@ impl Logs for LogsImpl {
 
     async fn produced(&self) -> u64 {
         self.0.produced.load(Ordering::SeqCst)
+    }
+
+    async fn park(&self) -> Stream<String> {
+        let name = self.0.name.clone();
+        Stream::new(futures::stream::once(async move { name }).chain(futures::stream::pending()))
     }
 }
