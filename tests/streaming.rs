@@ -389,3 +389,105 @@ async fn interceptors_see_a_stream_open_and_end() {
         );
     }
 }
+
+/// A raw connection to `addr` that has sent a `Hello` announcing streams (with `window`).
+async fn raw_streaming_client(
+    addr: std::net::SocketAddr,
+    window: Option<u32>,
+) -> tokio::net::TcpStream {
+    use stardust::__wire::{frame::Kind, message};
+    use tokio::io::AsyncWriteExt;
+    let hello = message::Hello {
+        protocol: "stardust".into(),
+        version: 1,
+        agent: "raw-test".into(),
+        max_frame: None,
+        meta: Default::default(),
+        features: vec!["call.stream".into()],
+        stream_window: window,
+    };
+    let mut buf = bytes::BytesMut::new();
+    message::put_serde(&mut buf, Kind::Hello, &hello).unwrap();
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&buf).await.unwrap();
+    sock
+}
+
+/// Reads frames until the peer closes: (kind, id, body) of each.
+async fn frames_until_closed(sock: &mut tokio::net::TcpStream) -> Vec<(u8, u64, Vec<u8>)> {
+    use stardust::__wire::frame;
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    within(
+        "the server to close the connection",
+        sock.read_to_end(&mut buf),
+    )
+    .await
+    .ok();
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while let Ok(Some(h)) = frame::parse_header(rest, u32::MAX) {
+        if rest.len() < h.frame_len() {
+            break;
+        }
+        frames.push((
+            h.kind,
+            h.id,
+            rest[frame::HEADER_LEN..h.frame_len()].to_vec(),
+        ));
+        rest = &rest[h.frame_len()..];
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_allows_nothing_is_refused_in_the_handshake() {
+    use stardust::__wire::{frame::Kind, message};
+    let (server, _) = serve(Server::builder()).await;
+    let mut sock = raw_streaming_client(server.local_addr(), Some(0)).await;
+    let frames = frames_until_closed(&mut sock).await;
+    let (kind, _, body) = frames.last().expect("a GoAway");
+    assert_eq!(*kind, Kind::GoAway as u8);
+    let err = message::parse_error(body);
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("stream_window is 0"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_for_a_call_without_an_input_stream_break_the_protocol() {
+    use stardust::__wire::frame::{self, Kind};
+    use stardust::__wire::{message, stream};
+    use tokio::io::AsyncWriteExt;
+    let (server, _) = serve(Server::builder()).await;
+    let mut sock = raw_streaming_client(server.local_addr(), None).await;
+    // Open `hang` (no input stream), then send it an item anyway.
+    let meta = stardust::Metadata::new();
+    let head = message::RequestHead {
+        id: 1,
+        flags: stream::FLAG_STREAM,
+        service: "Logs",
+        method: "hang",
+        timeout_us: 0,
+        trace_id: 0,
+        meta: &meta,
+    };
+    let mut buf = bytes::BytesMut::new();
+    message::put_request(
+        &mut buf,
+        &head,
+        &stardust::__private::NoArgs,
+        frame::DEFAULT_MAX_FRAME,
+    )
+    .unwrap();
+    stream::put_item(&mut buf, 1, &7u8, frame::DEFAULT_MAX_FRAME).unwrap();
+    sock.write_all(&buf).await.unwrap();
+    let frames = frames_until_closed(&mut sock).await;
+    // (The handler's first item may have been queued before the connection closed.)
+    let (_, _, body) = frames
+        .iter()
+        .find(|(kind, _, _)| *kind == Kind::GoAway as u8)
+        .unwrap_or_else(|| panic!("a GoAway in {frames:?}"));
+    let err = message::parse_error(body);
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains("takes no input stream"), "{err}");
+}

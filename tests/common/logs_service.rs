@@ -143,9 +143,8 @@ impl Logs for LogsImpl {
     }
 
     async fn fragile(&self, n: u64) -> Stream<u64> {
-        Stream::iter((0..).map(move |i| {
-            assert!(i < n, "fragile stream broke at item {i}");
-            i
+        Stream::iter((0..).inspect(move |i| {
+            assert!(*i < n, "fragile stream broke at item {i}");
         }))
     }
 

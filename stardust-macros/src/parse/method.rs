@@ -133,11 +133,11 @@ impl ServiceBuilder {
             self.check_not_nested(&arg.ty, "method argument");
             match stream_type(&arg.ty) {
                 Some((StreamKind::Stream, _)) => self.stream_as_argument(&arg.ty, &arg.ident),
-                Some((StreamKind::Streaming, _)) if i + 1 < args.len() => {
-                    if streams.len() == 1 {
-                        self.streaming_not_last(&arg.ty, &arg.ident)
-                    }
+                // With several, the error above says it all.
+                Some((StreamKind::Streaming, _)) if i + 1 < args.len() && streams.len() == 1 => {
+                    self.streaming_not_last(&arg.ty, &arg.ident)
                 }
+                Some((StreamKind::Streaming, _)) if i + 1 < args.len() => {}
                 Some((StreamKind::Streaming, t)) => item = Some(t.clone()),
                 None => {}
             }

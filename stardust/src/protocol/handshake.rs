@@ -115,6 +115,18 @@ impl From<Vec<String>> for Features {
     }
 }
 
+/// A `stream_window` must let the peer send something and stay a valid credit: 1 to
+/// [`MAX_CREDIT`](super::stream::MAX_CREDIT) bytes.
+pub(crate) fn check_stream_window(window: u64) -> Result<u32, String> {
+    match u32::try_from(window) {
+        Ok(w) if (1..=super::stream::MAX_CREDIT).contains(&w) => Ok(w),
+        _ => Err(format!(
+            "stream_window is {window}; it must be 1 to {} bytes",
+            super::stream::MAX_CREDIT
+        )),
+    }
+}
+
 fn malformed(e: impl std::fmt::Display) -> Error {
     Error::protocol(format!("malformed Hello frame: {e}"))
 }
@@ -189,7 +201,8 @@ pub fn parse_hello(body: &[u8], limits: &MetadataLimits) -> Result<Hello, Error>
                     rd = &rd[1..];
                     None
                 } else {
-                    Some(rmp::decode::read_int(&mut rd).map_err(malformed)?)
+                    let window: u64 = rmp::decode::read_int(&mut rd).map_err(malformed)?;
+                    Some(check_stream_window(window).map_err(malformed)?)
                 };
             }
             // A later version's field: stepped over, however deep.

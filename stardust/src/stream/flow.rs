@@ -54,6 +54,9 @@ struct State {
     send_closed: Option<Error>,
     /// Items sent so far.
     sent: u64,
+    /// Whether items may arrive at all (a server's flow for a method without an input stream
+    /// takes none).
+    takes_items: bool,
 }
 
 impl Flow {
@@ -74,8 +77,15 @@ impl Flow {
                 send_waker: None,
                 send_closed: None,
                 sent: 0,
+                takes_items: true,
             }),
         }
+    }
+
+    /// A flow on which no item may arrive: one arriving breaks the protocol.
+    pub(crate) fn without_input(self) -> Flow {
+        self.st.lock().takes_items = false;
+        self
     }
 
     /// Adds a received item. Fails when the sender has overrun the window it was granted by more
@@ -85,6 +95,11 @@ impl Flow {
         let mut st = self.st.lock();
         if st.end.is_some() {
             return Ok(None);
+        }
+        if !st.takes_items {
+            return Err(Error::protocol(
+                "the peer sent stream items to a call that takes no input stream",
+            ));
         }
         st.held += item_cost(body.len());
         let bound = st.window + HEADER_LEN + max_frame as usize;

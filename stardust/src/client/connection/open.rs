@@ -166,6 +166,11 @@ impl ClientConn {
                 ack.version
             )));
         }
+        let peer_stream_window = match ack.stream_window {
+            None => DEFAULT_STREAM_WINDOW,
+            Some(w) => crate::protocol::handshake::check_stream_window(w.into())
+                .map_err(|e| Error::protocol(format!("server {addr} sent a bad HelloAck: {e}")))?,
+        };
 
         let out = Outbound::new(
             wr,
@@ -192,7 +197,7 @@ impl ClientConn {
             peer: addr,
             features: ack.features.into(),
             stream_window: config.stream_window,
-            peer_stream_window: ack.stream_window.unwrap_or(DEFAULT_STREAM_WINDOW),
+            peer_stream_window,
             max_frame: config.max_frame,
         });
         let writer = tokio::spawn(out.clone().run_writer());

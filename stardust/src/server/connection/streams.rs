@@ -39,9 +39,10 @@ impl ServerConn {
         target: StreamTarget<'_>,
         args: &[u8],
     ) -> Result<(), Error> {
-        let flow = self.register_stream(shared, h)?;
-        let deadline = ctx.deadline;
         let desc = target.service.descriptor();
+        let takes_input = desc.methods[target.method].input_stream;
+        let flow = self.register_stream(shared, h, takes_input)?;
+        let deadline = ctx.deadline;
         let input = desc.methods[target.method].input_stream.then(|| {
             Box::new(ServerInput::new(self.out.clone(), h.id, flow.clone())) as Box<dyn RawSource>
         });
@@ -62,7 +63,12 @@ impl ServerConn {
 
     /// Checks that call `h` may open a stream here and registers its flow, so the client's
     /// items and credit find it.
-    fn register_stream(&self, shared: &ServerShared, h: &Header) -> Result<Arc<Flow>, Error> {
+    fn register_stream(
+        &self,
+        shared: &ServerShared,
+        h: &Header,
+        takes_input: bool,
+    ) -> Result<Arc<Flow>, Error> {
         if !self.client_streams() {
             return Err(Error::protocol(format!(
                 "a streaming request from a client that did not announce `{FEATURE_STREAM}`"
@@ -73,10 +79,12 @@ impl ServerConn {
                 "a streaming call cannot be one-way (flags ONE_WAY and STREAM together)",
             ));
         }
-        let flow = Arc::new(Flow::new(
-            shared.config.stream_window,
-            self.peer_stream_window,
-        ));
+        let flow = Flow::new(shared.config.stream_window, self.peer_stream_window);
+        let flow = Arc::new(if takes_input {
+            flow
+        } else {
+            flow.without_input()
+        });
         let mut streams = self.streams.lock();
         let limit = shared.config.max_streams;
         if streams.open.len() >= limit {
@@ -108,7 +116,8 @@ impl ServerConn {
         req: RequestView<'_>,
         now: Instant,
     ) -> Result<(), Error> {
-        let flow = self.register_stream(shared, h)?;
+        // The agent does not know the method's shape: items may come either way.
+        let flow = self.register_stream(shared, h, true)?;
         let (id, flags) = (h.id, h.flags);
         let call = Forwarded {
             name: CallName::shared(req.service, req.method),
