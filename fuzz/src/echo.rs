@@ -63,6 +63,10 @@ pub trait Echo {
     ) -> (Vec<(String, Option<u32>)>, BTreeMap<u64, Vec<u8>>);
     /// An application `Result`, as a parameter.
     async fn result(&self, outcome: Result<u32, String>) -> Result<u32, String>;
+    /// `n` items counting up: a server stream (the provider sends `Item`s under credit).
+    async fn count(&self, n: u8) -> stardust::Stream<u32>;
+    /// The sum of the items: a client stream (the provider grants `Credit`).
+    async fn sum(&self, items: stardust::Streaming<u64>) -> u64;
 }
 
 /// The implementation: every method returns its arguments.
@@ -98,5 +102,17 @@ impl Echo for Mirror {
 
     async fn result(&self, outcome: Result<u32, String>) -> Result<u32, String> {
         outcome
+    }
+
+    async fn count(&self, n: u8) -> stardust::Stream<u32> {
+        stardust::Stream::iter(0..u32::from(n))
+    }
+
+    async fn sum(&self, mut items: stardust::Streaming<u64>) -> u64 {
+        let mut total = 0u64;
+        while let Some(Ok(n)) = items.next().await {
+            total = total.wrapping_add(n);
+        }
+        total
     }
 }

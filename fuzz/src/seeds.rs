@@ -313,6 +313,22 @@ pub fn all() -> Vec<Seed> {
     frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).expect("fits");
     stream_session.extend_from_slice(&buf);
     add("server", "doc-stream-session", stream_session);
+    // Streams the echo service really has: `count` sends items (under the default credit),
+    // `sum` takes items, credit and its `End`.
+    let mut echo_streams = doc_frame("hello_stream");
+    let mut buf = BytesMut::new();
+    for (id, method, args) in [(1u64, "count", enc(&(5u8,))), (3, "sum", enc(&()))] {
+        let start = frame::begin(&mut buf, Kind::Request, stream::FLAG_STREAM, id);
+        buf.extend_from_slice(&request_body(method, &Metadata::new(), &args, 6));
+        frame::finish(&mut buf, start, frame::DEFAULT_MAX_FRAME).expect("fits");
+    }
+    for n in [1u64, 2, 3] {
+        stream::put_item(&mut buf, 3, &n, frame::DEFAULT_MAX_FRAME).expect("fits");
+    }
+    stream::put_credit(&mut buf, 1, 4096);
+    stream::put_end(&mut buf, 3);
+    echo_streams.extend_from_slice(&buf);
+    add("server", "echo-streams", echo_streams);
     let mut echo_session = hello.clone();
     for (id, (_, body)) in echo_requests().into_iter().enumerate() {
         let flags = if id % 3 == 2 { frame::FLAG_ONE_WAY } else { 0 };

@@ -71,6 +71,16 @@ pub fn run(data: &[u8]) {
                 }
             }
             Some(Kind::Ping) | Some(Kind::Pong) => reader.consume(&h),
+            // Streaming calls: an item, credit (a malformed grant closes the connection), or
+            // the server's request to stop sending input.
+            Some(Kind::Item) => drop(reader.take_body(&h)),
+            Some(Kind::Credit) => {
+                if stardust::__wire::stream::parse_credit(reader.body(&h)).is_err() {
+                    return;
+                }
+                reader.consume(&h);
+            }
+            Some(Kind::Cancel) => reader.consume(&h),
             Some(Kind::GoAway) => {
                 let reason = message::parse_error(reader.body(&h));
                 reader.consume(&h);

@@ -36,6 +36,9 @@ pub fn run(data: &[u8]) {
         .unwrap_or(request.method.len() % methods.len());
     let call = match server.call(index, request.args) {
         Ok(call) => call,
+        // A method taking a stream gets its input from the server, which is not here: after
+        // its arguments decode, it reports the missing stream.
+        Err(e) if methods[index].input_stream && e.kind() == ErrorKind::Protocol => return,
         Err(e) => {
             assert_eq!(e.kind(), ErrorKind::InvalidArguments, "{e}");
             return;
@@ -50,6 +53,8 @@ pub fn run(data: &[u8]) {
         "nothing" => stable::<()>(&output),
         "nested" => stable::<(Vec<(String, Option<u32>)>, BTreeMap<u64, Vec<u8>>)>(&output),
         "result" => stable::<Result<u32, String>>(&output),
+        // A method returning only a stream answers nil after its items.
+        "count" => stable::<()>(&output),
         other => panic!("no check for method `{other}`"),
     }
 }

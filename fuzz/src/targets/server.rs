@@ -8,8 +8,9 @@
 //! replaces them.
 //!
 //! Input: the bytes a client sends. Checks: the server answers with whole frames of the kinds a
-//! server sends, the first a `HelloAck` or a `GoAway`; nothing after a `GoAway` but answers to
-//! calls already running.
+//! server sends (with streaming calls: items, credit, and `Cancel` for an input no longer
+//! read), the first a `HelloAck` or a `GoAway`; nothing after a `GoAway` but what calls
+//! already running send.
 
 use std::net::SocketAddr;
 
@@ -104,14 +105,29 @@ pub fn run(data: &[u8]) {
             assert!(
                 matches!(
                     kind,
-                    Kind::Response | Kind::Error | Kind::Pong | Kind::Ping | Kind::GoAway
+                    Kind::Response
+                        | Kind::Error
+                        | Kind::Pong
+                        | Kind::Ping
+                        | Kind::GoAway
+                        | Kind::Item
+                        | Kind::Credit
+                        | Kind::Cancel
                 ),
                 "a server sent {kind:?}"
             );
         }
         if gone_away {
             assert!(
-                matches!(kind, Kind::Response | Kind::Error | Kind::GoAway),
+                matches!(
+                    kind,
+                    Kind::Response
+                        | Kind::Error
+                        | Kind::GoAway
+                        | Kind::Item
+                        | Kind::Credit
+                        | Kind::Cancel
+                ),
                 "{kind:?} after GoAway"
             );
         }
