@@ -114,6 +114,15 @@ pub trait Types {
     async fn release(&self, key: String) -> bool;
     /// Takes bytes and returns their length and sum.
     async fn checksum(&self, data: ByteBuf) -> (u64, u64);
+    /// 0..n, one item each (a server stream).
+    async fn count(&self, n: u64) -> stardust::Stream<u64>;
+    /// The sum of the items (a client stream).
+    async fn total(&self, items: stardust::Streaming<u64>) -> u64;
+    /// Each message upper-cased (a stream both ways); an item `{"Err": ..}` for an empty one.
+    async fn shout(
+        &self,
+        input: stardust::Streaming<String>,
+    ) -> stardust::Stream<Result<String, String>>;
 }
 
 #[derive(Default, Clone)]
@@ -209,6 +218,38 @@ impl Types for TypesImpl {
 
     async fn checksum(&self, data: ByteBuf) -> (u64, u64) {
         (data.len() as u64, data.iter().map(|&b| u64::from(b)).sum())
+    }
+
+    async fn count(&self, n: u64) -> stardust::Stream<u64> {
+        stardust::Stream::iter(0..n)
+    }
+
+    async fn total(&self, mut items: stardust::Streaming<u64>) -> u64 {
+        let mut sum = 0u64;
+        while let Some(Ok(n)) = items.next().await {
+            sum = sum.wrapping_add(n);
+        }
+        sum
+    }
+
+    async fn shout(
+        &self,
+        mut input: stardust::Streaming<String>,
+    ) -> stardust::Stream<Result<String, String>> {
+        let (tx, out) = stardust::Stream::channel(8);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = input.next().await {
+                let reply = if msg.is_empty() {
+                    Err("nothing to shout".to_owned())
+                } else {
+                    Ok(msg.to_uppercase())
+                };
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        out
     }
 }
 

@@ -401,6 +401,32 @@ def keepalive_check(hangup_ms):
     return keepalive
 
 
+@check
+def streams(c, _):
+    # Server streaming over several windows (2000 items of a few bytes; credit is given back).
+    with c.stream("test.Types", "count", 2000, timeout=30) as call:
+        items = call.collect()
+    equal(items, list(range(2000)), "a server stream's items, in order")
+    equal(call.result, None, "a stream-only method answers nil")
+    # Client streaming: 5000 items sent under the server's credit, then End.
+    call = c.stream("test.Types", "total", input=iter(range(5000)), timeout=30)
+    equal(call.collect(), [], "a client stream has no output items")
+    equal(call.result, sum(range(5000)), "the client stream's result")
+    # Both ways, with a typed item error.
+    call = c.stream("test.Types", "shout", input=["hi", "", "there"], timeout=30)
+    equal(
+        call.collect(),
+        [{"Ok": "HI"}, {"Err": "nothing to shout"}, {"Ok": "THERE"}],
+        "a stream both ways",
+    )
+    # Closing early cancels it; the connection carries on.
+    call = c.stream("test.Types", "count", 10**9, timeout=30)
+    first = next(iter(call))
+    equal(first, 0, "the first item of a long stream")
+    call.close()
+    equal(c.call(CALC, "add", 2, 2), 4, "a call after a cancelled stream")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("address", help="HOST:PORT of the provider or agent")
