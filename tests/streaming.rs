@@ -491,3 +491,30 @@ async fn items_for_a_call_without_an_input_stream_break_the_protocol() {
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
     assert!(err.message().contains("takes no input stream"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_over_the_frame_limit_fails_its_stream_not_the_connection() {
+    let (server, _) = serve(Server::builder().max_frame_size(64 * 1024)).await;
+    // The consumer's items: over the provider's limit, the upload fails here, unsent.
+    let logs = client(&server).await;
+    let chunks = Stream::iter(vec![vec![1u8; 10], vec![2u8; 100 * 1024]]);
+    let err = within("the upload", logs.upload("big".into(), chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FrameTooLarge, "{err}");
+    assert!(err.message().contains("stream item not sent"), "{err}");
+    // The provider's items: over this consumer's limit, the stream ends with the error.
+    let small = LogsClient::new(
+        Client::builder()
+            .max_frame_size(16 * 1024)
+            .connect(server.local_addr())
+            .await
+            .unwrap(),
+    );
+    let mut s = small.flood(32 * 1024).await.unwrap();
+    let err = within("the flood", s.next()).await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FrameTooLarge, "{err}");
+    // Both connections go on.
+    assert_eq!(logs.add(1, 1).await.unwrap(), 2);
+    assert_eq!(small.add(2, 2).await.unwrap(), 4);
+}
