@@ -119,19 +119,24 @@ impl Routes {
     }
 }
 
+/// A forwarded request as the balanced path sends it: by name, arguments as received.
+fn raw_call(call: &Forwarded) -> RawCall<'_> {
+    RawCall {
+        name: call.name.clone(),
+        idempotent: call.flags & FLAG_IDEMPOTENT != 0,
+        deadline: call.deadline,
+        trace_id: call.trace_id,
+        meta: &call.meta,
+        args: &call.args,
+    }
+}
+
 impl Forward for Routes {
     fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>> {
         let route = self.route(call.name.service());
         Box::pin(async move {
             let balanced = route?;
-            let raw = RawCall {
-                name: call.name,
-                idempotent: call.flags & FLAG_IDEMPOTENT != 0,
-                deadline: call.deadline,
-                trace_id: call.trace_id,
-                meta: &call.meta,
-                args: &call.args,
-            };
+            let raw = raw_call(&call);
             if call.flags & FLAG_ONE_WAY != 0 {
                 balanced.one_way_raw(raw).await.map(|()| Bytes::new())
             } else {
@@ -148,14 +153,7 @@ impl Forward for Routes {
         let route = self.route(call.name.service());
         Box::pin(async move {
             let balanced = route?;
-            let raw = RawCall {
-                name: call.name,
-                idempotent: call.flags & FLAG_IDEMPOTENT != 0,
-                deadline: call.deadline,
-                trace_id: call.trace_id,
-                meta: &call.meta,
-                args: &call.args,
-            };
+            let raw = raw_call(&call);
             let (provider, in_flight) = balanced.open_stream_raw(raw).await?;
             let end = super::relay::relay(io, provider).await;
             in_flight.finish(crate::balance::clock_ns(tokio::time::Instant::now().into()));

@@ -225,16 +225,7 @@ impl Client {
         let index = method;
         let method = method_of(service, method)?;
         let start = Instant::now();
-        let (inherited_deadline, inherited_trace) = context::inherited();
-        let deadline = match (self.timeout.map(|t| start + t), inherited_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let trace_id = if inherited_trace != 0 {
-            inherited_trace
-        } else {
-            new_trace_id()
-        };
+        let (deadline, trace_id) = self.deadline_and_trace(start);
         let base_meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
         // A span only when a subscriber may want it; each branch builds its future in place
         // (moving a call's future into a wrapper afterwards costs a copy of it).
@@ -327,6 +318,21 @@ impl Client {
             i.after_call(&call, result.as_ref().map(|_| ()));
         }
         result
+    }
+
+    /// A call started at `start`: its deadline (this handle's timeout, or the handler's
+    /// deadline it is made from, whichever comes first) and trace id (the handler's, or new).
+    fn deadline_and_trace(&self, start: Instant) -> (Option<Instant>, u64) {
+        let (inherited_deadline, inherited_trace) = context::inherited();
+        let deadline = match (self.timeout.map(|t| start + t), inherited_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let trace_id = match inherited_trace {
+            0 => new_trace_id(),
+            t => t,
+        };
+        (deadline, trace_id)
     }
 
     /// Sends a one-way call: no response, no deadline tracking; returns once it is queued.

@@ -115,15 +115,7 @@ impl Client {
     ) -> Result<CallStream, Error> {
         let method = method_of(service, index)?;
         let start = Instant::now();
-        let (inherited_deadline, inherited_trace) = context::inherited();
-        let deadline = match (self.timeout.map(|t| start + t), inherited_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let trace_id = match inherited_trace {
-            0 => new_trace_id(),
-            t => t,
-        };
+        let (deadline, trace_id) = self.deadline_and_trace(start);
         let mut meta = self.metadata.as_deref().cloned().unwrap_or_default();
         let hook = if self.inner.interceptors.is_empty() {
             None
