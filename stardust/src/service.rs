@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 use crate::stream::Stream;
+use std::collections::VecDeque;
 use futures::Stream as _;
 
 /// Static description of a service: what a registry registers and a proxy routes by.
@@ -173,21 +174,24 @@ impl Call {
         self.0.streams_output()
     }
 
-    /// Polls the output stream for its next item (kept in the call until
-    /// [`Call::encode_item`]): `Ready(true)` with an item, `Ready(false)` at the end.
-    pub(crate) fn poll_item(&mut self, cx: &mut TaskContext<'_>) -> Poll<bool> {
-        self.0.as_mut().poll_item(cx)
+    /// Polls the output stream for up to `max` items that are ready now (kept in the call
+    /// until [`Call::encode_items`]): `Ready(true)` when some are kept, `Ready(false)` once the
+    /// stream has ended and none is left, `Pending` when none is ready.
+    pub(crate) fn poll_items(&mut self, cx: &mut TaskContext<'_>, max: usize) -> Poll<bool> {
+        self.0.as_mut().poll_items(cx, max)
     }
 
-    /// Appends the item [`Call::poll_item`] produced as an `Item` frame for call `id`; returns
-    /// the frame's size.
-    pub(crate) fn encode_item(
+    /// Appends the kept items, oldest first, as `Item` frames for call `id`, until they are
+    /// `budget` bytes or more (the credit left: the last one may overshoot it); returns how
+    /// many items and bytes it wrote.
+    pub(crate) fn encode_items(
         &mut self,
         buf: &mut BytesMut,
         id: u64,
         max_frame: u32,
-    ) -> Result<usize, Error> {
-        self.0.as_mut().encode_item(buf, id, max_frame)
+        budget: usize,
+    ) -> Result<(u64, usize), Error> {
+        self.0.as_mut().encode_items(buf, id, max_frame, budget)
     }
 }
 
@@ -203,15 +207,16 @@ trait ErasedCall: Send {
     fn streams_output(&self) -> bool {
         false
     }
-    fn poll_item(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<bool> {
+    fn poll_items(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>, _max: usize) -> Poll<bool> {
         Poll::Ready(false)
     }
-    fn encode_item(
+    fn encode_items(
         self: Pin<&mut Self>,
         _buf: &mut BytesMut,
         _id: u64,
         _max_frame: u32,
-    ) -> Result<usize, Error> {
+        _budget: usize,
+    ) -> Result<(u64, usize), Error> {
         Err(not_streaming())
     }
 }
@@ -266,12 +271,12 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A streaming handler: first its future, then the stream it returned.
+    /// A streaming handler: first its future, then the stream it returned, with the items it
+    /// has produced and not yet encoded.
     #[project = StreamsProj]
     enum Streams<F, T> {
         Starting { #[pin] future: F },
-        Sending { stream: Stream<T>, item: Option<T> },
-        Done,
+        Sending { stream: Stream<T>, items: VecDeque<T>, ended: bool },
     }
 }
 
@@ -286,9 +291,13 @@ where
                 Poll::Ready(stream) => stream,
                 Poll::Pending => return Poll::Pending,
             },
-            _ => return Poll::Ready(()),
+            StreamsProj::Sending { .. } => return Poll::Ready(()),
         };
-        self.set(Streams::Sending { stream, item: None });
+        self.set(Streams::Sending {
+            stream,
+            items: VecDeque::new(),
+            ended: false,
+        });
         Poll::Ready(())
     }
 
@@ -301,38 +310,45 @@ where
         true
     }
 
-    fn poll_item(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<bool> {
-        match self.project() {
-            StreamsProj::Sending { stream, item } => {
-                if item.is_some() {
-                    return Poll::Ready(true);
-                }
-                match Pin::new(stream).poll_next(cx) {
-                    Poll::Ready(Some(next)) => {
-                        *item = Some(next);
-                        Poll::Ready(true)
-                    }
-                    Poll::Ready(None) => Poll::Ready(false),
-                    Poll::Pending => Poll::Pending,
-                }
+    fn poll_items(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, max: usize) -> Poll<bool> {
+        let StreamsProj::Sending {
+            stream,
+            items,
+            ended,
+        } = self.project()
+        else {
+            return Poll::Ready(false);
+        };
+        while !*ended && items.len() < max {
+            match Pin::new(&mut *stream).poll_next(cx) {
+                Poll::Ready(Some(item)) => items.push_back(item),
+                Poll::Ready(None) => *ended = true,
+                Poll::Pending if items.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
             }
-            _ => Poll::Ready(false),
         }
+        Poll::Ready(!items.is_empty())
     }
 
-    fn encode_item(
+    fn encode_items(
         self: Pin<&mut Self>,
         buf: &mut BytesMut,
         id: u64,
         max_frame: u32,
-    ) -> Result<usize, Error> {
-        match self.project() {
-            StreamsProj::Sending { item, .. } => match item.take() {
-                Some(value) => crate::protocol::stream::put_item(buf, id, &value, max_frame),
-                None => Err(not_streaming()),
-            },
-            _ => Err(not_streaming()),
+        budget: usize,
+    ) -> Result<(u64, usize), Error> {
+        let StreamsProj::Sending { items, .. } = self.project() else {
+            return Err(not_streaming());
+        };
+        let (mut count, mut bytes) = (0, 0);
+        while bytes < budget {
+            let Some(item) = items.pop_front() else {
+                break;
+            };
+            bytes += crate::protocol::stream::put_item(buf, id, &item, max_frame)?;
+            count += 1;
         }
+        Ok((count, bytes))
     }
 }
 

@@ -121,6 +121,7 @@ impl ClientConn {
         // The vectors are reused, so the loop does not allocate in steady state.
         let mut incoming: Vec<(u64, Incoming)> = Vec::new();
         let mut streams: Vec<(Arc<Flow>, Incoming)> = Vec::new();
+        let mut run: Vec<Bytes> = Vec::new();
         let mut wakers: Vec<Waker> = Vec::new();
         loop {
             let result = self.read_batch(reader, notify_tx, &mut incoming);
@@ -128,7 +129,7 @@ impl ClientConn {
                 self.out.with_state(|pending, _, _| {
                     sort_incoming(pending, &mut incoming, &mut streams, &mut wakers)
                 });
-                let delivered = self.deliver(&mut streams, &mut wakers);
+                let delivered = self.deliver(&mut streams, &mut run, &mut wakers);
                 wakers.drain(..).for_each(Waker::wake);
                 delivered?;
             }

@@ -272,6 +272,8 @@ pub(crate) struct Batch {
     done: Vec<Done>,
     /// Tasks the batch's frames made runnable (stream items, credit), woken once at its end.
     pub(crate) wakers: Vec<std::task::Waker>,
+    /// Stream items read and not yet handed to their calls: (call id, body).
+    pub(crate) items: Vec<(u64, bytes::Bytes)>,
 }
 
 impl Batch {
@@ -282,6 +284,7 @@ impl Batch {
             // connection up front.
             done: Vec::new(),
             wakers: Vec::new(),
+            items: Vec::new(),
         }
     }
 

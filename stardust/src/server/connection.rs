@@ -233,12 +233,11 @@ impl ServerConn {
                     Ok(Some(h)) if h.kind == Kind::Item as u8 => {
                         // Taken out of the read buffer without a copy: the handler gets it.
                         let body = reader.take_body(&h);
-                        if let Err(e) = self.on_item(&h, body, batch) {
-                            self.goaway(&e);
-                            return Err(e);
-                        }
+                        self.on_item(&h, body, batch);
                     }
                     Ok(Some(h)) => {
+                        // Items read before this frame reach their calls first.
+                        self.route_batch_items(batch)?;
                         self.on_frame(shared, &h, reader.body(&h), batch)?;
                         reader.consume(&h);
                         // Checked per frame: one batch of small requests may ask for any amount
@@ -259,6 +258,7 @@ impl ServerConn {
                     }
                 }
             }
+            self.route_batch_items(batch)?;
             // Everything this batch produced leaves in one write, from this task: no hop to the
             // writer task unless the socket is full.
             self.out.flush_inline();

@@ -6,6 +6,10 @@
 //! takes items and spends credit. Every method that may make the other side runnable returns
 //! the waker to wake instead of waking it, so the read loop wakes each task once per batch of
 //! frames, after its locks are released.
+//!
+//! The lock is taken per batch, never per item: the read loop adds a run of items at once, a
+//! [`Reader`] moves every item waiting into a queue of its own in one go (and gives credit back
+//! from there), and a sender spends credit once per run of items it wrote.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -15,7 +19,7 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::HEADER_LEN;
-use crate::protocol::stream::item_cost;
+use crate::protocol::stream::{MAX_CREDIT, item_cost};
 
 /// One received item or the end of what is received.
 pub(crate) enum Recv {
@@ -31,12 +35,64 @@ pub(crate) struct Flow {
     st: Mutex<State>,
 }
 
+/// What [`Flow::poll_drain`] found.
+enum Drained {
+    /// Items were moved to the reader's queue.
+    Items,
+    /// The incoming side ended (every item before it was taken).
+    End(Result<Bytes, Error>),
+}
+
+/// The application's end of a flow's incoming items: a queue of its own, filled from the flow
+/// once per batch, and the credit it owes the sender for items taken from it.
+pub(crate) struct Reader {
+    local: VecDeque<Bytes>,
+    /// Cost of the items taken since credit was last given back.
+    unacked: usize,
+    window: usize,
+}
+
+impl Reader {
+    /// A reader granting `window` bytes (the flow's receive window).
+    pub(crate) fn new(window: u32) -> Reader {
+        Reader {
+            local: VecDeque::new(),
+            unacked: 0,
+            window: window as usize,
+        }
+    }
+
+    /// The next item of `flow`, or its end once every item before it was taken. An item's
+    /// `grant` is credit to give back now: half a window taken since the last grant, so the
+    /// sender never runs dry while the application keeps up (a grant per item would cost a
+    /// frame per item).
+    pub(crate) fn poll_next(&mut self, flow: &Flow, cx: &mut Context<'_>) -> Poll<Recv> {
+        loop {
+            if let Some(body) = self.local.pop_front() {
+                self.unacked += item_cost(body.len());
+                let grant = (self.unacked >= self.window / 2).then(|| {
+                    let n = self.unacked.min(MAX_CREDIT as usize);
+                    self.unacked -= n;
+                    n as u32
+                });
+                return Poll::Ready(Recv::Item {
+                    body,
+                    grant: grant.filter(|n| *n > 0),
+                });
+            }
+            match flow.poll_drain(cx, &mut self.local) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Drained::Items) => continue,
+                Poll::Ready(Drained::End(end)) => return Poll::Ready(Recv::End(end)),
+            }
+        }
+    }
+}
+
 struct State {
     items: VecDeque<Bytes>,
     /// What the items in `items` cost the sender's window.
     held: usize,
-    /// Cost of items taken since credit was last given back.
-    unacked: usize,
     /// The window this end grants the sender (its initial credit).
     window: usize,
     /// How the incoming side ended, once it has (kept until every item before it was taken).
@@ -67,7 +123,6 @@ impl Flow {
             st: Mutex::new(State {
                 items: VecDeque::new(),
                 held: 0,
-                unacked: 0,
                 window: recv_window as usize,
                 end: None,
                 end_taken: false,
@@ -88,30 +143,45 @@ impl Flow {
         self
     }
 
-    /// Adds a received item. Fails when the sender has overrun the window it was granted by more
-    /// than one frame of `max_frame` (it ignores flow control: a protocol violation, which the
-    /// caller answers by closing the connection). Items after the end are dropped.
+    /// Adds a received item; see [`Flow::push_items`].
+    #[cfg(test)]
     pub(crate) fn push_item(&self, body: Bytes, max_frame: u32) -> Result<Option<Waker>, Error> {
+        self.push_items(&mut vec![body], max_frame)
+    }
+
+    /// Adds a run of received items (taking them out of `bodies`), under one lock. Fails when
+    /// the sender has overrun the window it was granted by more than one frame of `max_frame`
+    /// (it ignores flow control: a protocol violation, which the caller answers by closing the
+    /// connection), or sends items to a call that takes none. Items after the end are dropped.
+    pub(crate) fn push_items(
+        &self,
+        bodies: &mut Vec<Bytes>,
+        max_frame: u32,
+    ) -> Result<Option<Waker>, Error> {
         let mut st = self.st.lock();
         if st.end.is_some() {
+            bodies.clear();
             return Ok(None);
         }
         if !st.takes_items {
+            bodies.clear();
             return Err(Error::protocol(
                 "the peer sent stream items to a call that takes no input stream",
             ));
         }
-        st.held += item_cost(body.len());
         let bound = st.window + HEADER_LEN + max_frame as usize;
-        if st.held > bound {
-            return Err(Error::protocol(format!(
-                "the peer sent stream items beyond the credit it was granted ({} bytes held \
-                 unread, the window is {} bytes)",
-                st.held, st.window
-            )));
+        for body in bodies.drain(..) {
+            st.held += item_cost(body.len());
+            if st.held > bound {
+                return Err(Error::protocol(format!(
+                    "the peer sent stream items beyond the credit it was granted ({} bytes \
+                     held unread, the window is {} bytes)",
+                    st.held, st.window
+                )));
+            }
+            st.items.push_back(body);
+            st.received += 1;
         }
-        st.items.push_back(body);
-        st.received += 1;
         Ok(st.recv_waker.take())
     }
 
@@ -142,39 +212,26 @@ impl Flow {
         self.st.lock().end.is_some()
     }
 
-    /// Takes the next item, or the end once every item before it was taken.
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Recv> {
+    /// Moves every item received into `into` (a [`Reader`]'s own, empty, queue) in one go;
+    /// once none is left, the end (once).
+    fn poll_drain(&self, cx: &mut Context<'_>, into: &mut VecDeque<Bytes>) -> Poll<Drained> {
         let mut st = self.st.lock();
-        if let Some(body) = st.items.pop_front() {
-            let cost = item_cost(body.len());
-            st.held -= cost;
-            st.unacked += cost;
-            // Half a window taken: give it back now, so the sender never runs dry while the
-            // application keeps up (a grant per item would cost a frame per item).
-            let grant = if st.unacked >= st.window / 2 && st.end.is_none() {
-                let n = st.unacked.min(crate::protocol::stream::MAX_CREDIT as usize) as u32;
-                st.unacked -= n as usize;
-                (n > 0).then_some(n)
-            } else {
-                None
-            };
-            return Poll::Ready(Recv::Item { body, grant });
+        if !st.items.is_empty() {
+            std::mem::swap(&mut st.items, into);
+            st.held = 0;
+            return Poll::Ready(Drained::Items);
         }
         match st.end.clone() {
             Some(end) if !st.end_taken => {
                 st.end_taken = true;
-                Poll::Ready(Recv::End(end))
+                Poll::Ready(Drained::End(end))
             }
-            Some(_) => Poll::Ready(Recv::End(Err(Error::new(
+            Some(_) => Poll::Ready(Drained::End(Err(Error::new(
                 ErrorKind::Internal,
                 "stream polled after its end",
             )))),
             None => {
-                if !st
-                    .recv_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
+                if !st.recv_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     st.recv_waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
@@ -198,15 +255,15 @@ impl Flow {
         }
     }
 
-    /// Ready when an item may be sent (credit left), or with the reason nothing may be sent
-    /// any more.
-    pub(crate) fn poll_credit(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    /// Ready with the credit left when an item may be sent (some is left), or with the reason
+    /// nothing may be sent any more.
+    pub(crate) fn poll_credit(&self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
         let mut st = self.st.lock();
         if let Some(e) = &st.send_closed {
             return Poll::Ready(Err(e.clone()));
         }
         if st.credit > 0 {
-            return Poll::Ready(Ok(()));
+            return Poll::Ready(Ok(st.credit as usize));
         }
         if !st
             .send_waker
@@ -234,9 +291,14 @@ impl Flow {
 
     /// Counts an item of `cost` bytes (its whole frame) as sent.
     pub(crate) fn spend(&self, cost: usize) {
+        self.spend_many(cost, 1);
+    }
+
+    /// Counts `items` items of `cost` bytes in all as sent.
+    pub(crate) fn spend_many(&self, cost: usize, items: u64) {
         let mut st = self.st.lock();
         st.credit -= cost as i64;
-        st.sent += 1;
+        st.sent += items;
     }
 
     /// Items sent so far.
@@ -274,13 +336,14 @@ mod tests {
         flow.push_item(item(2), 1024).unwrap();
         let mut wakers = Vec::new();
         flow.finish(Ok(Bytes::from_static(b"\xc0")), true, &mut wakers);
+        let mut reader = Reader::new(1000);
         for n in [1, 2] {
-            match flow.poll_recv(&mut cx()) {
+            match reader.poll_next(&flow, &mut cx()) {
                 Poll::Ready(Recv::Item { body, .. }) => assert_eq!(body.len(), n),
                 _ => panic!("expected item {n}"),
             }
         }
-        match flow.poll_recv(&mut cx()) {
+        match reader.poll_next(&flow, &mut cx()) {
             Poll::Ready(Recv::End(Ok(body))) => assert_eq!(&body[..], b"\xc0"),
             _ => panic!("expected the end"),
         }
@@ -292,13 +355,17 @@ mod tests {
     #[test]
     fn credit_is_given_back_per_half_window() {
         let flow = Flow::new(100, 0);
+        let mut reader = Reader::new(100);
         let mut grants = Vec::new();
-        for _ in 0..10 {
-            // Each item costs 14 + 6 = 20 bytes.
-            flow.push_item(item(6), 1024).unwrap();
-        }
-        while let Poll::Ready(Recv::Item { grant, .. }) = flow.poll_recv(&mut cx()) {
-            grants.extend(grant);
+        // Each item costs 14 + 6 = 20 bytes; they arrive in two runs.
+        flow.push_items(&mut vec![item(6); 4], 1024).unwrap();
+        for round in 0..3 {
+            while let Poll::Ready(Recv::Item { grant, .. }) = reader.poll_next(&flow, &mut cx()) {
+                grants.extend(grant);
+            }
+            if round < 2 {
+                flow.push_items(&mut vec![item(6); 3], 1024).unwrap();
+            }
         }
         // Half the window (50 bytes) taken after 3 items (60 bytes): granted then, and again
         // after the next three; the last item's 20 bytes wait for more.
@@ -320,7 +387,7 @@ mod tests {
     #[test]
     fn sending_waits_for_credit_and_may_overshoot_by_one_item() {
         let flow = Flow::new(0, 10);
-        assert!(matches!(flow.poll_credit(&mut cx()), Poll::Ready(Ok(()))));
+        assert!(matches!(flow.poll_credit(&mut cx()), Poll::Ready(Ok(_))));
         flow.spend(500);
         assert!(flow.poll_credit(&mut cx()).is_pending());
         assert!(
@@ -329,7 +396,7 @@ mod tests {
         );
         assert!(flow.poll_credit(&mut cx()).is_pending());
         assert!(flow.add_credit(91).is_some(), "the waiting sender is woken");
-        assert!(matches!(flow.poll_credit(&mut cx()), Poll::Ready(Ok(()))));
+        assert!(matches!(flow.poll_credit(&mut cx()), Poll::Ready(Ok(_))));
         flow.close_send(Error::new(ErrorKind::Cancelled, "stop"));
         assert!(matches!(flow.poll_credit(&mut cx()), Poll::Ready(Err(_))));
         assert_eq!(flow.sent(), 1);

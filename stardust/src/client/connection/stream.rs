@@ -7,6 +7,7 @@
 //! client-streaming call) or by one task per stream (a stream both ways, whose consumer may
 //! read and write at different paces).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -19,7 +20,7 @@ use crate::client::pending::{CallInfo, Reply};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::message::{self, Args, RequestHead};
 use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
-use crate::stream::flow::{Flow, Recv};
+use crate::stream::flow::{Flow, Reader, Recv};
 use crate::stream::{RawSource, Stream};
 
 /// What the read loop received for a call: a reply, or (for a streaming call) an item, credit,
@@ -33,27 +34,50 @@ pub(crate) enum Incoming {
 
 impl ClientConn {
     /// Hands what a read batch received for streaming calls to their flows, in the order it
-    /// arrived, collecting the tasks to wake. Fails when the server overran a stream's credit.
+    /// arrived, collecting the tasks to wake: each run of items for one stream under one lock
+    /// (`run` is scratch space, kept by the read loop). Fails when the server overran a
+    /// stream's credit.
     pub(super) fn deliver(
         &self,
         work: &mut Vec<(Arc<Flow>, Incoming)>,
+        run: &mut Vec<Bytes>,
         wakers: &mut Vec<Waker>,
     ) -> Result<(), Error> {
         let mut result = Ok(());
+        let mut run_flow: Option<Arc<Flow>> = None;
+        let max = self.max_frame;
+        let flush = |flow: Option<Arc<Flow>>,
+                     run: &mut Vec<Bytes>,
+                     wakers: &mut Vec<Waker>,
+                     result: &mut Result<(), Error>| {
+            if let Some(flow) = flow {
+                match flow.push_items(run, max) {
+                    Ok(waker) => wakers.extend(waker),
+                    Err(e) => *result = Err(e),
+                }
+            }
+        };
         for (flow, incoming) in work.drain(..) {
+            if let Incoming::Item(body) = incoming {
+                if run_flow.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &flow)) {
+                    flush(run_flow.take(), run, wakers, &mut result);
+                }
+                run_flow = Some(flow);
+                run.push(body);
+                continue;
+            }
+            flush(run_flow.take(), run, wakers, &mut result);
             match incoming {
                 Incoming::Reply(reply) => flow.finish(reply, true, wakers),
-                Incoming::Item(body) => match flow.push_item(body, self.max_frame) {
-                    Ok(waker) => wakers.extend(waker),
-                    Err(e) => result = Err(e),
-                },
                 Incoming::Credit(n) => wakers.extend(flow.add_credit(n)),
                 Incoming::StopSending => wakers.extend(flow.close_send(Error::new(
                     ErrorKind::Cancelled,
                     "the provider no longer reads this call's input",
                 ))),
+                Incoming::Item(_) => unreachable!("handled above"),
             }
         }
+        flush(run_flow.take(), run, wakers, &mut result);
         result
     }
 
@@ -101,6 +125,7 @@ impl ClientConn {
             conn: self.clone(),
             id,
             flow,
+            reader: Reader::new(self.stream_window),
             ended: false,
         })
     }
@@ -123,13 +148,15 @@ pub(crate) struct ClientStream {
     conn: Arc<ClientConn>,
     id: u64,
     flow: Arc<Flow>,
+    /// The output items taken from the flow, and the credit owed for them.
+    reader: Reader,
     ended: bool,
 }
 
 impl ClientStream {
     /// The next output item, or the call's end: `Ok` with the final response body, or its error.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Recv> {
-        let recv = self.flow.poll_recv(cx);
+        let recv = self.reader.poll_next(&self.flow, cx);
         match &recv {
             Poll::Ready(Recv::Item {
                 grant: Some(n),
@@ -160,7 +187,7 @@ impl ClientStream {
     /// Ready when an input item may be sent (the server's credit allows it), or with the
     /// reason no more may be (the server stopped reading, or the call ended).
     pub(crate) fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.flow.poll_credit(cx)
+        self.flow.poll_credit(cx).map_ok(|_| ())
     }
 
     /// Sends an input item already encoded (an agent relaying one), after
@@ -193,6 +220,9 @@ impl ClientStream {
             id: self.id,
             flow: self.flow.clone(),
             input,
+            ready: VecDeque::new(),
+            item_cost: 0,
+            input_ended: false,
             done: false,
         }
     }
@@ -227,8 +257,10 @@ impl Drop for ClientStream {
     }
 }
 
+/// Items a pump takes from its input at a time, and then encodes under one lock.
+const ITEMS_PER_BATCH: usize = 1024;
 /// Items a pump sends before it yields, so one fast input cannot hold its task's thread.
-const ITEMS_PER_TURN: u32 = 256;
+const ITEMS_PER_TURN: u64 = 4096;
 
 /// Sends a call's input stream as the server's credit allows, then `End`.
 pub(crate) struct Pump<I> {
@@ -236,13 +268,21 @@ pub(crate) struct Pump<I> {
     id: u64,
     flow: Arc<Flow>,
     input: Stream<I>,
+    /// Items taken from the input and not sent yet (no credit left for them).
+    ready: VecDeque<I>,
+    /// What an item has cost so far (0: not known yet): items are taken from the input only
+    /// as many as the credit covers, so an input that is always ready is not drained into
+    /// memory ahead of the server.
+    item_cost: usize,
+    input_ended: bool,
     done: bool,
 }
 
 impl<I: Serialize> Pump<I> {
-    /// Sends what it can. `Ready(Ok)` once the input is sent (or the server stopped taking it,
-    /// or the call ended: the call's own result says how it went); `Err` when sending failed
-    /// here (an item over the frame limit, the connection closing), which fails the call.
+    /// Sends what it can, a batch of ready items per lock of the write buffer. `Ready(Ok)` once
+    /// the input is sent (or the server stopped taking it, or the call ended: the call's own
+    /// result says how it went); `Err` when sending failed here (an item over the frame limit,
+    /// the connection closing), which fails the call.
     pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -250,24 +290,29 @@ impl<I: Serialize> Pump<I> {
         let out = &self.conn.out;
         let (id, max) = (self.id, out.peer_max_frame);
         let mut queued = false;
-        let mut sent = 0u32;
+        let mut sent = 0u64;
         let result = loop {
-            match self.flow.poll_credit(cx) {
+            let credit = match self.flow.poll_credit(cx) {
                 Poll::Pending => break Poll::Pending,
                 Poll::Ready(Err(_)) => {
                     self.done = true;
                     break Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(())) => {}
-            }
-            match Pin::new(&mut self.input).poll_next(cx) {
-                Poll::Pending => {
-                    // Waiting for the application's next item; the server may meanwhile stop
-                    // reading (or the call end), which must end this pump too.
-                    self.flow.watch_send(cx);
-                    break Poll::Pending;
+                Poll::Ready(Ok(credit)) => credit,
+            };
+            let batch = credit
+                .checked_div(self.item_cost)
+                .unwrap_or(1)
+                .clamp(1, ITEMS_PER_BATCH);
+            while !self.input_ended && self.ready.len() < batch {
+                match Pin::new(&mut self.input).poll_next(cx) {
+                    Poll::Ready(Some(item)) => self.ready.push_back(item),
+                    Poll::Ready(None) => self.input_ended = true,
+                    Poll::Pending => break,
                 }
-                Poll::Ready(None) => {
+            }
+            if self.ready.is_empty() {
+                if self.input_ended {
                     self.done = true;
                     let ended = out.push_quiet(|buf, _| {
                         wire::put_end(buf, id);
@@ -276,23 +321,40 @@ impl<I: Serialize> Pump<I> {
                     queued |= ended.is_ok();
                     break Poll::Ready(ended);
                 }
-                Poll::Ready(Some(item)) => {
-                    match out.push_quiet(|buf, _| wire::put_item(buf, id, &item, max)) {
-                        Ok(cost) => {
-                            self.flow.spend(cost);
-                            queued = true;
-                        }
-                        Err(e) => {
-                            self.done = true;
-                            break Poll::Ready(Err(e));
-                        }
-                    }
-                    sent += 1;
-                    if sent >= ITEMS_PER_TURN {
-                        cx.waker().wake_by_ref();
-                        break Poll::Pending;
-                    }
+                // Waiting for the application's next item; the server may meanwhile stop
+                // reading (or the call end), which must end this pump too.
+                self.flow.watch_send(cx);
+                break Poll::Pending;
+            }
+            let ready = &mut self.ready;
+            let encoded = out.push_quiet(|buf, _| {
+                let (mut items, mut bytes) = (0u64, 0usize);
+                while bytes < credit {
+                    let Some(item) = ready.pop_front() else {
+                        break;
+                    };
+                    bytes += wire::put_item(buf, id, &item, max)?;
+                    items += 1;
                 }
+                Ok((items, bytes))
+            });
+            match encoded {
+                Ok((items, bytes)) => {
+                    self.flow.spend_many(bytes, items);
+                    if items > 0 {
+                        self.item_cost = (bytes / items as usize).max(1);
+                    }
+                    queued = true;
+                    sent += items;
+                }
+                Err(e) => {
+                    self.done = true;
+                    break Poll::Ready(Err(e));
+                }
+            }
+            if sent >= ITEMS_PER_TURN {
+                cx.waker().wake_by_ref();
+                break Poll::Pending;
             }
         };
         if queued {

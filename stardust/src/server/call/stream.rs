@@ -15,14 +15,16 @@ use bytes::Bytes;
 use super::*;
 use crate::protocol::frame::Kind;
 use crate::stream::RawSource;
-use crate::stream::flow::Recv;
+use crate::stream::flow::{Reader, Recv};
 use crate::transport::Outbound;
 
 /// Queued items are written once this many bytes wait, even while the handler keeps producing:
 /// large enough for few syscalls, small enough that the client starts on them early.
 const FLUSH_AT: usize = 64 * 1024;
+/// Items taken from the handler's stream at a time, and then encoded under one lock.
+const ITEMS_PER_BATCH: usize = 1024;
 /// Items a stream sends before its task yields to the others on its thread.
-const ITEMS_PER_TURN: u32 = 256;
+const ITEMS_PER_TURN: u64 = 4096;
 
 /// Writes what is queued when the poll is about to wait, so nothing produced sits in the buffer
 /// while the task sleeps.
@@ -34,14 +36,15 @@ fn flush_if_pending<T>(out: &Outbound, poll: Poll<T>) -> Poll<T> {
 }
 
 impl ServerCall {
-    /// Polls the output stream for its next item, under the call's context and span.
-    fn poll_item(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<bool, Error>> {
+    /// Takes up to `max` items the output stream has ready, under the call's context and span:
+    /// `Ready(false)` once it has ended and none is left.
+    fn poll_items(&mut self, cx: &mut TaskContext<'_>, max: usize) -> Poll<Result<bool, Error>> {
         let Some(call) = self.call.as_mut() else {
             return Poll::Ready(Ok(false));
         };
         let _entered = (!self.span.is_disabled()).then(|| self.span.enter());
         let polled = Context::scope(&mut self.ctx, || {
-            catch_unwind(AssertUnwindSafe(|| call.poll_item(cx)))
+            catch_unwind(AssertUnwindSafe(|| call.poll_items(cx, max)))
         });
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
@@ -66,13 +69,24 @@ impl SpawnedCall {
     }
 
     /// Sends the output stream's items as the client's credit allows, until the stream ends.
+    /// Per batch of ready items: the credit is read once, the items are encoded under one
+    /// lock of the write buffer, and spent once.
     async fn produce(&mut self, flow: &Flow) -> Result<(), Error> {
         let out = self.conn.out.clone();
         let max_queued = self.shared.config.max_write_buffer;
         let (id, max_frame) = (self.call.id, out.peer_max_frame);
-        let mut sent = 0u32;
+        let mut sent = 0u64;
+        // What an item has cost so far (0: not known yet): items are taken from the stream
+        // only as many as the credit covers, so a producer that is always ready never holds
+        // more than about a window of them.
+        let mut item_cost = 0usize;
+        let mut failed: Option<Error> = None;
         loop {
-            poll_fn(|cx| flush_if_pending(&out, flow.poll_credit(cx))).await?;
+            let credit = poll_fn(|cx| flush_if_pending(&out, flow.poll_credit(cx))).await?;
+            let batch = credit
+                .checked_div(item_cost)
+                .unwrap_or(1)
+                .clamp(1, ITEMS_PER_BATCH);
             // Every stream of the connection writes into one buffer: past its limit, wait for
             // the client to take some (the writer's stall timeout ends a client that takes none).
             if out.queued() > max_queued {
@@ -81,30 +95,47 @@ impl SpawnedCall {
                     out.drained_to(max_queued / 2).await?;
                 }
             }
-            if !poll_fn(|cx| flush_if_pending(&out, self.call.poll_item(cx))).await? {
-                return Ok(());
+            // A stream that fails (its handler panics) still delivers the items it produced
+            // before: they go out first, then the failure ends the call.
+            if failed.is_none() {
+                match poll_fn(|cx| flush_if_pending(&out, self.call.poll_items(cx, batch))).await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => failed = Some(e),
+                }
             }
             let call = &mut self.call;
-            let cost = out.push_quiet(|buf, _| {
+            let (items, bytes) = out.push_quiet(|buf, _| {
                 let Some(handler) = call.call.as_mut() else {
                     return Err(Error::new(ErrorKind::Internal, "no call to stream from"));
                 };
-                // The item's Serialize is the user's and runs under the buffer lock: a panic
+                // The items' Serialize is the user's and runs under the buffer lock: a panic
                 // there must not leave half a frame behind (`put_item` truncates on error).
                 let start = buf.len();
-                catch_unwind(AssertUnwindSafe(|| handler.encode_item(buf, id, max_frame)))
-                    .unwrap_or_else(|p| {
-                        buf.truncate(start);
-                        Err(panicked(p))
-                    })
+                catch_unwind(AssertUnwindSafe(|| {
+                    handler.encode_items(buf, id, max_frame, credit)
+                }))
+                .unwrap_or_else(|p| {
+                    buf.truncate(start);
+                    Err(panicked(p))
+                })
             })?;
-            flow.spend(cost);
+            if items == 0
+                && let Some(e) = failed.take()
+            {
+                return Err(e);
+            }
+            flow.spend_many(bytes, items);
+            if items > 0 {
+                item_cost = (bytes / items as usize).max(1);
+            }
             if out.queued() >= FLUSH_AT {
                 out.flush_inline();
             }
-            sent += 1;
-            if sent.is_multiple_of(ITEMS_PER_TURN) {
-                out.flush_inline();
+            sent += items;
+            if sent >= ITEMS_PER_TURN {
+                sent = 0;
                 tokio::task::yield_now().await;
             }
         }
@@ -123,15 +154,18 @@ pub(crate) struct ServerInput {
     out: Arc<Outbound>,
     id: u64,
     flow: Arc<Flow>,
+    reader: Reader,
     ended: bool,
 }
 
 impl ServerInput {
-    pub(crate) fn new(out: Arc<Outbound>, id: u64, flow: Arc<Flow>) -> ServerInput {
+    /// The input of call `id`, whose flow grants `window` bytes.
+    pub(crate) fn new(out: Arc<Outbound>, id: u64, flow: Arc<Flow>, window: u32) -> ServerInput {
         ServerInput {
             out,
             id,
             flow,
+            reader: Reader::new(window),
             ended: false,
         }
     }
@@ -142,7 +176,7 @@ impl RawSource for ServerInput {
         if self.ended {
             return Poll::Ready(None);
         }
-        match self.flow.poll_recv(cx) {
+        match self.reader.poll_next(&self.flow, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Recv::Item { body, grant }) => {
                 if let Some(n) = grant {
@@ -208,7 +242,7 @@ impl StreamOut {
         match self.flow.poll_credit(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Ok(_)) => {}
         }
         let (id, max) = (self.id, self.out.peer_max_frame);
         let sent = self

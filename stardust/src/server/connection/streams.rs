@@ -44,7 +44,12 @@ impl ServerConn {
         let flow = self.register_stream(shared, h, takes_input)?;
         let deadline = ctx.deadline;
         let input = desc.methods[target.method].input_stream.then(|| {
-            Box::new(ServerInput::new(self.out.clone(), h.id, flow.clone())) as Box<dyn RawSource>
+            Box::new(ServerInput::new(
+                self.out.clone(),
+                h.id,
+                flow.clone(),
+                shared.config.stream_window,
+            )) as Box<dyn RawSource>
         });
         let mut call = crate::stream::with_input(input, || {
             ServerCall::start(ctx, h.id, h.flags, target.service, target.method, args)
@@ -132,6 +137,7 @@ impl ServerConn {
                 self.out.clone(),
                 id,
                 flow.clone(),
+                shared.config.stream_window,
             ))),
             output: StreamOut::new(self.out.clone(), id, flow.clone()),
         };
@@ -160,15 +166,50 @@ impl ServerConn {
         }
     }
 
-    /// Routes a client's `Item` to its call. Items for a call that has ended are dropped (they
-    /// crossed its response); items beyond the credit granted break the protocol.
-    pub(super) fn on_item(&self, h: &Header, body: Bytes, batch: &mut Batch) -> Result<(), Error> {
-        let Some(flow) = self.stream(h.id) else {
+    /// Hands the stream items the batch has read so far to their calls; a violation of flow
+    /// control closes the connection.
+    pub(super) fn route_batch_items(&self, batch: &mut Batch) -> Result<(), Error> {
+        if batch.items.is_empty() {
             return Ok(());
-        };
-        let waker = flow.push_item(body, self.config_max_frame)?;
-        batch.wakers.extend(waker);
-        Ok(())
+        }
+        self.route_items(batch).inspect_err(|e| self.goaway(e))
+    }
+
+    /// Queues a client's `Item` for its call; [`ServerConn::route_items`] hands each run of
+    /// them over under one lock, before any other frame is handled and at the batch's end.
+    pub(super) fn on_item(&self, h: &Header, body: Bytes, batch: &mut Batch) {
+        batch.items.push((h.id, body));
+    }
+
+    /// Hands the queued items to their calls, in order, one lock per run of items for one
+    /// call. Items for a call that has ended are dropped (they crossed its response); items
+    /// beyond the credit granted, or for a call that takes none, break the protocol.
+    fn route_items(&self, batch: &mut Batch) -> Result<(), Error> {
+        let mut result = Ok(());
+        let mut items = std::mem::take(&mut batch.items);
+        let mut run: Vec<Bytes> = Vec::new();
+        let mut drain = items.drain(..).peekable();
+        while let Some((id, body)) = drain.next() {
+            run.push(body);
+            if drain.peek().is_some_and(|(next, _)| *next == id) {
+                continue;
+            }
+            let Some(flow) = self.stream(id) else {
+                run.clear();
+                continue;
+            };
+            match flow.push_items(&mut run, self.config_max_frame) {
+                Ok(waker) => batch.wakers.extend(waker),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        drop(drain);
+        // The vector goes back to the batch: its capacity serves the next one.
+        batch.items = items;
+        result
     }
 
     /// Routes a client's `Credit` or `End` to its call.
