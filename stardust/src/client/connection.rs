@@ -120,7 +120,7 @@ impl ClientConn {
         // is released; what is for streaming calls goes to their flows after the lock, in order.
         // The vectors are reused, so the loop does not allocate in steady state.
         let mut incoming: Vec<(u64, Incoming)> = Vec::new();
-        let mut streams: Vec<(Arc<Flow>, Incoming)> = Vec::new();
+        let mut streams: Vec<(Option<Arc<Flow>>, Incoming)> = Vec::new();
         let mut run: Vec<Bytes> = Vec::new();
         let mut wakers: Vec<Waker> = Vec::new();
         loop {
@@ -434,37 +434,39 @@ impl ClientConn {
 
 /// Sorts a read batch's arrivals under the pending table's lock: replies to calls complete
 /// them (their callers' wakers go to `wakers`), anything for a streaming call goes to `streams`
-/// with its flow. Runs of frames for one stream look its slot up once.
+/// with its flow. A run of frames for one stream looks its slot up once, and only the run's
+/// first entry carries the flow (`None`: the same as the entry before), so items cost no
+/// reference count each.
 fn sort_incoming(
     pending: &mut super::pending::Pending,
     incoming: &mut Vec<(u64, Incoming)>,
-    streams: &mut Vec<(Arc<Flow>, Incoming)>,
+    streams: &mut Vec<(Option<Arc<Flow>>, Incoming)>,
     wakers: &mut Vec<Waker>,
 ) {
-    let mut last: Option<(u64, Option<Arc<Flow>>)> = None;
+    // The id of the stream the last entry of `streams` is for.
+    let mut last: Option<u64> = None;
+    // Ids found to be no (longer a) stream in this batch.
+    let mut gone: Option<u64> = None;
     for (id, what) in incoming.drain(..) {
         match what {
             Incoming::Reply(reply) => match pending.complete(id, reply) {
                 Some(Completion::Wake(waker)) => wakers.push(waker),
                 Some(Completion::Stream(flow, reply)) => {
-                    streams.push((flow, Incoming::Reply(reply)))
+                    streams.push((Some(flow), Incoming::Reply(reply)));
+                    last = Some(id);
                 }
                 None => {}
             },
-            other => {
-                let flow = match &last {
-                    Some((last_id, flow)) if *last_id == id => flow.clone(),
-                    _ => {
-                        let flow = pending.stream(id);
-                        last = Some((id, flow.clone()));
-                        flow
-                    }
-                };
-                // Unknown or stale ids: a stream that ended or was cancelled.
-                if let Some(flow) = flow {
-                    streams.push((flow, other));
+            other if last == Some(id) => streams.push((None, other)),
+            _ if gone == Some(id) => {}
+            other => match pending.stream(id) {
+                Some(flow) => {
+                    streams.push((Some(flow), other));
+                    last = Some(id);
                 }
-            }
+                // Unknown or stale ids: a stream that ended or was cancelled.
+                None => gone = Some(id),
+            },
         }
     }
 }

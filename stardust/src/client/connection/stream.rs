@@ -39,45 +39,55 @@ impl ClientConn {
     /// stream's credit.
     pub(super) fn deliver(
         &self,
-        work: &mut Vec<(Arc<Flow>, Incoming)>,
+        work: &mut Vec<(Option<Arc<Flow>>, Incoming)>,
         run: &mut Vec<Bytes>,
         wakers: &mut Vec<Waker>,
     ) -> Result<(), Error> {
         let mut result = Ok(());
-        let mut run_flow: Option<Arc<Flow>> = None;
         let max = self.max_frame;
-        let flush = |flow: Option<Arc<Flow>>,
-                     run: &mut Vec<Bytes>,
-                     wakers: &mut Vec<Waker>,
-                     result: &mut Result<(), Error>| {
-            if let Some(flow) = flow {
-                match flow.push_items(run, max) {
-                    Ok(waker) => wakers.extend(waker),
-                    Err(e) => *result = Err(e),
-                }
+        let push_run = |flow: &Flow,
+                        run: &mut Vec<Bytes>,
+                        wakers: &mut Vec<Waker>,
+                        result: &mut Result<(), Error>| {
+            if run.is_empty() {
+                return;
+            }
+            match flow.push_items(run, max) {
+                Ok(waker) => wakers.extend(waker),
+                Err(e) => *result = Err(e),
             }
         };
+        // The flow of the current run (`None` entries continue it).
+        let mut current: Option<Arc<Flow>> = None;
         for (flow, incoming) in work.drain(..) {
-            if let Incoming::Item(body) = incoming {
-                if run_flow.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &flow)) {
-                    flush(run_flow.take(), run, wakers, &mut result);
+            if let Some(flow) = flow {
+                if let Some(previous) = &current {
+                    push_run(previous, run, wakers, &mut result);
                 }
-                run_flow = Some(flow);
-                run.push(body);
-                continue;
+                current = Some(flow);
             }
-            flush(run_flow.take(), run, wakers, &mut result);
+            let Some(flow) = &current else {
+                continue;
+            };
             match incoming {
-                Incoming::Reply(reply) => flow.finish(reply, true, wakers),
-                Incoming::Credit(n) => wakers.extend(flow.add_credit(n)),
-                Incoming::StopSending => wakers.extend(flow.close_send(Error::new(
-                    ErrorKind::Cancelled,
-                    "the provider no longer reads this call's input",
-                ))),
-                Incoming::Item(_) => unreachable!("handled above"),
+                Incoming::Item(body) => run.push(body),
+                other => {
+                    push_run(flow, run, wakers, &mut result);
+                    match other {
+                        Incoming::Reply(reply) => flow.finish(reply, true, wakers),
+                        Incoming::Credit(n) => wakers.extend(flow.add_credit(n)),
+                        Incoming::StopSending => wakers.extend(flow.close_send(Error::new(
+                            ErrorKind::Cancelled,
+                            "the provider no longer reads this call's input",
+                        ))),
+                        Incoming::Item(_) => unreachable!("matched above"),
+                    }
+                }
             }
         }
-        flush(run_flow.take(), run, wakers, &mut result);
+        if let Some(flow) = &current {
+            push_run(flow, run, wakers, &mut result);
+        }
         result
     }
 
