@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 use crate::stream::Stream;
-use std::collections::VecDeque;
 use futures::Stream as _;
+use std::collections::VecDeque;
 
 /// Static description of a service: what a registry registers and a proxy routes by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -231,7 +231,11 @@ impl Flow {
                 "stream polled after its end",
             )))),
             None => {
-                if !st.recv_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                if !st
+                    .recv_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
                     st.recv_waker = Some(cx.waker().clone());
                 }
                 Poll::Pending

@@ -98,8 +98,7 @@ impl SpawnedCall {
             // A stream that fails (its handler panics) still delivers the items it produced
             // before: they go out first, then the failure ends the call.
             if failed.is_none() {
-                match poll_fn(|cx| flush_if_pending(&out, self.call.poll_items(cx, batch))).await
-                {
+                match poll_fn(|cx| flush_if_pending(&out, self.call.poll_items(cx, batch))).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
                     Err(e) => failed = Some(e),
