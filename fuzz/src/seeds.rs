@@ -1,27 +1,30 @@
 //! The seed corpora: every example frame of `docs/PROTOCOL.md` §14 (extracted from the
 //! document itself), cut to what each target takes, plus hand-made inputs for what the document
-//! shows no bytes of (metadata, tokens, the registry API, HTTP).
+//! shows no bytes of (metadata, tokens, the registry API, HTTP), built in `seeds/calls.rs` and
+//! `seeds/registry.rs`.
 //!
 //! `tests/corpus.rs` checks that `fuzz/corpus/<target>/<name>` holds exactly these bytes;
 //! `STARDUST_FUZZ_WRITE_SEEDS=1 cargo test --test corpus` writes them after a change here or in
 //! the document.
 
-use std::collections::BTreeMap;
-
 use bytes::BytesMut;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 use stardust::__wire::frame::{self, HEADER_LEN, Kind};
-use stardust::__wire::message::{self, Hello, RequestHead};
+use stardust::__wire::message;
 use stardust::__wire::stream;
 use stardust::Metadata;
-use stardust::discovery::api::{
-    DiscoveryEvent, Instance, LoginReply, PublicKey, Registration, RegistryClient, RegistryError,
-    Status, WatchReply,
-};
+use stardust::discovery::api::{Instance, LoginReply, PublicKey, RegistryClient, RegistryError};
 
-use crate::echo::{EchoClient, Record, Shape};
 use crate::targets::token;
+
+mod calls;
+mod registry;
+
+use calls::{claims, echo_requests, hello_with_meta, record, request_body};
+use registry::{
+    delta_push, discovery_push, http_requests, instance, registry_calls, watch_replies,
+};
 
 const DOC: &str = include_str!("../../docs/PROTOCOL.md");
 
@@ -345,294 +348,4 @@ pub fn all() -> Vec<Seed> {
         add("monitor_http", name, request.as_bytes().to_vec());
     }
     seeds
-}
-
-fn hello_with_meta() -> Vec<u8> {
-    let mut meta = Metadata::new();
-    meta.insert("token", token::sign(&enc(&claims("k1", token::NOW_MS + 1))));
-    meta.insert(
-        "traceparent",
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-    );
-    let hello = Hello {
-        features: Vec::new(),
-        protocol: message::PROTOCOL_NAME.into(),
-        version: message::PROTOCOL_VERSION,
-        agent: "stardust-fuzz".into(),
-        max_frame: Some(frame::MIN_MAX_FRAME),
-        meta,
-        stream_window: None,
-    };
-    let mut buf = BytesMut::new();
-    message::put_serde(&mut buf, Kind::Hello, &hello).expect("encodes");
-    buf.to_vec()
-}
-
-/// A request body for each echo method (with metadata, so that path has seeds too), and one
-/// with a seventh element after the arguments (PROTOCOL.md §13: ignored).
-fn echo_requests() -> Vec<(String, Vec<u8>)> {
-    let mut meta = Metadata::new();
-    meta.insert("k", "v");
-    meta.insert("tracestate", "congo=t61rcWkgMzE");
-    let calls: Vec<(&str, Vec<u8>)> = vec![
-        ("pair", enc(&(1i64, -2i64))),
-        ("text", enc(&("hello",))),
-        ("record", enc(&(record(),))),
-        (
-            "scalars",
-            enc(&((
-                255u8,
-                65535u16,
-                7u32,
-                u64::MAX,
-                -8i8,
-                -300i16,
-                1.5f32,
-                -0.25f64,
-                true,
-                'é',
-            ),)),
-        ),
-        ("nothing", enc(&stardust::__private::NoArgs)),
-        (
-            "nested",
-            enc(&(
-                vec![("a", Some(1u32)), ("b", None)],
-                BTreeMap::from([(7u64, vec![1u8, 2])]),
-            )),
-        ),
-        ("result", enc(&(Err::<u32, _>("no"),))),
-    ];
-    let mut out = Vec::new();
-    for (method, args) in calls {
-        assert!(
-            EchoClient::DESCRIPTOR.method_index(method).is_some(),
-            "{method}"
-        );
-        out.push((
-            format!("echo-{method}"),
-            request_body(method, &meta, &args, 6),
-        ));
-    }
-    out.push((
-        "seventh-element".to_owned(),
-        request_body("text", &Metadata::new(), &enc(&("x",)), 7),
-    ));
-    out
-}
-
-fn request_body(method: &str, meta: &Metadata, args: &[u8], elements: u32) -> Vec<u8> {
-    let head = RequestHead {
-        id: 1,
-        flags: 0,
-        service: "fuzz.Echo",
-        method,
-        timeout_us: 5_000_000,
-        trace_id: 42,
-        meta,
-    };
-    let mut buf = BytesMut::new();
-    message::put_request(
-        &mut buf,
-        &head,
-        &stardust::__private::NoArgs,
-        frame::DEFAULT_MAX_FRAME,
-    )
-    .expect("encodes");
-    let mut body = body(&buf);
-    // Swap the empty argument array for `args`, and the element count if asked.
-    body.truncate(body.len() - 1);
-    body.extend_from_slice(args);
-    if elements > 6 {
-        body[0] = 0x90 | elements as u8;
-        body.extend_from_slice(&enc("future"));
-    }
-    body
-}
-
-fn record() -> Record {
-    Record {
-        name: "r".into(),
-        tags: BTreeMap::from([("zone".into(), "a".into())]),
-        values: vec![0, -1, i64::MAX],
-        blob: ByteBuf::from(vec![0, 255]),
-        shape: Shape::Named { label: "l".into() },
-        child: Some(Box::new(Record {
-            name: String::new(),
-            tags: BTreeMap::new(),
-            values: Vec::new(),
-            blob: ByteBuf::new(),
-            shape: Shape::Point(1, -1),
-            child: None,
-        })),
-    }
-}
-
-fn claims(kid: &str, exp_ms: u64) -> stardust::auth::token::Claims {
-    stardust::auth::token::Claims {
-        kid: kid.into(),
-        app: "web".into(),
-        iat_ms: token::NOW_MS - 1000,
-        exp_ms,
-        consume: Some(vec!["calc.Calculator".into()]),
-        // Bound to a key (proof of possession), as the registry issues them now.
-        cnf: Some([7; 32]),
-    }
-}
-
-fn instance() -> Instance {
-    Instance {
-        app: "calc-provider".into(),
-        service: "calc.Calculator".into(),
-        version: "1.2.0".into(),
-        endpoint: "127.0.0.1:9000".into(),
-        weight: 100,
-        tags: BTreeMap::from([("zone".into(), "a".into())]),
-        tls: false,
-    }
-}
-
-fn registration() -> Registration {
-    Registration {
-        service: "calc.Calculator".into(),
-        version: "1.2.0".into(),
-        endpoint: "127.0.0.1:9000".into(),
-        weight: 100,
-        tags: BTreeMap::from([("zone".into(), "a".into())]),
-        tls: true,
-    }
-}
-
-fn discovery_push() -> Vec<u8> {
-    let event = DiscoveryEvent {
-        service: "calc.Calculator".into(),
-        version_req: "^1".into(),
-        instances: vec![instance()],
-    };
-    let mut buf = BytesMut::new();
-    message::put_notify(
-        &mut buf,
-        stardust::discovery::api::DISCOVERY_TOPIC,
-        &event,
-        frame::DEFAULT_MAX_FRAME,
-    )
-    .expect("encodes");
-    body(&buf)
-}
-
-fn delta() -> stardust::discovery::api::DiscoveryDelta {
-    stardust::discovery::api::DiscoveryDelta {
-        service: "calc.Calculator".into(),
-        version_req: "^1".into(),
-        epoch: 7,
-        from: 41,
-        to: 43,
-        upserted: vec![instance()],
-        removed: vec!["127.0.0.1:9001".into()],
-    }
-}
-
-fn delta_push() -> Vec<u8> {
-    let push = stardust::discovery::api::DiscoveryPush::Delta(delta());
-    let mut buf = BytesMut::new();
-    message::put_notify(
-        &mut buf,
-        stardust::discovery::api::DELTA_TOPIC,
-        &push,
-        frame::DEFAULT_MAX_FRAME,
-    )
-    .expect("encodes");
-    body(&buf)
-}
-
-fn watch_replies() -> Vec<(&'static str, Result<WatchReply, RegistryError>)> {
-    let at = stardust::discovery::api::Revision { epoch: 7, rev: 43 };
-    vec![
-        (
-            "watch-snapshot",
-            Ok(WatchReply::Snapshot {
-                at,
-                instances: stardust::discovery::api::InstanceList::new(&[instance()]),
-            }),
-        ),
-        ("watch-delta", Ok(WatchReply::Delta(delta()))),
-        ("watch-unchanged", Ok(WatchReply::Unchanged { at })),
-    ]
-}
-
-fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
-    let status = Status {
-        in_flight: 1,
-        uptime_ms: 1000,
-        version: "stardust-rust/0.1.0".into(),
-        window_ms: 5000,
-        cpu_ms: 3,
-        rss_bytes: 1 << 20,
-        unbound_tokens_accepted: 0,
-        served: vec![stardust::discovery::api::MethodFigures {
-            service: "calc.Calculator".into(),
-            method: "add".into(),
-            calls: 3,
-            ..Default::default()
-        }],
-        called: Vec::new(),
-    };
-    let pair = |a: &str, b: &str| enc(&(a, b));
-    vec![
-        ("login", pair("web", "web-secret")),
-        ("renew", enc(&stardust::__private::NoArgs)),
-        ("public_keys", enc(&stardust::__private::NoArgs)),
-        ("register", enc(&(registration(),))),
-        ("deregister", pair("calc.Calculator", "127.0.0.1:9000")),
-        ("heartbeat", enc(&(status,))),
-        ("discover", pair("calc.Calculator", "^1.2")),
-        ("subscribe", pair("calc.Calculator", "*")),
-        ("unsubscribe", pair("calc.Calculator", ">=1, <2")),
-        (
-            "watch",
-            enc(&(
-                "calc.Calculator",
-                "^1",
-                Some(stardust::discovery::api::Revision { epoch: 7, rev: 42 }),
-            )),
-        ),
-        ("resume", enc(&("sd1.e30.c2ln",))),
-    ]
-}
-
-fn http_requests() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("console", "GET / HTTP/1.1\r\nHost: 127.0.0.1:7601\r\n\r\n"),
-        (
-            "metrics",
-            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
-        ),
-        (
-            "healthz-head",
-            "HEAD /healthz HTTP/1.1\r\nHost: [::1]:7601\r\n\r\n",
-        ),
-        (
-            "service",
-            "GET /api/services/calc.Calculator HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        ),
-        (
-            "service-escaped",
-            "GET /api/services/odd%2Fname%20%C3%BC HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-        ),
-        (
-            "history-pipelined",
-            "GET /api/history?minutes=5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
-             GET /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
-             GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        ),
-        ("overview-http10", "GET /api/services HTTP/1.0\r\n\r\n"),
-        (
-            "post",
-            "POST /api HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\r\nabc",
-        ),
-        (
-            "rebinding",
-            "GET /metrics HTTP/1.1\r\nHost: evil.example:7601\r\n\r\n",
-        ),
-    ]
 }

@@ -1,112 +1,20 @@
 //! Monitoring over HTTP: status reports folded into `/metrics` and `/api/...`, exactly.
 //!
 //! The reports are handcrafted heartbeats (sent the way `stardust::Stardust` sends them), so
-//! every count is known; a heartbeat's figures are folded before its reply, so no waiting.
+//! every count is known; a heartbeat's figures are folded before its reply, so no waiting. The
+//! HTTP server itself (methods, hosts, idle clients) is tested in `tests/monitor_http.rs`.
 
 mod common;
+#[path = "monitor/reports.rs"]
+mod reports;
 
 use std::time::Duration;
 
 use common::*;
+use reports::*;
 use stardust::ErrorKind;
-use stardust::discovery::api::{
-    CallFigures, ErrorCount, LATENCY_BOUNDS_US, Latency, MethodFigures, RegistryClient, Status,
-};
-use stardust_registry::{Config, RegistryNode};
-
-const CALC: &str = "calc.Calculator";
-const EP: &str = "127.0.0.1:9001";
-
-/// `calls` calls of `method` taking `us` each, with `errors` of them failed as `kind`.
-fn served(method: &str, calls: u64, us: u64, errors: &[(ErrorKind, u64)]) -> MethodFigures {
-    let mut buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
-    let i = LATENCY_BOUNDS_US
-        .iter()
-        .position(|b| us <= *b)
-        .unwrap_or(LATENCY_BOUNDS_US.len());
-    buckets[i] = calls;
-    MethodFigures {
-        service: CALC.into(),
-        method: method.into(),
-        calls,
-        errors: errors
-            .iter()
-            .map(|&(k, count)| ErrorCount {
-                code: k.code(),
-                count,
-            })
-            .collect(),
-        in_flight: 2,
-        latency: Latency {
-            buckets,
-            sum_us: us * calls,
-            p50_us: us,
-            p90_us: us,
-            p99_us: us,
-            max_us: us,
-        },
-        items_in: 0,
-        items_out: 0,
-    }
-}
-
-fn report(served: Vec<MethodFigures>) -> Status {
-    Status {
-        in_flight: 2,
-        uptime_ms: 60_000,
-        version: "0.1.0".into(),
-        window_ms: 1000,
-        cpu_ms: 50,
-        rss_bytes: 30 << 20,
-        unbound_tokens_accepted: 0,
-        served,
-        called: Vec::new(),
-    }
-}
-
-async fn beat(client: &RegistryClient, status: Status) {
-    within("heartbeat", client.heartbeat(status))
-        .await
-        .expect("heartbeat call")
-        .expect("heartbeat accepted");
-}
-
-/// A provider of `calc.Calculator` at `endpoint`, logged in as `calc`.
-async fn provider(node: &RegistryNode, endpoint: &str) -> RegistryClient {
-    let (client, _) = login(node.local_addr(), "calc", "pw").await;
-    client
-        .register(registration(CALC, "1.2.0", endpoint))
-        .await
-        .unwrap()
-        .unwrap();
-    client
-}
-
-fn instance<'a>(services: &'a serde_json::Value, endpoint: &str) -> &'a serde_json::Value {
-    services["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["endpoint"] == endpoint)
-        .unwrap_or_else(|| panic!("no instance {endpoint} in {services:#}"))
-}
-
-fn method<'a>(instance: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    instance["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["method"] == name)
-        .unwrap_or_else(|| panic!("no method {name} in {instance:#}"))
-}
-
-/// The value of the series `name{labels}` in a Prometheus text body (labels as written).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("a number"))
-}
+use stardust::discovery::api::{CallFigures, ErrorCount, Latency, MethodFigures, Status};
+use stardust_registry::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_calls_show_exactly_in_the_api_and_metrics() {
@@ -488,130 +396,6 @@ async fn label_values_are_escaped() {
     // The JSON API takes the name percent-encoded.
     let one = http_get(http, "/api/services/odd%22name%5Cx").await.json();
     assert_eq!(one["name"], service);
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_http_server_is_read_only_bounded_and_loopback_only() {
-    let (node, http) = start_monitored(Config::dev()).await;
-    let console = http_get(http, "/").await;
-    assert_eq!(
-        console.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
-    let csp = console.header("content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'"), "{csp}");
-    // Self-contained: nothing loaded from elsewhere.
-    for external in ["src=\"http", "href=\"http", "url(http", "@import", "//cdn"] {
-        assert!(
-            !console.body.contains(external),
-            "the console loads {external}"
-        );
-    }
-    assert!(console.body.contains("/api/services"));
-
-    let post = http_request(http, "POST", "/api/services", None).await;
-    assert_eq!(post.status, 405);
-    assert_eq!(post.header("allow"), Some("GET, HEAD"));
-    let missing = http_request(http, "GET", "/nope", None).await;
-    assert_eq!(missing.status, 404);
-    assert_eq!(
-        http_request(http, "GET", "/api/services/no.Such", None)
-            .await
-            .status,
-        404
-    );
-    // HEAD: the headers of GET, no body.
-    let head = http_request(http, "HEAD", "/metrics", None).await;
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty());
-    // A page on another origin cannot read it through DNS rebinding.
-    let rebound = http_request(http, "GET", "/api/services", Some("evil.example:7601")).await;
-    assert_eq!(rebound.status, 403);
-    assert_eq!(
-        http_request(
-            http,
-            "GET",
-            "/api/services",
-            Some(&format!("localhost:{}", http.port()))
-        )
-        .await
-        .status,
-        200
-    );
-    let index = http_get(http, "/api").await.json();
-    assert!(index["endpoints"]["/metrics"].is_string());
-
-    // The port is released on shutdown.
-    node.shutdown().await;
-    assert!(
-        tokio::net::TcpStream::connect(http).await.is_err(),
-        "still listening on {http}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_is_off_unless_configured() {
-    let node = start(Config::dev()).await;
-    assert_eq!(node.http_addr(), None);
-    node.shutdown().await;
-    let node = RegistryNode::builder()
-        .config(Config::dev().with_http_listen("127.0.0.1:0"))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    assert!(node.http_addr().is_some());
-    node.shutdown().await;
-    let node = RegistryNode::builder()
-        .config(Config::dev().with_http_listen("127.0.0.1:0"))
-        .http_listen("off")
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    assert_eq!(node.http_addr(), None);
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_http_clients_cannot_take_the_registry_down() {
-    use tokio::io::AsyncReadExt;
-    let (node, http) = start_monitored(Config::dev()).await;
-    // More idle connections than the server takes: the extra ones are closed at once.
-    let mut idle = Vec::new();
-    for _ in 0..70 {
-        idle.push(tokio::net::TcpStream::connect(http).await.unwrap());
-    }
-    let mut last = idle.pop().unwrap();
-    let mut buf = [0u8; 16];
-    let read = within("the extra connection being closed", last.read(&mut buf)).await;
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // The registry itself is unaffected.
-    let calc = provider(&node, EP).await;
-    beat(&calc, report(vec![served("add", 1, 300, &[])])).await;
-    // Once they go, HTTP answers again.
-    drop(idle);
-    within("HTTP answering again", async {
-        loop {
-            let ok = async {
-                let mut s = tokio::net::TcpStream::connect(http).await.ok()?;
-                use tokio::io::AsyncWriteExt;
-                s.write_all(
-                    b"GET /api/instances HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                )
-                .await
-                .ok()?;
-                let mut out = Vec::new();
-                s.read_to_end(&mut out).await.ok()?;
-                Some(out.starts_with(b"HTTP/1.1 200"))
-            }
-            .await;
-            if ok == Some(true) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     node.shutdown().await;
 }
 

@@ -1,0 +1,106 @@
+//! Status reports for the monitoring tests (`tests/monitor.rs`, `tests/monitor_http.rs`):
+//! handcrafted heartbeats of `calc.Calculator` providers, sent the way `stardust::Stardust`
+//! sends them, and readers of what `/api` and `/metrics` make of them.
+#![allow(dead_code)]
+
+use stardust::ErrorKind;
+use stardust::discovery::api::{
+    ErrorCount, LATENCY_BOUNDS_US, Latency, MethodFigures, RegistryClient, Status,
+};
+use stardust_registry::RegistryNode;
+
+use crate::common::*;
+
+pub const CALC: &str = "calc.Calculator";
+pub const EP: &str = "127.0.0.1:9001";
+
+/// `calls` calls of `method` taking `us` each, with `errors` of them failed as `kind`.
+pub fn served(method: &str, calls: u64, us: u64, errors: &[(ErrorKind, u64)]) -> MethodFigures {
+    let mut buckets = vec![0; LATENCY_BOUNDS_US.len() + 1];
+    let i = LATENCY_BOUNDS_US
+        .iter()
+        .position(|b| us <= *b)
+        .unwrap_or(LATENCY_BOUNDS_US.len());
+    buckets[i] = calls;
+    MethodFigures {
+        service: CALC.into(),
+        method: method.into(),
+        calls,
+        errors: errors
+            .iter()
+            .map(|&(k, count)| ErrorCount {
+                code: k.code(),
+                count,
+            })
+            .collect(),
+        in_flight: 2,
+        latency: Latency {
+            buckets,
+            sum_us: us * calls,
+            p50_us: us,
+            p90_us: us,
+            p99_us: us,
+            max_us: us,
+        },
+        items_in: 0,
+        items_out: 0,
+    }
+}
+
+pub fn report(served: Vec<MethodFigures>) -> Status {
+    Status {
+        in_flight: 2,
+        uptime_ms: 60_000,
+        version: "0.1.0".into(),
+        window_ms: 1000,
+        cpu_ms: 50,
+        rss_bytes: 30 << 20,
+        unbound_tokens_accepted: 0,
+        served,
+        called: Vec::new(),
+    }
+}
+
+pub async fn beat(client: &RegistryClient, status: Status) {
+    within("heartbeat", client.heartbeat(status))
+        .await
+        .expect("heartbeat call")
+        .expect("heartbeat accepted");
+}
+
+/// A provider of `calc.Calculator` at `endpoint`, logged in as `calc`.
+pub async fn provider(node: &RegistryNode, endpoint: &str) -> RegistryClient {
+    let (client, _) = login(node.local_addr(), "calc", "pw").await;
+    client
+        .register(registration(CALC, "1.2.0", endpoint))
+        .await
+        .unwrap()
+        .unwrap();
+    client
+}
+
+pub fn instance<'a>(services: &'a serde_json::Value, endpoint: &str) -> &'a serde_json::Value {
+    services["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["endpoint"] == endpoint)
+        .unwrap_or_else(|| panic!("no instance {endpoint} in {services:#}"))
+}
+
+pub fn method<'a>(instance: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    instance["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["method"] == name)
+        .unwrap_or_else(|| panic!("no method {name} in {instance:#}"))
+}
+
+/// The value of the series `name{labels}` in a Prometheus text body (labels as written).
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a number"))
+}
