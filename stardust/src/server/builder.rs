@@ -244,8 +244,9 @@ impl ServerBuilder {
     }
 
     /// Most streaming calls one connection may have open at once (default 1,024). One more is
-    /// answered `Overloaded` at once, without reaching a handler. Open streams are counted apart
-    /// from [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection).
+    /// answered `Overloaded` at once, without reaching a handler. An open stream is also a call
+    /// running, so it counts toward
+    /// [`max_in_flight_per_connection`](ServerBuilder::max_in_flight_per_connection) too.
     pub fn max_streams(mut self, streams: usize) -> ServerBuilder {
         self.config.max_streams = streams.max(1);
         self
