@@ -27,7 +27,11 @@ pub(crate) async fn relay(
     let mut down: Option<Bytes> = None;
     poll_fn(|cx| {
         upstream(&mut local, &provider, &mut up, cx);
-        downstream(&local, &mut provider, &mut down, cx)
+        let end = downstream(&local, &mut provider, &mut down, cx);
+        // What this turn moved leaves in one write per side, not one per item.
+        provider.flush();
+        local.output.flush();
+        end
     })
     .await
 }

@@ -200,15 +200,19 @@ impl ClientStream {
         self.flow.poll_credit(cx).map_ok(|_| ())
     }
 
-    /// Sends an input item already encoded (an agent relaying one), after
-    /// [`ClientStream::poll_send_ready`] said it may.
+    /// Queues an input item already encoded (an agent relaying one), after
+    /// [`ClientStream::poll_send_ready`] said it may; see [`ClientStream::flush`].
     pub(crate) fn send_raw(&self, body: &[u8]) -> Result<(), Error> {
         let out = &self.conn.out;
         let (id, max) = (self.id, out.peer_max_frame);
         let cost = out.push_quiet(|buf, _| wire::put_item_raw(buf, id, body, max))?;
         self.flow.spend(cost);
-        out.flush_inline();
         Ok(())
+    }
+
+    /// Writes what is queued on the connection (a relay calls it once per turn, not per item).
+    pub(crate) fn flush(&self) {
+        self.conn.out.flush_inline();
     }
 
     /// Ends the call's input stream.

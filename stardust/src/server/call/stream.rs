@@ -232,7 +232,8 @@ impl StreamOut {
         StreamOut { out, id, flow }
     }
 
-    /// Sends `body` (one item, already MessagePack) once the client's credit allows it.
+    /// Queues `body` (one item, already MessagePack) once the client's credit allows it; see
+    /// [`StreamOut::flush`].
     pub(crate) fn poll_send_raw(
         &self,
         cx: &mut TaskContext<'_>,
@@ -247,9 +248,11 @@ impl StreamOut {
         let sent = self
             .out
             .push_quiet(|buf, _| crate::protocol::stream::put_item_raw(buf, id, body, max));
-        Poll::Ready(sent.map(|cost| {
-            self.flow.spend(cost);
-            self.out.flush_inline();
-        }))
+        Poll::Ready(sent.map(|cost| self.flow.spend(cost)))
+    }
+
+    /// Writes what is queued (the relay calls it once per turn, not per item).
+    pub(crate) fn flush(&self) {
+        self.out.flush_inline();
     }
 }
