@@ -267,17 +267,7 @@ impl Client {
         }
 
         let mut meta = base_meta.clone();
-        let mut call = OutgoingCall {
-            service,
-            method,
-            metadata: &mut meta,
-            deadline,
-            trace_id,
-        };
-        for i in &self.inner.interceptors {
-            i.before_call(&mut call)?;
-        }
-        let meta = call.metadata.clone();
+        self.before_call(service, method, &mut meta, deadline, trace_id)?;
         let reply = if crate::monitor::spans_enabled() {
             self.send_and_wait(
                 service,
@@ -333,6 +323,29 @@ impl Client {
             t => t,
         };
         (deadline, trace_id)
+    }
+
+    /// Runs the interceptors' `before_call` on a call about to start (they may change its
+    /// metadata, or reject it).
+    fn before_call(
+        &self,
+        service: &'static ServiceDescriptor,
+        method: &'static MethodDescriptor,
+        meta: &mut Metadata,
+        deadline: Option<Instant>,
+        trace_id: u64,
+    ) -> Result<(), Error> {
+        let mut call = OutgoingCall {
+            service,
+            method,
+            metadata: meta,
+            deadline,
+            trace_id,
+        };
+        self.inner
+            .interceptors
+            .iter()
+            .try_for_each(|i| i.before_call(&mut call))
     }
 
     /// Sends a one-way call: no response, no deadline tracking; returns once it is queued.

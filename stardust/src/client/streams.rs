@@ -120,16 +120,7 @@ impl Client {
         let hook = if self.inner.interceptors.is_empty() {
             None
         } else {
-            let mut call = OutgoingCall {
-                service,
-                method,
-                metadata: &mut meta,
-                deadline,
-                trace_id,
-            };
-            for i in &self.inner.interceptors {
-                i.before_call(&mut call)?;
-            }
+            self.before_call(service, method, &mut meta, deadline, trace_id)?;
             Some(Box::new(EndHook {
                 interceptors: self.inner.interceptors.clone(),
                 service,
