@@ -4,6 +4,7 @@
 //! listen = "0.0.0.0:7600"             # the CLI's --listen overrides it
 //! http_listen = "127.0.0.1:7601"      # monitoring: /metrics, /api, console; "off" disables it
 //! key_file = "registry-keys.toml"     # relative to this file's directory
+//! rules_file = "registry.rules.toml"  # traffic rules (memory store); default: <config stem>.rules.toml
 //! token_ttl = "1h"                    # default 1 h
 //! lease_ttl = "10s"                   # default 10 s
 //! dev = false                         # default false
@@ -14,6 +15,10 @@
 //! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"   # `stardust-registry hash-secret`
 //! provide = ["billing.Invoices"]      # absent: may provide NO service; ["*"]: any
 //! consume = ["calc.Calculator"]       # absent or ["*"]: may consume any service
+//!
+//! [apps.ops]
+//! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$…"
+//! roles = ["admin"]                   # may change traffic rules (`stardust-registry route|fault`)
 //!
 //! [tls]                               # absent: plaintext (fine on loopback only)
 //! cert_file = "registry.crt"          # PEM chain, leaf first; relative to this file's directory
@@ -52,6 +57,7 @@
 //!
 //! Unknown keys are rejected, naming the key and its line.
 
+mod apps;
 mod etcd;
 mod limits;
 mod login_throttle;
@@ -65,6 +71,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use self::apps::RawApp;
+pub use self::apps::{ADMIN_ROLE, AppConfig, ROLES};
 pub use self::etcd::EtcdAccess;
 use self::etcd::RawEtcd;
 pub use self::limits::Limits;
@@ -103,6 +111,10 @@ pub struct Config {
     /// Where the Ed25519 signing keys are kept (created on first start). Required outside dev
     /// mode; without it (dev mode) keys live in memory and tokens die with the process.
     pub key_file: Option<PathBuf>,
+    /// Where the traffic rules are kept on a single node (memory store), so they survive a
+    /// restart; with etcd they live there instead. `Config::load` defaults it to
+    /// `<config stem>.rules.toml` next to the config file; `None`: in memory only.
+    pub rules_file: Option<PathBuf>,
     /// Lifetime of issued tokens.
     pub token_ttl: Duration,
     /// How long a registration lives without a heartbeat.
@@ -182,62 +194,6 @@ impl TlsFiles {
     }
 }
 
-/// One application allowed to log in.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AppConfig {
-    /// Argon2id PHC hash of the app's secret (never the secret itself).
-    pub secret_hash: String,
-    /// Services the app may register as a provider; `"*"` stands for any. `None` (no list in
-    /// the config) means **none**: least privilege (dev mode alone lets every app provide
-    /// anything).
-    pub provide: Option<Vec<String>>,
-    /// Services the app may discover and call; `None`, or a list with `"*"`, means any. Copied
-    /// into its tokens.
-    pub consume: Option<Vec<String>>,
-}
-
-impl std::fmt::Debug for AppConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The hash is not the secret, but there is no reason to spread it around either.
-        f.debug_struct("AppConfig")
-            .field("secret_hash", &"<argon2id hash>")
-            .field("provide", &self.provide)
-            .field("consume", &self.consume)
-            .finish()
-    }
-}
-
-impl AppConfig {
-    /// An app with the given secret hash (see [`hash_secret`](crate::hash_secret)), allowed to
-    /// consume anything and to provide nothing until [`provide`](AppConfig::provide) names
-    /// what (`["*"]` for anything).
-    pub fn new(secret_hash: impl Into<String>) -> AppConfig {
-        AppConfig {
-            secret_hash: secret_hash.into(),
-            provide: None,
-            consume: None,
-        }
-    }
-
-    /// An app whose secret is `secret`, hashed now (slow: argon2id). Convenient in tests and
-    /// embedded setups; config files hold hashes only.
-    pub fn with_secret(secret: &str) -> Result<AppConfig, SecretError> {
-        Ok(AppConfig::new(secret::hash_secret(secret)?))
-    }
-
-    /// The services the app may provide (`["*"]`: any).
-    pub fn provide<S: Into<String>>(mut self, services: impl IntoIterator<Item = S>) -> AppConfig {
-        self.provide = Some(services.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Restricts the services the app may consume.
-    pub fn consume<S: Into<String>>(mut self, services: impl IntoIterator<Item = S>) -> AppConfig {
-        self.consume = Some(services.into_iter().map(Into::into).collect());
-        self
-    }
-}
-
 impl Default for Config {
     fn default() -> Config {
         Config::new()
@@ -252,6 +208,7 @@ impl Config {
             listen: None,
             http_listen: None,
             key_file: None,
+            rules_file: None,
             token_ttl: DEFAULT_TOKEN_TTL,
             lease_ttl: DEFAULT_LEASE_TTL,
             dev: false,
@@ -356,8 +313,9 @@ impl Config {
         self
     }
 
-    /// Reads and validates a config file. A relative `key_file` is taken relative to the
-    /// directory of `path`.
+    /// Reads and validates a config file. Relative paths (`key_file`, `rules_file`, TLS and
+    /// etcd files) are taken relative to the directory of `path`; `rules_file` defaults to
+    /// `<stem of path>.rules.toml` there.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -375,6 +333,14 @@ impl Config {
             if let Some(key_file) = &mut cfg.key_file {
                 rebase(key_file);
             }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("registry");
+            let rules = cfg
+                .rules_file
+                .get_or_insert_with(|| PathBuf::from(format!("{stem}.rules.toml")));
+            rebase(rules);
             let etcd = &mut cfg.etcd;
             for file in [
                 &mut etcd.ca_file,
@@ -417,6 +383,7 @@ impl Config {
         cfg.listen = raw.listen;
         cfg.http_listen = raw.http_listen.as_deref().map(HttpListen::parse);
         cfg.key_file = raw.key_file;
+        cfg.rules_file = raw.rules_file;
         if let Some(t) = raw.token_ttl {
             cfg.token_ttl = parse_duration("token_ttl", &t)?;
         }
@@ -448,6 +415,7 @@ impl Config {
                     secret_hash: app.secret_hash,
                     provide: app.provide,
                     consume: app.consume,
+                    roles: app.roles,
                 },
             );
         }
@@ -506,6 +474,12 @@ impl Config {
             if let Err(e) = secret::validate_hash(&app.secret_hash) {
                 return err(format!("apps.{name}.secret_hash: {e}"));
             }
+            if let Some(role) = app.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                return err(format!(
+                    "apps.{name}.roles: unknown role {role:?} (known: {})",
+                    ROLES.join(", ")
+                ));
+            }
             for (field, list) in [("provide", &app.provide), ("consume", &app.consume)] {
                 for s in list.iter().flatten() {
                     if s.is_empty() || s.chars().any(char::is_whitespace) {
@@ -559,6 +533,7 @@ struct RawConfig {
     listen: Option<String>,
     http_listen: Option<String>,
     key_file: Option<PathBuf>,
+    rules_file: Option<PathBuf>,
     token_ttl: Option<String>,
     lease_ttl: Option<String>,
     dev: Option<bool>,
@@ -577,14 +552,6 @@ struct RawTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     client_ca_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    secret_hash: String,
-    provide: Option<Vec<String>>,
-    consume: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -332,9 +332,11 @@ async fn open_store(
     stopping: &watch::Receiver<bool>,
 ) -> Result<std::sync::Arc<dyn Store>, Error> {
     match &config.store {
-        StoreConfig::Memory => Ok(std::sync::Arc::new(
-            crate::store::memory::MemoryStore::default(),
-        )),
+        StoreConfig::Memory => {
+            let store = crate::store::memory::MemoryStore::open(config.rules_file.clone())
+                .map_err(Error::Store)?;
+            Ok(std::sync::Arc::new(store))
+        }
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd { endpoints, prefix } => {
             let store = crate::store::etcd::EtcdStore::connect(crate::store::etcd::EtcdOptions {

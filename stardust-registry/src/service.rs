@@ -23,6 +23,7 @@ mod leases;
 mod login;
 mod quota;
 mod table;
+mod traffic;
 mod view;
 mod wire;
 
@@ -36,6 +37,7 @@ use stardust::Notifier;
 use stardust::discovery::api::{
     FEATURE_DELTA, FEATURE_RESUME, Instance, LoginReply, PublicKey, RegistryError,
 };
+use stardust::traffic::FEATURE_TRAFFIC;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -57,7 +59,7 @@ const LEASE_EXPIRED: &str = "this connection's registrations expired (no heartbe
                              log in and register again";
 /// What the registry's API offers beyond the first protocol revision, announced in its
 /// `HelloAck` and login answers.
-pub(crate) const FEATURES: [&str; 2] = [FEATURE_DELTA, FEATURE_RESUME];
+pub(crate) const FEATURES: [&str; 3] = [FEATURE_DELTA, FEATURE_RESUME, FEATURE_TRAFFIC];
 
 use login::Counters;
 
@@ -105,6 +107,8 @@ pub(crate) struct Shared {
     deadlines: leases::Deadlines,
     /// Sends what the table's changes mean to subscribers.
     fanout: fanout::Fanout,
+    /// The traffic rules and who follows them.
+    traffic: traffic::TrafficHub,
     /// Who may have a secret checked.
     throttle: Mutex<Throttle>,
     /// Argon2 runs at most this many at once (each one takes ~19 MiB and a core).
@@ -190,6 +194,7 @@ impl RegistryImpl {
             shared: Arc::new(Shared {
                 throttle: Mutex::new(Throttle::new(config.login_throttle.clone())),
                 fanout: fanout::Fanout::new(config.limits.subscriber_queue_bytes),
+                traffic: traffic::TrafficHub::new(store.rules()),
                 config,
                 keys,
                 store,
@@ -494,6 +499,7 @@ impl Shared {
             }
         }
         self.monitor.session_ended(session.id);
+        self.traffic.end_session(session.id);
         tracing::info!(app = ?&*session.app, peer = %session.peer, reason = why, "session ended");
         if self.store.is_shared() {
             // Revoking the session's lease removes its entries; every node's watch (this one's

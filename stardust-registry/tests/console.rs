@@ -131,6 +131,7 @@ fn report(service: &str, methods: &[Method]) -> Status {
             })
             .collect(),
         called: Vec::new(),
+        faults: Vec::new(),
     }
 }
 
@@ -330,6 +331,7 @@ async fn take_screenshot(page: &mut Page) {
                     unbound_tokens_accepted: 0,
                     served,
                     called: Vec::new(),
+                    faults: Vec::new(),
                 };
                 beat(&fake.client, status).await;
             }

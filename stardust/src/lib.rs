@@ -111,7 +111,7 @@ mod service;
 pub mod stream;
 #[cfg(feature = "tls")]
 pub mod tls;
-mod traffic;
+pub mod traffic;
 // Without TLS, configuration types of which no value exists stand in for the module's, so code
 // that carries an optional TLS config needs no `cfg` of its own.
 #[cfg(not(feature = "tls"))]

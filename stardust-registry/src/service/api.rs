@@ -8,6 +8,8 @@ use stardust::discovery::api::{
     WatchReply,
 };
 
+use stardust::traffic::{Rules, RulesEdit, ServiceRules};
+
 use super::checks::{self, parse_req, valid_name, validate_endpoint};
 use super::table::{Kind, Lease};
 use super::{
@@ -268,6 +270,26 @@ impl Registry for RegistryImpl {
             .table
             .lock()
             .leave(&service, &version_req, session.id))
+    }
+
+    async fn traffic(
+        &self,
+        service: String,
+        known: Option<u64>,
+    ) -> Result<Option<ServiceRules>, RegistryError> {
+        self.follow_traffic(service, known)
+    }
+
+    async fn rules(&self) -> Result<Rules, RegistryError> {
+        self.list_rules()
+    }
+
+    async fn edit_rules(
+        &self,
+        edit: RulesEdit,
+        if_revision: Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        self.edit_traffic(edit, if_revision).await
     }
 }
 

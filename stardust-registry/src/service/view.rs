@@ -34,6 +34,10 @@ impl Shared {
 }
 
 impl View for Shared {
+    fn rules(&self, rules: stardust::traffic::Rules) {
+        self.rules_reported(rules);
+    }
+
     fn reset(&self, records: Vec<Record>) {
         let mut fresh = BTreeMap::new();
         for record in records {

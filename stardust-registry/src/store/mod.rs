@@ -1,10 +1,11 @@
-//! Where registry nodes keep what they share: registrations, dev-mode apps, app definitions and
-//! token-signing public keys.
+//! Where registry nodes keep what they share: registrations, dev-mode apps, app definitions,
+//! token-signing public keys and the traffic rules.
 //!
 //! Two stores sit behind one trait, [`Store`]:
 //!
 //! * [`memory`] (the default): one node, nothing shared. The node's own table of registrations
-//!   *is* the truth, leases expire by the node's sweeper, dev apps live in this process.
+//!   *is* the truth, leases expire by the node's sweeper, dev apps live in this process, the
+//!   traffic rules in a file next to the config (when there is one).
 //! * `etcd` (cargo feature `etcd`): several nodes share one etcd. A registration is a key held
 //!   by an etcd lease that the node keeps alive while the provider's connection and heartbeats
 //!   live; every node watches the keys and rebuilds its table from what it sees, so a write
@@ -27,6 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use stardust::discovery::api::{Instance, PublicKey};
+use stardust::traffic::Rules;
 
 use crate::config::AppConfig;
 
@@ -89,6 +91,9 @@ pub(crate) trait View: Send + Sync + 'static {
     fn put(&self, record: Record);
     /// One registration is gone (deregistered, its session ended, or its lease expired).
     fn delete(&self, service: &str, endpoint: &str);
+    /// The traffic rules are now `rules` (written through some node, or found when the watch
+    /// (re)started).
+    fn rules(&self, rules: Rules);
 }
 
 /// What registry nodes share: see the [module docs](self).
@@ -151,6 +156,14 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Public keys other nodes sign tokens with (this node's own come from its key ring).
     fn shared_keys(&self) -> Vec<PublicKey>;
+
+    /// The traffic rules the store holds now (the node's starting point; later changes come
+    /// through [`View::rules`] or the node's own writes).
+    fn rules(&self) -> Rules;
+
+    /// Stores `rules` if the stored ones are still at revision `seen` (else
+    /// [`StoreError::Conflict`]`(None)`: another node changed them first).
+    fn put_rules(&self, rules: &Rules, seen: u64) -> BoxFuture<'_, Result<Written, StoreError>>;
 
     /// `Err(why)` while the node cannot follow the store (it then serves the last table it
     /// had, and refuses writes): for health checks.

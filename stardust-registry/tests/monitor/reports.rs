@@ -58,6 +58,7 @@ pub fn report(served: Vec<MethodFigures>) -> Status {
         unbound_tokens_accepted: 0,
         served,
         called: Vec::new(),
+        faults: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ use super::pool::Pool;
 use crate::auth::BoxFuture;
 use crate::balance::{Balancer, LatencyTracker, Target};
 use crate::error::Error;
+use crate::traffic::Routed;
 
 /// The addresses a client may connect to.
 pub(crate) enum Endpoints {
@@ -99,6 +100,11 @@ pub(crate) trait EndpointSource: Send + Sync + 'static {
 
     /// What the source stands for, for messages (`service calc.Calculator ^1.0`).
     fn describe(&self) -> String;
+
+    /// The traffic rules its calls follow, over its current providers (`None`: none).
+    fn routing(&self) -> Option<Arc<Routed>> {
+        None
+    }
 }
 
 impl std::fmt::Debug for Endpoints {

@@ -235,6 +235,7 @@ impl Client {
                 service = service.name,
                 method = method.name,
                 trace_id = %TraceId(trace_id),
+                fault = tracing::field::Empty,
             )
         };
 

@@ -7,6 +7,7 @@
 //! re-exported here.
 
 pub use crate::protocol::registry::*;
+use crate::traffic::{Rules, RulesEdit, ServiceRules};
 
 /// The registry service.
 ///
@@ -69,4 +70,27 @@ pub trait Registry {
         service: String,
         version_req: String,
     ) -> Result<bool, RegistryError>;
+    /// Follows `service`'s traffic rules (feature
+    /// [`FEATURE_TRAFFIC`](crate::traffic::FEATURE_TRAFFIC)): answers with them unless the
+    /// caller already holds them (`known`: the `revision` of the rules it holds), `None` then;
+    /// afterwards pushes a [`TrafficPush`](crate::traffic::TrafficPush) on
+    /// [`TRAFFIC_TOPIC`](crate::traffic::TRAFFIC_TOPIC) to this connection whenever they change.
+    /// Calling it again (a periodic check) keeps the one subscription.
+    async fn traffic(
+        &self,
+        service: String,
+        known: Option<u64>,
+    ) -> Result<Option<ServiceRules>, RegistryError>;
+    /// Every service's traffic rules, with their revision (any logged-in app may read them).
+    #[stardust(idempotent)]
+    async fn rules(&self) -> Result<Rules, RegistryError>;
+    /// Changes the traffic rules by one edit and returns their new revision. Only apps with
+    /// the `admin` role may (`PermissionDenied` otherwise); with `if_revision`, only while the
+    /// rules are still at that revision (`Invalid` otherwise, nothing changed), so two
+    /// operators cannot overwrite each other's edits unseen.
+    async fn edit_rules(
+        &self,
+        edit: RulesEdit,
+        if_revision: Option<u64>,
+    ) -> Result<u64, RegistryError>;
 }

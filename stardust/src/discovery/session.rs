@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 mod follow;
+mod traffic;
 
 use super::api::{
     FEATURE_DELTA, FEATURE_RESUME, Instance, LoginReply, Registration, RegistryClient,
@@ -45,6 +46,10 @@ pub(crate) struct SessionConfig {
     pub(crate) tls: Option<ClientTls>,
     /// TLS for the registry connection.
     pub(crate) registry_tls: Option<ClientTls>,
+    /// Calls take the traffic rules' faults.
+    pub(crate) faults: bool,
+    /// Seed of the traffic rules' draws (`None`: random).
+    pub(crate) traffic_seed: Option<u64>,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +62,8 @@ impl Default for SessionConfig {
             registry_timeout: Duration::from_secs(10),
             tls: None,
             registry_tls: None,
+            faults: true,
+            traffic_seed: None,
         }
     }
 }
@@ -102,6 +109,8 @@ pub(crate) struct Session {
     unsent: Mutex<Option<Status>>,
     /// One connection per provider endpoint, shared by every consumer proxy of this process.
     pub(crate) pool: Arc<Pool>,
+    /// The traffic rules of every service this process follows (the services it watches).
+    traffic: traffic::Followed,
 }
 
 impl Session {
@@ -125,10 +134,8 @@ impl Session {
             Session {
                 registries,
                 first_registry: std::sync::atomic::AtomicUsize::new(0),
-                app,
                 secret,
                 proof_key,
-                cfg,
                 current: Mutex::new(Current {
                     registry: None,
                     token: None,
@@ -142,6 +149,9 @@ impl Session {
                 last_report: Mutex::new((std::time::Instant::now(), process::cpu_time_ms())),
                 unsent: Mutex::new(None),
                 pool: Arc::new(Pool::new(pool_config, policy)),
+                traffic: traffic::Followed::new(&app, &cfg),
+                app,
+                cfg,
             }
         })
     }
@@ -369,6 +379,7 @@ impl Session {
             unbound_tokens_accepted,
             served,
             called,
+            faults: self.traffic.take_injected(),
         }
     }
 

@@ -196,6 +196,22 @@ impl StardustBuilder {
         self
     }
 
+    /// Whether this handle's calls take the faults (delays, aborts) the registry's traffic
+    /// rules inject for drills (default `true`); `false` opts out entirely, routes still apply.
+    /// See [`traffic`](crate::traffic).
+    pub fn faults(mut self, on: bool) -> StardustBuilder {
+        self.cfg.faults = on;
+        self
+    }
+
+    /// Seeds the random draws of the traffic rules (which route destination, whether a fault
+    /// hits), for tests and reproducible drills: calls made one after another then get the
+    /// same decisions in every run. Random by default.
+    pub fn traffic_seed(mut self, seed: u64) -> StardustBuilder {
+        self.cfg.traffic_seed = Some(seed);
+        self
+    }
+
     /// Consumes through the local agent ([`stardust::agent`](crate::agent)) listening at `addr`
     /// (`127.0.0.1:7700` for `stardust-registry agent` by default) instead of logging in to the
     /// registry: the handle holds no credentials and opens one connection, to the agent, which

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -20,6 +21,7 @@ use crate::auth::BoxFuture;
 use crate::balance::Target;
 use crate::client::EndpointSource;
 use crate::error::{Error, ErrorKind};
+use crate::traffic::{Routed, ServiceRules};
 
 /// Pushes kept while a `watch` call is in flight; beyond it the view simply asks again.
 const MAX_STASH: usize = 64;
@@ -45,6 +47,8 @@ struct State {
     stash: Vec<DiscoveryDelta>,
     /// The stash overflowed, or a push showed a gap while asking: ask again after the answer.
     again: bool,
+    /// The service's traffic rules, applied to the list on every change.
+    rules: Option<ServiceRules>,
 }
 
 /// Instances of `service` matching `version_req`, kept fresh by registry pushes and periodic pulls.
@@ -54,6 +58,10 @@ pub(crate) struct ServiceWatch {
     state: Mutex<State>,
     /// The same instances as balancing targets, handed to calls without copying.
     targets: RwLock<Option<Arc<[Target]>>>,
+    /// The traffic rules over those targets (`None`: no rule applies to this process's calls).
+    routed: RwLock<Option<Arc<Routed>>>,
+    /// Whether `routed` is set: calls of a service without rules check this alone.
+    has_rules: AtomicBool,
     session: std::sync::Weak<Session>,
 }
 
@@ -68,6 +76,8 @@ impl ServiceWatch {
             version_req,
             state: Mutex::new(State::default()),
             targets: RwLock::new(None),
+            routed: RwLock::new(None),
+            has_rules: AtomicBool::new(false),
             session: Arc::downgrade(session),
         }
     }
@@ -157,6 +167,34 @@ impl ServiceWatch {
         }
     }
 
+    /// Sets the service's traffic rules (`None`: none) and applies them to the list.
+    pub(crate) fn set_rules(&self, rules: Option<ServiceRules>) {
+        let mut st = self.state.lock();
+        st.rules = rules;
+        self.route(&st);
+    }
+
+    /// Applies the rules to the list's targets, for the calls started from now on.
+    fn route(&self, st: &State) {
+        let routed = match (&st.rules, &st.list, self.session.upgrade()) {
+            (Some(rules), Some(list), Some(session)) => {
+                let targets = self.targets.read().clone().unwrap_or_else(|| Arc::from([]));
+                Routed::new(
+                    &self.service,
+                    rules,
+                    session.traffic_context(),
+                    list.values().map(|i| (i.version.as_str(), &i.tags)),
+                    &targets,
+                )
+                .map(Arc::new)
+            }
+            _ => None,
+        };
+        let mut slot = self.routed.write();
+        self.has_rules.store(routed.is_some(), Ordering::Release);
+        *slot = routed;
+    }
+
     /// Rebuilds the balancing targets from the list.
     fn publish(&self, st: &State) {
         let Some(list) = &st.list else { return };
@@ -185,6 +223,9 @@ impl ServiceWatch {
             })
             .collect();
         *self.targets.write() = Some(targets);
+        if st.rules.is_some() {
+            self.route(st);
+        }
     }
 
     /// Whether the registry currently lists a provider at `endpoint`.
@@ -265,6 +306,13 @@ impl EndpointSource for ServiceWatch {
 
     fn describe(&self) -> String {
         format!("service {} {}", self.service, self.version_req)
+    }
+
+    fn routing(&self) -> Option<Arc<Routed>> {
+        if !self.has_rules.load(Ordering::Acquire) {
+            return None;
+        }
+        self.routed.read().clone()
     }
 }
 

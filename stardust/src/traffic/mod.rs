@@ -1,23 +1,49 @@
-//! Traffic management and fault injection, as the consumer side applies them per call (the
-//! in-process client and the sidecar agent share this code): which subset of a service's
-//! instances a call may go to ([`rules::Route`]), and whether it is delayed or failed on purpose
-//! ([`rules::Fault`]).
+//! Traffic management and fault injection: which subset of a service's instances a call may go
+//! to ([`Route`]), and whether it is delayed or failed on purpose ([`Fault`]).
 //!
-//! The rules arrive from the registry ([`rules::Rules`]); [`ServiceTraffic`] is one service's
-//! rules ready to apply: subsets parsed once, evaluation without allocating. Randomness comes
-//! from a [`Dice`] the caller passes, so tests can seed it.
+//! Operators set the rules centrally, in the registry (`stardust-registry route|fault set`, as
+//! an app with the `admin` role); the registry pushes each service's rules to the consumers and
+//! sidecar agents that call it, which apply them to every call started after they arrived. A
+//! consumer evaluates them itself: the first matching route draws a subset by weight, the
+//! balancer picks within it; the first matching fault whose roll hits delays the call before
+//! it is sent, or fails it without sending it. Injected faults never count against a provider
+//! (no ejection, no retry budget, no hedging, no retry), are counted in the registry's
+//! `stardust_faults_injected_total` and are marked in the call's trace span (field `fault`).
+//! A consumer can refuse faults altogether:
+//! [`StardustBuilder::faults`](crate::StardustBuilder::faults).
 //!
-//! Work in progress (issue 20): the rule model, its validation and its evaluation are here and
-//! tested; pushing rules from the registry and applying them on the call path come next.
-#![allow(dead_code)]
+//! ```
+//! use stardust::traffic::{Fallback, Match, Route, Rules, RulesEdit, Weighted};
+//!
+//! // 95% of calls to the versions `^1.4`, 5% to instances tagged `canary`.
+//! let route = Route {
+//!     name: "canary".into(),
+//!     matches: Match::default(),
+//!     to: vec![
+//!         Weighted { weight: 95, subset: "^1.4".into() },
+//!         Weighted { weight: 5, subset: "tag:canary".into() },
+//!     ],
+//!     fallback: Fallback::All,
+//! };
+//! let edit = RulesEdit::SetRoute { service: "calc.Calculator".into(), route };
+//! let rules = Rules::default().edited(&edit).unwrap();
+//! assert_eq!(rules.revision, 1);
+//! ```
 
-pub(crate) mod rules;
+mod apply;
+mod rules;
+mod wire;
 
 use std::collections::BTreeMap;
 
 use crate::error::ErrorKind;
 use crate::metadata::Metadata;
-use rules::{Fallback, FaultAction, Match, ServiceRules};
+pub(crate) use apply::{Injected, Routed, TrafficContext};
+pub use rules::{
+    Fallback, Fault, FaultAction, MAX_RULES_PER_SERVICE, Match, Route, Rules, ServiceRules,
+    Weighted,
+};
+pub use wire::{FEATURE_TRAFFIC, RulesEdit, TRAFFIC_TOPIC, TrafficPush};
 
 /// A set of a service's instances a route may send calls to.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +79,18 @@ impl Subset {
                  a tag (`tag:NAME` or `tag:NAME=VALUE`)"
             )
         })
+    }
+
+    /// The subset as rules write it.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Subset::Version(req) => req.to_string(),
+            Subset::Tag { name, value: None } => format!("tag:{name}"),
+            Subset::Tag {
+                name,
+                value: Some(v),
+            } => format!("tag:{name}={v}"),
+        }
     }
 
     /// Whether an instance of `version` with `tags` belongs to the subset. An instance whose
@@ -134,53 +172,81 @@ impl Dice {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ServiceTraffic {
     routes: Vec<CompiledRoute>,
-    faults: Vec<rules::Fault>,
+    faults: Vec<Fault>,
 }
 
 #[derive(Debug, Clone)]
-struct CompiledRoute {
-    name: String,
+pub(crate) struct CompiledRoute {
+    pub(crate) name: String,
     matches: Match,
-    to: Vec<(u32, Subset)>,
+    pub(crate) to: Vec<(u32, Subset)>,
     total: u64,
-    fallback: Fallback,
+    pub(crate) fallback: Fallback,
 }
 
 /// Where a route sends a call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RouteChoice<'a> {
+    /// The route's place among the compiled routes, and the destination's among its own.
+    pub(crate) index: (usize, usize),
     /// The route's name.
     pub(crate) route: &'a str,
+    #[cfg_attr(not(test), allow(dead_code))] // the call path uses `index`
     pub(crate) subset: &'a Subset,
     pub(crate) fallback: Fallback,
 }
 
 impl ServiceTraffic {
-    /// Prepares validated rules (see [`rules::Rules::validate`]): a subset that does not parse
-    /// is left out.
-    pub(crate) fn new(rules: &ServiceRules) -> ServiceTraffic {
+    /// Prepares validated rules (see [`Rules::validate`]) for the calls of `caller` (`None`:
+    /// any caller; rules naming other callers are left out now rather than checked per call),
+    /// with or without the faults. A subset that does not parse is left out.
+    pub(crate) fn new(rules: &ServiceRules, caller: Option<&str>, faults: bool) -> ServiceTraffic {
+        // Whether the rule applies to this caller; it then needs no caller check per call.
+        let for_caller = |m: &Match| -> Option<Match> {
+            match caller {
+                Some(c) if !m.callers.is_empty() && !m.callers.iter().any(|x| x == c) => None,
+                Some(_) => Some(Match {
+                    callers: Vec::new(),
+                    ..m.clone()
+                }),
+                None => Some(m.clone()),
+            }
+        };
         let routes = rules
             .routes
             .iter()
-            .map(|r| {
+            .filter_map(|r| {
+                let matches = for_caller(&r.matches)?;
                 let to: Vec<(u32, Subset)> =
                     r.to.iter()
                         .filter_map(|w| Subset::parse(&w.subset).ok().map(|s| (w.weight, s)))
                         .collect();
-                CompiledRoute {
+                Some(CompiledRoute {
                     name: r.name.clone(),
-                    matches: r.matches.clone(),
+                    matches,
                     total: to.iter().map(|(w, _)| u64::from(*w)).sum(),
                     to,
                     fallback: r.fallback,
-                }
+                })
             })
             .filter(|r| r.total > 0)
             .collect();
-        ServiceTraffic {
-            routes,
-            faults: rules.faults.clone(),
-        }
+        let faults = if faults {
+            rules
+                .faults
+                .iter()
+                .filter_map(|f| {
+                    Some(Fault {
+                        matches: for_caller(&f.matches)?,
+                        ..f.clone()
+                    })
+                })
+                .filter(|f| f.percent > 0.0)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ServiceTraffic { routes, faults }
     }
 
     /// Whether there is anything to apply.
@@ -188,20 +254,34 @@ impl ServiceTraffic {
         self.routes.is_empty() && self.faults.is_empty()
     }
 
+    /// The compiled routes, in order.
+    pub(crate) fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
     /// The subset the first route matching `call` draws for it, by weight; `None` when no
     /// route matches (the call may go to any instance).
     pub(crate) fn route(&self, call: &CallFacts<'_>, dice: &mut Dice) -> Option<RouteChoice<'_>> {
-        let route = self.routes.iter().find(|r| r.matches.matches(call))?;
+        let (i, route) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches.matches(call))?;
         let mut point = dice.below(route.total);
-        let subset = route.to.iter().find_map(|(weight, subset)| {
-            if point < u64::from(*weight) {
-                Some(subset)
-            } else {
-                point -= u64::from(*weight);
-                None
-            }
-        })?;
+        let (j, subset) = route
+            .to
+            .iter()
+            .enumerate()
+            .find_map(|(j, (weight, subset))| {
+                if point < u64::from(*weight) {
+                    Some((j, subset))
+                } else {
+                    point -= u64::from(*weight);
+                    None
+                }
+            })?;
         Some(RouteChoice {
+            index: (i, j),
             route: &route.name,
             subset,
             fallback: route.fallback,
@@ -210,11 +290,7 @@ impl ServiceTraffic {
 
     /// The fault to inject into `call`: the first matching fault whose roll hits (each matching
     /// fault rolls once, in order).
-    pub(crate) fn fault(
-        &self,
-        call: &CallFacts<'_>,
-        dice: &mut Dice,
-    ) -> Option<(&str, &FaultAction)> {
+    pub(crate) fn fault(&self, call: &CallFacts<'_>, dice: &mut Dice) -> Option<&Fault> {
         self.faults
             .iter()
             .filter(|f| f.matches.matches(call))
@@ -223,7 +299,6 @@ impl ServiceTraffic {
                 let hits = (f.percent * 1_000_000.0).round() as u64;
                 dice.below(100_000_000) < hits
             })
-            .map(|f| (f.name.as_str(), &f.action))
     }
 }
 

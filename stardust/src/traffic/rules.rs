@@ -28,8 +28,14 @@ pub struct Rules {
 /// is injected.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRules {
+    /// The [`Rules::revision`] at which this service's rules last changed (set by the
+    /// registry; what a consumer names to ask whether they changed since).
+    #[serde(default)]
+    pub revision: u64,
+    /// Tried in order; the first that matches a call routes it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Tried in order; the first that matches a call and whose roll hits is injected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
 }
@@ -52,8 +58,9 @@ pub struct Match {
 /// Sends the calls it matches to subsets of the service's instances, by weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
-    /// Named in errors and metrics.
+    /// Named in errors and metrics; unique among the service's routes.
     pub name: String,
+    /// The calls it applies to.
     #[serde(default, rename = "match")]
     pub matches: Match,
     /// Where the calls go: each subset gets `weight` out of the weights' sum.
@@ -87,8 +94,9 @@ pub enum Fallback {
 /// Injects a delay or an error into a share of the calls it matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
-    /// Named in errors, metrics and the trace span.
+    /// Named in errors, metrics and the trace span; unique among the service's faults.
     pub name: String,
+    /// The calls it applies to.
     #[serde(default, rename = "match")]
     pub matches: Match,
     /// The share of matching calls it hits, in percent (0 to 100, fractions allowed).
@@ -148,9 +156,21 @@ impl ServiceRules {
         }
         for (i, route) in self.routes.iter().enumerate() {
             route.validate(&format!("{path}.routes[{i}]"))?;
+            if self.routes[..i].iter().any(|r| r.name == route.name) {
+                return Err(invalid(
+                    &format!("{path}.routes[{i}].name"),
+                    format!("another route is named `{}`", route.name),
+                ));
+            }
         }
         for (i, fault) in self.faults.iter().enumerate() {
             fault.validate(&format!("{path}.faults[{i}]"))?;
+            if self.faults[..i].iter().any(|f| f.name == fault.name) {
+                return Err(invalid(
+                    &format!("{path}.faults[{i}].name"),
+                    format!("another fault is named `{}`", fault.name),
+                ));
+            }
         }
         Ok(())
     }

@@ -1,3 +1,4 @@
+use super::rules::{Fallback, FaultAction, Match, ServiceRules};
 use super::rules::{Fault, Route, Rules, Weighted};
 use super::*;
 
@@ -123,6 +124,7 @@ fn bad_rules_are_refused_naming_the_field() {
     }
     // Good rules pass, for a service nobody may provide yet.
     let good = one_service(ServiceRules {
+        revision: 0,
         routes: vec![route(
             "canary",
             Match::default(),
@@ -190,7 +192,7 @@ fn weighted_routes_split_calls_by_weight() {
         ],
         ..ServiceRules::default()
     };
-    let traffic = ServiceTraffic::new(&rules);
+    let traffic = ServiceTraffic::new(&rules, None, true);
     let meta = Metadata::new();
     let mut dice = Dice::seeded(42);
     let n = 10_000;
@@ -228,7 +230,7 @@ fn faults_hit_their_share_of_matching_calls() {
         ..ServiceRules::default()
     };
     rules.faults[0].matches.methods = vec!["add".to_owned()];
-    let traffic = ServiceTraffic::new(&rules);
+    let traffic = ServiceTraffic::new(&rules, None, true);
     let meta = Metadata::new();
     let mut dice = Dice::seeded(7);
     let n = 10_000;
@@ -246,14 +248,22 @@ fn faults_hit_their_share_of_matching_calls() {
             .fault(&call("web", "mul", &meta), &mut dice)
             .is_none()
     }));
-    let never = ServiceTraffic::new(&ServiceRules {
-        faults: vec![fault(0.0, abort.clone())],
-        ..ServiceRules::default()
-    });
-    let always = ServiceTraffic::new(&ServiceRules {
-        faults: vec![fault(100.0, abort)],
-        ..ServiceRules::default()
-    });
+    let never = ServiceTraffic::new(
+        &ServiceRules {
+            faults: vec![fault(0.0, abort.clone())],
+            ..ServiceRules::default()
+        },
+        None,
+        true,
+    );
+    let always = ServiceTraffic::new(
+        &ServiceRules {
+            faults: vec![fault(100.0, abort)],
+            ..ServiceRules::default()
+        },
+        None,
+        true,
+    );
     for _ in 0..1000 {
         assert!(never.fault(&call("web", "add", &meta), &mut dice).is_none());
         assert!(

@@ -191,12 +191,7 @@ impl BalancedCall<'_> {
         let budget = self
             .deadline
             .map_or(Duration::ZERO, |d| d.saturating_duration_since(self.start));
-        let targets = match self.deadline {
-            None => providers(b).await?,
-            Some(d) => tokio::time::timeout_at(d, providers(b))
-                .await
-                .map_err(|_| self.deadline_error(budget))??,
-        };
+        let targets = routed_providers(b, &self.name, self.meta, self.deadline, true).await?;
         let policy = &b.pool.policy;
         policy.budget.deposit(self.start.into());
         let start_ns = clock_ns(self.start.into());

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::pool::Suspicion;
 use super::*;
+use crate::traffic::Injected;
 pub(super) use call::BalancedCall;
 pub(crate) use stream::{StreamSpec, open_balanced};
 
@@ -24,7 +25,7 @@ pub(super) async fn one_way_balanced<A: Args + ?Sized>(
     head: RequestHead<'_>,
     args: &A,
 ) -> Result<(), Error> {
-    let targets = providers(b).await?;
+    let targets = routed_providers(b, name, head.meta, None, true).await?;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
         let now_ns = clock_ns(Instant::now().into());
@@ -59,6 +60,70 @@ pub(super) async fn providers(b: &Balanced) -> Result<Arc<[Target]>, Error> {
         return Err(b.source.no_provider(""));
     }
     Ok(targets)
+}
+
+/// The providers a call may go to once the traffic rules had their say (a route's subset, or
+/// every provider), after the fault they inject into it, if any: a delay is waited out here
+/// (within the deadline), an abort is returned. An injected fault never reaches a provider,
+/// so nothing counts it against one (ejection, retry budget, hedging) and nothing retries it.
+pub(super) async fn routed_providers(
+    b: &Balanced,
+    name: &CallName,
+    meta: &Metadata,
+    deadline: Option<Instant>,
+    faults: bool,
+) -> Result<Arc<[Target]>, Error> {
+    let all = match deadline {
+        None => providers(b).await?,
+        Some(d) => tokio::time::timeout_at(d, providers(b))
+            .await
+            .map_err(|_| deadline_passed(name, None))??,
+    };
+    let Some(routed) = b.source.routing() else {
+        return Ok(all);
+    };
+    let decision = routed.decide(name.method(), meta, &all)?;
+    let Some((fault, injected)) = decision.fault.filter(|_| faults) else {
+        return Ok(decision.targets);
+    };
+    // Marked where anyone reading the trace looks: a drill, not an outage.
+    tracing::Span::current().record("fault", &*fault);
+    match injected {
+        Injected::Abort(e) => {
+            tracing::debug!(fault = %fault, error = %e, "fault injected: call aborted");
+            Err(e)
+        }
+        Injected::Delay(delay) => {
+            tracing::debug!(fault = %fault, delay_ms = delay.as_millis() as u64, "fault injected: call delayed");
+            let until = Instant::now() + delay;
+            match deadline {
+                Some(d) if d <= until => {
+                    tokio::time::sleep_until(d).await;
+                    Err(deadline_passed(name, Some((&fault, delay))))
+                }
+                _ => {
+                    tokio::time::sleep_until(until).await;
+                    Ok(decision.targets)
+                }
+            }
+        }
+    }
+}
+
+/// A call's deadline passed before it was sent (while its providers were looked up, or while
+/// an injected delay held it).
+fn deadline_passed(name: &CallName, fault: Option<(&str, Duration)>) -> Error {
+    let why = match fault {
+        Some((fault, delay)) => format!(
+            " (fault `{fault}` of the registry's traffic rules held it for {} ms)",
+            delay.as_millis()
+        ),
+        None => " (while looking up its providers)".to_owned(),
+    };
+    Error::new(
+        ErrorKind::DeadlineExceeded,
+        format!("{name} passed its deadline before it was sent{why}"),
+    )
 }
 
 /// The balancer's choice among the providers not in `exclude` (tried by this call, or holding

@@ -35,8 +35,10 @@ pub(crate) async fn open_balanced(
     spec: &StreamSpec,
     tried: &mut Vec<Arc<str>>,
 ) -> Result<(ClientStream, InFlight), Error> {
-    let targets = providers(b).await?;
     let name = &spec.info.name;
+    // A reopened stream keeps its route's subset but takes no second fault.
+    let targets =
+        routed_providers(b, name, &spec.meta, spec.info.deadline, tried.is_empty()).await?;
     let mut last: Option<Error> = None;
     loop {
         let now = Instant::now();

@@ -14,6 +14,7 @@ use crate::discovery::api::{
 };
 use crate::discovery::watch::{Applied, ServiceWatch};
 use crate::error::Error;
+use crate::traffic::{TRAFFIC_TOPIC, TrafficPush};
 
 /// How many times one bring-up-to-date asks again when answers keep leaving gaps (changes
 /// racing with it); the next push or pull continues from there.
@@ -36,6 +37,7 @@ impl Session {
         for w in watches {
             self.bring_up_to_date(client, &w).await?;
         }
+        self.ask_all_traffic(client).await?;
         self.drain_removed();
         Ok(())
     }
@@ -73,6 +75,10 @@ impl Session {
                     DISCOVERY_TOPIC => match note.decode::<DiscoveryEvent>() {
                         Ok(event) => session.apply_list(event),
                         Err(e) => tracing::warn!(error = %e, "malformed discovery event"),
+                    },
+                    TRAFFIC_TOPIC => match note.decode::<TrafficPush>() {
+                        Ok(push) => session.apply_rules(&push.service, push.rules, false),
+                        Err(e) => tracing::warn!(error = %e, "malformed traffic rules push"),
                     },
                     _ => {}
                 }
@@ -194,6 +200,7 @@ impl Session {
                 w.update(list);
             }
         }
+        self.ask_all_traffic(&client).await?;
         self.drain_removed();
         Ok(())
     }
@@ -227,6 +234,8 @@ impl Session {
         ));
         watches.push(w.clone());
         drop(watches);
+        w.set_rules(self.rules_of(service));
+        self.follow_traffic(service);
         // Subscribe now if connected (otherwise the next resync does).
         if let Ok(client) = self.registry() {
             let session = self.clone();
@@ -245,6 +254,7 @@ impl Session {
     /// watch lists are drained. Calls still holding it finish with its last list.
     pub(crate) fn unwatch(&self, watch: &Arc<ServiceWatch>) {
         self.watches.lock().retain(|w| !Arc::ptr_eq(w, watch));
+        self.unfollow_traffic(&watch.service);
         self.drain_removed();
         // And the registry stops pushing it (best effort: a reconnect drops it anyway).
         if let Ok(client) = self.registry() {

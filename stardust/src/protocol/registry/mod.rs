@@ -141,6 +141,24 @@ pub struct Status {
     /// (consumers): how the providers look from the outside.
     #[serde(default)]
     pub called: Vec<CallFigures>,
+    /// Faults the registry's traffic rules made this process inject during the window
+    /// (consumers), so a drill is never mistaken for an outage.
+    #[serde(default)]
+    pub faults: Vec<FaultCount>,
+}
+
+/// Calls of one service a consumer delayed or failed on purpose during a report window, as one
+/// fault of the traffic rules told it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultCount {
+    /// Service name.
+    pub service: String,
+    /// The fault's name in the rules.
+    pub fault: String,
+    /// `delay` or `abort`.
+    pub kind: String,
+    /// Calls it hit.
+    pub count: u64,
 }
 
 /// Upper bounds, in microseconds, of the latency buckets of [`Latency::buckets`]; a last,
