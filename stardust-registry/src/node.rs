@@ -106,6 +106,11 @@ impl RegistryNode {
         self.registry.store_health()
     }
 
+    /// The traffic rules this node serves (with a shared store: as last reported by it).
+    pub fn rules(&self) -> stardust::traffic::Rules {
+        self.registry.current_rules()
+    }
+
     /// Subscriptions live on this node, over all its sessions (each pushes a service's
     /// instance list to one connection whenever it changes).
     pub fn subscriptions(&self) -> usize {

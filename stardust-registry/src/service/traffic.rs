@@ -133,6 +133,11 @@ impl TrafficHub {
 }
 
 impl RegistryImpl {
+    /// The rules this node serves.
+    pub(crate) fn current_rules(&self) -> Rules {
+        self.shared.traffic.rules()
+    }
+
     /// `traffic`: follow a service's rules; `None` when the caller holds them already.
     pub(crate) fn follow_traffic(
         &self,

@@ -2,8 +2,10 @@
 //! [`Stardust`] entry point built on them.
 
 pub mod api;
+mod provider;
 pub(crate) mod session;
 mod star;
 pub(crate) mod watch;
 
-pub use star::{Provider, Stardust, StardustBuilder};
+pub use provider::Provider;
+pub use star::{Stardust, StardustBuilder};

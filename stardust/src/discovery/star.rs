@@ -9,6 +9,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::task::AbortHandle;
 
 use super::api::Registration;
+use super::provider::Provider;
 use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
 use crate::balance::{
@@ -17,7 +18,7 @@ use crate::balance::{
 use crate::client::ServiceClient;
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
-use crate::server::{Server, ServerBuilder};
+use crate::server::ServerBuilder;
 
 /// Builds a [`Stardust`] handle: where the registry is and who this process is.
 #[must_use = "a builder does nothing until `connect` is awaited"]
@@ -33,6 +34,7 @@ pub struct StardustBuilder {
     hedging: Hedging,
     method_hedging: Vec<(Box<str>, Box<str>, Hedging)>,
     agent: Option<String>,
+    tags: BTreeMap<String, String>,
 }
 
 impl StardustBuilder {
@@ -196,6 +198,14 @@ impl StardustBuilder {
         self
     }
 
+    /// Tags every service this handle registers with `key = value` (a deployment's labels:
+    /// `canary = "true"`, `zone = "eu-1"`); traffic routes pick instances by them
+    /// (`tag:canary`, `tag:zone=eu-1`), consumers see them in discovery.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> StardustBuilder {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
     /// Whether this handle's calls take the faults (delays, aborts) the registry's traffic
     /// rules inject for drills (default `true`); `false` opts out entirely, routes still apply.
     /// See [`traffic`](crate::traffic).
@@ -268,6 +278,7 @@ impl StardustBuilder {
                         app: self.app.map(|(app, _)| app).unwrap_or_default(),
                     },
                     timeout: self.timeout,
+                    tags: self.tags,
                 }),
             });
         }
@@ -297,6 +308,7 @@ impl StardustBuilder {
                     task: task.abort_handle(),
                 },
                 timeout: self.timeout,
+                tags: self.tags,
             }),
         })
     }
@@ -337,6 +349,8 @@ pub struct Stardust {
 struct StarInner {
     mode: Mode,
     timeout: Duration,
+    /// Tags of every registration.
+    tags: BTreeMap<String, String>,
 }
 
 /// How the handle reaches providers.
@@ -382,6 +396,7 @@ impl Stardust {
             hedging: Hedging::default(),
             method_hedging: Vec::new(),
             agent: None,
+            tags: BTreeMap::new(),
         }
     }
 
@@ -448,7 +463,7 @@ impl Stardust {
                 version: d.version.to_owned(),
                 endpoint: provider.endpoint.clone(),
                 weight: 100,
-                tags: BTreeMap::new(),
+                tags: self.inner.tags.clone(),
                 tls,
             };
             session.register(registration).await?;
@@ -510,76 +525,5 @@ struct SessionVerifier(Arc<Session>);
 impl Authenticator for SessionVerifier {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, Error>> {
         self.0.verifier.authenticate(token)
-    }
-}
-
-/// A server registered with the registry. [`Provider::shutdown`] deregisters first (consumers
-/// stop sending new calls at once) and then shuts the server down gracefully.
-#[must_use = "the provider stops when this handle is dropped"]
-pub struct Provider {
-    server: Option<Server>,
-    /// Keeps the session (and the registration's heartbeats) alive.
-    _star: Stardust,
-    session: Arc<Session>,
-    endpoint: String,
-    services: Vec<&'static str>,
-}
-
-impl std::fmt::Debug for Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Provider")
-            .field("endpoint", &self.endpoint)
-            .field("services", &self.services)
-            .finish()
-    }
-}
-
-impl Provider {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server
-            .as_ref()
-            .expect("present until shutdown")
-            .local_addr()
-    }
-
-    /// The address registered for consumers.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// Deregisters every service, then shuts the server down gracefully (in-flight calls finish).
-    pub async fn shutdown(mut self) {
-        for service in std::mem::take(&mut self.services) {
-            if let Err(e) = self.session.deregister(service, &self.endpoint).await {
-                tracing::warn!(service, error = %e, "deregistration failed; the lease will expire");
-            }
-        }
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        // Dropped without shutdown: stop heartbeating for these registrations and remove them
-        // in the background, so consumers are not sent to a server that no longer exists.
-        let session = self.session.clone();
-        let endpoint = self.endpoint.clone();
-        let services = std::mem::take(&mut self.services);
-        if services.is_empty() {
-            return;
-        }
-        for s in &services {
-            session.forget(s, &endpoint);
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                for s in services {
-                    let _ = session.deregister(s, &endpoint).await;
-                }
-            });
-        }
     }
 }
