@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 pub mod child;
 pub mod external;
 pub mod pki;
+pub mod python;
 
 /// Generous bound for anything a test waits on: far above what the event needs on a loaded
 /// 2-core machine, so hitting it means a real hang.

@@ -1,0 +1,240 @@
+//! Traffic rules applied by the sidecar agent for the applications behind it: a Rust
+//! application and the Python client call through the agent with no rule logic of their own,
+//! and get the same routes and faults as an in-process consumer (one shared implementation).
+
+#[path = "common/canary_service.rs"]
+mod canary;
+mod common;
+
+use std::collections::BTreeMap;
+
+use canary::*;
+use common::python::{find_python, run_script};
+use common::within;
+use stardust::ErrorKind;
+use stardust::agent::Agent;
+use stardust::traffic::{Fallback, FaultAction, Match};
+use stardust_registry::RegistryNode;
+
+const N: u64 = 10_000;
+
+fn within_5_sigma(hits: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (hits as f64 - mean).abs() <= 5.0 * sd
+}
+
+async fn agent(
+    node: &RegistryNode,
+    tune: impl FnOnce(stardust::StardustBuilder) -> stardust::StardustBuilder,
+) -> Agent {
+    Agent::builder()
+        .registry(node.local_addr().to_string())
+        .app(WEB.0, WEB.1)
+        .listen("127.0.0.1:0")
+        .session(|b| tune(b.traffic_seed(20)))
+        .start()
+        .await
+        .expect("agent")
+}
+
+/// A Rust application behind `agent`.
+async fn app(agent: &Agent) -> CanaryClient {
+    let star = stardust::Stardust::builder()
+        .via_agent(agent.local_addr().to_string())
+        .connect()
+        .await
+        .expect("connect to the agent");
+    star.client::<CanaryClient>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_routes_by_weight_and_metadata_and_injects_faults() {
+    let dir = scratch();
+    let node = registry(dir.path()).await;
+    let providers = Providers::start(&node).await;
+    let agent = agent(&node, |b| b).await;
+    let client = app(&agent).await;
+    sees_all(&client).await;
+    let mut admin = Admin::new(&node).await;
+    let marked = Match {
+        metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
+        ..Match::default()
+    };
+    admin
+        .set_route(route(
+            "marked",
+            marked,
+            &[(1, "tag:canary")],
+            Fallback::Fail,
+        ))
+        .await;
+    admin
+        .set_route(route(
+            "split",
+            Match::default(),
+            &[(90, "=1.4.0"), (10, "=1.5.0")],
+            Fallback::Fail,
+        ))
+        .await;
+    admin.synced(&[&client]).await;
+    let mut new = 0;
+    for _ in 0..N {
+        let label = within("a call through the agent", client.which())
+            .await
+            .unwrap();
+        new += u64::from(label == "new");
+    }
+    assert!(within_5_sigma(new, N, 0.10), "{new} of {N} went to 1.5.0");
+    let tagged = CanaryClient::new(client.client().with_metadata("x-canary", "yes"));
+    for _ in 0..200 {
+        assert_eq!(tagged.which().await.unwrap(), "canary");
+    }
+    // A drill: 20% aborted with the configured kind; none reaches a provider.
+    admin
+        .set_fault(fault(
+            "drill",
+            20.0,
+            FaultAction::Abort {
+                error: "Internal".into(),
+            },
+        ))
+        .await;
+    admin.synced(&[&client]).await;
+    let ran = providers.total();
+    let mut aborted = 0;
+    for _ in 0..N {
+        match client.which().await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+                assert!(e.message().contains("fault `drill`"), "{e}");
+                aborted += 1;
+            }
+        }
+    }
+    assert!(within_5_sigma(aborted, N, 0.20), "{aborted} of {N} aborted");
+    assert!(
+        providers.total() - ran <= N - aborted,
+        "an aborted call reached a provider"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_opted_out_of_faults_injects_none() {
+    let dir = scratch();
+    let node = registry(dir.path()).await;
+    let _providers = Providers::start(&node).await;
+    let agent = agent(&node, |b| b.faults(false)).await;
+    let client = app(&agent).await;
+    sees_all(&client).await;
+    let mut admin = Admin::new(&node).await;
+    admin
+        .set_fault(fault(
+            "drill",
+            100.0,
+            FaultAction::Abort {
+                error: "Internal".into(),
+            },
+        ))
+        .await;
+    admin.synced(&[&client]).await;
+    for _ in 0..200 {
+        client
+            .which()
+            .await
+            .expect("no fault through an agent that opted out");
+    }
+    agent.shutdown().await;
+}
+
+/// Runs `traffic_calls.py` against the agent; its counts.
+async fn python_calls(
+    python: &std::path::Path,
+    agent: &Agent,
+    calls: u64,
+    meta: &[&str],
+) -> BTreeMap<String, u64> {
+    let addr = agent.local_addr().to_string();
+    let calls = calls.to_string();
+    let mut args = vec![addr.as_str(), "--calls", calls.as_str()];
+    for m in meta {
+        args.extend(["--meta", m]);
+    }
+    let output = run_script(python, "traffic_calls.py", &args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "traffic_calls.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // `label NAME COUNT` / `error KIND COUNT` lines, keyed `label NAME` / `error KIND`.
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (key, count) = line.rsplit_once(' ')?;
+            Some((key.to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+fn n(counts: &BTreeMap<String, u64>, group: &str, key: &str) -> u64 {
+    counts.get(&format!("{group} {key}")).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_gets_routes_and_faults_through_the_agent() {
+    let Some(python) = find_python().await else {
+        return;
+    };
+    let dir = scratch();
+    let node = registry(dir.path()).await;
+    let _providers = Providers::start(&node).await;
+    let agent = agent(&node, |b| b).await;
+    let client = app(&agent).await;
+    sees_all(&client).await;
+    let mut admin = Admin::new(&node).await;
+    let marked = Match {
+        metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
+        ..Match::default()
+    };
+    admin
+        .set_route(route(
+            "marked",
+            marked,
+            &[(1, "tag:canary")],
+            Fallback::Fail,
+        ))
+        .await;
+    admin
+        .set_route(route(
+            "rest",
+            Match::default(),
+            &[(1, "=1.5.0")],
+            Fallback::Fail,
+        ))
+        .await;
+    admin
+        .set_fault(fault(
+            "drill",
+            20.0,
+            FaultAction::Abort {
+                error: "Overloaded".into(),
+            },
+        ))
+        .await;
+    admin.synced(&[&client]).await;
+    let calls = 2_000;
+    let plain = python_calls(&python, &agent, calls, &[]).await;
+    let aborted = n(&plain, "error", "Overloaded");
+    assert_eq!(n(&plain, "label", "new") + aborted, calls, "{plain:?}");
+    assert!(within_5_sigma(aborted, calls, 0.20), "{plain:?}");
+    let marked = python_calls(&python, &agent, 500, &["x-canary=1"]).await;
+    assert_eq!(
+        n(&marked, "label", "canary") + n(&marked, "error", "Overloaded"),
+        500,
+        "{marked:?}"
+    );
+    agent.shutdown().await;
+}
