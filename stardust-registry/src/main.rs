@@ -1,5 +1,7 @@
 //! `stardust-registry`: run the registry, hash app secrets, rotate signing keys, run a sidecar
-//! agent.
+//! agent, change a registry's traffic rules (`route`, `fault`: `cli/rules.rs`).
+
+mod cli;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -111,7 +113,31 @@ enum Command {
         /// (and looked up again when called again).
         #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SERVICES)]
         max_services: usize,
+        /// The calls made through the agent take no injected faults (the delays and aborts of
+        /// the registry's traffic rules, `stardust-registry fault`); routes still apply.
+        #[arg(long)]
+        no_faults: bool,
     },
+    /// Traffic routes: which instances of a service its calls go to (by version or tag, by
+    /// weight), for which callers, methods and metadata. Kept by the registry, applied by every
+    /// consumer and agent calling the service.
+    ///
+    /// Changing routes needs an app with the `admin` role (`roles = ["admin"]` under
+    /// `[apps.NAME]` in the registry's config); any app may list them. Exit codes: 0 done, 1 the
+    /// registry refused or could not be reached (its message on stderr), 2 a usage error or an
+    /// invalid rule (nothing sent).
+    #[command(subcommand)]
+    Route(cli::rules::RouteCommand),
+    /// Injected faults, for drills: delays and aborts of a share of a service's calls, for
+    /// which callers, methods and metadata. Kept by the registry, applied by every consumer and
+    /// agent calling the service (unless it opted out: `agent --no-faults`).
+    ///
+    /// Changing faults needs an app with the `admin` role (`roles = ["admin"]` under
+    /// `[apps.NAME]` in the registry's config); any app may list them. Exit codes: 0 done, 1 the
+    /// registry refused or could not be reached (its message on stderr), 2 a usage error or an
+    /// invalid rule (nothing sent).
+    #[command(subcommand)]
+    Fault(cli::rules::FaultCommand),
 }
 
 /// The balancers an agent can use (`stardust::balance`).
@@ -134,6 +160,7 @@ struct AgentArgs {
     tls_ca: Option<PathBuf>,
     balancer: BalancerArg,
     max_services: usize,
+    no_faults: bool,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +194,7 @@ fn main() -> ExitCode {
             tls_ca,
             balancer,
             max_services,
+            no_faults,
         } => agent(AgentArgs {
             registries,
             app,
@@ -175,7 +203,10 @@ fn main() -> ExitCode {
             tls_ca,
             balancer,
             max_services,
+            no_faults,
         }),
+        Command::Route(command) => return cli::rules::route(command),
+        Command::Fault(command) => return cli::rules::fault(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -283,6 +314,9 @@ fn agent(args: AgentArgs) -> Result<()> {
         BalancerArg::RoundRobin => builder.balancer(stardust::balance::RoundRobin::new),
         BalancerArg::WeightedRandom => builder.balancer(stardust::balance::WeightedRandom::new),
     };
+    if args.no_faults {
+        builder = builder.session(|b| b.faults(false));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
