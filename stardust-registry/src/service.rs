@@ -480,6 +480,10 @@ impl RegistryState for RegistryImpl {
     fn subscriptions(&self) -> usize {
         RegistryImpl::subscriptions(self)
     }
+
+    fn rules(&self) -> stardust::traffic::Rules {
+        self.shared.traffic.rules()
+    }
 }
 
 impl Shared {

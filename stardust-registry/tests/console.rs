@@ -2,7 +2,9 @@
 //!
 //! An embedded registry gets fake provider instances (handcrafted status reports, so the counts
 //! are exact); the test opens the console, waits until the service and its instance count show,
-//! reports more calls, and waits until the page's call count rises without a reload.
+//! reports more calls, and waits until the page's call count rises without a reload. Another
+//! sets a fault in the traffic rules and waits for the console's "fault injection active"
+//! markers, then removes it and waits for them to go.
 //!
 //! Needs Debian's `chromium` (or `chromium-browser`, or the binary named by `STARDUST_CHROMIUM`).
 //! Without one the test prints `SKIPPED` and passes, unless `STARDUST_REQUIRE_EXTERNAL=1` (CI),
@@ -20,10 +22,11 @@ use chromium::{Browser, Page, find_chromium};
 use common::*;
 use stardust::ErrorKind;
 use stardust::discovery::api::{
-    CallFigures, ErrorCount, LATENCY_BOUNDS_US, Latency, MethodFigures, Registration,
+    CallFigures, ErrorCount, FaultCount, LATENCY_BOUNDS_US, Latency, MethodFigures, Registration,
     RegistryClient, Status,
 };
-use stardust_registry::Config;
+use stardust::traffic::{Fallback, Fault, FaultAction, Match, Route, RulesEdit, Weighted};
+use stardust_registry::{AppConfig, Config};
 
 const SERVICE: &str = "test.Calc";
 
@@ -91,6 +94,153 @@ async fn the_console_shows_services_and_updates_live() {
     if screenshot {
         take_screenshot(&mut page).await;
     }
+    browser.close(page).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_marks_fault_injection_while_a_fault_is_on() {
+    let Some(chromium) = find_chromium() else {
+        return;
+    };
+    let admin = AppConfig::with_secret("ops-secret")
+        .unwrap()
+        .roles(["admin"]);
+    let config = Config::dev()
+        .with_lease_ttl(Duration::from_secs(3600))
+        .with_app("ops", admin);
+    let (node, http) = start_monitored(config).await;
+    let (provider, _) = login(node.local_addr(), "calc", "pw").await;
+    provider
+        .register(registration(SERVICE, "1.0.0", "127.0.0.1:9101"))
+        .await
+        .unwrap()
+        .unwrap();
+    beat(&provider, report(SERVICE, &[("add", 10, 120, &[])])).await;
+    let (ops, _) = login(node.local_addr(), "ops", "ops-secret").await;
+    let edit = async |edit: RulesEdit| {
+        within("edit_rules", ops.edit_rules(edit, None))
+            .await
+            .expect("edit_rules call")
+            .expect("edit accepted")
+    };
+    // A route from the start: rules, but no fault.
+    edit(RulesEdit::SetRoute {
+        service: SERVICE.into(),
+        route: Route {
+            name: "canary".into(),
+            matches: Match::default(),
+            to: vec![
+                Weighted {
+                    weight: 95,
+                    subset: "^1".into(),
+                },
+                Weighted {
+                    weight: 5,
+                    subset: "tag:canary".into(),
+                },
+            ],
+            fallback: Fallback::All,
+        },
+    })
+    .await;
+
+    let browser = Browser::launch(&chromium).await;
+    let mut page = browser.page().await;
+    page.navigate(&format!("http://{http}/")).await;
+    let card = format!("document.querySelector('[data-service=\"{SERVICE}\"]')");
+    let in_card = |selector: &str| format!("{card}?.querySelector('{selector}')");
+    let header_marker = "document.getElementById('faults-active')";
+    let card_marker = in_card("[data-field=\"fault-badge\"]");
+    page.wait_for(
+        "the service card with its route",
+        &format!(
+            "{}?.textContent.includes('95%')",
+            in_card("[data-route=\"canary\"]")
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval(&format!(
+            "{header_marker}.hidden && {card_marker}.hidden && !document.getElementById('fault-banner').checkVisibility()"
+        ))
+        .await,
+        "true",
+        "a fault marker shows without any fault"
+    );
+
+    // A fault, and a consumer that injected it into 3 calls: both markers and the count show.
+    edit(RulesEdit::SetFault {
+        service: SERVICE.into(),
+        fault: Fault {
+            name: "boom".into(),
+            matches: Match::default(),
+            percent: 50.0,
+            action: FaultAction::Abort {
+                error: "Overloaded".into(),
+            },
+        },
+    })
+    .await;
+    let (web, _) = login(node.local_addr(), "web", "pw").await;
+    beat(
+        &web,
+        Status {
+            window_ms: 1000,
+            faults: vec![FaultCount {
+                service: SERVICE.into(),
+                fault: "boom".into(),
+                kind: "abort".into(),
+                count: 3,
+            }],
+            ..Status::default()
+        },
+    )
+    .await;
+    page.wait_for(
+        "the fault injection markers and the injected count",
+        &format!(
+            "{header_marker}.checkVisibility() && {card_marker}.checkVisibility() \
+             && {card}.dataset.faults === 'active' \
+             && {}?.dataset.injected === '3'",
+            in_card("[data-fault=\"boom\"]")
+        ),
+    )
+    .await;
+    let text = page
+        .eval(&format!(
+            "{header_marker}.textContent + ' | ' + {card_marker}.textContent + ' | ' + {}.textContent",
+            in_card("[data-fault=\"boom\"]")
+        ))
+        .await;
+    assert!(
+        text.starts_with("FAULT INJECTION ACTIVE | FAULT INJECTION ACTIVE | boom: 50% of calls"),
+        "{text}"
+    );
+    assert!(text.contains("Overloaded"), "{text}");
+
+    // The fault removed: the markers go, without a reload; the route stays.
+    page.eval("window.__noReload = 1").await;
+    edit(RulesEdit::RemoveFault {
+        service: SERVICE.into(),
+        name: "boom".into(),
+    })
+    .await;
+    page.wait_for(
+        "the fault injection markers to go",
+        &format!(
+            "{header_marker}.hidden && {card_marker}.hidden && {card}.dataset.faults === '' \
+             && !{}?.checkVisibility() && window.__noReload === 1",
+            in_card("[data-fault=\"boom\"]")
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval(&format!("!!{}", in_card("[data-route=\"canary\"]")))
+            .await,
+        "true"
+    );
+
+    node.shutdown().await;
     browser.close(page).await;
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use reports::*;
+use stardust::traffic::{Fallback, FaultAction, Match, Route, RulesEdit, Weighted};
 use stardust_registry::{Config, RegistryNode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +69,175 @@ async fn the_http_server_is_read_only_bounded_and_loopback_only() {
         tokio::net::TcpStream::connect(http).await.is_err(),
         "still listening on {http}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_rules_and_injected_faults_show_in_metrics_and_api() {
+    let (node, http) = start_monitored(with_admin(Config::dev())).await;
+    let _calc = provider(&node, EP).await;
+    let ops = admin(&node).await;
+    let metrics = || async { http_get(http, "/metrics").await.body };
+    let series = |fault: &str, kind: &str| {
+        format!(
+            "stardust_faults_injected_total{{service=\"{CALC}\",fault=\"{fault}\",kind=\"{kind}\"}}"
+        )
+    };
+    let rules_of =
+        |kind: &str| format!("stardust_traffic_rules{{service=\"{CALC}\",type=\"{kind}\"}}");
+
+    // No rules yet: revision 0, the families announced all the same.
+    let m = metrics().await;
+    assert_eq!(sample(&m, "stardust_traffic_rules_revision"), Some(0.0));
+    for family in [
+        "stardust_faults_injected_total counter",
+        "stardust_traffic_rules gauge",
+        "stardust_traffic_rules_revision gauge",
+    ] {
+        assert!(m.contains(&format!("# TYPE {family}\n")), "{family} in {m}");
+    }
+
+    // A canary route and two faults.
+    let route = Route {
+        name: "canary".into(),
+        matches: Match::default(),
+        to: vec![
+            Weighted {
+                weight: 95,
+                subset: "^1.2".into(),
+            },
+            Weighted {
+                weight: 5,
+                subset: "tag:canary".into(),
+            },
+        ],
+        fallback: Fallback::All,
+    };
+    edit(
+        &ops,
+        RulesEdit::SetRoute {
+            service: CALC.into(),
+            route,
+        },
+    )
+    .await;
+    edit(
+        &ops,
+        RulesEdit::SetFault {
+            service: CALC.into(),
+            fault: fault("slow", 25.0, FaultAction::Delay { delay_ms: 200 }),
+        },
+    )
+    .await;
+    let revision = edit(
+        &ops,
+        RulesEdit::SetFault {
+            service: CALC.into(),
+            fault: fault(
+                "boom",
+                10.0,
+                FaultAction::Abort {
+                    error: "Overloaded".into(),
+                },
+            ),
+        },
+    )
+    .await;
+    assert_eq!(revision, 3);
+
+    // A consumer reports what it injected, twice: the counter sums the windows.
+    let (web, _) = login(node.local_addr(), "web", "pw").await;
+    beat(
+        &web,
+        injected(&[("slow", "delay", 3), ("boom", "abort", 1)]),
+    )
+    .await;
+    let m = metrics().await;
+    assert_eq!(sample(&m, &series("slow", "delay")), Some(3.0), "{m}");
+    assert_eq!(sample(&m, &series("boom", "abort")), Some(1.0), "{m}");
+    beat(&web, injected(&[("slow", "delay", 4)])).await;
+    // Malformed entries are ignored.
+    beat(
+        &web,
+        injected(&[("slow", "explode", 9), ("boom", "abort", 0)]),
+    )
+    .await;
+    let m = metrics().await;
+    assert_eq!(sample(&m, &series("slow", "delay")), Some(7.0), "{m}");
+    assert_eq!(sample(&m, &series("boom", "abort")), Some(1.0), "{m}");
+    assert_eq!(sample(&m, &series("slow", "explode")), None, "{m}");
+    assert_eq!(sample(&m, &rules_of("route")), Some(1.0), "{m}");
+    assert_eq!(sample(&m, &rules_of("fault")), Some(2.0), "{m}");
+    assert_eq!(sample(&m, "stardust_traffic_rules_revision"), Some(3.0));
+
+    // The API: the service's routes, faults and counts; the overview's marker.
+    let service = http_get(http, "/api/services/calc.Calculator").await.json();
+    let t = &service["traffic"];
+    assert_eq!(t["revision"], 3, "{t:#}");
+    assert_eq!(t["faults_active"], true);
+    assert_eq!(t["routes"][0]["name"], "canary");
+    assert_eq!(t["routes"][0]["match"], serde_json::json!({}));
+    assert_eq!(t["routes"][0]["to"][0]["subset"], "^1.2");
+    assert_eq!(t["routes"][0]["to"][0]["percent"], 95.0);
+    assert_eq!(t["routes"][0]["to"][1]["percent"], 5.0);
+    assert_eq!(t["faults"][0]["name"], "slow");
+    assert_eq!(t["faults"][0]["percent"], 25.0);
+    assert_eq!(t["faults"][0]["kind"], "delay");
+    assert_eq!(t["faults"][0]["delay_ms"], 200);
+    assert_eq!(t["faults"][1]["kind"], "abort");
+    assert_eq!(t["faults"][1]["error"], "Overloaded");
+    assert_eq!(t["injected_total"], 8);
+    assert_eq!(
+        t["injected"],
+        serde_json::json!([
+            {"fault": "boom", "kind": "abort", "count": 1},
+            {"fault": "slow", "kind": "delay", "count": 7},
+        ])
+    );
+    let overview = http_get(http, "/api/services").await.json();
+    assert_eq!(overview["traffic"]["revision"], 3);
+    assert_eq!(
+        overview["traffic"]["faults_active"],
+        serde_json::json!([CALC])
+    );
+    assert_eq!(overview["services"][0]["traffic"]["faults_active"], true);
+
+    // Faults removed: the marker goes, the counts stay (counters since the registry started);
+    // rules for a service nobody registered are listed apart.
+    for name in ["slow", "boom"] {
+        edit(
+            &ops,
+            RulesEdit::RemoveFault {
+                service: CALC.into(),
+                name: name.into(),
+            },
+        )
+        .await;
+    }
+    edit(
+        &ops,
+        RulesEdit::SetFault {
+            service: "other.Svc".into(),
+            fault: fault("off", 0.0, FaultAction::Delay { delay_ms: 5 }),
+        },
+    )
+    .await;
+    let overview = http_get(http, "/api/services").await.json();
+    assert_eq!(overview["traffic"]["faults_active"], serde_json::json!([]));
+    assert_eq!(overview["services"][0]["traffic"]["faults_active"], false);
+    assert_eq!(
+        overview["services"][0]["traffic"]["faults"],
+        serde_json::json!([])
+    );
+    assert_eq!(overview["traffic"]["unlisted"][0]["name"], "other.Svc");
+    assert_eq!(
+        overview["traffic"]["unlisted"][0]["faults"][0]["percent"],
+        0.0
+    );
+    let m = metrics().await;
+    assert_eq!(sample(&m, &rules_of("fault")), Some(0.0), "{m}");
+    assert_eq!(sample(&m, &series("slow", "delay")), Some(7.0), "{m}");
+    assert_eq!(sample(&m, "stardust_traffic_rules_revision"), Some(6.0));
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

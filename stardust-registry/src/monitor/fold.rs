@@ -152,6 +152,9 @@ impl Monitor {
             );
         }
 
+        // The faults it injected as a consumer: a lookup per entry, bounded (see `faults`).
+        inner.faults.add(&status.faults);
+
         // The instances' rates, then the history of every service this session provides.
         for (service, endpoint) in &facts.instances {
             let Some(entry) = inner.services.get_mut(service) else {

@@ -240,6 +240,14 @@ fn facts(ctx: &Ctx) -> RegistryFacts {
     }
 }
 
+/// The monitor's figures with the registry's traffic rules (copied from the registry after
+/// the monitor's lock is released: the two are never held together).
+fn snapshot_with_rules(ctx: &Ctx) -> super::Snapshot {
+    let mut snap = ctx.inner.registry.monitor().snapshot(false);
+    snap.rules = ctx.inner.registry.rules();
+    snap
+}
+
 /// Routes one request.
 fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -297,7 +305,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             )
         }
         "/metrics" => {
-            let snap = monitor.snapshot(false);
+            let snap = snapshot_with_rules(ctx);
             let mut text = render::prometheus(&snap, &facts(ctx));
             let registry = &ctx.inner.registry;
             super::discovery_metrics::prometheus(
@@ -316,7 +324,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             StatusCode::OK,
             &serde_json::json!({
                 "endpoints": {
-                    "/api/services": "the registry's facts and every service with its instances and figures",
+                    "/api/services": "the registry's facts and every service with its instances, figures and traffic rules (routes, faults, injected fault counts)",
                     "/api/services/{name}": "one service",
                     "/api/instances": "every live instance, flat",
                     "/api/history?minutes=M": "calls/s and errors/s per service, one sample per slot (last M minutes, up to 15)",
@@ -326,7 +334,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             }),
         ),
         "/api/services" => {
-            let snap = monitor.snapshot(false);
+            let snap = snapshot_with_rules(ctx);
             json(StatusCode::OK, &render::overview(&snap, &facts(ctx)))
         }
         "/api/instances" => {
@@ -342,7 +350,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             let Some(name) = percent_decode(&p["/api/services/".len()..]) else {
                 return error(StatusCode::BAD_REQUEST, "malformed service name");
             };
-            let snap = monitor.snapshot(false);
+            let snap = snapshot_with_rules(ctx);
             match snap.services.get(&name) {
                 Some(entry) => json(StatusCode::OK, &render::service_view(&name, entry, &snap)),
                 None => error(

@@ -13,7 +13,9 @@
 //!   `unreachable` even while the instance itself reports healthy figures;
 //! * per session (process), its latest facts: uptime, software version, in flight, CPU, memory;
 //! * per service, a short history of calls/s and errors/s (sample-and-hold per
-//!   [`HISTORY_SLOT`], [`HISTORY_SLOTS`] of them) for the console's chart.
+//!   [`HISTORY_SLOT`], [`HISTORY_SLOTS`] of them) for the console's chart;
+//! * per service, fault and kind, the calls consumers delayed or failed on purpose as the
+//!   traffic rules told them (`Status.faults`), since the registry started ([`faults`]).
 //!
 //! Instances enter when they register and leave with their lease (deregistered, expired, or
 //! their session ended): the registry calls [`Monitor::registered`] and [`Monitor::removed`]
@@ -25,11 +27,13 @@
 //! it needs ([`Monitor::snapshot`]) and renders outside it. Every table is bounded.
 
 mod discovery_metrics;
+mod faults;
 mod fold;
 pub(crate) mod http;
 mod registry_state;
 pub(crate) mod render;
 
+pub(crate) use faults::FaultTotals;
 pub use registry_state::LoginStats;
 pub(crate) use registry_state::{FanoutStats, RegistryState};
 
@@ -41,6 +45,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use stardust::ErrorKind;
 use stardust::discovery::api::{ErrorCount, Instance, LATENCY_BOUNDS_US, Latency, Status};
+use stardust::traffic::Rules;
 
 /// Latency buckets: one per bound in [`LATENCY_BOUNDS_US`], and the overflow bucket.
 pub(crate) const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
@@ -98,6 +103,7 @@ pub(crate) struct Monitor {
 struct Inner {
     services: BTreeMap<String, ServiceEntry>,
     sessions: HashMap<u64, SessionFacts>,
+    faults: FaultTotals,
 }
 
 /// The instance `endpoint` of `service`, if `session` holds its lease.
@@ -268,6 +274,11 @@ pub(crate) struct Snapshot {
     pub lease_ttl: Duration,
     pub services: BTreeMap<String, ServiceEntry>,
     pub sessions: HashMap<u64, SessionFacts>,
+    /// The injected-fault totals.
+    pub faults: FaultTotals,
+    /// The traffic rules: empty here, filled in by the HTTP side (from the registry, outside
+    /// the monitor's lock) where it renders them.
+    pub rules: Rules,
 }
 
 impl Monitor {
@@ -409,6 +420,7 @@ impl Monitor {
                 .collect()
         };
         let sessions = inner.sessions.clone();
+        let faults = inner.faults.clone();
         drop(inner);
         Snapshot {
             now,
@@ -416,6 +428,8 @@ impl Monitor {
             lease_ttl: self.lease_ttl,
             services,
             sessions,
+            faults,
+            rules: Rules::default(),
         }
     }
 

@@ -22,6 +22,8 @@ pub(crate) trait RegistryState: Send + Sync + 'static {
     fn fanout_stats(&self) -> FanoutStats;
     /// Live subscriptions, over every session.
     fn subscriptions(&self) -> usize;
+    /// The traffic rules now (a copy: read per request, never on the heartbeat path).
+    fn rules(&self) -> stardust::traffic::Rules;
 }
 
 /// Counters of a registry's logins since it started ([`RegistryNode::login_stats`]).

@@ -5,9 +5,10 @@
 
 use stardust::ErrorKind;
 use stardust::discovery::api::{
-    ErrorCount, LATENCY_BOUNDS_US, Latency, MethodFigures, RegistryClient, Status,
+    ErrorCount, FaultCount, LATENCY_BOUNDS_US, Latency, MethodFigures, RegistryClient, Status,
 };
-use stardust_registry::RegistryNode;
+use stardust::traffic::{Fault, FaultAction, Match, RulesEdit};
+use stardust_registry::{AppConfig, Config, RegistryNode};
 
 use crate::common::*;
 
@@ -67,6 +68,60 @@ pub async fn beat(client: &RegistryClient, status: Status) {
         .await
         .expect("heartbeat call")
         .expect("heartbeat accepted");
+}
+
+/// A consumer's report of the faults it injected into calls of `calc.Calculator` in its last
+/// window: (fault, kind, calls).
+pub fn injected(faults: &[(&str, &str, u64)]) -> Status {
+    Status {
+        window_ms: 1000,
+        uptime_ms: 60_000,
+        version: "0.1.0".into(),
+        faults: faults
+            .iter()
+            .map(|&(fault, kind, count)| FaultCount {
+                service: CALC.into(),
+                fault: fault.into(),
+                kind: kind.into(),
+                count,
+            })
+            .collect(),
+        ..Status::default()
+    }
+}
+
+/// The app allowed to change traffic rules in the tests' registries (see [`with_admin`]).
+pub const ADMIN: (&str, &str) = ("ops", "ops-secret");
+
+/// `config` with an app that has the `admin` role ([`ADMIN`]).
+pub fn with_admin(config: Config) -> Config {
+    let app = AppConfig::with_secret(ADMIN.1)
+        .expect("a valid secret")
+        .roles(["admin"]);
+    config.with_app(ADMIN.0, app)
+}
+
+/// A connection logged in as the [`ADMIN`] app.
+pub async fn admin(node: &RegistryNode) -> RegistryClient {
+    login(node.local_addr(), ADMIN.0, ADMIN.1).await.0
+}
+
+/// A fault on every call of `service` (`percent` of them).
+pub fn fault(name: &str, percent: f64, action: FaultAction) -> Fault {
+    Fault {
+        name: name.into(),
+        matches: Match::default(),
+        percent,
+        action,
+    }
+}
+
+/// Applies `edit` as `admin`; the rules' new revision.
+pub async fn edit(admin: &RegistryClient, edit: RulesEdit) -> u64 {
+    within("edit_rules", admin.edit_rules(edit, None))
+        .await
+        .expect("edit_rules call")
+        .expect("edit accepted")
 }
 
 /// A provider of `calc.Calculator` at `endpoint`, logged in as `calc`.

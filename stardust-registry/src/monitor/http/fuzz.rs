@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stardust::discovery::api::{
-    CallFigures, ErrorCount, Instance, LATENCY_BOUNDS_US, Latency, MethodFigures, Status,
+    CallFigures, ErrorCount, FaultCount, Instance, LATENCY_BOUNDS_US, Latency, MethodFigures,
+    Status,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -67,7 +68,8 @@ impl MemoryServer {
 }
 
 /// What a provider's session would have left in the monitor: two services (one with a name that
-/// needs percent-encoding in a URL) and a report with served and called figures.
+/// needs percent-encoding in a URL) and a report with served and called figures and a fault it
+/// injected.
 fn populate(monitor: &Monitor) {
     let now = Instant::now();
     let session = 1;
@@ -123,6 +125,12 @@ fn populate(monitor: &Monitor) {
             calls: 7,
             errors: vec![ErrorCount { code: 12, count: 2 }],
             latency,
+        }],
+        faults: vec![FaultCount {
+            service: "odd/name ü".to_owned(),
+            fault: "slow \"one\"".to_owned(),
+            kind: "delay".to_owned(),
+            count: 3,
         }],
     };
     monitor.fold(session, &status, now + Duration::from_secs(5));

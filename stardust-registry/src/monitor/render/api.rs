@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::health::{Health, health};
+use super::traffic::{TrafficSummary, TrafficView, summary, traffic_view};
 use super::{RegistryFacts, age_ms, ms, round3};
 use crate::monitor::{
     BUCKETS, InstanceStats, ServiceEntry, Snapshot, UNREACHABLE_HOLD, WindowFigures, kind_name,
@@ -17,6 +18,8 @@ use crate::monitor::{
 pub(crate) struct Overview {
     registry: RegistryView,
     services: Vec<ServiceView>,
+    /// The traffic rules' revision, where faults are on, and the rules of services not listed.
+    traffic: TrafficSummary,
 }
 
 #[derive(Serialize)]
@@ -65,6 +68,8 @@ pub(crate) struct ServiceView {
     p50_us: Option<u64>,
     p99_us: Option<u64>,
     instances: Vec<InstanceView>,
+    /// Its traffic rules (routes, faults) and the faults consumers injected.
+    traffic: TrafficView,
 }
 
 #[derive(Serialize)]
@@ -399,6 +404,7 @@ pub(crate) fn service_view(name: &str, entry: &ServiceEntry, snap: &Snapshot) ->
         p50_us,
         p99_us,
         instances,
+        traffic: traffic_view(name, snap),
     }
 }
 
@@ -429,6 +435,7 @@ pub(crate) fn overview(snap: &Snapshot, facts: &RegistryFacts) -> Overview {
                 busy: facts.logins.busy,
             },
         },
+        traffic: summary(snap, |s| snap.services.contains_key(s)),
         services,
     }
 }

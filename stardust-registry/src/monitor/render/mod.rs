@@ -3,7 +3,8 @@
 //! Split by what each output is: [`health`](mod@health) judges an instance (shared by both
 //! outputs), [`api`] builds the JSON views of services and instances,
 //! [`history`](mod@history) the JSON of the console's chart, and
-//! [`prometheus`](mod@prometheus) the text exposition. This module holds what they all use:
+//! [`prometheus`](mod@prometheus) the text exposition, [`traffic`] the JSON of the traffic
+//! rules and injected faults. This module holds what they all use:
 //! the registry's own facts and a few unit conversions.
 //!
 //! [`Snapshot`]: super::Snapshot
@@ -12,6 +13,7 @@ mod api;
 mod health;
 mod history;
 mod prometheus;
+mod traffic;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! The Prometheus text exposition (format 0.0.4) served at `/metrics`: per method, per
-//! consumer app, per instance, per process and for the registry itself.
+//! consumer app, per instance, per process, the traffic rules and the faults they injected, and
+//! for the registry itself.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -345,6 +346,8 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
         }
     }
 
+    traffic(&mut out, snap);
+
     family(
         &mut out,
         "stardust_registry_sessions",
@@ -394,6 +397,48 @@ pub(crate) fn prometheus(snap: &Snapshot, facts: &RegistryFacts) -> String {
         now.saturating_duration_since(facts.started).as_secs_f64()
     );
     out
+}
+
+/// The traffic rules per service, their revision, and the faults consumers injected.
+fn traffic(out: &mut String, snap: &Snapshot) {
+    family(
+        out,
+        "stardust_faults_injected_total",
+        "counter",
+        "Calls consumers delayed (kind=\"delay\") or failed (kind=\"abort\") on purpose, per \
+         service and fault of the traffic rules, since the registry started (from their reports).",
+    );
+    for (service, fault, kind, n) in snap.faults.series() {
+        let l = labels(&[
+            ("service", service),
+            ("fault", fault),
+            ("kind", kind.as_str()),
+        ]);
+        let _ = writeln!(out, "stardust_faults_injected_total{{{l}}} {n}");
+    }
+    family(
+        out,
+        "stardust_traffic_rules",
+        "gauge",
+        "Traffic rules per service and type (route, fault).",
+    );
+    for (service, rules) in &snap.rules.services {
+        for (kind, n) in [("route", rules.routes.len()), ("fault", rules.faults.len())] {
+            let l = labels(&[("service", service), ("type", kind)]);
+            let _ = writeln!(out, "stardust_traffic_rules{{{l}}} {n}");
+        }
+    }
+    family(
+        out,
+        "stardust_traffic_rules_revision",
+        "gauge",
+        "The revision of the traffic rules (rises with every accepted change).",
+    );
+    let _ = writeln!(
+        out,
+        "stardust_traffic_rules_revision {}",
+        snap.rules.revision
+    );
 }
 
 #[cfg(test)]
