@@ -5,7 +5,8 @@
 //! process hosts a development registry, the provider registered there and the agent; the
 //! report prints the latency the agent hop adds), and `stardust-balanced` a `Stardust::client`
 //! proxy that finds the provider through a registry in the server process and balances per
-//! call (the report prints what that path adds over a fixed-address client).
+//! call (the report prints what that path adds over a fixed-address client); `stardust-rules10`
+//! is that path with 10 traffic rules for the service (`stardust::traffic`).
 //!
 //! ```text
 //! cargo bench --bench rpc                                  # full run: 3 rounds, medians
@@ -82,16 +83,20 @@ enum Impl {
     /// A `Stardust::client` proxy: the provider found through a registry, picked per call by
     /// the balancer (the path applications use).
     StardustBalanced,
+    /// `stardust-balanced` with 10 traffic rules for the service (5 routes, 5 faults; the
+    /// last route matches every call, the faults none): what evaluating rules costs a call.
+    StardustRules,
     Tarpc,
     Raw,
     Ceiling,
 }
 
-const IMPLS: [Impl; 7] = [
+const IMPLS: [Impl; 8] = [
     Impl::Stardust,
     Impl::StardustTls,
     Impl::StardustAgent,
     Impl::StardustBalanced,
+    Impl::StardustRules,
     Impl::Tarpc,
     Impl::Raw,
     Impl::Ceiling,
@@ -104,6 +109,7 @@ impl Impl {
             Impl::StardustTls => "stardust-tls",
             Impl::StardustAgent => "stardust-agent",
             Impl::StardustBalanced => "stardust-balanced",
+            Impl::StardustRules => "stardust-rules10",
             Impl::Tarpc => "tarpc",
             Impl::Raw => "raw",
             Impl::Ceiling => "ceiling",
@@ -417,7 +423,7 @@ impl Clients {
                 Clients::Stardust(many(n, || stardust_impl::connect(addr, false)).await?)
             }
             // `addr` is the registry's: each client logs in and finds the provider there.
-            Impl::StardustBalanced => {
+            Impl::StardustBalanced | Impl::StardustRules => {
                 Clients::Stardust(many(n, || stardust_impl::connect_balanced(addr)).await?)
             }
             Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
@@ -684,7 +690,8 @@ fn server_main() -> ! {
             Impl::Stardust => stardust_impl::serve(false).await,
             Impl::StardustTls => stardust_impl::serve(true).await,
             Impl::StardustAgent => stardust_impl::serve_agent().await,
-            Impl::StardustBalanced => stardust_impl::serve_registered().await,
+            Impl::StardustBalanced => stardust_impl::serve_registered(false).await,
+            Impl::StardustRules => stardust_impl::serve_registered(true).await,
             Impl::Tarpc => tarpc_impl::serve().await,
             Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
         }

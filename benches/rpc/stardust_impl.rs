@@ -72,7 +72,9 @@ pub async fn serve(tls: bool) -> Result<(u16, Box<dyn Any>), String> {
 
 /// A development registry and the provider registered there through its own `Stardust`
 /// handle: the server side of the agent and balanced rows.
-async fn registry_and_provider() -> Result<
+async fn registry_and_provider(
+    rules: bool,
+) -> Result<
     (
         stardust_registry::RegistryNode,
         stardust::Stardust,
@@ -80,8 +82,12 @@ async fn registry_and_provider() -> Result<
     ),
     String,
 > {
+    let mut config = stardust_registry::Config::dev();
+    if rules {
+        config.rules_file = Some(write_rules()?);
+    }
     let registry = stardust_registry::RegistryNode::builder()
-        .config(stardust_registry::Config::dev())
+        .config(config)
         .bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("registry: {e}"))?;
@@ -101,11 +107,40 @@ async fn registry_and_provider() -> Result<
     Ok((registry, star, provider))
 }
 
+/// Writes the `stardust-rules10` row's rules file: 10 rules for the bench service that a call
+/// evaluates (4 routes and 5 faults whose metadata condition it does not meet, then a route
+/// that matches it and sends it to every version), so the call pays for matching them all.
+fn write_rules() -> Result<std::path::PathBuf, String> {
+    let mut text = String::from("revision = 1\n");
+    let service = String::from("[[services.\"bench.Bench\".routes]]");
+    for i in 0..4 {
+        text += &format!(
+            "{service}\nname = \"r{i}\"\nto = [{{ weight = 1, subset = \"^1\" }}]\n\
+             match = {{ metadata = {{ x-route-{i} = \"*\" }} }}\n"
+        );
+    }
+    text += &format!(
+        "{service}\nname = \"all\"\nto = [{{ weight = 99, subset = \"*\" }}, \
+         {{ weight = 1, subset = \"*\" }}]\n"
+    );
+    let faults = String::from("[[services.\"bench.Bench\".faults]]");
+    for i in 0..5 {
+        text += &format!(
+            "{faults}\nname = \"f{i}\"\npercent = 50\nkind = \"delay\"\ndelay_ms = 1000\n\
+             match = {{ metadata = {{ x-drill-{i} = \"on\" }} }}\n"
+        );
+    }
+    let path =
+        std::env::temp_dir().join(format!("stardust-bench-rules-{}.toml", std::process::id()));
+    std::fs::write(&path, text).map_err(|e| format!("rules file: {e}"))?;
+    Ok(path)
+}
+
 /// The agent row's server side, in one process: a development registry, the provider registered
 /// there, and an agent logged in as the consumer's app. The port returned is the agent's, so
 /// the consumer is the `stardust` row's client, one hop away from the provider.
 pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
-    let (registry, star, provider) = registry_and_provider().await?;
+    let (registry, star, provider) = registry_and_provider(false).await?;
     let agent = stardust::agent::Agent::builder()
         .registry(registry.local_addr().to_string())
         .app("bench-consumer", "bench-consumer-secret")
@@ -119,8 +154,8 @@ pub async fn serve_agent() -> Result<(u16, Box<dyn Any>), String> {
 
 /// The balanced row's server side, in one process: a development registry and the provider
 /// registered there. The port returned is the registry's: clients find the provider through it.
-pub async fn serve_registered() -> Result<(u16, Box<dyn Any>), String> {
-    let (registry, star, provider) = registry_and_provider().await?;
+pub async fn serve_registered(rules: bool) -> Result<(u16, Box<dyn Any>), String> {
+    let (registry, star, provider) = registry_and_provider(rules).await?;
     let port = registry.local_addr().port();
     Ok((port, Box::new((registry, star, provider))))
 }
