@@ -12,6 +12,7 @@ use etcd_client::KeyValue;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use stardust::discovery::api::{Instance, PublicKey};
+use stardust::traffic::Rules;
 
 use super::Inner;
 use crate::config::AppConfig;
@@ -33,6 +34,21 @@ pub(super) struct StoredApp {
     pub(super) provide: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) consume: Option<Vec<String>>,
+    /// Absent in entries written before roles existed: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) roles: Vec<String>,
+}
+
+impl StoredApp {
+    /// A config app's value.
+    pub(super) fn of(app: &AppConfig) -> StoredApp {
+        StoredApp {
+            secret_hash: app.secret_hash.clone(),
+            provide: app.provide.clone(),
+            consume: app.consume.clone(),
+            roles: app.roles.clone(),
+        }
+    }
 }
 
 /// A public key's value.
@@ -48,8 +64,22 @@ impl Inner {
         format!("{}instances/{service}/{endpoint}", self.root)
     }
 
+    /// The one key holding the traffic rules.
+    pub(super) fn rules_key(&self) -> String {
+        format!("{}{RULES}", self.root)
+    }
+
     /// Decodes one key of the prefix into the table (registrations) or what was learnt.
     pub(super) fn decode(&self, kv: &KeyValue) -> Option<Decoded> {
+        if is_rules_key(&self.root, kv.key()) {
+            return match decode_rules(kv.value()) {
+                Ok(rules) => Some(Decoded::Rules(rules, kv.mod_revision())),
+                Err(e) => {
+                    tracing::warn!(key = %self.rules_key(), revision = kv.mod_revision(), error = %e, "ignoring malformed traffic rules in the registry's etcd prefix: this node keeps serving the rules it had, and refuses rule edits until valid rules are stored there");
+                    None
+                }
+            };
+        }
         let (key, kind, name) = split_key(&self.root, kv.key())?;
         let parsed = match kind {
             "instances" => serde_json::from_slice::<StoredInstance>(kv.value())
@@ -70,6 +100,7 @@ impl Inner {
                             secret_hash: a.secret_hash,
                             provide: a.provide,
                             consume: a.consume,
+                            roles: a.roles,
                         },
                     )
                 })
@@ -106,6 +137,25 @@ impl Inner {
     }
 }
 
+/// The rules' key under the prefix (one key: every node reads and writes the whole set).
+const RULES: &str = "rules";
+
+fn is_rules_key(root: &str, key: &[u8]) -> bool {
+    key.strip_prefix(root.as_bytes()) == Some(RULES.as_bytes())
+}
+
+/// The rules' value: [`Rules`] as JSON.
+pub(super) fn encode_rules(rules: &Rules) -> Vec<u8> {
+    serde_json::to_vec(rules).expect("serialisable")
+}
+
+/// Reads the rules' value, refusing rules that could not be applied (as a rules file would be).
+fn decode_rules(value: &[u8]) -> Result<Rules, String> {
+    let rules: Rules = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    rules.validate().map_err(|e| e.message().to_owned())?;
+    Ok(rules)
+}
+
 /// A key under `root` as `(key, kind, name)`: `kind` is `instances`, `apps`, `dev-apps` or
 /// `keys`; `name` the rest.
 fn split_key<'a>(root: &str, key: &'a [u8]) -> Option<(&'a str, &'a str, &'a str)> {
@@ -118,6 +168,9 @@ fn split_key<'a>(root: &str, key: &'a [u8]) -> Option<(&'a str, &'a str, &'a str
 /// Which registration or learnt entry a deleted key under `root` was (a delete event carries
 /// the key only).
 fn deleted(root: &str, key: &[u8]) -> Option<Deleted> {
+    if is_rules_key(root, key) {
+        return Some(Deleted::Rules);
+    }
     let (_, kind, name) = split_key(root, key)?;
     Some(match kind {
         "instances" => {
@@ -137,6 +190,8 @@ pub(super) enum Decoded {
     App(String, AppConfig),
     DevApp(String, String),
     Key(PublicKey, String),
+    /// The traffic rules, with the key's revision.
+    Rules(Rules, i64),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -145,6 +200,7 @@ pub(super) enum Deleted {
     App(String),
     DevApp(String),
     Key(String),
+    Rules,
 }
 
 #[cfg(test)]
@@ -183,7 +239,9 @@ mod tests {
         );
         // Another registry's prefix, an unknown kind, or a key that is not UTF-8: not ours.
         assert_eq!(deleted(root, b"team/other/apps/web"), None);
+        assert_eq!(deleted(root, b"team/registry/rules"), Some(Deleted::Rules));
         assert_eq!(deleted(root, b"team/registry/leader"), None);
+        assert_eq!(deleted(root, b"team/registry/rules/x"), None);
         assert_eq!(deleted(root, b"team/registry/queues/x"), None);
         assert_eq!(deleted(root, b"team/registry/apps/\xff"), None);
     }
@@ -211,5 +269,82 @@ mod tests {
         // App definitions are the config file's fields; absent lists stay absent.
         let app: StoredApp = serde_json::from_str(r#"{"secret_hash":"h"}"#).unwrap();
         assert_eq!((app.provide, app.consume), (None, None));
+        // Entries from before roles existed have none; roles travel when there are some.
+        assert!(app.roles.is_empty());
+        let admin = AppConfig::new("h").roles(["admin"]);
+        let json = serde_json::to_string(&StoredApp::of(&admin)).unwrap();
+        assert_eq!(json, r#"{"secret_hash":"h","roles":["admin"]}"#);
+        let back: StoredApp = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.roles, ["admin"]);
+    }
+
+    #[test]
+    fn rules_round_trip_as_json() {
+        use stardust::traffic::{Fallback, Fault, FaultAction, Match, Route, RulesEdit, Weighted};
+        use std::collections::BTreeMap;
+        let matches = Match {
+            callers: vec!["web".into()],
+            methods: vec!["add".into()],
+            metadata: BTreeMap::from([("x-env".to_owned(), "*".to_owned())]),
+        };
+        let edits = [
+            RulesEdit::SetRoute {
+                service: "calc.Calculator".into(),
+                route: Route {
+                    name: "canary".into(),
+                    matches: matches.clone(),
+                    to: vec![
+                        Weighted {
+                            weight: 95,
+                            subset: "^1.4".into(),
+                        },
+                        Weighted {
+                            weight: 5,
+                            subset: "tag:canary=yes".into(),
+                        },
+                    ],
+                    fallback: Fallback::Fail,
+                },
+            },
+            RulesEdit::SetFault {
+                service: "calc.Calculator".into(),
+                fault: Fault {
+                    name: "slow".into(),
+                    matches,
+                    percent: 12.5,
+                    action: FaultAction::Delay { delay_ms: 250 },
+                },
+            },
+            RulesEdit::SetFault {
+                service: "other.Svc".into(),
+                fault: Fault {
+                    name: "broken".into(),
+                    matches: Match::default(),
+                    percent: 100.0,
+                    action: FaultAction::Abort {
+                        error: "Overloaded".into(),
+                    },
+                },
+            },
+        ];
+        let mut rules = Rules::default();
+        for edit in &edits {
+            rules = rules.edited(edit).unwrap();
+        }
+        let json = encode_rules(&rules);
+        let text = std::str::from_utf8(&json).unwrap();
+        // The fault's action sits flat in the fault, tagged by `kind`.
+        assert!(text.contains(r#""kind":"delay","delay_ms":250"#), "{text}");
+        assert!(
+            text.contains(r#""kind":"abort","error":"Overloaded""#),
+            "{text}"
+        );
+        assert_eq!(decode_rules(&json), Ok(rules));
+        assert_eq!(decode_rules(b"{}"), Ok(Rules::default()));
+        // Not JSON, or rules that cannot be applied: refused, saying why.
+        assert!(decode_rules(b"not json").is_err());
+        let bad = text.replace("12.5", "120");
+        let err = decode_rules(bad.as_bytes()).unwrap_err();
+        assert!(err.contains("percent"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! Following etcd: list the prefix once, then watch it from the next revision, reporting every
-//! change to the node's [`View`] and to what it learnt (apps, dev apps, public keys).
+//! change to the node's [`View`] and to what it learnt (apps, dev apps, public keys), and the
+//! traffic rules to both the view and the store's [`SeenRules`].
 //!
 //! The watch is the only road into the node's table, the node's own writes included: a write
 //! returns once the watch has delivered its revision (`applied`, see `wait_applied`), so every
@@ -12,9 +13,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
+use stardust::traffic::Rules;
 
 use super::encoding::{Decoded, Deleted};
-use super::{Inner, Learnt, bounded, revision_of, unavailable};
+use super::{Inner, Learnt, SeenRules, bounded, revision_of, unavailable};
 use crate::store::{StoreError, View};
 
 impl Inner {
@@ -29,9 +31,13 @@ impl Inner {
         let revision = revision_of(listed.header());
         let mut records = Vec::new();
         let mut learnt = Learnt::default();
+        let rules_key = self.rules_key();
+        let (mut rules, mut rules_listed) = (None, false);
         for kv in listed.kvs() {
+            rules_listed |= kv.key() == rules_key.as_bytes();
             match self.decode(kv) {
                 Some(Decoded::Instance(r)) => records.push(r),
+                Some(Decoded::Rules(r, at)) => rules = Some((r, at)),
                 Some(Decoded::App(name, app)) => drop(learnt.apps.insert(name, app)),
                 Some(Decoded::DevApp(name, hash)) => drop(learnt.dev_apps.insert(name, hash)),
                 Some(Decoded::Key(key, node)) => {
@@ -42,6 +48,13 @@ impl Inner {
         }
         *self.learnt.lock() = learnt;
         view.reset(records);
+        match rules {
+            Some((rules, at)) => self.rules_seen(view, rules, at),
+            // Gone while the watch was down.
+            None if !rules_listed => self.rules_gone(view),
+            // Malformed (logged): the rules held stay.
+            None => {}
+        }
         *self.watch_down.lock() = None;
         self.applied.send_modify(|a| *a = (*a).max(revision));
         Ok(revision)
@@ -106,6 +119,7 @@ impl Inner {
                 match event.event_type() {
                     EventType::Put => match self.decode(kv) {
                         Some(Decoded::Instance(r)) => view.put(r),
+                        Some(Decoded::Rules(rules, at)) => self.rules_seen(&*view, rules, at),
                         Some(Decoded::App(name, app)) => {
                             self.learnt.lock().apps.insert(name, app);
                         }
@@ -126,6 +140,7 @@ impl Inner {
                             drop(self.learnt.lock().dev_apps.remove(&name))
                         }
                         Some(Deleted::Key(kid)) => drop(self.learnt.lock().keys.remove(&kid)),
+                        Some(Deleted::Rules) => self.rules_gone(&*view),
                         None => {}
                     },
                 }
@@ -134,6 +149,35 @@ impl Inner {
                 self.applied.send_modify(|a| *a = (*a).max(latest));
             }
         }
+    }
+
+    /// The rules key holds `rules` at revision `at`: kept for the next edit, then reported (in
+    /// this order: an edit based on what the view held before is then refused as stale).
+    fn rules_seen(&self, view: &dyn View, rules: Rules, at: i64) {
+        *self.rules.lock() = SeenRules {
+            rules: rules.clone(),
+            revision: at,
+        };
+        view.rules(rules);
+    }
+
+    /// The rules key is gone (deleted by hand): the rules are now empty, at the next revision
+    /// (so every node and consumer takes the change). Nothing to do if it was absent already.
+    fn rules_gone(&self, view: &dyn View) {
+        let cleared = {
+            let mut held = self.rules.lock();
+            if held.revision == 0 {
+                return;
+            }
+            held.revision = 0;
+            held.rules = Rules {
+                revision: held.rules.revision + 1,
+                services: Default::default(),
+            };
+            held.rules.clone()
+        };
+        tracing::warn!(store = %self.describe, key = %self.rules_key(), revision = cleared.revision, "the traffic rules were deleted from etcd: serving no rules");
+        view.rules(cleared);
     }
 
     /// The watch's life: follow, and on any break list and follow again, with backoff.

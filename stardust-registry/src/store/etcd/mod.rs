@@ -8,6 +8,7 @@
 //! | `{prefix}/apps/{name}`            | an app from some node's config         | none |
 //! | `{prefix}/dev-apps/{name}`        | a dev-mode app's secret hash           | none |
 //! | `{prefix}/keys/{kid}`             | a node's token-signing public key      | the node's key lease |
+//! | `{prefix}/rules`                  | the traffic rules, all services, whole | none |
 //!
 //! **Registrations.** The first registration of a session grants an etcd lease with the
 //! registry's lease TTL; every heartbeat of that session keeps it alive; the session's end
@@ -27,6 +28,12 @@
 //! TTL outlives the tokens it signed (`token_ttl` plus a few refresh periods), so a token
 //! issued by a node that died stays verifiable everywhere until it expires.
 //!
+//! **Rules.** The traffic rules are one key, rewritten whole by every edit in a transaction that
+//! holds only while the key is still as this node last saw it (its revision, or absent): an edit
+//! through another node first makes this one's fail as a conflict, never lost unseen. Like a
+//! registration, an edit returns once the watch has delivered it, and every node takes the
+//! rules from its watch (deleting the key by hand clears the rules).
+//!
 //! **Files.** This one holds the [`Store`] entry points and the node's shared state ([`Inner`]);
 //! `encoding` the key layout and value formats, `leases` the registrations' leases, `follow`
 //! the list-and-watch that feeds the table, `publish` the node's apps and public keys, and
@@ -39,6 +46,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use parking_lot::Mutex;
 use stardust::discovery::api::{Instance, PublicKey};
+use stardust::traffic::Rules;
 use tokio::sync::watch;
 
 use super::{BoxFuture, Store, StoreError, View, Written};
@@ -53,7 +61,7 @@ mod leases;
 mod publish;
 
 use connection::{connect_options, plaintext_remote, with_hint};
-use encoding::{Decoded, StoredApp, StoredInstance};
+use encoding::{Decoded, StoredApp, StoredInstance, encode_rules};
 use leases::keep_alive;
 
 /// Bound on one etcd request (a healthy etcd answers in milliseconds).
@@ -102,10 +110,20 @@ struct Inner {
     sessions: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<i64>>>>>,
     /// What the watch learnt besides registrations.
     learnt: Mutex<Learnt>,
+    /// The traffic rules last listed or watched.
+    rules: Mutex<SeenRules>,
     /// The highest revision the node's table reflects.
     applied: watch::Sender<i64>,
     /// Why the watch is down (`None`: following etcd).
     watch_down: Mutex<Option<String>>,
+}
+
+/// The traffic rules as this node last saw them in etcd.
+#[derive(Default)]
+struct SeenRules {
+    rules: Rules,
+    /// The rules key's revision (0: absent), which an edit expects to find unchanged.
+    revision: i64,
 }
 
 #[derive(Default)]
@@ -182,6 +200,7 @@ impl EtcdStore {
             stopping: options.stopping,
             sessions: Mutex::new(HashMap::new()),
             learnt: Mutex::new(Learnt::default()),
+            rules: Mutex::new(SeenRules::default()),
             applied: watch::Sender::new(0),
             watch_down: Mutex::new(Some("not listed yet".into())),
         });
@@ -383,6 +402,7 @@ impl Store for EtcdStore {
             secret_hash: hash.clone(),
             provide: None,
             consume: None,
+            roles: Vec::new(),
         })
         .expect("serialisable");
         let name = name.to_owned();
@@ -435,5 +455,35 @@ impl Store for EtcdStore {
             .values()
             .map(|(key, _)| key.clone())
             .collect()
+    }
+
+    fn rules(&self) -> Rules {
+        self.inner.rules.lock().rules.clone()
+    }
+
+    fn put_rules(&self, rules: &Rules, seen: u64) -> BoxFuture<'_, Result<Written, StoreError>> {
+        let key = self.inner.rules_key();
+        let value = encode_rules(rules);
+        Box::pin(async move {
+            // The key as this node saw it when it held the rules at `seen`: an edit made on
+            // older rules than the store reported meanwhile is a conflict at once.
+            let at = {
+                let held = self.inner.rules.lock();
+                if held.rules.revision != seen {
+                    return Err(StoreError::Conflict(None));
+                }
+                held.revision
+            };
+            let txn = Txn::new()
+                .when([compare_seen(&key, (at != 0).then_some(at))])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            let mut client = self.inner.client.clone();
+            let response = bounded("store the traffic rules", client.txn(txn)).await?;
+            if response.succeeded() {
+                Ok(Written::At(revision_of(response.header())))
+            } else {
+                Err(StoreError::Conflict(None))
+            }
+        })
     }
 }

@@ -28,12 +28,7 @@ impl Inner {
     /// own config always wins over what it reads back).
     pub(super) async fn publish_apps(&self) -> Result<(), StoreError> {
         for (name, app) in &self.apps {
-            let value = serde_json::to_vec(&StoredApp {
-                secret_hash: app.secret_hash.clone(),
-                provide: app.provide.clone(),
-                consume: app.consume.clone(),
-            })
-            .expect("serialisable");
+            let value = serde_json::to_vec(&StoredApp::of(app)).expect("serialisable");
             let mut client = self.client.clone();
             bounded(
                 "publish an app definition",
