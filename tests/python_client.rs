@@ -27,8 +27,6 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::sync::Semaphore;
 
-/// Bound on one script run: a loaded 2-core machine runs each in a few seconds.
-
 /// The provider's keepalive hang-up (it pings after 200 ms of silence): the script's keepalive
 /// check holds a call past it, so only a client that answers pings keeps the connection. Far
 /// above how late a loaded machine answers a ping.

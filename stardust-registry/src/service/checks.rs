@@ -98,10 +98,14 @@ pub(super) fn registration_args(limits: &Limits, r: &Registration) -> Result<(),
 
 /// A heartbeat's status report: its entries, their names, error lists and histograms.
 pub(super) fn report_args(limits: &Limits, status: &Status) -> Result<(), RegistryError> {
-    let entries = status.served.len().saturating_add(status.called.len());
+    let entries = status
+        .served
+        .len()
+        .saturating_add(status.called.len())
+        .saturating_add(status.faults.len());
     if entries > limits.max_report_entries {
         return Err(over(
-            format_args!("the status report has {entries} entries (served + called)"),
+            format_args!("the status report has {entries} entries (served + called + faults)"),
             limits.max_report_entries,
             "max_report_entries",
         ));
@@ -126,6 +130,21 @@ pub(super) fn report_args(limits: &Limits, status: &Status) -> Result<(), Regist
         service_arg(limits, &c.service)?;
         endpoint_arg(&c.endpoint)?;
         figures(c.errors.len(), &c.latency)?;
+    }
+    for f in &status.faults {
+        service_arg(limits, &f.service)?;
+        bounded(
+            "a reported fault name",
+            &f.fault,
+            limits.max_name_len,
+            "max_name_len",
+        )?;
+        if f.kind != "delay" && f.kind != "abort" {
+            return Err(RegistryError::Invalid(format!(
+                "a reported fault's kind is `delay` or `abort`, not {:?}",
+                f.kind.chars().take(32).collect::<String>()
+            )));
+        }
     }
     Ok(())
 }
