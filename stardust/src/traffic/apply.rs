@@ -148,13 +148,15 @@ impl Routed {
     }
 
     /// Decides where a call of `method` with `meta` goes among `all` (every instance), and
-    /// whether it carries a fault. `Err`: its route's subset is empty and the route says to
-    /// fail (`NoProvider`, naming the route).
+    /// whether it carries a fault (only when `faults`: a stream opened again takes none).
+    /// `Err`: its route's subset is empty and the route says to fail (`NoProvider`, naming the
+    /// route).
     pub(crate) fn decide(
         &self,
         method: &str,
         meta: &Metadata,
         all: &Arc<[Target]>,
+        faults: bool,
     ) -> Result<Decision, Error> {
         let call = CallFacts {
             caller: &self.context.caller,
@@ -186,7 +188,12 @@ impl Routed {
                 }
             }
         };
-        let fault = self.traffic.fault(&call, &mut dice).map(|f| {
+        let hit = if faults {
+            self.traffic.fault(&call, &mut dice)
+        } else {
+            None
+        };
+        let fault = hit.map(|f| {
             let index = self
                 .traffic
                 .faults

@@ -275,3 +275,137 @@ fn faults_hit_their_share_of_matching_calls() {
     assert_eq!(error_kind("Overloaded"), Ok(ErrorKind::Overloaded));
     assert_eq!(error_kind("Internal"), Ok(ErrorKind::Internal));
 }
+
+#[test]
+fn edits_set_in_place_remove_by_name_and_bump_the_revision() {
+    let service = "calc.Calculator";
+    let set = |name: &str, subset: &str| RulesEdit::SetRoute {
+        service: service.to_owned(),
+        route: route(name, Match::default(), vec![weighted(1, subset)]),
+    };
+    let r1 = Rules::default().edited(&set("a", "^1")).unwrap();
+    let r2 = r1.edited(&set("b", "^2")).unwrap();
+    let r3 = r2.edited(&set("a", "^3")).unwrap();
+    assert_eq!((r1.revision, r2.revision, r3.revision), (1, 2, 3));
+    let rules = &r3.services[service];
+    assert_eq!(
+        rules.revision, 3,
+        "the service's own revision follows its changes"
+    );
+    let names: Vec<&str> = rules.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "a set replaces the rule where it stands");
+    assert_eq!(rules.routes[0].to[0].subset, "^3");
+    // Removing what is not there names it; nothing changes.
+    let missing = RulesEdit::RemoveFault {
+        service: service.to_owned(),
+        name: "nope".to_owned(),
+    };
+    let err = r3.edited(&missing).unwrap_err();
+    assert!(err.message().contains("no fault named `nope`"), "{err}");
+    // A bad rule is refused whole.
+    assert!(r3.edited(&set("c", "banana")).is_err());
+    // The last rule's removal drops the service.
+    let rm = |name: &str| RulesEdit::RemoveRoute {
+        service: service.to_owned(),
+        name: name.to_owned(),
+    };
+    let r5 = r3.edited(&rm("a")).unwrap().edited(&rm("b")).unwrap();
+    assert_eq!(r5.revision, 5);
+    assert!(r5.services.is_empty());
+    assert_eq!(r5.service(service), ServiceRules::default());
+}
+
+#[test]
+fn rules_for_other_callers_and_refused_faults_are_left_out_when_compiled() {
+    let rules = ServiceRules {
+        routes: vec![route(
+            "batch-only",
+            Match {
+                callers: vec!["batch".to_owned()],
+                ..Match::default()
+            },
+            vec![weighted(1, "=1.0.0")],
+        )],
+        faults: vec![fault(
+            100.0,
+            FaultAction::Abort {
+                error: "Internal".to_owned(),
+            },
+        )],
+        ..ServiceRules::default()
+    };
+    let meta = Metadata::new();
+    let mut dice = Dice::seeded(3);
+    let web = ServiceTraffic::new(&rules, Some("web"), true);
+    assert!(web.route(&call("web", "add", &meta), &mut dice).is_none());
+    assert!(web.fault(&call("web", "add", &meta), &mut dice).is_some());
+    // Compiled for its caller, a rule no longer checks the caller per call.
+    let batch = ServiceTraffic::new(&rules, Some("batch"), false);
+    assert!(batch.route(&call("", "add", &meta), &mut dice).is_some());
+    assert!(batch.fault(&call("", "add", &meta), &mut dice).is_none());
+    assert!(ServiceTraffic::new(&ServiceRules::default(), Some("web"), true).is_empty());
+}
+
+#[test]
+fn routed_calls_go_to_their_subset_or_fall_back() {
+    use crate::balance::Target;
+    use std::sync::Arc;
+
+    let canary = BTreeMap::from([("canary".to_owned(), "true".to_owned())]);
+    let plain = BTreeMap::new();
+    let instances = [("1.4.0", &plain), ("1.5.0", &canary)];
+    let targets: Arc<[Target]> = Arc::from(vec![
+        Target::new("10.0.0.1:1", 100),
+        Target::new("10.0.0.2:1", 100),
+    ]);
+    let context = Arc::new(TrafficContext::new("web".to_owned(), true, 9));
+    let mut rules = ServiceRules {
+        routes: vec![route(
+            "to-canary",
+            Match::default(),
+            vec![weighted(1, "tag:canary")],
+        )],
+        ..ServiceRules::default()
+    };
+    let routed = |rules: &ServiceRules| {
+        Routed::new(
+            "calc.C",
+            rules,
+            &context,
+            instances.iter().copied(),
+            &targets,
+        )
+        .unwrap()
+    };
+    let meta = Metadata::new();
+    let d = routed(&rules).decide("add", &meta, &targets, true).unwrap();
+    assert_eq!(d.targets.len(), 1);
+    assert_eq!(&*d.targets[0].endpoint, "10.0.0.2:1");
+    // An empty subset: every instance, or `NoProvider` naming the route.
+    rules.routes[0].to[0].subset = "tag:none".to_owned();
+    let d = routed(&rules).decide("add", &meta, &targets, true).unwrap();
+    assert_eq!(d.targets.len(), 2);
+    rules.routes[0].fallback = Fallback::Fail;
+    let err = routed(&rules)
+        .decide("add", &meta, &targets, true)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoProvider);
+    assert!(err.message().contains("route `to-canary`"), "{err}");
+    // Faults are counted for the status report, by service, name and kind.
+    rules.routes.clear();
+    rules.faults = vec![fault(100.0, FaultAction::Delay { delay_ms: 7 })];
+    let d = routed(&rules).decide("add", &meta, &targets, true).unwrap();
+    assert!(matches!(d.fault, Some((_, Injected::Delay(t))) if t.as_millis() == 7));
+    assert!(
+        routed(&rules)
+            .decide("add", &meta, &targets, false)
+            .unwrap()
+            .fault
+            .is_none()
+    );
+    assert_eq!(
+        context.take_injected(),
+        [("calc.C".to_owned(), "drill".to_owned(), "delay", 1)]
+    );
+    assert!(context.take_injected().is_empty());
+}

@@ -82,8 +82,8 @@ pub(super) async fn routed_providers(
     let Some(routed) = b.source.routing() else {
         return Ok(all);
     };
-    let decision = routed.decide(name.method(), meta, &all)?;
-    let Some((fault, injected)) = decision.fault.filter(|_| faults) else {
+    let decision = routed.decide(name.method(), meta, &all, faults)?;
+    let Some((fault, injected)) = decision.fault else {
         return Ok(decision.targets);
     };
     // Marked where anyone reading the trace looks: a drill, not an outage.

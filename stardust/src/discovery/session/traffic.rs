@@ -141,7 +141,12 @@ impl Session {
             match answer {
                 Ok(Ok(Some(rules))) => rules,
                 Ok(Ok(None)) => return Ok(()),
-                Ok(Err(e)) => return Err(e.into()),
+                // A refusal (an app that may not consume the service, too many services
+                // followed) leaves the calls without rules; the session itself is fine.
+                Ok(Err(e)) => {
+                    tracing::debug!(service = %service, error = %e, "traffic rules refused");
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
         };
