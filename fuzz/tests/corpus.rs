@@ -91,9 +91,9 @@ fn every_corpus_file_and_crash_reproduction_replays_without_a_panic() {
 /// The hand-made seeds get past the decoders' first refusal, so fuzzing starts deep.
 #[test]
 fn seeds_reach_past_the_first_check() {
+    use stardust::__wire::message;
     use stardust::Service;
     use stardust::discovery::api::RegistryServer;
-    use stardust::__wire::message;
 
     for seed in seeds::all() {
         let what = format!("{}/{}", seed.target, seed.name);
@@ -188,6 +188,23 @@ impl stardust::discovery::api::Registry for NeverCalled {
         unreachable!("calls are decoded, never run")
     }
     async fn resume(&self, _: String) -> Result<LoginReply, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
+    async fn traffic(
+        &self,
+        _: String,
+        _: Option<u64>,
+    ) -> Result<Option<stardust::traffic::ServiceRules>, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
+    async fn rules(&self) -> Result<stardust::traffic::Rules, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
+    async fn edit_rules(
+        &self,
+        _: stardust::traffic::RulesEdit,
+        _: Option<u64>,
+    ) -> Result<u64, RegistryError> {
         unreachable!("calls are decoded, never run")
     }
 }

@@ -108,6 +108,12 @@ pub(super) fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
             ..Default::default()
         }],
         called: Vec::new(),
+        faults: vec![stardust::discovery::api::FaultCount {
+            service: "calc.Calculator".into(),
+            fault: "drill".into(),
+            kind: "abort".into(),
+            count: 2,
+        }],
     };
     let pair = |a: &str, b: &str| enc(&(a, b));
     vec![
@@ -129,6 +135,25 @@ pub(super) fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
             )),
         ),
         ("resume", enc(&("sd1.e30.c2ln",))),
+        ("traffic", enc(&("calc.Calculator", Some(7u64)))),
+        ("rules", enc(&stardust::__private::NoArgs)),
+        (
+            "edit_rules",
+            enc(&(
+                stardust::traffic::RulesEdit::SetFault {
+                    service: "calc.Calculator".into(),
+                    fault: stardust::traffic::Fault {
+                        name: "drill".into(),
+                        matches: stardust::traffic::Match::default(),
+                        percent: 12.5,
+                        action: stardust::traffic::FaultAction::Abort {
+                            error: "Overloaded".into(),
+                        },
+                    },
+                },
+                Some(3u64),
+            )),
+        ),
     ]
 }
 

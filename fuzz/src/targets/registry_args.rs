@@ -19,6 +19,7 @@ use stardust::discovery::api::{
     Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer,
     Revision, Status, WatchReply,
 };
+use stardust::traffic::{Rules, RulesEdit, ServiceRules};
 use stardust::{ErrorKind, Service};
 
 use super::roundtrip::{decodes_stably, encode};
@@ -46,7 +47,9 @@ pub fn run(data: &[u8]) {
         "login" => stable::<(String, String)>(&recorded),
         "resume" => stable::<(String,)>(&recorded),
         "watch" => stable::<(String, String, Option<Revision>)>(&recorded),
-        "renew" | "public_keys" => stable::<()>(&recorded),
+        "renew" | "public_keys" | "rules" => stable::<()>(&recorded),
+        "traffic" => stable::<(String, Option<u64>)>(&recorded),
+        "edit_rules" => stable::<(RulesEdit, Option<u64>)>(&recorded),
         "register" => stable::<(Registration,)>(&recorded),
         "heartbeat" => stable::<(Status,)>(&recorded),
         "deregister" | "discover" | "subscribe" | "unsubscribe" => {
@@ -140,5 +143,25 @@ impl Registry for Recorder {
         version_req: String,
     ) -> Result<bool, RegistryError> {
         Err(self.record(&(service, version_req)))
+    }
+
+    async fn traffic(
+        &self,
+        service: String,
+        known: Option<u64>,
+    ) -> Result<Option<ServiceRules>, RegistryError> {
+        Err(self.record(&(service, known)))
+    }
+
+    async fn rules(&self) -> Result<Rules, RegistryError> {
+        Err(self.record(&()))
+    }
+
+    async fn edit_rules(
+        &self,
+        edit: RulesEdit,
+        if_revision: Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        Err(self.record(&(edit, if_revision)))
     }
 }
