@@ -20,6 +20,14 @@ use tracing::{Event, Metadata, Subscriber};
 static SPANS: Mutex<BTreeMap<u64, (String, BTreeMap<String, String>)>> =
     Mutex::new(BTreeMap::new());
 
+/// Each span's metadata, for `current_span`.
+static META: Mutex<BTreeMap<u64, &'static Metadata<'static>>> = Mutex::new(BTreeMap::new());
+
+thread_local! {
+    /// The spans entered on this thread, innermost last (what `Span::current` asks for).
+    static ENTERED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct Recorder(AtomicU64);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
@@ -44,6 +52,7 @@ impl Subscriber for Recorder {
         SPANS
             .lock()
             .insert(id, (span.metadata().name().to_owned(), fields));
+        META.lock().insert(id, span.metadata());
         Id::from_u64(id)
     }
     fn record(&self, id: &Id, values: &Record<'_>) {
@@ -53,8 +62,26 @@ impl Subscriber for Recorder {
     }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, _: &Event<'_>) {}
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
+    fn enter(&self, id: &Id) {
+        ENTERED.with(|e| e.borrow_mut().push(id.into_u64()));
+    }
+    fn exit(&self, id: &Id) {
+        ENTERED.with(|e| {
+            let mut e = e.borrow_mut();
+            if let Some(i) = e.iter().rposition(|x| *x == id.into_u64()) {
+                e.remove(i);
+            }
+        });
+    }
+    fn current_span(&self) -> tracing_core::span::Current {
+        match ENTERED.with(|e| e.borrow().last().copied()) {
+            Some(id) => match META.lock().get(&id) {
+                Some(meta) => tracing_core::span::Current::new(Id::from_u64(id), meta),
+                None => tracing_core::span::Current::none(),
+            },
+            None => tracing_core::span::Current::none(),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
