@@ -16,9 +16,11 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
+/// A span's name and fields.
+type Span = (String, BTreeMap<String, String>);
+
 /// Every span's name and fields (recorded later too), by id.
-static SPANS: Mutex<BTreeMap<u64, (String, BTreeMap<String, String>)>> =
-    Mutex::new(BTreeMap::new());
+static SPANS: Mutex<BTreeMap<u64, Span>> = Mutex::new(BTreeMap::new());
 
 /// Each span's metadata, for `current_span`.
 static META: Mutex<BTreeMap<u64, &'static Metadata<'static>>> = Mutex::new(BTreeMap::new());
