@@ -47,8 +47,15 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection is closed (gracefully, between requests) after this long.
 pub(crate) const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 
-/// The console page: one self-contained file (inline CSS and JS, no external fetches).
-const CONSOLE: &str = include_str!("console.html");
+/// The console page: one self-contained page (inline CSS and JS, no external fetches), kept
+/// as its markup, style and script in `console/` and joined at compile time.
+const CONSOLE: &str = concat!(
+    include_str!("console/top.html"),
+    include_str!("console/console.css"),
+    include_str!("console/middle.html"),
+    include_str!("console/console.js"),
+    include_str!("console/bottom.html"),
+);
 
 const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                    img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
