@@ -21,13 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: u64 = 10_000;
 
-/// Whether `hits` out of `n` is within 5 standard deviations of share `p`.
-fn within_5_sigma(hits: u64, n: u64, p: f64) -> bool {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (hits as f64 - mean).abs() <= 5.0 * sd
-}
-
 /// Makes `n` calls of `which`, 16 at a time; the labels that answered, and the errors.
 async fn count(client: &CanaryClient, n: u64) -> (Vec<String>, Vec<stardust::Error>) {
     let left = Arc::new(AtomicU64::new(n));
@@ -65,13 +58,8 @@ fn share(labels: &[String], label: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weighted_route_splits_calls_by_weight() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let client = web.client_matching::<CanaryClient>("*");
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let mut s = Scene::start(WEB, |b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     admin
         .set_route(route(
             "split",
@@ -80,8 +68,8 @@ async fn a_weighted_route_splits_calls_by_weight() {
             Fallback::Fail,
         ))
         .await;
-    admin.synced(&[&client]).await;
-    let (labels, errors) = count(&client, N).await;
+    admin.synced(&[client]).await;
+    let (labels, errors) = count(client, N).await;
     assert!(errors.is_empty(), "{errors:?}");
     let new = share(&labels, "new");
     // `=1.4.0` holds two instances (stable and canary): the balancer picks within it.
@@ -91,14 +79,9 @@ async fn a_weighted_route_splits_calls_by_weight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metadata_route_sends_marked_calls_to_the_canary_and_no_others() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let client = web.client_matching::<CanaryClient>("*");
+    let mut s = Scene::start(WEB, |b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     let marked = CanaryClient::new(client.client().with_metadata("x-canary", "1"));
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
     let canary_only = Match {
         metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
         ..Match::default()
@@ -119,7 +102,7 @@ async fn a_metadata_route_sends_marked_calls_to_the_canary_and_no_others() {
             Fallback::Fail,
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     let (labels, errors) = count(&marked, 500).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(
@@ -127,23 +110,18 @@ async fn a_metadata_route_sends_marked_calls_to_the_canary_and_no_others() {
         500,
         "every marked call to the canary"
     );
-    let (labels, errors) = count(&client, 500).await;
+    let (labels, errors) = count(client, 500).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(share(&labels, "new"), 500, "no unmarked call to the canary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_app_route_pins_that_app() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let batch = consumer(&node, BATCH, |b| b).await;
-    let web_client = web.client_matching::<CanaryClient>("*");
+    let mut s = Scene::start(WEB, |b| b).await;
+    let batch = consumer(&s.node, BATCH, |b| b).await;
     let batch_client = batch.client_matching::<CanaryClient>("*");
-    sees_all(&web_client).await;
     sees_all(&batch_client).await;
-    let mut admin = Admin::new(&node).await;
+    let (web_client, admin) = (&s.client, &mut s.admin);
     let batch_only = Match {
         callers: vec![BATCH.0.into()],
         ..Match::default()
@@ -164,23 +142,19 @@ async fn a_caller_app_route_pins_that_app() {
             Fallback::Fail,
         ))
         .await;
-    admin.synced(&[&web_client, &batch_client]).await;
+    admin.synced(&[web_client, &batch_client]).await;
     let (labels, errors) = count(&batch_client, 400).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(share(&labels, "new"), 0, "batch stays on 1.4.0: {labels:?}");
-    let (labels, _) = count(&web_client, 400).await;
+    let (labels, _) = count(web_client, 400).await;
     assert_eq!(share(&labels, "new"), 400, "web goes to 1.5.0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let client = web.client_matching::<CanaryClient>("*");
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let mut s = Scene::start(WEB, |b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
+    let providers = &s.providers;
     admin
         .set_route(route(
             "to",
@@ -189,7 +163,7 @@ async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
             Fallback::Fail,
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     // Load: 8 callers until told to stop; every failure is kept.
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..8)
@@ -265,15 +239,14 @@ async fn metrics(node: &stardust_registry::RegistryNode) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_fault_fails_its_share_ejects_nobody_and_is_counted() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let providers = Providers::start(&node).await;
     // No hedging: every call the providers run is one the consumer sent once.
-    let web = consumer(&node, WEB, |b| b.hedging(Hedging::off())).await;
+    let mut s = Scene::start(WEB, |b| b.hedging(Hedging::off())).await;
+    let (admin, providers, node) = (&mut s.admin, &s.providers, &s.node);
     // Round robin: a provider ejected by the drill would visibly stop taking calls.
-    let client = web.client_matching_with::<CanaryClient>("*", RoundRobin::new());
+    let client = s
+        .star
+        .client_matching_with::<CanaryClient>("*", RoundRobin::new());
     sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
     let abort = FaultAction::Abort {
         error: "Overloaded".into(),
     };
@@ -300,7 +273,7 @@ async fn an_abort_fault_fails_its_share_ejects_nobody_and_is_counted() {
     );
     within("the faults to be counted in /metrics", async {
         loop {
-            let text = metrics(&node).await;
+            let text = metrics(node).await;
             let counted = text
                 .lines()
                 .find(|l| l.starts_with(&line))
@@ -322,18 +295,13 @@ async fn an_abort_fault_fails_its_share_ejects_nobody_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delay_past_the_deadline_is_deadline_exceeded_and_consumers_may_opt_out() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let careful = consumer(&node, BATCH, |b| b.faults(false)).await;
-    let client = web.client_matching::<CanaryClient>("*");
+    let mut s = Scene::start(WEB, |b| b).await;
+    let careful = consumer(&s.node, BATCH, |b| b.faults(false)).await;
     let opted_out = careful.client_matching::<CanaryClient>("*");
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     let delay = FaultAction::Delay { delay_ms: 60_000 };
     admin.set_fault(fault("slow", 100.0, delay)).await;
-    admin.synced(&[&client, &opted_out]).await;
+    admin.synced(&[client, &opted_out]).await;
     let short = client.with_timeout(Duration::from_millis(200));
     let err = within("a delayed call", short.which()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
@@ -343,8 +311,8 @@ async fn a_delay_past_the_deadline_is_deadline_exceeded_and_consumers_may_opt_ou
     assert!(errors.is_empty(), "{errors:?}");
     // Removing it restores clean calls.
     admin.remove_fault("slow").await;
-    admin.synced(&[&client]).await;
-    let (_, errors) = count(&short, 200).await;
+    admin.synced(&[client]).await;
+    let (_, errors) = count(client, 200).await;
     assert!(errors.is_empty(), "{errors:?}");
 }
 
@@ -442,13 +410,8 @@ async fn rules_survive_a_registry_restart_in_the_rules_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_to_an_empty_subset_falls_back_as_it_says() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let client = web.client_matching::<CanaryClient>("*");
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let mut s = Scene::start(WEB, |b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     admin
         .set_route(route(
             "gone",
@@ -457,14 +420,14 @@ async fn a_route_to_an_empty_subset_falls_back_as_it_says() {
             Fallback::Fail,
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     let err = client.which().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoProvider, "{err}");
     assert!(err.message().contains("route `gone`"), "{err}");
     admin
         .set_route(route("gone", Match::default(), &[(1, "^9")], Fallback::All))
         .await;
-    admin.synced(&[&client]).await;
-    let (_, errors) = count(&client, 100).await;
+    admin.synced(&[client]).await;
+    let (_, errors) = count(client, 100).await;
     assert!(errors.is_empty(), "{errors:?}");
 }

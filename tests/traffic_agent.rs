@@ -13,16 +13,11 @@ use common::python::{find_python, run_script};
 use common::within;
 use stardust::ErrorKind;
 use stardust::agent::Agent;
+use stardust::balance::Hedging;
 use stardust::traffic::{Fallback, FaultAction, Match};
 use stardust_registry::RegistryNode;
 
 const N: u64 = 10_000;
-
-fn within_5_sigma(hits: u64, n: u64, p: f64) -> bool {
-    let mean = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (hits as f64 - mean).abs() <= 5.0 * sd
-}
 
 async fn agent(
     node: &RegistryNode,
@@ -53,7 +48,8 @@ async fn the_agent_routes_by_weight_and_metadata_and_injects_faults() {
     let dir = scratch();
     let node = registry(dir.path()).await;
     let providers = Providers::start(&node).await;
-    let agent = agent(&node, |b| b).await;
+    // No hedging: every call the providers run is one the agent sent once.
+    let agent = agent(&node, |b| b.hedging(Hedging::off())).await;
     let client = app(&agent).await;
     sees_all(&client).await;
     let mut admin = Admin::new(&node).await;

@@ -89,18 +89,13 @@ impl Subscriber for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_fault_is_marked_in_the_call_span() {
     tracing::subscriber::set_global_default(Recorder(AtomicU64::new(1))).unwrap();
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let web = consumer(&node, WEB, |b| b).await;
-    let client = web.client_matching::<CanaryClient>("*");
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let mut s = Scene::start(WEB, |b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     let abort = FaultAction::Abort {
         error: "Internal".into(),
     };
     admin.set_fault(fault("drill", 100.0, abort)).await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     SPANS.lock().clear();
     let err = client.which().await.unwrap_err();
     assert!(err.message().contains("fault `drill`"), "{err}");

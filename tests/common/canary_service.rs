@@ -346,3 +346,46 @@ impl Admin {
         }
     }
 }
+
+/// Whether `hits` out of `n` is within 5 standard deviations of share `p`.
+pub fn within_5_sigma(hits: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (hits as f64 - mean).abs() <= 5.0 * sd
+}
+
+/// One test's world: a registry, the three providers, a consumer of one app with its client
+/// (already seeing every provider), and an admin.
+pub struct Scene {
+    pub node: RegistryNode,
+    pub providers: Providers,
+    pub star: Stardust,
+    pub client: CanaryClient,
+    pub admin: Admin,
+    /// The registry's files; removed when the scene is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Scene {
+    /// Starts it, the consumer logged in as `app` and built through `tune`.
+    pub async fn start(
+        app: (&str, &str),
+        tune: impl FnOnce(stardust::StardustBuilder) -> stardust::StardustBuilder,
+    ) -> Scene {
+        let dir = scratch();
+        let node = registry(dir.path()).await;
+        let providers = Providers::start(&node).await;
+        let star = consumer(&node, app, tune).await;
+        let client = star.client_matching::<CanaryClient>("*");
+        sees_all(&client).await;
+        let admin = Admin::new(&node).await;
+        Scene {
+            node,
+            providers,
+            star,
+            client,
+            admin,
+            _dir: dir,
+        }
+    }
+}
