@@ -61,12 +61,7 @@ async fn a_weighted_route_splits_calls_by_weight() {
     let mut s = Scene::start(WEB, |b| b).await;
     let (client, admin) = (&s.client, &mut s.admin);
     admin
-        .set_route(route(
-            "split",
-            Match::default(),
-            &[(90, "=1.4.0"), (10, "=1.5.0")],
-            Fallback::Fail,
-        ))
+        .route_all("split", &[(90, "=1.4.0"), (10, "=1.5.0")])
         .await;
     admin.synced(&[client]).await;
     let (labels, errors) = count(client, N).await;
@@ -82,26 +77,8 @@ async fn a_metadata_route_sends_marked_calls_to_the_canary_and_no_others() {
     let mut s = Scene::start(WEB, |b| b).await;
     let (client, admin) = (&s.client, &mut s.admin);
     let marked = CanaryClient::new(client.client().with_metadata("x-canary", "1"));
-    let canary_only = Match {
-        metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
-        ..Match::default()
-    };
-    admin
-        .set_route(route(
-            "marked",
-            canary_only,
-            &[(1, "tag:canary")],
-            Fallback::Fail,
-        ))
-        .await;
-    admin
-        .set_route(route(
-            "rest",
-            Match::default(),
-            &[(1, "=1.5.0")],
-            Fallback::Fail,
-        ))
-        .await;
+    admin.route_marked_to_canary().await;
+    admin.route_all("rest", &[(1, "=1.5.0")]).await;
     admin.synced(&[client]).await;
     let (labels, errors) = count(&marked, 500).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -134,14 +111,7 @@ async fn a_caller_app_route_pins_that_app() {
             Fallback::Fail,
         ))
         .await;
-    admin
-        .set_route(route(
-            "others",
-            Match::default(),
-            &[(1, "=1.5.0")],
-            Fallback::Fail,
-        ))
-        .await;
+    admin.route_all("others", &[(1, "=1.5.0")]).await;
     admin.synced(&[web_client, &batch_client]).await;
     let (labels, errors) = count(&batch_client, 400).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -155,14 +125,7 @@ async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
     let mut s = Scene::start(WEB, |b| b).await;
     let (client, admin) = (&s.client, &mut s.admin);
     let providers = &s.providers;
-    admin
-        .set_route(route(
-            "to",
-            Match::default(),
-            &[(1, "=1.4.0")],
-            Fallback::Fail,
-        ))
-        .await;
+    admin.route_all("to", &[(1, "=1.4.0")]).await;
     admin.synced(&[client]).await;
     // Load: 8 callers until told to stop; every failure is kept.
     let stop = Arc::new(AtomicBool::new(false));
@@ -183,14 +146,7 @@ async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
         })
         .collect();
     let before = providers.ran("new");
-    admin
-        .set_route(route(
-            "to",
-            Match::default(),
-            &[(1, "=1.5.0")],
-            Fallback::Fail,
-        ))
-        .await;
+    admin.route_all("to", &[(1, "=1.5.0")]).await;
     // The move shows at the providers: 1.5.0 takes calls, and then takes all of them.
     within("traffic to move to 1.5.0", async {
         while providers.ran("new") < before + 200 {
@@ -412,14 +368,7 @@ async fn rules_survive_a_registry_restart_in_the_rules_file() {
 async fn a_route_to_an_empty_subset_falls_back_as_it_says() {
     let mut s = Scene::start(WEB, |b| b).await;
     let (client, admin) = (&s.client, &mut s.admin);
-    admin
-        .set_route(route(
-            "gone",
-            Match::default(),
-            &[(1, "^9")],
-            Fallback::Fail,
-        ))
-        .await;
+    admin.route_all("gone", &[(1, "^9")]).await;
     admin.synced(&[client]).await;
     let err = client.which().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoProvider, "{err}");

@@ -14,7 +14,7 @@ use common::within;
 use stardust::ErrorKind;
 use stardust::agent::Agent;
 use stardust::balance::Hedging;
-use stardust::traffic::{Fallback, FaultAction, Match};
+use stardust::traffic::FaultAction;
 use stardust_registry::RegistryNode;
 
 const N: u64 = 10_000;
@@ -33,6 +33,40 @@ async fn agent(
         .expect("agent")
 }
 
+/// A registry, the three providers, an agent (built through `tune`) with a Rust application
+/// behind it that sees every provider, and an admin.
+struct AgentScene {
+    /// Kept running for the scene's life.
+    _node: RegistryNode,
+    providers: Providers,
+    agent: Agent,
+    client: CanaryClient,
+    admin: Admin,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentScene {
+    async fn start(
+        tune: impl FnOnce(stardust::StardustBuilder) -> stardust::StardustBuilder,
+    ) -> AgentScene {
+        let dir = scratch();
+        let node = registry(dir.path()).await;
+        let providers = Providers::start(&node).await;
+        let agent = agent(&node, tune).await;
+        let client = app(&agent).await;
+        sees_all(&client).await;
+        let admin = Admin::new(&node).await;
+        AgentScene {
+            _node: node,
+            providers,
+            agent,
+            client,
+            admin,
+            _dir: dir,
+        }
+    }
+}
+
 /// A Rust application behind `agent`.
 async fn app(agent: &Agent) -> CanaryClient {
     let star = stardust::Stardust::builder()
@@ -45,35 +79,14 @@ async fn app(agent: &Agent) -> CanaryClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_routes_by_weight_and_metadata_and_injects_faults() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let providers = Providers::start(&node).await;
     // No hedging: every call the providers run is one the agent sent once.
-    let agent = agent(&node, |b| b.hedging(Hedging::off())).await;
-    let client = app(&agent).await;
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
-    let marked = Match {
-        metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
-        ..Match::default()
-    };
+    let mut s = AgentScene::start(|b| b.hedging(Hedging::off())).await;
+    let (client, admin, providers) = (&s.client, &mut s.admin, &s.providers);
+    admin.route_marked_to_canary().await;
     admin
-        .set_route(route(
-            "marked",
-            marked,
-            &[(1, "tag:canary")],
-            Fallback::Fail,
-        ))
+        .route_all("split", &[(90, "=1.4.0"), (10, "=1.5.0")])
         .await;
-    admin
-        .set_route(route(
-            "split",
-            Match::default(),
-            &[(90, "=1.4.0"), (10, "=1.5.0")],
-            Fallback::Fail,
-        ))
-        .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     let mut new = 0;
     for _ in 0..N {
         let label = within("a call through the agent", client.which())
@@ -96,7 +109,7 @@ async fn the_agent_routes_by_weight_and_metadata_and_injects_faults() {
             },
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     let ran = providers.total();
     let mut aborted = 0;
     for _ in 0..N {
@@ -114,18 +127,13 @@ async fn the_agent_routes_by_weight_and_metadata_and_injects_faults() {
         providers.total() - ran <= N - aborted,
         "an aborted call reached a provider"
     );
-    agent.shutdown().await;
+    s.agent.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_opted_out_of_faults_injects_none() {
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let agent = agent(&node, |b| b.faults(false)).await;
-    let client = app(&agent).await;
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
+    let mut s = AgentScene::start(|b| b.faults(false)).await;
+    let (client, admin) = (&s.client, &mut s.admin);
     admin
         .set_fault(fault(
             "drill",
@@ -135,14 +143,14 @@ async fn an_agent_that_opted_out_of_faults_injects_none() {
             },
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     for _ in 0..200 {
         client
             .which()
             .await
             .expect("no fault through an agent that opted out");
     }
-    agent.shutdown().await;
+    s.agent.shutdown().await;
 }
 
 /// Runs `traffic_calls.py` against the agent; its counts.
@@ -184,33 +192,10 @@ async fn the_python_client_gets_routes_and_faults_through_the_agent() {
     let Some(python) = find_python().await else {
         return;
     };
-    let dir = scratch();
-    let node = registry(dir.path()).await;
-    let _providers = Providers::start(&node).await;
-    let agent = agent(&node, |b| b).await;
-    let client = app(&agent).await;
-    sees_all(&client).await;
-    let mut admin = Admin::new(&node).await;
-    let marked = Match {
-        metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
-        ..Match::default()
-    };
-    admin
-        .set_route(route(
-            "marked",
-            marked,
-            &[(1, "tag:canary")],
-            Fallback::Fail,
-        ))
-        .await;
-    admin
-        .set_route(route(
-            "rest",
-            Match::default(),
-            &[(1, "=1.5.0")],
-            Fallback::Fail,
-        ))
-        .await;
+    let mut s = AgentScene::start(|b| b).await;
+    let (client, admin) = (&s.client, &mut s.admin);
+    admin.route_marked_to_canary().await;
+    admin.route_all("rest", &[(1, "=1.5.0")]).await;
     admin
         .set_fault(fault(
             "drill",
@@ -220,17 +205,17 @@ async fn the_python_client_gets_routes_and_faults_through_the_agent() {
             },
         ))
         .await;
-    admin.synced(&[&client]).await;
+    admin.synced(&[client]).await;
     let calls = 2_000;
-    let plain = python_calls(&python, &agent, calls, &[]).await;
+    let plain = python_calls(&python, &s.agent, calls, &[]).await;
     let aborted = n(&plain, "error", "Overloaded");
     assert_eq!(n(&plain, "label", "new") + aborted, calls, "{plain:?}");
     assert!(within_5_sigma(aborted, calls, 0.20), "{plain:?}");
-    let marked = python_calls(&python, &agent, 500, &["x-canary=1"]).await;
+    let marked = python_calls(&python, &s.agent, 500, &["x-canary=1"]).await;
     assert_eq!(
         n(&marked, "label", "canary") + n(&marked, "error", "Overloaded"),
         500,
         "{marked:?}"
     );
-    agent.shutdown().await;
+    s.agent.shutdown().await;
 }

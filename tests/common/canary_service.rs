@@ -294,6 +294,28 @@ impl Admin {
         .expect("set route");
     }
 
+    /// The route `marked`: calls carrying the `x-canary` metadata key (any value) go to the
+    /// canary only, or fail when it is gone.
+    pub async fn route_marked_to_canary(&self) {
+        let marked = Match {
+            metadata: [("x-canary".to_owned(), "*".to_owned())].into(),
+            ..Match::default()
+        };
+        self.set_route(route(
+            "marked",
+            marked,
+            &[(1, "tag:canary")],
+            Fallback::Fail,
+        ))
+        .await;
+    }
+
+    /// The route `name` for every call: to `to` (weight, subset), failing when empty.
+    pub async fn route_all(&self, name: &str, to: &[(u32, &str)]) {
+        self.set_route(route(name, Match::default(), to, Fallback::Fail))
+            .await;
+    }
+
     pub async fn set_fault(&self, fault: Fault) {
         self.edit(RulesEdit::SetFault {
             service: SERVICE.into(),
