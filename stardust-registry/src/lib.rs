@@ -98,6 +98,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod json;
 pub mod keys;
 mod monitor;
 mod node;
