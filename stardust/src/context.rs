@@ -3,7 +3,8 @@
 //! The context is not a parameter of the service's methods (the trait stays what the user wrote);
 //! the server installs it for the duration of every poll of the handler's future, and
 //! [`Context::current`] reads it. Calls made from inside a handler inherit its deadline and trace
-//! id automatically. A task the handler spawns itself does not see the context: clone it and move
+//! automatically (the same W3C trace, under a span of their own whose parent is the served
+//! call's: see [`Context::trace_context`]). A task the handler spawns itself does not see the context: clone it and move
 //! it there if needed.
 
 use std::cell::RefCell;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::auth::{ConnAuth, Identity};
 use crate::metadata::Metadata;
+use crate::trace_context::{Served, TRACESTATE, TraceContext};
 use crate::transport::Notifier;
 
 thread_local! {
@@ -28,7 +30,9 @@ pub struct Context {
     pub(crate) method: &'static str,
     pub(crate) received_at: Instant,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) trace_id: u64,
+    /// The call's W3C trace: continued from the request's `traceparent` (or its 64-bit trace
+    /// id), or new.
+    pub(crate) trace: Served,
     pub(crate) metadata: Metadata,
     /// What is the same for every call on the connection (including who is calling): shared, so
     /// building a context costs one reference count, not one per field.
@@ -58,7 +62,7 @@ impl Context {
             method,
             received_at: Instant::now(),
             deadline: None,
-            trace_id: 0,
+            trace: Served::default(),
             metadata: Metadata::new(),
             conn: None,
         }
@@ -100,9 +104,26 @@ impl Context {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// The trace id the call belongs to (0 when the caller sent none).
+    /// The 64-bit trace id the call belongs to: the low 64 bits of its W3C trace id
+    /// ([`trace_context`](Self::trace_context)), what the request's `trace_id` field carries. A
+    /// call that arrived without a trace starts a new one; 0 only for a
+    /// [`detached`](Self::detached) context.
     pub fn trace_id(&self) -> u64 {
-        self.trace_id
+        self.trace.trace_id as u64
+    }
+
+    /// The call's W3C trace context: the 128-bit trace id, this call's span id, the caller's
+    /// span id and sampled flag from the request's `traceparent`, and its `tracestate`. A
+    /// request without a valid `traceparent` continues the 64-bit trace id an older peer sent
+    /// (as the trace id with zero high bits), or starts a new trace. Calls the handler makes
+    /// carry the same trace id, each with a new span id whose parent is
+    /// [`span_id`](TraceContext::span_id), and the `tracestate`.
+    ///
+    /// A valid `traceparent` is taken out of [`metadata`](Self::metadata) (a malformed one is
+    /// dropped); `tracestate` stays there. `None` for a [`detached`](Self::detached) context.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        (self.trace.trace_id != 0)
+            .then(|| TraceContext::of(&self.trace, self.metadata.get(TRACESTATE)))
     }
 
     /// The application id of the caller, proven by the token its connection presented; `None`
@@ -181,22 +202,18 @@ impl Context {
     }
 }
 
-/// The deadline and trace id inherited by a call made from inside a handler.
-pub(crate) fn inherited() -> (Option<Instant>, u64) {
+/// What a call made from inside a handler inherits: the deadline, and the served call's trace
+/// with its `tracestate` (copied only when there is one).
+pub(crate) type Inherited = (Option<Instant>, Option<(Served, Option<String>)>);
+
+/// The deadline and trace inherited by a call made from inside a handler.
+pub(crate) fn inherited() -> Inherited {
     CURRENT.with(|c| {
-        c.borrow()
-            .as_ref()
-            .map_or((None, 0), |c| (c.deadline, c.trace_id))
+        c.borrow().as_ref().map_or((None, None), |c| {
+            let state = c.metadata.get(TRACESTATE).map(str::to_owned);
+            (c.deadline, Some((c.trace, state)))
+        })
     })
-}
-
-/// A trace id as logs show it: 16 hex digits, the same in every process the request crosses.
-pub(crate) struct TraceId(pub(crate) u64);
-
-impl std::fmt::Display for TraceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
 }
 
 #[cfg(test)]

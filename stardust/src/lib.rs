@@ -60,13 +60,15 @@
 //!
 //! # Cargo features
 //!
-//! Both are on by default. Without them (`default-features = false`) Stardust is plain TCP
-//! without a registry, and rustls, ring and the Ed25519 crates leave the dependency tree.
+//! `tls` and `registry` are on by default. Without them (`default-features = false`) Stardust
+//! is plain TCP without a registry, and rustls, ring and the Ed25519 crates leave the dependency
+//! tree.
 //!
 //! | feature | what it adds | pulls in |
 //! | --- | --- | --- |
 //! | `tls` | [`tls`], and the `.tls(..)` methods of [`ServerBuilder`], [`ClientBuilder`], [`StardustBuilder`] and the agent's builder | rustls, tokio-rustls, ring |
 //! | `registry` | [`Stardust`] and [`discovery`], the [`agent`], checking registry-signed tokens ([`TokenVerifier`](auth::TokenVerifier), [`auth::token::verify`]) and proof of possession ([`ProofKey`](auth::ProofKey), [`ClientBuilder::proof_key`], [`Credentials::proof_key`](auth::Credentials::proof_key)) | ed25519-dalek, getrandom |
+//! | `otel` (off by default) | Stardust's call spans (`stardust.call`, `stardust.serve`) as OpenTelemetry spans: span kind, RPC attributes, error status, and parents tied to the `traceparent` of calls, so one trace crosses processes ([`Context::trace_context`]) | opentelemetry, tracing-opentelemetry |
 //!
 //! ```toml
 //! stardust = { version = "0.1", default-features = false }                     # plain TCP
@@ -109,6 +111,7 @@ mod protocol;
 mod server;
 mod service;
 pub mod stream;
+mod trace_context;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod traffic;
@@ -150,3 +153,4 @@ pub use server::{EncodedNotification, Notifier, Server, ServerBuilder};
 pub use service::{Call, MethodDescriptor, Service, ServiceDescriptor};
 pub use stardust_macros::service;
 pub use stream::{Stream, StreamSender, Streaming};
+pub use trace_context::TraceContext;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use tracing::{Instrument, Span};
 
 use crate::auth::BoxFuture;
 use crate::balance::Balancer;
@@ -16,6 +17,7 @@ use crate::discovery::watch::ServiceWatch;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{FLAG_IDEMPOTENT, FLAG_ONE_WAY};
 use crate::server::{Forward, Forwarded, ForwardedStream};
+use crate::trace_context::{CallTrace, Served, TRACESTATE, TraceParent, spans};
 
 /// Longest service name the agent routes, in bytes (the registry's limit on names): a longer
 /// one cannot be registered, so it is refused without asking the registry.
@@ -119,30 +121,75 @@ impl Routes {
     }
 }
 
-/// A forwarded request as the balanced path sends it: by name, arguments as received.
-fn raw_call(call: &Forwarded) -> RawCall<'_> {
+/// A forwarded request as the balanced path sends it: by name, arguments as received, under
+/// `trace`.
+fn raw_call<'a>(call: &'a Forwarded, trace: &'a CallTrace) -> RawCall<'a> {
     RawCall {
         name: call.name.clone(),
         idempotent: call.flags & FLAG_IDEMPOTENT != 0,
         deadline: call.deadline,
-        trace_id: call.trace_id,
+        trace,
         meta: &call.meta,
         args: &call.args,
     }
 }
 
+/// The trace of a forwarded call: the agent continues the application's trace (its
+/// `traceparent`, or the 64-bit trace id of an older client) with a span of its own, and sends
+/// the provider a new span whose parent that is (the application's `tracestate` goes along in
+/// the metadata). When spans are recorded: the agent's `stardust.serve` span and, inside it, the
+/// `stardust.call` span the forwarding runs in.
+fn forwarded_trace(call: &Forwarded) -> (CallTrace, Span, Span) {
+    let mut served = Served::received(call.trace, call.trace_id);
+    if !crate::monitor::spans_enabled() {
+        return (
+            CallTrace::child(Some((served, None))),
+            Span::none(),
+            Span::none(),
+        );
+    }
+    let (service, method) = (call.name.service(), call.name.method());
+    let parent = (served.parent_span_id != 0).then(|| {
+        let p = TraceParent {
+            trace_id: served.trace_id,
+            parent_id: served.parent_span_id,
+            flags: served.flags,
+        };
+        (p, call.meta.get(TRACESTATE))
+    });
+    let serve = spans::serve_span(service, method, None, &mut served, parent);
+    let mut trace = CallTrace::child(Some((served, None)));
+    let client = serve.in_scope(|| spans::call_span(service, method, &mut trace));
+    (trace, serve, client)
+}
+
+/// Marks the agent's spans of a forwarded call failed, if it did.
+fn ended<T>(serve: &Span, client: &Span, outcome: Result<T, Error>) -> Result<T, Error> {
+    if let Err(e) = &outcome {
+        spans::failed(client, e);
+        spans::failed(serve, e);
+    }
+    outcome
+}
+
 impl Forward for Routes {
     fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>> {
         let route = self.route(call.name.service());
-        Box::pin(async move {
-            let balanced = route?;
-            let raw = raw_call(&call);
-            if call.flags & FLAG_ONE_WAY != 0 {
-                balanced.one_way_raw(raw).await.map(|()| Bytes::new())
-            } else {
-                balanced.call_raw(raw).await
+        let (trace, serve, client) = forwarded_trace(&call);
+        let span = client.clone();
+        Box::pin(
+            async move {
+                let balanced = route?;
+                let raw = raw_call(&call, &trace);
+                let outcome = if call.flags & FLAG_ONE_WAY != 0 {
+                    balanced.one_way_raw(raw).await.map(|()| Bytes::new())
+                } else {
+                    balanced.call_raw(raw).await
+                };
+                ended(&serve, &client, outcome)
             }
-        })
+            .instrument(span),
+        )
     }
 
     fn forward_stream(
@@ -151,13 +198,19 @@ impl Forward for Routes {
         io: ForwardedStream,
     ) -> BoxFuture<'static, Result<Bytes, Error>> {
         let route = self.route(call.name.service());
-        Box::pin(async move {
-            let balanced = route?;
-            let raw = raw_call(&call);
-            let (provider, in_flight) = balanced.open_stream_raw(raw).await?;
-            let end = super::relay::relay(io, provider).await;
-            in_flight.finish(crate::balance::clock_ns(tokio::time::Instant::now().into()));
-            end
-        })
+        let (trace, serve, client) = forwarded_trace(&call);
+        let span = client.clone();
+        Box::pin(
+            async move {
+                let balanced = route?;
+                let raw = raw_call(&call, &trace);
+                let (provider, in_flight) =
+                    ended(&serve, &client, balanced.open_stream_raw(raw).await)?;
+                let end = super::relay::relay(io, provider).await;
+                in_flight.finish(crate::balance::clock_ns(tokio::time::Instant::now().into()));
+                ended(&serve, &client, end)
+            }
+            .instrument(span),
+        )
     }
 }

@@ -28,6 +28,7 @@ use crate::protocol::message::{
 };
 use crate::stream::flow::Flow;
 use crate::tls::ClientTls;
+use crate::trace_context::{TraceOut, spans};
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 mod open;
@@ -291,15 +292,17 @@ impl ClientConn {
     fn start_call<A: Args + ?Sized>(
         &self,
         head: &RequestHead<'_>,
+        trace: Option<TraceOut<'_>>,
         args: &A,
         info: CallInfo,
         waker: &Waker,
     ) -> Result<u64, Error> {
+        spans::sending_to(self.peer);
         let max = self.out.peer_max_frame;
         let (id, rearm, alone) = self.out.push_quiet(|buf, pending| {
             let (id, rearm) = pending.register(waker, info)?;
             let head = RequestHead { id, ..*head };
-            if let Err(e) = message::put_request_args(buf, &head, args, max) {
+            if let Err(e) = message::put_request_args(buf, &head, trace, args, max) {
                 pending.abandon(id);
                 return Err(match e.kind() {
                     ErrorKind::FrameTooLarge => Error::new(
@@ -343,9 +346,21 @@ impl ClientConn {
         args: &'a A,
         info: CallInfo,
     ) -> Exchange<'a, A> {
+        self.exchange_traced(head, None, args, info)
+    }
+
+    /// [`exchange`](Self::exchange), adding `trace` (the call's `traceparent`) to its metadata.
+    pub(crate) fn exchange_traced<'a, A: Args + ?Sized>(
+        self: Arc<Self>,
+        head: RequestHead<'a>,
+        trace: Option<TraceOut<'a>>,
+        args: &'a A,
+        info: CallInfo,
+    ) -> Exchange<'a, A> {
         Exchange {
             conn: self,
             head,
+            trace,
             args,
             info: Some(info),
             id: None,
@@ -354,10 +369,12 @@ impl ClientConn {
         }
     }
 
-    /// Queues a one-way request (no response slot).
+    /// Queues a one-way request (no response slot), adding `trace` (the call's `traceparent`)
+    /// to its metadata.
     pub(crate) fn send_one_way<A: Args + ?Sized>(
         &self,
         head: RequestHead<'_>,
+        trace: Option<TraceOut<'_>>,
         args: &A,
     ) -> Result<(), Error> {
         let max = self.out.peer_max_frame;
@@ -365,7 +382,7 @@ impl ClientConn {
             if let Some(e) = pending.closed_error() {
                 return Err(e.clone());
             }
-            message::put_request_args(buf, &head, args, max)
+            message::put_request_args(buf, &head, trace, args, max)
         })?;
         self.out.wake_writer();
         Ok(())
@@ -477,6 +494,7 @@ fn sort_incoming(
 pub(crate) struct Exchange<'a, A: ?Sized> {
     conn: Arc<ClientConn>,
     head: RequestHead<'a>,
+    trace: Option<TraceOut<'a>>,
     args: &'a A,
     /// Taken when the call starts.
     info: Option<CallInfo>,
@@ -510,7 +528,7 @@ impl<A: Args + ?Sized> Future for Exchange<'_, A> {
                 };
                 match this
                     .conn
-                    .start_call(&this.head, this.args, info, cx.waker())
+                    .start_call(&this.head, this.trace, this.args, info, cx.waker())
                 {
                     Ok(id) => {
                         self.id = Some(id);

@@ -21,9 +21,9 @@ mod notifications;
 mod pending;
 mod pool;
 mod streams;
+mod trace;
 mod typed;
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,6 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::auth::{Credentials, ProofKey, SharedCredentials};
-use crate::context::{self, TraceId};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::{ClientInterceptor, OutgoingCall};
 use crate::metadata::Metadata;
@@ -45,6 +44,7 @@ use crate::protocol::frame::{DEFAULT_MAX_FRAME, FLAG_IDEMPOTENT, FLAG_ONE_WAY};
 use crate::protocol::message::{Args, RawArgs, RequestHead};
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::tls::ClientTls;
+use crate::trace_context::{CallTrace, spans};
 use crate::transport::Keepalive;
 use tracing::Instrument;
 
@@ -225,42 +225,34 @@ impl Client {
         let index = method;
         let method = method_of(service, method)?;
         let start = Instant::now();
-        let (deadline, trace_id) = self.deadline_and_trace(start);
+        let (deadline, mut trace) = self.deadline_and_call_trace(start);
         let base_meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
         // A span only when a subscriber may want it; each branch builds its future in place
         // (moving a call's future into a wrapper afterwards costs a copy of it).
-        let span = || {
-            tracing::debug_span!(
-                "stardust.call",
-                service = service.name,
-                method = method.name,
-                trace_id = %TraceId(trace_id),
-                fault = tracing::field::Empty,
-            )
-        };
-
         if self.inner.interceptors.is_empty() {
+            trace = trace.with_metadata(base_meta);
             let reply = if crate::monitor::spans_enabled() {
-                self.send_and_wait(
-                    service,
-                    (index, method),
-                    args,
-                    deadline,
-                    trace_id,
-                    base_meta,
-                    start,
-                )
-                .instrument(span())
-                .await?
+                let span = spans::call_span(service.name, method.name, &mut trace);
+                let reply = self
+                    .send_and_wait(
+                        service,
+                        (index, method),
+                        args,
+                        (deadline, start),
+                        &trace,
+                        base_meta,
+                    )
+                    .instrument(span.clone())
+                    .await;
+                trace::ended(&span, reply)?
             } else {
                 self.send_and_wait(
                     service,
                     (index, method),
                     args,
-                    deadline,
-                    trace_id,
+                    (deadline, start),
+                    &trace,
                     base_meta,
-                    start,
                 )
                 .await?
             };
@@ -268,28 +260,31 @@ impl Client {
         }
 
         let mut meta = base_meta.clone();
+        let trace_id = trace.trace_id();
         self.before_call(service, method, &mut meta, deadline, trace_id)?;
+        trace = trace.with_metadata(&meta);
         let reply = if crate::monitor::spans_enabled() {
-            self.send_and_wait(
-                service,
-                (index, method),
-                args,
-                deadline,
-                trace_id,
-                &meta,
-                start,
-            )
-            .instrument(span())
-            .await
+            let span = spans::call_span(service.name, method.name, &mut trace);
+            let reply = self
+                .send_and_wait(
+                    service,
+                    (index, method),
+                    args,
+                    (deadline, start),
+                    &trace,
+                    &meta,
+                )
+                .instrument(span.clone())
+                .await;
+            trace::ended(&span, reply)
         } else {
             self.send_and_wait(
                 service,
                 (index, method),
                 args,
-                deadline,
-                trace_id,
+                (deadline, start),
+                &trace,
                 &meta,
-                start,
             )
             .await
         };
@@ -303,27 +298,12 @@ impl Client {
             method,
             metadata: &mut meta_after,
             deadline,
-            trace_id,
+            trace_id: trace.trace_id(),
         };
         for i in &self.inner.interceptors {
             i.after_call(&call, result.as_ref().map(|_| ()));
         }
         result
-    }
-
-    /// A call started at `start`: its deadline (this handle's timeout, or the handler's
-    /// deadline it is made from, whichever comes first) and trace id (the handler's, or new).
-    fn deadline_and_trace(&self, start: Instant) -> (Option<Instant>, u64) {
-        let (inherited_deadline, inherited_trace) = context::inherited();
-        let deadline = match (self.timeout.map(|t| start + t), inherited_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let trace_id = match inherited_trace {
-            0 => new_trace_id(),
-            t => t,
-        };
-        (deadline, trace_id)
     }
 
     /// Runs the interceptors' `before_call` on a call about to start (they may change its
@@ -361,13 +341,8 @@ impl Client {
         A: Serialize + ?Sized,
     {
         let method = method_of(service, method)?;
-        let (_, inherited_trace) = context::inherited();
-        let trace_id = if inherited_trace != 0 {
-            inherited_trace
-        } else {
-            new_trace_id()
-        };
         let meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
+        let trace = self.call_trace().with_metadata(meta);
         let head = RequestHead {
             id: 0,
             flags: FLAG_ONE_WAY
@@ -379,7 +354,7 @@ impl Client {
             service: service.name,
             method: method.name,
             timeout_us: 0,
-            trace_id,
+            trace_id: trace.trace_id(),
             meta,
         };
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
@@ -391,22 +366,20 @@ impl Client {
                 service: service.name,
                 method: method.name,
             };
-            return Box::pin(one_way_balanced(b, &pick, &name, head, args)).await;
+            return Box::pin(one_way_balanced(b, &pick, &name, head, trace.out(), args)).await;
         }
         let conn = self.inner.connection().await?;
-        conn.send_one_way(head, args)
+        conn.send_one_way(head, trace.out(), args)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn send_and_wait<A: Serialize + ?Sized>(
         &self,
         service: &'static ServiceDescriptor,
         (index, method): (usize, &'static MethodDescriptor),
         args: &A,
-        deadline: Option<Instant>,
-        trace_id: u64,
+        (deadline, start): (Option<Instant>, Instant),
+        trace: &CallTrace,
         meta: &Metadata,
-        start: Instant,
     ) -> Result<bytes::Bytes, Error> {
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
             let call = BalancedCall {
@@ -425,11 +398,11 @@ impl Client {
                     .unwrap_or_else(|| b.pool.policy.hedging_of(service.name, method.name)),
                 idempotent: method.idempotent,
                 deadline,
-                trace_id,
+                trace_id: trace.trace_id(),
                 meta,
                 start,
             };
-            return Box::pin(call.run(b, args)).await;
+            return Box::pin(call.run_traced(b, trace.out(), args)).await;
         }
         let info = CallInfo {
             name: CallName::Static {
@@ -477,12 +450,15 @@ impl Client {
                 method.idempotent,
                 deadline,
                 now,
-                trace_id,
+                trace.trace_id(),
                 meta,
             ) else {
                 return Err(deadline_error());
             };
-            match conn.exchange(head, args, info.clone()).await {
+            match conn
+                .exchange_traced(head, trace.out(), args, info.clone())
+                .await
+            {
                 Ok(reply) => return Ok(reply),
                 Err(CallError::Reconnect(_)) if !retried => {
                     retried = true;
@@ -577,22 +553,4 @@ impl ClientInner {
     fn usable(&self) -> Option<Arc<ClientConn>> {
         self.conn.lock().as_ref().filter(|c| c.is_usable()).cloned()
     }
-}
-
-/// A random, non-zero 64-bit trace id from a per-thread xorshift generator.
-fn new_trace_id() -> u64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            use std::hash::{BuildHasher, RandomState};
-            RandomState::new().hash_one(std::thread::current().id()) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x.max(1)
-    })
 }

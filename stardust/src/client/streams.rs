@@ -115,7 +115,8 @@ impl Client {
     ) -> Result<CallStream, Error> {
         let method = method_of(service, index)?;
         let start = Instant::now();
-        let (deadline, trace_id) = self.deadline_and_trace(start);
+        let (deadline, trace) = self.deadline_and_call_trace(start);
+        let trace_id = trace.trace_id();
         let mut meta = self.metadata.as_deref().cloned().unwrap_or_default();
         let hook = if self.inner.interceptors.is_empty() {
             None
@@ -130,6 +131,7 @@ impl Client {
                 trace_id,
             }))
         };
+        let trace = trace.with_metadata(&meta);
         let name = CallName::Static {
             service: service.name,
             method: method.name,
@@ -156,7 +158,7 @@ impl Client {
                 retry_lost: self.retry_lost || method.idempotent,
                 idempotent: method.idempotent,
                 info,
-                trace_id,
+                trace,
                 meta,
                 args: encode_args(args)?,
                 start,
@@ -189,7 +191,7 @@ impl Client {
                 method.idempotent,
                 deadline,
                 Instant::now(),
-                trace_id,
+                trace.trace_id(),
                 &meta,
             )
             .ok_or_else(deadline_error)?;
@@ -201,7 +203,7 @@ impl Client {
                         .await
                         .map_err(|_| deadline_error())??,
                 };
-                match conn.open_stream(&head, args, info.clone()) {
+                match conn.open_stream(&head, trace.out(), args, info.clone()) {
                     Ok(stream) => break stream,
                     Err(CallError::Reconnect(_)) if !retried => retried = true,
                     Err(CallError::Reconnect(e) | CallError::Failed(e)) => return Err(e),

@@ -12,6 +12,7 @@
 
 use crate::error::Error;
 use crate::metadata::{Metadata, MetadataLimits, SCAN_UP_TO};
+use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// Reads a metadata map (str → str), checking `limits` as it goes: the announced entry count
 /// before anything is read, each key and value as it is read. `what` names the map in errors
@@ -46,6 +47,51 @@ pub(crate) fn read_meta(
         entries.push(next(rd)?);
     }
     Ok(Metadata::from_received(entries))
+}
+
+/// Reads a request's call metadata, taking a valid `traceparent` out of it (parsed: no
+/// allocation for it) and dropping a malformed one (the call then starts a new trace).
+pub(crate) fn read_call_meta(
+    rd: &mut &[u8],
+    limits: &MetadataLimits,
+) -> Result<(Metadata, Option<TraceParent>), Error> {
+    let what = "call metadata";
+    let malformed = |e: &dyn std::fmt::Display| Error::protocol(format!("malformed {what}: {e}"));
+    let pairs = rmp::decode::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
+    limits.check_count(pairs, what)?;
+    let mut total = 0;
+    let mut trace = None;
+    // Up to `SCAN_UP_TO` entries go straight into place; more are de-duplicated in one pass.
+    let mut meta = Metadata::new();
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for i in 0..pairs {
+        let (k, rest) = rmp::decode::read_str_from_slice(*rd).map_err(|e| malformed(&e))?;
+        let (v, rest) = rmp::decode::read_str_from_slice(rest).map_err(|e| malformed(&e))?;
+        *rd = rest;
+        limits.check_entry(k, v, &mut total, what)?;
+        if k == TRACEPARENT {
+            // A repeated key keeps its last value, as for any key.
+            trace = TraceParent::parse(v);
+            continue;
+        }
+        let (k, v) = (k.to_owned(), v.to_owned());
+        if pairs <= SCAN_UP_TO {
+            if meta.is_empty() {
+                // Room for the rest at once; none at all for the usual lone `traceparent`.
+                meta = Metadata::with_capacity(pairs - i);
+            }
+            meta.insert(k, v);
+        } else {
+            if entries.capacity() == 0 {
+                entries.reserve_exact(pairs - i);
+            }
+            entries.push((k, v));
+        }
+    }
+    if pairs > SCAN_UP_TO {
+        meta = Metadata::from_received(entries);
+    }
+    Ok((meta, trace))
 }
 
 /// Why a value could not be stepped over.

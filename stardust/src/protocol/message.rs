@@ -11,6 +11,7 @@ use super::frame::{self, Kind};
 use super::{codec, decode};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
+use crate::trace_context::{TRACEPARENT, TRACESTATE, TraceOut, TraceParent};
 
 pub use super::handshake::{
     Features, Hello, HelloAck, MAX_FEATURE_LEN, MAX_FEATURES, PROTOCOL_NAME, PROTOCOL_VERSION,
@@ -28,8 +29,10 @@ pub struct RequestView<'a> {
     pub timeout_us: u64,
     /// Trace id; 0 means none.
     pub trace_id: u64,
-    /// Call metadata.
+    /// Call metadata, without a valid `traceparent` (that is in `trace`).
     pub meta: Metadata,
+    /// The request's `traceparent` metadata, if it had a valid one.
+    pub trace: Option<TraceParent>,
     /// The raw MessagePack argument array.
     pub args: &'a [u8],
 }
@@ -67,7 +70,7 @@ pub fn put_request<A: Serialize + ?Sized>(
     args: &A,
     max_frame: u32,
 ) -> Result<(), Error> {
-    put_request_args(buf, head, args, max_frame)
+    put_request_args(buf, head, None, args, max_frame)
 }
 
 /// The arguments of a request as they are written: any serde value (what proxies send), or
@@ -94,10 +97,12 @@ impl Args for RawArgs<'_> {
     }
 }
 
-/// [`put_request`] for any [`Args`].
+/// [`put_request`] for any [`Args`], with the call's `traceparent` (and `tracestate`) added to
+/// its metadata when `trace` is given.
 pub(crate) fn put_request_args<A: Args + ?Sized>(
     buf: &mut BytesMut,
     head: &RequestHead<'_>,
+    trace: Option<TraceOut<'_>>,
     args: &A,
     max_frame: u32,
 ) -> Result<(), Error> {
@@ -108,7 +113,7 @@ pub(crate) fn put_request_args<A: Args + ?Sized>(
     let _ = rmp::encode::write_str(&mut w(buf), head.method);
     let _ = rmp::encode::write_uint(&mut w(buf), head.timeout_us);
     let _ = rmp::encode::write_uint(&mut w(buf), head.trace_id);
-    put_meta(buf, head.meta);
+    put_meta(buf, head.meta, trace);
     if let Err(e) = args.put_args(buf) {
         buf.truncate(start);
         return Err(e);
@@ -116,11 +121,31 @@ pub(crate) fn put_request_args<A: Args + ?Sized>(
     frame::finish(buf, start, max_frame)
 }
 
-fn put_meta(buf: &mut BytesMut, meta: &Metadata) {
-    let _ = rmp::encode::write_map_len(&mut w(buf), meta.len() as u32);
-    for (k, v) in meta.iter() {
+/// Writes the call metadata: `meta`, and with `trace` its `traceparent` (in place of one in
+/// `meta`) and its `tracestate` (unless `meta` has one), formatted on the stack.
+fn put_meta(buf: &mut BytesMut, meta: &Metadata, trace: Option<TraceOut<'_>>) {
+    let Some(trace) = trace else {
+        let _ = rmp::encode::write_map_len(&mut w(buf), meta.len() as u32);
+        for (k, v) in meta.iter() {
+            let _ = rmp::encode::write_str(&mut w(buf), k);
+            let _ = rmp::encode::write_str(&mut w(buf), v);
+        }
+        return;
+    };
+    let replaced = meta.get(TRACEPARENT).is_some();
+    let state = trace.state.filter(|_| meta.get(TRACESTATE).is_none());
+    let len = meta.len() - usize::from(replaced) + 1 + usize::from(state.is_some());
+    let _ = rmp::encode::write_map_len(&mut w(buf), len as u32);
+    for (k, v) in meta.iter().filter(|(k, _)| *k != TRACEPARENT) {
         let _ = rmp::encode::write_str(&mut w(buf), k);
         let _ = rmp::encode::write_str(&mut w(buf), v);
+    }
+    let mut text = [0u8; 55];
+    let _ = rmp::encode::write_str(&mut w(buf), TRACEPARENT);
+    let _ = rmp::encode::write_str(&mut w(buf), trace.parent.write(&mut text));
+    if let Some(state) = state {
+        let _ = rmp::encode::write_str(&mut w(buf), TRACESTATE);
+        let _ = rmp::encode::write_str(&mut w(buf), state);
     }
 }
 
@@ -154,7 +179,7 @@ pub fn parse_request_with<'a>(
     let method = read_str(&mut rd, "method")?;
     let timeout_us = rmp::decode::read_int(&mut rd).map_err(|e| bad("timeout", e))?;
     let trace_id = rmp::decode::read_int(&mut rd).map_err(|e| bad("trace id", e))?;
-    let meta = decode::read_meta(&mut rd, limits, "call metadata")?;
+    let (meta, trace) = decode::read_call_meta(&mut rd, limits)?;
     // Elements after the sixth (from a later protocol revision) follow the arguments: cut the
     // arguments where their value ends, so the forgiving arity rules never read an extra element
     // as an argument. The usual six-element request needs no walk.
@@ -171,6 +196,7 @@ pub fn parse_request_with<'a>(
         timeout_us,
         trace_id,
         meta,
+        trace,
         args,
     })
 }

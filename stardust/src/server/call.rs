@@ -16,11 +16,12 @@ use super::connection::ServerConn;
 use crate::stream::flow::Flow;
 
 mod stream;
-use crate::context::{Context, TraceId};
+use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
 use crate::protocol::message;
 use crate::service::{Call, Service};
+use crate::trace_context::{TRACESTATE, TraceParent, spans};
 pub(crate) use stream::{ServerInput, StreamOut, end_input};
 
 pub(crate) struct ServerCall {
@@ -52,7 +53,7 @@ pub(crate) struct ServerCall {
 impl ServerCall {
     /// Starts the handler (decoding its arguments) under the call's context.
     pub(crate) fn start(
-        ctx: Context,
+        mut ctx: Context,
         id: u64,
         flags: u8,
         service: &dyn Service,
@@ -60,13 +61,19 @@ impl ServerCall {
         args: &[u8],
     ) -> ServerCall {
         let span = if crate::monitor::spans_enabled() {
-            tracing::debug_span!(
-                "stardust.serve",
-                service = ctx.service,
-                method = ctx.method,
-                peer = ?ctx.peer_addr(),
-                trace_id = %TraceId(ctx.trace_id),
-            )
+            let t = ctx.trace;
+            let parent = (t.parent_span_id != 0).then_some(TraceParent {
+                trace_id: t.trace_id,
+                parent_id: t.parent_span_id,
+                flags: t.flags,
+            });
+            let peer = ctx.peer_addr();
+            let state = ctx.metadata.get(TRACESTATE);
+            let parent = parent.map(|p| (p, state));
+            let mut served = ctx.trace;
+            let span = spans::serve_span(ctx.service, ctx.method, peer, &mut served, parent);
+            ctx.trace = served;
+            span
         } else {
             tracing::Span::none()
         };
@@ -191,6 +198,9 @@ impl ServerCall {
                 Err(e)
             }
         };
+        if let Err(e) = &result {
+            spans::failed(&self.span, e);
+        }
         if let Err(e) = &result
             && e.kind() == ErrorKind::Panicked
         {

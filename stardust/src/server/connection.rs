@@ -457,7 +457,7 @@ impl ServerConn {
             method: desc.methods[index].name,
             received_at: now,
             deadline,
-            trace_id: req.trace_id,
+            trace: crate::trace_context::Served::received(req.trace, req.trace_id),
             metadata: req.meta,
             conn: Some(self.info.clone()),
         };

@@ -82,6 +82,8 @@ pub(crate) struct Forwarded {
     pub(crate) flags: u8,
     pub(crate) deadline: Option<tokio::time::Instant>,
     pub(crate) trace_id: u64,
+    /// The request's `traceparent`, if it had a valid one (taken out of `meta`).
+    pub(crate) trace: Option<crate::trace_context::TraceParent>,
     pub(crate) meta: crate::Metadata,
     /// The MessagePack argument array, as received.
     pub(crate) args: Bytes,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::pool::Suspicion;
 use super::*;
+use crate::trace_context::{CallTrace, TraceOut};
 use crate::traffic::Injected;
 pub(super) use call::BalancedCall;
 pub(crate) use stream::{StreamSpec, open_balanced};
@@ -23,6 +24,7 @@ pub(super) async fn one_way_balanced<A: Args + ?Sized>(
     pick: &Pick,
     name: &CallName,
     head: RequestHead<'_>,
+    trace: Option<TraceOut<'_>>,
     args: &A,
 ) -> Result<(), Error> {
     let targets = routed_providers(b, name, head.meta, None, true).await?;
@@ -33,7 +35,7 @@ pub(super) async fn one_way_balanced<A: Args + ?Sized>(
             return Err(exhausted(b, name, tried.len(), None));
         };
         let result = match b.pool.connection(&target).await {
-            Ok(conn) => conn.send_one_way(head, args),
+            Ok(conn) => conn.send_one_way(head, trace, args),
             Err(e) => Err(e),
         };
         match result {
@@ -226,7 +228,8 @@ pub(crate) struct RawCall<'a> {
     /// sent may be sent again.
     pub(crate) idempotent: bool,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) trace_id: u64,
+    /// The call's trace (its `traceparent` is sent, unless `meta` has one of its own).
+    pub(crate) trace: &'a CallTrace,
     pub(crate) meta: &'a Metadata,
     /// The MessagePack argument array, as received.
     pub(crate) args: &'a [u8],
@@ -249,11 +252,13 @@ impl Balanced {
             hedging,
             idempotent: call.idempotent,
             deadline: call.deadline,
-            trace_id: call.trace_id,
+            trace_id: call.trace.trace_id(),
             meta: call.meta,
             start: Instant::now(),
         };
-        balanced.run(self, &RawArgs(call.args)).await
+        balanced
+            .run_traced(self, call.trace.out(), &RawArgs(call.args))
+            .await
     }
 
     /// Opens `call` as a streaming call on a provider the balancer picks (what an agent
@@ -276,7 +281,7 @@ impl Balanced {
                 deadline: call.deadline,
                 hedge_at: None,
             },
-            trace_id: call.trace_id,
+            trace: call.trace.clone(),
             meta: call.meta.clone(),
             args: bytes::Bytes::copy_from_slice(call.args),
             start,
@@ -293,7 +298,7 @@ impl Balanced {
             call.idempotent,
             call.deadline,
             Instant::now(),
-            call.trace_id,
+            call.trace.trace_id(),
             call.meta,
         )
         .ok_or_else(|| {
@@ -306,7 +311,16 @@ impl Balanced {
             flags: head.flags | FLAG_ONE_WAY,
             ..head
         };
-        one_way_balanced(self, &Pick::default(), name, head, &RawArgs(call.args)).await
+        let trace = call.trace.out();
+        one_way_balanced(
+            self,
+            &Pick::default(),
+            name,
+            head,
+            trace,
+            &RawArgs(call.args),
+        )
+        .await
     }
 }
 

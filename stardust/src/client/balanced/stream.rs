@@ -21,7 +21,7 @@ pub(crate) struct StreamSpec {
     pub(crate) retry_lost: bool,
     pub(crate) idempotent: bool,
     pub(crate) info: CallInfo,
-    pub(crate) trace_id: u64,
+    pub(crate) trace: CallTrace,
     pub(crate) meta: Metadata,
     /// The encoded argument array.
     pub(crate) args: Bytes,
@@ -65,7 +65,7 @@ pub(crate) async fn open_balanced(
             spec.idempotent,
             spec.info.deadline,
             Instant::now(),
-            spec.trace_id,
+            spec.trace.trace_id(),
             &spec.meta,
         ) else {
             return Err(Error::new(
@@ -76,7 +76,8 @@ pub(crate) async fn open_balanced(
                 ),
             ));
         };
-        match conn.open_stream(&head, &RawArgs(&spec.args), spec.info.clone()) {
+        let trace = spec.trace.out();
+        match conn.open_stream(&head, trace, &RawArgs(&spec.args), spec.info.clone()) {
             Ok(stream) => return Ok((stream, in_flight)),
             // Nothing was sent: another provider may take it.
             Err(CallError::Reconnect(e)) => last = Some(e),
@@ -117,7 +118,7 @@ impl Retry {
             retry_lost: self.spec.retry_lost,
             idempotent: self.spec.idempotent,
             info: self.spec.info.clone(),
-            trace_id: self.spec.trace_id,
+            trace: self.spec.trace.clone(),
             meta: self.spec.meta.clone(),
             args: self.spec.args.clone(),
             start: self.spec.start,

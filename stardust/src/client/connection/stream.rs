@@ -22,6 +22,7 @@ use crate::protocol::message::{self, Args, RequestHead};
 use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
 use crate::stream::flow::{Flow, Reader, Recv};
 use crate::stream::{RawSource, Stream};
+use crate::trace_context::{TraceOut, spans};
 
 /// What the read loop received for a call: a reply, or (for a streaming call) an item, credit,
 /// or the server's request to stop sending input.
@@ -92,9 +93,11 @@ impl ClientConn {
     }
 
     /// Opens a streaming call: registers its slot with a new flow and sends the request.
+    /// Adds `trace` (the call's `traceparent`) to its metadata.
     pub(crate) fn open_stream<A: Args + ?Sized>(
         self: &Arc<Self>,
         head: &RequestHead<'_>,
+        trace: Option<TraceOut<'_>>,
         args: &A,
         info: CallInfo,
     ) -> Result<ClientStream, CallError> {
@@ -108,6 +111,7 @@ impl ClientConn {
                 ),
             )));
         }
+        spans::sending_to(self.peer);
         let flow = Arc::new(Flow::new(self.stream_window, self.peer_stream_window));
         let max = self.out.peer_max_frame;
         let pushed = self.out.push_quiet(|buf, pending| {
@@ -117,7 +121,7 @@ impl ClientConn {
                 flags: head.flags | FLAG_STREAM,
                 ..*head
             };
-            if let Err(e) = message::put_request_args(buf, &head, args, max) {
+            if let Err(e) = message::put_request_args(buf, &head, trace, args, max) {
                 pending.abandon(id);
                 return Err(e);
             }

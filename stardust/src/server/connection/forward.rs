@@ -23,6 +23,7 @@ impl ServerConn {
             flags: h.flags,
             deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
             trace_id: req.trace_id,
+            trace: req.trace,
             meta: req.meta,
             args: Bytes::copy_from_slice(req.args),
         };
