@@ -1,5 +1,7 @@
 //! `stardust-registry`: run the registry, hash app secrets, rotate signing keys, run a sidecar
-//! agent, change a registry's traffic rules (`route`, `fault`: `cli/rules.rs`).
+//! agent, change a registry's traffic rules (`route`, `fault`: `cli/rules.rs`), see and call
+//! what is registered (`services`, `describe`: `cli/tools.rs`; `call`: `cli/call.rs`), print
+//! shell completions.
 
 mod cli;
 
@@ -138,6 +140,38 @@ enum Command {
     /// invalid rule (nothing sent).
     #[command(subcommand)]
     Fault(cli::rules::FaultCommand),
+    /// The services with live instances that the app may call: their versions with instance
+    /// counts, and their instances' health.
+    ///
+    /// Exit codes: 0 done, 1 the registry refused or could not be reached (its message on
+    /// stderr), 2 a usage error.
+    Services(cli::tools::ServicesArgs),
+    /// A service's methods, per registered version, as its providers declared them: signatures
+    /// (Rust types as written), docs, which are idempotent or stream, and a conflict if two
+    /// providers of one version declared different methods.
+    ///
+    /// `call` takes JSON shaped as serde encodes those types (structs as maps with field names;
+    /// docs/PROTOCOL.md §12, §12.1). Exit codes: 0 done, 1 the registry refused (e.g. permission
+    /// denied: the app may not call the service) or could not be reached, 2 a usage error.
+    Describe(cli::tools::DescribeArgs),
+    /// Call any method of any service by name: arguments as a JSON array in, the result as JSON
+    /// out (`describe` shows what a method takes).
+    ///
+    /// Three ways to reach a provider: through the registry as an app (--app, --secret-file;
+    /// the app must be allowed to consume the service), through a local agent (--agent ADDR),
+    /// or straight at a provider that takes anonymous callers (--addr ADDR). Exit codes: 0 ok,
+    /// 1 the call failed (framework error on stderr), 2 usage error, 3 the method's typed error
+    /// (as JSON on stdout).
+    #[command(after_long_help = cli::call::EXIT_CODES)]
+    Call(cli::call::CallArgs),
+    /// Print a completion script for SHELL on stdout, e.g.
+    /// `stardust-registry completions bash > /etc/bash_completion.d/stardust-registry`, or
+    /// `source <(stardust-registry completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The balancers an agent can use (`stardust::balance`).
@@ -165,8 +199,14 @@ struct AgentArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The servers log what they do; the client commands print their outcome, and log only
+    // what went wrong (unless RUST_LOG says otherwise).
+    let level = match cli.command {
+        Command::Serve { .. } | Command::Agent { .. } => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -207,6 +247,20 @@ fn main() -> ExitCode {
         }),
         Command::Route(command) => return cli::rules::route(command),
         Command::Fault(command) => return cli::rules::fault(command),
+        Command::Services(args) => return cli::tools::services(args),
+        Command::Describe(args) => return cli::tools::describe(args),
+        Command::Call(args) => return cli::call::call(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "stardust-registry",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,16 +14,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use stardust::discovery::api::{RegistryClient, RegistryError};
 use stardust::traffic::{Fallback, Fault, FaultAction, Match, Route, Rules, RulesEdit, Weighted};
 use stardust_registry::config::DEFAULT_LISTEN;
 
 mod render;
 
-use render::{FAULT_KEYS, ROUTE_KEYS, as_toml, only, read_rule};
+use super::conn::{Failure, Login, finish, parse_meta, refusal, with_registry};
 
-/// How long connecting and each call may take.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use render::{FAULT_KEYS, ROUTE_KEYS, as_toml, only, read_rule};
 
 const ROUTE_SET_EXAMPLES: &str = "\
 Examples:
@@ -131,6 +129,17 @@ pub(crate) struct MatchArgs {
     /// several (all must hold).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta, conflicts_with = "file")]
     metadata: Vec<(String, String)>,
+}
+
+impl Conn {
+    fn login(&self) -> Login<'_> {
+        Login {
+            registry: &self.registry,
+            app: &self.app,
+            secret_file: &self.secret_file,
+            tls_ca: self.tls_ca.as_ref(),
+        }
+    }
 }
 
 impl MatchArgs {
@@ -307,28 +316,6 @@ pub(crate) struct RmArgs {
     conn: Conn,
 }
 
-/// Why a command failed, and so its exit code.
-enum Failure {
-    /// The command line or a file it names is wrong; nothing was sent (exit 2).
-    Usage(String),
-    /// The registry refused, or could not be reached (exit 1).
-    Registry(String),
-}
-
-fn finish(result: Result<(), Failure>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Registry(why)) => {
-            eprintln!("error: {why}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Usage(why)) => {
-            eprintln!("error: {why}");
-            ExitCode::from(2)
-        }
-    }
-}
-
 /// Runs `stardust-registry route ...`.
 pub(crate) fn route(command: RouteCommand) -> ExitCode {
     finish(match command {
@@ -432,7 +419,7 @@ fn edit_rules(conn: &Conn, edit: RulesEdit, if_revision: Option<u64>) -> Result<
             .edited(&edit)
             .map_err(|e| Failure::Usage(format!("invalid rule, nothing sent: {}", e.message())))?;
     }
-    let revision = with_registry(conn, async |registry| {
+    let revision = with_registry(&conn.login(), async |registry| {
         registry
             .edit_rules(edit, if_revision)
             .await
@@ -447,7 +434,7 @@ fn edit_rules(conn: &Conn, edit: RulesEdit, if_revision: Option<u64>) -> Result<
 }
 
 fn list(args: ListArgs, kind: Kind) -> Result<(), Failure> {
-    let rules = with_registry(&args.conn, async |registry| {
+    let rules = with_registry(&args.conn.login(), async |registry| {
         registry
             .rules()
             .await
@@ -464,75 +451,6 @@ fn list(args: ListArgs, kind: Kind) -> Result<(), Failure> {
         Output::Text => print!("{}", as_toml(&rules, kind, args.service.as_deref())?),
     }
     Ok(())
-}
-
-/// Connects to the registry, logs in, and runs `call` on the logged-in client.
-fn with_registry<T>(
-    conn: &Conn,
-    call: impl AsyncFnOnce(&RegistryClient) -> Result<T, Failure>,
-) -> Result<T, Failure> {
-    let secret =
-        crate::read_secret_file(&conn.secret_file).map_err(|e| Failure::Usage(e.to_string()))?;
-    let tls = match &conn.tls_ca {
-        Some(ca) => Some(
-            stardust::tls::ClientTls::from_ca_pem_file(ca)
-                .map_err(|e| Failure::Usage(format!("--tls-ca: {e}")))?,
-        ),
-        None => None,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Registry(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
-        let addr = &conn.registry;
-        // Like a session's connection (`stardust::discovery`): the registry binds the token it
-        // issues to this key (proof of possession).
-        let key =
-            stardust::auth::ProofKey::generate().map_err(|e| Failure::Registry(e.to_string()))?;
-        let mut builder = stardust::Client::builder()
-            .timeout(TIMEOUT)
-            .connect_timeout(TIMEOUT)
-            .proof_key(key);
-        if let Some(tls) = tls {
-            builder = builder.tls(tls);
-        }
-        let client = builder
-            .connect(addr.as_str())
-            .await
-            .map_err(|e| Failure::Registry(format!("cannot reach the registry at {addr}: {e}")))?;
-        let registry = RegistryClient::new(client);
-        match registry.login(conn.app.clone(), secret).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(Failure::Registry(format!(
-                    "the registry at {addr} refused the login as `{}`: {e}",
-                    conn.app
-                )));
-            }
-            Err(e) => {
-                return Err(Failure::Registry(format!(
-                    "logging in to the registry at {addr} failed: {e}"
-                )));
-            }
-        }
-        call(&registry).await
-    })
-}
-
-/// A registry's refusal, as printed.
-fn refusal(e: &RegistryError) -> String {
-    format!("the registry refused: {e}")
-}
-
-/// `KEY=VALUE`, split at the first `=`.
-fn parse_meta(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!(
-            "`{text}` is not KEY=VALUE (e.g. `x-canary=1`, or `x-canary=*` for any value)"
-        )),
-    }
 }
 
 /// `WEIGHT:SUBSET`, split at the first `:` (a subset may hold more: `5:tag:canary`).
