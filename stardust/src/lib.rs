@@ -111,9 +111,9 @@ mod protocol;
 mod server;
 mod service;
 pub mod stream;
-mod trace_context;
 #[cfg(feature = "tls")]
 pub mod tls;
+mod trace_context;
 pub mod traffic;
 // Without TLS, configuration types of which no value exists stand in for the module's, so code
 // that carries an optional TLS config needs no `cfg` of its own.

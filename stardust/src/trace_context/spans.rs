@@ -153,7 +153,7 @@ pub(crate) fn failed(span: &Span, e: &Error) {
 #[inline]
 pub(crate) fn sending_to(peer: SocketAddr) {
     #[cfg(feature = "otel")]
-    if crate::monitor::spans_enabled() {
+    if tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG {
         let span = Span::current();
         if !span.is_disabled() {
             span.record("server.address", tracing::field::display(peer.ip()));
