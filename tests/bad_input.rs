@@ -236,7 +236,11 @@ static BOGUS: ServiceDescriptor = ServiceDescriptor {
         idempotent: false,
         input_stream: false,
         output_stream: false,
+        args: &[],
+        returns: "",
+        docs: "",
     }],
+    docs: "",
 };
 
 static CALC_WITH_EXTRA: ServiceDescriptor = ServiceDescriptor {
@@ -248,14 +252,21 @@ static CALC_WITH_EXTRA: ServiceDescriptor = ServiceDescriptor {
             idempotent: false,
             input_stream: false,
             output_stream: false,
+            args: &[],
+            returns: "",
+            docs: "",
         },
         MethodDescriptor {
             name: "add",
             idempotent: false,
             input_stream: false,
             output_stream: false,
+            args: &[],
+            returns: "",
+            docs: "",
         },
     ],
+    docs: "",
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

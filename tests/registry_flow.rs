@@ -286,6 +286,7 @@ async fn crashed_provider_is_removed_within_the_ttl() {
         weight: 100,
         tags: Default::default(),
         tls: false,
+        description: None,
     })
     .await
     .unwrap()

@@ -111,6 +111,7 @@ impl Probe {
                 weight: 100,
                 tags: Default::default(),
                 tls: false,
+                description: None,
             })
             .await
             .unwrap()

@@ -177,7 +177,11 @@ static CALC_NOPE: ServiceDescriptor = ServiceDescriptor {
         idempotent: false,
         input_stream: false,
         output_stream: false,
+        args: &[],
+        returns: "",
+        docs: "",
     }],
+    docs: "",
 };
 
 async fn calc_provider(node: &RegistryNode) -> (Stardust, stardust::Provider, Control) {

@@ -117,6 +117,7 @@ impl Shape {
             weight: 100,
             tags: Default::default(),
             tls: false,
+            description: None,
         }
     }
 }

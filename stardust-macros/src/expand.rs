@@ -15,6 +15,7 @@ use proc_macro2::{Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
+use crate::describe;
 use crate::parse::{MethodDef, ServiceDef};
 
 /// Generates everything `#[stardust::service]` expands to.
@@ -316,15 +317,26 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         let idempotent = m.idempotent;
         let input_stream = m.input_item.is_some();
         let output_stream = m.output_item.is_some();
+        let args = m.args.iter().map(|a| {
+            let arg = syn::ext::IdentExt::unraw(&a.ident).to_string();
+            let ty = describe::type_text(&a.ty);
+            quote!(::stardust::ArgDescriptor { name: #arg, ty: #ty })
+        });
+        let returns = describe::type_text(&m.output);
+        let docs = describe::doc_text(&m.attrs);
         quote! {
             ::stardust::MethodDescriptor {
                 name: #name,
                 idempotent: #idempotent,
                 input_stream: #input_stream,
                 output_stream: #output_stream,
+                args: &[#(#args),*],
+                returns: #returns,
+                docs: #docs,
             }
         }
     });
+    let service_docs = describe::doc_text(&def.attrs);
 
     let methods = def.methods.iter().enumerate().map(|(index, m)| {
         let index = Literal::usize_unsuffixed(index);
@@ -422,6 +434,7 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
                     name: #name,
                     version: #version,
                     methods: &[#(#method_descriptors),*],
+                    docs: #service_docs,
                 };
 
             /// Connects to a provider of the service at `addr`.

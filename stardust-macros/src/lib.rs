@@ -16,6 +16,7 @@
 
 use proc_macro::TokenStream;
 
+mod describe;
 mod expand;
 mod parse;
 

@@ -32,6 +32,7 @@
 //!         weight: 100,
 //!         tags: Default::default(),
 //!         tls: false,
+//!         description: None,
 //!     })
 //!     .await??;
 //! let found = registry.discover("calc.Calculator".into(), "^1".into()).await??;

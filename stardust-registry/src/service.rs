@@ -18,6 +18,7 @@
 
 mod api;
 mod checks;
+mod describe;
 mod fanout;
 mod leases;
 mod login;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     fanout: fanout::Fanout,
     /// The traffic rules and who follows them.
     traffic: traffic::TrafficHub,
+    /// What providers said about their services, per (service, version).
+    descriptions: describe::Descriptions,
     /// Who may have a secret checked.
     throttle: Mutex<Throttle>,
     /// Argon2 runs at most this many at once (each one takes ~19 MiB and a core).
@@ -195,6 +198,7 @@ impl RegistryImpl {
                 throttle: Mutex::new(Throttle::new(config.login_throttle.clone())),
                 fanout: fanout::Fanout::new(config.limits.subscriber_queue_bytes),
                 traffic: traffic::TrafficHub::new(store.rules()),
+                descriptions: describe::Descriptions::default(),
                 config,
                 keys,
                 store,

@@ -418,5 +418,9 @@ static NOBODY: stardust::ServiceDescriptor = stardust::ServiceDescriptor {
         idempotent: false,
         input_stream: false,
         output_stream: false,
+        args: &[],
+        returns: "",
+        docs: "",
     }],
+    docs: "",
 };

@@ -409,6 +409,7 @@ async fn take_screenshot(page: &mut Page) {
                     weight: 100,
                     tags,
                     tls: d.service == "auth.Users",
+                    description: None,
                 })
                 .await
                 .unwrap()

@@ -150,7 +150,7 @@ pub use interceptor::{ClientInterceptor, Interceptor, OutgoingCall};
 pub use metadata::{Metadata, MetadataLimits};
 pub use protocol::message::Features;
 pub use server::{EncodedNotification, Notifier, Server, ServerBuilder};
-pub use service::{Call, MethodDescriptor, Service, ServiceDescriptor};
+pub use service::{ArgDescriptor, Call, MethodDescriptor, Service, ServiceDescriptor};
 pub use stardust_macros::service;
 pub use stream::{Stream, StreamSender, Streaming};
 pub use trace_context::TraceContext;

@@ -28,6 +28,8 @@ pub struct ServiceDescriptor {
     pub version: &'static str,
     /// The methods, in declaration order; a method's index here is what [`Service::call`] takes.
     pub methods: &'static [MethodDescriptor],
+    /// The trait's doc comment (empty when none): what `stardust-registry describe` shows.
+    pub docs: &'static str,
 }
 
 impl ServiceDescriptor {
@@ -49,16 +51,35 @@ pub struct MethodDescriptor {
     pub input_stream: bool,
     /// Whether the method returns a stream of items ([`Stream`](crate::Stream)).
     pub output_stream: bool,
+    /// The arguments, in order, as written in the trait (an input stream included, last).
+    pub args: &'static [ArgDescriptor],
+    /// The return type as written in the trait (`()` when there is none).
+    pub returns: &'static str,
+    /// The method's doc comment (empty when none).
+    pub docs: &'static str,
+}
+
+/// One argument of a method, as written in the trait: for tools that show signatures and build
+/// calls from JSON (the types are Rust types as written; what they hold is up to serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArgDescriptor {
+    /// The argument's name.
+    pub name: &'static str,
+    /// Its type, as written (`Vec<Item>`, `Option<String>`, `Streaming<u64>`).
+    pub ty: &'static str,
 }
 
 impl MethodDescriptor {
-    /// A unary method called `name`: not idempotent, no streams.
+    /// A unary method called `name`: not idempotent, no streams, nothing described.
     pub const fn unary(name: &'static str) -> MethodDescriptor {
         MethodDescriptor {
             name,
             idempotent: false,
             input_stream: false,
             output_stream: false,
+            args: &[],
+            returns: "",
+            docs: "",
         }
     }
 

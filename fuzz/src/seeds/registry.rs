@@ -32,6 +32,7 @@ pub(super) fn registration() -> Registration {
         weight: 100,
         tags: BTreeMap::from([("zone".into(), "a".into())]),
         tls: true,
+        description: None,
     }
 }
 

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 
 use semver::Version;
 use stardust::discovery::api::{
-    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, Revision, Status,
-    WatchReply,
+    Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, Revision,
+    ServiceSummary, Status, VersionDescription, WatchReply,
 };
 
 use stardust::traffic::{Rules, RulesEdit, ServiceRules};
@@ -72,6 +72,7 @@ impl Registry for RegistryImpl {
             weight,
             tags,
             tls,
+            description,
         } = registration;
         valid_name("service name", &service)?;
         self.check_provide(&app, &service)?;
@@ -100,6 +101,9 @@ impl Registry for RegistryImpl {
             self.shared.store.release(session.id);
             return Err(unauthorized(LOG_IN_FIRST));
         }
+        self.shared
+            .descriptions
+            .record(&service, &instance.version, &app, description.as_ref());
         if let Written::At(revision) = written {
             self.shown(revision).await?;
             tracing::info!(service = ?service, endpoint = ?endpoint, app = ?&*app, version = %instance.version, "registered");
@@ -290,6 +294,14 @@ impl Registry for RegistryImpl {
         if_revision: Option<u64>,
     ) -> Result<u64, RegistryError> {
         self.edit_traffic(edit, if_revision).await
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
+        self.list_services()
+    }
+
+    async fn describe(&self, service: String) -> Result<Vec<VersionDescription>, RegistryError> {
+        self.describe_service(&service)
     }
 }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use semver::VersionReq;
-use stardust::discovery::api::{Latency, Registration, RegistryError, Status};
+use stardust::discovery::api::{Latency, Registration, RegistryError, ServiceDescription, Status};
 
 use crate::config::Limits;
 
@@ -92,6 +92,50 @@ pub(super) fn registration_args(limits: &Limits, r: &Registration) -> Result<(),
     for (key, value) in &r.tags {
         bounded("a tag key", key, limits.max_tag_len, "max_tag_len")?;
         bounded("a tag value", value, limits.max_tag_len, "max_tag_len")?;
+    }
+    if let Some(d) = &r.description {
+        description_args(limits, d)?;
+    }
+    Ok(())
+}
+
+/// A registration's service description: how many methods, how long its texts.
+fn description_args(limits: &Limits, d: &ServiceDescription) -> Result<(), RegistryError> {
+    use super::describe::{MAX_DOCS_LEN, MAX_METHODS, MAX_TYPE_LEN};
+    let fixed = |what: &str, len: usize, max: usize| {
+        if len > max {
+            Err(RegistryError::Invalid(format!(
+                "{what} is {len} long; at most {max} are taken"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    fixed("the service's doc text", d.docs.len(), MAX_DOCS_LEN)?;
+    fixed(
+        "the description's method list",
+        d.methods.len(),
+        MAX_METHODS,
+    )?;
+    for m in &d.methods {
+        bounded(
+            "a described method name",
+            &m.name,
+            limits.max_name_len,
+            "max_name_len",
+        )?;
+        fixed("a method's doc text", m.docs.len(), MAX_DOCS_LEN)?;
+        fixed("a method's return type", m.returns.len(), MAX_TYPE_LEN)?;
+        fixed("a method's argument list", m.args.len(), MAX_METHODS)?;
+        for a in &m.args {
+            bounded(
+                "an argument name",
+                &a.name,
+                limits.max_name_len,
+                "max_name_len",
+            )?;
+            fixed("an argument type", a.ty.len(), MAX_TYPE_LEN)?;
+        }
     }
     Ok(())
 }
@@ -250,6 +294,7 @@ mod tests {
             weight: 1,
             tags: [("ab".to_owned(), "cd".to_owned())].into(),
             tls: false,
+            description: None,
         };
         registration_args(&limits, &r).expect("every size at its cap");
         r.endpoint.push('5');

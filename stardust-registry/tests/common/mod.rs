@@ -64,6 +64,7 @@ pub fn registration(service: &str, version: &str, endpoint: &str) -> Registratio
         weight: 100,
         tags: Default::default(),
         tls: false,
+        description: None,
     }
 }
 

@@ -16,6 +16,7 @@
 mod balanced;
 mod builder;
 mod connection;
+mod dynamic;
 mod endpoints;
 mod notifications;
 mod pending;

@@ -93,4 +93,14 @@ pub trait Registry {
         edit: RulesEdit,
         if_revision: Option<u64>,
     ) -> Result<u64, RegistryError>;
+    /// The services with live instances that this app may call: versions, instance counts,
+    /// health (operators' tools: `stardust-registry services`).
+    #[stardust(idempotent)]
+    async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError>;
+    /// What providers told the registry about `service` (methods, signatures as written in
+    /// Rust, docs), per version with live instances or registered since the registry started
+    /// (operators' tools: `stardust-registry describe`). `PermissionDenied` for a service this
+    /// app may not call.
+    #[stardust(idempotent)]
+    async fn describe(&self, service: String) -> Result<Vec<VersionDescription>, RegistryError>;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::ToSocketAddrs;
 use tokio::task::AbortHandle;
 
-use super::api::Registration;
+use super::api::{ArgDescription, MethodDescription, Registration, ServiceDescription};
 use super::provider::Provider;
 use super::session::{Secret, Session, SessionConfig};
 use crate::auth::{Authenticator, BoxFuture, Identity};
@@ -19,6 +19,7 @@ use crate::client::ServiceClient;
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::error::{Error, ErrorKind};
 use crate::server::ServerBuilder;
+use crate::service::ServiceDescriptor;
 
 /// Builds a [`Stardust`] handle: where the registry is and who this process is.
 #[must_use = "a builder does nothing until `connect` is awaited"]
@@ -465,6 +466,7 @@ impl Stardust {
                 weight: 100,
                 tags: self.inner.tags.clone(),
                 tls,
+                description: Some(describe(d)),
             };
             session.register(registration).await?;
             provider.services.push(d.name);
@@ -516,6 +518,23 @@ impl Stardust {
         );
         C::from_client(client)
     }
+
+    /// A client for `service` (matching `version_req`) known only at run time, balanced like a
+    /// typed proxy's, for [`Client::call_dynamic`]: what tools that call any service use (the
+    /// operator CLI). Through an agent, the agent's client.
+    pub fn client_for(&self, service: &str, version_req: &str) -> Client {
+        let session = match &self.inner.mode {
+            Mode::Registry { session, .. } => session,
+            Mode::Agent { client, .. } => return client.clone(),
+        };
+        let watch = session.watch(service, version_req);
+        Client::builder().timeout(self.inner.timeout).balanced(
+            watch,
+            session.pool.clone(),
+            Arc::new(LeastLoaded::new()),
+            0,
+        )
+    }
 }
 
 /// Verifies consumers' tokens with the registry's keys (fetched at login, refreshed when a token
@@ -525,5 +544,32 @@ struct SessionVerifier(Arc<Session>);
 impl Authenticator for SessionVerifier {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, Error>> {
         self.0.verifier.authenticate(token)
+    }
+}
+
+/// What the registry keeps of `d` for operators' tools.
+fn describe(d: &ServiceDescriptor) -> ServiceDescription {
+    ServiceDescription {
+        docs: d.docs.to_owned(),
+        methods: d
+            .methods
+            .iter()
+            .map(|m| MethodDescription {
+                name: m.name.to_owned(),
+                args: m
+                    .args
+                    .iter()
+                    .map(|a| ArgDescription {
+                        name: a.name.to_owned(),
+                        ty: a.ty.to_owned(),
+                    })
+                    .collect(),
+                returns: m.returns.to_owned(),
+                docs: m.docs.to_owned(),
+                idempotent: m.idempotent,
+                input_stream: m.input_stream,
+                output_stream: m.output_stream,
+            })
+            .collect(),
     }
 }

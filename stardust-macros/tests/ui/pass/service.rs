@@ -136,17 +136,38 @@ fn main() {
     assert_eq!(<CalculatorClient as ServiceClient>::DESCRIPTOR, CalculatorClient::DESCRIPTOR);
     assert_eq!(descriptor.name, "calc.Calculator");
     assert_eq!(descriptor.version, "1.2.0");
-    let method = |name, idempotent| MethodDescriptor { name, idempotent, input_stream: false, output_stream: false };
+    let flags: Vec<_> = descriptor
+        .methods
+        .iter()
+        .map(|m: &MethodDescriptor| (m.name, m.idempotent, m.input_stream, m.output_stream))
+        .collect();
     assert_eq!(
-        descriptor.methods,
+        flags,
         [
-            method("add", false),
-            method("div", false),
-            method("norm", false),
-            method("ping", true),
-            method("centroid", true),
+            ("add", false, false, false),
+            ("div", false, false, false),
+            ("norm", false, false, false),
+            ("ping", true, false, false),
+            ("centroid", true, false, false),
         ]
     );
+    // What tools show: docs, and signatures as written.
+    assert_eq!(descriptor.docs, "A calculator.");
+    let add = &descriptor.methods[0];
+    assert_eq!(add.docs, "Adds two numbers.");
+    assert_eq!(
+        add.args,
+        [
+            stardust::ArgDescriptor { name: "a", ty: "i64" },
+            stardust::ArgDescriptor { name: "b", ty: "i64" },
+        ]
+    );
+    assert_eq!(add.returns, "i64");
+    assert_eq!(descriptor.methods[1].returns, "Result<i64, DivError>");
+    assert_eq!(descriptor.methods[3].returns, "()");
+    let centroid = &descriptor.methods[4];
+    let types: Vec<&str> = centroid.args.iter().map(|a| a.ty).collect();
+    assert_eq!(types, ["Vec<Point>", "Option<Vec<f64>>", "String"]);
     assert_eq!(descriptor.method_index("ping"), Some(3));
 
     // The server is cheap to clone (no `Clone` bound on the implementation), can share an
@@ -162,10 +183,8 @@ fn main() {
     let descriptor = shadowing.descriptor();
     assert_eq!(descriptor.name, "Shadowing");
     assert_eq!(descriptor.version, "1.0.0");
-    assert_eq!(
-        descriptor.methods,
-        [method("collide", false), method("single", false), method("clone", false)]
-    );
+    let names: Vec<(&str, bool)> = descriptor.methods.iter().map(|m| (m.name, m.idempotent)).collect();
+    assert_eq!(names, [("collide", false), ("single", false), ("clone", false)]);
 
     let empty = EmptyServer::new(());
     assert_eq!(empty.descriptor().name, "Empty");

@@ -150,14 +150,16 @@ fn main() {
     let descriptor = server.descriptor();
     assert_eq!(descriptor, LogsClient::DESCRIPTOR);
     assert_eq!(descriptor.name, "test.Logs");
-    let method = |name, idempotent, input_stream, output_stream| MethodDescriptor {
-        name,
-        idempotent,
-        input_stream,
-        output_stream,
+    let method = |name, idempotent, input_stream, output_stream| {
+        (name, idempotent, input_stream, output_stream)
     };
+    let flags: Vec<_> = descriptor
+        .methods
+        .iter()
+        .map(|m: &MethodDescriptor| (m.name, m.idempotent, m.input_stream, m.output_stream))
+        .collect();
     assert_eq!(
-        descriptor.methods,
+        flags,
         [
             method("tail", false, false, true),
             method("upload", true, true, false),

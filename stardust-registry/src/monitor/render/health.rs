@@ -102,3 +102,19 @@ pub(super) fn health(stats: &InstanceStats, snap: &Snapshot) -> (Health, Vec<Str
     }
     (health, reasons)
 }
+
+/// Every live instance's version and health, by service: what `stardust-registry services`
+/// summarizes.
+pub(crate) fn by_service(snap: &Snapshot) -> Vec<(String, Vec<(String, Health)>)> {
+    snap.services
+        .iter()
+        .map(|(name, entry)| {
+            let instances = entry
+                .instances
+                .values()
+                .map(|stats| (stats.instance.version.clone(), health(stats, snap).0))
+                .collect();
+            (name.clone(), instances)
+        })
+        .collect()
+}

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::monitor::LoginStats;
 
 pub(crate) use api::{instances, overview, service_view};
+pub(crate) use health::by_service as health_by_service;
 pub(crate) use history::history;
 pub(crate) use prometheus::prometheus;
 

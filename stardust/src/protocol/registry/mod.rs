@@ -14,10 +14,15 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 mod delta;
+mod describe;
 
 pub use delta::{
     DELTA_TOPIC, DiscoveryDelta, DiscoveryPush, FEATURE_DELTA, FEATURE_RESUME, InstanceList,
     Revision, WatchReply,
+};
+pub use describe::{
+    ArgDescription, MethodDescription, ServiceDescription, ServiceSummary, VersionDescription,
+    VersionSummary,
 };
 
 /// Notification topic on which the registry pushes [`DiscoveryEvent`]s to subscribers.
@@ -79,6 +84,9 @@ pub struct Registration {
     /// The provider speaks TLS at `endpoint` (consumers connect with TLS); plaintext otherwise.
     #[serde(default)]
     pub tls: bool,
+    /// The service's methods and docs, for operators' tools (absent from older providers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<ServiceDescription>,
 }
 
 fn default_weight() -> u32 {
