@@ -488,6 +488,31 @@ impl RegistryState for RegistryImpl {
     fn rules(&self) -> stardust::traffic::Rules {
         self.shared.traffic.rules()
     }
+
+    fn describe(&self, service: &str) -> Vec<stardust::discovery::api::VersionDescription> {
+        self.shared.descriptions.of(service)
+    }
+
+    fn check_secret(
+        &self,
+        app: String,
+        secret: String,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RegistryError>> + Send + '_>>
+    {
+        Box::pin(async move { self.authenticate(&app, secret, peer).await })
+    }
+
+    fn is_admin(&self, app: &str) -> bool {
+        self.app_config(app).is_some_and(|a| a.is_admin())
+    }
+
+    fn mint_bound(&self, app: &str, key: [u8; 32], ttl: std::time::Duration) -> String {
+        let now = std::time::SystemTime::now();
+        self.shared
+            .keys
+            .mint_bound(app, None, Some(key), now, now + ttl)
+    }
 }
 
 impl Shared {

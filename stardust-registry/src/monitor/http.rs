@@ -9,7 +9,15 @@
 //! of its previous response), and a connection lives at most [`MAX_CONNECTION_LIFE`] (browsers
 //! reconnect transparently). Every response is rendered from a snapshot copied under the
 //! monitor's lock, never holding it while writing.
+//!
+//! The one exception to "read-only": admins may log in to the console and call methods from it
+//! (`POST /console/login`, `/console/call`, `/console/logout`; see `console_login` for the
+//! sessions, CSRF tokens and limits, and `console_call`). `STARDUST_TRACE_URL`, read at
+//! start-up (e.g. `https://jaeger.example/trace/{trace_id}`), is the link template the console
+//! applies wherever it shows a trace id.
 
+mod console_call;
+mod console_login;
 mod slots;
 
 use std::convert::Infallible;
@@ -116,8 +124,14 @@ pub(crate) fn serve(
         inner: context,
         loopback: addr.ip().is_loopback(),
     });
+    read_settings();
     let task = tokio::spawn(accept_loop(listener, ctx, stopping));
     HttpServer { addr, task }
+}
+
+/// Reads `STARDUST_TRACE_URL` now (start-up), not at the first request.
+fn read_settings() {
+    let _ = console_login::trace_url();
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Receiver<bool>) {
@@ -146,7 +160,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Rece
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
                     let stopping = stopping.clone();
-                    conns.spawn(serve_connection(stream, ctx, stopping, admitted));
+                    conns.spawn(serve_connection_from(stream, ctx, stopping, admitted, peer));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "monitoring HTTP: accept failed");
@@ -170,11 +184,26 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Rece
 }
 
 // Generic over the stream so the fuzz targets can drive it from memory (`fuzz` below).
+#[cfg(feature = "fuzzing")]
 async fn serve_connection<S>(
+    stream: S,
+    ctx: Arc<Ctx>,
+    stopping: watch::Receiver<bool>,
+    admitted: Admitted,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    serve_connection_from(stream, ctx, stopping, admitted, peer).await;
+}
+
+/// Serves one connection from `peer`.
+async fn serve_connection_from<S>(
     stream: S,
     ctx: Arc<Ctx>,
     mut stopping: watch::Receiver<bool>,
     admitted: Admitted,
+    peer: SocketAddr,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -182,8 +211,15 @@ async fn serve_connection<S>(
     let service = service_fn(move |req: Request<Incoming>| {
         // Busy from here until hyper has taken the whole response body.
         let answering = slot.request();
-        let reply = handle(&ctx, &req).map(|body| Tracked::new(body, answering));
-        async move { Ok::<_, Infallible>(reply) }
+        let ctx = ctx.clone();
+        async move {
+            let reply = if req.method() == Method::POST {
+                post(&ctx, req, peer).await
+            } else {
+                handle(&ctx, &req)
+            };
+            Ok::<_, Infallible>(reply.map(|body| Tracked::new(body, answering)))
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -255,16 +291,34 @@ fn snapshot_with_rules(ctx: &Ctx) -> super::Snapshot {
     snap
 }
 
+/// Routes a POST: only the console's admin requests.
+async fn post(ctx: &Ctx, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    if ctx.loopback && !loopback_host(req.headers().get(header::HOST)) {
+        return error(StatusCode::FORBIDDEN, "not a loopback host");
+    }
+    match req.uri().path() {
+        "/console/login" => console_login::login(ctx, req, peer).await,
+        "/console/call" => console_call::call(ctx, req).await,
+        "/console/logout" => console_login::logout(ctx, req.headers()),
+        _ => not_allowed(),
+    }
+}
+
+fn not_allowed() -> Reply {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only GET and HEAD are supported (and POST to /console/login, /console/call, \
+         /console/logout)",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r
+}
+
 /// Routes one request.
 fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are supported",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return not_allowed();
     }
     if ctx.loopback && !loopback_host(req.headers().get(header::HOST)) {
         return error(
@@ -291,6 +345,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             );
             r
         }
+        "/console/session" => console_login::session_info(ctx, req.headers()),
         "/healthz" => {
             // For load balancers and orchestrators: 503 while the node serves a stale table.
             let facts = facts(ctx);
@@ -342,7 +397,12 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
         ),
         "/api/services" => {
             let snap = snapshot_with_rules(ctx);
-            json(StatusCode::OK, &render::overview(&snap, &facts(ctx)))
+            let registry = &ctx.inner.registry;
+            let describe = |s: &str| registry.describe(s);
+            json(
+                StatusCode::OK,
+                &render::overview(&snap, &facts(ctx), &describe),
+            )
         }
         "/api/instances" => {
             let snap = monitor.snapshot(false);
@@ -359,7 +419,13 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
             };
             let snap = snapshot_with_rules(ctx);
             match snap.services.get(&name) {
-                Some(entry) => json(StatusCode::OK, &render::service_view(&name, entry, &snap)),
+                Some(entry) => {
+                    let described = ctx.inner.registry.describe(&name);
+                    json(
+                        StatusCode::OK,
+                        &render::service_view(&name, entry, &snap, &described),
+                    )
+                }
                 None => error(
                     StatusCode::NOT_FOUND,
                     &format!("no service named {name:?} is registered"),

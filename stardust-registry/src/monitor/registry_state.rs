@@ -7,7 +7,16 @@
 //! naming the service's type: imports then point one way only (`service` -> `monitor`), and
 //! the counters' types live here, below both their producer and their readers.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use stardust::discovery::api::{RegistryError, VersionDescription};
+
 use super::Monitor;
+
+/// A boxed future, for the trait's async methods (it is used as a trait object).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The registry as the monitoring HTTP server sees it (implemented by the registry service;
 /// the node hands one to the server).
@@ -24,6 +33,22 @@ pub(crate) trait RegistryState: Send + Sync + 'static {
     fn subscriptions(&self) -> usize;
     /// The traffic rules now (a copy: read per request, never on the heartbeat path).
     fn rules(&self) -> stardust::traffic::Rules;
+    /// What providers said about `service` (methods, signatures, docs), per version, lowest
+    /// first; empty when none described it.
+    fn describe(&self, service: &str) -> Vec<VersionDescription>;
+    /// Checks `app`'s `secret` exactly like a registry login from `peer` (the same throttle,
+    /// hash permits and argon2 off the async threads, the same counters).
+    fn check_secret(
+        &self,
+        app: String,
+        secret: String,
+        peer: SocketAddr,
+    ) -> BoxFuture<'_, Result<(), RegistryError>>;
+    /// Whether `app` is configured with the admin role.
+    fn is_admin(&self, app: &str) -> bool;
+    /// A token for `app`, signed by this registry, valid for `ttl` and bound to the holder of
+    /// `key` (proof of possession).
+    fn mint_bound(&self, app: &str, key: [u8; 32], ttl: std::time::Duration) -> String;
 }
 
 /// Counters of a registry's logins since it started ([`RegistryNode::login_stats`]).

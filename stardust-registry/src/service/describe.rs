@@ -73,7 +73,7 @@ impl Descriptions {
     }
 
     /// Every version of `service` described, lowest first.
-    fn of(&self, service: &str) -> Vec<VersionDescription> {
+    pub(super) fn of(&self, service: &str) -> Vec<VersionDescription> {
         let mut found: Vec<VersionDescription> = self
             .by_version
             .lock()

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use stardust::discovery::api::VersionDescription;
 
 use super::health::{Health, health};
 use super::traffic::{TrafficSummary, TrafficView, summary, traffic_view};
@@ -70,6 +71,48 @@ pub(crate) struct ServiceView {
     instances: Vec<InstanceView>,
     /// Its traffic rules (routes, faults) and the faults consumers injected.
     traffic: TrafficView,
+    /// The service's doc comment, as its providers described it (newest version's).
+    docs: String,
+    /// Its methods as its providers described them (every described version's, by name).
+    methods: Vec<DescribedMethod>,
+}
+
+/// One method as providers described it.
+#[derive(Serialize)]
+struct DescribedMethod {
+    name: String,
+    /// As written in Rust: `add(a: i64, b: i64) -> i64`.
+    signature: String,
+    docs: String,
+    idempotent: bool,
+    /// The versions that have it, lowest first.
+    versions: Vec<String>,
+}
+
+/// The methods of every described version (the newest version's signature and docs first).
+fn described_methods(described: &[VersionDescription]) -> (String, Vec<DescribedMethod>) {
+    let mut docs = String::new();
+    let mut out: Vec<DescribedMethod> = Vec::new();
+    for v in described.iter().rev() {
+        let Some(d) = &v.description else { continue };
+        if docs.is_empty() {
+            docs = d.docs.clone();
+        }
+        for m in &d.methods {
+            match out.iter_mut().find(|o| o.name == m.name) {
+                Some(o) => o.versions.insert(0, v.version.clone()),
+                None => out.push(DescribedMethod {
+                    name: m.name.clone(),
+                    signature: m.signature(),
+                    docs: m.docs.clone(),
+                    idempotent: m.idempotent,
+                    versions: vec![v.version.clone()],
+                }),
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    (docs, out)
 }
 
 #[derive(Serialize)]
@@ -364,7 +407,13 @@ fn instance_view(service: &str, stats: &InstanceStats, snap: &Snapshot) -> Insta
     }
 }
 
-pub(crate) fn service_view(name: &str, entry: &ServiceEntry, snap: &Snapshot) -> ServiceView {
+pub(crate) fn service_view(
+    name: &str,
+    entry: &ServiceEntry,
+    snap: &Snapshot,
+    described: &[VersionDescription],
+) -> ServiceView {
+    let (docs, methods) = described_methods(described);
     let instances: Vec<InstanceView> = entry
         .instances
         .values()
@@ -405,15 +454,21 @@ pub(crate) fn service_view(name: &str, entry: &ServiceEntry, snap: &Snapshot) ->
         p99_us,
         instances,
         traffic: traffic_view(name, snap),
+        docs,
+        methods,
     }
 }
 
 /// `/api/services`: the registry's facts and every service with its instances.
-pub(crate) fn overview(snap: &Snapshot, facts: &RegistryFacts) -> Overview {
+pub(crate) fn overview(
+    snap: &Snapshot,
+    facts: &RegistryFacts,
+    describe: &dyn Fn(&str) -> Vec<VersionDescription>,
+) -> Overview {
     let services: Vec<ServiceView> = snap
         .services
         .iter()
-        .map(|(name, e)| service_view(name, e, snap))
+        .map(|(name, e)| service_view(name, e, snap, &describe(name)))
         .collect();
     Overview {
         registry: RegistryView {
