@@ -185,7 +185,7 @@ fn run(args: CallArgs) -> Result<ExitCode, Failure> {
             check(&args, m, count)?;
         }
         let returns = match &method {
-            Some(m) if m.returns.starts_with("Result<") => Returns::Result,
+            Some(m) if is_result(&m.returns) => Returns::Result,
             Some(_) => Returns::Plain,
             None => Returns::Unknown,
         };
@@ -414,6 +414,14 @@ impl Call {
     }
 }
 
+/// Whether a return type as written is a `Result<T, E>` (also spelt with its path).
+fn is_result(returns: &str) -> bool {
+    let returns = returns.trim_start_matches("::");
+    ["", "std::result::", "core::result::"]
+        .iter()
+        .any(|path| returns.starts_with(&format!("{path}Result<")))
+}
+
 /// Unwraps a Result's `{"Ok": v}` / `{"Err": e}`.
 fn classify(value: Value, returns: Returns) -> Outcome {
     if matches!(returns, Returns::Plain) {
@@ -554,4 +562,32 @@ fn percentile(values: &[Duration], p: f64) -> Duration {
     }
     let rank = (p * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_recognised_and_unwrapped() {
+        assert!(is_result("Result<u64, E>") && is_result("std::result::Result<(), E>"));
+        assert!(!is_result("u64") && !is_result("Vec<Result<u8, E>>"));
+        let err = json!({ "Err": { "OutOfStock": 1 } });
+        assert!(
+            matches!(classify(err.clone(), Returns::Result), Outcome::AppError(e) if e == json!({ "OutOfStock": 1 }))
+        );
+        assert!(matches!(classify(err.clone(), Returns::Plain), Outcome::Ok(v) if v == err));
+        assert!(matches!(classify(json!({ "Ok": 3 }), Returns::Unknown), Outcome::Ok(v) if v == 3));
+        let other = json!({ "Circle": 2 });
+        assert!(matches!(classify(other.clone(), Returns::Unknown), Outcome::Ok(v) if v == other));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&ms, 0.5), Duration::from_millis(50));
+        assert_eq!(percentile(&ms, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&ms, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
 }
