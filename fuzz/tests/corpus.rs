@@ -207,4 +207,15 @@ impl stardust::discovery::api::Registry for NeverCalled {
     ) -> Result<u64, RegistryError> {
         unreachable!("calls are decoded, never run")
     }
+    async fn services(
+        &self,
+    ) -> Result<Vec<stardust::discovery::api::ServiceSummary>, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
+    async fn describe(
+        &self,
+        _: String,
+    ) -> Result<Vec<stardust::discovery::api::VersionDescription>, RegistryError> {
+        unreachable!("calls are decoded, never run")
+    }
 }

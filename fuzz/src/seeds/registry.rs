@@ -32,7 +32,19 @@ pub(super) fn registration() -> Registration {
         weight: 100,
         tags: BTreeMap::from([("zone".into(), "a".into())]),
         tls: true,
-        description: None,
+        description: Some(stardust::discovery::api::ServiceDescription {
+            docs: "A calculator.".into(),
+            methods: vec![stardust::discovery::api::MethodDescription {
+                name: "add".into(),
+                args: vec![stardust::discovery::api::ArgDescription {
+                    name: "a".into(),
+                    ty: "i64".into(),
+                }],
+                returns: "i64".into(),
+                idempotent: true,
+                ..Default::default()
+            }],
+        }),
     }
 }
 
@@ -138,6 +150,8 @@ pub(super) fn registry_calls() -> Vec<(&'static str, Vec<u8>)> {
         ("resume", enc(&("sd1.e30.c2ln",))),
         ("traffic", enc(&("calc.Calculator", Some(7u64)))),
         ("rules", enc(&stardust::__private::NoArgs)),
+        ("services", enc(&stardust::__private::NoArgs)),
+        ("describe", enc(&("calc.Calculator",))),
         (
             "edit_rules",
             enc(&(

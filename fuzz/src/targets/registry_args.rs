@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stardust::discovery::api::{
     Instance, LoginReply, PublicKey, Registration, Registry, RegistryError, RegistryServer,
-    Revision, Status, WatchReply,
+    Revision, ServiceSummary, Status, VersionDescription, WatchReply,
 };
 use stardust::traffic::{Rules, RulesEdit, ServiceRules};
 use stardust::{ErrorKind, Service};
@@ -47,7 +47,8 @@ pub fn run(data: &[u8]) {
         "login" => stable::<(String, String)>(&recorded),
         "resume" => stable::<(String,)>(&recorded),
         "watch" => stable::<(String, String, Option<Revision>)>(&recorded),
-        "renew" | "public_keys" | "rules" => stable::<()>(&recorded),
+        "renew" | "public_keys" | "rules" | "services" => stable::<()>(&recorded),
+        "describe" => stable::<(String,)>(&recorded),
         "traffic" => stable::<(String, Option<u64>)>(&recorded),
         "edit_rules" => stable::<(RulesEdit, Option<u64>)>(&recorded),
         "register" => stable::<(Registration,)>(&recorded),
@@ -163,5 +164,13 @@ impl Registry for Recorder {
         if_revision: Option<u64>,
     ) -> Result<u64, RegistryError> {
         Err(self.record(&(edit, if_revision)))
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
+        Err(self.record(&()))
+    }
+
+    async fn describe(&self, service: String) -> Result<Vec<VersionDescription>, RegistryError> {
+        Err(self.record(&(service,)))
     }
 }
