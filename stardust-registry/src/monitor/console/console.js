@@ -2,7 +2,7 @@
 (function () {
   const POLL_MS = 1500, HISTORY_MS = 2000;
   const HEALTH_LABEL = { healthy: "healthy", erroring: "erroring", stale: "no recent report", unreachable: "unreachable" };
-  const state = { overview: null, history: null, spanMin: 5, filter: "", cards: new Map(), lastOk: 0, failing: false };
+  const state = { admin: null, csrf: null, traceUrl: null, overview: null, history: null, spanMin: 5, filter: "", cards: new Map(), lastOk: 0, failing: false };
   const $ = (id) => document.getElementById(id);
 
   // ---- formatting -------------------------------------------------------------------------
@@ -227,20 +227,26 @@
 
   function methodRows(s) {
     const by = new Map();
+    const blank = () => ({ calls: 0, errors: 0, rate: 0, lastCalls: 0, lastErrors: 0, inFlight: 0, p50: null, p90: null, p99: null, max: null, kinds: {} });
+    for (const d of s.methods || []) if (!by.has(d.name)) by.set(d.name, blank());
     for (const i of s.instances) for (const m of i.methods) {
       let a = by.get(m.method);
-      if (!a) by.set(m.method, (a = { calls: 0, errors: 0, rate: 0, lastCalls: 0, lastErrors: 0, inFlight: 0, p50: null, p90: null, p99: null, max: null, kinds: {} }));
+      if (!a) by.set(m.method, (a = blank()));
       a.calls += m.totals.calls; a.errors += m.totals.errors; a.rate += m.last.calls_per_s;
       a.lastCalls += m.last.calls; a.lastErrors += m.last.errors; a.inFlight += m.last.in_flight;
       for (const k of ["p50", "p90", "p99", "max"]) { const v = m.last[k + "_us"]; if (v != null) a[k] = Math.max(a[k] || 0, v); }
       for (const [k, n] of Object.entries(m.totals.errors_by_kind)) a.kinds[k] = (a.kinds[k] || 0) + n;
     }
+    const described = new Map((s.methods || []).map((d) => [d.name, d]));
     const names = [...by.keys()].sort();
     const rows = names.map((n) => {
       const a = by.get(n);
+      const d = described.get(n);
       const er = a.lastCalls ? a.lastErrors / a.lastCalls : 0;
       const kinds = Object.entries(a.kinds).sort((x, y) => y[1] - x[1]).map(([k, c]) => `${esc(k)} ${int(c)}`).join(", ");
-      return `<tr data-method="${esc(n)}"><td class="mono">${esc(n)}</td><td class="r">${rate(a.rate)}</td><td class="r ${errClass(er)}">${pct(er)}</td>
+      const sig = d ? `<span class="sig" data-field="signature" title="${esc(d.docs || "")}">${esc(d.signature)}</span>` : "";
+      const call = state.admin ? `<button type="button" class="callm" data-call-method="${esc(n)}">call</button>` : "";
+      return `<tr data-method="${esc(n)}"><td class="mono">${esc(n)}${call}${sig}</td><td class="r">${rate(a.rate)}</td><td class="r ${errClass(er)}">${pct(er)}</td>
         <td class="r">${lat(a.p50)}</td><td class="r">${lat(a.p90)}</td><td class="r">${lat(a.p99)}</td><td class="r">${lat(a.max)}</td>
         <td class="r">${int(a.inFlight)}</td><td class="r">${int(a.calls)}</td><td class="r ${a.errors ? "warn" : ""}">${int(a.errors)}</td><td class="muted">${kinds || "–"}</td></tr>`;
     });
@@ -440,6 +446,83 @@
     } catch (e) { /* the overview poll reports connectivity */ }
     setTimeout(pollHistory, HISTORY_MS);
   }
+  // ---- admin: login and calls (the only requests that change anything) -----------------------
+  // A trace id shown anywhere links to the trace UI when the registry was started with
+  // STARDUST_TRACE_URL (its "{trace_id}" replaced).
+  function traceLink(id) {
+    if (!state.traceUrl || !id) return esc(id || "");
+    const href = state.traceUrl.replace("{trace_id}", encodeURIComponent(id));
+    return `<a class="mono" href="${esc(href)}" target="_blank" rel="noopener noreferrer">${esc(id)}</a>`;
+  }
+  window.__traceLink = traceLink;
+  function setAdmin(info) {
+    state.admin = info && info.admin ? info.admin : null;
+    state.csrf = state.admin ? info.csrf : null;
+    if (info && "trace_url" in info) state.traceUrl = info.trace_url;
+    $("login-box").hidden = !!state.admin;
+    $("call-panel").hidden = !state.admin;
+    $("admin-app").textContent = state.admin || "";
+    if (state.overview) { for (const el of state.cards.values()) f(el, "method-rows")._html = null; renderServices(); }
+  }
+  async function post(path, body, type) {
+    const headers = { accept: "application/json" };
+    if (type) headers["content-type"] = type;
+    if (state.csrf) headers["x-csrf-token"] = state.csrf;
+    const r = await fetch(path, { method: "POST", cache: "no-store", credentials: "same-origin", headers, body });
+    let j = null;
+    try { j = await r.json(); } catch (e) { /* no JSON */ }
+    return { status: r.status, retry: r.headers.get("retry-after"), json: j || {} };
+  }
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const err = $("login-error");
+    err.textContent = "";
+    const body = new URLSearchParams({ app: $("login-app").value, secret: $("login-secret").value });
+    try {
+      const r = await post("/console/login", body.toString(), "application/x-www-form-urlencoded");
+      $("login-secret").value = "";
+      if (r.status === 200) { setAdmin(r.json); return; }
+      err.textContent = r.status === 429 ? `Too many attempts: retry in ${r.retry || "a few"} s.` : (r.json.error || "HTTP " + r.status);
+      err.dataset.status = String(r.status);
+    } catch (x) { err.textContent = "Cannot reach the registry."; }
+  });
+  $("logout").addEventListener("click", async () => {
+    try { await post("/console/logout", null, null); } catch (x) { /* the session ends anyway */ }
+    setAdmin(null);
+  });
+  $("call-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const st = $("call-status"), out = $("call-result"), latency = $("call-latency");
+    st.className = ""; st.textContent = "calling…"; out.textContent = ""; latency.textContent = "";
+    let args;
+    try { args = JSON.parse($("call-args").value || "[]"); } catch (x) { st.className = "err"; st.textContent = "The arguments are not JSON: " + x.message; return; }
+    const call = { service: $("call-service").value.trim(), method: $("call-method").value.trim(), args };
+    const ep = $("call-endpoint").value.trim();
+    if (ep) call.endpoint = ep;
+    try {
+      const r = await post("/console/call", JSON.stringify(call), "application/json");
+      const j = r.json;
+      if (r.status === 401 || r.status === 403) { setAdmin(null); st.className = "err"; st.textContent = j.error || "log in again"; return; }
+      if (j.latency_ms != null) latency.textContent = `${j.latency_ms} ms${j.endpoint ? " · " + j.endpoint : ""}`;
+      if (j.ok) { st.className = "ok"; st.textContent = "ok"; out.textContent = JSON.stringify(j.result, null, 2); }
+      else if (j.error) {
+        st.className = "err";
+        st.textContent = j.error.kind === "application" ? "the method returned its error" : "failed: " + j.error.kind;
+        out.textContent = j.error.kind === "application" ? JSON.stringify(j.error.value, null, 2) : j.error.message;
+      } else { st.className = "err"; st.textContent = "HTTP " + r.status; }
+      out.dataset.status = st.className;
+    } catch (x) { st.className = "err"; st.textContent = "Cannot reach the registry."; }
+  });
+  $("services").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-call-method]");
+    if (!b) return;
+    const card = b.closest("[data-service]");
+    $("call-service").value = card ? card.dataset.service : "";
+    $("call-method").value = b.dataset.callMethod;
+    $("call-args").focus();
+  });
+  getJson("/console/session").then(setAdmin).catch(() => setAdmin(null));
+
   $("filter").addEventListener("input", (e) => { state.filter = e.target.value.trim().toLowerCase(); if (state.overview) renderServices(); });
   $("span").addEventListener("click", (e) => {
     const b = e.target.closest("button");
