@@ -11,6 +11,8 @@
 //! where it fails. `STARDUST_UPDATE_SCREENSHOT=1` also feeds a realistic deployment for about a
 //! minute and writes `docs/console.png` (the README's screenshot).
 
+#[path = "console/admin.rs"]
+mod admin;
 #[path = "console/chromium.rs"]
 mod chromium;
 mod common;

@@ -111,9 +111,7 @@ pub(super) async fn call(ctx: &Ctx, req: Request<Incoming>) -> Reply {
         .filter_map(|v| v.description)
         .find_map(|d| d.methods.into_iter().find(|m| m.name == asked.method));
     let idempotent = described.as_ref().is_some_and(|m| m.idempotent);
-    let returns_result = described
-        .as_ref()
-        .is_some_and(|m| m.returns.trim_start().starts_with("Result"));
+    let returns_result = described.as_ref().is_some_and(|m| is_result(&m.returns));
 
     let key = match ProofKey::generate() {
         Ok(k) => k,
@@ -172,6 +170,15 @@ fn failed(kind: &str, message: &str) -> Reply {
     )
 }
 
+/// The type as written is a `Result<..>` (also spelt with its path, `std::result::Result<..>`).
+fn is_result(ty: &str) -> bool {
+    let head = ty.split('<').next().unwrap_or("").trim();
+    head.rsplit("::")
+        .next()
+        .is_some_and(|last| last.trim() == "Result")
+        && ty.contains('<')
+}
+
 /// `{"Ok": v}` / `{"Err": e}` of a method returning a `Result`.
 fn unwrap_result(value: Value, is_result: bool) -> Result<Value, Value> {
     if !is_result {
@@ -188,5 +195,24 @@ fn unwrap_result(value: Value, is_result: bool) -> Result<Value, Value> {
             }
         }
         v => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_recognised_and_unwrapped() {
+        assert!(is_result("Result<i64, DivError>"));
+        assert!(is_result("std::result::Result<(), E>"));
+        assert!(!is_result("i64"));
+        assert!(!is_result("MyResult<i64>"));
+        assert_eq!(unwrap_result(j!({"Ok": 5}), true), Ok(j!(5)));
+        assert_eq!(
+            unwrap_result(j!({"Err": "DivideByZero"}), true),
+            Err(j!("DivideByZero"))
+        );
+        assert_eq!(unwrap_result(j!({"Ok": 5}), false), Ok(j!({"Ok": 5})));
     }
 }
