@@ -227,3 +227,115 @@ async fn wrong_secrets_and_other_apps_are_refused_and_throttled() {
     assert!(stats.failed >= 5 && stats.throttled >= 2, "{stats:?}");
     node.shutdown().await;
 }
+
+/// A service with a typed error, for the console's calls.
+#[stardust::service(name = "test.Div", version = "1.0.0")]
+pub trait Div {
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn div(&self, a: i64, b: i64) -> Result<i64, DivError>;
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum DivError {
+    DivideByZero,
+}
+
+struct DivImpl;
+
+impl Div for DivImpl {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn div(&self, a: i64, b: i64) -> Result<i64, DivError> {
+        if b == 0 {
+            Err(DivError::DivideByZero)
+        } else {
+            Ok(a / b)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_show_results_typed_errors_and_refuse_unknown_endpoints() {
+    let (node, http) = start_monitored(config()).await;
+    let star = stardust::Stardust::builder()
+        .registry(node.local_addr().to_string())
+        .app("divider", "divider-secret")
+        .connect()
+        .await
+        .expect("the provider logs in");
+    let provider = star
+        .serve(
+            stardust::Server::builder().serve(DivServer::new(DivImpl)),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("the provider registers");
+    let r = login(http, "ops", "ops-secret").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let session = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = r.json()["csrf"].as_str().unwrap().to_owned();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Cookie", session.as_str()),
+        ("X-CSRF-Token", csrf.as_str()),
+    ];
+    let call = async |body: serde_json::Value| {
+        let r = request(
+            http,
+            "POST",
+            "/console/call",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+
+    let a = call(serde_json::json!({"service": "test.Div", "method": "add", "args": [2, 3]})).await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["result"], 5);
+    assert!(a["latency_ms"].as_f64().is_some(), "{a}");
+    let d = call(serde_json::json!({"service": "test.Div", "method": "div", "args": [1, 0]})).await;
+    assert_eq!(d["ok"], false, "{d}");
+    assert_eq!(d["error"]["kind"], "application");
+    assert_eq!(d["error"]["value"], "DivideByZero");
+    let ok =
+        call(serde_json::json!({"service": "test.Div", "method": "div", "args": [6, 3]})).await;
+    assert_eq!(ok["result"], 2, "{ok}");
+    // Only a live instance of the service may be named.
+    let e = call(
+        serde_json::json!({"service": "test.Div", "method": "add", "args": [1, 1],
+        "endpoint": node.local_addr().to_string()}),
+    )
+    .await;
+    assert_eq!(e["error"]["kind"], "no_instance", "{e}");
+    let wrong =
+        call(serde_json::json!({"service": "test.Div", "method": "add", "args": "x"})).await;
+    assert_eq!(wrong["ok"], false, "{wrong}");
+
+    // The service view carries the signatures and docs.
+    let view = http_get(http, "/api/services/test.Div").await.json();
+    let sigs: Vec<&str> = view["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["signature"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sigs,
+        [
+            "add(a: i64, b: i64) -> i64",
+            "div(a: i64, b: i64) -> Result<i64, DivError>"
+        ]
+    );
+    drop(provider);
+    node.shutdown().await;
+}

@@ -392,6 +392,10 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Reply {
                     "/api/history?minutes=M": "calls/s and errors/s per service, one sample per slot (last M minutes, up to 15)",
                     "/metrics": "Prometheus text format",
                     "/healthz": "200 while the node follows its store, 503 (with the reason) while it cannot",
+                    "/console/session": "the admin logged in to the console with this cookie (and its CSRF token), or null",
+                    "POST /console/login": "admin apps only: form fields app and secret; sets the session cookie",
+                    "POST /console/call": "with the session cookie and X-CSRF-Token: JSON {service, method, args, endpoint?}",
+                    "POST /console/logout": "with the session cookie and X-CSRF-Token",
                 }
             }),
         ),
