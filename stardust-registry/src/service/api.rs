@@ -101,6 +101,21 @@ impl Registry for RegistryImpl {
             self.shared.store.release(session.id);
             return Err(unauthorized(LOG_IN_FIRST));
         }
+        // Shared first (a shared store tells this node's view which description it holds, so
+        // the first one registered through any node wins here too), then recorded here.
+        if let Some(d) = &description
+            && !self
+                .shared
+                .descriptions
+                .in_store(&service, &instance.version)
+            && let Err(e) = self
+                .shared
+                .store
+                .put_description(&service, &instance.version, &app, d)
+                .await
+        {
+            tracing::debug!(service = ?service, version = %instance.version, error = %e, "could not share the service description through the store; kept on this node");
+        }
         self.shared
             .descriptions
             .record(&service, &instance.version, &app, description.as_ref());

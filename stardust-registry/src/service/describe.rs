@@ -2,8 +2,12 @@
 //! Rust, docs), kept once per (service, version) for operators' tools: `services`, `describe`,
 //! the console. The first description of a version is kept; a different one registered later
 //! for the same version is logged and shown as a conflict, never silently swapped in.
+//!
+//! With a shared store (etcd) the first description of a version is also kept there, so every
+//! node shows the same one: the node records what its own providers register at once, and what
+//! the store reports ([`Descriptions::stored`]) with the same rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use parking_lot::Mutex;
 use stardust::discovery::api::{
@@ -24,7 +28,15 @@ pub(super) const MAX_TYPE_LEN: usize = 1024;
 
 #[derive(Default)]
 pub(crate) struct Descriptions {
-    by_version: Mutex<HashMap<(String, String), VersionDescription>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_version: HashMap<(String, String), VersionDescription>,
+    /// The (service, version) pairs a shared store reported a description of: it holds one
+    /// already, so writing another there is pointless (at most [`MAX_DESCRIPTIONS`]).
+    in_store: HashSet<(String, String)>,
 }
 
 impl Descriptions {
@@ -36,7 +48,48 @@ impl Descriptions {
         app: &str,
         description: Option<&ServiceDescription>,
     ) {
-        let mut map = self.by_version.lock();
+        let mut held = self.held.lock();
+        Self::record_in(&mut held.by_version, service, version, app, description);
+    }
+
+    /// Records the description a shared store holds for `service` `version` (registered by
+    /// `app` through some node), with the same first-wins rule as [`record`](Self::record).
+    pub(super) fn stored(
+        &self,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: &ServiceDescription,
+    ) {
+        let mut held = self.held.lock();
+        Self::record_in(
+            &mut held.by_version,
+            service,
+            version,
+            app,
+            Some(description),
+        );
+        let key = (service.to_owned(), version.to_owned());
+        if held.by_version.contains_key(&key) {
+            held.in_store.insert(key);
+        }
+    }
+
+    /// Whether the shared store is known to hold a description of `service` `version` already.
+    pub(super) fn in_store(&self, service: &str, version: &str) -> bool {
+        self.held
+            .lock()
+            .in_store
+            .contains(&(service.to_owned(), version.to_owned()))
+    }
+
+    fn record_in(
+        map: &mut HashMap<(String, String), VersionDescription>,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: Option<&ServiceDescription>,
+    ) {
         let key = (service.to_owned(), version.to_owned());
         let full = map.len() >= MAX_DESCRIPTIONS;
         match map.get_mut(&key) {
@@ -75,8 +128,9 @@ impl Descriptions {
     /// Every version of `service` described, lowest first.
     pub(super) fn of(&self, service: &str) -> Vec<VersionDescription> {
         let mut found: Vec<VersionDescription> = self
-            .by_version
+            .held
             .lock()
+            .by_version
             .iter()
             .filter(|((s, _), _)| s == service)
             .map(|(_, d)| d.clone())

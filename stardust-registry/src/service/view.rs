@@ -38,6 +38,16 @@ impl View for Shared {
         self.rules_reported(rules);
     }
 
+    fn description(
+        &self,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: &stardust::discovery::api::ServiceDescription,
+    ) {
+        self.descriptions.stored(service, version, app, description);
+    }
+
     fn reset(&self, records: Vec<Record>) {
         let mut fresh = BTreeMap::new();
         for record in records {

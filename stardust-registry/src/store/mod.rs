@@ -1,5 +1,6 @@
 //! Where registry nodes keep what they share: registrations, dev-mode apps, app definitions,
-//! token-signing public keys and the traffic rules.
+//! token-signing public keys, the traffic rules and the first service description of each
+//! (service, version).
 //!
 //! Two stores sit behind one trait, [`Store`]:
 //!
@@ -10,7 +11,8 @@
 //!   by an etcd lease that the node keeps alive while the provider's connection and heartbeats
 //!   live; every node watches the keys and rebuilds its table from what it sees, so a write
 //!   through one node reaches the subscribers of all of them. App definitions and public keys
-//!   are shared the same way, so a token from one node is accepted everywhere.
+//!   are shared the same way, so a token from one node is accepted everywhere; so are service
+//!   descriptions, so `describe` on any node shows what a provider registered through another.
 //!
 //! The registry service (`service.rs`) decides *what* may change (sessions, permissions,
 //! validation) and keeps the per-connection parts (sessions, subscriptions); a store decides
@@ -27,7 +29,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use stardust::discovery::api::{Instance, PublicKey};
+use stardust::discovery::api::{Instance, PublicKey, ServiceDescription};
 use stardust::traffic::Rules;
 
 use crate::config::AppConfig;
@@ -94,6 +96,16 @@ pub(crate) trait View: Send + Sync + 'static {
     /// The traffic rules are now `rules` (written through some node, or found when the watch
     /// (re)started).
     fn rules(&self, rules: Rules);
+    /// The store holds `description` of `service` `version`, registered by `app` (through some
+    /// node): the first one stored for that version, which the node records as it records its
+    /// own providers' (first wins, a different one is a conflict).
+    fn description(
+        &self,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: &ServiceDescription,
+    );
 }
 
 /// What registry nodes share: see the [module docs](self).
@@ -164,6 +176,18 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Stores `rules` if the stored ones are still at revision `seen` (else
     /// [`StoreError::Conflict`]`(None)`: another node changed them first).
     fn put_rules(&self, rules: &Rules, seen: u64) -> BoxFuture<'_, Result<Written, StoreError>>;
+
+    /// Shares `app`'s `description` of `service` `version` with the other nodes, unless the
+    /// store holds one for that version already (the first stays; this node's [`View`] is told
+    /// which it is). Not shared by the memory store (`Ok` at once); a failure here is only
+    /// logged by the caller, never fails the registration.
+    fn put_description(
+        &self,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: &ServiceDescription,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// `Err(why)` while the node cannot follow the store (it then serves the last table it
     /// had, and refuses writes): for health checks.

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use etcd_client::KeyValue;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-use stardust::discovery::api::{Instance, PublicKey};
+use stardust::discovery::api::{Instance, PublicKey, ServiceDescription};
 use stardust::traffic::Rules;
 
 use super::Inner;
@@ -59,7 +59,24 @@ pub(super) struct StoredKey {
     pub(super) node: String,
 }
 
+/// A service description's value: the first one registered for its (service, version), and
+/// the app that registered it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredDescription {
+    pub(super) app: String,
+    pub(super) description: ServiceDescription,
+}
+
+/// Largest description value read (or written): a bigger one is ignored, whoever wrote it.
+pub(super) const MAX_DESCRIPTION_VALUE: usize = 256 * 1024;
+
 impl Inner {
+    /// Like an instance key, the service name as it is (it may hold `/`; the version never
+    /// does, so the key splits at its last `/`).
+    pub(super) fn description_key(&self, service: &str, version: &str) -> String {
+        format!("{}{DESCRIPTIONS}/{service}/{version}", self.root)
+    }
+
     pub(super) fn instance_key(&self, service: &str, endpoint: &str) -> String {
         format!("{}instances/{service}/{endpoint}", self.root)
     }
@@ -108,6 +125,7 @@ impl Inner {
             "dev-apps" => serde_json::from_slice::<StoredApp>(kv.value())
                 .map(|a| Decoded::DevApp(name.to_owned(), a.secret_hash))
                 .map_err(|e| e.to_string()),
+            DESCRIPTIONS => decode_description(name, kv.value()),
             "keys" => serde_json::from_slice::<StoredKey>(kv.value())
                 .map_err(|e| e.to_string())
                 .and_then(|k| {
@@ -137,6 +155,29 @@ impl Inner {
     }
 }
 
+/// The kind of the service descriptions' keys, `{prefix}/descriptions/{service}/{version}`.
+const DESCRIPTIONS: &str = "descriptions";
+
+/// A description's value, `name` being the key's `{service}/{version}`.
+pub(super) fn decode_description(name: &str, value: &[u8]) -> Result<Decoded, String> {
+    let (service, version) = name
+        .rsplit_once('/')
+        .ok_or_else(|| "the key names no version".to_owned())?;
+    if value.len() > MAX_DESCRIPTION_VALUE {
+        return Err(format!(
+            "{} bytes, more than the {MAX_DESCRIPTION_VALUE} a description may take",
+            value.len()
+        ));
+    }
+    let stored: StoredDescription = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+    Ok(Decoded::Description {
+        service: service.to_owned(),
+        version: version.to_owned(),
+        app: stored.app,
+        description: stored.description,
+    })
+}
+
 /// The rules' key under the prefix (one key: every node reads and writes the whole set).
 const RULES: &str = "rules";
 
@@ -156,8 +197,8 @@ fn decode_rules(value: &[u8]) -> Result<Rules, String> {
     Ok(rules)
 }
 
-/// A key under `root` as `(key, kind, name)`: `kind` is `instances`, `apps`, `dev-apps` or
-/// `keys`; `name` the rest.
+/// A key under `root` as `(key, kind, name)`: `kind` is `instances`, `apps`, `dev-apps`,
+/// `keys` or `descriptions`; `name` the rest.
 fn split_key<'a>(root: &str, key: &'a [u8]) -> Option<(&'a str, &'a str, &'a str)> {
     let key = std::str::from_utf8(key).ok()?;
     let rest = key.strip_prefix(root)?;
@@ -181,6 +222,9 @@ fn deleted(root: &str, key: &[u8]) -> Option<Deleted> {
         "apps" => Deleted::App(name.to_owned()),
         "dev-apps" => Deleted::DevApp(name.to_owned()),
         "keys" => Deleted::Key(name.to_owned()),
+        // A description deleted by hand: nodes keep showing the one they recorded (as they do
+        // once its version's last instance is gone).
+        DESCRIPTIONS => return None,
         _ => return None,
     })
 }
@@ -192,6 +236,13 @@ pub(super) enum Decoded {
     Key(PublicKey, String),
     /// The traffic rules, with the key's revision.
     Rules(Rules, i64),
+    /// The first description of a (service, version), and the app that registered it.
+    Description {
+        service: String,
+        version: String,
+        app: String,
+        description: ServiceDescription,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -244,6 +295,46 @@ mod tests {
         assert_eq!(deleted(root, b"team/registry/rules/x"), None);
         assert_eq!(deleted(root, b"team/registry/queues/x"), None);
         assert_eq!(deleted(root, b"team/registry/apps/\xff"), None);
+    }
+
+    #[test]
+    fn descriptions_are_keyed_by_service_and_version() {
+        let description = ServiceDescription {
+            docs: "A calculator.".into(),
+            methods: Vec::new(),
+        };
+        let value = serde_json::to_vec(&StoredDescription {
+            app: "calc".into(),
+            description: description.clone(),
+        })
+        .unwrap();
+        // A service name with `/` in it: the version never has one.
+        match decode_description("a/b/1.2.0", &value) {
+            Ok(Decoded::Description {
+                service,
+                version,
+                app,
+                description: d,
+            }) => {
+                assert_eq!((service.as_str(), version.as_str()), ("a/b", "1.2.0"));
+                assert_eq!((app.as_str(), d), ("calc", description));
+            }
+            _ => panic!("not a description"),
+        }
+        // No version, not JSON, or too big: refused, saying why.
+        assert!(decode_description("a", &value).is_err());
+        assert!(decode_description("a/1.0.0", b"not json").is_err());
+        let mut big = value.clone();
+        big.resize(MAX_DESCRIPTION_VALUE + 1, b' ');
+        let Err(err) = decode_description("a/1.0.0", &big) else {
+            panic!("an oversized description was read");
+        };
+        assert!(err.contains("more than"), "{err}");
+        // Deleting one by hand changes nothing in the nodes' tables.
+        assert_eq!(
+            deleted("team/registry/", b"team/registry/descriptions/a/1.0.0"),
+            None
+        );
     }
 
     #[test]

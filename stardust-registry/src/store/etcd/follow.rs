@@ -1,6 +1,7 @@
 //! Following etcd: list the prefix once, then watch it from the next revision, reporting every
-//! change to the node's [`View`] and to what it learnt (apps, dev apps, public keys), and the
-//! traffic rules to both the view and the store's [`SeenRules`].
+//! change to the node's [`View`] and to what it learnt (apps, dev apps, public keys), the
+//! traffic rules to both the view and the store's [`SeenRules`], and service descriptions to
+//! the view.
 //!
 //! The watch is the only road into the node's table, the node's own writes included: a write
 //! returns once the watch has delivered its revision (`applied`, see `wait_applied`), so every
@@ -33,11 +34,18 @@ impl Inner {
         let mut learnt = Learnt::default();
         let rules_key = self.rules_key();
         let (mut rules, mut rules_listed) = (None, false);
+        let mut descriptions = Vec::new();
         for kv in listed.kvs() {
             rules_listed |= kv.key() == rules_key.as_bytes();
             match self.decode(kv) {
                 Some(Decoded::Instance(r)) => records.push(r),
                 Some(Decoded::Rules(r, at)) => rules = Some((r, at)),
+                Some(Decoded::Description {
+                    service,
+                    version,
+                    app,
+                    description,
+                }) => descriptions.push((service, version, app, description)),
                 Some(Decoded::App(name, app)) => drop(learnt.apps.insert(name, app)),
                 Some(Decoded::DevApp(name, hash)) => drop(learnt.dev_apps.insert(name, hash)),
                 Some(Decoded::Key(key, node)) => {
@@ -48,6 +56,9 @@ impl Inner {
         }
         *self.learnt.lock() = learnt;
         view.reset(records);
+        for (service, version, app, description) in &descriptions {
+            view.description(service, version, app, description);
+        }
         match rules {
             Some((rules, at)) => self.rules_seen(view, rules, at),
             // Gone while the watch was down.
@@ -120,6 +131,12 @@ impl Inner {
                     EventType::Put => match self.decode(kv) {
                         Some(Decoded::Instance(r)) => view.put(r),
                         Some(Decoded::Rules(rules, at)) => self.rules_seen(&*view, rules, at),
+                        Some(Decoded::Description {
+                            service,
+                            version,
+                            app,
+                            description,
+                        }) => view.description(&service, &version, &app, &description),
                         Some(Decoded::App(name, app)) => {
                             self.learnt.lock().apps.insert(name, app);
                         }

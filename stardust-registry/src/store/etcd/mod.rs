@@ -9,6 +9,7 @@
 //! | `{prefix}/dev-apps/{name}`        | a dev-mode app's secret hash           | none |
 //! | `{prefix}/keys/{kid}`             | a node's token-signing public key      | the node's key lease |
 //! | `{prefix}/rules`                  | the traffic rules, all services, whole | none |
+//! | `{prefix}/descriptions/{svc}/{ver}` | the first description of that version, and its app | none |
 //!
 //! **Registrations.** The first registration of a session grants an etcd lease with the
 //! registry's lease TTL; every heartbeat of that session keeps it alive; the session's end
@@ -34,6 +35,15 @@
 //! registration, an edit returns once the watch has delivered it, and every node takes the
 //! rules from its watch (deleting the key by hand clears the rules).
 //!
+//! **Descriptions.** The description a provider registers with is written under its (service,
+//! version) only if that key is absent (a transaction on its creation revision): the first one
+//! stays, as on a single node, and a node whose write finds a different one there takes the
+//! stored one as the first and shows its own provider's as a conflict. The keys have no lease:
+//! a description outlives the instances that registered it, as the per-node record does (an
+//! operator may delete them by hand; nodes keep what they recorded). Every node takes them from
+//! its list and watch; values over 256 KiB, or malformed, are logged and ignored. A failed write
+//! never fails the registration: the node keeps the description itself.
+//!
 //! **Files.** This one holds the [`Store`] entry points and the node's shared state ([`Inner`]);
 //! `encoding` the key layout and value formats, `leases` the registrations' leases, `follow`
 //! the list-and-watch that feeds the table, `publish` the node's apps and public keys, and
@@ -45,7 +55,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use parking_lot::Mutex;
-use stardust::discovery::api::{Instance, PublicKey};
+use stardust::discovery::api::{Instance, PublicKey, ServiceDescription};
 use stardust::traffic::Rules;
 use tokio::sync::watch;
 
@@ -61,7 +71,9 @@ mod leases;
 mod publish;
 
 use connection::{connect_options, plaintext_remote, with_hint};
-use encoding::{Decoded, StoredApp, StoredInstance, encode_rules};
+use encoding::{
+    Decoded, MAX_DESCRIPTION_VALUE, StoredApp, StoredDescription, StoredInstance, encode_rules,
+};
 use leases::keep_alive;
 
 /// Bound on one etcd request (a healthy etcd answers in milliseconds).
@@ -116,6 +128,9 @@ struct Inner {
     applied: watch::Sender<i64>,
     /// Why the watch is down (`None`: following etcd).
     watch_down: Mutex<Option<String>>,
+    /// The node's table (set by `attach`): told which description etcd holds when this node's
+    /// write of another one finds it there.
+    view: Mutex<Option<Weak<dyn View>>>,
 }
 
 /// The traffic rules as this node last saw them in etcd.
@@ -203,6 +218,7 @@ impl EtcdStore {
             rules: Mutex::new(SeenRules::default()),
             applied: watch::Sender::new(0),
             watch_down: Mutex::new(Some("not listed yet".into())),
+            view: Mutex::new(None),
         });
         // A first request proves etcd answers (the channel connects lazily).
         let mut client = inner.client.clone();
@@ -251,6 +267,7 @@ impl Store for EtcdStore {
     }
 
     fn attach(&self, view: Weak<dyn View>) -> BoxFuture<'_, Result<(), StoreError>> {
+        *self.inner.view.lock() = Some(view.clone());
         Box::pin(async move {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tokio::spawn(self.inner.clone().run_watch(view, ready_tx));
@@ -484,6 +501,63 @@ impl Store for EtcdStore {
             } else {
                 Err(StoreError::Conflict(None))
             }
+        })
+    }
+
+    fn put_description(
+        &self,
+        service: &str,
+        version: &str,
+        app: &str,
+        description: &ServiceDescription,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.inner.description_key(service, version);
+        let value = serde_json::to_vec(&StoredDescription {
+            app: app.to_owned(),
+            description: description.clone(),
+        })
+        .expect("serialisable");
+        let (service, version) = (service.to_owned(), version.to_owned());
+        Box::pin(async move {
+            if value.len() > MAX_DESCRIPTION_VALUE {
+                return Err(unavailable(
+                    "store a service description",
+                    format!(
+                        "{} bytes, more than the {MAX_DESCRIPTION_VALUE} a description may take",
+                        value.len()
+                    ),
+                ));
+            }
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value, None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let mut client = self.inner.client.clone();
+            let response = bounded("store a service description", client.txn(txn)).await?;
+            if response.succeeded() {
+                // The watch reports it like any other node's.
+                return Ok(());
+            }
+            // One is stored already: it is the first, whatever this node's table shows yet (the
+            // watch may not have delivered it), so the view learns it now; the caller's own
+            // record then finds it and shows a different one as a conflict.
+            let stored = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
+                    let name = format!("{service}/{version}");
+                    match encoding::decode_description(&name, kv.value()) {
+                        Ok(Decoded::Description {
+                            app, description, ..
+                        }) => Some((app, description)),
+                        _ => None,
+                    }
+                }),
+                _ => None,
+            });
+            let view = self.inner.view.lock().as_ref().and_then(Weak::upgrade);
+            if let (Some((app, description)), Some(view)) = (stored, view) {
+                view.description(&service, &version, &app, &description);
+            }
+            Ok(())
         })
     }
 }
