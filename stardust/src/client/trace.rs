@@ -23,8 +23,7 @@ impl Client {
 
     /// [`deadline_and_call_trace`](Self::deadline_and_call_trace) with the trace as the
     /// request's 64-bit trace id alone (for calls that send no `traceparent`: the by-name calls
-    /// of `client/dynamic.rs`, in the works).
-    #[allow(dead_code)]
+    /// of `client/dynamic.rs`).
     pub(super) fn deadline_and_trace(&self, start: Instant) -> (Option<Instant>, u64) {
         let (deadline, trace) = self.deadline_and_call_trace(start);
         (deadline, trace.trace_id())

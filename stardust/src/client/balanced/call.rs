@@ -184,9 +184,8 @@ impl BalancedCall<'_> {
         }
     }
 
-    // Kept for calls that send no `traceparent` of their own (the by-name calls of
-    // `client/dynamic.rs`, in the works); everything else runs `run_traced`.
-    #[allow(dead_code)]
+    /// Runs the call sending no `traceparent` (the request's `trace_id` only): the by-name
+    /// calls of `client/dynamic.rs`. Typed and forwarded calls run [`run_traced`](Self::run_traced).
     pub(crate) async fn run<A: Args + ?Sized>(
         &self,
         b: &Balanced,
