@@ -4,8 +4,8 @@
 //! the server installs it for the duration of every poll of the handler's future, and
 //! [`Context::current`] reads it. Calls made from inside a handler inherit its deadline and trace
 //! automatically (the same W3C trace, under a span of their own whose parent is the served
-//! call's: see [`Context::trace_context`]). A task the handler spawns itself does not see the context: clone it and move
-//! it there if needed.
+//! call's: see [`Context::trace_context`]). A task the handler spawns itself does not see the
+//! context: clone it and move it there if needed.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;

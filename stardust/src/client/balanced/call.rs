@@ -185,7 +185,8 @@ impl BalancedCall<'_> {
     }
 
     /// Runs the call sending no `traceparent` (the request's `trace_id` only): the by-name
-    /// calls of `client/dynamic.rs`. Typed and forwarded calls run [`run_traced`](Self::run_traced).
+    /// calls of `client/dynamic.rs`. Typed and forwarded calls run
+    /// [`run_traced`](Self::run_traced).
     pub(crate) async fn run<A: Args + ?Sized>(
         &self,
         b: &Balanced,
