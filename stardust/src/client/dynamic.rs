@@ -28,8 +28,12 @@ impl Client {
         idempotent: bool,
     ) -> Result<bytes::Bytes, Error> {
         let start = Instant::now();
-        let (deadline, trace_id) = self.deadline_and_trace(start);
+        let (deadline, trace) = self.deadline_and_call_trace(start);
         let meta = self.metadata.as_deref().unwrap_or(&EMPTY_METADATA);
+        // The call's W3C trace: a new span in the handler's trace, or a new trace (a
+        // `traceparent` the handle's metadata carries is kept).
+        let trace = trace.with_metadata(meta);
+        let trace_id = trace.trace_id();
         let name = CallName::shared(service, method);
         if let Endpoints::Balanced(b) = &self.inner.endpoints {
             let call = BalancedCall {
@@ -49,7 +53,7 @@ impl Client {
                 meta,
                 start,
             };
-            return Box::pin(call.run(b, &RawArgs(args))).await;
+            return Box::pin(call.run_traced(b, trace.out(), &RawArgs(args))).await;
         }
         let budget = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(start));
         let deadline_error = || {
@@ -86,7 +90,10 @@ impl Client {
                 meta,
             )
             .ok_or_else(deadline_error)?;
-            match conn.exchange(head, &RawArgs(args), info.clone()).await {
+            match conn
+                .exchange_traced(head, trace.out(), &RawArgs(args), info.clone())
+                .await
+            {
                 Ok(reply) => return Ok(reply),
                 Err(CallError::Reconnect(_)) if !retried => retried = true,
                 Err(CallError::Reconnect(e) | CallError::Failed(e)) => return Err(e),

@@ -21,14 +21,6 @@ impl Client {
         (deadline, CallTrace::child(served))
     }
 
-    /// [`deadline_and_call_trace`](Self::deadline_and_call_trace) with the trace as the
-    /// request's 64-bit trace id alone (for calls that send no `traceparent`: the by-name calls
-    /// of `client/dynamic.rs`).
-    pub(super) fn deadline_and_trace(&self, start: Instant) -> (Option<Instant>, u64) {
-        let (deadline, trace) = self.deadline_and_call_trace(start);
-        (deadline, trace.trace_id())
-    }
-
     /// The trace of a call without a deadline (a one-way call).
     pub(super) fn call_trace(&self) -> CallTrace {
         CallTrace::child(context::inherited().1)

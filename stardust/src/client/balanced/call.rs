@@ -184,18 +184,8 @@ impl BalancedCall<'_> {
         }
     }
 
-    /// Runs the call sending no `traceparent` (the request's `trace_id` only): the by-name
-    /// calls of `client/dynamic.rs`. Typed and forwarded calls run
-    /// [`run_traced`](Self::run_traced).
-    pub(crate) async fn run<A: Args + ?Sized>(
-        &self,
-        b: &Balanced,
-        args: &A,
-    ) -> Result<Bytes, Error> {
-        self.run_traced(b, None, args).await
-    }
-
-    /// [`run`](Self::run), every try sending `trace` (the call's `traceparent`).
+    /// Runs the call, every try sending `trace` (the call's `traceparent`; `None`: the
+    /// request's `trace_id` alone).
     pub(crate) async fn run_traced<'a, A: Args + ?Sized>(
         &'a self,
         b: &Balanced,
