@@ -1,10 +1,14 @@
 //! `stardust-registry services|describe|call|completions`: the built binary against a registry
 //! and providers embedded in the test, on loopback.
 
-use std::process::{Command, Output, Stdio};
+#[path = "common/binary.rs"]
+mod binary;
+
+use binary::{BOUND, run, strings, text};
+
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -12,11 +16,6 @@ use serde_json::{Value, json};
 use stardust::discovery::Provider;
 use stardust::{Server, Stardust};
 use stardust_registry::{AppConfig, Config, RegistryNode};
-
-const BIN: &str = env!("CARGO_BIN_EXE_stardust-registry");
-
-/// Generous bound for one run of the binary or one setup step: hitting it means a real hang.
-const BOUND: Duration = Duration::from_secs(60);
 
 /// An order line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,41 +75,6 @@ impl Shop for ShopImpl {
     async fn asked(&self) -> u64 {
         self.asked.load(Ordering::Relaxed)
     }
-}
-
-/// Runs the binary with `args`, bounded by [`BOUND`].
-fn run(args: &[String]) -> Output {
-    let child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary runs");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(BOUND) {
-        Ok(out) => out.expect("the binary's output"),
-        Err(_) => {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!(
-                "`stardust-registry {}` did not end within {BOUND:?}",
-                args.join(" ")
-            );
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
 }
 
 fn code(out: &Output) -> Option<i32> {
