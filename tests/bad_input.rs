@@ -231,15 +231,7 @@ async fn malformed_request_body_gets_an_error_and_the_connection_lives() {
 static BOGUS: ServiceDescriptor = ServiceDescriptor {
     name: "test.Nope",
     version: "1.0.0",
-    methods: &[MethodDescriptor {
-        name: "add",
-        idempotent: false,
-        input_stream: false,
-        output_stream: false,
-        args: &[],
-        returns: "",
-        docs: "",
-    }],
+    methods: &[MethodDescriptor::unary("add")],
     docs: "",
 };
 
@@ -247,24 +239,8 @@ static CALC_WITH_EXTRA: ServiceDescriptor = ServiceDescriptor {
     name: "test.Calc",
     version: "1.2.3",
     methods: &[
-        MethodDescriptor {
-            name: "mul",
-            idempotent: false,
-            input_stream: false,
-            output_stream: false,
-            args: &[],
-            returns: "",
-            docs: "",
-        },
-        MethodDescriptor {
-            name: "add",
-            idempotent: false,
-            input_stream: false,
-            output_stream: false,
-            args: &[],
-            returns: "",
-            docs: "",
-        },
+        MethodDescriptor::unary("mul"),
+        MethodDescriptor::unary("add"),
     ],
     docs: "",
 };

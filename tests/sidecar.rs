@@ -172,15 +172,7 @@ async fn a_registry_outage_leaves_the_cached_lists_working() {
 static CALC_NOPE: ServiceDescriptor = ServiceDescriptor {
     name: "test.Calc",
     version: "1.2.3",
-    methods: &[MethodDescriptor {
-        name: "nope",
-        idempotent: false,
-        input_stream: false,
-        output_stream: false,
-        args: &[],
-        returns: "",
-        docs: "",
-    }],
+    methods: &[MethodDescriptor::unary("nope")],
     docs: "",
 };
 

@@ -413,14 +413,6 @@ fn agent_logs_in_and_serves_local_applications() {
 static NOBODY: stardust::ServiceDescriptor = stardust::ServiceDescriptor {
     name: "test.Nobody",
     version: "1.0.0",
-    methods: &[stardust::MethodDescriptor {
-        name: "ping",
-        idempotent: false,
-        input_stream: false,
-        output_stream: false,
-        args: &[],
-        returns: "",
-        docs: "",
-    }],
+    methods: &[stardust::MethodDescriptor::unary("ping")],
     docs: "",
 };
