@@ -223,7 +223,13 @@ pub(super) async fn login(ctx: &Ctx, req: Request<Incoming>, peer: SocketAddr) -
             return r;
         }
         Err(RegistryError::Unauthorized(m)) => {
-            tracing::info!(app = ?app, %peer, "console login refused: wrong credentials");
+            // The name is the peer's: bounded in the log, like registry logins'.
+            let shown = if app.len() <= 64 {
+                app.as_str()
+            } else {
+                "<oversized>"
+            };
+            tracing::info!(app = ?shown, %peer, "console login refused: wrong credentials");
             return error(StatusCode::UNAUTHORIZED, &m);
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
