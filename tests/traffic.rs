@@ -122,7 +122,8 @@ async fn a_caller_app_route_pins_that_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
-    let mut s = Scene::start(WEB, |b| b).await;
+    // No hedging: a hedge of a call routed before the change would still go to 1.4.0.
+    let mut s = Scene::start(WEB, |b| b.hedging(Hedging::off())).await;
     let (client, admin) = (&s.client, &mut s.admin);
     let providers = &s.providers;
     admin.route_all("to", &[(1, "=1.4.0")]).await;
@@ -175,11 +176,10 @@ async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
         total += calls;
     }
     assert!(total > 400);
-    assert_eq!(
-        providers.ran("stable") + providers.ran("canary"),
-        old,
-        "after the move no call went to 1.4.0"
-    );
+    // Once 1.5.0 had taken 200 calls after the change, nothing new went to 1.4.0: at most the
+    // 8 calls the callers had already sent when the count was read reached it afterwards.
+    let late = providers.ran("stable") + providers.ran("canary") - old;
+    assert!(late <= 8, "{late} calls went to 1.4.0 after the move");
 }
 
 /// Scrapes the registry's `/metrics`.
