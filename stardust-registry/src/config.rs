@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = "0.0.0.0:7600"             # the CLI's --listen overrides it
 //! http_listen = "127.0.0.1:7601"      # monitoring: /metrics, /api, console; "off" disables it
+//! trace_url = "https://jaeger.example/trace/{trace_id}"  # the console's trace links (optional)
 //! key_file = "registry-keys.toml"     # relative to this file's directory
 //! rules_file = "registry.rules.toml"  # traffic rules (memory store); default: <config stem>.rules.toml
 //! token_ttl = "1h"                    # default 1 h
@@ -108,6 +109,10 @@ pub struct Config {
     /// (unless its builder says [`http_listen`](crate::RegistryNodeBuilder::http_listen)).
     /// The binary's `--http-listen` overrides it.
     pub http_listen: Option<HttpListen>,
+    /// The console links trace ids to this URL template, its `{trace_id}` replaced by the
+    /// 32-digit W3C trace id (e.g. `https://jaeger.example/trace/{trace_id}`); `http://` or
+    /// `https://` only. `None`: `STARDUST_TRACE_URL` from the environment, if set, else no links.
+    pub trace_url: Option<String>,
     /// Where the Ed25519 signing keys are kept (created on first start). Required outside dev
     /// mode; without it (dev mode) keys live in memory and tokens die with the process.
     pub key_file: Option<PathBuf>,
@@ -207,6 +212,7 @@ impl Config {
         Config {
             listen: None,
             http_listen: None,
+            trace_url: None,
             key_file: None,
             rules_file: None,
             token_ttl: DEFAULT_TOKEN_TTL,
@@ -268,6 +274,12 @@ impl Config {
     /// any free port), or `"off"`.
     pub fn with_http_listen(mut self, addr: impl AsRef<str>) -> Config {
         self.http_listen = Some(HttpListen::parse(addr.as_ref()));
+        self
+    }
+
+    /// Sets the console's trace UI link template ([`Config::trace_url`]).
+    pub fn with_trace_url(mut self, template: impl Into<String>) -> Config {
+        self.trace_url = Some(template.into());
         self
     }
 
@@ -382,6 +394,7 @@ impl Config {
         let mut cfg = Config::new();
         cfg.listen = raw.listen;
         cfg.http_listen = raw.http_listen.as_deref().map(HttpListen::parse);
+        cfg.trace_url = raw.trace_url;
         cfg.key_file = raw.key_file;
         cfg.rules_file = raw.rules_file;
         if let Some(t) = raw.token_ttl {
@@ -445,6 +458,14 @@ impl Config {
         {
             return err(format!(
                 "http_listen must be an address like `127.0.0.1:7601`, or \"off\" (got {addr:?})"
+            ));
+        }
+        if let Some(url) = &self.trace_url
+            && !is_trace_url(url)
+        {
+            return err(format!(
+                "trace_url must be an http:// or https:// URL template containing {{trace_id}} \
+                 (got {url:?})"
             ));
         }
         if self.store.is_shared() && !cfg!(feature = "etcd") {
@@ -519,6 +540,11 @@ impl ConfigError {
     }
 }
 
+/// Whether `url` can be the console's trace link template: `http(s)://`, with `{trace_id}`.
+pub(crate) fn is_trace_url(url: &str) -> bool {
+    (url.starts_with("https://") || url.starts_with("http://")) && url.contains("{trace_id}")
+}
+
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "invalid registry config: {}", self.message)
@@ -532,6 +558,7 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     listen: Option<String>,
     http_listen: Option<String>,
+    trace_url: Option<String>,
     key_file: Option<PathBuf>,
     rules_file: Option<PathBuf>,
     token_ttl: Option<String>,
@@ -776,6 +803,26 @@ queue_timeout = "500ms"
             .validate()
             .unwrap_err();
         assert!(e.message().contains("limits.max_subscriptions"), "{e}");
+    }
+
+    #[test]
+    fn trace_url() {
+        let cfg = Config::from_toml(
+            "dev = true\ntrace_url = \"https://jaeger.example/trace/{trace_id}\"",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.trace_url.as_deref(),
+            Some("https://jaeger.example/trace/{trace_id}")
+        );
+        for bad in ["javascript:alert(1)//{trace_id}", "https://jaeger.example/"] {
+            let e = Config::from_toml(&format!("dev = true\ntrace_url = {bad:?}")).unwrap_err();
+            assert!(
+                e.message().contains("trace_url") && e.message().contains("{trace_id}"),
+                "{e}"
+            );
+        }
+        assert_eq!(Config::dev().trace_url, None);
     }
 
     #[test]

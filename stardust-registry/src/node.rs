@@ -255,6 +255,7 @@ impl RegistryNodeBuilder {
                 store: store.describe(),
                 node: node_id.clone(),
                 started: std::time::Instant::now(),
+                trace_url: trace_url(&config),
             };
             if !http_addr.ip().is_loopback() {
                 tracing::warn!(
@@ -449,4 +450,21 @@ impl std::error::Error for Error {
             Error::HttpBind { source, .. } => Some(source),
         }
     }
+}
+
+/// The console's trace link template: the config's, else `STARDUST_TRACE_URL` when it is one
+/// (a malformed variable is ignored with a warning; the config's was validated).
+fn trace_url(config: &Config) -> Option<String> {
+    config.trace_url.clone().or_else(|| {
+        let url = std::env::var("STARDUST_TRACE_URL").ok()?;
+        if crate::config::is_trace_url(&url) {
+            Some(url)
+        } else {
+            tracing::warn!(
+                "STARDUST_TRACE_URL is ignored: it must be an http:// or https:// URL template \
+                 containing {{trace_id}}"
+            );
+            None
+        }
+    })
 }

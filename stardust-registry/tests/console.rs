@@ -280,6 +280,8 @@ fn report(service: &str, methods: &[Method]) -> Status {
                 latency: latency(calls, us),
                 items_in: 0,
                 items_out: 0,
+                slowest: None,
+                failed: None,
             })
             .collect(),
         called: Vec::new(),
@@ -471,6 +473,8 @@ async fn take_screenshot(page: &mut Page) {
                         latency: latency(calls, jitter),
                         items_in: 0,
                         items_out: 0,
+                        slowest: None,
+                        failed: None,
                     });
                 }
                 let in_flight = served.iter().map(|m| m.in_flight).sum();

@@ -144,3 +144,79 @@ async fn calls_through_a_provider_reach_the_api_and_metrics_exactly() {
     })
     .await;
 }
+
+/// Exemplars: each method's slowest call and latest failure with a sampled trace reach `/api`
+/// under their W3C trace ids (what the console links to the trace UI); unsampled calls never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_names_the_traces_of_the_slowest_call_and_the_latest_failure() {
+    const TRACED: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const FAILED: &str = "0af7651916cd43dd8448eb211c80319c";
+    const UNSAMPLED: &str = "11111111111111111111111111111111";
+    let (node, http) = start_monitored(Config::dev()).await;
+    let provider_star = star(node.local_addr(), "echo-provider").await;
+    let provider = provider_star
+        .serve(
+            Server::builder().serve(EchoServer::new(EchoImpl)),
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+    let endpoint = provider.endpoint().to_owned();
+    let consumer = star(node.local_addr(), "web").await;
+    let client = consumer.client_for("live.Echo", "^1");
+    let traced = EchoClient::new(
+        client.with_metadata("traceparent", format!("00-{TRACED}-00f067aa0ba902b7-01")),
+    );
+    let failing = EchoClient::new(
+        client.with_metadata("traceparent", format!("00-{FAILED}-00f067aa0ba902b7-01")),
+    );
+    let unsampled = EchoClient::new(
+        client.with_metadata("traceparent", format!("00-{UNSAMPLED}-00f067aa0ba902b7-00")),
+    );
+    for i in 0..5 {
+        traced.echo(format!("t{i}")).await.unwrap();
+        unsampled.echo(format!("u{i}")).await.unwrap();
+        assert!(unsampled.fail().await.is_err());
+    }
+    assert!(failing.fail().await.is_err());
+
+    let method = |service: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        let instance = find(&service["instances"], "endpoint", &endpoint)?;
+        find(&instance["methods"], "method", name).cloned()
+    };
+    let service = wait_for(http, "the provider's report of every call", |s| {
+        method(s, "echo").is_some_and(|m| m["totals"]["calls"] == 10)
+            && method(s, "fail").is_some_and(|m| m["totals"]["calls"] == 6)
+    })
+    .await;
+    let echo = method(&service, "echo").unwrap();
+    assert_eq!(echo["slowest"]["trace_id"], TRACED, "{echo:#}");
+    assert!(
+        echo["slowest"]["latency_us"].as_u64().unwrap() > 0,
+        "{echo:#}"
+    );
+    assert_eq!(
+        echo["slowest"]["error"],
+        serde_json::Value::Null,
+        "{echo:#}"
+    );
+    assert_eq!(echo["last_failure"], serde_json::Value::Null, "{echo:#}");
+    let fail = method(&service, "fail").unwrap();
+    assert_eq!(fail["last_failure"]["trace_id"], FAILED, "{fail:#}");
+    assert_eq!(fail["last_failure"]["error"], "Panicked", "{fail:#}");
+    assert_eq!(fail["slowest"]["trace_id"], FAILED, "{fail:#}");
+    assert!(fail["last_failure"]["age_ms"].is_u64(), "{fail:#}");
+
+    // Later windows without traced calls keep them; a newer failure replaces the last one.
+    let newer = "5e2b9f1c7d3a4e6f8091a2b3c4d5e6f7";
+    let failing = EchoClient::new(
+        client.with_metadata("traceparent", format!("00-{newer}-00f067aa0ba902b7-01")),
+    );
+    assert!(failing.fail().await.is_err());
+    wait_for(http, "the newer failure", |s| {
+        method(s, "fail").is_some_and(|m| m["last_failure"]["trace_id"] == newer)
+            && method(s, "echo").is_some_and(|m| m["slowest"]["trace_id"] == TRACED)
+    })
+    .await;
+    provider.shutdown().await;
+}

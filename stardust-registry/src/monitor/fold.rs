@@ -91,6 +91,17 @@ impl Monitor {
                     *total = total.saturating_add(*n);
                 }
             }
+            if let Some(e) = figures
+                .slowest
+                .as_ref()
+                .filter(|e| is_trace_id(&e.trace_id))
+            {
+                method.slowest = Some((e.clone(), now));
+            }
+            if let Some(e) = figures.failed.as_ref().filter(|e| is_trace_id(&e.trace_id)) {
+                method.failed = Some((e.clone(), now));
+            }
+            let last = &mut method.last;
             let l = &figures.latency;
             last.p50_us = last.p50_us.max(l.p50_us);
             last.p90_us = last.p90_us.max(l.p90_us);
@@ -181,4 +192,12 @@ impl Monitor {
             }
         }
     }
+}
+
+/// Whether an exemplar's trace id is one (32 lowercase hex digits, not all zero): anything
+/// else is dropped, so the console never links to what a peer made up.
+fn is_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
 }

@@ -12,9 +12,9 @@
 //!
 //! The one exception to "read-only": admins may log in to the console and call methods from it
 //! (`POST /console/login`, `/console/call`, `/console/logout`; see `console_login` for the
-//! sessions, CSRF tokens and limits, and `console_call`). `STARDUST_TRACE_URL`, read at
-//! start-up (e.g. `https://jaeger.example/trace/{trace_id}`), is the link template the console
-//! applies wherever it shows a trace id.
+//! sessions, CSRF tokens and limits, and `console_call`). The config's `trace_url` (or
+//! `STARDUST_TRACE_URL`), e.g. `https://jaeger.example/trace/{trace_id}`, is the link template
+//! the console applies wherever it shows a trace id.
 
 mod console_call;
 mod console_login;
@@ -81,6 +81,9 @@ pub(crate) struct HttpContext {
     /// This node's id.
     pub node: String,
     pub started: Instant,
+    /// The console's trace link template ([`Config::trace_url`](crate::Config::trace_url), or
+    /// `STARDUST_TRACE_URL`).
+    pub trace_url: Option<String>,
 }
 
 struct Ctx {
@@ -124,14 +127,8 @@ pub(crate) fn serve(
         inner: context,
         loopback: addr.ip().is_loopback(),
     });
-    read_settings();
     let task = tokio::spawn(accept_loop(listener, ctx, stopping));
     HttpServer { addr, task }
-}
-
-/// Reads `STARDUST_TRACE_URL` now (start-up), not at the first request.
-fn read_settings() {
-    let _ = console_login::trace_url();
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stopping: watch::Receiver<bool>) {

@@ -6,8 +6,9 @@
 //! process facts. [`Monitor::fold`] adds them to:
 //!
 //! * per instance (service + endpoint) and method, cumulative since the instance registered:
-//!   calls, errors by kind, latency bucket counts and sum (a Prometheus histogram), and the last
-//!   window's figures (calls/s, errors, in flight, p50/p90/p99/max);
+//!   calls, errors by kind, latency bucket counts and sum (a Prometheus histogram), the last
+//!   window's figures (calls/s, errors, in flight, p50/p90/p99/max), and the trace ids of the
+//!   latest reported slowest call and failure (exemplars, for the console's trace links);
 //! * per instance and consumer app, what the consumers saw of it (calls, errors by kind), and per
 //!   consumer session its last window: consumers that could not reach an instance make it
 //!   `unreachable` even while the instance itself reports healthy figures;
@@ -44,7 +45,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use stardust::ErrorKind;
-use stardust::discovery::api::{ErrorCount, Instance, LATENCY_BOUNDS_US, Latency, Status};
+use stardust::discovery::api::{
+    ErrorCount, Exemplar, Instance, LATENCY_BOUNDS_US, Latency, Status,
+};
 use stardust::traffic::Rules;
 
 /// Latency buckets: one per bound in [`LATENCY_BOUNDS_US`], and the overflow bucket.
@@ -161,6 +164,10 @@ pub(crate) struct MethodStats {
     pub items_out: u64,
     /// The last report's window (zero when the method was absent from it).
     pub last: WindowFigures,
+    /// The slowest traced call of the latest window that had one, and when it was reported.
+    pub slowest: Option<(Exemplar, Instant)>,
+    /// The latest traced failure, and when it was reported.
+    pub failed: Option<(Exemplar, Instant)>,
 }
 
 /// Figures of one report window.
@@ -597,6 +604,8 @@ mod tests {
             latency: latency(300, calls),
             items_in: 0,
             items_out: 0,
+            slowest: None,
+            failed: None,
         }
     }
 

@@ -56,6 +56,7 @@ impl MonitorHarness {
             store: "memory".to_owned(),
             node: "fuzz-node".to_owned(),
             started: Instant::now(),
+            trace_url: None,
         };
         MonitorHarness {
             runtime,

@@ -1,5 +1,7 @@
 //! The console's admin side in a real browser: signatures for everyone, the call form only for
-//! an admin logged in through the page (a non-admin app is refused), and a call made from it.
+//! an admin logged in through the page (a non-admin app is refused), and a call made from it,
+//! whose trace the page links to the configured trace UI, in the answer and in the instance's
+//! row once the provider reports it as an exemplar.
 
 use std::time::Duration;
 
@@ -44,6 +46,7 @@ async fn admins_log_in_and_call_methods_from_the_console() {
         .roles(["admin"]);
     let web = AppConfig::with_secret("web-secret").unwrap();
     let config = Config::dev()
+        .with_trace_url("http://traces.example/trace/{trace_id}?from=stardust")
         .with_lease_ttl(Duration::from_secs(3600))
         .with_app("ops", admin)
         .with_app("web", web);
@@ -51,6 +54,8 @@ async fn admins_log_in_and_call_methods_from_the_console() {
     let star = Stardust::builder()
         .registry(node.local_addr().to_string())
         .app("adder", "adder-secret")
+        // Reports (and so exemplars) every 100 ms.
+        .heartbeat(Duration::from_millis(100))
         .connect()
         .await
         .expect("the provider logs in");
@@ -125,6 +130,36 @@ async fn admins_log_in_and_call_methods_from_the_console() {
          && / ms/.test(document.getElementById('call-latency').textContent)",
     )
     .await;
+    // The answer names the call's trace, linked to the trace UI.
+    let trace_id = page
+        .eval("document.querySelector('#call-latency a.trace')?.dataset.traceId ?? ''")
+        .await;
+    assert!(
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "no trace link in the answer: {trace_id:?}"
+    );
+    assert_eq!(
+        page.eval("document.querySelector('#call-latency a.trace').getAttribute('href')")
+            .await,
+        format!("http://traces.example/trace/{trace_id}?from=stardust")
+    );
+    // The provider served it under that trace: its report makes it the instance's slowest
+    // traced call, linked from the instance's row and the method's.
+    page.wait_for(
+        "the call's trace linked from the instance's row",
+        &format!(
+            "[...({card}?.querySelectorAll('tr[data-instance] [data-field=\"slowest-trace\"] a') ?? [])]\
+             .some(a => a.getAttribute('href') === 'http://traces.example/trace/{trace_id}?from=stardust')"
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.eval(&format!(
+            "{card}.querySelector('tr[data-method=\"add\"] [data-field=\"slowest-trace\"] a').dataset.traceId"
+        ))
+        .await,
+        trace_id
+    );
 
     // Logged out: the form goes.
     page.eval("document.getElementById('logout').click()").await;

@@ -45,6 +45,8 @@ pub fn served(method: &str, calls: u64, us: u64, errors: &[(ErrorKind, u64)]) ->
         },
         items_in: 0,
         items_out: 0,
+        slowest: None,
+        failed: None,
     }
 }
 

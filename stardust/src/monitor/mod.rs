@@ -61,6 +61,8 @@ impl ServiceFigures {
                 latency: w.latency,
                 items_in: w.items_in,
                 items_out: w.items_out,
+                slowest: w.slowest,
+                failed: w.failed,
             });
         }
     }
@@ -68,7 +70,8 @@ impl ServiceFigures {
 
 /// Folds the figures of a report that could not be sent (`earlier`) into the next one, so no
 /// call goes uncounted across a registry outage. Process facts stay the newer report's; the
-/// merged percentiles are the larger of the two windows' (an upper bound).
+/// merged percentiles are the larger of the two windows' (an upper bound); of the exemplars, the
+/// slower call and the newer failure.
 pub(crate) fn carry_over(status: &mut Status, earlier: Status) {
     status.window_ms += earlier.window_ms;
     status.cpu_ms += earlier.cpu_ms;
@@ -82,6 +85,14 @@ pub(crate) fn carry_over(status: &mut Status, earlier: Status) {
                 m.calls += old.calls;
                 add_errors(&mut m.errors, &old.errors);
                 add_latency(&mut m.latency, &old.latency);
+                if let Some(e) = old.slowest
+                    && m.slowest
+                        .as_ref()
+                        .is_none_or(|s| s.latency_us < e.latency_us)
+                {
+                    m.slowest = Some(e);
+                }
+                m.failed = m.failed.take().or(old.failed);
             }
             None => status.served.push(old),
         }
@@ -132,6 +143,7 @@ fn add_latency(into: &mut Latency, more: &Latency) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::registry::Exemplar;
 
     fn latency(calls: u64, us: u64) -> Latency {
         let mut buckets = vec![0; crate::protocol::registry::LATENCY_BOUNDS_US.len() + 1];
@@ -157,6 +169,8 @@ mod tests {
             latency: latency(calls, us),
             items_in: 0,
             items_out: 0,
+            slowest: None,
+            failed: None,
         };
         let earlier = Status {
             window_ms: 1000,
@@ -171,7 +185,19 @@ mod tests {
             served: vec![figures("a", 4, 150)],
             ..Status::default()
         };
+        let ex = |id: &str, us: u64| Exemplar {
+            trace_id: id.repeat(32),
+            latency_us: us,
+            error: Some(7),
+        };
+        let mut earlier = earlier;
+        earlier.served[0].slowest = Some(ex("a", 900));
+        earlier.served[0].failed = Some(ex("b", 5));
+        next.served[0].slowest = Some(ex("c", 300));
         carry_over(&mut next, earlier);
+        // The slower call of the two windows; the failure of the earlier (the newer had none).
+        assert_eq!(next.served[0].slowest, Some(ex("a", 900)));
+        assert_eq!(next.served[0].failed, Some(ex("b", 5)));
         assert_eq!((next.window_ms, next.cpu_ms, next.rss_bytes), (1500, 7, 9));
         let a = &next.served[0];
         assert_eq!(a.calls, 7);

@@ -18,6 +18,7 @@ use crate::stream::flow::Flow;
 mod stream;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
+use crate::monitor::figures::Completed;
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
 use crate::protocol::message;
 use crate::service::{Call, Service};
@@ -132,16 +133,22 @@ impl ServerCall {
         let (Some((service, method)), Some(ctx)) = (self.figures.take(), self.ctx.as_ref()) else {
             return;
         };
+        let trace_id = ctx.trace.exemplar_id();
         if self.spawned {
             shared.figures[service as usize]
                 .method(method as usize)
-                .finished(ctx.received_at.elapsed(), error);
+                .finished(Completed {
+                    elapsed: ctx.received_at.elapsed(),
+                    error,
+                    trace_id,
+                });
         } else {
             self.done = Some(Done {
                 service,
                 method,
                 received: ctx.received_at,
                 error,
+                trace_id,
             });
         }
     }
@@ -273,6 +280,8 @@ pub(crate) struct Done {
     method: u32,
     received: Instant,
     error: Option<ErrorKind>,
+    /// See [`Completed::trace_id`].
+    trace_id: u128,
 }
 
 /// What one turn of a connection's read loop handles: the time its bytes were read (the
@@ -320,10 +329,11 @@ impl Batch {
         {
             shared.figures[run[0].service as usize]
                 .method(run[0].method as usize)
-                .completed_many(
-                    run.iter()
-                        .map(|d| (now.saturating_duration_since(d.received), d.error)),
-                );
+                .completed_many(run.iter().map(|d| Completed {
+                    elapsed: now.saturating_duration_since(d.received),
+                    error: d.error,
+                    trace_id: d.trace_id,
+                }));
         }
         self.done.clear();
     }

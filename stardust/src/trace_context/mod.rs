@@ -108,6 +108,16 @@ pub(crate) struct Served {
 }
 
 impl Served {
+    /// The trace id under which the call may be shown as an exemplar (a slowest or failed
+    /// call an operator can look up): its trace id when the trace is sampled, else 0.
+    pub(crate) fn exemplar_id(&self) -> u128 {
+        if self.flags & SAMPLED != 0 {
+            self.trace_id
+        } else {
+            0
+        }
+    }
+
     /// The trace of a call that arrived with `traceparent` (valid, or `None`) and the 64-bit
     /// `trace_id` field: continued from the `traceparent`, else from the field (an older
     /// peer's), else a new one.

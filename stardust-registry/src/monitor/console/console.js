@@ -181,7 +181,7 @@
         </table>
       </div>
       <details class="methods"><summary data-field="methods-summary">Methods</summary>
-        <table><thead><tr><th>Method</th><th class="r">Calls/s</th><th class="r">Error rate</th><th class="r">p50</th><th class="r">p90</th><th class="r">p99</th><th class="r">Max</th><th class="r">In flight</th><th class="r">Total calls</th><th class="r">Total errors</th><th>Errors by kind</th></tr></thead>
+        <table><thead><tr><th>Method</th><th class="r">Calls/s</th><th class="r">Error rate</th><th class="r">p50</th><th class="r">p90</th><th class="r">p99</th><th class="r">Max</th><th class="r">In flight</th><th class="r">Total calls</th><th class="r">Total errors</th><th>Errors by kind</th><th title="Trace ids of the latest slowest call and the latest failure (calls with a sampled trace)">Traces</th></tr></thead>
         <tbody data-field="method-rows"></tbody></table>
       </details>
       <div class="gone" data-field="gone" hidden></div>`;
@@ -201,6 +201,16 @@
   }
   function setHtml(node, html) { if (node._html !== html) { node.innerHTML = html; node._html = html; } }
 
+  // Exemplars: of several calls, the slowest, and the most recent failure.
+  const slower = (a, b) => (!a || (b && b.latency_us > a.latency_us) ? b : a);
+  const newer = (a, b) => (!a || (b && b.age_ms < a.age_ms) ? b : a);
+  function slowestLine(e) {
+    return e ? `<span class="sub one" data-field="slowest-trace">slowest ${traceLink(e.trace_id, true)} ${lat(e.latency_us)}</span>` : "";
+  }
+  function failureLine(e) {
+    return e ? `<span class="sub one" data-field="failed-trace" title="${esc(e.error || "")}, ${dur(e.age_ms)} ago">last ${traceLink(e.trace_id, true)} ${esc(e.error || "")}</span>` : "";
+  }
+
   function instanceRow(i) {
     const h = i.health;
     const why = h === "healthy" ? "" : `<span class="why">${esc(i.health_reasons.join("; "))}</span>`;
@@ -209,13 +219,15 @@
     const tags = Object.entries(i.tags || {}).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(" ");
     const errs = i.last.errors ? `<span class="${errClass(i.last.error_rate)}">${pct(i.last.error_rate)}</span>` : `<span class="dim">0</span>`;
     const lease = i.lease_age_ms;
+    let slowest = null, failed = null;
+    for (const m of i.methods) { slowest = slower(slowest, m.slowest); failed = newer(failed, m.last_failure); }
     return `<tr data-instance="${esc(i.endpoint)}" data-health="${h}">
       <td><span class="pill ${h}" title="${esc(i.health_reasons.join("; "))}">${HEALTH_LABEL[h] || h}</span>${why}</td>
       <td><span class="mono">${esc(i.endpoint)}</span>${i.tls ? `<span class="lock" title="TLS">TLS</span>` : ""}<span class="sub">${esc(i.app)}${i.weight !== 100 ? ` · weight ${i.weight}` : ""}${tags ? ` · ${tags}` : ""}</span></td>
       <td class="mono">${esc(i.version)}${p.software_version ? `<span class="sub one" title="the Stardust version it runs">stardust ${esc(p.software_version)}</span>` : ""}</td>
       <td class="r">${rate(i.last.calls_per_s)}</td>
-      <td class="r">${errs}</td>
-      <td class="r">${lat(i.last.p50_us)} <span class="dim">/</span> ${lat(i.last.p99_us)}</td>
+      <td class="r">${errs}${failureLine(failed)}</td>
+      <td class="r">${lat(i.last.p50_us)} <span class="dim">/</span> ${lat(i.last.p99_us)}${slowestLine(slowest)}</td>
       <td class="r">${int(p.in_flight)}</td>
       <td class="r">${cpu}</td>
       <td class="r">${bytes(p.rss_bytes)}</td>
@@ -227,7 +239,7 @@
 
   function methodRows(s) {
     const by = new Map();
-    const blank = () => ({ calls: 0, errors: 0, rate: 0, lastCalls: 0, lastErrors: 0, inFlight: 0, p50: null, p90: null, p99: null, max: null, kinds: {} });
+    const blank = () => ({ calls: 0, errors: 0, rate: 0, lastCalls: 0, lastErrors: 0, inFlight: 0, p50: null, p90: null, p99: null, max: null, kinds: {}, slowest: null, failed: null });
     for (const d of s.methods || []) if (!by.has(d.name)) by.set(d.name, blank());
     for (const i of s.instances) for (const m of i.methods) {
       let a = by.get(m.method);
@@ -236,6 +248,7 @@
       a.lastCalls += m.last.calls; a.lastErrors += m.last.errors; a.inFlight += m.last.in_flight;
       for (const k of ["p50", "p90", "p99", "max"]) { const v = m.last[k + "_us"]; if (v != null) a[k] = Math.max(a[k] || 0, v); }
       for (const [k, n] of Object.entries(m.totals.errors_by_kind)) a.kinds[k] = (a.kinds[k] || 0) + n;
+      a.slowest = slower(a.slowest, m.slowest); a.failed = newer(a.failed, m.last_failure);
     }
     const described = new Map((s.methods || []).map((d) => [d.name, d]));
     const names = [...by.keys()].sort();
@@ -248,9 +261,10 @@
       const call = state.admin ? `<button type="button" class="callm" data-call-method="${esc(n)}">call</button>` : "";
       return `<tr data-method="${esc(n)}"><td class="mono">${esc(n)}${call}${sig}</td><td class="r">${rate(a.rate)}</td><td class="r ${errClass(er)}">${pct(er)}</td>
         <td class="r">${lat(a.p50)}</td><td class="r">${lat(a.p90)}</td><td class="r">${lat(a.p99)}</td><td class="r">${lat(a.max)}</td>
-        <td class="r">${int(a.inFlight)}</td><td class="r">${int(a.calls)}</td><td class="r ${a.errors ? "warn" : ""}">${int(a.errors)}</td><td class="muted">${kinds || "–"}</td></tr>`;
+        <td class="r">${int(a.inFlight)}</td><td class="r">${int(a.calls)}</td><td class="r ${a.errors ? "warn" : ""}">${int(a.errors)}</td><td class="muted">${kinds || "–"}</td>
+        <td>${slowestLine(a.slowest)}${failureLine(a.failed)}</td></tr>`;
     });
-    return { count: names.length, html: rows.join("") || `<tr><td colspan="11" class="muted">No calls reported yet.</td></tr>` };
+    return { count: names.length, html: rows.join("") || `<tr><td colspan="12" class="muted">No calls reported yet.</td></tr>` };
   }
 
   function renderService(el, s) {
@@ -449,12 +463,14 @@
   // ---- admin: login and calls (the only requests that change anything) -----------------------
   // A trace id shown anywhere links to the trace UI when the registry was started with
   // STARDUST_TRACE_URL (its "{trace_id}" replaced).
-  function traceLink(id) {
-    if (!state.traceUrl || !id) return esc(id || "");
+  // `short` shows the first 8 digits (the whole id in the tooltip).
+  function traceLink(id, short) {
+    if (!id) return "";
+    const text = short ? id.slice(0, 8) + "…" : id;
+    if (!state.traceUrl) return `<span class="mono trace" title="trace ${esc(id)}">${esc(text)}</span>`;
     const href = state.traceUrl.replace("{trace_id}", encodeURIComponent(id));
-    return `<a class="mono" href="${esc(href)}" target="_blank" rel="noopener noreferrer">${esc(id)}</a>`;
+    return `<a class="mono trace" data-trace-id="${esc(id)}" title="trace ${esc(id)}" href="${esc(href)}" target="_blank" rel="noopener noreferrer">${esc(text)}</a>`;
   }
-  window.__traceLink = traceLink;
   function setAdmin(info) {
     state.admin = info && info.admin ? info.admin : null;
     state.csrf = state.admin ? info.csrf : null;
@@ -503,7 +519,7 @@
       const r = await post("/console/call", JSON.stringify(call), "application/json");
       const j = r.json;
       if (r.status === 401 || r.status === 403) { setAdmin(null); st.className = "err"; st.textContent = j.error || "log in again"; return; }
-      if (j.latency_ms != null) latency.textContent = `${j.latency_ms} ms${j.endpoint ? " · " + j.endpoint : ""}`;
+      if (j.latency_ms != null) latency.innerHTML = `${esc(String(j.latency_ms))} ms${j.endpoint ? " · " + esc(j.endpoint) : ""}${j.trace_id ? " · trace " + traceLink(j.trace_id) : ""}`;
       if (j.ok) { st.className = "ok"; st.textContent = "ok"; out.textContent = JSON.stringify(j.result, null, 2); }
       else if (j.error) {
         st.className = "err";

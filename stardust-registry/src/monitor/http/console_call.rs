@@ -4,9 +4,11 @@
 //! The registry mints a short-lived token ([`CALL_TOKEN_TTL`]) for the admin's app, bound to a
 //! fresh proof key (a captured token is useless without it), connects straight to a live
 //! instance of the service (or the endpoint asked for, if it is one of them) and makes a
-//! dynamic call. The answer is `{ok: true, result, latency_ms}`, or `{ok: false, error: {kind,
-//! message}}`; a method's typed error (`Err(e)` of a `Result<T, E>`) is `kind: "application"`
-//! with `e` as JSON in `error.value`. Arguments are never logged.
+//! dynamic call under a new sampled W3C trace. The answer is `{ok: true, result, latency_ms,
+//! endpoint, trace_id}`, or `{ok: false, error: {kind, message}}` (with `latency_ms`, `endpoint`
+//! and `trace_id` once the call was made); a method's typed error (`Err(e)` of a
+//! `Result<T, E>`) is `kind: "application"` with `e` as JSON in `error.value`. Arguments are
+//! never logged.
 
 use std::time::{Duration, Instant};
 
@@ -133,6 +135,10 @@ pub(super) async fn call(ctx: &Ctx, req: Request<Incoming>) -> Reply {
         Ok(Err(e)) => return failed(&format!("{:?}", e.kind()), &e.to_string()),
         Err(_) => return failed("timeout", &format!("cannot connect to {endpoint}")),
     };
+    // The call starts a sampled trace of its own, shown with the answer so the operator can
+    // follow it into the trace UI (the provider continues it).
+    let (trace_id, traceparent) = new_trace();
+    let client = client.with_metadata("traceparent", traceparent);
     let start = Instant::now();
     let reply = tokio::time::timeout(
         CALL_TIMEOUT,
@@ -142,7 +148,13 @@ pub(super) async fn call(ctx: &Ctx, req: Request<Incoming>) -> Reply {
     let latency_ms = (start.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     let reply = match reply {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failed(&format!("{:?}", e.kind()), &e.to_string()),
+        Ok(Err(e)) => {
+            return json(
+                StatusCode::OK,
+                &j!({"ok": false, "error": {"kind": format!("{:?}", e.kind()), "message": e.to_string()},
+                     "latency_ms": latency_ms, "endpoint": endpoint, "trace_id": trace_id}),
+            );
+        }
         Err(_) => return failed("timeout", "the call did not finish in time"),
     };
     let value = match from_msgpack(&reply, BytesOut::Base64) {
@@ -152,14 +164,35 @@ pub(super) async fn call(ctx: &Ctx, req: Request<Incoming>) -> Reply {
     match unwrap_result(value, returns_result) {
         Ok(result) => json(
             StatusCode::OK,
-            &j!({"ok": true, "result": result, "latency_ms": latency_ms, "endpoint": endpoint}),
+            &j!({"ok": true, "result": result, "latency_ms": latency_ms, "endpoint": endpoint,
+                 "trace_id": trace_id}),
         ),
         Err(e) => json(
             StatusCode::OK,
             &j!({"ok": false, "error": {"kind": "application", "message": e.to_string(), "value": e},
-                 "latency_ms": latency_ms, "endpoint": endpoint}),
+                 "latency_ms": latency_ms, "endpoint": endpoint, "trace_id": trace_id}),
         ),
     }
+}
+
+/// A new sampled W3C trace: its id (32 hex digits) and the `traceparent` that starts it.
+fn new_trace() -> (String, String) {
+    let mut bytes = [0u8; 24];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Not secret, only unique enough: the clock will do.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes[..16].copy_from_slice(&t.to_le_bytes());
+        bytes[16..].copy_from_slice(&(t as u64 ^ 0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    }
+    // Neither id may be all zeros.
+    bytes[0] |= 1;
+    bytes[16] |= 1;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let (trace, span) = hex.split_at(32);
+    (trace.to_owned(), format!("00-{trace}-{span}-01"))
 }
 
 /// A call that could not be made or failed in the framework.

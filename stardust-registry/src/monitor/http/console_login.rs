@@ -13,9 +13,9 @@
 //!   (compared in constant time): without it, `403`.
 //! - Request bodies are bounded ([`MAX_BODY`]: `413`), their content type checked (`415`), and a
 //!   request whose `Origin` is not the server's own is refused.
-//! - `STARDUST_TRACE_URL` (read at start-up), e.g. `https://jaeger.example/trace/{trace_id}`, is
-//!   the template the console applies where it shows a trace id (given to the page by
-//!   `GET /console/session` as `trace_url`).
+//! - The config's `trace_url` (or `STARDUST_TRACE_URL`), e.g.
+//!   `https://jaeger.example/trace/{trace_id}`, is the template the console applies where it
+//!   shows a trace id (given to the page by `GET /console/session` as `trace_url`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,16 +57,6 @@ pub(super) struct Session {
 static SESSIONS: LazyLock<Mutex<HashMap<String, Session>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// The trace UI's URL template, from `STARDUST_TRACE_URL` (read once).
-pub(super) fn trace_url() -> Option<&'static str> {
-    static URL: LazyLock<Option<String>> = LazyLock::new(|| {
-        std::env::var("STARDUST_TRACE_URL")
-            .ok()
-            .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
-    });
-    URL.as_deref()
-}
-
 /// 128 random bits, as hex.
 fn random_id() -> String {
     let mut b = [0u8; 16];
@@ -101,7 +91,7 @@ pub(super) fn session_of(ctx: &Ctx, headers: &HeaderMap) -> Option<(String, Sess
 
 /// `GET /console/session`: who is logged in (and the CSRF token), or `admin: null`.
 pub(super) fn session_info(ctx: &Ctx, headers: &HeaderMap) -> Reply {
-    let trace_url = trace_url();
+    let trace_url = ctx.inner.trace_url.as_deref();
     match session_of(ctx, headers) {
         Some((_, s)) => json(
             StatusCode::OK,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stardust::discovery::api::{
-    CallFigures, ErrorCount, FaultCount, Instance, LATENCY_BOUNDS_US, Latency, MethodFigures,
-    Status,
+    CallFigures, ErrorCount, Exemplar, FaultCount, Instance, LATENCY_BOUNDS_US, Latency,
+    MethodFigures, Status,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -118,6 +118,17 @@ fn populate(monitor: &Monitor) {
             latency: latency.clone(),
             items_in: 0,
             items_out: 0,
+            slowest: Some(Exemplar {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                latency_us: 1200,
+                error: None,
+            }),
+            // Not a trace id: the registry must drop it.
+            failed: Some(Exemplar {
+                trace_id: "<a href=x>".to_owned(),
+                latency_us: 7,
+                error: Some(3),
+            }),
         }],
         called: vec![CallFigures {
             endpoint: "127.0.0.1:9001".to_owned(),

@@ -3,9 +3,10 @@
 //! methods and consumers; per service the same added up over its instances.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::Serialize;
-use stardust::discovery::api::VersionDescription;
+use stardust::discovery::api::{Exemplar, VersionDescription};
 
 use super::health::{Health, health};
 use super::traffic::{TrafficSummary, TrafficView, summary, traffic_view};
@@ -186,6 +187,31 @@ struct MethodView {
     totals: TotalsView,
     latency_sum_us: u64,
     last: WindowView,
+    /// The slowest call (with a sampled trace) of the latest report window that had one.
+    slowest: Option<ExemplarView>,
+    /// The latest failed call with a sampled trace.
+    last_failure: Option<ExemplarView>,
+}
+
+/// A call picked out by a report, for the console to link to the trace UI.
+#[derive(Serialize)]
+struct ExemplarView {
+    /// W3C trace id: 32 lowercase hex digits.
+    trace_id: String,
+    latency_us: u64,
+    /// The error kind of a failed call.
+    error: Option<String>,
+    /// Since the report that carried it.
+    age_ms: u64,
+}
+
+fn exemplar_view(e: &Option<(Exemplar, Instant)>, now: Instant) -> Option<ExemplarView> {
+    e.as_ref().map(|(e, at)| ExemplarView {
+        trace_id: e.trace_id.clone(),
+        latency_us: e.latency_us,
+        error: e.error.map(kind_name),
+        age_ms: age_ms(now, *at),
+    })
 }
 
 #[derive(Serialize)]
@@ -335,6 +361,8 @@ fn instance_view(service: &str, stats: &InstanceStats, snap: &Snapshot) -> Insta
                     p99_us,
                     max_us,
                 },
+                slowest: exemplar_view(&m.slowest, now),
+                last_failure: exemplar_view(&m.failed, now),
             }
         })
         .collect();

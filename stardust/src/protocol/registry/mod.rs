@@ -201,6 +201,25 @@ pub struct MethodFigures {
     /// Stream items the completed streaming calls sent to their callers.
     #[serde(default)]
     pub items_out: u64,
+    /// The window's slowest call among those whose trace was sampled (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest: Option<Exemplar>,
+    /// The window's latest failed call among those whose trace was sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Exemplar>,
+}
+
+/// One call a report window picked out, so an operator can look its trace up: the window's
+/// slowest call or its latest failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exemplar {
+    /// The call's W3C trace id: 32 lowercase hexadecimal digits.
+    pub trace_id: String,
+    /// How long the call took, in microseconds.
+    pub latency_us: u64,
+    /// The error code of a failed call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<u16>,
 }
 
 /// Calls a consumer made to one service at one provider during a report window.
