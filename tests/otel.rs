@@ -205,10 +205,11 @@ async fn a_call_through_the_agent_and_two_providers_is_one_nested_trace() {
     for client in [consumer, agent_client, a_client] {
         assert_eq!(attr(client, "server.address").as_deref(), Some("127.0.0.1"));
     }
-    for server in [a_server, b_server] {
+    for server in [agent_server, a_server, b_server] {
         assert_eq!(
             attr(server, "network.peer.address").as_deref(),
-            Some("127.0.0.1")
+            Some("127.0.0.1"),
+            "{server:#?}"
         );
     }
     // Nothing failed.

@@ -157,7 +157,7 @@ fn forwarded_trace(call: &Forwarded) -> (CallTrace, Span, Span) {
         };
         (p, call.meta.get(TRACESTATE))
     });
-    let serve = spans::serve_span(service, method, None, &mut served, parent);
+    let serve = spans::serve_span(service, method, Some(call.peer), &mut served, parent);
     let mut trace = CallTrace::child(Some((served, None)));
     let client = serve.in_scope(|| spans::call_span(service, method, &mut trace));
     (trace, serve, client)

@@ -77,6 +77,8 @@ pub(crate) struct ForwardedStream {
 /// A request as it arrived, for a [`Forward`].
 pub(crate) struct Forwarded {
     pub(crate) name: CallName,
+    /// The address of the connection it came on (the application, for an agent).
+    pub(crate) peer: std::net::SocketAddr,
     /// The request's flags ([`FLAG_ONE_WAY`](crate::protocol::frame::FLAG_ONE_WAY),
     /// [`FLAG_IDEMPOTENT`](crate::protocol::frame::FLAG_IDEMPOTENT)).
     pub(crate) flags: u8,

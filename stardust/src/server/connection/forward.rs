@@ -20,6 +20,7 @@ impl ServerConn {
     ) {
         let call = Forwarded {
             name: CallName::shared(req.service, req.method),
+            peer: self.peer,
             flags: h.flags,
             deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
             trace_id: req.trace_id,

@@ -126,6 +126,7 @@ impl ServerConn {
         let (id, flags) = (h.id, h.flags);
         let call = Forwarded {
             name: CallName::shared(req.service, req.method),
+            peer: self.peer,
             flags,
             deadline: (req.timeout_us > 0).then(|| now + Duration::from_micros(req.timeout_us)),
             trace_id: req.trace_id,
