@@ -1,8 +1,11 @@
 //! Every call has a `tracing` span on both sides carrying service, method and trace id (and the
 //! peer, on the provider), so one request can be followed across processes in the logs: a call
-//! a handler makes carries the same trace id as the call it serves.
+//! a handler makes carries the same trace id as the call it serves. A streaming call has its
+//! spans too.
 
 mod common;
+#[path = "common/logs_service.rs"]
+mod logs_service;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,4 +81,31 @@ async fn call_spans_carry_service_method_peer_and_one_trace_id_across_hops() {
     for (_, fields) in &served {
         assert!(fields["peer"].contains("127.0.0.1"), "{fields:?}");
     }
+
+    // A streaming call: a client span and a server span, one trace id between them.
+    let logs = stardust::Server::builder()
+        .allow_anonymous()
+        .serve(logs_service::LogsServer::new(
+            logs_service::LogsImpl::default(),
+        ))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let tail = logs_service::LogsClient::connect(logs.local_addr())
+        .await
+        .unwrap();
+    let lines: Vec<_> = futures::StreamExt::collect(tail.tail("f".into(), 3).await.unwrap()).await;
+    assert_eq!(lines.len(), 3);
+    let spans = SPANS.lock().clone();
+    let of = |name: &str| -> Vec<BTreeMap<String, String>> {
+        spans
+            .iter()
+            .filter(|(n, f)| n == name && f.get("method").map(String::as_str) == Some("tail"))
+            .map(|(_, f)| f.clone())
+            .collect()
+    };
+    let (called, served) = (of("stardust.call"), of("stardust.serve"));
+    assert_eq!((called.len(), served.len()), (1, 1), "{spans:?}");
+    assert_eq!(called[0]["service"], "Logs");
+    assert_eq!(called[0]["trace_id"], served[0]["trace_id"], "{spans:?}");
 }

@@ -131,7 +131,14 @@ impl Client {
                 trace_id,
             }))
         };
-        let trace = trace.with_metadata(&meta);
+        let mut trace = trace.with_metadata(&meta);
+        // The stream's client span lasts as long as the stream (it ends when the stream is
+        // dropped) and is marked failed if the stream ends in an error.
+        let span = if crate::monitor::spans_enabled() {
+            spans::call_span(service.name, method.name, &mut trace)
+        } else {
+            tracing::Span::none()
+        };
         let name = CallName::Static {
             service: service.name,
             method: method.name,
@@ -183,6 +190,8 @@ impl Client {
                 in_flight: Some(in_flight),
                 retry,
                 hook,
+                span,
+                done: false,
             }
         } else {
             let head = request_head(
@@ -214,6 +223,8 @@ impl Client {
                 in_flight: None,
                 retry: None,
                 hook,
+                span,
+                done: false,
             }
         };
         Ok(opened)
@@ -257,6 +268,10 @@ pub(crate) struct CallStream {
     in_flight: Option<InFlight>,
     retry: Option<Box<Retry>>,
     hook: Option<Box<EndHook>>,
+    /// The call's `stardust.call` span (disabled when nobody records spans).
+    span: tracing::Span,
+    /// Whether [`CallStream::ended`] ran.
+    done: bool,
 }
 
 impl CallStream {
@@ -307,10 +322,15 @@ impl CallStream {
         }
     }
 
-    /// The stream ended with `outcome`: the provider's load and the interceptors learn it.
+    /// The stream ended with `outcome`: the provider's load, the span and the interceptors
+    /// learn it.
     fn ended(&mut self, outcome: Result<(), Error>) {
+        self.done = true;
         self.retry = None;
         self.finish_load();
+        if let Err(e) = &outcome {
+            spans::failed(&self.span, e);
+        }
         if let Some(hook) = self.hook.take() {
             let mut meta = hook.meta;
             let call = OutgoingCall {
@@ -346,7 +366,7 @@ impl RawSource for CallStream {
 
 impl Drop for CallStream {
     fn drop(&mut self) {
-        if self.hook.is_some() {
+        if !self.done {
             self.ended(Err(Error::new(
                 ErrorKind::Cancelled,
                 "the stream was dropped before its end",
