@@ -59,6 +59,8 @@ pub(crate) const HISTORY_SLOTS: usize = 450;
 /// A slot without a report holds the previous sample for up to this many slots (reports come
 /// every few seconds; a rate stays true until the next one). Longer gaps stay empty.
 const HOLD_SLOTS: u64 = 15;
+/// How stale a [`Monitor::shared_snapshot`] may be.
+pub(crate) const SHARED_SNAPSHOT_AGE: Duration = Duration::from_secs(1);
 /// How long a service without instances stays listed (with its history).
 pub(crate) const GONE_KEEP: Duration = Duration::from_secs(300);
 /// Services without instances kept at most (the oldest go first).
@@ -97,6 +99,8 @@ pub(crate) fn kind_name(code: u16) -> String {
 /// The registry's monitoring state (see the module docs).
 pub(crate) struct Monitor {
     inner: Mutex<Inner>,
+    /// The latest [`Monitor::shared_snapshot`].
+    shared: Mutex<Option<Arc<Snapshot>>>,
     lease_ttl: Duration,
     /// Wall clock at a known instant: history timestamps are derived from monotonic time.
     epoch: (Instant, SystemTime),
@@ -292,6 +296,7 @@ impl Monitor {
     pub(crate) fn new(lease_ttl: Duration) -> Monitor {
         Monitor {
             inner: Mutex::new(Inner::default()),
+            shared: Mutex::new(None),
             lease_ttl,
             epoch: (Instant::now(), SystemTime::now()),
         }
@@ -438,6 +443,22 @@ impl Monitor {
             faults,
             rules: Rules::default(),
         }
+    }
+
+    /// A snapshot (without history) at most [`SHARED_SNAPSHOT_AGE`] old at `now`, shared by
+    /// its callers: what registry calls any logged-in app may repeat (`services`) read, so a
+    /// caller in a loop costs one copy of the figures per second rather than one per call, and
+    /// heartbeats (which fold under the same lock) do not queue behind the copies.
+    pub(crate) fn shared_snapshot(&self, now: Instant) -> Arc<Snapshot> {
+        let mut shared = self.shared.lock();
+        if let Some(s) = shared.as_ref()
+            && now.saturating_duration_since(s.now) < SHARED_SNAPSHOT_AGE
+        {
+            return s.clone();
+        }
+        let s = Arc::new(self.snapshot(false));
+        *shared = Some(s.clone());
+        s
     }
 
     fn prune(inner: &mut Inner, now: Instant) {
@@ -808,5 +829,15 @@ mod tests {
         assert_eq!(kind_name(16), "Connect");
         assert_eq!(kind_name(1), "Internal");
         assert_eq!(kind_name(999), "code999");
+    }
+
+    #[test]
+    fn callers_within_a_second_share_one_snapshot() {
+        let m = Monitor::new(Duration::from_secs(10));
+        let first = m.shared_snapshot(Instant::now());
+        let again = m.shared_snapshot(first.now + Duration::from_millis(999));
+        assert!(Arc::ptr_eq(&first, &again));
+        let later = m.shared_snapshot(first.now + SHARED_SNAPSHOT_AGE);
+        assert!(!Arc::ptr_eq(&first, &later));
     }
 }

@@ -151,7 +151,9 @@ impl RegistryImpl {
     /// `services`: the services with live instances this app may call.
     pub(super) fn list_services(&self) -> Result<Vec<ServiceSummary>, RegistryError> {
         let session = self.session()?;
-        let snapshot = self.shared.monitor.snapshot(false);
+        // Shared with other callers of the last second: an app calling this in a loop must not
+        // make the registry copy its figures each time.
+        let snapshot = self.shared.monitor.shared_snapshot(std::time::Instant::now());
         let mut out = Vec::new();
         for (name, instances) in health_by_service(&snapshot) {
             if instances.is_empty() || self.check_consume(&session.app, &name).is_err() {

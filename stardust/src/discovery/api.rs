@@ -94,7 +94,8 @@ pub trait Registry {
         if_revision: Option<u64>,
     ) -> Result<u64, RegistryError>;
     /// The services with live instances that this app may call: versions, instance counts,
-    /// health (operators' tools: `stardust-registry services`).
+    /// health (operators' tools: `stardust-registry services`). A view at most a second old:
+    /// callers within a second share one copy of the registry's figures.
     #[stardust(idempotent)]
     async fn services(&self) -> Result<Vec<ServiceSummary>, RegistryError>;
     /// What providers told the registry about `service` (methods, signatures as written in
