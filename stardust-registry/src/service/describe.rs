@@ -153,7 +153,10 @@ impl RegistryImpl {
         let session = self.session()?;
         // Shared with other callers of the last second: an app calling this in a loop must not
         // make the registry copy its figures each time.
-        let snapshot = self.shared.monitor.shared_snapshot(std::time::Instant::now());
+        let snapshot = self
+            .shared
+            .monitor
+            .shared_snapshot(std::time::Instant::now());
         let mut out = Vec::new();
         for (name, instances) in health_by_service(&snapshot) {
             if instances.is_empty() || self.check_consume(&session.app, &name).is_err() {
