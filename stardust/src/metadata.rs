@@ -231,6 +231,17 @@ impl MetadataLimits {
         total: &mut usize,
         what: &str,
     ) -> Result<(), Error> {
+        self.check_sizes(key, value.len(), total, what)
+    }
+
+    /// [`check_entry`](Self::check_entry) for a value known by its length only.
+    pub(crate) fn check_sizes(
+        &self,
+        key: &str,
+        value_len: usize,
+        total: &mut usize,
+        what: &str,
+    ) -> Result<(), Error> {
         if key.len() > self.max_key_len {
             return Err(limit(format!(
                 "{what} has a key of {} bytes, over the limit of {} bytes",
@@ -238,14 +249,13 @@ impl MetadataLimits {
                 self.max_key_len
             )));
         }
-        if value.len() > self.max_value_len {
+        if value_len > self.max_value_len {
             return Err(limit(format!(
                 "{what} has a value of {} bytes (key `{key}`), over the limit of {} bytes",
-                value.len(),
-                self.max_value_len
+                value_len, self.max_value_len
             )));
         }
-        *total += key.len() + value.len();
+        *total += key.len() + value_len;
         if *total > self.max_total {
             return Err(limit(format!(
                 "{what} has more than {} bytes of keys and values, over the limit of {} bytes",

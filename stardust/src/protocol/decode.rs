@@ -65,15 +65,24 @@ pub(crate) fn read_call_meta(
     let mut meta = Metadata::new();
     let mut entries: Vec<(String, String)> = Vec::new();
     for i in 0..pairs {
-        let (k, rest) = rmp::decode::read_str_from_slice(*rd).map_err(|e| malformed(&e))?;
-        let (v, rest) = rmp::decode::read_str_from_slice(rest).map_err(|e| malformed(&e))?;
+        // Strings as bytes first: the `traceparent` every request carries is parsed straight
+        // from them (a valid one is ASCII), without a separate UTF-8 pass.
+        let (k, rest) = raw_str(*rd).map_err(|e| malformed(&e))?;
+        let (v, rest) = raw_str(rest).map_err(|e| malformed(&e))?;
         *rd = rest;
-        limits.check_entry(k, v, &mut total, what)?;
-        if k == TRACEPARENT {
-            // A repeated key keeps its last value, as for any key.
-            trace = TraceParent::parse(v);
+        if k == TRACEPARENT.as_bytes() {
+            limits.check_sizes(TRACEPARENT, v.len(), &mut total, what)?;
+            // A repeated key keeps its last value, as for any key; a malformed one is dropped
+            // (but text that is not UTF-8 is malformed metadata, as for any key).
+            trace = TraceParent::parse_bytes(v);
+            if trace.is_none() {
+                std::str::from_utf8(v).map_err(|e| malformed(&e))?;
+            }
             continue;
         }
+        let k = std::str::from_utf8(k).map_err(|e| malformed(&e))?;
+        let v = std::str::from_utf8(v).map_err(|e| malformed(&e))?;
+        limits.check_entry(k, v, &mut total, what)?;
         let (k, v) = (k.to_owned(), v.to_owned());
         if pairs <= SCAN_UP_TO {
             if meta.is_empty() {
@@ -92,6 +101,19 @@ pub(crate) fn read_call_meta(
         meta = Metadata::from_received(entries);
     }
     Ok((meta, trace))
+}
+
+/// A MessagePack string's bytes (not checked to be UTF-8) and what follows it.
+fn raw_str(buf: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let mut rd = buf;
+    let len = rmp::decode::read_str_len(&mut rd).map_err(|e| e.to_string())? as usize;
+    if rd.len() < len {
+        return Err(format!(
+            "a string of {len} bytes with {} bytes left",
+            rd.len()
+        ));
+    }
+    Ok(rd.split_at(len))
 }
 
 /// Why a value could not be stepped over.
@@ -182,6 +204,47 @@ mod tests {
         let mut rd = bytes;
         skip_value(&mut rd)?;
         Ok(bytes.len() - rd.len())
+    }
+
+    /// Call metadata as a peer sends it: a valid `traceparent` is taken out, a malformed one
+    /// dropped, one that is not UTF-8 refused like any such text; other keys stay.
+    #[test]
+    fn call_metadata_takes_out_the_traceparent() {
+        let limits = MetadataLimits::DEFAULT;
+        let encode = |pairs: &[(&[u8], &[u8])]| {
+            let mut out = Vec::new();
+            rmp::encode::write_map_len(&mut out, pairs.len() as u32).unwrap();
+            for (k, v) in pairs {
+                rmp::encode::write_str_len(&mut out, k.len() as u32).unwrap();
+                out.extend_from_slice(k);
+                rmp::encode::write_str_len(&mut out, v.len() as u32).unwrap();
+                out.extend_from_slice(v);
+            }
+            out
+        };
+        let valid = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let body = encode(&[(b"traceparent", valid), (b"k", b"v")]);
+        let (meta, trace) = read_call_meta(&mut body.as_slice(), &limits).unwrap();
+        assert_eq!(trace.unwrap().trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!((meta.len(), meta.get("k")), (1, Some("v")));
+
+        let body = encode(&[(b"traceparent", b"00-not-a-trace")]);
+        let (meta, trace) = read_call_meta(&mut body.as_slice(), &limits).unwrap();
+        assert_eq!((meta.len(), trace), (0, None));
+
+        for bad in [
+            encode(&[(b"traceparent", b"\xff\xfe")]),
+            encode(&[(b"k\xff", b"v")]),
+            encode(&[(b"k", b"v\xc3")]),
+        ] {
+            let e = read_call_meta(&mut bad.as_slice(), &limits).unwrap_err();
+            assert!(e.message().contains("malformed call metadata"), "{e}");
+        }
+        // A string announcing more bytes than there are.
+        let mut short = encode(&[(b"k", b"value")]);
+        short.truncate(short.len() - 2);
+        let e = read_call_meta(&mut short.as_slice(), &limits).unwrap_err();
+        assert!(e.message().contains("malformed call metadata"), "{e}");
     }
 
     #[test]

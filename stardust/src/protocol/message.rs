@@ -11,7 +11,9 @@ use super::frame::{self, Kind};
 use super::{codec, decode};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
-use crate::trace_context::{TRACEPARENT, TRACESTATE, TraceOut, TraceParent};
+use crate::trace_context::{
+    LEN as TRACEPARENT_LEN, TRACEPARENT, TRACESTATE, TraceOut, TraceParent,
+};
 
 pub use super::handshake::{
     Features, Hello, HelloAck, MAX_FEATURE_LEN, MAX_FEATURES, PROTOCOL_NAME, PROTOCOL_VERSION,
@@ -140,9 +142,12 @@ fn put_meta(buf: &mut BytesMut, meta: &Metadata, trace: Option<TraceOut<'_>>) {
         let _ = rmp::encode::write_str(&mut w(buf), k);
         let _ = rmp::encode::write_str(&mut w(buf), v);
     }
-    let mut text = [0u8; 55];
+    let mut text = [0u8; TRACEPARENT_LEN];
+    trace.parent.write_bytes(&mut text);
     let _ = rmp::encode::write_str(&mut w(buf), TRACEPARENT);
-    let _ = rmp::encode::write_str(&mut w(buf), trace.parent.write(&mut text));
+    // The formatted value is ASCII: written as a str without a UTF-8 pass.
+    let _ = rmp::encode::write_str_len(&mut w(buf), TRACEPARENT_LEN as u32);
+    buf.extend_from_slice(&text);
     if let Some(state) = state {
         let _ = rmp::encode::write_str(&mut w(buf), TRACESTATE);
         let _ = rmp::encode::write_str(&mut w(buf), state);

@@ -22,7 +22,7 @@ pub(crate) const TRACEPARENT: &str = "traceparent";
 /// The metadata key of the W3C `tracestate` header.
 pub(crate) const TRACESTATE: &str = "tracestate";
 /// Length of a version-`00` `traceparent`.
-const LEN: usize = 55;
+pub(crate) const LEN: usize = 55;
 /// The sampled flag of `trace-flags`.
 const SAMPLED: u8 = 0x01;
 
@@ -44,7 +44,11 @@ impl TraceParent {
     /// two digits of flags, separated by `-`. Version `00` is exactly 55 characters; a later
     /// version may append fields after another `-`, which are ignored.
     pub fn parse(s: &str) -> Option<TraceParent> {
-        let b = s.as_bytes();
+        Self::parse_bytes(s.as_bytes())
+    }
+
+    /// [`parse`](Self::parse) on the value's bytes (a valid one is ASCII).
+    pub(crate) fn parse_bytes(b: &[u8]) -> Option<TraceParent> {
         if b.len() < LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
             return None;
         }
@@ -53,8 +57,8 @@ impl TraceParent {
         {
             return None;
         }
-        let trace_id = hex(&b[3..35])?;
-        let parent_id = hex(&b[36..52])? as u64;
+        let trace_id = (hex(&b[3..19])? as u128) << 64 | hex(&b[19..35])? as u128;
+        let parent_id = hex(&b[36..52])?;
         let flags = hex(&b[53..55])? as u8;
         (trace_id != 0 && parent_id != 0).then_some(TraceParent {
             trace_id,
@@ -65,34 +69,77 @@ impl TraceParent {
 
     /// Formats the value (version `00`) into `buf`, returning it as text.
     pub(crate) fn write<'b>(&self, buf: &'b mut [u8; LEN]) -> &'b str {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        fn put(out: &mut [u8], mut v: u128) {
-            for d in out.iter_mut().rev() {
-                *d = DIGITS[(v & 0xf) as usize];
-                v >>= 4;
-            }
-        }
-        buf[..3].copy_from_slice(b"00-");
-        put(&mut buf[3..35], self.trace_id);
-        buf[35] = b'-';
-        put(&mut buf[36..52], self.parent_id as u128);
-        buf[52] = b'-';
-        put(&mut buf[53..55], self.flags as u128);
+        self.write_bytes(buf);
+        // Only ASCII was written: this cannot fail.
         std::str::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// [`write`](Self::write) without the text view (the encoder copies the bytes as they are).
+    pub(crate) fn write_bytes(&self, buf: &mut [u8; LEN]) {
+        buf[..3].copy_from_slice(b"00-");
+        put_hex(&mut buf[3..19], (self.trace_id >> 64) as u64);
+        put_hex(&mut buf[19..35], self.trace_id as u64);
+        buf[35] = b'-';
+        put_hex(&mut buf[36..52], self.parent_id);
+        buf[52] = b'-';
+        put_hex(&mut buf[53..55], self.flags as u64);
     }
 }
 
-/// Lowercase hex digits as a number; `None` for anything else (uppercase included: the spec
-/// allows only lowercase).
-fn hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &d| {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | v as u128)
-    })
+/// Up to 16 lowercase hex digits as a number; `None` for anything else (uppercase included:
+/// the spec allows only lowercase). Every request a provider serves parses 52 digits, so 8 are
+/// checked and converted at once (SWAR: each byte of a `u64` is one digit, and no step carries
+/// from one byte into the next because every byte is below 0x80 when it is added to).
+fn hex(digits: &[u8]) -> Option<u64> {
+    match digits.len() {
+        16 => Some(hex8(load8(&digits[..8]))? << 32 | hex8(load8(&digits[8..]))?),
+        2 => hex8(0x3030_3030_3030_0000 | (digits[0] as u64) << 8 | digits[1] as u64),
+        _ => digits.chunks(8).try_fold(0u64, |acc, chunk| {
+            let mut bytes = [b'0'; 8];
+            // Right-aligned: leading '0's change nothing.
+            bytes[8 - chunk.len()..].copy_from_slice(chunk);
+            Some(acc << (4 * chunk.len()) | hex8(u64::from_be_bytes(bytes))?)
+        }),
+    }
+}
+
+/// Eight bytes as a big-endian `u64` (the first byte most significant).
+fn load8(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(bytes);
+    u64::from_be_bytes(b)
+}
+
+/// Eight ASCII hex digits, the first in the most significant byte, as a 32-bit number.
+fn hex8(v: u64) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if v & HIGH != 0 {
+        return None;
+    }
+    // Each byte's high bit: set where the byte is at least the constant's byte.
+    let at_least = |c: u8| v.wrapping_add(ONES * (0x80 - c) as u64) & HIGH;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if digit | letter != HIGH {
+        return None;
+    }
+    // '0'..'9' are 0x30..0x39, 'a'..'f' 0x61..0x66: low nibble, plus 9 for letters.
+    let mut n = (v & (ONES * 0x0f)) + (letter >> 7) * 9;
+    // Pack the eight nibbles (one per byte, most significant first) into 32 bits.
+    n = (n >> 4 | n) & 0x00ff_00ff_00ff_00ff;
+    n = (n >> 8 | n) & 0x0000_ffff_0000_ffff;
+    n = (n >> 16 | n) & 0x0000_0000_ffff_ffff;
+    Some(n)
+}
+
+/// Writes `v` as `out.len()` lowercase hex digits (its low bits).
+fn put_hex(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 /// The trace of a call being served: its trace, its own span id (the parent of the calls its
@@ -309,6 +356,45 @@ mod tests {
         assert_eq!(p.flags, SAMPLED);
         let mut buf = [0; LEN];
         assert_eq!(p.write(&mut buf), EXAMPLE);
+    }
+
+    /// The table-driven hex parser and writer agree with a plain digit-by-digit reference
+    /// over ids with every digit value in every position, and refuse each non-digit byte.
+    #[test]
+    fn hex_fields_round_trip_and_refuse_every_non_digit() {
+        let reference = |s: &str| u128::from_str_radix(s, 16).ok();
+        let mut x = 0x0123_4567_89ab_cdefu64;
+        for i in 0..2000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = TraceParent {
+                trace_id: (x as u128) << 64 | (x.rotate_left(i as u32 % 64) as u128) | 1,
+                parent_id: x | 1,
+                flags: (i % 256) as u8,
+            };
+            let mut buf = [0u8; LEN];
+            let text = p.write(&mut buf).to_owned();
+            assert_eq!(reference(&text[3..35]), Some(p.trace_id), "{text}");
+            assert_eq!(
+                reference(&text[36..52]),
+                Some(p.parent_id as u128),
+                "{text}"
+            );
+            assert_eq!(TraceParent::parse(&text), Some(p), "{text}");
+        }
+        for byte in 0..=255u8 {
+            if byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte) {
+                continue;
+            }
+            for at in [3, 18, 19, 34, 36, 51, 53, 54] {
+                let mut b = EXAMPLE.as_bytes().to_vec();
+                b[at] = byte;
+                if let Ok(s) = std::str::from_utf8(&b) {
+                    assert_eq!(TraceParent::parse(s), None, "{s:?}");
+                }
+            }
+        }
     }
 
     #[test]
