@@ -67,7 +67,7 @@ pub(crate) fn read_call_meta(
     for i in 0..pairs {
         // Strings as bytes first: the `traceparent` every request carries is parsed straight
         // from them (a valid one is ASCII), without a separate UTF-8 pass.
-        let (k, rest) = raw_str(*rd).map_err(|e| malformed(&e))?;
+        let (k, rest) = raw_str(rd).map_err(|e| malformed(&e))?;
         let (v, rest) = raw_str(rest).map_err(|e| malformed(&e))?;
         *rd = rest;
         if k == TRACEPARENT.as_bytes() {
