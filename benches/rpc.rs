@@ -38,6 +38,8 @@
 
 #[path = "rpc/ceiling.rs"]
 mod ceiling;
+#[path = "rpc/local.rs"]
+mod local;
 #[path = "rpc/process.rs"]
 mod process;
 #[path = "rpc/raw_impl.rs"]
@@ -179,6 +181,8 @@ struct Config {
     rounds: usize,
     impls: Vec<Impl>,
     scenarios: Vec<Scenario>,
+    /// Whether to run `local-add` (in-process calls; `rpc/local.rs`).
+    local: bool,
     phase_timeout: Duration,
 }
 
@@ -197,10 +201,13 @@ impl Config {
             impls.retain(|i| wanted.iter().any(|w| w == i.name()));
         }
         let mut scenarios = scenarios(quick);
+        let mut local = true;
         if let Some(only) = var("STARDUST_BENCH_SCENARIOS") {
-            let known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+            let mut known: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+            known.push(local::SCENARIO);
             let wanted = parse_list(&only, |n| known.contains(&n), "scenario")?;
             scenarios.retain(|s| wanted.iter().any(|w| w == s.name));
+            local = wanted.iter().any(|w| w == local::SCENARIO);
         }
         let rounds = match var("STARDUST_BENCH_ROUNDS") {
             Some(r) => r
@@ -216,6 +223,7 @@ impl Config {
             rounds,
             impls,
             scenarios,
+            local,
             phase_timeout: Duration::from_secs(if quick { 120 } else { 300 }),
         })
     }
@@ -308,6 +316,12 @@ fn run_all(cfg: &Config) -> i32 {
     report::print_versus_direct(&rows);
     println!();
     report::print_markdown(&rows, LATENCY_SCENARIO, &meta);
+    if cfg.local {
+        println!();
+        local::run(cfg.rounds, cfg.quick)
+            .map(|rows| local::print(&rows))
+            .unwrap_or_else(|e| failures.push(format!("{}: {e}", local::SCENARIO)));
+    }
 
     if failures.is_empty() {
         0

@@ -16,6 +16,7 @@ use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::describe;
+use crate::local;
 use crate::parse::{MethodDef, ServiceDef};
 
 /// Generates everything `#[stardust::service]` expands to.
@@ -23,11 +24,14 @@ pub(crate) fn expand(def: &ServiceDef) -> TokenStream {
     let names = Names::new(def);
     let service_trait = expand_trait(def);
     let type_checks = expand_type_checks(def);
+    let local_trait =
+        local::expand_local_trait(def, &names.local, &names.server, &names.implementation);
     let server = expand_server(def, &names);
     let client = expand_client(def, &names);
     quote! {
         #service_trait
         #type_checks
+        #local_trait
         #server
         #client
     }
@@ -40,6 +44,8 @@ struct Names {
     /// The server's type parameter (the user's implementation). Usually `T`, renamed when a
     /// method's argument types mention a type called `T`, which the parameter would shadow.
     implementation: Ident,
+    /// The hidden object-safe twin of the trait for in-process calls.
+    local: Ident,
 }
 
 impl Names {
@@ -56,6 +62,7 @@ impl Names {
         Names {
             server: format_ident!("{}Server", def.ident),
             client: format_ident!("{}Client", def.ident),
+            local: format_ident!("__{}Local", def.ident),
             implementation: Ident::new(&implementation, Span::call_site()),
         }
     }
@@ -180,6 +187,7 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
         server,
         client,
         implementation: t,
+        local,
     } = names;
 
     let method = Ident::new("method", Span::mixed_site());
@@ -297,6 +305,16 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
                     ),
                 }
             }
+
+            fn local(&self) -> ::core::option::Option<::stardust::local::LocalImpl> {
+                let server: ::std::sync::Arc<Self> = ::std::sync::Arc::new(
+                    Self { inner: ::std::sync::Arc::clone(&self.inner) },
+                );
+                let local: ::std::sync::Arc<dyn #local> = server;
+                ::core::option::Option::Some(
+                    ::stardust::local::LocalImpl::new(#client::DESCRIPTOR, local),
+                )
+            }
         }
     }
 }
@@ -311,6 +329,7 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         ..
     } = def;
     let client = &names.client;
+    let local_trait = &names.local;
 
     let method_descriptors = def.methods.iter().map(|m| {
         let name = m.wire_name();
@@ -381,8 +400,15 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         };
         let input = m.stream_arg().map(|arg| &arg.ident);
         // Spanned at the method: the bounds on `call` are about its arguments and output.
+        let arg_names = args.iter().map(|a| &a.ident);
         let call = match (&m.output_item, input) {
             (None, None) => quote_spanned! {ident.span()=>
+                if let ::core::option::Option::Some((imp, local)) = self.local.get() {
+                    return ::stardust::__private::call_local(
+                        &self.client, local, #index, imp.#ident(#(#arg_names),*),
+                    )
+                    .await;
+                }
                 self.client.call(Self::DESCRIPTOR, #index, &#call_args).await
             },
             (None, Some(input)) => quote_spanned! {ident.span()=>
@@ -425,6 +451,8 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client {
             client: ::stardust::Client,
+            /// The implementation, when calls go to it in-process (`stardust::local`).
+            local: ::stardust::__private::Local<dyn #local_trait>,
         }
 
         impl #client {
@@ -446,7 +474,21 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
 
             /// Wraps an existing `stardust::Client`, e.g. one built with `ClientBuilder`.
             pub fn new(client: ::stardust::Client) -> Self {
-                Self { client }
+                Self { client, local: ::stardust::__private::Local::none() }
+            }
+
+            /// A client that calls `service` (an implementation wrapped for serving) in this
+            /// process: no socket, no serializer (see `stardust::local`). Its unary methods
+            /// only; a streaming method fails with `Connect`.
+            pub fn in_process<S: ::stardust::Service>(service: &S) -> Self {
+                let client = ::stardust::Client::builder().in_process();
+                match ::stardust::Service::local(service) {
+                    ::core::option::Option::Some(imp) => {
+                        let local = ::stardust::local::LocalService::from(imp);
+                        <Self as ::stardust::ServiceClient>::with_local(client, &local)
+                    }
+                    ::core::option::Option::None => Self::new(client),
+                }
             }
 
             /// The untyped client underneath.
@@ -456,7 +498,10 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
 
             /// A client sharing this one's connection whose calls time out after `timeout`.
             pub fn with_timeout(&self, timeout: ::core::time::Duration) -> Self {
-                Self { client: self.client.with_timeout(timeout) }
+                Self {
+                    client: self.client.with_timeout(timeout),
+                    local: ::core::clone::Clone::clone(&self.local),
+                }
             }
 
             #(#methods)*
@@ -472,6 +517,13 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
 
             fn client(&self) -> &::stardust::Client {
                 &self.client
+            }
+
+            fn with_local(
+                client: ::stardust::Client,
+                local: &::stardust::local::LocalService,
+            ) -> Self {
+                Self { client, local: ::stardust::__private::Local::of(local) }
             }
         }
     }

@@ -18,6 +18,7 @@ use proc_macro::TokenStream;
 
 mod describe;
 mod expand;
+mod local;
 mod parse;
 
 /// Turns a trait into a Stardust service: a network server wrapper and a typed client.

@@ -105,6 +105,7 @@ mod context;
 pub mod discovery;
 mod error;
 mod interceptor;
+pub mod local;
 mod metadata;
 mod monitor;
 mod protocol;

@@ -170,3 +170,65 @@ impl<T: Serialize> OutputItemSerialize for T {}
 pub trait OutputItemDeserialize {}
 
 impl<T: serde::de::DeserializeOwned> OutputItemDeserialize for T {}
+
+/// What a generated client holds of an in-process implementation ([`crate::local`]): the
+/// implementation as the service's hidden object-safe trait `L`, and the [`LocalService`] it
+/// came from (mode, host). Empty for a client that calls over the network.
+///
+/// [`LocalService`]: crate::local::LocalService
+pub struct Local<L: ?Sized>(Option<(std::sync::Arc<L>, crate::local::LocalService)>);
+
+impl<L: ?Sized + 'static> Local<L> {
+    /// No in-process implementation.
+    pub fn none() -> Self {
+        Local(None)
+    }
+
+    /// The implementation in `local`, if it is one of `L` (an `Arc<L>`).
+    pub fn of(local: &crate::local::LocalService) -> Self {
+        Local(
+            local
+                .get::<std::sync::Arc<L>>()
+                .map(|imp| (imp.clone(), local.clone())),
+        )
+    }
+
+    /// The implementation and its service, if there is one and it may still be called
+    /// in-process.
+    #[inline]
+    pub fn get(&self) -> Option<(&L, &crate::local::LocalService)> {
+        self.0
+            .as_ref()
+            .filter(|(_, local)| local.is_live())
+            .map(|(imp, local)| (&**imp, local))
+    }
+}
+
+impl<L: ?Sized> Clone for Local<L> {
+    fn clone(&self) -> Self {
+        Local(self.0.clone())
+    }
+}
+
+impl<L: ?Sized> std::fmt::Debug for Local<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some((_, local)) => write!(f, "in-process ({:?})", local.mode()),
+            None => f.write_str("remote"),
+        }
+    }
+}
+
+/// An in-process call of method `method` whose implementation future is `call`, through
+/// `client`: what a generated client's method runs when it holds an implementation.
+pub async fn call_local<R>(
+    client: &crate::Client,
+    local: &crate::local::LocalService,
+    method: usize,
+    call: impl std::future::Future<Output = R>,
+) -> Result<R, crate::Error> {
+    crate::client::call_local(client, local, method, call).await
+}
+
+/// Boxes an implementation's future for the hidden object-safe trait of in-process calls.
+pub type LocalFuture<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send + 'a>>;

@@ -101,6 +101,44 @@ pub trait Service: Send + Sync + 'static {
     /// Argument decoding happens here, synchronously, so a call whose arguments do not decode
     /// fails before any task is created.
     fn call(&self, method: usize, args: &[u8]) -> Result<Call, Error>;
+
+    /// The implementation, for clients in this process to call without a socket or a
+    /// serializer ([`crate::local`]); `None` (the default) when it cannot be called that way.
+    fn local(&self) -> Option<LocalImpl> {
+        None
+    }
+}
+
+/// A service's implementation as clients in its process call it ([`crate::local`]): what
+/// [`Service::local`] hands over, made into a [`LocalService`](crate::local::LocalService) to
+/// use. Opaque; cheap to clone.
+#[derive(Clone)]
+pub struct LocalImpl {
+    pub(crate) descriptor: &'static ServiceDescriptor,
+    /// The generated client's view of the implementation (an `Arc<dyn __XxxLocal>`).
+    pub(crate) imp: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl LocalImpl {
+    /// A service's implementation as `imp` (what its generated client downcasts).
+    #[doc(hidden)]
+    pub fn new<L: std::any::Any + Send + Sync>(
+        descriptor: &'static ServiceDescriptor,
+        imp: L,
+    ) -> LocalImpl {
+        LocalImpl {
+            descriptor,
+            imp: Arc::new(imp),
+        }
+    }
+}
+
+impl fmt::Debug for LocalImpl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalImpl")
+            .field("service", &self.descriptor.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The service and method a call is to: the static names of a generated proxy (free to copy),

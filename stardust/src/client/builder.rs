@@ -196,6 +196,15 @@ impl ClientBuilder {
         Ok(self.build(Endpoints::Fixed(addrs), Some(conn), notify_tx))
     }
 
+    /// A client with no provider to connect to, for a proxy that calls its service in-process
+    /// (`XxxClient::in_process`, [`crate::local`]): calls that would need the network (a
+    /// streaming method's) fail with `Connect`. Its timeout and interceptors apply to the
+    /// in-process calls.
+    pub fn in_process(self) -> Client {
+        let (notify_tx, _) = broadcast::channel(1);
+        self.build(Endpoints::Fixed(Vec::new()), None, notify_tx)
+    }
+
     /// A client whose calls go to the providers `source` lists at the time, one chosen per call
     /// by `balancer`, over `pool`'s connections (opened lazily, on first use).
     pub(crate) fn balanced(

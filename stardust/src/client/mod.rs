@@ -18,6 +18,8 @@ mod builder;
 mod connection;
 mod dynamic;
 mod endpoints;
+mod local;
+pub(crate) use local::call_local;
 mod notifications;
 mod pending;
 mod pool;
@@ -534,6 +536,13 @@ impl ClientInner {
             return Ok(conn);
         }
         let addrs = match &self.endpoints {
+            Endpoints::Fixed(addrs) if addrs.is_empty() => {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    "this client calls its service in-process and has no provider address: \
+                     streaming methods need a client connected to a provider",
+                ));
+            }
             Endpoints::Fixed(addrs) => addrs,
             Endpoints::Balanced(b) => {
                 return Err(b

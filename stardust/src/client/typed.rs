@@ -14,4 +14,12 @@ pub trait ServiceClient: Sized {
 
     /// The untyped client underneath.
     fn client(&self) -> &Client;
+
+    /// Wraps `client`, calling `local` in-process instead ([`crate::local`]) for the methods
+    /// that can be (unary ones; streams still use `client`). The default ignores `local`: a
+    /// hand-written proxy calls over the network.
+    fn with_local(client: Client, local: &crate::local::LocalService) -> Self {
+        let _ = local;
+        Self::from_client(client)
+    }
 }

@@ -2,6 +2,7 @@
 //! [`Stardust`] entry point built on them.
 
 pub mod api;
+mod local;
 mod provider;
 pub(crate) mod session;
 mod star;

@@ -17,6 +17,9 @@ pub struct Provider {
     pub(super) session: Arc<Session>,
     pub(super) endpoint: String,
     pub(super) services: Vec<&'static str>,
+    /// Cleared when the provider stops: in-process clients of its services stop calling them
+    /// directly ([`Stardust::local_client`]).
+    pub(super) live: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -44,6 +47,7 @@ impl Provider {
 
     /// Deregisters every service, then shuts the server down gracefully (in-flight calls finish).
     pub async fn shutdown(mut self) {
+        self.live.store(false, std::sync::atomic::Ordering::Release);
         for service in std::mem::take(&mut self.services) {
             if let Err(e) = self.session.deregister(service, &self.endpoint).await {
                 tracing::warn!(service, error = %e, "deregistration failed; the lease will expire");
@@ -57,6 +61,7 @@ impl Provider {
 
 impl Drop for Provider {
     fn drop(&mut self) {
+        self.live.store(false, std::sync::atomic::Ordering::Release);
         // Dropped without shutdown: stop heartbeating for these registrations and remove them
         // in the background, so consumers are not sent to a server that no longer exists.
         let session = self.session.clone();

@@ -280,6 +280,7 @@ impl StardustBuilder {
                     },
                     timeout: self.timeout,
                     tags: self.tags,
+                    locals: Default::default(),
                 }),
             });
         }
@@ -310,6 +311,7 @@ impl StardustBuilder {
                 },
                 timeout: self.timeout,
                 tags: self.tags,
+                locals: Default::default(),
             }),
         })
     }
@@ -344,14 +346,16 @@ impl StardustBuilder {
 /// clone is dropped.
 #[derive(Clone)]
 pub struct Stardust {
-    inner: Arc<StarInner>,
+    pub(super) inner: Arc<StarInner>,
 }
 
-struct StarInner {
+pub(super) struct StarInner {
     mode: Mode,
     timeout: Duration,
     /// Tags of every registration.
     tags: BTreeMap<String, String>,
+    /// The services this handle serves, for in-process calls ([`Stardust::local_client`]).
+    pub(super) locals: parking_lot::Mutex<Vec<crate::local::LocalService>>,
 }
 
 /// How the handle reaches providers.
@@ -450,6 +454,8 @@ impl Stardust {
         }
         let server = builder.bind(addr).await?;
         let endpoint = advertise.unwrap_or(server.local_addr()).to_string();
+        let live = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        self.add_locals(&server, &live);
         session.report_server(server.probe());
         let mut provider = Provider {
             server: Some(server),
@@ -457,6 +463,7 @@ impl Stardust {
             session: session.clone(),
             endpoint,
             services: Vec::new(),
+            live,
         };
         for d in descriptors {
             let registration = Registration {

@@ -405,7 +405,7 @@ impl ServerBuilder {
         }
         let figures = services
             .iter()
-            .map(|(_, s)| ServiceFigures::new(s.descriptor()))
+            .map(|(_, s)| Arc::new(ServiceFigures::new(s.descriptor())))
             .collect();
         let shared = Arc::new(ServerShared {
             services,

@@ -123,8 +123,9 @@ pub(crate) struct ServerShared {
     /// A list, not a map: servers host a handful of services, and comparing a few short names
     /// beats hashing the name on every call.
     services: Vec<(&'static str, Arc<dyn Service>)>,
-    /// Call figures of each hosted service, indexed like `services`.
-    pub(crate) figures: Box<[ServiceFigures]>,
+    /// Call figures of each hosted service, indexed like `services` (shared with its
+    /// in-process callers: [`Server::local_services`]).
+    pub(crate) figures: Box<[Arc<ServiceFigures>]>,
     pub(crate) interceptors: Vec<Arc<dyn Interceptor>>,
     pub(crate) config: ServerConfig,
     pub(crate) auth: ServerAuth,
@@ -175,6 +176,21 @@ impl Server {
     /// answered inline and never counted).
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight()
+    }
+
+    /// The hosted services that clients in this process may call in-process
+    /// ([`crate::local`]), with this server's interceptors and figures.
+    pub fn local_services(&self) -> Vec<crate::local::LocalService> {
+        let shared = &self.shared;
+        shared
+            .services
+            .iter()
+            .zip(shared.figures.iter())
+            .filter_map(|((_, service), figures)| {
+                let local = crate::local::LocalService::from(service.local()?);
+                Some(local.hosted(figures.clone(), shared.interceptors.clone()))
+            })
+            .collect()
     }
 
     /// A handle that counts this server's in-flight calls without keeping it alive (status

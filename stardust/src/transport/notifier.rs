@@ -34,6 +34,14 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
+    /// A notifier of no connection (an in-process caller's): closed from the start.
+    pub(crate) fn detached(peer: SocketAddr) -> Notifier {
+        Notifier {
+            out: std::sync::Weak::new(),
+            peer,
+        }
+    }
+
     pub(crate) fn new(out: &Arc<Outbound>, peer: SocketAddr) -> Notifier {
         Notifier {
             out: Arc::downgrade(out),
