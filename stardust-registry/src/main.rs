@@ -311,8 +311,9 @@ fn serve(
         let http = node
             .http_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let stop = shutdown_signal();
         announce(&format!("registry={} http={http}", node.local_addr()));
-        shutdown_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         node.shutdown().await;
         Ok(())
@@ -329,25 +330,38 @@ fn announce(addrs: &str) {
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
+/// Installs the handlers of Ctrl-C (SIGINT) and SIGTERM now, and returns what resolves on the
+/// first of them. Called before the bound addresses are announced: a script that signals the
+/// process as soon as it reads them must find the handlers in place, not the default action
+/// (which would kill the process without a graceful stop).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut int), Err(_)) => {
+                    int.recv().await;
+                }
+                (Err(_), _) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -376,8 +390,9 @@ fn agent(args: AgentArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         let agent = builder.start().await?;
+        let stop = shutdown_signal();
         announce(&format!("agent={}", agent.local_addr()));
-        shutdown_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         agent.shutdown().await;
         Ok(())
