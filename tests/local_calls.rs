@@ -147,18 +147,6 @@ async fn registry() -> RegistryNode {
         .expect("registry")
 }
 
-/// Scrapes the registry's `/metrics`.
-async fn metrics(node: &RegistryNode) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = node.http_addr().expect("monitoring on");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 async fn star(node: &RegistryNode, app: &str) -> Stardust {
     Stardust::builder()
         .registry(node.local_addr().to_string())
@@ -210,7 +198,11 @@ async fn a_stardust_handle_calls_its_own_instance_in_process_while_it_is_served(
         mine.endpoint()
     );
     within("the in-process calls in /metrics", async {
-        while !metrics(&node).await.lines().any(|l| l == series) {
+        while !common::registry_metrics(&node)
+            .await
+            .lines()
+            .any(|l| l == series)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -17,7 +17,6 @@ use stardust::ErrorKind;
 use stardust::balance::{Hedging, RoundRobin};
 use stardust::discovery::api::RegistryError;
 use stardust::traffic::{Fallback, FaultAction, Match, RulesEdit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: u64 = 10_000;
 
@@ -182,17 +181,6 @@ async fn changing_a_route_under_load_moves_traffic_without_a_failed_call() {
     assert!(late <= 8, "{late} calls went to 1.4.0 after the move");
 }
 
-/// Scrapes the registry's `/metrics`.
-async fn metrics(node: &stardust_registry::RegistryNode) -> String {
-    let addr = node.http_addr().expect("monitoring on");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_fault_fails_its_share_ejects_nobody_and_is_counted() {
     // No hedging: every call the providers run is one the consumer sent once.
@@ -229,7 +217,7 @@ async fn an_abort_fault_fails_its_share_ejects_nobody_and_is_counted() {
     );
     within("the faults to be counted in /metrics", async {
         loop {
-            let text = metrics(node).await;
+            let text = common::registry_metrics(node).await;
             let counted = text
                 .lines()
                 .find(|l| l.starts_with(&line))

@@ -63,8 +63,15 @@ async fn wait_for(
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_through_a_provider_reach_the_api_and_metrics_exactly() {
+/// A monitored registry, a provider of `live.Echo` (its session kept alive by the returned
+/// handle) and a consumer app `web`.
+async fn scene() -> (
+    stardust_registry::RegistryNode,
+    std::net::SocketAddr,
+    Stardust,
+    stardust::Provider,
+    Stardust,
+) {
     let (node, http) = start_monitored(Config::dev()).await;
     let provider_star = star(node.local_addr(), "echo-provider").await;
     let provider = provider_star
@@ -74,8 +81,14 @@ async fn calls_through_a_provider_reach_the_api_and_metrics_exactly() {
         )
         .await
         .unwrap();
-    let endpoint = provider.endpoint().to_owned();
     let consumer = star(node.local_addr(), "web").await;
+    (node, http, provider_star, provider, consumer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_through_a_provider_reach_the_api_and_metrics_exactly() {
+    let (_node, http, _provider_star, provider, consumer) = scene().await;
+    let endpoint = provider.endpoint().to_owned();
     let echo = consumer.client::<EchoClient>();
 
     const N: u64 = 37;
@@ -152,17 +165,8 @@ async fn the_api_names_the_traces_of_the_slowest_call_and_the_latest_failure() {
     const TRACED: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const FAILED: &str = "0af7651916cd43dd8448eb211c80319c";
     const UNSAMPLED: &str = "11111111111111111111111111111111";
-    let (node, http) = start_monitored(Config::dev()).await;
-    let provider_star = star(node.local_addr(), "echo-provider").await;
-    let provider = provider_star
-        .serve(
-            Server::builder().serve(EchoServer::new(EchoImpl)),
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
+    let (_node, http, _provider_star, provider, consumer) = scene().await;
     let endpoint = provider.endpoint().to_owned();
-    let consumer = star(node.local_addr(), "web").await;
     let client = consumer.client_for("live.Echo", "^1");
     let traced = EchoClient::new(
         client.with_metadata("traceparent", format!("00-{TRACED}-00f067aa0ba902b7-01")),

@@ -21,6 +21,18 @@ pub mod python;
 /// 2-core machine, so hitting it means a real hang.
 pub const BOUND: Duration = Duration::from_secs(20);
 
+/// Scrapes the `/metrics` page of a registry node that serves monitoring.
+pub async fn registry_metrics(node: &stardust_registry::RegistryNode) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = node.http_addr().expect("monitoring on");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 /// Awaits `fut`, failing the test with `what` if it takes longer than [`BOUND`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(BOUND, fut).await {
