@@ -6,33 +6,8 @@
 mod common;
 
 use common::*;
-use stardust::discovery::api::{
-    ArgDescription, MethodDescription, RegistryError, ServiceDescription,
-};
+use stardust::discovery::api::RegistryError;
 use stardust_registry::{AppConfig, Config};
-
-fn description(returns: &str) -> ServiceDescription {
-    ServiceDescription {
-        docs: "A calculator.".into(),
-        methods: vec![MethodDescription {
-            name: "add".into(),
-            args: vec![
-                ArgDescription {
-                    name: "a".into(),
-                    ty: "i64".into(),
-                },
-                ArgDescription {
-                    name: "b".into(),
-                    ty: "i64".into(),
-                },
-            ],
-            returns: returns.into(),
-            docs: "Adds two numbers.".into(),
-            idempotent: true,
-            ..MethodDescription::default()
-        }],
-    }
-}
 
 fn config() -> Config {
     Config::new()
@@ -67,7 +42,7 @@ async fn the_first_description_of_a_version_is_kept_and_a_different_one_shown_as
     let (first, _) = login(addr, "calc", "calc-secret").await;
     let (second, _) = login(addr, "calc2", "calc2-secret").await;
     let mut r = registration("calc.Calculator", "1.2.0", "127.0.0.1:9001");
-    r.description = Some(description("i64"));
+    r.description = Some(calc_description("i64"));
     first.register(r.clone()).await.unwrap().unwrap();
     // The same description again (a second instance): no conflict.
     r.endpoint = "127.0.0.1:9002".into();
@@ -81,20 +56,20 @@ async fn the_first_description_of_a_version_is_kept_and_a_different_one_shown_as
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].version, "1.2.0");
     assert_eq!(found[0].app, "calc");
-    assert_eq!(found[0].description, Some(description("i64")));
+    assert_eq!(found[0].description, Some(calc_description("i64")));
     assert_eq!(found[0].conflict, None);
     let add = &found[0].description.as_ref().unwrap().methods[0];
     assert_eq!(add.signature(), "add(a: i64, b: i64) -> i64");
     // Another provider of the same version with another signature: the first stays.
     r.endpoint = "127.0.0.1:9003".into();
-    r.description = Some(description("u64"));
+    r.description = Some(calc_description("u64"));
     second.register(r.clone()).await.unwrap().unwrap();
     let found = web
         .describe("calc.Calculator".into())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(found[0].description, Some(description("i64")));
+    assert_eq!(found[0].description, Some(calc_description("i64")));
     let conflict = found[0].conflict.as_deref().expect("a conflict");
     assert!(conflict.contains("calc2"), "{conflict}");
     // Another version is described on its own, listed in version order.
@@ -123,7 +98,7 @@ async fn oversized_descriptions_are_refused_with_the_registration() {
     let node = start(config()).await;
     let (calc, _) = login(node.local_addr(), "calc", "calc-secret").await;
     let mut r = registration("calc.Calculator", "1.0.0", "127.0.0.1:9001");
-    let mut d = description("i64");
+    let mut d = calc_description("i64");
     d.methods[0].docs = "x".repeat(64 * 1024);
     r.description = Some(d);
     match calc.register(r).await.unwrap() {

@@ -24,9 +24,7 @@ fn etcd_describe_tests_need_the_etcd_feature() {
 mod with_etcd {
     use std::time::Duration;
 
-    use stardust::discovery::api::{
-        ArgDescription, MethodDescription, RegistryClient, ServiceDescription, VersionDescription,
-    };
+    use stardust::discovery::api::{RegistryClient, VersionDescription};
     use stardust_registry::{AppConfig, Config, RegistryNode, StoreConfig};
 
     use super::common::etcd::Etcd;
@@ -34,28 +32,6 @@ mod with_etcd {
 
     const SERVICE: &str = "calc.Calculator";
     const VERSION: &str = "1.2.0";
-
-    fn description(returns: &str) -> ServiceDescription {
-        ServiceDescription {
-            docs: "A calculator.".into(),
-            methods: vec![MethodDescription {
-                name: "add".into(),
-                args: vec![
-                    ArgDescription {
-                        name: "a".into(),
-                        ty: "i64".into(),
-                    },
-                    ArgDescription {
-                        name: "b".into(),
-                        ty: "i64".into(),
-                    },
-                ],
-                returns: returns.into(),
-                docs: "Adds two numbers.".into(),
-                ..MethodDescription::default()
-            }],
-        }
-    }
 
     /// A node on `store` defining the providers `calc`, `calc2` and the consumer `web`.
     async fn node(store: &str, dir: &tempfile::TempDir, name: &str) -> RegistryNode {
@@ -123,21 +99,21 @@ mod with_etcd {
         let (calc_a, _) = login(a.local_addr(), "calc", "calc-secret").await;
         let (web_b, _) = login(b.local_addr(), "web", "web-secret").await;
         let mut r = registration(SERVICE, VERSION, "127.0.0.1:9001");
-        r.description = Some(description("i64"));
+        r.description = Some(calc_description("i64"));
         within("register through A", calc_a.register(r.clone()))
             .await
             .unwrap()
             .unwrap();
         let on_b = described(&web_b, "B to describe what was registered through A").await;
         assert_eq!(on_b.app, "calc");
-        assert_eq!(on_b.description, Some(description("i64")));
+        assert_eq!(on_b.description, Some(calc_description("i64")));
         assert_eq!(on_b.conflict, None);
 
         // Another provider of the same version, through B, with another signature: B keeps the
         // first and shows the conflict.
         let (calc2_b, _) = login(b.local_addr(), "calc2", "calc2-secret").await;
         r.endpoint = "127.0.0.1:9002".into();
-        r.description = Some(description("u64"));
+        r.description = Some(calc_description("u64"));
         within("register through B", calc2_b.register(r))
             .await
             .unwrap()
@@ -145,7 +121,7 @@ mod with_etcd {
         let found = describe(&web_b).await;
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].app, "calc");
-        assert_eq!(found[0].description, Some(description("i64")));
+        assert_eq!(found[0].description, Some(calc_description("i64")));
         let conflict = found[0].conflict.as_deref().expect("a conflict");
         assert!(conflict.contains("calc2"), "{conflict}");
 
@@ -154,6 +130,6 @@ mod with_etcd {
         let (web_c, _) = login(c.local_addr(), "web", "web-secret").await;
         let on_c = described(&web_c, "C to describe what etcd holds").await;
         assert_eq!(on_c.app, "calc");
-        assert_eq!(on_c.description, Some(description("i64")));
+        assert_eq!(on_c.description, Some(calc_description("i64")));
     }
 }

@@ -163,3 +163,24 @@ pub async fn start_monitored(config: Config) -> (RegistryNode, SocketAddr) {
     let http = node.http_addr().expect("HTTP is on");
     (node, http)
 }
+
+/// The description a provider of `calc.Calculator` registers: `add(a: i64, b: i64) -> RETURNS`
+/// (idempotent), with docs (tests of the registry's `describe`, one node or several).
+pub fn calc_description(returns: &str) -> stardust::discovery::api::ServiceDescription {
+    use stardust::discovery::api::{ArgDescription, MethodDescription, ServiceDescription};
+    let arg = |name: &str| ArgDescription {
+        name: name.into(),
+        ty: "i64".into(),
+    };
+    ServiceDescription {
+        docs: "A calculator.".into(),
+        methods: vec![MethodDescription {
+            name: "add".into(),
+            args: vec![arg("a"), arg("b")],
+            returns: returns.into(),
+            docs: "Adds two numbers.".into(),
+            idempotent: true,
+            ..MethodDescription::default()
+        }],
+    }
+}
