@@ -29,7 +29,9 @@ use crate::protocol::message::{
 use crate::stream::flow::Flow;
 use crate::tls::ClientTls;
 use crate::trace_context::{TraceOut, spans};
-use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
+use crate::transport::{
+    BusyPoll, Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits,
+};
 
 mod open;
 mod renewal;
@@ -64,9 +66,15 @@ pub(crate) struct ClientConn {
     peer_stream_window: u32,
     /// The largest frame this side accepts.
     max_frame: u32,
+    /// How long the read loop may keep its worker awake waiting for replies (see
+    /// [`BusyPoll`]).
+    busy_poll: Duration,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
+
+/// The most calls in flight for which the read loop busy-polls (see [`BusyPoll`]).
+const SPIN_MAX_IN_FLIGHT: usize = 4;
 
 /// How to secure a new connection: the TLS config, and the host name the server's certificate
 /// should carry when it is known (a registered `host:port` endpoint).
@@ -124,22 +132,40 @@ impl ClientConn {
         let mut streams: Vec<(Option<Arc<Flow>>, Incoming)> = Vec::new();
         let mut run: Vec<Bytes> = Vec::new();
         let mut wakers: Vec<Waker> = Vec::new();
+        let mut busy = BusyPoll::new(self.busy_poll);
+        // Calls registered as of the last batch (their callers may not have taken their replies
+        // yet): while there are any, more replies are coming soon and spinning may pay.
+        let mut in_flight = 0;
         loop {
             let result = self.read_batch(reader, notify_tx, &mut incoming);
             if !incoming.is_empty() {
-                self.out.with_state(|pending, _, _| {
-                    sort_incoming(pending, &mut incoming, &mut streams, &mut wakers)
+                in_flight = self.out.with_state(|pending, _, _| {
+                    sort_incoming(pending, &mut incoming, &mut streams, &mut wakers);
+                    pending.in_flight()
                 });
                 let delivered = self.deliver(&mut streams, &mut run, &mut wakers);
                 wakers.drain(..).for_each(Waker::wake);
                 delivered?;
             }
             result?;
+            // Only for a few calls at a time: with many in flight their replies come as a
+            // stream and one wake-up is shared by a batch of them, while spinning would take CPU
+            // time from whoever produces them (on one machine, the server). Not inside a large
+            // frame either: its rest arrives at the pace of the peer's writes.
+            let spin = if (1..=SPIN_MAX_IN_FLIGHT).contains(&in_flight) && !reader.mid_frame() {
+                busy.next_spin()
+            } else {
+                None
+            };
             let filled = if self.draining.load(Ordering::Relaxed) {
                 match self.fill_while_used(reader).await {
                     Some(filled) => filled?,
                     None => return Ok(()),
                 }
+            } else if let Some(spin) = spin {
+                let (filled, caught) = reader.fill_spinning(spin).await;
+                busy.record(caught);
+                filled?
             } else {
                 reader.fill().await?
             };

@@ -7,6 +7,10 @@
 //! traffic reads in big batches), and goes back to its small start once a large frame has been
 //! handled, so one big message does not pin megabytes for the connection's whole life.
 
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
@@ -135,6 +139,36 @@ impl FrameReader {
         if spare < want {
             self.buf.reserve(want);
         }
+    }
+
+    /// Like [`fill`](Self::fill), but keeps the worker awake for up to `spin` first (see
+    /// [`BusyPoll`](super::BusyPoll)): between attempts it yields to the scheduler, which runs
+    /// other tasks and polls the I/O driver without blocking. Also returns whether the bytes
+    /// came within `spin` (a read that finds them at once counts).
+    pub(crate) async fn fill_spinning(&mut self, spin: Duration) -> (Result<bool, Error>, bool) {
+        // Real time, not tokio's clock: this is about the CPU, and a paused test clock would
+        // never let the spin end.
+        let start = std::time::Instant::now();
+        loop {
+            let attempt = {
+                let mut fill = std::pin::pin!(self.fill());
+                // Dropping a read that is not ready loses nothing (`read_buf` is cancel-safe).
+                std::future::poll_fn(|cx| Poll::Ready(fill.as_mut().poll(cx))).await
+            };
+            if let Poll::Ready(filled) = attempt {
+                return (filled, true);
+            }
+            if start.elapsed() >= spin {
+                return (self.fill().await, false);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Whether bytes of an unfinished frame are buffered (its rest follows as the peer's
+    /// writes come in).
+    pub(crate) fn mid_frame(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// Reads more bytes. `Ok(false)` on a clean end of stream between frames.

@@ -199,6 +199,7 @@ impl ClientConn {
             stream_window: config.stream_window,
             peer_stream_window,
             max_frame: config.max_frame,
+            busy_poll: config.busy_poll,
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
