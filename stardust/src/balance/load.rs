@@ -5,6 +5,7 @@
 //! by every caller task, and a slightly stale value only makes one choice slightly worse.
 //! Times are [`clock_ns`] nanoseconds.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -46,6 +47,20 @@ const EWMA_ALPHA: f64 = 0.3;
 /// estimate forever; decayed, it soon wins a draw and gets measured again. Only while it has
 /// nothing in flight: a provider sitting on calls is not "unmeasured", it is not answering.
 const EWMA_HALF_LIFE_NS: u64 = 2_000_000_000;
+
+/// How stale the "last answered" and "last sampled" times may get (250 µs): every answer
+/// writing them would make the provider's record a cache line that all callers on all cores
+/// fight over, and the times are compared with stall thresholds of milliseconds and a decay
+/// half-life of seconds.
+const COARSE_NS: u64 = 250_000;
+
+/// Sets a "last time" to `now_ns` unless it is already within [`COARSE_NS`] of it (a load,
+/// and a store only when it moves; racing stores all write about now).
+fn store_coarse(at: &AtomicU64, now_ns: u64) {
+    if now_ns.saturating_sub(at.load(Ordering::Relaxed)) >= COARSE_NS {
+        at.fetch_max(now_ns, Ordering::Relaxed);
+    }
+}
 
 /// `ewma` as it counts at `now_ns` when its last sample was at `sampled_ns`.
 pub(super) fn decayed(ewma: u64, sampled_ns: u64, now_ns: u64) -> u64 {
@@ -112,10 +127,7 @@ impl Load {
     /// Counts a call in flight (from `now_ns`) until the returned guard drops. Returns whether
     /// the provider had nothing in flight before.
     pub(crate) fn start(self: &Arc<Load>, now_ns: u64) -> (InFlight, bool) {
-        let was_idle = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
-        if was_idle {
-            self.busy_since_ns.store(now_ns, Ordering::Relaxed);
-        }
+        let was_idle = self.count_start(now_ns);
         (
             InFlight {
                 load: self.clone(),
@@ -125,10 +137,31 @@ impl Load {
         )
     }
 
+    /// [`start`](Self::start) for a call that ends while the record is borrowed (a unary
+    /// call holding its provider list): no reference count to update.
+    pub(crate) fn start_borrowed(&self, now_ns: u64) -> (InFlight<&Load>, bool) {
+        let was_idle = self.count_start(now_ns);
+        (
+            InFlight {
+                load: self,
+                finished: false,
+            },
+            was_idle,
+        )
+    }
+
+    fn count_start(&self, now_ns: u64) -> bool {
+        let was_idle = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        if was_idle {
+            self.busy_since_ns.store(now_ns, Ordering::Relaxed);
+        }
+        was_idle
+    }
+
     /// The provider answered at `now_ns` (anything it sent: a result or an error). Returns
     /// whether this cleared a suspicion of hanging.
     pub(crate) fn answered(&self, now_ns: u64) -> bool {
-        self.answered_ns.fetch_max(now_ns, Ordering::Relaxed);
+        store_coarse(&self.answered_ns, now_ns);
         if self.silent_ns.load(Ordering::Relaxed) != 0 {
             self.silent_ns.store(0, Ordering::Relaxed);
         }
@@ -139,18 +172,17 @@ impl Load {
     /// Folds an answer's latency, received at `now_ns`, into the average.
     pub(crate) fn record(&self, latency: Duration, now_ns: u64) {
         let sample = ns(latency).max(1);
-        let sampled = self.sampled_ns.swap(now_ns, Ordering::Relaxed);
-        let _ = self
-            .ewma_ns
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(match decayed(old, sampled, now_ns) {
-                    0 => sample,
-                    old => {
-                        ((old as f64) * (1.0 - EWMA_ALPHA) + (sample as f64) * EWMA_ALPHA) as u64
-                    }
-                    .max(1),
-                })
-            });
+        let sampled = self.sampled_ns.load(Ordering::Relaxed);
+        store_coarse(&self.sampled_ns, now_ns);
+        // A load and a store, not a compare-and-swap loop: two answers folded at the same
+        // moment may lose one sample, which an average does not miss, while every caller
+        // retrying a contended atomic would cost each call far more.
+        let old = self.ewma_ns.load(Ordering::Relaxed);
+        let new = match decayed(old, sampled, now_ns) {
+            0 => sample,
+            old => ((old as f64) * (1.0 - EWMA_ALPHA) + (sample as f64) * EWMA_ALPHA) as u64,
+        };
+        self.ewma_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     /// The silence of the current busy period at `now_ns`: how long the provider has held
@@ -264,12 +296,12 @@ impl Load {
 /// A call in flight on a provider (see [`Load::start`]). Ended with [`InFlight::finish`] when
 /// the framework knows the time (the try was answered, failed, or was given up on); simply
 /// dropped when the caller dropped the call, which says nothing about the provider.
-pub(crate) struct InFlight {
-    load: Arc<Load>,
+pub(crate) struct InFlight<L: Deref<Target = Load> = Arc<Load>> {
+    load: L,
     finished: bool,
 }
 
-impl InFlight {
+impl<L: Deref<Target = Load>> InFlight<L> {
     /// The try ended at `now_ns` (after any answer was recorded with [`Load::answered`]). When
     /// it was the last one in flight, the busy period's unanswered time adds to the provider's
     /// silence.
@@ -283,7 +315,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl<L: Deref<Target = Load>> Drop for InFlight<L> {
     fn drop(&mut self) {
         if !self.finished {
             self.load.in_flight.fetch_sub(1, Ordering::Relaxed);

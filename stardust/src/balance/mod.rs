@@ -67,6 +67,9 @@ pub struct Target {
     load: Arc<Load>,
     /// Where this process counts its calls to the provider's service (status reports).
     pub(crate) figures: Option<Arc<crate::monitor::Figures>>,
+    /// The connection pool's entry for the endpoint, so a call reaches its connection without
+    /// a lookup by name (type-erased: choosing a provider knows nothing of connections).
+    pub(crate) route: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl PartialEq for Target {
@@ -88,6 +91,7 @@ impl Target {
             tls: false,
             load,
             figures: None,
+            route: None,
         }
     }
 

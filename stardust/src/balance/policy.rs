@@ -57,7 +57,9 @@ impl RetryBudget {
     }
 
     fn add(&self, milli: u64) {
-        if milli > 0 {
+        // Full (the steady state while nothing fails): a load, and no write to a counter every
+        // call of every task would otherwise fight over.
+        if milli > 0 && self.tokens.load(Ordering::Relaxed) < self.cap_milli {
             let cap = self.cap_milli;
             let _ = self
                 .tokens

@@ -210,9 +210,8 @@ impl ServiceWatch {
                 let endpoint: Arc<str> = Arc::from(i.endpoint.as_str());
                 let mut target = match &session {
                     Some(s) => {
-                        let load = s.pool.load(&endpoint);
                         let figures = s.pool.call_figures(&endpoint, &self.service);
-                        let mut t = Target::with_load(endpoint, i.weight, load);
+                        let mut t = s.pool.target(endpoint, i.weight);
                         t.figures = Some(figures);
                         t
                     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::super::connection::Exchange;
 use super::super::endpoints::TrackerRef;
 use super::*;
-use crate::balance::{HEDGE_MIN_SAMPLES, HedgeDelay, Hedging, InFlight, LatencyTracker};
+use crate::balance::{HEDGE_MIN_SAMPLES, HedgeDelay, Hedging, InFlight, LatencyTracker, Load};
 use crate::trace_context::TraceOut;
 use std::future::Future;
 use std::pin::Pin;
@@ -41,37 +41,38 @@ pub(crate) struct BalancedCall<'a> {
     pub(crate) start: Instant,
 }
 
-/// One try of a call: its provider, the mark of a call in flight there, and the request.
-struct Try<'a, A: ?Sized> {
-    target: Target,
-    in_flight: InFlight,
+/// One try of a call: its provider (borrowed from the call's provider list: no reference
+/// counts to update per call), the mark of a call in flight there, and the request.
+struct Try<'a, 't, A: ?Sized> {
+    target: &'t Target,
+    in_flight: InFlight<&'t Load>,
     sent: Instant,
     exchange: Exchange<'a, A>,
 }
 
 /// The tries in flight: the first inline, hedges (rare) in a vector, so an unhedged call does
 /// not allocate for them.
-struct Tries<'a, A: ?Sized> {
-    first: Option<Try<'a, A>>,
-    more: Vec<Try<'a, A>>,
+struct Tries<'a, 't, A: ?Sized> {
+    first: Option<Try<'a, 't, A>>,
+    more: Vec<Try<'a, 't, A>>,
 }
 
 /// What woke the call. (Large, but it lives a moment on the stack: boxing the ended try
 /// would cost an allocation per call.)
 #[allow(clippy::large_enum_variant)]
-enum Event<'a, A: ?Sized> {
+enum Event<'a, 't, A: ?Sized> {
     /// A try ended (it is out of the set).
-    Ended(Try<'a, A>, Result<Bytes, CallError>),
+    Ended(Try<'a, 't, A>, Result<Bytes, CallError>),
     /// A try has waited past its hedging delay.
     HedgeDue,
 }
 
-impl<'a, A: Args + ?Sized> Tries<'a, A> {
+impl<'a, 't, A: Args + ?Sized> Tries<'a, 't, A> {
     fn is_empty(&self) -> bool {
         self.first.is_none() && self.more.is_empty()
     }
 
-    fn push(&mut self, t: Try<'a, A>) {
+    fn push(&mut self, t: Try<'a, 't, A>) {
         if self.first.is_none() {
             self.first = Some(t);
         } else {
@@ -86,7 +87,7 @@ impl<'a, A: Args + ?Sized> Tries<'a, A> {
             .map(|t| &t.target.endpoint)
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event<'a, A>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event<'a, 't, A>> {
         let mut hedge = false;
         if let Some(t) = &mut self.first {
             if let Poll::Ready(r) = Pin::new(&mut t.exchange).poll(cx) {
@@ -207,7 +208,7 @@ impl BalancedCall<'_> {
             0
         };
         let mut progress = Progress::default();
-        let mut tries: Tries<'_, A> = Tries {
+        let mut tries: Tries<'_, '_, A> = Tries {
             first: None,
             more: Vec::new(),
         };
@@ -256,7 +257,7 @@ impl BalancedCall<'_> {
                                 if let Err(e) = &result
                                     && e.kind() == ErrorKind::DeadlineExceeded
                                 {
-                                    self.fault(b, &t.target, e);
+                                    self.fault(b, t.target, e);
                                 }
                                 t.in_flight.finish(now_ns);
                             }
@@ -273,16 +274,16 @@ impl BalancedCall<'_> {
     /// when no provider is left or the retry budget is spent), or a hedge (`Ok(None)` when no
     /// other provider with an open connection can take it now, or the budget is spent).
     #[allow(clippy::too_many_arguments)]
-    async fn next_try<'a, A: Args + ?Sized>(
+    async fn next_try<'a, 't, A: Args + ?Sized>(
         &'a self,
         b: &Balanced,
-        targets: &[Target],
+        targets: &'t [Target],
         progress: &mut Progress,
-        tries: &Tries<'a, A>,
+        tries: &Tries<'a, 't, A>,
         (trace, args): (Option<TraceOut<'a>>, &'a A),
         hedge_delay: Option<Duration>,
         budget: Duration,
-    ) -> Result<Option<Try<'a, A>>, Error> {
+    ) -> Result<Option<Try<'a, 't, A>>, Error> {
         let policy = &b.pool.policy;
         let hedge = !tries.is_empty();
         loop {
@@ -317,7 +318,7 @@ impl BalancedCall<'_> {
             // A hedge goes only where a connection is open: connecting would hold up the
             // tries in flight (the pool opens one in the background for the next time).
             let ready = if hedge {
-                match b.pool.ready_connection(&target) {
+                match b.pool.ready_connection(target) {
                     Some(conn) => Some(conn),
                     None => return Ok(None),
                 }
@@ -346,13 +347,14 @@ impl BalancedCall<'_> {
                 tracing::debug!(endpoint = %target.endpoint, call = %self.name, "probe call");
             }
             // Counted from the choice on, so calls waiting for a connection weigh too.
-            let (in_flight, was_idle) = target.load().start(now_ns);
+            let (in_flight, was_idle) = target.load().start_borrowed(now_ns);
             b.pool.watch(was_idle);
-            let conn = match ready {
+            // An open connection is the common case: no timer for it.
+            let conn = match ready.or_else(|| b.pool.open_connection(target)) {
                 Some(conn) => Ok(conn),
                 None => match self.deadline {
-                    None => b.pool.connection(&target).await,
-                    Some(d) => tokio::time::timeout_at(d, b.pool.connection(&target))
+                    None => b.pool.connection(target).await,
+                    Some(d) => tokio::time::timeout_at(d, b.pool.connection(target))
                         .await
                         .map_err(|_| self.deadline_error(budget))?,
                 },
@@ -365,8 +367,8 @@ impl BalancedCall<'_> {
                         f.completed(now.elapsed(), Some(e.kind()));
                     }
                     tracing::debug!(endpoint = %target.endpoint, error = %e, "provider unreachable; trying another");
-                    self.fault(b, &target, &e);
-                    progress.tried.push(target.endpoint);
+                    self.fault(b, target, &e);
+                    progress.tried.push(target.endpoint.clone());
                     progress.last = Some(e);
                     continue;
                 }
@@ -408,7 +410,7 @@ impl BalancedCall<'_> {
     fn settle<A: ?Sized>(
         &self,
         b: &Balanced,
-        t: Try<'_, A>,
+        t: Try<'_, '_, A>,
         result: Result<Bytes, CallError>,
         tracker: Option<&LatencyTracker>,
         progress: &mut Progress,
@@ -452,7 +454,7 @@ impl BalancedCall<'_> {
         }
         in_flight.finish(now_ns);
         if let Err(CallError::Reconnect(e) | CallError::Failed(e)) = &result {
-            self.fault(b, &target, e);
+            self.fault(b, target, e);
         }
         // Cloned only on the paths that keep it (a try that failed).
         let endpoint = || target.endpoint.clone();

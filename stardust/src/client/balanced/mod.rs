@@ -34,7 +34,7 @@ pub(super) async fn one_way_balanced<A: Args + ?Sized>(
         let Some((target, _)) = choose(b, pick, &targets, &tried, now_ns, false) else {
             return Err(exhausted(b, name, tried.len(), None));
         };
-        let result = match b.pool.connection(&target).await {
+        let result = match b.pool.connection(target).await {
             Ok(conn) => conn.send_one_way(head, trace, args),
             Err(e) => Err(e),
         };
@@ -42,7 +42,7 @@ pub(super) async fn one_way_balanced<A: Args + ?Sized>(
             Ok(()) => return Ok(()),
             Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
                 tracing::debug!(endpoint = %target.endpoint, error = %e, "one-way call not sent; trying another provider");
-                tried.push(target.endpoint);
+                tried.push(target.endpoint.clone());
                 if tried.len() >= targets.len() {
                     return Err(exhausted(b, name, tried.len(), Some(e)));
                 }
@@ -75,9 +75,11 @@ pub(super) async fn routed_providers(
     deadline: Option<Instant>,
     faults: bool,
 ) -> Result<Arc<[Target]>, Error> {
-    let all = match deadline {
-        None => providers(b).await?,
-        Some(d) => tokio::time::timeout_at(d, providers(b))
+    // The list is almost always known: no timer for the common case.
+    let all = match (b.source.known(), deadline) {
+        (Some(all), _) if !all.is_empty() => all,
+        (_, None) => providers(b).await?,
+        (_, Some(d)) => tokio::time::timeout_at(d, providers(b))
             .await
             .map_err(|_| deadline_passed(name, None))??,
     };
@@ -133,20 +135,20 @@ fn deadline_passed(name: &CallName, fault: Option<(&str, Duration)>) -> Error {
 /// or a suspect provider whose probe is due, when the call may serve as its probe
 /// (`retryable`: it may run twice; other calls probe only providers suspect for longer than
 /// the ejection time). Returns the provider and whether the call is its probe.
-pub(super) fn choose(
+pub(super) fn choose<'t>(
     b: &Balanced,
     pick: &Pick,
-    targets: &[Target],
+    targets: &'t [Target],
     exclude: &[Arc<str>],
     now_ns: u64,
     retryable: bool,
-) -> Option<(Target, bool)> {
+) -> Option<(&'t Target, bool)> {
     let pool = &b.pool;
     let pick = &Pick { now_ns, ..*pick };
     if exclude.is_empty() && !pool.probe_may_be_due(now_ns, retryable) {
         let t = &targets[b.balancer.pick(targets, pick) % targets.len()];
         if available(pool, t, now_ns) {
-            return Some((t.clone(), false));
+            return Some((t, false));
         }
     }
     let untried = || targets.iter().filter(|t| !exclude.contains(&t.endpoint));
@@ -162,21 +164,37 @@ pub(super) fn choose(
                 now_ns.saturating_add(policy.stalls.probe_interval.as_nanos() as u64),
             );
             tracing::debug!(endpoint = %t.endpoint, "probing a suspect provider with one call");
-            return Some((t.clone(), true));
+            return Some((t, true));
         }
     }
-    let mut left: Vec<Target> = untried()
-        .filter(|t| available(pool, t, now_ns))
-        .cloned()
+    // The balancer sees only those left (a copy: its interface takes a slice of targets);
+    // the choice is mapped back to the caller's list.
+    let mut left: Vec<(usize, Target)> = untried_at(targets, exclude)
+        .filter(|(_, t)| available(pool, t, now_ns))
+        .map(|(i, t)| (i, t.clone()))
         .collect();
     if left.is_empty() {
-        left = untried().cloned().collect();
+        left = untried_at(targets, exclude)
+            .map(|(i, t)| (i, t.clone()))
+            .collect();
     }
     if left.is_empty() {
         return None;
     }
+    let (indices, left): (Vec<usize>, Vec<Target>) = left.into_iter().unzip();
     let i = b.balancer.pick(&left, pick) % left.len();
-    Some((left[i].clone(), false))
+    Some((&targets[indices[i]], false))
+}
+
+/// The targets not in `exclude`, with their positions.
+fn untried_at<'t>(
+    targets: &'t [Target],
+    exclude: &'t [Arc<str>],
+) -> impl Iterator<Item = (usize, &'t Target)> {
+    targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !exclude.contains(&t.endpoint))
 }
 
 /// Whether `t` may take calls at `now_ns`: not ejected, not suspect, and not found stalled now.
@@ -355,7 +373,7 @@ mod tests {
         let targets = (0..3)
             .map(|i| {
                 let endpoint: Arc<str> = Arc::from(format!("10.0.0.{i}:1"));
-                Target::with_load(endpoint.clone(), 100, pool.load(&endpoint))
+                pool.target(endpoint, 100)
             })
             .collect();
         let b = Balanced {

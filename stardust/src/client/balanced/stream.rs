@@ -50,7 +50,7 @@ pub(crate) async fn open_balanced(
         tried.push(target.endpoint.clone());
         let (in_flight, was_idle) = target.load().start(now_ns);
         b.pool.watch(was_idle);
-        let conn = match b.pool.connection(&target).await {
+        let conn = match b.pool.connection(target).await {
             Ok(conn) => conn,
             Err(e) if e.is_not_delivered() || e.kind() == ErrorKind::ConnectionClosed => {
                 tracing::debug!(endpoint = %target.endpoint, error = %e, "provider unreachable; opening the stream on another");

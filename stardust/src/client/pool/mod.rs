@@ -54,6 +54,23 @@ struct Slot {
     warming: AtomicBool,
 }
 
+/// A pool entry, carried by a target or looked up.
+enum SlotRef<'t> {
+    Carried(&'t Slot),
+    Found(Arc<Slot>),
+}
+
+impl std::ops::Deref for SlotRef<'_> {
+    type Target = Slot;
+
+    fn deref(&self) -> &Slot {
+        match self {
+            SlotRef::Carried(slot) => slot,
+            SlotRef::Found(slot) => slot,
+        }
+    }
+}
+
 impl Slot {
     fn usable(&self) -> Option<Arc<ClientConn>> {
         self.conn.lock().as_ref().filter(|c| c.is_usable()).cloned()
@@ -119,7 +136,7 @@ impl Pool {
     /// The usable connection to `target`, if one is open (no waiting); otherwise starts opening
     /// one in the background, for the next call.
     pub(crate) fn ready_connection(self: &Arc<Self>, target: &Target) -> Option<Arc<ClientConn>> {
-        let slot = self.slot(&target.endpoint);
+        let slot = self.slot_of(target);
         if let Some(conn) = slot.usable() {
             return Some(conn);
         }
@@ -129,12 +146,35 @@ impl Pool {
                 if let Err(e) = pool.connection(&target).await {
                     tracing::debug!(endpoint = %target.endpoint, error = %e, "background connect failed");
                 }
-                pool.slot(&target.endpoint)
+                pool.slot_of(&target)
                     .warming
                     .store(false, Ordering::Relaxed);
             });
         }
         None
+    }
+
+    /// The usable connection to `target`, if one is open.
+    pub(crate) fn open_connection(&self, target: &Target) -> Option<Arc<ClientConn>> {
+        self.slot_of(target).usable()
+    }
+
+    /// A target for `endpoint` with `weight`, carrying the endpoint's load record and its
+    /// entry in this pool (see [`Pool::slot_of`]).
+    pub(crate) fn target(&self, endpoint: Arc<str>, weight: u32) -> Target {
+        let slot = self.slot(&endpoint);
+        let mut target = Target::with_load(endpoint, weight, slot.load.clone());
+        target.route = Some(slot);
+        target
+    }
+
+    /// `target`'s entry: the one it carries when this pool made it (no lookup, no lock), else
+    /// looked up by endpoint.
+    fn slot_of<'t>(&self, target: &'t Target) -> SlotRef<'t> {
+        match target.route.as_deref().and_then(|r| r.downcast_ref::<Slot>()) {
+            Some(slot) => SlotRef::Carried(slot),
+            None => SlotRef::Found(self.slot(&target.endpoint)),
+        }
     }
 
     /// Where notifications pushed on any pooled connection go.
@@ -146,7 +186,7 @@ impl Pool {
     /// server is draining it).
     pub(crate) async fn connection(&self, target: &Target) -> Result<Arc<ClientConn>, Error> {
         let endpoint = &target.endpoint;
-        let slot = self.slot(endpoint);
+        let slot = self.slot_of(target);
         if let Some(conn) = slot.usable() {
             return Ok(conn);
         }
@@ -239,10 +279,6 @@ impl Pool {
         });
     }
 
-    /// The load record of `endpoint`, shared by every proxy of the handle.
-    pub(crate) fn load(&self, endpoint: &Arc<str>) -> Arc<Load> {
-        self.slot(endpoint).load.clone()
-    }
 
     /// Drains the connections to endpoints for which `listed` is false: no new calls, calls in
     /// flight finish, then the connection closes.
