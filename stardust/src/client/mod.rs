@@ -405,7 +405,7 @@ impl Client {
                 meta,
                 start,
             };
-            return Box::pin(call.run_traced(b, trace.out(), args)).await;
+            return call.run_traced(b, trace.out(), args).await;
         }
         let info = CallInfo {
             name: CallName::Static {

@@ -352,9 +352,11 @@ impl BalancedCall<'_> {
             // An open connection is the common case: no timer for it.
             let conn = match ready.or_else(|| b.pool.open_connection(target)) {
                 Some(conn) => Ok(conn),
+                // Boxed: connecting is rare, and its future is large; inline, it would make
+                // every call's future (which is moved and allocated per call) as large.
                 None => match self.deadline {
-                    None => b.pool.connection(target).await,
-                    Some(d) => tokio::time::timeout_at(d, b.pool.connection(target))
+                    None => Box::pin(b.pool.connection(target)).await,
+                    Some(d) => tokio::time::timeout_at(d, Box::pin(b.pool.connection(target)))
                         .await
                         .map_err(|_| self.deadline_error(budget))?,
                 },

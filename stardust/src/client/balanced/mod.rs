@@ -75,21 +75,46 @@ pub(super) async fn routed_providers(
     deadline: Option<Instant>,
     faults: bool,
 ) -> Result<Arc<[Target]>, Error> {
-    // The list is almost always known: no timer for the common case.
-    let all = match (b.source.known(), deadline) {
-        (Some(all), _) if !all.is_empty() => all,
-        (_, None) => providers(b).await?,
-        (_, Some(d)) => tokio::time::timeout_at(d, providers(b))
-            .await
-            .map_err(|_| deadline_passed(name, None))??,
+    // The list is almost always known and no fault is injected: then no timer, and the rest
+    // (large, as futures go) is boxed so that it does not weigh on every call's future.
+    let all = match b.source.known().filter(|all| !all.is_empty()) {
+        Some(all) => all,
+        None => Box::pin(fetch_providers(b, name, deadline)).await?,
     };
     let Some(routed) = b.source.routing() else {
         return Ok(all);
     };
     let decision = routed.decide(name.method(), meta, &all, faults)?;
-    let Some((fault, injected)) = decision.fault else {
-        return Ok(decision.targets);
-    };
+    match decision.fault {
+        None => Ok(decision.targets),
+        Some((fault, injected)) => {
+            Box::pin(inject(name, deadline, (fault, injected), decision.targets)).await
+        }
+    }
+}
+
+/// The providers `b`'s source lists, within `deadline`.
+async fn fetch_providers(
+    b: &Balanced,
+    name: &CallName,
+    deadline: Option<Instant>,
+) -> Result<Arc<[Target]>, Error> {
+    match deadline {
+        None => providers(b).await,
+        Some(d) => tokio::time::timeout_at(d, providers(b))
+            .await
+            .map_err(|_| deadline_passed(name, None))?,
+    }
+}
+
+/// Applies the fault the traffic rules injected into a call: waits out a delay (within the
+/// deadline) and then hands back `targets`, or fails with an abort.
+async fn inject(
+    name: &CallName,
+    deadline: Option<Instant>,
+    (fault, injected): (Arc<str>, Injected),
+    targets: Arc<[Target]>,
+) -> Result<Arc<[Target]>, Error> {
     // Marked where anyone reading the trace looks: a drill, not an outage.
     tracing::Span::current().record("fault", &*fault);
     match injected {
@@ -107,7 +132,7 @@ pub(super) async fn routed_providers(
                 }
                 _ => {
                     tokio::time::sleep_until(until).await;
-                    Ok(decision.targets)
+                    Ok(targets)
                 }
             }
         }
