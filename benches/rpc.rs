@@ -38,6 +38,8 @@
 
 #[path = "rpc/ceiling.rs"]
 mod ceiling;
+#[path = "rpc/drive.rs"]
+mod drive;
 #[path = "rpc/local.rs"]
 mod local;
 #[path = "rpc/process.rs"]
@@ -48,6 +50,8 @@ mod raw_impl;
 mod report;
 #[path = "rpc/service.rs"]
 mod service;
+#[path = "rpc/socket_ceiling.rs"]
+mod socket_ceiling;
 #[path = "rpc/stardust_impl.rs"]
 mod stardust_impl;
 #[path = "rpc/sys.rs"]
@@ -55,6 +59,7 @@ mod sys;
 #[path = "rpc/tarpc_impl.rs"]
 mod tarpc_impl;
 
+use drive::{drive, drive_ceiling, drive_socket_ceiling};
 use process::{ServerProcess, server_main};
 
 use std::collections::HashMap;
@@ -62,15 +67,11 @@ use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 use report::{Row, Sample, ServerStats};
-use service::{Caller, Payload};
 
 const ROLE_ENV: &str = "STARDUST_BENCH_ROLE";
 const IMPL_ENV: &str = "STARDUST_BENCH_IMPL";
@@ -95,9 +96,12 @@ enum Impl {
     Tarpc,
     Raw,
     Ceiling,
+    /// Blocking sockets and preallocated buffers, no framework (`rpc/socket_ceiling.rs`): the
+    /// bound for large payloads. Runs only where the payload is at least 64 KiB.
+    SocketCeiling,
 }
 
-const IMPLS: [Impl; 8] = [
+const IMPLS: [Impl; 9] = [
     Impl::Stardust,
     Impl::StardustTls,
     Impl::StardustAgent,
@@ -106,6 +110,7 @@ const IMPLS: [Impl; 8] = [
     Impl::Tarpc,
     Impl::Raw,
     Impl::Ceiling,
+    Impl::SocketCeiling,
 ];
 
 impl Impl {
@@ -119,6 +124,7 @@ impl Impl {
             Impl::Tarpc => "tarpc",
             Impl::Raw => "raw",
             Impl::Ceiling => "ceiling",
+            Impl::SocketCeiling => "socket-ceiling",
         }
     }
 
@@ -275,6 +281,9 @@ fn run_all(cfg: &Config) -> i32 {
         for sc in &cfg.scenarios {
             for k in 0..cfg.impls.len() {
                 let imp = cfg.impls[(k + round) % cfg.impls.len()];
+                if !runs_in(imp, sc) {
+                    continue;
+                }
                 let label = format!(
                     "[{}/{}] {:<20} {:<14}",
                     round + 1,
@@ -334,9 +343,17 @@ fn run_all(cfg: &Config) -> i32 {
     }
 }
 
+/// Whether `imp` runs in `sc` (the socket ceiling only with payloads of 64 KiB and more).
+fn runs_in(imp: Impl, sc: &Scenario) -> bool {
+    imp != Impl::SocketCeiling || sc.payload.is_some_and(|n| n >= 64 * 1024)
+}
+
 /// One (implementation, scenario, round): a fresh server process, a fresh client runtime.
+/// The ceilings always run pinned (client on CPU 0, server on CPU 1): a bound should not
+/// depend on where the scheduler happens to put two threads.
 fn run_one(imp: Impl, sc: &Scenario, cfg: &Config) -> Result<Sample, String> {
-    let pin = sc.pinned && sys::cpu_count() >= 2;
+    let ceiling = matches!(imp, Impl::Ceiling | Impl::SocketCeiling);
+    let pin = (sc.pinned || ceiling) && sys::cpu_count() >= 2;
     let mut server = ServerProcess::start(imp.server(), pin.then_some(1))?;
     if pin {
         // Before the runtime exists, so its workers inherit CPU 0.
@@ -395,10 +412,10 @@ fn measure(
 /// written sequentially) and the histogram is built once the clocks (wall and CPU) have stopped:
 /// an hdrhistogram per task is ~200 KiB of counters, and 256 of them cost page faults and cache
 /// misses that showed up as 10% of a profile.
-type Latencies = Vec<u64>;
+pub(crate) type Latencies = Vec<u64>;
 
 /// What a phase measured: every task's latencies, and the wall time of the whole phase.
-type Phase = (Vec<Latencies>, Duration);
+pub(crate) type Phase = (Vec<Latencies>, Duration);
 
 async fn bounded<T>(
     limit: Duration,
@@ -415,6 +432,7 @@ enum Clients {
     Tarpc(Vec<tarpc_impl::Caller>),
     Raw(Vec<raw_impl::Caller>),
     Ceiling(Vec<TcpStream>),
+    SocketCeiling(Vec<std::net::TcpStream>),
 }
 
 impl Clients {
@@ -447,6 +465,9 @@ impl Clients {
             Impl::Tarpc => Clients::Tarpc(many(n, || tarpc_impl::connect(addr)).await?),
             Impl::Raw => Clients::Raw(many(n, || raw_impl::connect(addr)).await?),
             Impl::Ceiling => Clients::Ceiling(many(n, || ceiling::connect(addr)).await?),
+            Impl::SocketCeiling => {
+                Clients::SocketCeiling(many(n, || async { socket_ceiling::connect(addr) }).await?)
+            }
         })
     }
 
@@ -457,145 +478,9 @@ impl Clients {
             Clients::Tarpc(c) => drive(c, sc, calls, seq_base).await,
             Clients::Raw(c) => drive(c, sc, calls, seq_base).await,
             Clients::Ceiling(streams) => drive_ceiling(streams, sc, calls, seq_base).await,
-        }
-    }
-}
-
-/// The framework way: `outstanding` caller tasks, spread over the clients, each looping
-/// `call().await` and taking the next call number from a shared counter.
-async fn drive<C: Caller>(
-    clients: &[C],
-    sc: &Scenario,
-    calls: u64,
-    seq_base: u64,
-) -> Result<Phase, String> {
-    let next = Arc::new(AtomicU64::new(0));
-    let payload = sc.payload.map(|n| Arc::new(Payload::new(n)));
-    let per_client = sc.outstanding / clients.len();
-    // Room for a fair share and then some, so vectors rarely grow while timed.
-    let expected = (calls as usize / sc.outstanding) * 2 + 1024;
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for client in clients {
-        for _ in 0..per_client {
-            let task = caller_loop(
-                client.clone(),
-                next.clone(),
-                calls,
-                seq_base,
-                payload.clone(),
-                expected,
-            );
-            tasks.spawn(task);
-        }
-    }
-    collect(tasks, start).await
-}
-
-async fn caller_loop<C: Caller>(
-    client: C,
-    next: Arc<AtomicU64>,
-    calls: u64,
-    seq_base: u64,
-    payload: Option<Arc<Payload>>,
-    expected: usize,
-) -> Result<Latencies, String> {
-    let mut latencies = Latencies::with_capacity(expected);
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= calls {
-            return Ok(latencies);
-        }
-        let seq = seq_base + i;
-        // Building the payload is outside the timed span; checking the reply too.
-        let outcome = match &payload {
-            None => {
-                let (a, b) = service::add_args(seq);
-                let t = Instant::now();
-                let sum = client.add(a, b).await;
-                latencies.push(t.elapsed().as_nanos() as u64);
-                sum.and_then(|sum| service::check_add(seq, sum))
+            Clients::SocketCeiling(streams) => {
+                drive_socket_ceiling(streams, sc, calls, seq_base).await
             }
-            Some(p) => {
-                let data = p.for_call(seq);
-                let t = Instant::now();
-                let echoed = client.echo(data).await;
-                latencies.push(t.elapsed().as_nanos() as u64);
-                echoed.and_then(|echoed| p.check(seq, &echoed))
-            }
-        };
-        if let Err(e) = outcome {
-            // Stop the other callers: the run has failed.
-            next.store(calls, Ordering::Relaxed);
-            return Err(format!("call {seq}: {e}"));
         }
     }
-}
-
-/// The ceiling: one windowed loop per connection, calls split evenly.
-async fn drive_ceiling(
-    streams: &mut Vec<TcpStream>,
-    sc: &Scenario,
-    calls: u64,
-    seq_base: u64,
-) -> Result<Phase, String> {
-    let payload = sc.payload.map(|n| Arc::new(Payload::new(n)));
-    let n = streams.len() as u64;
-    let window = sc.outstanding / streams.len();
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    let mut first = seq_base;
-    for (i, stream) in streams.drain(..).enumerate() {
-        let share = calls / n + u64::from((i as u64) < calls % n);
-        let seqs = first..first + share;
-        first += share;
-        let payload = payload.clone();
-        tasks.spawn(async move {
-            let (stream, latencies) = ceiling::run_conn(stream, window, seqs, payload).await?;
-            Ok((latencies, stream))
-        });
-    }
-    let (latencies, elapsed, returned) = collect_with(tasks, start).await?;
-    streams.extend(returned);
-    Ok((latencies, elapsed))
-}
-
-async fn collect(
-    mut tasks: JoinSet<Result<Latencies, String>>,
-    start: Instant,
-) -> Result<Phase, String> {
-    let mut all = Vec::new();
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(latencies)) => all.push(latencies),
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(format!("caller task died: {e}"))),
-        }
-    }
-    let elapsed = start.elapsed();
-    failure.map_or(Ok((all, elapsed)), Err)
-}
-
-type CeilingTask = Result<(Latencies, TcpStream), String>;
-
-async fn collect_with(
-    mut tasks: JoinSet<CeilingTask>,
-    start: Instant,
-) -> Result<(Vec<Latencies>, Duration, Vec<TcpStream>), String> {
-    let mut all = Vec::new();
-    let mut returned = Vec::new();
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok((latencies, stream))) => {
-                all.push(latencies);
-                returned.push(stream);
-            }
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(format!("ceiling task died: {e}"))),
-        }
-    }
-    let elapsed = start.elapsed();
-    failure.map_or(Ok((all, elapsed, returned)), Err)
 }

@@ -115,6 +115,7 @@ pub(crate) fn server_main() -> ! {
             Impl::StardustRules => stardust_impl::serve_registered(true).await,
             Impl::Tarpc => tarpc_impl::serve().await,
             Impl::Raw | Impl::Ceiling => raw_impl::serve().await,
+            Impl::SocketCeiling => socket_ceiling::serve().map(|port| (port, Box::new(()) as _)),
         }
     });
     let (port, _keep_serving) = started.unwrap_or_else(|e| die(format!("cannot serve: {e}")));

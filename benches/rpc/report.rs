@@ -192,11 +192,11 @@ pub fn print_lines(rows: &[Row]) {
 
 /// Stardust's ratio to each other implementation, per scenario: `(scenario, [tarpc, raw,
 /// ceiling])`. `None` where either side was not run.
-fn ratios(rows: &[Row], latency_scenario: &str) -> Vec<(&'static str, [Option<f64>; 3])> {
+fn ratios(rows: &[Row], latency_scenario: &str) -> Vec<(&'static str, [Option<f64>; 4])> {
     let mut out = Vec::new();
     for sd in rows.iter().filter(|r| r.imp == "stardust") {
         let lat = sd.scenario == latency_scenario;
-        let vs = ["tarpc", "raw", "ceiling"].map(|other| {
+        let vs = ["tarpc", "raw", "ceiling", "socket-ceiling"].map(|other| {
             rows.iter()
                 .find(|r| r.scenario == sd.scenario && r.imp == other)
                 .map(|o| sd.key(lat) / o.key(lat))
@@ -212,12 +212,12 @@ const RATIO_LEGEND: &str = "Throughput scenarios: Stardust calls/s ÷ theirs (ab
 pub fn print_ratios(rows: &[Row], latency_scenario: &str) {
     println!("Stardust vs the others. {RATIO_LEGEND}");
     println!(
-        "{:<20} {:>9} {:>9} {:>10}",
-        "scenario", "vs tarpc", "vs raw", "vs ceiling"
+        "{:<20} {:>9} {:>9} {:>10} {:>17}",
+        "scenario", "vs tarpc", "vs raw", "vs ceiling", "vs socket-ceiling"
     );
     for (scenario, vs) in ratios(rows, latency_scenario) {
-        let [t, r, c] = vs.map(|v| opt(v, 2));
-        println!("{scenario:<20} {t:>9} {r:>9} {c:>10}");
+        let [t, r, c, s] = vs.map(|v| opt(v, 2));
+        println!("{scenario:<20} {t:>9} {r:>9} {c:>10} {s:>17}");
     }
 }
 
@@ -333,11 +333,11 @@ pub fn print_markdown(rows: &[Row], latency_scenario: &str, meta: &Meta) {
     println!();
     println!("{RATIO_LEGEND}");
     println!();
-    println!("| scenario | Stardust vs tarpc | vs raw | vs ceiling |");
-    println!("|---|--:|--:|--:|");
+    println!("| scenario | Stardust vs tarpc | vs raw | vs ceiling | vs socket-ceiling |");
+    println!("|---|--:|--:|--:|--:|");
     for (scenario, vs) in ratios(rows, latency_scenario) {
-        let [t, r, c] = vs.map(|v| opt(v, 2));
-        println!("| {scenario} | {t} | {r} | {c} |");
+        let [t, r, c, s] = vs.map(|v| opt(v, 2));
+        println!("| {scenario} | {t} | {r} | {c} | {s} |");
     }
     for (other, legend, column) in VERSUS_DIRECT {
         let hop = versus_direct(rows, other);
