@@ -71,7 +71,7 @@ async fn caller_loop<C: Caller>(
                 let t = Instant::now();
                 let echoed = client.echo(data).await;
                 latencies.push(t.elapsed().as_nanos() as u64);
-                echoed.and_then(|echoed| p.check(seq, &echoed))
+                echoed.and_then(|echoed| p.check(seq, echoed.as_ref()))
             }
         };
         if let Err(e) = outcome {
@@ -158,7 +158,9 @@ pub async fn drive_socket_ceiling(
     calls: u64,
     seq_base: u64,
 ) -> Result<Phase, String> {
-    let payload = Arc::new(Payload::new(sc.payload.ok_or("the socket ceiling echoes payloads")?));
+    let payload = Arc::new(Payload::new(
+        sc.payload.ok_or("the socket ceiling echoes payloads")?,
+    ));
     let n = streams.len() as u64;
     let window = sc.outstanding / streams.len();
     let start = Instant::now();

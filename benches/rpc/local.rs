@@ -30,7 +30,7 @@ impl Bench for Adder {
         a + b
     }
 
-    async fn echo(&self, data: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    async fn echo(&self, data: bytes::Bytes) -> bytes::Bytes {
         data
     }
 }

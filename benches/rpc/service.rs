@@ -93,5 +93,10 @@ impl Payload {
 /// compile away. Errors are strings: they are only built when a call fails, and then printed.
 pub trait Caller: Clone + Send + Sync + 'static {
     fn add(&self, a: i64, b: i64) -> impl Future<Output = Result<i64, String>> + Send;
-    fn echo(&self, data: ByteBuf) -> impl Future<Output = Result<ByteBuf, String>> + Send;
+    /// The echo comes back as whatever the framework hands out (a `ByteBuf`, or Stardust's
+    /// `Bytes`, which may be a slice of the received frame), checked in place.
+    fn echo(
+        &self,
+        data: ByteBuf,
+    ) -> impl Future<Output = Result<impl AsRef<[u8]> + Send, String>> + Send;
 }

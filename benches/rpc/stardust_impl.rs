@@ -6,6 +6,7 @@ use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use serde_bytes::ByteBuf;
 
 use crate::service;
@@ -13,7 +14,9 @@ use crate::service;
 #[stardust::service(name = "bench.Bench", version = "1.0.0")]
 pub trait Bench {
     async fn add(&self, a: i64, b: i64) -> i64;
-    async fn echo(&self, data: ByteBuf) -> ByteBuf;
+    /// `Bytes` both ways: large payloads are neither copied into the request nor out of the
+    /// response (Stardust's zero-copy path).
+    async fn echo(&self, data: Bytes) -> Bytes;
 }
 
 struct Provider;
@@ -23,7 +26,7 @@ impl Bench for Provider {
         a + b
     }
 
-    async fn echo(&self, data: ByteBuf) -> ByteBuf {
+    async fn echo(&self, data: Bytes) -> Bytes {
         data
     }
 }
@@ -205,7 +208,12 @@ impl service::Caller for Caller {
         self.client.add(a, b).await.map_err(|e| e.to_string())
     }
 
-    async fn echo(&self, data: ByteBuf) -> Result<ByteBuf, String> {
+    // Names its own echo type; the driver sees only `AsRef<[u8]>`.
+
+    #[allow(refining_impl_trait)]
+    async fn echo(&self, data: ByteBuf) -> Result<Bytes, String> {
+        // A `Vec` becomes `Bytes` without a copy.
+        let data = Bytes::from(data.into_vec());
         self.client.echo(data).await.map_err(|e| e.to_string())
     }
 }

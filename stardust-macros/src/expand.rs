@@ -18,6 +18,7 @@ use syn::spanned::Spanned;
 use crate::describe;
 use crate::local;
 use crate::parse::{MethodDef, ServiceDef};
+use crate::zero_copy;
 
 /// Generates everything `#[stardust::service]` expands to.
 pub(crate) fn expand(def: &ServiceDef) -> TokenStream {
@@ -208,12 +209,17 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
             TokenStream::new()
         } else {
             let pattern = tuple(value_args.iter().map(|a| &a.ident), Span::call_site());
-            let types = tuple(value_args.iter().map(|a| &a.ty), types_span(m));
+            let types = tuple(
+                value_args.iter().map(|a| zero_copy::server_arg_type(&a.ty)),
+                types_span(m),
+            );
             let arity = Literal::usize_unsuffixed(value_args.len());
+            let unwrap = zero_copy::server_unwrap(value_args.iter().map(|a| (&a.ident, &a.ty)));
             // Spanned at the arguments, so "`X: Deserialize` is not satisfied" points there
             // rather than at the attribute.
             quote_spanned! {types_span(m)=>
                 let #pattern = ::stardust::__private::decode_args::<#types>(#args, #arity)?;
+                #unwrap
             }
         };
         // The input stream is not in the argument array: the server hands it over.
@@ -236,10 +242,12 @@ fn expand_server(def: &ServiceDef, names: &Names) -> TokenStream {
             },
             m.output.span(),
         );
+        let output = zero_copy::server_output(
+            &m.output,
+            quote_spanned!(m.output.span()=> <#t as #trait_ident>::#name(&#inner #(, #arg_names)*).await),
+        );
         let call = quote_spanned! {m.output.span()=>
-            ::stardust::Call::#wrap(async move {
-                <#t as #trait_ident>::#name(&#inner #(, #arg_names)*).await
-            })
+            ::stardust::Call::#wrap(async move { #output })
         };
         quote! {
             #index => {
@@ -392,7 +400,12 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         let call_args = if value_args.is_empty() {
             quote!(::stardust::__private::NoArgs)
         } else {
-            tuple(value_args.iter().map(|a| &a.ident), types_span(m))
+            tuple(
+                value_args
+                    .iter()
+                    .map(|a| zero_copy::client_arg(&a.ident, &a.ty)),
+                types_span(m),
+            )
         };
         let returns = match &m.output_item {
             Some(item) => quote!(::stardust::Streaming<#item>),
@@ -401,6 +414,8 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
         let input = m.stream_arg().map(|arg| &arg.ident);
         // Spanned at the method: the bounds on `call` are about its arguments and output.
         let arg_names = args.iter().map(|a| &a.ident);
+        let unary =
+            zero_copy::client_call(output, &index.to_token_stream(), &call_args, ident.span());
         let call = match (&m.output_item, input) {
             (None, None) => quote_spanned! {ident.span()=>
                 if let ::core::option::Option::Some((imp, local)) = self.local.get() {
@@ -409,7 +424,7 @@ fn expand_client(def: &ServiceDef, names: &Names) -> TokenStream {
                     )
                     .await;
                 }
-                self.client.call(Self::DESCRIPTOR, #index, &#call_args).await
+                #unary
             },
             (None, Some(input)) => quote_spanned! {ident.span()=>
                 self.client

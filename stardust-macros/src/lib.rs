@@ -20,6 +20,7 @@ mod describe;
 mod expand;
 mod local;
 mod parse;
+mod zero_copy;
 
 /// Turns a trait into a Stardust service: a network server wrapper and a typed client.
 ///

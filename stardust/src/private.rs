@@ -232,3 +232,7 @@ pub async fn call_local<R>(
 
 /// Boxes an implementation's future for the hidden object-safe trait of in-process calls.
 pub type LocalFuture<'a, R> = std::pin::Pin<Box<dyn std::future::Future<Output = R> + Send + 'a>>;
+
+/// `Bytes` arguments and results in generated code: sent and received without copying large
+/// payloads (`protocol::zero_copy`).
+pub use crate::protocol::zero_copy::ZeroCopy;

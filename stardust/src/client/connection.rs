@@ -29,9 +29,7 @@ use crate::protocol::message::{
 use crate::stream::flow::Flow;
 use crate::tls::ClientTls;
 use crate::trace_context::{TraceOut, spans};
-use crate::transport::{
-    BusyPoll, Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits,
-};
+use crate::transport::{BusyPoll, Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 mod open;
 mod renewal;

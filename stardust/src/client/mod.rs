@@ -42,9 +42,9 @@ use crate::auth::{Credentials, ProofKey, SharedCredentials};
 use crate::error::{Error, ErrorKind};
 use crate::interceptor::{ClientInterceptor, OutgoingCall};
 use crate::metadata::Metadata;
-use crate::protocol::codec;
 use crate::protocol::frame::{DEFAULT_MAX_FRAME, FLAG_IDEMPOTENT, FLAG_ONE_WAY};
 use crate::protocol::message::{Args, RawArgs, RequestHead};
+use crate::protocol::{codec, zero_copy};
 use crate::service::{MethodDescriptor, ServiceDescriptor};
 use crate::tls::ClientTls;
 use crate::trace_context::{CallTrace, spans};
@@ -259,7 +259,7 @@ impl Client {
                 )
                 .await?
             };
-            return codec::decode_value(&reply);
+            return zero_copy::decode_reply(&reply);
         }
 
         let mut meta = base_meta.clone();
@@ -292,7 +292,7 @@ impl Client {
             .await
         };
         let result = match reply {
-            Ok(reply) => codec::decode_value(&reply),
+            Ok(reply) => zero_copy::decode_reply(&reply),
             Err(e) => Err(e),
         };
         let mut meta_after = meta;

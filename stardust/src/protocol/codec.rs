@@ -8,15 +8,18 @@
 //! both directions (see [`decode_args`]), which is what lets a service grow an optional trailing
 //! parameter without breaking older peers.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::zero_copy::CaptureWriter;
 use crate::error::{Error, ErrorKind};
 
 /// Appends `value` to `buf` as MessagePack, structs as maps.
 pub fn encode_value<T: Serialize + ?Sized>(buf: &mut BytesMut, value: &T) -> Result<(), Error> {
-    let mut ser = rmp_serde::Serializer::new(buf.writer()).with_struct_map();
+    // Appends like `buf.writer()`, and lets a write queue take large `ZeroCopy` payloads as
+    // segments of their own (`zero_copy`).
+    let mut ser = rmp_serde::Serializer::new(CaptureWriter(buf)).with_struct_map();
     value.serialize(&mut ser).map_err(Error::encode)
 }
 

@@ -159,7 +159,18 @@ pub fn begin(buf: &mut BytesMut, kind: Kind, flags: u8, id: u64) -> usize {
 ///
 /// On error the partial frame is removed from `buf`, so the buffer stays a clean frame sequence.
 pub fn finish(buf: &mut BytesMut, start: usize, max_frame: u32) -> Result<(), Error> {
-    let length = buf.len() - start - 4;
+    finish_with(buf, start, 0, max_frame)
+}
+
+/// [`finish`] for a frame whose body also has `segments` bytes queued outside `buf` (large
+/// payloads sent without a copy, see `zero_copy`).
+pub(crate) fn finish_with(
+    buf: &mut BytesMut,
+    start: usize,
+    segments: usize,
+    max_frame: u32,
+) -> Result<(), Error> {
+    let length = buf.len() - start - 4 + segments;
     if length > max_frame as usize {
         buf.truncate(start);
         return Err(Error::new(

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
 use super::frame::{self, Kind};
-use super::{codec, decode};
+use super::{codec, decode, zero_copy};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
 use crate::trace_context::{
@@ -116,11 +116,13 @@ pub(crate) fn put_request_args<A: Args + ?Sized>(
     let _ = rmp::encode::write_uint(&mut w(buf), head.timeout_us);
     let _ = rmp::encode::write_uint(&mut w(buf), head.trace_id);
     put_meta(buf, head.meta, trace);
-    if let Err(e) = args.put_args(buf) {
+    let finished = zero_copy::capture(buf, |buf| args.put_args(buf))
+        .and_then(|segments| frame::finish_with(buf, start, segments, max_frame));
+    if finished.is_err() {
+        zero_copy::discard_from(start);
         buf.truncate(start);
-        return Err(e);
     }
-    frame::finish(buf, start, max_frame)
+    finished
 }
 
 /// Writes the call metadata: `meta`, and with `trace` its `traceparent` (in place of one in

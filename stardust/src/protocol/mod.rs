@@ -10,3 +10,4 @@ pub(crate) mod handshake;
 pub mod message;
 pub mod registry;
 pub mod stream;
+pub(crate) mod zero_copy;

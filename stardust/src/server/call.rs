@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::monitor::figures::Completed;
 use crate::protocol::frame::{self, FLAG_ONE_WAY, Kind};
-use crate::protocol::message;
+use crate::protocol::{message, zero_copy};
 use crate::service::{Call, Service};
 use crate::trace_context::{TRACESTATE, TraceParent, spans};
 pub(crate) use stream::{ServerInput, StreamOut, end_input};
@@ -237,10 +237,14 @@ impl ServerCall {
             let start = frame::begin(buf, Kind::Response, 0, id);
             // The user's Serialize runs under the buffer lock; a panic there must not leave half a
             // frame behind.
-            let encoded = catch_unwind(AssertUnwindSafe(|| call.encode_output(buf)))
-                .unwrap_or_else(|p| Err(panicked(p)))
-                .and_then(|()| frame::finish(buf, start, max));
+            // Large `Bytes` results are queued as segments rather than copied (`zero_copy`).
+            let encoded = catch_unwind(AssertUnwindSafe(|| {
+                zero_copy::capture(buf, |buf| call.encode_output(buf))
+            }))
+            .unwrap_or_else(|p| Err(panicked(p)))
+            .and_then(|segments| frame::finish_with(buf, start, segments, max));
             if let Err(e) = encoded {
+                zero_copy::discard_from(start);
                 buf.truncate(start);
                 let e = match e.kind() {
                     ErrorKind::FrameTooLarge => Error::new(

@@ -27,10 +27,10 @@ use super::{Forward, Forwarded, ServerShared};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, ConnAuth};
 use crate::context::{ConnInfo, Context};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::codec;
 use crate::protocol::frame::{self, DEFAULT_MAX_FRAME, FLAG_ONE_WAY, Header, Kind, MIN_MAX_FRAME};
 use crate::protocol::message::{self, HelloAck, PROTOCOL_VERSION, RequestView};
 use crate::protocol::stream::DEFAULT_STREAM_WINDOW;
+use crate::protocol::{codec, zero_copy};
 use crate::service::CallName;
 use crate::transport::Notifier;
 use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
@@ -238,8 +238,17 @@ impl ServerConn {
                     Ok(Some(h)) => {
                         // Items read before this frame reach their calls first.
                         self.route_batch_items(batch)?;
-                        self.on_frame(shared, &h, reader.body(&h), batch)?;
-                        reader.consume(&h);
+                        if h.kind == Kind::Request as u8 && h.body_len >= zero_copy::MIN_SEGMENT {
+                            // Large: taken out of the buffer, so that `Bytes` arguments can be
+                            // slices of it rather than copies.
+                            let body = reader.take_body(&h);
+                            zero_copy::with_source(&body, || {
+                                self.on_frame(shared, &h, &body, batch)
+                            })?;
+                        } else {
+                            self.on_frame(shared, &h, reader.body(&h), batch)?;
+                            reader.consume(&h);
+                        }
                         // Checked per frame: one batch of small requests may ask for any amount
                         // of response bytes.
                         if self.out.queued() > max_queued {

@@ -9,6 +9,7 @@
 //! A read loop that expects bytes soon may keep its worker awake instead of sleeping
 //! (`busy_poll`).
 
+mod batch;
 mod busy_poll;
 mod keepalive;
 mod notifier;

@@ -22,13 +22,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::WriteHalf;
+use super::batch::Batch;
 use crate::error::Error;
+use crate::protocol::zero_copy;
 
 /// Buffers above this size are not kept for reuse after a flush, so one large message does not
 /// pin megabytes per idle connection.
@@ -74,14 +76,14 @@ pub(crate) struct Outbound<S = ()> {
 }
 
 struct State<S> {
-    /// Frames queued and not yet taken by a flusher.
-    buf: BytesMut,
-    /// An empty buffer kept for the next swap, so flushing does not allocate.
-    spare: BytesMut,
+    /// Frames queued and not yet taken by a flusher (with their payload segments).
+    buf: Batch,
+    /// An empty batch kept for the next swap, so flushing does not allocate.
+    spare: Batch,
     /// Someone (the writer task or an inline flusher) owns the socket's write side.
     flushing: bool,
-    /// Bytes an inline flush could not write: the writer task must send them first.
-    stalled: Option<BytesMut>,
+    /// What an inline flush could not write: the writer task must send it first.
+    stalled: Option<Batch>,
     /// Bytes a flusher took out of `buf` and has not finished writing (including `stalled`).
     taken: usize,
     /// A producer waits in [`Outbound::drained_to`] for the queue to shrink to this many bytes.
@@ -103,7 +105,7 @@ pub(crate) enum Flush {
 
 enum Job {
     Wait,
-    Write(BytesMut),
+    Write(Batch),
     Stop,
 }
 
@@ -121,8 +123,8 @@ impl<S> Outbound<S> {
                 // Both start empty and grow to what the connection's traffic needs: most
                 // connections carry small frames, and thousands of them each reserving kilobytes
                 // up front is memory the allocator keeps after they close.
-                buf: BytesMut::new(),
-                spare: BytesMut::new(),
+                buf: Batch::default(),
+                spare: Batch::default(),
                 flushing: false,
                 stalled: None,
                 taken: 0,
@@ -165,7 +167,9 @@ impl<S> Outbound<S> {
             return Err(Error::connection_closed("the connection is closing"));
         }
         let st = &mut *st;
-        let result = f(&mut st.buf, &mut st.extra);
+        // Large `ZeroCopy` payloads in the frames become segments of the batch (no copy).
+        let result = zero_copy::armed(|| f(&mut st.buf.bytes, &mut st.extra));
+        zero_copy::take_captured(|segments| st.buf.add_segments(segments));
         self.queued
             .store(st.buf.len() + st.taken, Ordering::Relaxed);
         result
@@ -177,7 +181,7 @@ impl<S> Outbound<S> {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut S, &mut BytesMut, bool) -> R) -> R {
         let mut st = self.state.lock();
         let st = &mut *st;
-        let result = f(&mut st.extra, &mut st.buf, st.closed);
+        let result = f(&mut st.extra, &mut st.buf.bytes, st.closed);
         self.queued
             .store(st.buf.len() + st.taken, Ordering::Relaxed);
         result
@@ -247,10 +251,10 @@ impl<S> Outbound<S> {
         loop {
             // Written bytes are counted rather than `advance`d away, so the buffer keeps its
             // whole capacity for reuse.
-            let mut written = 0;
-            while written < out.len() {
-                match self.wr.try_write(&out[written..]) {
-                    Ok(n) => written += n,
+            while out.remaining() > 0 {
+                match out.try_write(&self.wr) {
+                    Ok(0) => break,
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // The writer task will hit the same error and close the connection.
@@ -261,12 +265,11 @@ impl<S> Outbound<S> {
             }
             // TLS keeps encrypted bytes in its session until flushed; if the socket did not take
             // them all, the writer task must finish (it flushes after every write).
-            let pushed = written == out.len() && self.wr.try_flush().unwrap_or(false);
+            let pushed = out.remaining() == 0 && self.wr.try_flush().unwrap_or(false);
             let mut st = self.state.lock();
             if !pushed {
                 // Hand over, still flushing: the writer sends this before anything queued later.
-                out.advance(written);
-                st.taken = out.len();
+                st.taken = out.remaining();
                 st.stalled = Some(out);
                 self.settle(&mut st);
                 drop(st);
@@ -303,15 +306,15 @@ impl<S> Outbound<S> {
             // In use: the next quiet moment will do.
             return;
         }
-        st.buf = BytesMut::new();
-        st.spare = BytesMut::new();
+        st.buf = Batch::default();
+        st.spare = Batch::default();
     }
 
     /// Bytes the buffers hold allocated (queued or not).
     #[cfg(test)]
     fn capacity(&self) -> usize {
         let st = self.state.lock();
-        st.buf.capacity() + st.spare.capacity()
+        st.buf.bytes.capacity() + st.spare.bytes.capacity()
     }
 
     /// Stops accepting frames; the writer flushes what is buffered, then shuts the write half.
@@ -387,7 +390,7 @@ impl<S> Outbound<S> {
                     }
                 }
                 Job::Write(mut out) => loop {
-                    self.write_all(&out).await?;
+                    self.write_all(&mut out).await?;
                     let mut st = self.state.lock();
                     if st.buf.is_empty() {
                         st.flushing = false;
@@ -405,14 +408,13 @@ impl<S> Outbound<S> {
         }
     }
 
-    async fn write_all(&self, out: &BytesMut) -> io::Result<()> {
-        let mut written = 0;
+    async fn write_all(&self, out: &mut Batch) -> io::Result<()> {
         // When the socket last refused bytes without having taken any since.
         let mut stuck_since = None;
-        while written < out.len() {
-            let taken = match self.wr.try_write(&out[written..]) {
+        while out.remaining() > 0 {
+            let taken = match out.try_write(&self.wr) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.unless_stalled(&mut stuck_since, self.wr.write_some(&out[written..]))
+                    self.unless_stalled(&mut stuck_since, out.write_some(&self.wr))
                         .await?
                 }
                 other => other?,
@@ -420,7 +422,6 @@ impl<S> Outbound<S> {
             if taken == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            written += taken;
             stuck_since = None;
         }
         // TLS: the encrypted bytes must reach the socket too, under the same stall rule.
@@ -458,10 +459,11 @@ impl<S> Outbound<S> {
     }
 }
 
-/// Keeps a flushed buffer for the next swap unless it grew too large to keep around.
-fn recycle(spare: &mut BytesMut, mut used: BytesMut) {
+/// Keeps a flushed batch for the next swap unless its buffer grew too large to keep around.
+fn recycle(spare: &mut Batch, mut used: Batch) {
     used.clear();
-    if used.capacity() <= KEEP_CAPACITY && used.capacity() >= spare.capacity() {
+    let capacity = used.bytes.capacity();
+    if capacity <= KEEP_CAPACITY && capacity >= spare.bytes.capacity() {
         *spare = used;
     }
 }

@@ -99,6 +99,30 @@ impl WriteHalf {
         }
     }
 
+    /// [`try_write`](Self::try_write) of several buffers in one syscall (TLS: the first only;
+    /// its session copies what it encrypts anyway).
+    pub(crate) fn try_write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(wr) => wr.try_write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            WriteHalf::Tls(_) => self.try_write(bufs.first().map_or(&[], |b| &b[..])),
+        }
+    }
+
+    /// [`write_some`](Self::write_some) of several buffers in one syscall (TLS: the first).
+    pub(crate) async fn write_some_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Tcp(wr) => loop {
+                match wr.try_write_vectored(bufs) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+                    other => return other,
+                }
+            },
+            #[cfg(feature = "tls")]
+            WriteHalf::Tls(_) => self.write_some(bufs.first().map_or(&[], |b| &b[..])).await,
+        }
+    }
+
     /// Pushes bytes buffered inside the TLS session to the socket without waiting. `Ok(true)`
     /// once nothing is left (always, for plain TCP).
     pub(crate) fn try_flush(&self) -> io::Result<bool> {

@@ -171,7 +171,11 @@ impl Pool {
     /// `target`'s entry: the one it carries when this pool made it (no lookup, no lock), else
     /// looked up by endpoint.
     fn slot_of<'t>(&self, target: &'t Target) -> SlotRef<'t> {
-        match target.route.as_deref().and_then(|r| r.downcast_ref::<Slot>()) {
+        match target
+            .route
+            .as_deref()
+            .and_then(|r| r.downcast_ref::<Slot>())
+        {
             Some(slot) => SlotRef::Carried(slot),
             None => SlotRef::Found(self.slot(&target.endpoint)),
         }
@@ -278,7 +282,6 @@ impl Pool {
             !(idle && Arc::strong_count(figures) == 1)
         });
     }
-
 
     /// Drains the connections to endpoints for which `listed` is false: no new calls, calls in
     /// flight finish, then the connection closes.
