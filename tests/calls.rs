@@ -93,6 +93,41 @@ async fn eight_mib_payload_round_trips() {
     assert_eq!(calc.add(2, 2).await.unwrap(), 4);
 }
 
+/// Busy polling on both sides (or off on the client) changes timing only: sequential calls,
+/// a burst of concurrent ones, a pause long enough for every spin to miss, large frames arriving
+/// in pieces, and calls again afterwards all get their own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_on_either_side_changes_nothing_but_timing() {
+    let spin = Duration::from_micros(50);
+    let (server, _control) =
+        start_server_with(Server::builder().allow_anonymous().busy_poll(spin)).await;
+    for budget in [spin, Duration::ZERO] {
+        let client = Client::builder()
+            .busy_poll(budget)
+            .connect(server.local_addr())
+            .await
+            .unwrap();
+        let calc = CalcClient::new(client);
+        for round in 0..3i64 {
+            for i in 0..200 {
+                assert_eq!(calc.add(i, round).await.unwrap(), i + round);
+            }
+            let burst = (0..64i64).map(|i| {
+                let c = calc.clone();
+                async move { (i, c.add(i, 1000).await.unwrap()) }
+            });
+            for (i, sum) in within("a burst", futures::future::join_all(burst)).await {
+                assert_eq!(sum, i + 1000);
+            }
+            let data: Vec<u8> = (0..300_000).map(|i| (i % 251) as u8).collect();
+            let back = calc.echo(ByteBuf::from(data.clone())).await.unwrap();
+            assert!(back.into_vec() == data);
+            // Longer than any spin: the next waits sleep (and the policies back off).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_services_on_one_server_share_a_client() {
     let (server, _control) = start_server().await;

@@ -17,6 +17,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 mod builtin;
+mod flow;
 mod forward;
 mod streams;
 mod tasks;
@@ -33,7 +34,7 @@ use crate::protocol::stream::DEFAULT_STREAM_WINDOW;
 use crate::protocol::{codec, zero_copy};
 use crate::service::CallName;
 use crate::transport::Notifier;
-use crate::transport::{Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
+use crate::transport::{BusyPoll, Flush, FrameReader, Liveness, Outbound, Stream, WriteLimits};
 
 pub(crate) struct ServerConn {
     pub(crate) out: Arc<Outbound>,
@@ -227,6 +228,8 @@ impl ServerConn {
         max_queued: usize,
         batch: &mut Batch,
     ) -> Result<(), Error> {
+        let mut busy = BusyPoll::new(shared.config.busy_poll);
+        let mut seen = self.requests.load(Ordering::Relaxed);
         loop {
             loop {
                 match reader.next_frame() {
@@ -273,67 +276,12 @@ impl ServerConn {
             self.out.flush_inline();
             batch.count(shared);
             batch.wake();
-            if !reader.fill().await? {
+            if !self.fill_next(reader, &mut busy, &mut seen).await? {
                 return Ok(());
             }
             batch.now = Instant::now();
             live.touch();
         }
-    }
-
-    /// The client sends requests faster than it reads their responses: stop reading from it
-    /// (TCP then pushes back on its sends) until it has taken half of what is queued. A client
-    /// that takes nothing at all is cut by the writer's stall timeout, which ends this wait.
-    async fn backpressure(&self, max_queued: usize, live: &Liveness) -> Result<(), Error> {
-        self.out.flush_inline();
-        if self.out.queued() <= max_queued {
-            return Ok(());
-        }
-        tracing::debug!(
-            peer = %self.peer,
-            queued = self.out.queued(),
-            max_queued,
-            "the client is not reading its responses; pausing reads from it"
-        );
-        // Not reading, we cannot hear the client: keepalive must not take that for silence.
-        let _paused = live.hold();
-        self.out.drained_to(max_queued / 2).await
-    }
-
-    /// Resolves once the connection has been idle for `timeout` (never with `None`): no request
-    /// received, no call running, and no [`Notifier`] held by the application. It then tells the
-    /// client (`GoAway(ShuttingDown)`: calls that cross it are refused unrun) and waits briefly
-    /// for the client to close its side, which ends the read loop; whatever happens first ends
-    /// the connection.
-    async fn idle_close(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        let Some(timeout) = timeout else {
-            return std::future::pending().await;
-        };
-        let tick = (timeout / 4).max(Duration::from_millis(1));
-        let mut seen = self.requests.load(Ordering::Relaxed);
-        let mut quiet_since = Instant::now();
-        loop {
-            tokio::time::sleep(tick).await;
-            let requests = self.requests.load(Ordering::Relaxed);
-            if requests != seen || self.in_flight() > 0 || self.has_subscribers() {
-                seen = requests;
-                quiet_since = Instant::now();
-            } else if quiet_since.elapsed() >= timeout {
-                break;
-            }
-        }
-        tracing::debug!(peer = %self.peer, idle_ms = timeout.as_millis() as u64, "closing an idle connection");
-        self.draining.store(true, Ordering::Release);
-        self.goaway(&Error::new(
-            ErrorKind::ShuttingDown,
-            format!(
-                "the connection was idle for {} ms; connect again for new calls",
-                timeout.as_millis()
-            ),
-        ));
-        self.out.wake_writer();
-        tokio::time::sleep(IDLE_LINGER).await;
-        Ok(())
     }
 
     /// Whether the application holds a [`Notifier`] of this connection (beyond the one in its
