@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use super::ClientConfig;
 use super::notifications::Notification;
-use super::pending::{CallInfo, CallName, Completion, Pending};
+use super::pending::{CallInfo, CallName, Pending};
 use crate::auth::{self, AUTHENTICATE_METHOD, CONNECTION_SERVICE, SharedCredentials, TOKEN_KEY};
+use crate::balance::clock_ns;
 use crate::error::{Error, ErrorKind};
 use crate::metadata::Metadata;
 use crate::protocol::frame::{self, FLAG_IDEMPOTENT, Kind};
@@ -35,6 +36,7 @@ mod open;
 mod renewal;
 mod stream;
 
+use stream::sort_incoming;
 pub(crate) use stream::{ClientStream, Incoming};
 
 pub(crate) struct ClientConn {
@@ -67,6 +69,9 @@ pub(crate) struct ClientConn {
     /// How long the read loop may keep its worker awake waiting for replies (see
     /// [`BusyPoll`]).
     busy_poll: Duration,
+    /// When the last batch of replies was read ([`clock_ns`]): their arrival time, for callers
+    /// that measure latency, at one clock read per batch rather than one per call.
+    pub(crate) arrived_ns: AtomicU64,
 }
 
 static NO_METADATA: Metadata = Metadata::new();
@@ -137,6 +142,8 @@ impl ClientConn {
         loop {
             let result = self.read_batch(reader, notify_tx, &mut incoming);
             if !incoming.is_empty() {
+                self.arrived_ns
+                    .store(clock_ns(std::time::Instant::now()), Ordering::Relaxed);
                 in_flight = self.out.with_state(|pending, _, _| {
                     sort_incoming(pending, &mut incoming, &mut streams, &mut wakers);
                     pending.in_flight()
@@ -473,45 +480,6 @@ impl ClientConn {
     }
 }
 
-/// Sorts a read batch's arrivals under the pending table's lock: replies to calls complete
-/// them (their callers' wakers go to `wakers`), anything for a streaming call goes to `streams`
-/// with its flow. A run of frames for one stream looks its slot up once, and only the run's
-/// first entry carries the flow (`None`: the same as the entry before), so items cost no
-/// reference count each.
-fn sort_incoming(
-    pending: &mut super::pending::Pending,
-    incoming: &mut Vec<(u64, Incoming)>,
-    streams: &mut Vec<(Option<Arc<Flow>>, Incoming)>,
-    wakers: &mut Vec<Waker>,
-) {
-    // The id of the stream the last entry of `streams` is for.
-    let mut last: Option<u64> = None;
-    // Ids found to be no (longer a) stream in this batch.
-    let mut gone: Option<u64> = None;
-    for (id, what) in incoming.drain(..) {
-        match what {
-            Incoming::Reply(reply) => match pending.complete(id, reply) {
-                Some(Completion::Wake(waker)) => wakers.push(waker),
-                Some(Completion::Stream(flow, reply)) => {
-                    streams.push((Some(flow), Incoming::Reply(reply)));
-                    last = Some(id);
-                }
-                None => {}
-            },
-            other if last == Some(id) => streams.push((None, other)),
-            _ if gone == Some(id) => {}
-            other => match pending.stream(id) {
-                Some(flow) => {
-                    streams.push((Some(flow), other));
-                    last = Some(id);
-                }
-                // Unknown or stale ids: a stream that ended or was cancelled.
-                None => gone = Some(id),
-            },
-        }
-    }
-}
-
 /// One call on the wire: queued on first poll (so the slot can hold the task's waker from the
 /// start), then completed by the read loop or the deadline sweeper. Dropped before that, it
 /// cancels the call on the server.
@@ -529,6 +497,11 @@ pub(crate) struct Exchange<'a, A: ?Sized> {
 }
 
 impl<A: ?Sized> Exchange<'_, A> {
+    /// When the reply that completed the call was read ([`clock_ns`]; the last batch's time).
+    pub(crate) fn arrived_ns(&self) -> u64 {
+        self.conn.arrived_ns.load(Ordering::Relaxed)
+    }
+
     /// Whether the call became due for a hedge since this was last asked (checked after a
     /// poll that returned `Pending`).
     pub(crate) fn take_hedge_due(&mut self) -> bool {

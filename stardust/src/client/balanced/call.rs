@@ -46,7 +46,8 @@ pub(crate) struct BalancedCall<'a> {
 struct Try<'a, 't, A: ?Sized> {
     target: &'t Target,
     in_flight: InFlight<&'t Load>,
-    sent: Instant,
+    /// When the request was queued ([`clock_ns`]).
+    sent_ns: u64,
     exchange: Exchange<'a, A>,
 }
 
@@ -349,8 +350,11 @@ impl BalancedCall<'_> {
             // Counted from the choice on, so calls waiting for a connection weigh too.
             let (in_flight, was_idle) = target.load().start_borrowed(now_ns);
             b.pool.watch(was_idle);
-            // An open connection is the common case: no timer for it.
-            let conn = match ready.or_else(|| b.pool.open_connection(target)) {
+            // An open connection is the common case: no timer for it (and no second clock
+            // read: the request goes out now).
+            let ready = ready.or_else(|| b.pool.open_connection(target));
+            let waited = ready.is_none();
+            let conn = match ready {
                 Some(conn) => Ok(conn),
                 // Boxed: connecting is rare, and its future is large; inline, it would make
                 // every call's future (which is moved and allocated per call) as large.
@@ -376,7 +380,12 @@ impl BalancedCall<'_> {
                 }
                 Err(e) => return Err(e),
             };
-            let sent = Instant::now();
+            let (sent, sent_ns) = if waited {
+                let sent = Instant::now();
+                (sent, clock_ns(sent.into()))
+            } else {
+                (now, now_ns)
+            };
             let Some(head) = request_head(
                 self.name.service(),
                 self.name.method(),
@@ -402,7 +411,7 @@ impl BalancedCall<'_> {
             return Ok(Some(Try {
                 target,
                 in_flight,
-                sent,
+                sent_ns,
                 exchange: conn.exchange_traced(head, trace, args, info),
             }));
         }
@@ -420,11 +429,17 @@ impl BalancedCall<'_> {
         let Try {
             target,
             in_flight,
-            sent,
-            exchange: _,
+            sent_ns,
+            exchange,
         } = t;
-        let answered = Instant::now();
-        let latency = answered - sent;
+        // A reply's arrival is the time its read batch was read (one clock read per batch);
+        // other outcomes (a lost connection, a passed deadline) are timed now.
+        let now_ns = match &result {
+            Ok(_) => exchange.arrived_ns().max(sent_ns),
+            Err(_) => clock_ns(Instant::now().into()),
+        };
+        drop(exchange);
+        let latency = Duration::from_nanos(now_ns - sent_ns);
         if let Some(f) = &target.figures {
             let error = match &result {
                 Ok(_) => None,
@@ -433,7 +448,6 @@ impl BalancedCall<'_> {
             f.completed(latency, error);
         }
         let load = target.load();
-        let now_ns = clock_ns(answered.into());
         // Anything the provider sent back (a result, or an error it produced) shows it is
         // working; a lost connection or a passed deadline does not.
         let from_provider = match &result {

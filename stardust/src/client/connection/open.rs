@@ -200,6 +200,7 @@ impl ClientConn {
             peer_stream_window,
             max_frame: config.max_frame,
             busy_poll: config.busy_poll,
+            arrived_ns: AtomicU64::new(0),
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{CallError, ClientConn};
-use crate::client::pending::{CallInfo, Reply};
+use crate::client::pending::{CallInfo, Completion, Pending, Reply};
 use crate::error::{Error, ErrorKind};
 use crate::protocol::message::{self, Args, RequestHead};
 use crate::protocol::stream::{self as wire, FEATURE_STREAM, FLAG_STREAM};
@@ -394,3 +394,42 @@ impl<I: Serialize> Pump<I> {
 }
 
 use futures::Stream as _;
+
+/// Sorts a read batch's arrivals under the pending table's lock: replies to calls complete
+/// them (their callers' wakers go to `wakers`), anything for a streaming call goes to `streams`
+/// with its flow. A run of frames for one stream looks its slot up once, and only the run's
+/// first entry carries the flow (`None`: the same as the entry before), so items cost no
+/// reference count each.
+pub(super) fn sort_incoming(
+    pending: &mut Pending,
+    incoming: &mut Vec<(u64, Incoming)>,
+    streams: &mut Vec<(Option<Arc<Flow>>, Incoming)>,
+    wakers: &mut Vec<Waker>,
+) {
+    // The id of the stream the last entry of `streams` is for.
+    let mut last: Option<u64> = None;
+    // Ids found to be no (longer a) stream in this batch.
+    let mut gone: Option<u64> = None;
+    for (id, what) in incoming.drain(..) {
+        match what {
+            Incoming::Reply(reply) => match pending.complete(id, reply) {
+                Some(Completion::Wake(waker)) => wakers.push(waker),
+                Some(Completion::Stream(flow, reply)) => {
+                    streams.push((Some(flow), Incoming::Reply(reply)));
+                    last = Some(id);
+                }
+                None => {}
+            },
+            other if last == Some(id) => streams.push((None, other)),
+            _ if gone == Some(id) => {}
+            other => match pending.stream(id) {
+                Some(flow) => {
+                    streams.push((Some(flow), other));
+                    last = Some(id);
+                }
+                // Unknown or stale ids: a stream that ended or was cancelled.
+                None => gone = Some(id),
+            },
+        }
+    }
+}
