@@ -213,6 +213,28 @@ impl BalancedCall<'_> {
             first: None,
             more: Vec::new(),
         };
+        if hedge_delay.is_none() {
+            // The common case, a call that is not hedged: its first try is awaited in place,
+            // without the set of tries; only a try that fails in a way another provider may
+            // fix goes on to the general loop below (as its retry).
+            let first = self.next_try(
+                b,
+                &targets,
+                &mut progress,
+                &tries,
+                (trace, args),
+                None,
+                budget,
+            );
+            let Some(mut t) = first.await? else {
+                unreachable!("next_try fails rather than return no first try");
+            };
+            let result = (&mut t.exchange).await;
+            match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
+                Settled::Done(result) => return result,
+                Settled::TryAgain => {}
+            }
+        }
         let mut start_one = true;
         loop {
             if start_one {
