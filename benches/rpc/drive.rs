@@ -94,11 +94,7 @@ pub async fn drive_ceiling(
     let window = sc.outstanding / streams.len();
     let start = Instant::now();
     let mut tasks = JoinSet::new();
-    let mut first = seq_base;
-    for (i, stream) in streams.drain(..).enumerate() {
-        let share = calls / n + u64::from((i as u64) < calls % n);
-        let seqs = first..first + share;
-        first += share;
+    for (stream, seqs) in streams.drain(..).zip(shares(calls, seq_base, n)) {
         let payload = payload.clone();
         tasks.spawn(async move {
             let (stream, latencies) = ceiling::run_conn(stream, window, seqs, payload).await?;
@@ -165,11 +161,7 @@ pub async fn drive_socket_ceiling(
     let window = sc.outstanding / streams.len();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    let mut first = seq_base;
-    for (i, stream) in streams.drain(..).enumerate() {
-        let share = calls / n + u64::from((i as u64) < calls % n);
-        let seqs = first..first + share;
-        first += share;
+    for (stream, seqs) in streams.drain(..).zip(shares(calls, seq_base, n)) {
         let payload = payload.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             socket_ceiling::run_conn(stream, window, seqs, payload)
@@ -189,4 +181,16 @@ pub async fn drive_socket_ceiling(
     }
     let elapsed = start.elapsed();
     failure.map_or(Ok((all, elapsed)), Err)
+}
+
+/// The call numbers from `seq_base` split evenly over `n` connections (the first ones take one
+/// more when `calls` does not divide).
+fn shares(calls: u64, seq_base: u64, n: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
+    let mut first = seq_base;
+    (0..n).map(move |i| {
+        let share = calls / n + u64::from(i < calls % n);
+        let seqs = first..first + share;
+        first += share;
+        seqs
+    })
 }
