@@ -4,11 +4,13 @@
 //! string (the wire does not change), but the generated code wraps it in [`ZeroCopy`], which
 //! lets the runtime skip the two copies a payload would otherwise take in this process:
 //!
-//! - **Sending.** While a connection's write queue encodes a frame it *arms* capture
-//!   ([`armed`]). A `ZeroCopy` of at least [`MIN_SEGMENT`] bytes then leaves only its `bin`
-//!   header in the frame buffer and is queued as a segment of its own (a reference to the
-//!   caller's buffer); the writer sends frame bytes and segments in order with vectored writes.
-//!   The frame length counts the segments ([`capture`] returns their size).
+//! - **Sending.** While a connection's write queue runs a producer it *arms* capture
+//!   ([`armed`]), and a request's arguments or a response's result are encoded inside
+//!   [`capture`], which returns the size of what it captured for the frame's length. There, a
+//!   `ZeroCopy` of at least [`MIN_SEGMENT`] bytes leaves only its `bin` header in the frame
+//!   buffer and is queued as a segment of its own (a reference to the caller's buffer); the
+//!   writer sends frame bytes and segments in order with vectored writes. Anywhere else (a
+//!   stream item, a notification, a buffer of one's own) the bytes are copied.
 //! - **Receiving.** A frame body large enough to be worth it is taken out of the read buffer as
 //!   `Bytes` and made the *source* while its values decode ([`with_source`]); a `ZeroCopy` decoded
 //!   from it is a slice of it, not a copy.
@@ -32,6 +34,9 @@ pub const MIN_SEGMENT: usize = 4 * 1024;
 thread_local! {
     /// Whether encodes on this thread may capture segments (a write queue is encoding a frame).
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// Whether the value being encoded is one whose frame counts captured segments (inside
+    /// [`capture`]): any other encode copies, even while armed.
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
     /// The payload a `ZeroCopy` is serializing right now, for the writer to recognise.
     static PENDING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
     /// Segments captured since the write queue armed capture: (offset in its buffer, bytes).
@@ -53,7 +58,7 @@ impl fmt::Debug for ZeroCopy {
 
 impl Serialize for ZeroCopy {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0.len() < MIN_SEGMENT || !ARMED.get() {
+        if self.0.len() < MIN_SEGMENT || !(ARMED.get() && CAPTURING.get()) {
             return serializer.serialize_bytes(&self.0);
         }
         // The writer takes it when the bytes come past (see `CaptureWriter`); if they do not
@@ -161,7 +166,10 @@ pub(crate) fn capture(
     encode: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
 ) -> Result<usize, Error> {
     let before = CAPTURED.with_borrow(Vec::len);
-    encode(buf)?;
+    let was = CAPTURING.replace(true);
+    let encoded = encode(buf);
+    CAPTURING.set(was);
+    encoded?;
     Ok(CAPTURED.with_borrow(|c| c[before..].iter().map(|(_, b)| b.len()).sum()))
 }
 
@@ -256,6 +264,12 @@ mod tests {
         .unwrap();
         assert_eq!(extra, 0);
         take_captured(|_| panic!("nothing to capture"));
+        // Armed but not inside `capture` (a frame whose length would not count segments, e.g.
+        // a stream item or a notification): copied.
+        let mut item = BytesMut::new();
+        armed(|| codec::encode_value(&mut item, &ZeroCopy(big.clone()))).unwrap();
+        assert_eq!(item.len(), plain.len() - 2, "the whole payload is in the buffer");
+        take_captured(|_| panic!("nothing was captured"));
     }
 
     /// Decoded with the frame as source, a payload is a slice of the frame; without one, a copy.
