@@ -268,7 +268,11 @@ mod tests {
         // a stream item or a notification): copied.
         let mut item = BytesMut::new();
         armed(|| codec::encode_value(&mut item, &ZeroCopy(big.clone()))).unwrap();
-        assert_eq!(item.len(), plain.len() - 2, "the whole payload is in the buffer");
+        assert_eq!(
+            item.len(),
+            plain.len() - 2,
+            "the whole payload is in the buffer"
+        );
         take_captured(|_| panic!("nothing was captured"));
     }
 
