@@ -129,21 +129,35 @@ async fn collect_with(
     mut tasks: JoinSet<CeilingTask>,
     start: Instant,
 ) -> Result<(Vec<Latencies>, Duration, Vec<TcpStream>), String> {
+    let mut joined = Vec::new();
+    while let Some(j) = tasks.join_next().await {
+        joined.push(j.map(|r| r.map(|(latencies, stream)| (stream, latencies))));
+    }
+    let elapsed = start.elapsed();
+    let (all, returned) = gather(joined, "ceiling task")?;
+    Ok((all, elapsed, returned))
+}
+
+/// How a ceiling's connection task ended: the connection and its latencies, or why not.
+type Joined<S> = Result<Result<(S, Latencies), String>, tokio::task::JoinError>;
+
+/// Each connection's latencies and the connection back, or the first failure (`what` names
+/// the task kind when one died).
+fn gather<S>(joined: Vec<Joined<S>>, what: &str) -> Result<(Vec<Latencies>, Vec<S>), String> {
     let mut all = Vec::new();
     let mut returned = Vec::new();
     let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok((latencies, stream))) => {
+    for j in joined {
+        match j {
+            Ok(Ok((stream, latencies))) => {
                 all.push(latencies);
                 returned.push(stream);
             }
             Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(format!("ceiling task died: {e}"))),
+            Err(e) => failure = failure.or(Some(format!("{what} died: {e}"))),
         }
     }
-    let elapsed = start.elapsed();
-    failure.map_or(Ok((all, elapsed, returned)), Err)
+    failure.map_or(Ok((all, returned)), Err)
 }
 
 /// The socket ceiling: one windowed pair of blocking threads per connection (see
@@ -167,20 +181,14 @@ pub async fn drive_socket_ceiling(
             socket_ceiling::run_conn(stream, window, seqs, payload)
         }));
     }
-    let mut all = Vec::new();
-    let mut failure = None;
+    let mut joined = Vec::new();
     for task in tasks {
-        match task.await {
-            Ok(Ok((stream, latencies))) => {
-                all.push(latencies);
-                streams.push(stream);
-            }
-            Ok(Err(e)) => failure = failure.or(Some(e)),
-            Err(e) => failure = failure.or(Some(format!("socket ceiling thread died: {e}"))),
-        }
+        joined.push(task.await);
     }
     let elapsed = start.elapsed();
-    failure.map_or(Ok((all, elapsed)), Err)
+    let (all, returned) = gather(joined, "socket ceiling thread")?;
+    streams.extend(returned);
+    Ok((all, elapsed))
 }
 
 /// The call numbers from `seq_base` split evenly over `n` connections (the first ones take one

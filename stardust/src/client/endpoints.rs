@@ -40,19 +40,22 @@ pub(crate) struct MethodLatencies {
     by_name: Mutex<HashMap<Box<str>, Arc<LatencyTracker>>>,
 }
 
-/// A method's tracker, borrowed or shared.
-pub(crate) enum TrackerRef<'a> {
-    Borrowed(&'a LatencyTracker),
-    Shared(Arc<LatencyTracker>),
+/// A value borrowed from where it lives, or a shared handle to it when it had to be looked up.
+pub(crate) enum ArcRef<'a, T> {
+    Borrowed(&'a T),
+    Shared(Arc<T>),
 }
 
-impl std::ops::Deref for TrackerRef<'_> {
-    type Target = LatencyTracker;
+/// A method's tracker, borrowed or shared.
+pub(crate) type TrackerRef<'a> = ArcRef<'a, LatencyTracker>;
 
-    fn deref(&self) -> &LatencyTracker {
+impl<T> std::ops::Deref for ArcRef<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
         match self {
-            TrackerRef::Borrowed(t) => t,
-            TrackerRef::Shared(t) => t,
+            ArcRef::Borrowed(t) => t,
+            ArcRef::Shared(t) => t,
         }
     }
 }
@@ -72,18 +75,18 @@ impl MethodLatencies {
     /// The tracker of method number `index` if known, else of `name`'s method.
     pub(crate) fn get(&self, index: Option<usize>, name: &CallName) -> Option<TrackerRef<'_>> {
         if let Some(t) = index.and_then(|i| self.by_index.get(i)) {
-            return Some(TrackerRef::Borrowed(t));
+            return Some(ArcRef::Borrowed(t));
         }
         let mut by_name = self.by_name.lock();
         if let Some(t) = by_name.get(name.method()) {
-            return Some(TrackerRef::Shared(t.clone()));
+            return Some(ArcRef::Shared(t.clone()));
         }
         if by_name.len() >= MAX_NAMED_METHODS {
             return None;
         }
         let t = Arc::new(LatencyTracker::new());
         by_name.insert(Box::from(name.method()), t.clone());
-        Some(TrackerRef::Shared(t))
+        Some(ArcRef::Shared(t))
     }
 }
 

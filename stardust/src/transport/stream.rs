@@ -112,12 +112,7 @@ impl WriteHalf {
     /// [`write_some`](Self::write_some) of several buffers in one syscall (TLS: the first).
     pub(crate) async fn write_some_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            WriteHalf::Tcp(wr) => loop {
-                match wr.try_write_vectored(bufs) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
-                    other => return other,
-                }
-            },
+            WriteHalf::Tcp(wr) => when_writable(wr, || wr.try_write_vectored(bufs)).await,
             #[cfg(feature = "tls")]
             WriteHalf::Tls(_) => self.write_some(bufs.first().map_or(&[], |b| &b[..])).await,
         }
@@ -142,12 +137,7 @@ impl WriteHalf {
     /// Writes some of `buf`, waiting until the stream takes at least one byte.
     pub(crate) async fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            WriteHalf::Tcp(wr) => loop {
-                match wr.try_write(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
-                    other => return other,
-                }
-            },
+            WriteHalf::Tcp(wr) => when_writable(wr, || wr.try_write(buf)).await,
             #[cfg(feature = "tls")]
             WriteHalf::Tls(wr) => poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_write(cx, buf)).await,
         }
@@ -185,6 +175,20 @@ impl WriteHalf {
             WriteHalf::Tls(wr) => {
                 let _ = poll_fn(|cx| Pin::new(&mut *wr.lock()).poll_shutdown(cx)).await;
             }
+        }
+    }
+}
+
+/// Runs the non-blocking `write` until the socket takes something, waiting for it to become
+/// writable whenever it takes nothing.
+async fn when_writable(
+    wr: &OwnedWriteHalf,
+    mut write: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    loop {
+        match write() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wr.writable().await?,
+            other => return other,
         }
     }
 }

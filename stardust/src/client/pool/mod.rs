@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 
 use super::ClientConfig;
 use super::connection::{ClientConn, Secure};
+use super::endpoints::ArcRef;
 use super::notifications::Notification;
 use crate::balance::{Load, Policy, Target};
 use crate::error::{Error, ErrorKind};
@@ -52,23 +53,6 @@ struct Slot {
     connecting: tokio::sync::Mutex<()>,
     /// A background connect is under way (see [`Pool::ready_connection`]).
     warming: AtomicBool,
-}
-
-/// A pool entry, carried by a target or looked up.
-enum SlotRef<'t> {
-    Carried(&'t Slot),
-    Found(Arc<Slot>),
-}
-
-impl std::ops::Deref for SlotRef<'_> {
-    type Target = Slot;
-
-    fn deref(&self) -> &Slot {
-        match self {
-            SlotRef::Carried(slot) => slot,
-            SlotRef::Found(slot) => slot,
-        }
-    }
 }
 
 impl Slot {
@@ -170,14 +154,14 @@ impl Pool {
 
     /// `target`'s entry: the one it carries when this pool made it (no lookup, no lock), else
     /// looked up by endpoint.
-    fn slot_of<'t>(&self, target: &'t Target) -> SlotRef<'t> {
+    fn slot_of<'t>(&self, target: &'t Target) -> ArcRef<'t, Slot> {
         match target
             .route
             .as_deref()
             .and_then(|r| r.downcast_ref::<Slot>())
         {
-            Some(slot) => SlotRef::Carried(slot),
-            None => SlotRef::Found(self.slot(&target.endpoint)),
+            Some(slot) => ArcRef::Borrowed(slot),
+            None => ArcRef::Shared(self.slot(&target.endpoint)),
         }
     }
 
