@@ -176,7 +176,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
     shared.attach(id, &conn);
 
     let live = Arc::new(Liveness::new());
-    let keepalive = shared.config.keepalive.watch(live.clone(), out.clone());
+    let keepalive = shared
+        .config
+        .keepalive
+        .watch(live.clone(), out.clone(), reader.bodies());
     let result = tokio::select! {
         biased;
         r = conn.read_loop(&shared, &mut reader, &live) => r,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Outbound;
+use super::body_pool::BodyPool;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, Kind};
 
@@ -98,7 +99,13 @@ impl Liveness {
 
 impl Keepalive {
     /// Runs until the peer has been silent for `timeout`, then returns the error to close with.
-    pub(crate) async fn watch<S>(self, live: Arc<Liveness>, out: Arc<Outbound<S>>) -> Error {
+    /// `bodies` is the read side's pool of large-body buffers, emptied with the write buffers.
+    pub(crate) async fn watch<S>(
+        self,
+        live: Arc<Liveness>,
+        out: Arc<Outbound<S>>,
+        bodies: Arc<BodyPool>,
+    ) -> Error {
         let tick = (self.interval / 2).max(Duration::from_millis(1));
         let mut nonce = 0u64;
         loop {
@@ -118,9 +125,10 @@ impl Keepalive {
                 );
             }
             if silent >= self.interval {
-                // Nothing received for a whole interval: whatever the connection's write
-                // buffers grew to for past traffic can go back to the allocator meanwhile.
+                // Nothing received for a whole interval: whatever the connection's buffers grew
+                // to for past traffic can go back to the allocator meanwhile.
                 out.release_buffers();
+                bodies.release();
                 nonce += 1;
                 if live.unanswered_ping().is_none() {
                     let us = (live.start.elapsed().as_micros() as u64).max(1);

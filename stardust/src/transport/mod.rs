@@ -10,6 +10,7 @@
 //! (`busy_poll`).
 
 mod batch;
+mod body_pool;
 mod busy_poll;
 mod keepalive;
 mod notifier;

@@ -570,10 +570,14 @@ mod tests {
             interval: std::time::Duration::from_millis(10),
             timeout: std::time::Duration::from_secs(3600),
         };
-        let watch = tokio::spawn(keepalive.watch(Arc::new(Liveness::new()), out.clone()));
+        // The read side's spare body buffers go too.
+        let bodies = Arc::new(crate::transport::body_pool::BodyPool::default());
+        bodies.give(Vec::with_capacity(100_000));
+        let watch =
+            tokio::spawn(keepalive.watch(Arc::new(Liveness::new()), out.clone(), bodies.clone()));
         let mut released = false;
         for _ in 0..20_000 {
-            if out.capacity() < 1024 {
+            if out.capacity() < 1024 && bodies.kept() == 0 {
                 released = true;
                 break;
             }
@@ -582,8 +586,9 @@ mod tests {
         watch.abort();
         assert!(
             released,
-            "a quiet connection still holds {} bytes of buffers",
-            out.capacity()
+            "a quiet connection still holds {} bytes of write buffers and {} of body buffers",
+            out.capacity(),
+            bodies.kept()
         );
         out.close();
         writer.await.unwrap().unwrap();

@@ -6,15 +6,21 @@
 //! starts small (most connections carry small frames), doubles while reads fill it (pipelined
 //! traffic reads in big batches), and goes back to its small start once a large frame has been
 //! handled, so one big message does not pin megabytes for the connection's whole life.
+//!
+//! A large frame that has not fully arrived is read into a buffer of its own instead (from the
+//! connection's [`BodyPool`]), so handing its body out as `Bytes` neither splits the read
+//! buffer (which would then be reallocated for the next frame) nor costs fresh pages per frame.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::ReadHalf;
+use super::body_pool::BodyPool;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::frame::{self, HEADER_LEN, Header};
 
@@ -27,6 +33,9 @@ const BATCH: usize = 64 * 1024;
 const KEEP: usize = 4 * BATCH;
 /// The smallest read worth a syscall.
 const MIN_READ: usize = 1024;
+/// Bodies from this size on are read into a buffer of their own when they do not arrive in one
+/// read with their header (see the module docs).
+const LARGE_BODY: usize = 32 * 1024;
 
 pub(crate) struct FrameReader {
     rd: ReadHalf,
@@ -37,6 +46,21 @@ pub(crate) struct FrameReader {
     /// The spare room a read gets while frames are small: [`INITIAL`], doubled (up to
     /// [`BATCH`]) each time a read fills it.
     target: usize,
+    /// The large frame being read into a buffer of its own, if any.
+    large: Option<Large>,
+    bodies: Arc<BodyPool>,
+}
+
+/// A large frame in progress: its header, and its body as received so far.
+struct Large {
+    header: Header,
+    body: Vec<u8>,
+}
+
+impl Large {
+    fn complete(&self) -> bool {
+        self.body.len() == self.header.body_len
+    }
 }
 
 /// A TLS record header: content type 21 (alert) or 22 (handshake), then version 3.x. No
@@ -57,7 +81,15 @@ impl FrameReader {
             max_frame,
             wanted: 0,
             target: INITIAL,
+            large: None,
+            bodies: Arc::default(),
         }
+    }
+
+    /// The pool the bodies of large frames are read into; keepalive empties it when the
+    /// connection goes quiet.
+    pub(crate) fn bodies(&self) -> Arc<BodyPool> {
+        self.bodies.clone()
     }
 
     /// Changes the frame limit (the handshake is read with a small one, then the connection's
@@ -71,6 +103,9 @@ impl FrameReader {
     /// An over-limit or impossible length is an error: the stream cannot be resynchronised after
     /// it, so the caller closes the connection (after answering the request id if it can).
     pub(crate) fn next_frame(&mut self) -> Result<Option<Header>, (Option<Header>, Error)> {
+        if let Some(large) = &self.large {
+            return Ok(large.complete().then_some(large.header));
+        }
         let header = match frame::parse_header(&self.buf, self.max_frame) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
@@ -88,7 +123,11 @@ impl FrameReader {
             }
         };
         if self.buf.len() < header.frame_len() {
-            self.wanted = header.frame_len() - self.buf.len();
+            if header.body_len >= LARGE_BODY {
+                self.start_large(header);
+            } else {
+                self.wanted = header.frame_len() - self.buf.len();
+            }
             return Ok(None);
         }
         self.wanted = 0;
@@ -101,19 +140,41 @@ impl FrameReader {
         looks_like_tls(&self.buf)
     }
 
+    /// Moves the large frame whose header is buffered out of the read buffer: what arrived of
+    /// its body goes to a buffer of its own, where the rest is read.
+    fn start_large(&mut self, header: Header) {
+        self.buf.advance(HEADER_LEN);
+        let mut body = self.bodies.take();
+        body.extend_from_slice(&self.buf);
+        self.buf.clear();
+        self.release_if_large();
+        self.wanted = 0;
+        self.large = Some(Large { header, body });
+    }
+
     /// The body of the frame `next_frame` just returned, still in the buffer.
     pub(crate) fn body(&self, header: &Header) -> &[u8] {
-        &self.buf[HEADER_LEN..header.frame_len()]
+        match &self.large {
+            Some(large) => &large.body,
+            None => &self.buf[HEADER_LEN..header.frame_len()],
+        }
     }
 
     /// Drops the current frame from the buffer.
     pub(crate) fn consume(&mut self, header: &Header) {
+        if let Some(large) = self.large.take() {
+            self.bodies.give(large.body);
+            return;
+        }
         self.buf.advance(header.frame_len());
         self.release_if_large();
     }
 
     /// Takes the current frame's body out of the buffer without copying.
     pub(crate) fn take_body(&mut self, header: &Header) -> Bytes {
+        if let Some(large) = self.large.take() {
+            return self.bodies.hand_out(large.body);
+        }
         self.buf.advance(HEADER_LEN);
         let body = self.buf.split_to(header.body_len).freeze();
         self.release_if_large();
@@ -168,11 +229,14 @@ impl FrameReader {
     /// Whether bytes of an unfinished frame are buffered (its rest follows as the peer's
     /// writes come in).
     pub(crate) fn mid_frame(&self) -> bool {
-        !self.buf.is_empty()
+        !self.buf.is_empty() || self.large.is_some()
     }
 
     /// Reads more bytes. `Ok(false)` on a clean end of stream between frames.
     pub(crate) async fn fill(&mut self) -> Result<bool, Error> {
+        if let Some(large) = &mut self.large {
+            return fill_large(&mut self.rd, large).await;
+        }
         self.make_room();
         let room = self.buf.capacity() - self.buf.len();
         match self.rd.read_buf(&mut self.buf).await {
@@ -195,5 +259,173 @@ impl FrameReader {
                 Error::new(ErrorKind::ConnectionClosed, format!("read failed: {e}")).with_source(e),
             ),
         }
+    }
+}
+
+/// Reads more of a large frame's body, never past its end (the next frame goes to the read
+/// buffer). The buffer grows with what arrives, at most doubling per read, as the read buffer
+/// does: a header's claim alone costs nothing.
+async fn fill_large(rd: &mut ReadHalf, large: &mut Large) -> Result<bool, Error> {
+    let body = &mut large.body;
+    let missing = large.header.body_len - body.len();
+    if missing == 0 {
+        // Complete, and not taken yet: nothing to read for it.
+        return Ok(true);
+    }
+    let spare = body.capacity() - body.len();
+    if spare < missing.min(MIN_READ) {
+        body.reserve(missing.min(body.len().max(BATCH)));
+    }
+    let room = (body.capacity() - body.len()).min(missing);
+    match rd.read_buf(&mut (&mut *body).limit(room)).await {
+        Ok(0) => Err(Error::new(
+            ErrorKind::ConnectionClosed,
+            format!(
+                "peer closed the connection in the middle of a frame ({} bytes of its {} byte \
+                 body received)",
+                body.len(),
+                large.header.body_len
+            ),
+        )),
+        Ok(_) => Ok(true),
+        Err(e) => {
+            Err(Error::new(ErrorKind::ConnectionClosed, format!("read failed: {e}")).with_source(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{self, Kind};
+    use tokio::io::AsyncWriteExt;
+
+    fn frame_of(id: u64, body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        let start = frame::begin(&mut buf, Kind::Notify, 0, id);
+        buf.extend_from_slice(body);
+        frame::finish(&mut buf, start, u32::MAX).unwrap();
+        buf
+    }
+
+    fn body_of(id: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u64 ^ id) as u8).collect()
+    }
+
+    /// A reader fed `bytes` by a task writing `chunk` bytes at a time.
+    fn reader_over(bytes: Vec<u8>, chunk: usize, max_frame: u32) -> FrameReader {
+        let (mut tx, rx) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(async move {
+            for part in bytes.chunks(chunk) {
+                tx.write_all(part).await.unwrap();
+            }
+        });
+        FrameReader::new(ReadHalf::Mem(Box::new(rx)), max_frame)
+    }
+
+    async fn next(reader: &mut FrameReader) -> Option<Header> {
+        loop {
+            if let Some(h) = reader.next_frame().map_err(|(_, e)| e).unwrap() {
+                return Some(h);
+            }
+            if !reader.fill().await.unwrap() {
+                return None;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn large_and_small_frames_interleaved_arrive_whole_in_any_chunking() {
+        let sizes = [
+            10,
+            40_000,
+            3,
+            100_000,
+            LARGE_BODY,
+            LARGE_BODY - 1,
+            70_000,
+            0,
+        ];
+        let mut wire = Vec::new();
+        for (id, &len) in sizes.iter().enumerate() {
+            wire.extend_from_slice(&frame_of(id as u64, &body_of(id as u64, len)));
+        }
+        for chunk in [1, 7, 1000, 4096, 65_536, wire.len()] {
+            let mut reader = reader_over(wire.clone(), chunk, u32::MAX);
+            let mut kept = Vec::new();
+            for (id, &len) in sizes.iter().enumerate() {
+                let h = next(&mut reader).await.expect("a frame");
+                assert_eq!((h.id, h.body_len), (id as u64, len), "chunk {chunk}");
+                assert_eq!(reader.body(&h), &body_of(id as u64, len)[..]);
+                if id % 2 == 0 {
+                    reader.consume(&h);
+                } else {
+                    // Held while later frames are read: they must not overwrite it.
+                    kept.push((id, reader.take_body(&h)));
+                }
+            }
+            assert!(next(&mut reader).await.is_none(), "clean end");
+            for (id, body) in kept {
+                assert_eq!(
+                    &body[..],
+                    &body_of(id as u64, sizes[id])[..],
+                    "chunk {chunk}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_body_buffer_is_reused_once_its_bytes_are_dropped() {
+        let mut wire = Vec::new();
+        for id in 0..4 {
+            wire.extend_from_slice(&frame_of(id, &body_of(id, 64 * 1024)));
+        }
+        let mut reader = reader_over(wire, 1000, u32::MAX);
+        let mut buffers = Vec::new();
+        for id in 0..4 {
+            let h = next(&mut reader).await.unwrap();
+            let body = reader.take_body(&h);
+            assert_eq!(&body[..], &body_of(id, 64 * 1024)[..]);
+            buffers.push(body.as_ptr());
+            drop(body);
+        }
+        assert!(
+            buffers.windows(2).all(|w| w[0] == w[1]),
+            "each frame read into the buffer the previous one gave back"
+        );
+        assert!(reader.bodies().kept() >= 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn a_claimed_size_costs_nothing_until_its_bytes_arrive() {
+        let mut wire = frame_of(1, &[]).to_vec();
+        // Claims 64 MiB, sends 10 bytes, and then nothing (the writer stays open).
+        let claimed = 64 * 1024 * 1024u32;
+        wire[..4].copy_from_slice(&(claimed + 10).to_be_bytes());
+        wire.extend_from_slice(&[0u8; 10]);
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        tx.write_all(&wire).await.unwrap();
+        let mut reader = FrameReader::new(ReadHalf::Mem(Box::new(rx)), u32::MAX);
+        reader.fill().await.unwrap();
+        assert!(reader.next_frame().map_err(|(_, e)| e).unwrap().is_none());
+        let large = reader.large.as_ref().expect("read as a large frame");
+        assert_eq!(large.body.len(), 10);
+        assert!(large.body.capacity() < 1024, "{}", large.body.capacity());
+        // One more read room is bounded by the batch size, not by the claim.
+        tx.write_all(&[0u8; 100]).await.unwrap();
+        reader.fill().await.unwrap();
+        let large = reader.large.as_ref().unwrap();
+        assert_eq!(large.body.len(), 110);
+        assert!(
+            large.body.capacity() <= 2 * BATCH,
+            "{}",
+            large.body.capacity()
+        );
+        // The peer leaving mid-body is an error that says how far it got.
+        drop(tx);
+        let err = reader.fill().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionClosed);
+        assert!(err.message().contains("110 bytes"), "{}", err.message());
     }
 }

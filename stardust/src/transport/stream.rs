@@ -49,9 +49,9 @@ pub(crate) enum ReadHalf {
     Tcp(OwnedReadHalf),
     #[cfg(feature = "tls")]
     Tls(tokio::io::ReadHalf<Tls>),
-    /// Bytes from memory, for the fuzz targets (`crate::__fuzz`): the frame reader is driven
-    /// without a socket.
-    #[cfg(feature = "fuzzing")]
+    /// Bytes from memory, for the fuzz targets (`crate::__fuzz`) and the reader's tests: the
+    /// frame reader is driven without a socket.
+    #[cfg(any(test, feature = "fuzzing"))]
     Mem(Box<dyn AsyncRead + Send + Sync + Unpin>),
 }
 
@@ -65,7 +65,7 @@ impl AsyncRead for ReadHalf {
             ReadHalf::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
             #[cfg(feature = "tls")]
             ReadHalf::Tls(rd) => Pin::new(rd).poll_read(cx, buf),
-            #[cfg(feature = "fuzzing")]
+            #[cfg(any(test, feature = "fuzzing"))]
             ReadHalf::Mem(rd) => Pin::new(rd).poll_read(cx, buf),
         }
     }

@@ -204,7 +204,9 @@ impl ClientConn {
         });
         let writer = tokio::spawn(out.clone().run_writer());
         let sweeper = tokio::spawn(conn.clone().sweep_deadlines());
-        let keepalive = config.keepalive.watch(live.clone(), out.clone());
+        let keepalive = config
+            .keepalive
+            .watch(live.clone(), out.clone(), reader.bodies());
         let reader_conn = conn.clone();
         let read_task = tokio::spawn(async move {
             let result = tokio::select! {
