@@ -51,6 +51,7 @@ async fn caller_loop<C: Caller>(
     expected: usize,
 ) -> Result<Latencies, String> {
     let mut latencies = Latencies::with_capacity(expected);
+    let mut scratch = C::Scratch::default();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= calls {
@@ -67,7 +68,7 @@ async fn caller_loop<C: Caller>(
                 sum.and_then(|sum| service::check_add(seq, sum))
             }
             Some(p) => {
-                let data = p.for_call(seq);
+                let data = C::data(p, seq, &mut scratch);
                 let t = Instant::now();
                 let echoed = client.echo(data).await;
                 latencies.push(t.elapsed().as_nanos() as u64);

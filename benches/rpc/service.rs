@@ -56,6 +56,17 @@ impl Payload {
         ByteBuf::from(data)
     }
 
+    /// The payload of call number `seq` as `Bytes` built in `scratch`, a caller's reused
+    /// buffer: its allocation is taken back once the previous call's payload was dropped (what
+    /// an application sending `Bytes` does; an API taking a `Vec` by value cannot).
+    pub fn bytes_for_call(&self, seq: u64, scratch: &mut bytes::BytesMut) -> bytes::Bytes {
+        scratch.reserve(self.base.len());
+        let start = scratch.len();
+        scratch.extend_from_slice(&self.base);
+        self.stamp(seq, &mut scratch[start..]);
+        scratch.split().freeze()
+    }
+
     /// Writes the payload of call `seq` into `out` (for the ceiling, which encodes in place).
     pub fn write_into(&self, seq: u64, out: &mut Vec<u8>) {
         let start = out.len();
@@ -92,11 +103,17 @@ impl Payload {
 /// adapter over that framework's own generated client. Generic (not boxed) so the adapters
 /// compile away. Errors are strings: they are only built when a call fails, and then printed.
 pub trait Caller: Clone + Send + Sync + 'static {
+    /// What `echo` takes.
+    type Data: Send;
+    /// A caller's state for building payloads (a buffer it reuses, where the API allows it).
+    type Scratch: Default + Send;
+    /// The payload of call `seq` (built before the call's timed span).
+    fn data(payload: &Payload, seq: u64, scratch: &mut Self::Scratch) -> Self::Data;
     fn add(&self, a: i64, b: i64) -> impl Future<Output = Result<i64, String>> + Send;
     /// The echo comes back as whatever the framework hands out (a `ByteBuf`, or Stardust's
     /// `Bytes`, which may be a slice of the received frame), checked in place.
     fn echo(
         &self,
-        data: ByteBuf,
+        data: Self::Data,
     ) -> impl Future<Output = Result<impl AsRef<[u8]> + Send, String>> + Send;
 }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde_bytes::ByteBuf;
 
 use crate::service;
 
@@ -204,6 +203,14 @@ pub async fn connect_balanced(registry: SocketAddr) -> Result<Caller, String> {
 }
 
 impl service::Caller for Caller {
+    type Data = Bytes;
+    type Scratch = bytes::BytesMut;
+
+    /// Built in the caller's reused buffer (see `Payload::bytes_for_call`).
+    fn data(payload: &service::Payload, seq: u64, scratch: &mut bytes::BytesMut) -> Bytes {
+        payload.bytes_for_call(seq, scratch)
+    }
+
     async fn add(&self, a: i64, b: i64) -> Result<i64, String> {
         self.client.add(a, b).await.map_err(|e| e.to_string())
     }
@@ -211,9 +218,7 @@ impl service::Caller for Caller {
     // Names its own echo type; the driver sees only `AsRef<[u8]>`.
 
     #[allow(refining_impl_trait)]
-    async fn echo(&self, data: ByteBuf) -> Result<Bytes, String> {
-        // A `Vec` becomes `Bytes` without a copy.
-        let data = Bytes::from(data.into_vec());
+    async fn echo(&self, data: Bytes) -> Result<Bytes, String> {
         self.client.echo(data).await.map_err(|e| e.to_string())
     }
 }

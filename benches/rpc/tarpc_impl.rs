@@ -83,6 +83,14 @@ pub async fn connect(addr: SocketAddr) -> Result<Caller, String> {
 }
 
 impl service::Caller for Caller {
+    type Data = ByteBuf;
+    type Scratch = ();
+
+    /// A fresh buffer per call: the proxy takes the `Vec` by value.
+    fn data(payload: &service::Payload, seq: u64, _: &mut ()) -> ByteBuf {
+        payload.for_call(seq)
+    }
+
     async fn add(&self, a: i64, b: i64) -> Result<i64, String> {
         self.0
             .add(context::current(), a, b)

@@ -48,6 +48,10 @@ pub(crate) struct FrameReader {
     target: usize,
     /// The large frame being read into a buffer of its own, if any.
     large: Option<Large>,
+    /// A large frame was just handled: the next read takes at most [`INITIAL`] bytes, so that
+    /// if another large frame follows (they tend to), little of its body lands in the read
+    /// buffer only to be copied out to its own.
+    after_large: bool,
     bodies: Arc<BodyPool>,
 }
 
@@ -82,6 +86,7 @@ impl FrameReader {
             wanted: 0,
             target: INITIAL,
             large: None,
+            after_large: false,
             bodies: Arc::default(),
         }
     }
@@ -164,6 +169,7 @@ impl FrameReader {
     pub(crate) fn consume(&mut self, header: &Header) {
         if let Some(large) = self.large.take() {
             self.bodies.give(large.body);
+            self.after_large = true;
             return;
         }
         self.buf.advance(header.frame_len());
@@ -173,6 +179,7 @@ impl FrameReader {
     /// Takes the current frame's body out of the buffer without copying.
     pub(crate) fn take_body(&mut self, header: &Header) -> Bytes {
         if let Some(large) = self.large.take() {
+            self.after_large = true;
             return self.bodies.hand_out(large.body);
         }
         self.buf.advance(HEADER_LEN);
@@ -238,8 +245,11 @@ impl FrameReader {
             return fill_large(&mut self.rd, large).await;
         }
         self.make_room();
-        let room = self.buf.capacity() - self.buf.len();
-        match self.rd.read_buf(&mut self.buf).await {
+        let mut room = self.buf.capacity() - self.buf.len();
+        if std::mem::take(&mut self.after_large) {
+            room = room.min(INITIAL);
+        }
+        match self.rd.read_buf(&mut (&mut self.buf).limit(room)).await {
             Ok(0) if self.buf.is_empty() => Ok(false),
             Ok(0) => Err(Error::new(
                 ErrorKind::ConnectionClosed,
