@@ -1,6 +1,10 @@
 //! What a flusher takes out of a write queue and writes: the frame buffer, with payload
 //! segments (large `Bytes` queued without a copy, see `protocol::zero_copy`) in place at their
 //! offsets, and how much of it the socket has taken.
+//!
+//! A segment is let go as soon as the socket has taken all of it, not when the whole batch is
+//! written: its caller may then reuse (or free) the payload's buffer while the rest of the
+//! batch is still going out.
 
 use std::io::{self, IoSlice};
 
@@ -15,12 +19,22 @@ const MAX_SLICES: usize = 64;
 #[derive(Default)]
 pub(crate) struct Batch {
     pub(crate) bytes: BytesMut,
-    /// Payloads that belong at these offsets of `bytes`, in order.
-    pub(crate) segments: Vec<(usize, Bytes)>,
+    /// Payloads that belong at these offsets of `bytes`, in order, with their lengths (the
+    /// payload itself is dropped once written).
+    segments: Vec<Segment>,
     /// Bytes of `segments`.
     pub(crate) segment_bytes: usize,
     /// Bytes written so far, from the start.
     written: usize,
+    /// How many leading segments are written and let go, and their bytes.
+    released: usize,
+    released_bytes: usize,
+}
+
+struct Segment {
+    at: usize,
+    len: usize,
+    payload: Bytes,
 }
 
 impl Batch {
@@ -44,13 +58,34 @@ impl Batch {
         self.segments.clear();
         self.segment_bytes = 0;
         self.written = 0;
+        self.released = 0;
+        self.released_bytes = 0;
     }
 
     /// Appends payload segments captured at offsets of `bytes`.
     pub(crate) fn add_segments(&mut self, segments: impl Iterator<Item = (usize, Bytes)>) {
-        for (at, b) in segments {
-            self.segment_bytes += b.len();
-            self.segments.push((at, b));
+        for (at, payload) in segments {
+            self.segment_bytes += payload.len();
+            self.segments.push(Segment {
+                at,
+                len: payload.len(),
+                payload,
+            });
+        }
+    }
+
+    /// Lets go of the segments the socket has taken whole.
+    fn release_written(&mut self) {
+        while let Some(seg) = self.segments.get_mut(self.released) {
+            // Where the segment ends in the written stream: the frame bytes up to its offset,
+            // the segments before it, and itself.
+            let end = seg.at + self.released_bytes + seg.len;
+            if end > self.written {
+                break;
+            }
+            seg.payload = Bytes::new();
+            self.released_bytes += seg.len;
+            self.released += 1;
         }
     }
 
@@ -63,7 +98,7 @@ impl Batch {
             let count = self.slices(&mut slices);
             wr.try_write_vectored(&slices[..count])?
         };
-        self.written += n;
+        self.advance(n);
         Ok(n)
     }
 
@@ -76,19 +111,34 @@ impl Batch {
             let count = self.slices(&mut slices);
             wr.write_some_vectored(&slices[..count]).await?
         };
-        self.written += n;
+        self.advance(n);
         Ok(n)
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.written += n;
+        if !self.segments.is_empty() {
+            self.release_written();
+        }
     }
 
     /// The unwritten pieces, in order, into `out`; returns how many.
     fn slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
-        let mut skip = self.written;
+        // From the first segment not yet let go: everything before it is written.
+        let mut cursor = match self.released {
+            0 => 0,
+            n => self.segments[n - 1].at,
+        };
+        let mut skip = self.written - cursor - self.released_bytes;
         let mut count = 0;
-        let mut cursor = 0;
-        let pieces = self
-            .segments
+        let pieces = self.segments[self.released..]
             .iter()
-            .flat_map(|(at, seg)| [&self.bytes[cursor_range(&mut cursor, *at)], &seg[..]])
+            .flat_map(|seg| {
+                [
+                    &self.bytes[cursor_range(&mut cursor, seg.at)],
+                    &seg.payload[..],
+                ]
+            })
             .chain(std::iter::once(&self.bytes[self.last_offset()..]));
         for piece in pieces {
             if count == out.len() {
@@ -106,7 +156,7 @@ impl Batch {
     }
 
     fn last_offset(&self) -> usize {
-        self.segments.last().map_or(0, |(at, _)| *at)
+        self.segments.last().map_or(0, |seg| seg.at)
     }
 }
 
@@ -145,6 +195,45 @@ mod tests {
             let joined: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
             assert_eq!(joined, whole[pos..], "from {pos}");
             assert_eq!(b.remaining(), whole.len() - pos);
+        }
+    }
+
+    /// Written a piece at a time, the pieces still come out right, and each segment is let go
+    /// once the socket took all of it.
+    #[test]
+    fn segments_are_let_go_as_soon_as_they_are_written() {
+        let payloads = [
+            Bytes::from(vec![b'X'; 10]),
+            Bytes::from(vec![b'Y'; 5]),
+            Bytes::from(vec![b'Z'; 7]),
+        ];
+        let whole: Vec<u8> = [&b"ab"[..], &payloads[0], &payloads[1], b"cdefgh", &payloads[2]]
+            .concat();
+        for step in 1..=whole.len() {
+            let mut b = Batch {
+                bytes: BytesMut::from(&b"abcdefgh"[..]),
+                ..Batch::default()
+            };
+            b.add_segments(
+                [(2, payloads[0].clone()), (2, payloads[1].clone()), (8, payloads[2].clone())]
+                    .into_iter(),
+            );
+            let mut out = Vec::new();
+            while b.remaining() > 0 {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = b.slices(&mut slices);
+                let pending: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                assert_eq!(pending, whole[out.len()..], "step {step}");
+                let took = step.min(pending.len());
+                out.extend_from_slice(&pending[..took]);
+                b.advance(took);
+                // A payload is held by the batch (a second reference) until all of it is out.
+                let ends = [12, 17, 30];
+                for (payload, end) in payloads.iter().zip(ends) {
+                    assert_eq!(payload.is_unique(), out.len() >= end, "step {step} at {}", out.len());
+                }
+            }
+            assert_eq!(out, whole);
         }
     }
 }
