@@ -13,7 +13,9 @@
 //!   stream item, a notification, a buffer of one's own) the bytes are copied.
 //! - **Receiving.** A frame body large enough to be worth it is taken out of the read buffer as
 //!   `Bytes` and made the *source* while its values decode ([`with_source`]); a `ZeroCopy` decoded
-//!   from it is a slice of it, not a copy.
+//!   from it is a slice of it, not a copy. (A large frame that arrives over several reads is
+//!   read into a buffer of its own, which returns to the connection's pool when the last
+//!   `Bytes` sliced from it is dropped: see `transport::body_pool`.)
 //!
 //! Everything else (values outside an armed encode, small payloads, a decode with no source)
 //! takes the ordinary copying path, so the wrapper is always correct, only faster where it can.
