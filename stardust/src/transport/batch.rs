@@ -207,16 +207,26 @@ mod tests {
             Bytes::from(vec![b'Y'; 5]),
             Bytes::from(vec![b'Z'; 7]),
         ];
-        let whole: Vec<u8> = [&b"ab"[..], &payloads[0], &payloads[1], b"cdefgh", &payloads[2]]
-            .concat();
+        let whole: Vec<u8> = [
+            &b"ab"[..],
+            &payloads[0],
+            &payloads[1],
+            b"cdefgh",
+            &payloads[2],
+        ]
+        .concat();
         for step in 1..=whole.len() {
             let mut b = Batch {
                 bytes: BytesMut::from(&b"abcdefgh"[..]),
                 ..Batch::default()
             };
             b.add_segments(
-                [(2, payloads[0].clone()), (2, payloads[1].clone()), (8, payloads[2].clone())]
-                    .into_iter(),
+                [
+                    (2, payloads[0].clone()),
+                    (2, payloads[1].clone()),
+                    (8, payloads[2].clone()),
+                ]
+                .into_iter(),
             );
             let mut out = Vec::new();
             while b.remaining() > 0 {
@@ -230,7 +240,12 @@ mod tests {
                 // A payload is held by the batch (a second reference) until all of it is out.
                 let ends = [12, 17, 30];
                 for (payload, end) in payloads.iter().zip(ends) {
-                    assert_eq!(payload.is_unique(), out.len() >= end, "step {step} at {}", out.len());
+                    assert_eq!(
+                        payload.is_unique(),
+                        out.len() >= end,
+                        "step {step} at {}",
+                        out.len()
+                    );
                 }
             }
             assert_eq!(out, whole);
