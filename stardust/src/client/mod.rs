@@ -436,9 +436,11 @@ impl Client {
             let conn = match self.inner.usable() {
                 Some(conn) => conn,
                 None => {
+                    // Boxed: reconnecting is rare and its future is large (2.5 KB); inline,
+                    // it would make every call's future that large.
                     let reconnected = match deadline {
-                        None => self.inner.reconnect().await,
-                        Some(d) => tokio::time::timeout_at(d, self.inner.reconnect())
+                        None => Box::pin(self.inner.reconnect()).await,
+                        Some(d) => tokio::time::timeout_at(d, Box::pin(self.inner.reconnect()))
                             .await
                             .map_err(|_| deadline_error())?,
                     };
