@@ -386,7 +386,7 @@ impl SpawnedCall {
             }
             None => done.await,
         }
-        self.conn.out.wake_writer();
+        self.conn.flush_finished();
         self.conn.call_done(key, task_id);
     }
 }

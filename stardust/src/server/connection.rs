@@ -467,6 +467,17 @@ impl ServerConn {
         self.running.load(Ordering::Acquire)
     }
 
+    /// Sends the answer a call running as a task of its own just queued: at once from here
+    /// when it is the only such call (no hop to the writer), else through the writer once the
+    /// other tasks finishing now queued theirs (one write for all of them).
+    pub(crate) fn flush_finished(&self) {
+        if self.running.load(Ordering::Acquire) <= 1 {
+            self.out.flush_inline();
+        } else {
+            self.out.wake_writer_gathering();
+        }
+    }
+
     /// Called by a spawned call when it finished.
     pub(crate) fn call_done(&self, key: (bool, u64), task_id: u64) {
         let mut calls = self.calls.lock();

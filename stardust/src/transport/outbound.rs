@@ -64,6 +64,9 @@ pub(crate) struct Outbound<S = ()> {
     pub(crate) peer_max_frame: u32,
     /// Whether the writer yields once before each flush to gather frames from other tasks.
     coalesce: bool,
+    /// Set by [`Outbound::wake_writer_gathering`]: the next flush yields once first, as
+    /// `coalesce` makes every flush do.
+    gather: AtomicBool,
     /// Mirror of `State::closed`, readable without the lock.
     closed_flag: AtomicBool,
     limits: WriteLimits,
@@ -136,6 +139,7 @@ impl<S> Outbound<S> {
             on_close: Notify::new(),
             peer_max_frame,
             coalesce: flush == Flush::Coalesce,
+            gather: AtomicBool::new(false),
             closed_flag: AtomicBool::new(false),
             limits,
             queued: AtomicUsize::new(0),
@@ -230,6 +234,16 @@ impl<S> Outbound<S> {
 
     /// Wakes the writer to flush what is queued.
     pub(crate) fn wake_writer(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Wakes the writer to flush what is queued once every task that is runnable now had its
+    /// turn: for a frame produced by a task of its own (a server's handler that did not finish
+    /// inline, a forwarded call), when others like it are likely finishing at the same moment
+    /// (woken by one read of another connection): they then share one write instead of taking
+    /// one each.
+    pub(crate) fn wake_writer_gathering(&self) {
+        self.gather.store(true, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -382,7 +396,7 @@ impl<S> Outbound<S> {
                 Job::Stop => return Ok(()),
                 Job::Wait => {
                     self.wake.notified().await;
-                    if self.coalesce {
+                    if self.coalesce || self.gather.swap(false, Ordering::Relaxed) {
                         // Let every task that is runnable right now add its frames before we
                         // flush, so they share one syscall. When idle this costs one trip
                         // through the scheduler.

@@ -40,13 +40,7 @@ impl ServerConn {
         self.track(h, move |key, task_id| async move {
             let outcome = reply.await;
             conn.queue_forwarded(id, flags, outcome);
-            // Alone, send it now from here; with other calls finishing too, the writer gathers
-            // their answers into one write.
-            if conn.running.load(Ordering::Acquire) <= 1 {
-                conn.out.flush_inline();
-            } else {
-                conn.out.wake_writer();
-            }
+            conn.flush_finished();
             conn.call_done(key, task_id);
         });
     }
