@@ -242,7 +242,7 @@ impl FrameReader {
     /// Reads more bytes. `Ok(false)` on a clean end of stream between frames.
     pub(crate) async fn fill(&mut self) -> Result<bool, Error> {
         if let Some(large) = &mut self.large {
-            return fill_large(&mut self.rd, large).await;
+            return fill_large(&mut self.rd, large, self.target).await;
         }
         self.make_room();
         let mut room = self.buf.capacity() - self.buf.len();
@@ -273,9 +273,10 @@ impl FrameReader {
 }
 
 /// Reads more of a large frame's body, never past its end (the next frame goes to the read
-/// buffer). The buffer grows with what arrives, at most doubling per read, as the read buffer
-/// does: a header's claim alone costs nothing.
-async fn fill_large(rd: &mut ReadHalf, large: &mut Large) -> Result<bool, Error> {
+/// buffer). The buffer grows as the read buffer does: by the reader's current `target` or by
+/// what has arrived, whichever is more, so it at most doubles per read and a header's claim
+/// alone costs nothing.
+async fn fill_large(rd: &mut ReadHalf, large: &mut Large, target: usize) -> Result<bool, Error> {
     let body = &mut large.body;
     let missing = large.header.body_len - body.len();
     if missing == 0 {
@@ -284,7 +285,7 @@ async fn fill_large(rd: &mut ReadHalf, large: &mut Large) -> Result<bool, Error>
     }
     let spare = body.capacity() - body.len();
     if spare < missing.min(MIN_READ) {
-        body.reserve(missing.min(body.len().max(BATCH)));
+        body.reserve(missing.min(body.len().max(target)));
     }
     let room = (body.capacity() - body.len()).min(missing);
     match rd.read_buf(&mut (&mut *body).limit(room)).await {
@@ -422,13 +423,13 @@ mod tests {
         let large = reader.large.as_ref().expect("read as a large frame");
         assert_eq!(large.body.len(), 10);
         assert!(large.body.capacity() < 1024, "{}", large.body.capacity());
-        // One more read room is bounded by the batch size, not by the claim.
+        // The next read's room is the reader's small start (a fresh connection), not the claim.
         tx.write_all(&[0u8; 100]).await.unwrap();
         reader.fill().await.unwrap();
         let large = reader.large.as_ref().unwrap();
         assert_eq!(large.body.len(), 110);
         assert!(
-            large.body.capacity() <= 2 * BATCH,
+            large.body.capacity() <= 2 * INITIAL,
             "{}",
             large.body.capacity()
         );
