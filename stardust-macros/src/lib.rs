@@ -116,6 +116,14 @@ mod zero_copy;
 ///
 /// Argument and return types must implement `serde::Serialize` and `serde::Deserialize` and be
 /// `Send + 'static`.
+///
+/// # `Bytes` without copies
+///
+/// An argument or return type written `Bytes` (bare or with a path, e.g. `bytes::Bytes`) is sent
+/// and received without copying payloads of 4 KiB and more (see the runtime's docs). The macro
+/// knows it by name, so it must then be `bytes::Bytes` itself: a type of your own named `Bytes`
+/// fails to compile there; rename it or alias it (`type Blob = my::Bytes;`) to pass it as a plain
+/// value.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     match parse::parse_service(args.into(), item.into()) {
