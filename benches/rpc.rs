@@ -374,6 +374,7 @@ fn measure(
 ) -> Result<Sample, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("bench-client")
         .enable_all()
         .build()
         .map_err(|e| format!("cannot build the client runtime: {e}"))?;

@@ -103,6 +103,7 @@ pub(crate) fn server_main() -> ! {
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("bench-server")
         .enable_all()
         .build()
         .unwrap_or_else(|e| die(format!("cannot build the runtime: {e}")));
