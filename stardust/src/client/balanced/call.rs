@@ -216,18 +216,25 @@ impl BalancedCall<'_> {
         if hedge_delay.is_none() {
             // The common case, a call that is not hedged: its first try is awaited in place,
             // without the set of tries; only a try that fails in a way another provider may
-            // fix goes on to the general loop below (as its retry).
-            let first = self.next_try(
-                b,
-                &targets,
-                &mut progress,
-                &tries,
-                (trace, args),
-                None,
-                budget,
-            );
-            let Some(mut t) = first.await? else {
-                unreachable!("next_try fails rather than return no first try");
+            // fix goes on to the general loop below (as its retry). Its provider nearly always
+            // has a connection open: then the try starts without the general path's machinery.
+            let mut t = match self.ready_try(b, &targets, (trace, args), budget, start_ns) {
+                Ok(t) => t,
+                Err(chosen) => {
+                    let first = self.next_try(
+                        b,
+                        (&targets, chosen),
+                        &mut progress,
+                        &tries,
+                        (trace, args),
+                        None,
+                        budget,
+                    );
+                    let Some(t) = first.await? else {
+                        unreachable!("next_try fails rather than return no first try");
+                    };
+                    t
+                }
             };
             let result = (&mut t.exchange).await;
             match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
@@ -243,7 +250,7 @@ impl BalancedCall<'_> {
                 let t = self
                     .next_try(
                         b,
-                        &targets,
+                        (&targets, None),
                         &mut progress,
                         &tries,
                         (trace, args),
@@ -293,14 +300,55 @@ impl BalancedCall<'_> {
         }
     }
 
+    /// The first try, when the balancer's plain choice has a connection open and the deadline
+    /// has not passed: no suspension point, no retry bookkeeping. Otherwise the provider
+    /// chosen, if any, for [`BalancedCall::next_try`] to start the try there (choosing again
+    /// would move a round robin past it) or to report why none could start.
+    fn ready_try<'a, 't, A: Args + ?Sized>(
+        &'a self,
+        b: &Balanced,
+        targets: &'t [Target],
+        (trace, args): (Option<TraceOut<'a>>, &'a A),
+        budget: Duration,
+        now_ns: u64,
+    ) -> Result<Try<'a, 't, A>, Option<&'t Target>> {
+        let target = choose_plainly(b, &self.pick, targets, now_ns, self.retry_lost).ok_or(None)?;
+        let conn = b.pool.open_connection(target).ok_or(Some(target))?;
+        let head = request_head(
+            self.name.service(),
+            self.name.method(),
+            self.idempotent,
+            self.deadline,
+            self.start,
+            self.trace_id,
+            self.meta,
+        )
+        .ok_or(Some(target))?;
+        let (in_flight, was_idle) = target.load().start_borrowed(now_ns);
+        b.pool.watch(was_idle);
+        let info = CallInfo {
+            name: self.name.clone(),
+            deadline: self.deadline,
+            budget,
+            hedge_at: None,
+        };
+        Ok(Try {
+            target,
+            in_flight,
+            sent_ns: now_ns,
+            exchange: conn.exchange_traced(head, trace, args, info),
+        })
+    }
+
     /// Starts the next try: a first try or a retry (connecting if need be, failing the call
     /// when no provider is left or the retry budget is spent), or a hedge (`Ok(None)` when no
-    /// other provider with an open connection can take it now, or the budget is spent).
+    /// other provider with an open connection can take it now, or the budget is spent). A
+    /// first try goes to `preferred` when the balancer already picked it.
     #[allow(clippy::too_many_arguments)]
     async fn next_try<'a, 't, A: Args + ?Sized>(
         &'a self,
         b: &Balanced,
-        targets: &'t [Target],
+        (targets, mut preferred): (&'t [Target], Option<&'t Target>),
         progress: &mut Progress,
         tries: &Tries<'a, 't, A>,
         (trace, args): (Option<TraceOut<'a>>, &'a A),
@@ -313,7 +361,9 @@ impl BalancedCall<'_> {
             let first = !hedge && progress.tried.is_empty() && progress.last.is_none();
             let now = if first { self.start } else { Instant::now() };
             let now_ns = clock_ns(now.into());
-            let chosen = if hedge {
+            let chosen = if let Some(target) = preferred.take() {
+                Some((target, false))
+            } else if hedge {
                 let busy: Vec<Arc<str>> = progress
                     .tried
                     .iter()

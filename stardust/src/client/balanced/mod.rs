@@ -155,6 +155,23 @@ fn deadline_passed(name: &CallName, fault: Option<(&str, Duration)>) -> Error {
     )
 }
 
+/// The balancer's choice when nothing calls for more (no probe may be due), if that provider
+/// is available: the common case, in which a call has tried nothing yet. `None` leaves the
+/// choice to [`choose`].
+pub(super) fn choose_plainly<'t>(
+    b: &Balanced,
+    pick: &Pick,
+    targets: &'t [Target],
+    now_ns: u64,
+    retryable: bool,
+) -> Option<&'t Target> {
+    if b.pool.probe_may_be_due(now_ns, retryable) {
+        return None;
+    }
+    let t = &targets[b.balancer.pick(targets, &Pick { now_ns, ..*pick }) % targets.len()];
+    available(&b.pool, t, now_ns).then_some(t)
+}
+
 /// The balancer's choice among the providers not in `exclude` (tried by this call, or holding
 /// one of its tries), not ejected and not suspect (or, when every one left is, among those);
 /// or a suspect provider whose probe is due, when the call may serve as its probe
@@ -169,13 +186,12 @@ pub(super) fn choose<'t>(
     retryable: bool,
 ) -> Option<(&'t Target, bool)> {
     let pool = &b.pool;
-    let pick = &Pick { now_ns, ..*pick };
-    if exclude.is_empty() && !pool.probe_may_be_due(now_ns, retryable) {
-        let t = &targets[b.balancer.pick(targets, pick) % targets.len()];
-        if available(pool, t, now_ns) {
-            return Some((t, false));
-        }
+    if exclude.is_empty()
+        && let Some(t) = choose_plainly(b, pick, targets, now_ns, retryable)
+    {
+        return Some((t, false));
     }
+    let pick = &Pick { now_ns, ..*pick };
     let untried = || targets.iter().filter(|t| !exclude.contains(&t.endpoint));
     let policy = &pool.policy;
     let ejection = policy.outliers.ejection.as_nanos() as u64;
