@@ -248,6 +248,36 @@ async fn typed_proxies_through_the_agent_behave_as_direct_ones() {
     control.expect(Event::Entered(5)).await;
     control.expect(Event::Dropped(5)).await;
 
+    // A call the consumer gives up on (its future dropped) is cancelled at the agent, which
+    // drops its forwarded call, which cancels it on the provider. Several wait at the agent at
+    // once, so it drops the one cancelled among others still waiting.
+    let held: Vec<_> = [6, 7, 8]
+        .into_iter()
+        .map(|key| {
+            let calc = calc.clone();
+            tokio::spawn(async move { calc.gate(key).await })
+        })
+        .collect();
+    let mut entered: Vec<u64> = Vec::new();
+    for _ in 0..3 {
+        match control.next().await {
+            Event::Entered(key) => entered.push(key),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    entered.sort();
+    assert_eq!(entered, [6, 7, 8]);
+    held[1].abort();
+    control.expect(Event::Dropped(7)).await;
+    control.release(6);
+    control.release(8);
+    for (task, key) in held.into_iter().zip([6, 7, 8]) {
+        match within("a held call to end", task).await {
+            Ok(answer) => assert_eq!(answer.unwrap(), key),
+            Err(e) => assert!(key == 7 && e.is_cancelled(), "{key}: {e}"),
+        }
+    }
+
     // One-way calls stay one-way.
     let record = CalcClient::DESCRIPTOR.method_index("record").unwrap();
     calc.client()

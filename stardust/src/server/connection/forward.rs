@@ -1,5 +1,18 @@
 //! Requests for services this server does not host, handed to its [`Forward`] (an agent).
+//!
+//! A forwarded call that is not answered at once waits in its connection's [`Forwarding`]: one
+//! task per connection polls all of them. Answers arriving together (a read batch of the
+//! provider's connection completes many calls at once) wake that task once, are queued
+//! together and leave in one write; a task per call would be woken, scheduled and flushed
+//! per call.
 
+use std::pin::Pin;
+
+use futures::future::Abortable;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+use super::tasks::{Registered, Running, Stop};
 use super::*;
 
 impl ServerConn {
@@ -7,10 +20,10 @@ impl ServerConn {
     /// with what it returns: the raw response body, or an `Error` frame with the error's code.
     ///
     /// Like a handler, the forwarding is polled once right here, so the request is on its way to
-    /// a provider before any task exists (and one answered at once, such as a service nobody
-    /// provides, needs none). Otherwise it becomes a task tracked like a handler's: a `Cancel`
-    /// (or the connection closing) drops it, a drain waits for it, and it counts toward the
-    /// in-flight cap.
+    /// a provider before anything else happens (and one answered at once, such as a service
+    /// nobody provides, is done). Otherwise it waits for its answer in the connection's
+    /// [`Forwarding`], tracked like a handler's task: a `Cancel` (or the connection closing)
+    /// drops it, a drain waits for it, and it counts toward the in-flight cap.
     pub(super) fn forward(
         self: &Arc<Self>,
         forward: &dyn Forward,
@@ -36,13 +49,24 @@ impl ServerConn {
             self.queue_forwarded(id, flags, outcome);
             return;
         }
-        let conn = self.clone();
-        self.track(h, move |key, task_id| async move {
-            let outcome = reply.await;
-            conn.queue_forwarded(id, flags, outcome);
-            conn.flush_finished();
-            conn.call_done(key, task_id);
+        let forwarding = self.forwarding.get_or_init(|| Forwarding::start(self.clone()));
+        let mut calls = self.calls.lock();
+        let Registered {
+            key,
+            task_id,
+            running,
+        } = self.register(&mut calls, h);
+        let (reply, stop) = futures::future::abortable(reply);
+        // Sent under the lock, with its way to stop it inserted: a `Cancel` finds it.
+        forwarding.send(Waiting {
+            reply,
+            id,
+            flags,
+            key,
+            task_id,
+            _running: running,
         });
+        calls.tasks.insert(key, (task_id, Stop::Forwarded(stop)));
     }
 
     /// Queues the answer to a forwarded request (nothing for a one-way one), without flushing.
@@ -70,4 +94,92 @@ impl ServerConn {
             Ok(())
         });
     }
+}
+
+/// The task driving a connection's forwarded calls, and the way new ones reach it.
+pub(super) struct Forwarding {
+    calls: mpsc::UnboundedSender<Waiting>,
+    driver: AbortHandle,
+}
+
+impl Forwarding {
+    fn start(conn: Arc<ServerConn>) -> Forwarding {
+        let (calls, waiting) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(conn, waiting)).abort_handle();
+        Forwarding { calls, driver }
+    }
+
+    fn send(&self, call: Waiting) {
+        // The driver outlives the connection's read loop (it is stopped by `abort_calls`, after
+        // the read loop): a call sent after that is dropped with the message, which cancels it.
+        let _ = self.calls.send(call);
+    }
+
+    /// Drops every forwarded call of the connection (it is closing).
+    pub(super) fn stop(&self) {
+        self.driver.abort();
+    }
+}
+
+type Reply = Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send>>;
+
+/// A forwarded call waiting for its answer, with what its answer frame and its bookkeeping
+/// need.
+struct Waiting {
+    reply: Abortable<Reply>,
+    id: u64,
+    flags: u8,
+    key: (bool, u64),
+    task_id: u64,
+    _running: Running,
+}
+
+/// A forwarded call that ended: with its outcome, or cancelled (`None`).
+struct Ended {
+    id: u64,
+    flags: u8,
+    key: (bool, u64),
+    task_id: u64,
+    outcome: Option<Result<Bytes, Error>>,
+}
+
+impl Future for Waiting {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Ended> {
+        let outcome = std::task::ready!(Pin::new(&mut self.reply).poll(cx)).ok();
+        Poll::Ready(Ended {
+            id: self.id,
+            flags: self.flags,
+            key: self.key,
+            task_id: self.task_id,
+            outcome,
+        })
+    }
+}
+
+/// Polls the connection's forwarded calls until it closes (the task is aborted then): takes in
+/// new ones, queues the answers of those that ended, and writes them once per wake-up.
+async fn drive(conn: Arc<ServerConn>, mut arriving: mpsc::UnboundedReceiver<Waiting>) {
+    let mut waiting = FuturesUnordered::new();
+    std::future::poll_fn(|cx| {
+        // New calls join the set; their first poll below registers this task's waker.
+        while let Poll::Ready(Some(call)) = arriving.poll_recv(cx) {
+            waiting.push(call);
+        }
+        let mut answered = false;
+        while let Poll::Ready(Some(ended)) = waiting.poll_next_unpin(cx) {
+            if let Some(outcome) = ended.outcome {
+                conn.queue_forwarded(ended.id, ended.flags, outcome);
+                answered = true;
+            }
+            conn.call_done(ended.key, ended.task_id);
+        }
+        if answered {
+            conn.out.flush_inline();
+        }
+        // Never ready: the connection's end aborts this task (the sender lives in `conn`).
+        Poll::<()>::Pending
+    })
+    .await
 }
