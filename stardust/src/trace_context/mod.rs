@@ -149,7 +149,7 @@ fn hex8_digits(v: u32) -> [u8; 8] {
     let mut n = u64::from(v);
     n = (n | n << 16) & 0x0000_ffff_0000_ffff;
     n = (n | n << 8) & 0x00ff_00ff_00ff_00ff;
-    n = (n | n << 4) & ONES * 0x0f;
+    n = (n | n << 4) & (ONES * 0x0f);
     // A byte is 10 or more exactly when adding 6 carries into its bit 4 (no byte overflows).
     let letter = ((n + ONES * 6) >> 4) & ONES;
     // '0' + n for digits; 'a' - 10 + n = '0' + 0x27 + n for letters.

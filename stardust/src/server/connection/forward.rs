@@ -49,7 +49,9 @@ impl ServerConn {
             self.queue_forwarded(id, flags, outcome);
             return;
         }
-        let forwarding = self.forwarding.get_or_init(|| Forwarding::start(self.clone()));
+        let forwarding = self
+            .forwarding
+            .get_or_init(|| Forwarding::start(self.clone()));
         let mut calls = self.calls.lock();
         let Registered {
             key,

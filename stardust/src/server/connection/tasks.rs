@@ -74,6 +74,8 @@ impl ServerConn {
         });
         // A client reusing the id of a call still running gets both answered, but only the newest
         // can be cancelled.
-        calls.tasks.insert(key, (task_id, Stop::Task(task.abort_handle())));
+        calls
+            .tasks
+            .insert(key, (task_id, Stop::Task(task.abort_handle())));
     }
 }
