@@ -56,7 +56,7 @@ pub(crate) trait Forward: Send + Sync + 'static {
 
     /// Starts forwarding the streaming call `call`, whose input arrives in `io.input` and whose
     /// output items go to `io.output`; the future gives the raw body of the final response or
-    /// the error. It runs as a task of its own, like [`Forward::forward`]'s; dropping it
+    /// the error. It runs as a task of its own (a stream is long-lived); dropping it
     /// (cancellation) must end the stream upstream too.
     fn forward_stream(
         &self,
