@@ -7,6 +7,7 @@
 //! per call.
 
 use std::pin::Pin;
+use std::sync::Weak;
 
 use futures::future::Abortable;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -49,9 +50,7 @@ impl ServerConn {
             self.queue_forwarded(id, flags, outcome);
             return;
         }
-        let forwarding = self
-            .forwarding
-            .get_or_init(|| Forwarding::start(self.clone()));
+        let forwarding = self.forwarding.get_or_init(|| Forwarding::start(self));
         let mut calls = self.calls.lock();
         let Registered {
             key,
@@ -105,9 +104,9 @@ pub(super) struct Forwarding {
 }
 
 impl Forwarding {
-    fn start(conn: Arc<ServerConn>) -> Forwarding {
+    fn start(conn: &Arc<ServerConn>) -> Forwarding {
         let (calls, waiting) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(drive(conn, waiting)).abort_handle();
+        let driver = tokio::spawn(drive(Arc::downgrade(conn), waiting)).abort_handle();
         Forwarding { calls, driver }
     }
 
@@ -160,15 +159,24 @@ impl Future for Waiting {
     }
 }
 
-/// Polls the connection's forwarded calls until it closes (the task is aborted then): takes in
-/// new ones, queues the answers of those that ended, and writes them once per wake-up.
-async fn drive(conn: Arc<ServerConn>, mut arriving: mpsc::UnboundedReceiver<Waiting>) {
+/// Polls the connection's forwarded calls until it closes: takes in new ones, queues the
+/// answers of those that ended, and writes them once per wake-up. The connection's end aborts
+/// it; it holds the connection weakly (the connection holds its sender), so it also ends if the
+/// connection is dropped without that.
+async fn drive(conn: Weak<ServerConn>, mut arriving: mpsc::UnboundedReceiver<Waiting>) {
     let mut waiting = FuturesUnordered::new();
     std::future::poll_fn(|cx| {
         // New calls join the set; their first poll below registers this task's waker.
-        while let Poll::Ready(Some(call)) = arriving.poll_recv(cx) {
-            waiting.push(call);
+        loop {
+            match arriving.poll_recv(cx) {
+                Poll::Ready(Some(call)) => waiting.push(call),
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
         }
+        let Some(conn) = conn.upgrade() else {
+            return Poll::Ready(());
+        };
         let mut answered = false;
         while let Poll::Ready(Some(ended)) = waiting.poll_next_unpin(cx) {
             if let Some(outcome) = ended.outcome {
@@ -180,8 +188,7 @@ async fn drive(conn: Arc<ServerConn>, mut arriving: mpsc::UnboundedReceiver<Wait
         if answered {
             conn.out.flush_inline();
         }
-        // Never ready: the connection's end aborts this task (the sender lives in `conn`).
-        Poll::<()>::Pending
+        Poll::Pending
     })
     .await
 }
