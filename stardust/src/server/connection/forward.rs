@@ -13,7 +13,7 @@ use futures::future::Abortable;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
-use super::tasks::{Registered, Running, Stop};
+use super::tasks::{Running, Stop};
 use super::*;
 
 impl ServerConn {
@@ -51,23 +51,18 @@ impl ServerConn {
             return;
         }
         let forwarding = self.forwarding.get_or_init(|| Forwarding::start(self));
-        let mut calls = self.calls.lock();
-        let Registered {
-            key,
-            task_id,
-            running,
-        } = self.register(&mut calls, h);
-        let (reply, stop) = futures::future::abortable(reply);
-        // Sent under the lock, with its way to stop it inserted: a `Cancel` finds it.
-        forwarding.send(Waiting {
-            reply,
-            id,
-            flags,
-            key,
-            task_id,
-            _running: running,
+        self.register(h, |r| {
+            let (reply, stop) = futures::future::abortable(reply);
+            forwarding.send(Waiting {
+                reply,
+                id,
+                flags,
+                key: r.key,
+                task_id: r.task_id,
+                _running: r.running,
+            });
+            Stop::Forwarded(stop)
         });
-        calls.tasks.insert(key, (task_id, Stop::Forwarded(stop)));
     }
 
     /// Queues the answer to a forwarded request (nothing for a one-way one), without flushing.

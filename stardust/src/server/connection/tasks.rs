@@ -40,19 +40,23 @@ pub(super) struct Registered {
 }
 
 impl ServerConn {
-    /// Registers the call `h` starts, under the lock held in `calls`; the caller inserts how to
-    /// stop it before releasing the lock, so the call's own removal cannot race ahead.
-    pub(super) fn register(&self, calls: &mut InFlight, h: &Header) -> Registered {
+    /// Registers the call `h` starts and starts it with `start`, which returns how to stop it.
+    /// All under the lock: the call's own removal ([`ServerConn::call_done`]) cannot race
+    /// ahead of its registration. A client reusing the id of a call still running gets both
+    /// answered, but only the newest can be cancelled.
+    pub(super) fn register(&self, h: &Header, start: impl FnOnce(Registered) -> Stop) {
+        let mut calls = self.calls.lock();
         let one_way = h.flags & FLAG_ONE_WAY != 0;
         let key = (one_way, if one_way { calls.next_task } else { h.id });
         let task_id = calls.next_task;
         calls.next_task += 1;
         self.running.fetch_add(1, Ordering::AcqRel);
-        Registered {
+        let stop = start(Registered {
             key,
             task_id,
             running: Running(self.running.clone()),
-        }
+        });
+        calls.tasks.insert(key, (task_id, stop));
     }
 
     /// Runs the future `make` builds as a task of its own, registered (for cancellation and
@@ -61,21 +65,14 @@ impl ServerConn {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let mut calls = self.calls.lock();
-        let Registered {
-            key,
-            task_id,
-            running,
-        } = self.register(&mut calls, h);
-        let call = make(key, task_id);
-        let task = tokio::spawn(async move {
-            let _running = running;
-            call.await
+        self.register(h, |r| {
+            let call = make(r.key, r.task_id);
+            let running = r.running;
+            let task = tokio::spawn(async move {
+                let _running = running;
+                call.await
+            });
+            Stop::Task(task.abort_handle())
         });
-        // A client reusing the id of a call still running gets both answered, but only the newest
-        // can be cancelled.
-        calls
-            .tasks
-            .insert(key, (task_id, Stop::Task(task.abort_handle())));
     }
 }
