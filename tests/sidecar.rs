@@ -310,6 +310,48 @@ async fn typed_proxies_through_the_agent_behave_as_direct_ones() {
     assert!(err.message().contains("via_agent"), "{err}");
 }
 
+/// A graceful agent shutdown lets the calls it is forwarding finish: they are answered, and
+/// the shutdown completes once the last one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_shutting_down_answers_the_calls_it_is_forwarding() {
+    let node = registry().await;
+    let (_provider_star, _provider, mut control) = calc_provider(&node).await;
+    let agent = start_agent(&node, 16).await;
+    let star = consumer(&agent).await;
+    let calc = star.client::<CalcClient>();
+    within("the provider to be found", async {
+        while let Err(e) = calc.add(1, 2).await {
+            assert_eq!(e.kind(), ErrorKind::NoProvider, "{e}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let held: Vec<_> = [11, 12]
+        .into_iter()
+        .map(|key| {
+            let calc = calc.clone();
+            tokio::spawn(async move { calc.gate(key).await })
+        })
+        .collect();
+    for _ in 0..2 {
+        assert!(matches!(control.next().await, Event::Entered(_)));
+    }
+    let shutdown = tokio::spawn(agent.shutdown());
+    // The agent waits for its forwarded calls rather than dropping them.
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished());
+    control.release(11);
+    control.release(12);
+    for (task, key) in held.into_iter().zip([11, 12]) {
+        let answer = within("a forwarded call to be answered", task).await;
+        assert_eq!(answer.unwrap().unwrap(), key);
+    }
+    within("the agent to finish shutting down", shutdown)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_pass_through_the_agent_with_flow_control_end_to_end() {
     use logs_service::*;
