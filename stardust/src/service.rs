@@ -155,10 +155,23 @@ pub(crate) enum CallName {
 }
 
 impl CallName {
-    /// Names known only at run time (one allocation, shared by every attempt of the call).
+    /// Names known only at run time (one allocation, shared by every attempt of the call; an
+    /// agent makes one per forwarded call).
     pub(crate) fn shared(service: &str, method: &str) -> CallName {
+        let len = service.len() + 1 + method.len();
+        let mut buf = [0u8; 128];
+        let full: Arc<str> = match buf.get_mut(..len) {
+            // Joined on the stack: `Arc<str>` copies its text in any case.
+            Some(joined) => {
+                joined[..service.len()].copy_from_slice(service.as_bytes());
+                joined[service.len()] = b'.';
+                joined[service.len() + 1..].copy_from_slice(method.as_bytes());
+                Arc::from(std::str::from_utf8(joined).expect("two strings and a dot"))
+            }
+            None => Arc::from(format!("{service}.{method}")),
+        };
         CallName::Shared {
-            full: Arc::from(format!("{service}.{method}")),
+            full,
             split: service.len(),
         }
     }
@@ -420,4 +433,20 @@ pub fn unknown_method(descriptor: &ServiceDescriptor, method: usize) -> Error {
             descriptor.name
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_names_keep_service_and_method_apart() {
+        let long = "s".repeat(200);
+        for (service, method) in [("calc.Calc", "add"), ("", ""), (long.as_str(), "m")] {
+            let name = CallName::shared(service, method);
+            assert_eq!(name.service(), service);
+            assert_eq!(name.method(), method);
+            assert_eq!(name.to_string(), format!("{service}.{method}"));
+        }
+    }
 }
