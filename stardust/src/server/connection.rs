@@ -130,8 +130,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             .unwrap_or(DEFAULT_MAX_FRAME)
             .max(MIN_MAX_FRAME),
         // The read loop queues a whole batch of responses before it waits for more input, so
-        // the writer can flush as soon as it runs. Forwarded calls (an agent) are answered by
-        // many tasks instead: the writer gathers what they queue together.
+        // the writer can flush as soon as it runs. An agent's forwarded streams are relayed by
+        // tasks of their own instead: the writer gathers what they queue together. (Its
+        // forwarded unary calls are answered by the connection's forwarding task, which writes
+        // its batch itself.)
         if shared.forward.is_some() {
             Flush::Coalesce
         } else {
