@@ -130,10 +130,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             .unwrap_or(DEFAULT_MAX_FRAME)
             .max(MIN_MAX_FRAME),
         // The read loop queues a whole batch of responses before it waits for more input, so
-        // the writer can flush as soon as it runs. An agent's forwarded streams are relayed by
-        // tasks of their own instead: the writer gathers what they queue together. (Its
-        // forwarded unary calls are answered by the connection's forwarding task, which writes
-        // its batch itself.)
+        // the writer can flush as soon as it runs. An agent's answers also come from other
+        // tasks (its forwarding task, the tasks relaying streams): when the writer has the
+        // flush, it lets them queue first, and they share its write (measured: better for the
+        // agent than flushing at once, see benches/RESULTS.md).
         if shared.forward.is_some() {
             Flush::Coalesce
         } else {
