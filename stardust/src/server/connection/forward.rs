@@ -55,10 +55,12 @@ impl ServerConn {
             let (reply, stop) = futures::future::abortable(reply);
             forwarding.send(Waiting {
                 reply,
-                id,
-                flags,
-                key: r.key,
-                task_id: r.task_id,
+                origin: Origin {
+                    id,
+                    flags,
+                    key: r.key,
+                    task_id: r.task_id,
+                },
                 _running: r.running,
             });
             Stop::Forwarded(stop)
@@ -119,38 +121,30 @@ impl Forwarding {
 
 type Reply = Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send>>;
 
-/// A forwarded call waiting for its answer, with what its answer frame and its bookkeeping
-/// need.
-struct Waiting {
-    reply: Abortable<Reply>,
+/// Where a forwarded call's answer goes: its request (the answer frame) and its entry in the
+/// connection's call table.
+#[derive(Clone, Copy)]
+struct Origin {
     id: u64,
     flags: u8,
     key: (bool, u64),
     task_id: u64,
+}
+
+/// A forwarded call waiting for its answer.
+struct Waiting {
+    reply: Abortable<Reply>,
+    origin: Origin,
     _running: Running,
 }
 
-/// A forwarded call that ended: with its outcome, or cancelled (`None`).
-struct Ended {
-    id: u64,
-    flags: u8,
-    key: (bool, u64),
-    task_id: u64,
-    outcome: Option<Result<Bytes, Error>>,
-}
-
 impl Future for Waiting {
-    type Output = Ended;
+    /// The call's origin, and its outcome (`None`: cancelled).
+    type Output = (Origin, Option<Result<Bytes, Error>>);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Ended> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let outcome = std::task::ready!(Pin::new(&mut self.reply).poll(cx)).ok();
-        Poll::Ready(Ended {
-            id: self.id,
-            flags: self.flags,
-            key: self.key,
-            task_id: self.task_id,
-            outcome,
-        })
+        Poll::Ready((self.origin, outcome))
     }
 }
 
@@ -173,12 +167,12 @@ async fn drive(conn: Weak<ServerConn>, mut arriving: mpsc::UnboundedReceiver<Wai
             return Poll::Ready(());
         };
         let mut answered = false;
-        while let Poll::Ready(Some(ended)) = waiting.poll_next_unpin(cx) {
-            if let Some(outcome) = ended.outcome {
-                conn.queue_forwarded(ended.id, ended.flags, outcome);
+        while let Poll::Ready(Some((origin, outcome))) = waiting.poll_next_unpin(cx) {
+            if let Some(outcome) = outcome {
+                conn.queue_forwarded(origin.id, origin.flags, outcome);
                 answered = true;
             }
-            conn.call_done(ended.key, ended.task_id);
+            conn.call_done(origin.key, origin.task_id);
         }
         if answered {
             conn.out.flush_inline();
