@@ -178,8 +178,8 @@ fn endpoint(n: &Node) -> String {
 }
 
 /// Idempotent calls from `client` while `victim` stalls: asserts that none fails, that
-/// throughput during the stall is at least half of before, and that after detection only probes
-/// reach the stalled provider.
+/// throughput during the stall has not collapsed (at least a quarter of before), and that after
+/// detection only probes reach the stalled provider.
 async fn idempotent_calls_survive_a_stall(how: &str, client: &WhereClient, victim: &Node) {
     let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Seen::default()));
     let tasks = callers(client, true, &stop, &seen);
@@ -202,8 +202,13 @@ async fn idempotent_calls_survive_a_stall(how: &str, client: &WhereClient, victi
     );
     let failed = seen.failed.lock().unwrap();
     assert!(failed.is_empty(), "idempotent calls failed: {failed:?}");
+    // A coarse bound: on a loaded 2-core machine two windows with no stall at all differ by
+    // up to 2.5x (31k to 84k calls per window were measured through the agent, with a ratio
+    // of 0.43 between the two windows of one run, old code and new alike). What this guards
+    // against is calls piling up behind the stalled provider; that only probes reach it is
+    // asserted exactly below.
     assert!(
-        during * 2 >= before,
+        during * 4 >= before,
         "throughput during the stall {during} per {WINDOW:?}, before {before}"
     );
     // One probe per second, plus calls that chose the provider just before it was suspected
@@ -372,8 +377,13 @@ async fn a_provider_frozen_with_sigstop_is_routed_around() {
     eprintln!("per {WINDOW:?}: {before} calls before, {during} while a provider was frozen");
     let failed = seen.failed.lock().unwrap();
     assert!(failed.is_empty(), "idempotent calls failed: {failed:?}");
+    // A coarse bound: on a loaded 2-core machine two windows with no stall at all differ by
+    // up to 2.5x (31k to 84k calls per window were measured through the agent, with a ratio
+    // of 0.43 between the two windows of one run, old code and new alike). What this guards
+    // against is calls piling up behind the stalled provider; that only probes reach it is
+    // asserted exactly below.
     assert!(
-        during * 2 >= before,
+        during * 4 >= before,
         "throughput while a provider was frozen {during} per {WINDOW:?}, before {before}"
     );
 }
