@@ -450,8 +450,19 @@ fn load_file(path: &Path) -> Result<Option<(Vec<Key>, FileStamp)>, KeyError> {
 fn create_file(path: &Path) -> Result<(), KeyError> {
     let key = Key::generate()?;
     let kid = key.kid.clone();
-    // `create_new`: if another process creates the file at the same time, theirs wins.
-    match write_new(path, &render(&[key])) {
+    // Written whole beside the path, then linked in place: `link` fails if the path exists, so
+    // when another registry creates the file at the same time theirs wins, and nobody ever reads
+    // a file half written (creating the path itself and then writing it would let a registry
+    // starting beside this one read it empty).
+    let tmp = temp_beside(path)?;
+    let text = render(&[key]);
+    let created = write_new(&tmp, &text).and_then(|()| match std::fs::hard_link(&tmp, path) {
+        // A file system without hard links: create the path itself (the race stays there only).
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => write_new(path, &text),
+        linked => linked,
+    });
+    let _ = std::fs::remove_file(&tmp);
+    match created {
         Ok(()) => {
             tracing::info!(path = %path.display(), %kid, "created the key file with a fresh signing key");
             Ok(())
@@ -480,6 +491,17 @@ fn render(keys: &[Key]) -> String {
 
 /// Replaces the file atomically: a private temporary file beside it, renamed over it.
 fn write_file(path: &Path, keys: &[Key]) -> Result<(), KeyError> {
+    let tmp = temp_beside(path)?;
+    let result = write_new(&tmp, &render(keys)).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| KeyError::io(path, e))
+}
+
+/// A fresh name for a temporary file in the same directory as `path` (so a rename or link to
+/// `path` stays on one file system), unique to this process and call.
+fn temp_beside(path: &Path) -> Result<PathBuf, KeyError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let name = path
         .file_name()
@@ -492,15 +514,10 @@ fn write_file(path: &Path, keys: &[Key]) -> Result<(), KeyError> {
         std::process::id(),
         URL_SAFE_NO_PAD.encode(nonce)
     );
-    let tmp = match dir {
+    Ok(match dir {
         Some(d) => d.join(tmp_name),
         None => PathBuf::from(tmp_name),
-    };
-    let result = write_new(&tmp, &render(keys)).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| KeyError::io(path, e))
+    })
 }
 
 fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
@@ -562,6 +579,31 @@ mod tests {
         assert_eq!(again.signing_kid(), ring.signing_kid());
         let claims = token::verify(&tok, &again.key_set(), SystemTime::now()).unwrap();
         assert_eq!(claims.app, "web");
+    }
+
+    #[test]
+    fn registries_creating_one_key_file_at_once_all_read_it_whole() {
+        // Several registries starting together on one new key file: one creates it, every one
+        // opens the same key, none reads it half written. Repeated, as the race is narrow.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys.toml");
+            let start = std::sync::Barrier::new(4);
+            let kids: Vec<String> = std::thread::scope(|s| {
+                let opens: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            KeyRing::open(&path, HOUR).unwrap().signing_kid()
+                        })
+                    })
+                    .collect();
+                opens.into_iter().map(|o| o.join().unwrap()).collect()
+            });
+            assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(left.len(), 1, "temporary files were left behind");
+        }
     }
 
     #[test]

@@ -307,11 +307,13 @@ fn serve(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // Before the node binds: its own log line says it is listening, and a script may signal
+        // the process as soon as it reads that line, not only the announcement below.
+        let stop = shutdown_signal();
         let node = RegistryNode::builder().config(cfg).bind(addr).await?;
         let http = node
             .http_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
-        let stop = shutdown_signal();
         announce(&format!("registry={} http={http}", node.local_addr()));
         stop.await;
         tracing::info!("shutting down");
@@ -331,9 +333,12 @@ fn announce(addrs: &str) {
 }
 
 /// Installs the handlers of Ctrl-C (SIGINT) and SIGTERM now, and returns what resolves on the
-/// first of them. Called before the bound addresses are announced: a script that signals the
-/// process as soon as it reads them must find the handlers in place, not the default action
-/// (which would kill the process without a graceful stop).
+/// first of them. Called before anything says the process is listening (its log lines or the
+/// announcement): a script that signals the process as soon as it reads one must find the
+/// handlers in place and the receivers subscribed. Without a handler the default action kills
+/// the process without a graceful stop; worse, a signal that arrives after tokio installs its
+/// handler but before the receiver subscribes is dropped (tokio broadcasts to the receivers
+/// that exist), and the process would then wait for a stop that never comes.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
@@ -389,8 +394,9 @@ fn agent(args: AgentArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let agent = builder.start().await?;
+        // Before the agent starts, for the reason given in `serve`.
         let stop = shutdown_signal();
+        let agent = builder.start().await?;
         announce(&format!("agent={}", agent.local_addr()));
         stop.await;
         tracing::info!("shutting down");

@@ -9,7 +9,8 @@ use common::*;
 use stardust::discovery::api::RegistryError;
 use stardust_registry::{AppConfig, Config};
 
-fn config() -> Config {
+/// The test's apps, with a key file in `dir` (a directory of the test's own, removed after it).
+fn config(dir: &std::path::Path) -> Config {
     Config::new()
         .with_app(
             "calc",
@@ -30,14 +31,13 @@ fn config() -> Config {
                 .consume(["shop.Cart"]),
         )
         .with_app("web", AppConfig::with_secret("web-secret").unwrap())
-        .with_key_file(
-            std::env::temp_dir().join(format!("stardust-describe-{}.toml", std::process::id())),
-        )
+        .with_key_file(dir.join("keys.toml"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_description_of_a_version_is_kept_and_a_different_one_shown_as_a_conflict() {
-    let node = start(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
     let addr = node.local_addr();
     let (first, _) = login(addr, "calc", "calc-secret").await;
     let (second, _) = login(addr, "calc2", "calc2-secret").await;
@@ -95,7 +95,8 @@ async fn the_first_description_of_a_version_is_kept_and_a_different_one_shown_as
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_descriptions_are_refused_with_the_registration() {
-    let node = start(config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
     let (calc, _) = login(node.local_addr(), "calc", "calc-secret").await;
     let mut r = registration("calc.Calculator", "1.0.0", "127.0.0.1:9001");
     let mut d = calc_description("i64");
