@@ -505,3 +505,77 @@ async fn a_balanced_stream_refused_before_its_first_item_opens_on_another_provid
         assert_eq!(lines, [0, 1, 2].map(|n| format!("B:f{i}:{n}")));
     }
 }
+
+/// Calls that wait on a named gate until a later call opens it (one `hold` per `release`), as
+/// a lock or a queue a consumer drives itself.
+#[stardust::service(name = "test.Gate", version = "1.0.0")]
+trait Gate {
+    /// Waits until one `release(key)`, then returns `key`.
+    async fn hold(&self, key: u64) -> u64;
+    /// Lets one `hold(key)`, present or future, return.
+    async fn release(&self, key: u64);
+}
+
+#[derive(Clone, Default)]
+struct GateImpl {
+    gates: Arc<parking_lot::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Semaphore>>>>,
+}
+
+impl GateImpl {
+    fn gate(&self, key: u64) -> Arc<tokio::sync::Semaphore> {
+        let mut gates = self.gates.lock();
+        let gate = gates
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(0)));
+        gate.clone()
+    }
+}
+
+impl Gate for GateImpl {
+    async fn hold(&self, key: u64) -> u64 {
+        self.gate(key).acquire().await.expect("open").forget();
+        key
+    }
+
+    async fn release(&self, key: u64) {
+        self.gate(key).add_permits(1);
+    }
+}
+
+/// A consumer cancels a call waiting at the provider, then sends a call that would have let
+/// the cancelled one finish: the agent must tell the provider about the cancel before it
+/// forwards the later call (the consumer sent them in that order). Were it the other way
+/// round, the cancelled `hold` would take the `release`, and the next `hold` would wait for
+/// ever. Repeated, as the window is narrow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_provider_before_what_the_consumer_sent_after_it() {
+    let node = registry().await;
+    let provider_star = provider_star(&node).await;
+    let _provider = provider_star
+        .serve(
+            Server::builder().serve(GateServer::new(GateImpl::default())),
+            "127.0.0.1:0",
+        )
+        .await
+        .expect("serve");
+    let agent = start_agent(&node, 16).await;
+    let star = consumer(&agent).await;
+    let gate = star.client::<GateClient>();
+    within("the provider to be found", async {
+        while let Err(e) = gate.release(0).await {
+            assert_eq!(e.kind(), ErrorKind::NoProvider, "{e}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for key in 1..=100u64 {
+        let mut held = Box::pin(gate.hold(key));
+        // Polled once: the request is on its way. Dropped: the call is cancelled.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(held.as_mut().poll(&mut cx).is_pending());
+        drop(held);
+        gate.release(key).await.unwrap();
+        let again = within("a hold after its cancelled twin", gate.hold(key)).await;
+        assert_eq!(again.unwrap(), key);
+    }
+}

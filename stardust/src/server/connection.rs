@@ -50,6 +50,8 @@ pub(crate) struct ServerConn {
     requests: AtomicU64,
     drained: Notify,
     writer: AbortHandle,
+    /// The task driving this connection's forwarded calls (an agent's), from the first one on.
+    forwarding: std::sync::OnceLock<forward::Forwarding>,
     /// Streaming calls open on the connection, by request id.
     streams: Mutex<streams::Streams>,
     /// The credit the client grants each stream for this side's items (its `Hello`).
@@ -65,7 +67,7 @@ struct InFlight {
     /// Keyed by `(one_way, request id)`: one-way calls share no id space with answered ones (their
     /// id means nothing), and each entry remembers which task owns it, so a finished task never
     /// removes the entry of a newer call that reused its id.
-    tasks: HashMap<(bool, u64), (u64, AbortHandle)>,
+    tasks: HashMap<(bool, u64), (u64, tasks::Stop)>,
     next_task: u64,
     draining: bool,
 }
@@ -128,8 +130,10 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
             .unwrap_or(DEFAULT_MAX_FRAME)
             .max(MIN_MAX_FRAME),
         // The read loop queues a whole batch of responses before it waits for more input, so
-        // the writer can flush as soon as it runs. Forwarded calls (an agent) are answered by
-        // many tasks instead: the writer gathers what they queue together.
+        // the writer can flush as soon as it runs. An agent's answers also come from other
+        // tasks (its forwarding task, the tasks relaying streams): when the writer has the
+        // flush, it lets them queue first, and they share its write (measured: better for the
+        // agent than flushing at once, see benches/RESULTS.md).
         if shared.forward.is_some() {
             Flush::Coalesce
         } else {
@@ -169,6 +173,7 @@ pub(crate) async fn serve(shared: Arc<ServerShared>, stream: TcpStream, peer: So
         requests: AtomicU64::new(0),
         drained: Notify::new(),
         writer: writer.abort_handle(),
+        forwarding: std::sync::OnceLock::new(),
         streams: Mutex::new(streams::Streams::default()),
         peer_stream_window,
         config_max_frame: shared.config.max_frame,
@@ -453,12 +458,16 @@ impl ServerConn {
     }
 
     fn cancel(&self, id: u64) {
-        let mut calls = self.calls.lock();
-        if let Some((_, task)) = calls.tasks.remove(&(false, id)) {
-            task.abort();
-            if calls.draining && calls.tasks.is_empty() {
+        let stop = {
+            let mut calls = self.calls.lock();
+            let stop = calls.tasks.remove(&(false, id));
+            if stop.is_some() && calls.draining && calls.tasks.is_empty() {
                 self.drained.notify_waiters();
             }
+            stop
+        };
+        if let Some((_, stop)) = stop {
+            stop.abort();
         }
     }
 
@@ -478,7 +487,7 @@ impl ServerConn {
         }
     }
 
-    /// Called by a spawned call when it finished.
+    /// Called when a call that outlived its batch finished (a spawned one, a forwarded one).
     pub(crate) fn call_done(&self, key: (bool, u64), task_id: u64) {
         let mut calls = self.calls.lock();
         if calls
@@ -540,7 +549,7 @@ impl ServerConn {
     }
 
     fn abort_calls(&self) {
-        let tasks: Vec<AbortHandle> = self
+        let tasks: Vec<tasks::Stop> = self
             .calls
             .lock()
             .tasks
@@ -549,6 +558,10 @@ impl ServerConn {
             .collect();
         for t in tasks {
             t.abort();
+        }
+        // Its forwarded calls go with it (dropped, which cancels them upstream).
+        if let Some(f) = self.forwarding.get() {
+            f.stop();
         }
     }
 

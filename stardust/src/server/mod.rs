@@ -49,14 +49,14 @@ pub use crate::transport::{EncodedNotification, Notifier};
 /// lookup fails, so hosted services never pay for it.
 pub(crate) trait Forward: Send + Sync + 'static {
     /// Starts forwarding `call`; the future gives the raw body of the response (sent back in a
-    /// `Response` frame as it is) or the error to answer with. The future runs as a task of its
-    /// own, tracked like a handler's (cancellation, drain, the in-flight cap). For a one-way
-    /// request its output is dropped.
+    /// `Response` frame as it is) or the error to answer with. The future is polled once at
+    /// once, then by the connection's forwarding task, tracked like a handler's task
+    /// (cancellation, drain, the in-flight cap). For a one-way request its output is dropped.
     fn forward(&self, call: Forwarded) -> BoxFuture<'static, Result<Bytes, Error>>;
 
     /// Starts forwarding the streaming call `call`, whose input arrives in `io.input` and whose
     /// output items go to `io.output`; the future gives the raw body of the final response or
-    /// the error. It runs as a task of its own, like [`Forward::forward`]'s; dropping it
+    /// the error. It runs as a task of its own (a stream is long-lived); dropping it
     /// (cancellation) must end the stream upstream too.
     fn forward_stream(
         &self,
