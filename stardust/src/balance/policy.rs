@@ -34,6 +34,10 @@ pub(crate) struct RetryBudget {
     floor_milli: u64,
     share_milli: u64,
     cap_milli: u64,
+    /// How long the floor takes to earn a thousandth of a token (rounded down): a refill asked
+    /// for sooner than that after the last one has nothing to add, and says so without
+    /// arithmetic (the common case: every call deposits).
+    ns_per_milli: u64,
     /// Thousandths of a token.
     tokens: AtomicU64,
     /// When the floor was last added ([`clock_ns`]).
@@ -50,6 +54,9 @@ impl RetryBudget {
             floor_milli,
             share_milli,
             cap_milli: 10 * floor_milli + 100 * share_milli,
+            ns_per_milli: 1_000_000_000u64
+                .checked_div(floor_milli)
+                .unwrap_or(u64::MAX),
             // Starts with one second of the floor.
             tokens: AtomicU64::new(floor_milli),
             refilled_ns: AtomicU64::new(clock_ns(std::time::Instant::now())),
@@ -75,6 +82,9 @@ impl RetryBudget {
             return;
         }
         let last = self.refilled_ns.load(Ordering::Relaxed);
+        if now_ns.saturating_sub(last) < self.ns_per_milli {
+            return;
+        }
         let earned = (u128::from(now_ns.saturating_sub(last)) * u128::from(self.floor_milli)
             / 1_000_000_000) as u64;
         if earned == 0 {
@@ -92,9 +102,10 @@ impl RetryBudget {
     }
 
     /// A call was made (its first attempt).
-    pub(crate) fn deposit(&self, now: std::time::Instant) {
+    /// `now_ns` is [`clock_ns`]'s time (the call's start, which the caller has at hand).
+    pub(crate) fn deposit(&self, now_ns: u64) {
         self.add(self.share_milli);
-        self.refill(clock_ns(now));
+        self.refill(now_ns);
     }
 
     /// Spends a token for a retry, if there is one.
@@ -347,7 +358,7 @@ mod tests {
         assert_eq!((0..20).filter(|_| budget.withdraw(t0)).count(), 10);
         // 100 calls earn 20 retries.
         for _ in 0..100 {
-            budget.deposit(t0);
+            budget.deposit(clock_ns(t0));
         }
         assert_eq!((0..50).filter(|_| budget.withdraw(t0)).count(), 20);
         // Half a second later, half a second of the floor.
@@ -358,7 +369,7 @@ mod tests {
         assert_eq!((0..500).filter(|_| budget.withdraw(t2)).count(), 120);
         // No floor, no share: no retries at all.
         let none = RetryBudget::new(0, 0.0);
-        none.deposit(t2);
+        none.deposit(clock_ns(t2));
         assert!(!none.withdraw(t2 + Duration::from_secs(60)));
     }
 }

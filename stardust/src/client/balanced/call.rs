@@ -200,50 +200,60 @@ impl BalancedCall<'_> {
             .deadline
             .map_or(Duration::ZERO, |d| d.saturating_duration_since(self.start));
         let targets = routed_providers(b, &self.name, self.meta, self.deadline, true).await?;
-        let policy = &b.pool.policy;
-        policy.budget.deposit(self.start.into());
         let start_ns = clock_ns(self.start.into());
+        b.pool.policy.budget.deposit(start_ns);
         let tracker = self.tracker(b);
         let hedge_delay = self.hedge_delay(tracker.as_deref(), start_ns);
+        let mut progress = Progress::default();
+        let mut preferred = None;
+        if hedge_delay.is_none() {
+            // The common case, a call that is not hedged, whose provider has a connection
+            // open: its one try starts and is awaited right here. Everything else (retries,
+            // hedges, connecting) is in `run_tries`, boxed, so that none of its state weighs
+            // on this call's future.
+            match self.ready_try(b, &targets, (trace, args), budget, start_ns) {
+                Ok(mut t) => {
+                    let result = (&mut t.exchange).await;
+                    match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
+                        Settled::Done(result) => return result,
+                        Settled::TryAgain => {}
+                    }
+                }
+                Err(chosen) => preferred = chosen,
+            }
+        }
+        let tries = self.run_tries(
+            b,
+            (&targets, preferred),
+            progress,
+            (trace, args),
+            (tracker.as_deref(), hedge_delay),
+            budget,
+        );
+        Box::pin(tries).await
+    }
+
+    /// The general path of a call: tries one provider after another (starting at `preferred`
+    /// when the balancer already picked it), with hedges when `hedge_delay` is set, until one
+    /// settles the call.
+    async fn run_tries<'a, 't, A: Args + ?Sized>(
+        &'a self,
+        b: &Balanced,
+        (targets, mut preferred): (&'t [Target], Option<&'t Target>),
+        mut progress: Progress,
+        (trace, args): (Option<TraceOut<'a>>, &'a A),
+        (tracker, hedge_delay): (Option<&LatencyTracker>, Option<Duration>),
+        budget: Duration,
+    ) -> Result<Bytes, Error> {
         let mut hedges_left = if hedge_delay.is_some() {
             self.hedging.max_extra
         } else {
             0
         };
-        let mut progress = Progress::default();
         let mut tries: Tries<'_, '_, A> = Tries {
             first: None,
             more: Vec::new(),
         };
-        if hedge_delay.is_none() {
-            // The common case, a call that is not hedged: its first try is awaited in place,
-            // without the set of tries; only a try that fails in a way another provider may
-            // fix goes on to the general loop below (as its retry). Its provider nearly always
-            // has a connection open: then the try starts without the general path's machinery.
-            let mut t = match self.ready_try(b, &targets, (trace, args), budget, start_ns) {
-                Ok(t) => t,
-                Err(chosen) => {
-                    let first = self.next_try(
-                        b,
-                        (&targets, chosen),
-                        &mut progress,
-                        &tries,
-                        (trace, args),
-                        None,
-                        budget,
-                    );
-                    let Some(t) = first.await? else {
-                        unreachable!("next_try fails rather than return no first try");
-                    };
-                    t
-                }
-            };
-            let result = (&mut t.exchange).await;
-            match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
-                Settled::Done(result) => return result,
-                Settled::TryAgain => {}
-            }
-        }
         let mut start_one = true;
         loop {
             if start_one {
@@ -252,7 +262,7 @@ impl BalancedCall<'_> {
                 let t = self
                     .next_try(
                         b,
-                        (&targets, None),
+                        (targets, preferred.take()),
                         &mut progress,
                         &tries,
                         (trace, args),
@@ -275,7 +285,7 @@ impl BalancedCall<'_> {
                     }
                 }
                 Event::Ended(t, result) => {
-                    match self.settle(b, t, result, tracker.as_deref(), &mut progress) {
+                    match self.settle(b, t, result, tracker, &mut progress) {
                         Settled::Done(result) => {
                             // The tries still out did not answer in time: their providers' silence
                             // counts (and a passed deadline against each), then dropping them
