@@ -1,14 +1,15 @@
 //! Bodies of the frames: how each kind's MessagePack body is laid out.
 //!
-//! The request body is written and read with the low-level `rmp` functions instead of serde, so the
-//! hot path neither allocates nor copies: service and method names are borrowed from the read
-//! buffer and the arguments stay raw bytes until the handler's types decode them.
+//! The request body is written with the protocol's own writers ([`pack`](super::pack)) and read
+//! with the low-level `rmp` functions instead of serde, so the hot path neither allocates nor
+//! copies: service and method names are borrowed from the read buffer and the arguments stay raw
+//! bytes until the handler's types decode them.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 
 use super::frame::{self, Kind};
-use super::{codec, decode, zero_copy};
+use super::{codec, decode, pack, zero_copy};
 use crate::error::{Error, ErrorKind};
 use crate::metadata::{Metadata, MetadataLimits};
 use crate::trace_context::{
@@ -56,10 +57,6 @@ pub struct RequestHead<'a> {
     pub trace_id: u64,
     /// Call metadata.
     pub meta: &'a Metadata,
-}
-
-fn w(buf: &mut BytesMut) -> bytes::buf::Writer<&mut BytesMut> {
-    buf.writer()
 }
 
 /// Appends a complete `Request` frame: `[service, method, timeout_us, trace_id, meta, args]`.
@@ -110,11 +107,11 @@ pub(crate) fn put_request_args<A: Args + ?Sized>(
 ) -> Result<(), Error> {
     let start = frame::begin(buf, Kind::Request, head.flags, head.id);
     // Writing into a BytesMut cannot fail, so the rmp results are infallible here.
-    let _ = rmp::encode::write_array_len(&mut w(buf), 6);
-    let _ = rmp::encode::write_str(&mut w(buf), head.service);
-    let _ = rmp::encode::write_str(&mut w(buf), head.method);
-    let _ = rmp::encode::write_uint(&mut w(buf), head.timeout_us);
-    let _ = rmp::encode::write_uint(&mut w(buf), head.trace_id);
+    pack::put_array_len(buf, 6);
+    pack::put_str(buf, head.service);
+    pack::put_str(buf, head.method);
+    pack::put_uint(buf, head.timeout_us);
+    pack::put_uint(buf, head.trace_id);
     put_meta(buf, head.meta, trace);
     let finished = zero_copy::capture(buf, |buf| args.put_args(buf))
         .and_then(|segments| frame::finish_with(buf, start, segments, max_frame));
@@ -129,30 +126,29 @@ pub(crate) fn put_request_args<A: Args + ?Sized>(
 /// `meta`) and its `tracestate` (unless `meta` has one), formatted on the stack.
 fn put_meta(buf: &mut BytesMut, meta: &Metadata, trace: Option<TraceOut<'_>>) {
     let Some(trace) = trace else {
-        let _ = rmp::encode::write_map_len(&mut w(buf), meta.len() as u32);
+        pack::put_map_len(buf, meta.len() as u32);
         for (k, v) in meta.iter() {
-            let _ = rmp::encode::write_str(&mut w(buf), k);
-            let _ = rmp::encode::write_str(&mut w(buf), v);
+            pack::put_str(buf, k);
+            pack::put_str(buf, v);
         }
         return;
     };
     let replaced = meta.get(TRACEPARENT).is_some();
     let state = trace.state.filter(|_| meta.get(TRACESTATE).is_none());
     let len = meta.len() - usize::from(replaced) + 1 + usize::from(state.is_some());
-    let _ = rmp::encode::write_map_len(&mut w(buf), len as u32);
+    pack::put_map_len(buf, len as u32);
     for (k, v) in meta.iter().filter(|(k, _)| *k != TRACEPARENT) {
-        let _ = rmp::encode::write_str(&mut w(buf), k);
-        let _ = rmp::encode::write_str(&mut w(buf), v);
+        pack::put_str(buf, k);
+        pack::put_str(buf, v);
     }
     let mut text = [0u8; TRACEPARENT_LEN];
     trace.parent.write_bytes(&mut text);
-    let _ = rmp::encode::write_str(&mut w(buf), TRACEPARENT);
+    pack::put_str(buf, TRACEPARENT);
     // The formatted value is ASCII: written as a str without a UTF-8 pass.
-    let _ = rmp::encode::write_str_len(&mut w(buf), TRACEPARENT_LEN as u32);
-    buf.extend_from_slice(&text);
+    pack::put_ascii(buf, &text);
     if let Some(state) = state {
-        let _ = rmp::encode::write_str(&mut w(buf), TRACESTATE);
-        let _ = rmp::encode::write_str(&mut w(buf), state);
+        pack::put_str(buf, TRACESTATE);
+        pack::put_str(buf, state);
     }
 }
 
@@ -216,17 +212,17 @@ pub const MAX_ERROR_MESSAGE: usize = 900;
 /// than [`MAX_ERROR_MESSAGE`] bytes are cut at a character boundary and end with `…`.
 pub fn put_error(buf: &mut BytesMut, kind: Kind, id: u64, err: &Error) {
     let start = frame::begin(buf, kind, 0, id);
-    let _ = rmp::encode::write_array_len(&mut w(buf), 2);
-    let _ = rmp::encode::write_uint(&mut w(buf), err.kind().code() as u64);
+    pack::put_array_len(buf, 2);
+    pack::put_uint(buf, err.kind().code() as u64);
     let msg = err.message();
     if msg.len() <= MAX_ERROR_MESSAGE {
-        let _ = rmp::encode::write_str(&mut w(buf), msg);
+        pack::put_str(buf, msg);
     } else {
         let mut cut = MAX_ERROR_MESSAGE - '…'.len_utf8();
         while !msg.is_char_boundary(cut) {
             cut -= 1;
         }
-        let _ = rmp::encode::write_str(&mut w(buf), &format!("{}…", &msg[..cut]));
+        pack::put_str(buf, &format!("{}…", &msg[..cut]));
     }
     // Error messages are short; never over any sane limit.
     let _ = frame::finish(buf, start, u32::MAX);
@@ -256,8 +252,8 @@ pub fn put_notify<T: Serialize + ?Sized>(
     max_frame: u32,
 ) -> Result<(), Error> {
     let start = frame::begin(buf, Kind::Notify, 0, 0);
-    let _ = rmp::encode::write_array_len(&mut w(buf), 2);
-    let _ = rmp::encode::write_str(&mut w(buf), topic);
+    pack::put_array_len(buf, 2);
+    pack::put_str(buf, topic);
     if let Err(e) = codec::encode_value(buf, payload) {
         buf.truncate(start);
         return Err(e);
@@ -274,8 +270,8 @@ pub(crate) fn put_notify_raw(
     max_frame: u32,
 ) -> Result<(), Error> {
     let start = frame::begin(buf, Kind::Notify, 0, 0);
-    let _ = rmp::encode::write_array_len(&mut w(buf), 2);
-    let _ = rmp::encode::write_str(&mut w(buf), topic);
+    pack::put_array_len(buf, 2);
+    pack::put_str(buf, topic);
     buf.extend_from_slice(payload);
     frame::finish(buf, start, max_frame)
 }

@@ -8,6 +8,7 @@ mod decode;
 pub mod frame;
 pub(crate) mod handshake;
 pub mod message;
+mod pack;
 pub mod registry;
 pub mod stream;
 pub(crate) mod zero_copy;

@@ -54,13 +54,34 @@ pub(crate) struct ServerCall {
 impl ServerCall {
     /// Starts the handler (decoding its arguments) under the call's context.
     pub(crate) fn start(
-        mut ctx: Context,
+        ctx: Context,
         id: u64,
         flags: u8,
         service: &dyn Service,
         method: usize,
         args: &[u8],
     ) -> ServerCall {
+        Self::start_polling(ctx, (id, flags), (service, method, args), None).0
+    }
+
+    /// Starts the handler and polls it once, under one installation of the call's context
+    /// (installing it costs more than the rest of a small call's dispatch). `Ready` is the
+    /// outcome to [`finish`](Self::finish) the call with; `Pending`, it waits.
+    pub(crate) fn start_polled(
+        ctx: Context,
+        (id, flags): (u64, u8),
+        target: (&dyn Service, usize, &[u8]),
+        cx: &mut TaskContext<'_>,
+    ) -> (ServerCall, Poll<Result<(), Error>>) {
+        Self::start_polling(ctx, (id, flags), target, Some(cx))
+    }
+
+    fn start_polling(
+        mut ctx: Context,
+        (id, flags): (u64, u8),
+        (service, method, args): (&dyn Service, usize, &[u8]),
+        first_poll: Option<&mut TaskContext<'_>>,
+    ) -> (ServerCall, Poll<Result<(), Error>>) {
         let span = if crate::monitor::spans_enabled() {
             let t = ctx.trace;
             let parent = (t.parent_span_id != 0).then_some(TraceParent {
@@ -81,16 +102,29 @@ impl ServerCall {
         let mut slot = Some(ctx);
         // Entering even a disabled span costs a call: only enter live ones.
         let entered = (!span.is_disabled()).then(|| span.enter());
+        let polling = first_poll.is_some();
         let started = Context::scope(&mut slot, || {
-            catch_unwind(AssertUnwindSafe(|| service.call(method, args)))
+            catch_unwind(AssertUnwindSafe(|| {
+                let mut call = service.call(method, args)?;
+                let polled = first_poll.map(|cx| call.poll_call(cx));
+                Ok::<_, Error>((call, polled))
+            }))
         });
         drop(entered);
-        let (call, failed) = match started {
-            Ok(Ok(call)) => (Some(call), None),
-            Ok(Err(e)) => (None, Some(e)),
-            Err(panic) => (None, Some(panicked(panic))),
+        // The call is kept once it is ready: its answer is taken from it when it finishes.
+        let (call, outcome) = match started {
+            Ok(Ok((call, Some(Poll::Ready(()))))) => (Some(call), Some(Ok(()))),
+            Ok(Ok((call, _))) => (Some(call), None),
+            Ok(Err(e)) => (None, Some(Err(e))),
+            Err(panic) => (None, Some(Err(panicked(panic)))),
         };
-        ServerCall {
+        // Without a first poll here, a start that failed is what the first poll reports.
+        let (failed, first) = match outcome {
+            Some(Err(e)) if !polling => (Some(e), Poll::Pending),
+            Some(outcome) => (None, Poll::Ready(outcome)),
+            None => (None, Poll::Pending),
+        };
+        let call = ServerCall {
             ctx: slot,
             call,
             failed,
@@ -102,7 +136,8 @@ impl ServerCall {
             done: None,
             counted_at: None,
             span,
-        }
+        };
+        (call, first)
     }
 
     /// Counts the call's outcome in the figures of method `method` of service `service` (the
@@ -191,7 +226,12 @@ impl ServerCall {
     }
 
     /// Sends the response (or the error) and tells the interceptors.
-    fn finish(&mut self, outcome: Result<(), Error>, conn: &ServerConn, shared: &ServerShared) {
+    pub(crate) fn finish(
+        &mut self,
+        outcome: Result<(), Error>,
+        conn: &ServerConn,
+        shared: &ServerShared,
+    ) {
         if self.finished {
             return;
         }

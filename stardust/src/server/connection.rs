@@ -437,10 +437,12 @@ impl ServerConn {
             };
             return self.start_stream(shared, h, ctx, target, req.args);
         }
-        let mut call = ServerCall::start(ctx, h.id, h.flags, service.as_ref(), index, req.args);
-        call.count_in(service_index, index);
         let mut cx = std::task::Context::from_waker(Waker::noop());
-        if call.poll_once(&mut cx, self, shared).is_ready() {
+        let target = (service.as_ref(), index, req.args);
+        let (mut call, first) = ServerCall::start_polled(ctx, (h.id, h.flags), target, &mut cx);
+        call.count_in(service_index, index);
+        if let Poll::Ready(outcome) = first {
+            call.finish(outcome, self, shared);
             if let Some(done) = call.take_done() {
                 batch.push(done);
             }
