@@ -23,7 +23,7 @@ pub(crate) fn read_meta(
     what: &str,
 ) -> Result<Metadata, Error> {
     let malformed = |e: &dyn std::fmt::Display| Error::protocol(format!("malformed {what}: {e}"));
-    let pairs = rmp::decode::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
+    let pairs = super::pack::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
     limits.check_count(pairs, what)?;
     let mut total = 0;
     let mut next = |rd: &mut &[u8]| -> Result<(String, String), Error> {
@@ -57,7 +57,7 @@ pub(crate) fn read_call_meta(
 ) -> Result<(Metadata, Option<TraceParent>), Error> {
     let what = "call metadata";
     let malformed = |e: &dyn std::fmt::Display| Error::protocol(format!("malformed {what}: {e}"));
-    let pairs = rmp::decode::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
+    let pairs = super::pack::read_map_len(rd).map_err(|e| malformed(&e))? as usize;
     limits.check_count(pairs, what)?;
     let mut total = 0;
     let mut trace = None;
@@ -106,7 +106,7 @@ pub(crate) fn read_call_meta(
 /// A MessagePack string's bytes (not checked to be UTF-8) and what follows it.
 fn raw_str(buf: &[u8]) -> Result<(&[u8], &[u8]), String> {
     let mut rd = buf;
-    let len = rmp::decode::read_str_len(&mut rd).map_err(|e| e.to_string())? as usize;
+    let len = super::pack::read_str_len(&mut rd).map_err(|e| e.to_string())? as usize;
     if rd.len() < len {
         return Err(format!(
             "a string of {len} bytes with {} bytes left",

@@ -156,10 +156,22 @@ fn bad(what: &str, e: impl std::fmt::Display) -> Error {
     Error::protocol(format!("malformed request body ({what}): {e}"))
 }
 
-fn read_str<'a>(rd: &mut &'a [u8], what: &str) -> Result<&'a str, Error> {
-    let (s, rest) = rmp::decode::read_str_from_slice(*rd).map_err(|e| bad(what, e))?;
+/// A MessagePack string's bytes (checked later, or never: see [`RequestBytes`]).
+fn read_str_bytes<'a>(rd: &mut &'a [u8], what: &str) -> Result<&'a [u8], Error> {
+    let len = pack::read_str_len(rd).map_err(|e| bad(what, e))? as usize;
+    if rd.len() < len {
+        return Err(bad(
+            what,
+            format!("a string of {len} bytes with {} bytes left", rd.len()),
+        ));
+    }
+    let (s, rest) = rd.split_at(len);
     *rd = rest;
     Ok(s)
+}
+
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str, Error> {
+    std::str::from_utf8(bytes).map_err(|e| bad(what, e))
 }
 
 /// Parses a `Request` body, with the default [`MetadataLimits`].
@@ -173,15 +185,55 @@ pub fn parse_request_with<'a>(
     body: &'a [u8],
     limits: &MetadataLimits,
 ) -> Result<RequestView<'a>, Error> {
+    parse_request_bytes(body, limits)?.into_view()
+}
+
+/// A request whose service and method names are still bytes: a server that finds them among
+/// the names it hosts takes its own (`&'static str`) and never checks them as UTF-8, which on
+/// a small call costs more than the rest of the parse.
+pub(crate) struct RequestBytes<'a> {
+    pub(crate) service: &'a [u8],
+    pub(crate) method: &'a [u8],
+    view: RequestView<'a>,
+}
+
+impl<'a> RequestBytes<'a> {
+    /// The request, its names checked as UTF-8.
+    pub(crate) fn into_view(self) -> Result<RequestView<'a>, Error> {
+        let service = utf8(self.service, "service")?;
+        let method = utf8(self.method, "method")?;
+        Ok(RequestView {
+            service,
+            method,
+            ..self.view
+        })
+    }
+
+    /// The request with the names it carries, as the caller found them (equal as bytes).
+    pub(crate) fn named(self, service: &'a str, method: &'a str) -> RequestView<'a> {
+        debug_assert!(service.as_bytes() == self.service && method.as_bytes() == self.method);
+        RequestView {
+            service,
+            method,
+            ..self.view
+        }
+    }
+}
+
+/// [`parse_request_with`] without the names' UTF-8 check.
+pub(crate) fn parse_request_bytes<'a>(
+    body: &'a [u8],
+    limits: &MetadataLimits,
+) -> Result<RequestBytes<'a>, Error> {
     let mut rd = body;
-    let n = rmp::decode::read_array_len(&mut rd).map_err(|e| bad("array header", e))?;
+    let n = pack::read_array_len(&mut rd).map_err(|e| bad("array header", e))?;
     if n < 6 {
         return Err(bad("array header", format!("expected 6 elements, got {n}")));
     }
-    let service = read_str(&mut rd, "service")?;
-    let method = read_str(&mut rd, "method")?;
-    let timeout_us = rmp::decode::read_int(&mut rd).map_err(|e| bad("timeout", e))?;
-    let trace_id = rmp::decode::read_int(&mut rd).map_err(|e| bad("trace id", e))?;
+    let service = read_str_bytes(&mut rd, "service")?;
+    let method = read_str_bytes(&mut rd, "method")?;
+    let timeout_us = pack::read_u64(&mut rd).map_err(|e| bad("timeout", e))?;
+    let trace_id = pack::read_u64(&mut rd).map_err(|e| bad("trace id", e))?;
     let (meta, trace) = decode::read_call_meta(&mut rd, limits)?;
     // Elements after the sixth (from a later protocol revision) follow the arguments: cut the
     // arguments where their value ends, so the forgiving arity rules never read an extra element
@@ -193,14 +245,18 @@ pub fn parse_request_with<'a>(
         decode::skip_value(&mut rest).map_err(|e| bad("arguments", e))?;
         &rd[..rd.len() - rest.len()]
     };
-    Ok(RequestView {
+    Ok(RequestBytes {
         service,
         method,
-        timeout_us,
-        trace_id,
-        meta,
-        trace,
-        args,
+        view: RequestView {
+            service: "",
+            method: "",
+            timeout_us,
+            trace_id,
+            meta,
+            trace,
+            args,
+        },
     })
 }
 
@@ -455,5 +511,47 @@ mod tests {
         ] {
             assert_eq!(parse_request(body).unwrap_err().kind(), ErrorKind::Protocol);
         }
+    }
+
+    /// Names that are not UTF-8 are malformed; a server finding a name among its own takes
+    /// that one, equal byte for byte.
+    #[test]
+    fn request_names_are_checked_unless_known() {
+        let mut body = Vec::new();
+        rmp::encode::write_array_len(&mut body, 6).unwrap();
+        rmp::encode::write_str_len(&mut body, 2).unwrap();
+        body.extend_from_slice(&[0xc3, 0x28]);
+        rmp::encode::write_str(&mut body, "m").unwrap();
+        rmp::encode::write_uint(&mut body, 0).unwrap();
+        rmp::encode::write_uint(&mut body, 0).unwrap();
+        rmp::encode::write_map_len(&mut body, 0).unwrap();
+        rmp::encode::write_array_len(&mut body, 0).unwrap();
+        let e = parse_request(&body).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.message().contains("service"), "{e}");
+
+        let raw = parse_request_bytes(&body, &MetadataLimits::DEFAULT).unwrap();
+        assert_eq!(raw.service, &[0xc3, 0x28]);
+        assert_eq!(raw.method, b"m");
+
+        let mut ok = BytesMut::new();
+        let meta = Metadata::new();
+        let head = RequestHead {
+            id: 1,
+            flags: 0,
+            service: "calc.Calc",
+            method: "add",
+            timeout_us: 5,
+            trace_id: 9,
+            meta: &meta,
+        };
+        put_request(&mut ok, &head, &(1, 2), u32::MAX).unwrap();
+        let body = &ok[frame::HEADER_LEN..];
+        let raw = parse_request_bytes(body, &MetadataLimits::DEFAULT).unwrap();
+        let view = raw.named("calc.Calc", "add");
+        assert_eq!(
+            (view.service, view.method, view.timeout_us, view.trace_id),
+            ("calc.Calc", "add", 5, 9)
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! MessagePack writers for the protocol's own fields (names, numbers, the headers of arrays and
-//! maps), appending straight to a `BytesMut`.
+//! maps), appending straight to a `BytesMut`, and readers of their short forms.
 //!
 //! They write exactly what `rmp::encode`'s functions of the same names write (the smallest
 //! encoding of each value; tests below hold them to it), but each is one capacity check and one
@@ -85,6 +85,56 @@ pub(crate) fn put_map_len(buf: &mut BytesMut, n: u32) {
     }
 }
 
+/// Reads the length of a string (`rmp::decode::read_str_len`) from the front of `rd`. The one-
+/// byte forms are read here; the others, rare in the protocol's fields, by `rmp`.
+#[inline]
+pub(crate) fn read_str_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
+    match rd.first() {
+        Some(&m @ 0xa0..=0xbf) => {
+            *rd = &rd[1..];
+            Ok(u32::from(m & 0x1f))
+        }
+        _ => rmp::decode::read_str_len(rd),
+    }
+}
+
+/// Reads an unsigned integer (`rmp::decode::read_int::<u64, _>`): a positive fixint here,
+/// anything else (with `rmp`'s conversions and errors) by `rmp`.
+#[inline]
+pub(crate) fn read_u64(rd: &mut &[u8]) -> Result<u64, rmp::decode::NumValueReadError> {
+    match rd.first() {
+        Some(&n @ 0..=0x7f) => {
+            *rd = &rd[1..];
+            Ok(u64::from(n))
+        }
+        _ => rmp::decode::read_int(rd),
+    }
+}
+
+/// Reads an array header (`rmp::decode::read_array_len`): a fixarray here, else by `rmp`.
+#[inline]
+pub(crate) fn read_array_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
+    match rd.first() {
+        Some(&m @ 0x90..=0x9f) => {
+            *rd = &rd[1..];
+            Ok(u32::from(m & 0x0f))
+        }
+        _ => rmp::decode::read_array_len(rd),
+    }
+}
+
+/// Reads a map header (`rmp::decode::read_map_len`): a fixmap here, else by `rmp`.
+#[inline]
+pub(crate) fn read_map_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
+    match rd.first() {
+        Some(&m @ 0x80..=0x8f) => {
+            *rd = &rd[1..];
+            Ok(u32::from(m & 0x0f))
+        }
+        _ => rmp::decode::read_map_len(rd),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +185,31 @@ mod tests {
             rmp::encode::write_map_len(&mut theirs, n).unwrap();
             assert_eq!(&ours[..], &theirs[..], "map of {n}");
         }
+        // And read back as `rmp` reads them (the short forms here, the rest through it).
+        for &n in &numbers {
+            let mut b = Vec::new();
+            rmp::encode::write_uint(&mut b, n).unwrap();
+            let mut rd = &b[..];
+            assert_eq!(read_u64(&mut rd).unwrap(), n);
+            assert!(rd.is_empty());
+        }
+        let mut b = Vec::new();
+        rmp::encode::write_sint(&mut b, -1).unwrap();
+        assert!(read_u64(&mut &b[..]).is_err(), "negative");
+        for n in [0u32, 15, 16, 40_000] {
+            let mut b = Vec::new();
+            rmp::encode::write_array_len(&mut b, n).unwrap();
+            rmp::encode::write_str_len(&mut b, n).unwrap();
+            rmp::encode::write_map_len(&mut b, n).unwrap();
+            let mut rd = &b[..];
+            assert_eq!(read_array_len(&mut rd).unwrap(), n);
+            assert_eq!(read_str_len(&mut rd).unwrap(), n);
+            assert_eq!(read_map_len(&mut rd).unwrap(), n);
+            assert!(rd.is_empty());
+        }
+        assert!(read_str_len(&mut &[0x91][..]).is_err());
+        assert!(read_array_len(&mut &[0xa1][..]).is_err());
+        assert!(read_u64(&mut &[][..]).is_err());
         // Multi-byte characters count in bytes.
         let (mut ours, mut theirs) = (BytesMut::new(), Vec::new());
         put_str(&mut ours, "größe…");

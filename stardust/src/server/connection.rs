@@ -364,7 +364,24 @@ impl ServerConn {
         body: &[u8],
         batch: &mut Batch,
     ) -> Result<(), Error> {
-        let req = message::parse_request_with(body, &shared.config.metadata_limits)?;
+        let raw = message::parse_request_bytes(body, &shared.config.metadata_limits)?;
+        // A hosted service's method: the names are taken from its descriptor, equal as bytes
+        // (no UTF-8 pass); anything else is checked and handled below by name.
+        let hosted = shared.service_bytes(raw.service).map(|(i, service)| {
+            let desc = service.descriptor();
+            let method = desc
+                .methods
+                .iter()
+                .position(|m| m.name.as_bytes() == raw.method);
+            (i, service, method)
+        });
+        let req = match hosted {
+            Some((_, service, Some(m))) => {
+                let desc = service.descriptor();
+                raw.named(desc.name, desc.methods[m].name)
+            }
+            _ => raw.into_view()?,
+        };
         if self.draining.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::ShuttingDown,
@@ -392,7 +409,7 @@ impl ServerConn {
         // Before the service lookup: a caller that may not call learns nothing about what is
         // hosted. Free for anonymous and unrestricted connections (one atomic load).
         self.info.auth.check(req.service, now)?;
-        let Some((service_index, service)) = shared.service(req.service) else {
+        let Some((service_index, service, method)) = hosted else {
             return match &shared.forward {
                 Some(forward) if h.flags & crate::protocol::stream::FLAG_STREAM != 0 => {
                     self.forward_stream(shared, forward.as_ref(), h, req, now)
@@ -408,7 +425,7 @@ impl ServerConn {
             };
         };
         let desc = service.descriptor();
-        let index = desc.method_index(req.method).ok_or_else(|| {
+        let index = method.ok_or_else(|| {
             Error::new(
                 ErrorKind::UnknownMethod,
                 format!("service `{}` has no method `{}`", desc.name, req.method),

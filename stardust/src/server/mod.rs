@@ -410,12 +410,13 @@ impl ServerShared {
         conns.iter().map(|c| c.in_flight()).sum()
     }
 
-    /// The hosted service called `name`, and its index (for its figures).
-    pub(crate) fn service(&self, name: &str) -> Option<(usize, &Arc<dyn Service>)> {
+    /// The hosted service whose name is `name` (the bytes a request carries), and its index
+    /// (for its figures).
+    pub(crate) fn service_bytes(&self, name: &[u8]) -> Option<(usize, &Arc<dyn Service>)> {
         self.services
             .iter()
             .enumerate()
-            .find(|(_, (n, _))| *n == name)
+            .find(|(_, (n, _))| n.as_bytes() == name)
             .map(|(i, (_, s))| (i, s))
     }
 
