@@ -1,6 +1,6 @@
 //! Bodies of the frames: how each kind's MessagePack body is laid out.
 //!
-//! The request body is written with the protocol's own writers ([`pack`](super::pack)) and read
+//! The request body is written with the protocol's own writers (`pack`) and read
 //! with the low-level `rmp` functions instead of serde, so the hot path neither allocates nor
 //! copies: service and method names are borrowed from the read buffer and the arguments stay raw
 //! bytes until the handler's types decode them.
