@@ -65,74 +65,64 @@ pub(crate) fn put_ascii(buf: &mut BytesMut, ascii: &[u8]) {
     put_str_bytes(buf, ascii);
 }
 
+/// A container header for `n` entries: one byte (`fix | n`) up to 15, else a marker and a 16- or
+/// 32-bit count.
+#[inline]
+fn put_count(buf: &mut BytesMut, n: u32, (fix, m16, m32): (u8, u8, u8)) {
+    match n {
+        0..=15 => put(buf, &[fix | n as u8], &[]),
+        16..=0xffff => marked(buf, m16, u64::from(n), 2, &[]),
+        _ => marked(buf, m32, u64::from(n), 4, &[]),
+    }
+}
+
 /// An array header for `n` elements (`rmp::encode::write_array_len`).
 #[inline]
 pub(crate) fn put_array_len(buf: &mut BytesMut, n: u32) {
-    match n {
-        0..=15 => put(buf, &[0x90 | n as u8], &[]),
-        16..=0xffff => marked(buf, 0xdc, u64::from(n), 2, &[]),
-        _ => marked(buf, 0xdd, u64::from(n), 4, &[]),
-    }
+    put_count(buf, n, (0x90, 0xdc, 0xdd));
 }
 
 /// A map header for `n` pairs (`rmp::encode::write_map_len`).
 #[inline]
 pub(crate) fn put_map_len(buf: &mut BytesMut, n: u32) {
-    match n {
-        0..=15 => put(buf, &[0x80 | n as u8], &[]),
-        16..=0xffff => marked(buf, 0xde, u64::from(n), 2, &[]),
-        _ => marked(buf, 0xdf, u64::from(n), 4, &[]),
-    }
+    put_count(buf, n, (0x80, 0xde, 0xdf));
 }
 
-/// Reads the length of a string (`rmp::decode::read_str_len`) from the front of `rd`. The one-
-/// byte forms are read here; the others, rare in the protocol's fields, by `rmp`.
+/// The one-byte form of a value (markers `lo..=hi`, its value their offset from `lo`), taken
+/// off the front of `rd`; `None` (nothing taken) for any other form.
+#[inline]
+fn short_form(rd: &mut &[u8], lo: u8, hi: u8) -> Option<u8> {
+    let &marker = rd.first()?;
+    if !(lo..=hi).contains(&marker) {
+        return None;
+    }
+    *rd = &rd[1..];
+    Some(marker - lo)
+}
+
+/// Reads the length of a string (`rmp::decode::read_str_len`): the one-byte form here, the
+/// others (rare in the protocol's fields) by `rmp`. So are the readers below.
 #[inline]
 pub(crate) fn read_str_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
-    match rd.first() {
-        Some(&m @ 0xa0..=0xbf) => {
-            *rd = &rd[1..];
-            Ok(u32::from(m & 0x1f))
-        }
-        _ => rmp::decode::read_str_len(rd),
-    }
+    short_form(rd, 0xa0, 0xbf).map_or_else(|| rmp::decode::read_str_len(rd), |n| Ok(n.into()))
 }
 
-/// Reads an unsigned integer (`rmp::decode::read_int::<u64, _>`): a positive fixint here,
-/// anything else (with `rmp`'s conversions and errors) by `rmp`.
+/// Reads an unsigned integer (`rmp::decode::read_int::<u64, _>`, its conversions and errors).
 #[inline]
 pub(crate) fn read_u64(rd: &mut &[u8]) -> Result<u64, rmp::decode::NumValueReadError> {
-    match rd.first() {
-        Some(&n @ 0..=0x7f) => {
-            *rd = &rd[1..];
-            Ok(u64::from(n))
-        }
-        _ => rmp::decode::read_int(rd),
-    }
+    short_form(rd, 0x00, 0x7f).map_or_else(|| rmp::decode::read_int(rd), |n| Ok(n.into()))
 }
 
-/// Reads an array header (`rmp::decode::read_array_len`): a fixarray here, else by `rmp`.
+/// Reads an array header (`rmp::decode::read_array_len`).
 #[inline]
 pub(crate) fn read_array_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
-    match rd.first() {
-        Some(&m @ 0x90..=0x9f) => {
-            *rd = &rd[1..];
-            Ok(u32::from(m & 0x0f))
-        }
-        _ => rmp::decode::read_array_len(rd),
-    }
+    short_form(rd, 0x90, 0x9f).map_or_else(|| rmp::decode::read_array_len(rd), |n| Ok(n.into()))
 }
 
-/// Reads a map header (`rmp::decode::read_map_len`): a fixmap here, else by `rmp`.
+/// Reads a map header (`rmp::decode::read_map_len`).
 #[inline]
 pub(crate) fn read_map_len(rd: &mut &[u8]) -> Result<u32, rmp::decode::ValueReadError> {
-    match rd.first() {
-        Some(&m @ 0x80..=0x8f) => {
-            *rd = &rd[1..];
-            Ok(u32::from(m & 0x0f))
-        }
-        _ => rmp::decode::read_map_len(rd),
-    }
+    short_form(rd, 0x80, 0x8f).map_or_else(|| rmp::decode::read_map_len(rd), |n| Ok(n.into()))
 }
 
 #[cfg(test)]
